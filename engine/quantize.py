@@ -1,0 +1,130 @@
+"""Quantize a loaded model with one method into real INT8 storage.
+
+The quantized model shares every unchanged tensor (embeddings, norms, the LM
+head) with the floating-point model it came from, so keeping the baseline and
+four quantized variants side by side costs the INT8 weights and little more.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from engine.errors import BadInput
+from engine.int8_linear import METHODS, Int8Linear
+from engine.layers import linear_layers
+from engine.scan import check_threshold
+
+
+@dataclass
+class QuantizedModel:
+    """One method's quantized copy of the model, and what it cost."""
+
+    method: str
+    threshold: float
+    model: Any  # the model with Int8Linear modules in place of nn.Linear
+    outlier_dims: dict[str, np.ndarray] = field(default_factory=dict)  # static llm-int8 only
+    skipped: list[str] = field(default_factory=list)  # Linears left in floating point
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able facts for the results table."""
+        sizes = tensor_bytes(self.model)
+        return {
+            "method": self.method,
+            "threshold": self.threshold,
+            "int8_bytes": sizes["int8"],
+            "float_bytes": sizes["float"],
+            "total_bytes": sizes["int8"] + sizes["float"] + sizes["other"],
+            "outlier_dims": int(sum(len(d) for d in self.outlier_dims.values())),
+            "skipped_modules": list(self.skipped),
+        }
+
+
+def check_methods(methods: Any) -> list[str]:
+    """Validate a list of method names (a comma-separated string is accepted)."""
+    if isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",") if m.strip()]
+    if not isinstance(methods, (list, tuple)) or not methods:
+        raise BadInput(f"methods must be a non-empty list of names from: {', '.join(METHODS)}")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise BadInput(f"unknown method(s) {', '.join(map(str, unknown))}; choose from {', '.join(METHODS)}")
+    return list(methods)
+
+
+def run(params: dict[str, Any], task, loaded, scan=None) -> QuantizedModel:
+    """Quantize `loaded.model` with `params["method"]` at `params["threshold"]` (default 6.0).
+
+    Static `llm-int8` takes its outlier columns from `scan` (the dimensions whose
+    calibration abs-max exceeds the threshold); the other methods need no scan.
+    `params["skip_modules"]`: name suffixes of Linears to leave in floating point.
+    """
+    import torch
+
+    (method,) = check_methods([params.get("method")])
+    threshold = check_threshold(params.get("threshold", 6.0))
+    skip = tuple(params.get("skip_modules") or ())
+    if method == "llm-int8" and scan is None:
+        raise BadInput("static llm-int8 takes its outlier dimensions from a scan: scan first, or use llm-int8-dynamic")
+    outlier_dims = scan.outlier_dims(threshold) if method == "llm-int8" else {}
+
+    model = _share_tensors_copy(loaded.model)
+    targets = linear_layers(model)
+    skipped = [name for name, _ in targets if skip and name.endswith(skip)]
+    with torch.no_grad():
+        for i, (name, linear) in enumerate(targets):
+            task.check_cancelled()
+            if name in skipped:
+                continue
+            _check_finite(name, linear.weight)
+            cols = None
+            if method == "llm-int8":
+                cols = torch.as_tensor(outlier_dims.get(name, np.empty(0, dtype=np.int64)), dtype=torch.long)
+            _replace_module(model, name, Int8Linear.from_linear(linear, method, threshold, cols))
+            task.progress((i + 1) / len(targets), f"quantized {name}")
+    used_dims = {n: d for n, d in outlier_dims.items() if n not in skipped}
+    return QuantizedModel(method, threshold, model, used_dims, skipped)
+
+
+def tensor_bytes(model) -> dict[str, int]:
+    """Bytes of the model's own tensors (each shared tensor counted once): int8, float, other."""
+    sizes = {"int8": 0, "float": 0, "other": 0}
+    seen: set[int] = set()
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.data_ptr() in seen or tensor.device.type == "meta":
+            continue
+        seen.add(tensor.data_ptr())
+        nbytes = tensor.numel() * tensor.element_size()
+        if tensor.dtype.is_floating_point:
+            sizes["float"] += nbytes
+        elif tensor.dtype.itemsize == 1 and tensor.dtype.is_signed:
+            sizes["int8"] += nbytes
+        else:
+            sizes["other"] += nbytes
+    return sizes
+
+
+def _share_tensors_copy(model):
+    """A structural copy of `model` whose parameters and buffers are the original's tensors.
+
+    Nothing in the copy is modified in place: Linears are replaced whole, so the
+    original floating-point model stays intact.
+    """
+    memo = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
+    return copy.deepcopy(model, memo)
+
+
+def _replace_module(model, name: str, module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def _check_finite(name: str, weight) -> None:
+    import torch
+
+    if not torch.isfinite(weight).all():
+        raise BadInput(f"the weight of {name} contains NaN or infinity: this checkpoint cannot be quantized")
