@@ -1,0 +1,158 @@
+"""`int8wb plan`: how many GPUs a model needs in FP16, INT8 and LLM.int8, every term shown.
+
+    int8wb plan --preset llama-2-70b --context 4096 --batch 1
+    int8wb plan --config path/to/config.json --json
+    int8wb plan --list-presets
+    int8wb plan --largest-on 8xA100-40GB --among opt-6.7b,opt-13b,opt-30b,opt-66b,opt-175b,bloom-176b
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from engine.errors import BadInput, WorkbenchError
+
+METHOD_LABELS = {
+    "baseline": "floating point",
+    "absmax-tensor": "INT8 per tensor",
+    "vectorwise": "INT8 vector-wise",
+    "llm-int8": "LLM.int8, static outliers",
+    "llm-int8-dynamic": "LLM.int8, outliers found per call",
+    "weight-only": "INT8 weight-only",
+}
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register `plan` and its options; `main` is set as the handler."""
+    from engine.planner import DEFAULT_OUTLIER_FRACTION, DEFAULT_USABLE_FRACTION, FLOAT_BYTES, GPUS, METHODS
+
+    parser = subparsers.add_parser("plan", help="GPUs needed for a model in FP16 / INT8 / LLM.int8, every term shown",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", metavar="PATH", help="a config.json, or a model directory holding one")
+    source.add_argument("--preset", metavar="NAME", help="a built-in architecture (see --list-presets)")
+    source.add_argument("--list-presets", action="store_true", help="list the built-in architectures")
+    source.add_argument("--largest-on", metavar="COUNTxGPU", help="the largest preset that fits, e.g. 8xA100-40GB")
+    parser.add_argument("--among", metavar="NAMES", help="with --largest-on: comma-separated presets to choose from")
+    parser.add_argument("--context", type=int, default=4096, help="tokens per sequence (default 4096)")
+    parser.add_argument("--batch", type=int, default=1, help="sequences at once (default 1)")
+    parser.add_argument("--dtype", choices=sorted(FLOAT_BYTES), default="float16", help="floating-point dtype")
+    parser.add_argument("--outlier-fraction", type=float, default=DEFAULT_OUTLIER_FRACTION,
+                        help=f"LLM.int8: fraction of input columns kept in floating point (default {DEFAULT_OUTLIER_FRACTION})")
+    parser.add_argument("--usable-fraction", type=float, default=DEFAULT_USABLE_FRACTION,
+                        help=f"fraction of each card the plan may fill (default {DEFAULT_USABLE_FRACTION})")
+    parser.add_argument("--overhead-gib", type=float, default=1.0, help="runtime overhead per GPU in GiB (default 1)")
+    parser.add_argument("--attention", choices=("sdpa", "eager"), default="sdpa",
+                        help="eager attention materializes the (context x context) scores")
+    parser.add_argument("--logits", choices=("last", "all"), default="last",
+                        help="logits for the last position (generation) or all (evaluation)")
+    parser.add_argument("--method", action="append", choices=METHODS, help="only this method (repeatable)")
+    parser.add_argument("--gpu", action="append", choices=sorted(GPUS), help="only this card (repeatable)")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    parser.set_defaults(func=main, handler=main)
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the subcommand; a WorkbenchError is printed as one line on stderr and exits 2."""
+    try:
+        return _main(args)
+    except WorkbenchError as exc:
+        print(f"int8wb plan: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace) -> int:
+    from engine import planner, presets
+    from engine.task import Task
+
+    if args.list_presets:
+        rows = presets.list_presets()
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            for row in rows:
+                print(f"{row['name']:14s} {row['parameters'] / 1e9:8.2f} B  {row['label']}  ({row['source']})")
+        return 0
+    params: dict[str, Any] = {
+        "context": args.context, "batch": args.batch, "dtype": args.dtype,
+        "outlier_fraction": args.outlier_fraction, "usable_fraction": args.usable_fraction,
+        "overhead_gib": args.overhead_gib, "attention": args.attention, "logits": args.logits,
+        "methods": args.method, "gpus": args.gpu,
+    }
+    if args.largest_on:
+        result = largest_on(args.largest_on, args.among, params)
+        print(json.dumps(result, indent=2) if args.json else _render_largest(result))
+        return 0
+    params.update({"config": args.config, "preset": args.preset})
+    result = planner.run(params, Task())
+    print(json.dumps(result, indent=2) if args.json else render(result))
+    return 0
+
+
+def largest_on(spec: str, among: str | None, params: dict[str, Any]) -> dict[str, Any]:
+    """For each method, the preset with the most parameters that fits on COUNT cards of a kind."""
+    from engine import planner, presets
+
+    count_text, _, gpu = spec.partition("x")
+    if not count_text.isdigit() or not gpu:
+        raise BadInput(f"--largest-on wants COUNTxGPU such as 8xA100-40GB, got {spec!r}")
+    count = int(count_text)
+    planner.check_gpu(gpu)
+    names = [n.strip() for n in among.split(",") if n.strip()] if among else [r["name"] for r in presets.list_presets()]
+    candidates = [presets.from_config_dict(presets.preset_config(name), name)[:2] for name in names]
+    settings = planner.settings_from_params(params)
+    methods = params.get("methods") or planner.METHODS
+    largest = {}
+    for method in methods:
+        arch = planner.largest_fitting(candidates, planner.check_method(method), settings, gpu, count)
+        largest[method] = arch.name if arch else None
+    return {"gpu": gpu, "count": count, "candidates": names, "largest": largest,
+            "settings": {"context": settings.context, "batch": settings.batch, "dtype": settings.dtype,
+                         "usable_fraction": settings.usable_fraction}}
+
+
+def _gib(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**30:.2f} GiB"
+
+
+def render(result: dict[str, Any]) -> str:
+    """The plan as text: architecture, settings, then per method every term and the GPU counts."""
+    arch, s = result["architecture"], result["settings"]
+    lines = [
+        f"{arch['name']}: {arch['parameters']:,} parameters, {arch['num_layers']} layers, hidden {arch['hidden_size']}, "
+        f"{arch['num_heads']} heads / {arch['num_kv_heads']} KV heads x {arch['head_dim']}, "
+        f"intermediate {arch['intermediate_size']}, vocabulary {arch['vocab_size']}",
+        f"batch {s['batch']} x context {s['context']}, {s['dtype']}, outlier fraction {s['outlier_fraction']}, "
+        f"usable fraction {s['usable_fraction']}, runtime overhead {_gib(s['overhead_bytes'])} per GPU",
+    ]
+    lines += [f"note: {note}" for note in result["notes"]]
+    for method in result["methods"]:
+        lines.append("")
+        lines.append(f"{method['method']} ({METHOD_LABELS[method['method']]})")
+        lines.append(f"  weights       {_gib(method['weights']['bytes'])}")
+        lines += [f"    {key:22s} {_gib(value)}" for key, value in method["weights"]["terms"].items()]
+        lines.append(f"  KV cache      {_gib(method['kv_cache']['bytes'])}")
+        lines.append(f"  workspace     {_gib(method['workspace']['bytes'])} per GPU")
+        lines += [f"    {key:22s} {_gib(value)}" for key, value in method["workspace"]["terms"].items()]
+        for card in method["gpus"]:
+            head = f"  {card['gpu']:11s} budget {_gib(card['budget_per_gpu_bytes'])}/GPU = {_gib(card['usable_bytes'])} usable"
+            head += f" - {_gib(card['overhead_bytes'])} overhead - {_gib(card['workspace_bytes'])} workspace"
+            if card["needed"] is None:
+                lines.append(f"{head}: does not fit ({card['why_not']})")
+            else:
+                lines.append(f"{head}: {card['needed']} GPUs (weights+KV {_gib(card['state_bytes'])}, "
+                             f"{card['needed_if_divisible']} if layers could be split; holds up to context "
+                             f"{card['largest_context_on_needed']} at batch {s['batch']})")
+    return "\n".join(lines)
+
+
+def _render_largest(result: dict[str, Any]) -> str:
+    s = result["settings"]
+    lines = [f"largest preset on {result['count']} x {result['gpu']} at batch {s['batch']} x context {s['context']}, "
+             f"{s['dtype']}, usable fraction {s['usable_fraction']}:"]
+    lines += [f"  {method:14s} {name or 'none fits'}" for method, name in result["largest"].items()]
+    return "\n".join(lines)

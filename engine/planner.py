@@ -1,0 +1,471 @@
+"""The memory planner: how many GPUs a model needs in FP16, INT8 and LLM.int8, with every term shown.
+
+A plan is arithmetic over a few numbers, so a user can check it by hand and see
+why the answer is 4 and not 3:
+
+    per GPU:   budget    = usable_fraction x capacity - runtime overhead - activation workspace
+    in total:  state     = weight bytes (of the format) + KV cache (batch x context)
+    GPUs     = the number of cards that hold the state when whole decoder layers are placed
+               one after another (accelerate's sequential `device_map`); `needed_if_divisible`
+               is ceil(state / budget), the count if layers could be cut anywhere.
+
+Weight bytes follow the engine's real storage (engine/quantize.py): `weight_int8` int8 (out, in),
+`weight_scale` float32 per row (or one 0-d float32 per tensor for `absmax-tensor`), and for static
+`llm-int8` the outlier columns as int64 indices plus an (out, n) floating-point weight slice. Biases,
+embeddings, norms and `lm_head` stay floating point. The KV cache and activations stay in the float
+dtype for every method. The activation workspace is an estimate of the transient tensors at the
+peak of one forward pass over batch x context tokens (see `workspace_terms`).
+
+The architecture numbers come from a preset, a `config.json` (engine/presets.py) or a loaded
+model; everything here is pure functions over the two dataclasses below.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from engine.errors import BadInput
+
+GIB = 1024**3
+MIB = 1024**2
+
+METHODS = ("baseline", "absmax-tensor", "vectorwise", "llm-int8", "llm-int8-dynamic", "weight-only")
+W8A8_METHODS = ("absmax-tensor", "vectorwise", "llm-int8", "llm-int8-dynamic")
+FLOAT_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+# Total memory of one card as the driver reports it (nvidia-smi "memory.total"), in MiB.
+GPUS = {
+    "A100-40GB": 40960 * MIB,
+    "A100-80GB": 81920 * MIB,
+    "H100-80GB": 81559 * MIB,
+    "H200-141GB": 143771 * MIB,
+}
+
+DEFAULT_USABLE_FRACTION = 0.9  # margin for allocator fragmentation and what the estimate misses
+DEFAULT_OVERHEAD_BYTES = 1 * GIB  # CUDA context, cuBLAS workspace, NCCL buffers: assumed, per GPU
+DEFAULT_OUTLIER_FRACTION = 0.005  # "the top 0.5% of feature dimensions" (DESIGN.md)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The numbers of a decoder-only transformer that set its KV cache and activations."""
+
+    name: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int  # < num_heads with grouped-query attention
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    gated_mlp: bool = True  # gate/up/down (Llama) rather than fc1/fc2 (OPT, BLOOM)
+    tie_word_embeddings: bool = False
+    max_positions: int | None = None  # the context it was trained for, if the config says
+
+
+@dataclass(frozen=True)
+class LinearShape:
+    """One Linear layer that the engine quantizes (every nn.Linear but lm_head)."""
+
+    name: str
+    out_features: int
+    in_features: int
+    bias: bool
+    layer: int | None  # decoder layer index, None outside the stack
+    outlier_cols: int | None = None  # the real count on a quantized model; else from the fraction
+
+
+@dataclass(frozen=True)
+class WeightInventory:
+    """Every weight of a model: the quantizable Linears, and floating-point elements by placement."""
+
+    linears: tuple[LinearShape, ...]
+    float_elements_per_layer: tuple[int, ...]  # norms (and anything else not a Linear) per layer
+    float_elements_first: int  # embeddings, learned positions: placed on the first GPU
+    float_elements_last: int  # final norm, untied lm_head: placed on the last GPU
+
+    @property
+    def parameters(self) -> int:
+        linear = sum(s.out_features * s.in_features + (s.out_features if s.bias else 0) for s in self.linears)
+        return linear + sum(self.float_elements_per_layer) + self.float_elements_first + self.float_elements_last
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the plan is for: batch x context, float dtype, outliers, and how full a card may get."""
+
+    context: int = 4096
+    batch: int = 1
+    dtype: str = "float16"
+    outlier_fraction: float = DEFAULT_OUTLIER_FRACTION
+    usable_fraction: float = DEFAULT_USABLE_FRACTION
+    overhead_bytes: int = DEFAULT_OVERHEAD_BYTES
+    attention: str = "sdpa"  # "eager" materializes the (T, T) scores
+    logits: str = "last"  # "all" positions (evaluation) or the "last" one (generation)
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def float_bytes(self) -> int:
+        return FLOAT_BYTES[self.dtype]
+
+
+def check_settings(settings: Settings) -> Settings:
+    """Raise BadInput for a setting no plan can be made with."""
+    for name in ("context", "batch"):
+        value = getattr(settings, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise BadInput(f"{name} must be a whole number of at least 1, got {value!r}")
+    if settings.dtype not in FLOAT_BYTES:
+        raise BadInput(f"unknown dtype {settings.dtype!r}; use one of {', '.join(FLOAT_BYTES)}")
+    if not 0.0 <= settings.outlier_fraction <= 1.0:
+        raise BadInput(f"outlier fraction must be between 0 and 1, got {settings.outlier_fraction!r}")
+    if not 0.0 < settings.usable_fraction <= 1.0:
+        raise BadInput(f"usable fraction must be in (0, 1], got {settings.usable_fraction!r}")
+    if settings.overhead_bytes < 0:
+        raise BadInput(f"runtime overhead cannot be negative, got {settings.overhead_bytes!r} bytes")
+    if settings.attention not in ("sdpa", "eager"):
+        raise BadInput(f"attention must be 'sdpa' or 'eager', got {settings.attention!r}")
+    if settings.logits not in ("last", "all"):
+        raise BadInput(f"logits must be 'last' or 'all', got {settings.logits!r}")
+    return settings
+
+
+def check_method(method: str) -> str:
+    if method not in METHODS:
+        raise BadInput(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    return method
+
+
+# --- weights ------------------------------------------------------------------------------------
+
+
+def outlier_count(shape: LinearShape, outlier_fraction: float) -> int:
+    """Outlier columns kept in floating point: the real count if known, else ceil(fraction x in)."""
+    if shape.outlier_cols is not None:
+        return shape.outlier_cols
+    return math.ceil(outlier_fraction * shape.in_features - 1e-9)
+
+
+def linear_terms(shape: LinearShape, method: str, float_bytes: int, outlier_fraction: float) -> dict[str, int]:
+    """Bytes of one Linear's tensors in a format, by tensor (see the module docstring for the layout)."""
+    out_f, in_f = shape.out_features, shape.in_features
+    terms = {"bias": out_f * float_bytes if shape.bias else 0}
+    if method == "baseline":
+        terms["float weight"] = out_f * in_f * float_bytes
+        return terms
+    terms["int8 weight"] = out_f * in_f
+    terms["scales"] = 4 if method == "absmax-tensor" else 4 * out_f
+    if method == "llm-int8":
+        n = outlier_count(shape, outlier_fraction)
+        terms["outlier indices"] = 8 * n
+        terms["outlier weight"] = out_f * n * float_bytes
+    return terms
+
+
+def weight_terms(inventory: WeightInventory, method: str, settings: Settings) -> dict[str, int]:
+    """Bytes of all weights in a format, summed by kind of tensor."""
+    check_method(method)
+    fb = settings.float_bytes
+    totals: dict[str, int] = {}
+    for shape in inventory.linears:
+        for key, value in linear_terms(shape, method, fb, settings.outlier_fraction).items():
+            totals[key] = totals.get(key, 0) + value
+    floats = sum(inventory.float_elements_per_layer) + inventory.float_elements_first + inventory.float_elements_last
+    totals["float (not quantized)"] = floats * fb
+    return {key: value for key, value in totals.items() if value}
+
+
+def weight_bytes(inventory: WeightInventory, method: str, settings: Settings) -> int:
+    return sum(weight_terms(inventory, method, settings).values())
+
+
+def layer_weight_bytes(inventory: WeightInventory, method: str, settings: Settings) -> list[int]:
+    """Weight bytes of each decoder layer, for placing whole layers on cards."""
+    fb = settings.float_bytes
+    per_layer = [count * fb for count in inventory.float_elements_per_layer]
+    for shape in inventory.linears:
+        if shape.layer is not None:
+            per_layer[shape.layer] += sum(linear_terms(shape, method, fb, settings.outlier_fraction).values())
+    return per_layer
+
+
+# --- KV cache and activations ---------------------------------------------------------------------
+
+
+def kv_cache_bytes(arch: Architecture, settings: Settings) -> int:
+    """K and V for every layer and token: 2 x layers x batch x context x kv_heads x head_dim x bytes."""
+    return 2 * arch.num_layers * settings.batch * settings.context * arch.num_kv_heads * arch.head_dim * settings.float_bytes
+
+
+def workspace_terms(arch: Architecture, inventory: WeightInventory, method: str, settings: Settings) -> dict[str, int]:
+    """Transient tensors at the peak of one forward pass over batch x context tokens, in bytes.
+
+    residual:  the layer's input and output hidden states, 2 x B x T x hidden
+    block:     the larger of the attention block (q, k, v, attention output, and with eager
+               attention the scores and their softmax, 2 x B x heads x T x T), the MLP block
+               (gate, up and their product: 3 x B x T x intermediate; 2 x for fc1/fc2 MLPs)
+               and the logits (B x T_logits x vocab, T_logits = 1 for "last")
+    int8:      W8A8 methods quantize the widest Linear input to int8 and accumulate in int32:
+               B x T x max_in x 1 + B x T x max_out x 4
+    outliers:  llm-int8-dynamic dequantizes the weight columns of the outliers it finds in a
+               call: max_out x ceil(outlier_fraction x max_in) in the float dtype
+    dequant:   weight-only dequantizes the largest weight to the float dtype before its matmul
+    """
+    check_method(method)
+    fb, tokens = settings.float_bytes, settings.batch * settings.context
+    attention = tokens * (2 * arch.num_heads + 2 * arch.num_kv_heads) * arch.head_dim * fb
+    if settings.attention == "eager":
+        attention += 2 * settings.batch * arch.num_heads * settings.context**2 * fb
+    mlp = (3 if arch.gated_mlp else 2) * tokens * arch.intermediate_size * fb
+    logit_positions = settings.context if settings.logits == "all" else 1
+    logits = settings.batch * logit_positions * arch.vocab_size * fb
+    terms = {"residual": 2 * tokens * arch.hidden_size * fb, "block": max(attention, mlp, logits)}
+    if inventory.linears and method in W8A8_METHODS:
+        max_in = max(s.in_features for s in inventory.linears)
+        max_out = max(s.out_features for s in inventory.linears)
+        terms["int8"] = tokens * max_in + tokens * max_out * 4
+        if method == "llm-int8-dynamic":
+            terms["outliers"] = max_out * math.ceil(settings.outlier_fraction * max_in - 1e-9) * fb
+    if inventory.linears and method == "weight-only":
+        terms["dequant"] = max(s.out_features * s.in_features for s in inventory.linears) * fb
+    return terms
+
+
+# --- GPUs -------------------------------------------------------------------------------------------
+
+
+def check_gpu(gpu: str) -> int:
+    if gpu not in GPUS:
+        raise BadInput(f"unknown GPU {gpu!r}; use one of {', '.join(GPUS)}")
+    return GPUS[gpu]
+
+
+def place_on_gpus(units: list[int], budget: int) -> list[int] | None:
+    """Fill cards in order with whole units (embeddings, each layer, head); None if a unit never fits."""
+    if budget <= 0 or any(unit > budget for unit in units):
+        return None
+    cards = [0]
+    for unit in units:
+        if cards[-1] + unit > budget:
+            cards.append(0)
+        cards[-1] += unit
+    return cards
+
+
+def weight_units(inventory: WeightInventory, method: str, settings: Settings) -> list[int]:
+    """Weight bytes of each unit placed on a card: first (embeddings), each decoder layer, last (head)."""
+    fb = settings.float_bytes
+    outside = [s for s in inventory.linears if s.layer is None]
+    first = inventory.float_elements_first * fb
+    first += sum(sum(linear_terms(s, method, fb, settings.outlier_fraction).values()) for s in outside)
+    return [first, *layer_weight_bytes(inventory, method, settings), inventory.float_elements_last * fb]
+
+
+def gpu_plan(arch: Architecture, inventory: WeightInventory, method: str, settings: Settings, gpu: str,
+             units: list[int] | None = None) -> dict[str, Any]:
+    """How many cards of one kind the model needs in a format, with the per-card budget spelled out.
+
+    Each decoder layer is placed with its share of the KV cache; `units` (from `weight_units`)
+    may be passed in when the same weights are planned for many contexts.
+    """
+    capacity = check_gpu(gpu)
+    usable = int(capacity * settings.usable_fraction)
+    workspace = sum(workspace_terms(arch, inventory, method, settings).values())
+    budget = usable - settings.overhead_bytes - workspace
+    kv_per_layer = kv_cache_bytes(arch, settings) // arch.num_layers
+    units = list(units if units is not None else weight_units(inventory, method, settings))
+    units[1:-1] = [weight + kv_per_layer for weight in units[1:-1]]
+    cards = place_on_gpus(units, budget)
+    state = sum(units)
+    return {
+        "gpu": gpu,
+        "capacity_bytes": capacity,
+        "usable_bytes": usable,
+        "overhead_bytes": settings.overhead_bytes,
+        "workspace_bytes": workspace,
+        "budget_per_gpu_bytes": budget,
+        "state_bytes": state,
+        "needed": len(cards) if cards else None,
+        "needed_if_divisible": math.ceil(state / budget) if budget > 0 else None,
+        "per_gpu_bytes": cards,
+        "why_not": None if cards else _why_not(budget, units),
+    }
+
+
+def _why_not(budget: int, units: list[int]) -> str:
+    if budget <= 0:
+        return "runtime overhead and activation workspace alone exceed the usable memory of one card"
+    return f"one layer with its KV cache ({max(units) / GIB:.2f} GiB) exceeds a card's budget ({budget / GIB:.2f} GiB)"
+
+
+def fits_on(arch: Architecture, inventory: WeightInventory, method: str, settings: Settings, gpu: str, count: int) -> bool:
+    """True when the model in `method` fits on `count` cards of kind `gpu`."""
+    _check_count(count)
+    needed = gpu_plan(arch, inventory, method, settings, gpu)["needed"]
+    return needed is not None and needed <= count
+
+
+def _check_count(count: int) -> None:
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise BadInput(f"the number of GPUs must be a whole number of at least 1, got {count!r}")
+
+
+def largest_context(arch: Architecture, inventory: WeightInventory, method: str, settings: Settings, gpu: str, count: int, limit: int = 1 << 24) -> int:
+    """The longest context (at the settings' batch) that still fits on `count` cards; 0 if none does."""
+    _check_count(count)
+    units = weight_units(inventory, method, settings)
+
+    def fits(context: int) -> bool:
+        needed = gpu_plan(arch, inventory, method, _with(settings, context=context), gpu, units)["needed"]
+        return needed is not None and needed <= count
+
+    if not fits(1):
+        return 0
+    low, high = 1, limit
+    if fits(high):
+        return high
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid)
+    return low
+
+
+def _with(settings: Settings, **changes: Any) -> Settings:
+    values = {k: v for k, v in asdict(settings).items()}
+    values.update(changes)
+    return Settings(**values)
+
+
+# --- the whole plan -------------------------------------------------------------------------------
+
+
+def plan(arch: Architecture, inventory: WeightInventory, settings: Settings, methods=METHODS, gpus=tuple(GPUS)) -> dict[str, Any]:
+    """Every term for every method and card kind, as JSON-able data."""
+    check_settings(settings)
+    result_methods = []
+    for method in methods:
+        weights = weight_terms(inventory, method, settings)
+        kv = kv_cache_bytes(arch, settings)
+        workspace = workspace_terms(arch, inventory, method, settings)
+        cards = []
+        for gpu in gpus:
+            card = gpu_plan(arch, inventory, method, settings, gpu)
+            if card["needed"] is not None:
+                card["largest_context_on_needed"] = largest_context(arch, inventory, method, settings, gpu, card["needed"])
+            cards.append(card)
+        result_methods.append({
+            "method": method,
+            "weights": {"bytes": sum(weights.values()), "terms": weights},
+            "kv_cache": {"bytes": kv},
+            "workspace": {"bytes": sum(workspace.values()), "terms": workspace},
+            "total_bytes": sum(weights.values()) + kv + sum(workspace.values()),
+            "gpus": cards,
+        })
+    notes = []
+    if arch.max_positions and settings.context > arch.max_positions:
+        notes.append(f"context {settings.context} is longer than the {arch.max_positions} positions the model was trained for")
+    return {
+        "architecture": {**asdict(arch), "parameters": inventory.parameters, "quantizable_linears": len(inventory.linears)},
+        "settings": {k: v for k, v in asdict(settings).items() if k != "extra"} | {"float_bytes": settings.float_bytes},
+        "methods": result_methods,
+        "notes": notes,
+    }
+
+
+def largest_fitting(candidates: list[tuple[Architecture, WeightInventory]], method: str, settings: Settings, gpu: str, count: int) -> Architecture | None:
+    """The candidate with the most parameters that fits on `count` cards of kind `gpu`, or None."""
+    fitting = [(inv.parameters, arch) for arch, inv in candidates if fits_on(arch, inv, method, settings, gpu, count)]
+    return max(fitting, key=lambda pair: pair[0])[1] if fitting else None
+
+
+# --- the engine capability ------------------------------------------------------------------------
+
+
+def settings_from_params(params: dict[str, Any], default_dtype: str = "float16") -> Settings:
+    """Settings from a request's parameters; absent ones take the defaults, wrong ones raise BadInput."""
+    values: dict[str, Any] = {"dtype": params.get("dtype") or default_dtype}
+    for key in ("context", "batch", "attention", "logits"):
+        if params.get(key) is not None:
+            values[key] = params[key]
+    for key in ("outlier_fraction", "usable_fraction"):
+        if params.get(key) is not None:
+            values[key] = _number(key, params[key])
+    if params.get("overhead_gib") is not None:
+        values["overhead_bytes"] = int(_number("overhead_gib", params["overhead_gib"]) * GIB)
+    return check_settings(Settings(**values))
+
+
+def _number(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise BadInput(f"{key} must be a number, got {value!r}")
+    return float(value)
+
+
+def run(params: dict[str, Any], task) -> dict[str, Any]:
+    """The `plan_memory` capability: a plan for a `config` path, a `preset` name or a loaded `model`.
+
+    params: exactly one of config / preset / model (a torch model, or an object whose `.model` is
+    one), and optionally context, batch, dtype (default float16; a model's own dtype for a model),
+    outlier_fraction, usable_fraction, overhead_gib, attention, logits, methods, gpus, and
+    outlier_counts ({Linear name: columns}, e.g. from a scan) to plan static llm-int8 exactly.
+    """
+    from engine import presets
+
+    sources = [key for key in ("config", "preset", "model") if params.get(key) is not None]
+    if len(sources) != 1:
+        raise BadInput("give exactly one of config (a config.json path), preset (a name) or model")
+    source = sources[0]
+    task.progress(0.1, "reading the architecture")
+    default_dtype, notes = "float16", []
+    if source == "preset":
+        name = str(params["preset"])
+        arch, inventory, notes = presets.from_config_dict(presets.preset_config(name), name)
+    elif source == "config":
+        path = str(params["config"])
+        arch, inventory, notes = presets.from_config_dict(presets.read_config(path), path)
+    else:
+        model = params["model"]
+        model = getattr(model, "model", model) if not hasattr(model, "named_modules") else model
+        if not hasattr(model, "named_modules") or not hasattr(model, "config"):
+            raise BadInput(f"model must be a loaded transformers model, got {type(model).__name__}")
+        arch, inventory = presets.from_model(model)
+        default_dtype = _model_dtype(model)
+    if params.get("outlier_counts") is not None:
+        inventory = with_outlier_counts(inventory, params["outlier_counts"])
+    settings = settings_from_params(params, default_dtype)
+    methods = tuple(check_method(m) for m in params.get("methods") or METHODS)
+    gpus = params.get("gpus") or tuple(GPUS)
+    for gpu in gpus:
+        check_gpu(gpu)
+    task.check_cancelled()
+    task.progress(0.5, "planning")
+    result = plan(arch, inventory, settings, methods, tuple(gpus))
+    result["source"] = {"kind": source, "name": arch.name}
+    result["notes"] = notes + result["notes"]
+    task.progress(1.0, "planned")
+    return result
+
+
+def with_outlier_counts(inventory: WeightInventory, counts: dict[str, Any]) -> WeightInventory:
+    """The inventory with the given Linears' static outlier column counts set (others keep theirs)."""
+    if not isinstance(counts, dict):
+        raise BadInput("outlier_counts must map Linear names to column counts")
+    names = {shape.name for shape in inventory.linears}
+    unknown = sorted(set(counts) - names)
+    if unknown:
+        raise BadInput(f"outlier_counts names Linears the model does not have: {', '.join(unknown[:5])}")
+    for name, count in counts.items():
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise BadInput(f"outlier count of {name} must be a whole number >= 0, got {count!r}")
+    linears = tuple(replace(s, outlier_cols=counts[s.name]) if s.name in counts else s for s in inventory.linears)
+    return replace(inventory, linears=linears)
+
+
+def _model_dtype(model: Any) -> str:
+    for tensor in model.parameters():
+        name = str(tensor.dtype).removeprefix("torch.")
+        if name in FLOAT_BYTES:
+            return name
+    return "float16"
