@@ -8,7 +8,9 @@ the allocator and not counted (the planner's per-GPU overhead stands for them).
 On the CPU torch has no allocator statistics; what can be measured is the bytes of
 the model's tensors (exact, by dtype) and the process's peak resident memory
 (`ru_maxrss`). That peak cannot be reset, so a phase reports the peak so far and how
-much it rose during the phase (0 when an earlier phase went higher).
+much it rose during the phase (0 when an earlier phase went higher), and the resident
+memory at its start and end. Linux keeps `ru_maxrss` across fork and exec, so a process
+started by a larger one begins with its parent's peak.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class PhaseMemory:
     cuda_allocated_at_end: int | None = None
     cpu_peak_rss: int | None = None
     cpu_peak_rss_rise: int | None = None
+    cpu_rss_at_start: int | None = None
     cpu_rss_at_end: int | None = None
 
 
@@ -115,6 +118,8 @@ def measure(record: PhaseMemory) -> Iterator[PhaseMemory]:
         torch.cuda.reset_peak_memory_stats(record.device)
         record.cuda_allocated_at_start = torch.cuda.memory_allocated(record.device)
     rss_peak_before = peak_rss_bytes()
+    if not cuda:
+        record.cpu_rss_at_start = current_rss_bytes()
     try:
         yield record
     finally:

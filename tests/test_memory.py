@@ -1,0 +1,141 @@
+"""Measured memory, and the planner's weight bytes against the quantized model's real tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine import memory, planner, quantize
+from engine.task import Task
+
+
+class PickedOutliers:
+    """Static llm-int8 takes its outlier columns from a scan; here they are picked by hand."""
+
+    def __init__(self, dims: dict[str, np.ndarray]) -> None:
+        self.dims = dims
+
+    def outlier_dims(self, threshold: float) -> dict[str, np.ndarray]:
+        return self.dims
+
+
+class Loaded:
+    def __init__(self, model) -> None:
+        self.model = model
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=40, tie_word_embeddings=True)
+    return LlamaForCausalLM(config).eval()
+
+
+def test_tensor_bytes_by_dtype_counts_tied_once():
+    embed = torch.nn.Embedding(10, 4)
+    head = torch.nn.Linear(4, 10, bias=False)
+    head.weight = embed.weight
+    model = torch.nn.ModuleDict({"embed": embed, "head": head, "norm": torch.nn.LayerNorm(4).to(torch.float16)})
+    model.norm.register_buffer("table", torch.zeros(3, dtype=torch.float64), persistent=False)
+    sizes = memory.tensor_bytes(model)
+    assert sizes["state_by_dtype"] == {"float32": 40 * 4, "float16": 8 * 2}
+    assert sizes["runtime_buffers"] == {"norm.table": {"dtype": "float64", "bytes": 24}}
+
+
+def test_cpu_phase_sees_an_allocation():
+    recorder = memory.MemoryRecorder()
+    with recorder.phase("allocate") as phase:
+        block = bytearray(300 * 2**20)
+        block[:: 4096] = b"x" * len(block[:: 4096])  # touch every page so it becomes resident
+    assert phase.cpu_rss_at_end - phase.cpu_rss_at_start >= 280 * 2**20
+    assert phase.cpu_peak_rss >= phase.cpu_rss_at_start + 280 * 2**20  # maxrss lags statm by a few pages
+    assert recorder.as_dict()["phases"][0]["phase"] == "allocate"
+    del block
+
+
+def _quantize_all(model, dims):
+    loaded, scan = Loaded(model), PickedOutliers(dims)
+    return {method: quantize.run({"method": method}, Task(), loaded, scan).model for method in quantize.METHODS}
+
+
+def test_planned_weight_bytes_equal_the_quantized_tensors(tiny_llama):
+    """float32 on the CPU: planned bytes per method == parameters + persistent buffers of the quantized model."""
+    rng = np.random.default_rng(0)
+    names = [name for name, _ in quantize.linear_layers(tiny_llama)]
+    dims = {name: np.sort(rng.choice(32, size=int(rng.integers(0, 5)), replace=False)) for name in names}
+    quantized = _quantize_all(tiny_llama, dims)
+    counts = {name: int(len(d)) for name, d in dims.items()}
+    plan = planner.run({"model": tiny_llama, "context": 8, "outlier_counts": counts}, Task())
+    planned = {m["method"]: m["weights"]["bytes"] for m in plan["methods"]}
+    for method, model in quantized.items():
+        measured = memory.tensor_bytes(model)
+        assert planned[method] == measured["state_bytes"], method
+        # the only other tensors are the rotary tables, rebuilt at load time: 4 float32 each for head_dim 8
+        assert measured["runtime_buffers"] == {f"model.rotary_emb.{name}": {"dtype": "float32", "bytes": 16}
+                                               for name in ("inv_freq", "original_inv_freq")}
+        assert sum(quantize.tensor_bytes(model).values()) == measured["state_bytes"] + 32
+    assert planned["baseline"] == memory.tensor_bytes(tiny_llama)["state_bytes"]
+    # planning from the quantized model itself reads its real outlier columns
+    again = planner.run({"model": quantized["llm-int8"], "context": 8, "methods": ["llm-int8"]}, Task())
+    assert again["methods"][0]["weights"]["bytes"] == planned["llm-int8"]
+
+
+@pytest.mark.slow
+def test_default_model_planned_equals_measured():
+    """The embedded SmolLM2-135M in float32, quantized by each method, against the preset's plan."""
+    from engine import loading, scan
+
+    loaded = loading.load({}, Task())
+    found = scan.run({"tokens": 256, "seq_len": 128, "batch_size": 2}, Task(), loaded)
+    dims = found.outlier_dims(6.0)
+    counts = {name: int(len(d)) for name, d in dims.items()}
+    plan = planner.run({"preset": "smollm2-135m", "dtype": "float32", "outlier_counts": counts}, Task())
+    planned = {m["method"]: m["weights"]["bytes"] for m in plan["methods"]}
+    assert planned["baseline"] == memory.tensor_bytes(loaded.model)["state_bytes"] == 134_515_008 * 4
+    for method in quantize.METHODS:
+        model = quantize.run({"method": method}, Task(), loaded, found).model
+        assert planned[method] == memory.tensor_bytes(model)["state_bytes"], method
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_phase_peak_is_reset_per_phase():
+    recorder = memory.MemoryRecorder()
+    with recorder.phase("big", "cuda"):
+        block = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
+        del block
+    with recorder.phase("small", "cuda"):
+        block = torch.empty(16 * 2**20, dtype=torch.uint8, device="cuda")
+        del block
+    big, small = recorder.phases
+    assert big.cuda_peak_allocated - big.cuda_allocated_at_start >= 256 * 2**20
+    assert small.cuda_peak_allocated - small.cuda_allocated_at_start < 64 * 2**20
+    assert big.cuda_peak_reserved >= big.cuda_peak_allocated
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_planned_total_within_ten_percent_of_measured_peak():
+    """Weights + KV cache + workspace of a forward pass, planned against torch's peak allocated bytes."""
+    from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=8, num_attention_heads=16,
+                         num_key_value_heads=4, vocab_size=32000, attn_implementation="sdpa")
+    recorder = memory.MemoryRecorder()
+    with recorder.phase("load", "cuda"):
+        model = LlamaForCausalLM(config).to("cuda", torch.float16).eval()
+    batch, context = 2, 2048
+    ids = torch.randint(0, 32000, (batch, context), device="cuda")
+    with torch.no_grad(), recorder.phase("forward", "cuda"):
+        model(ids, past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)
+    plan = planner.run({"model": model, "context": context, "batch": batch, "methods": ["baseline"]}, Task())
+    planned = plan["methods"][0]["total_bytes"]
+    measured = recorder.phases[1].cuda_peak_allocated
+    assert abs(planned - measured) <= 0.10 * measured, (planned, measured)
