@@ -160,11 +160,36 @@ def multiprocessor_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def as_cupy(tensor: Any) -> Any:
-    """A CuPy view of a CUDA torch tensor, sharing its memory (DLPack)."""
-    import cupy
+class _OnCurrentStream:
+    """A DLPack producer for one torch tensor that skips the stream handshake.
 
-    return cupy.from_dlpack(tensor.detach())
+    The kernels are launched on torch's current stream, so the tensor is ready
+    in stream order and no cross-stream event is needed; asking torch for
+    `stream=-1` also avoids how producers and consumers spell the legacy
+    default stream (0, 1), which they do not agree on.
+    """
+
+    def __init__(self, tensor: Any) -> None:
+        self._tensor = tensor
+
+    def __dlpack_device__(self) -> Any:
+        return self._tensor.__dlpack_device__()
+
+    def __dlpack__(self, *, stream: Any = None, **kwargs: Any) -> Any:
+        return self._tensor.__dlpack__(stream=-1, **kwargs)
+
+
+def as_cupy(tensor: Any) -> Any:
+    """A flat uint8 CuPy view of a contiguous CUDA torch tensor, sharing its memory (DLPack).
+
+    Viewed as bytes because CuPy has no bfloat16 and a kernel only needs the
+    address; call it with the tensor's device current.
+    """
+    import cupy
+    import torch
+
+    flat = tensor.detach().reshape(-1).view(torch.uint8)
+    return cupy.from_dlpack(_OnCurrentStream(flat))
 
 
 def launch(
@@ -172,15 +197,16 @@ def launch(
 ) -> None:
     """Launch one kernel on torch's current stream of `tensor_device`.
 
-    `args` holds torch tensors (passed as device pointers through DLPack) and
-    NumPy scalars (passed by value with their exact C type).
+    `args` holds contiguous torch tensors (passed as device pointers through
+    DLPack) and NumPy scalars (passed by value with their exact C type).
     """
     import cupy
     import torch
 
     index = tensor_device.index if tensor_device.index is not None else _current_device()
     kernel = get_kernel(index, module, entry_point)
-    stream = torch.cuda.current_stream(index)
-    with cupy.cuda.Device(index), cupy.cuda.ExternalStream(stream.cuda_stream):
+    stream_pointer = torch.cuda.current_stream(index).cuda_stream
+    stream = cupy.cuda.Stream.null if stream_pointer == 0 else cupy.cuda.ExternalStream(stream_pointer)
+    with torch.cuda.device(index), cupy.cuda.Device(index), stream:
         converted = tuple(as_cupy(arg) if isinstance(arg, torch.Tensor) else arg for arg in args)
         kernel(tuple(grid), tuple(block), converted)

@@ -61,8 +61,9 @@ def _candidate_paths() -> list[str]:
     spec = importlib.util.find_spec("nvidia")
     if spec is not None and spec.submodule_search_locations:
         for root in spec.submodule_search_locations:
-            lib_dir = Path(root) / "cuda_nvrtc" / "lib"
-            candidates += [str(p) for p in sorted(lib_dir.glob("libnvrtc.so*")) if "builtins" not in p.name]
+            wheel_dir = Path(root) / "cuda_nvrtc"
+            found = sorted(wheel_dir.glob("lib/libnvrtc.so*")) + sorted(wheel_dir.glob("bin/nvrtc64_*.dll"))
+            candidates += [str(p) for p in found if "builtins" not in p.name]
     for env in ("CUDA_PATH", "CUDA_HOME"):
         if os.environ.get(env):
             lib_dir = Path(os.environ[env]) / "lib64"

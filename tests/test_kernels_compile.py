@@ -188,3 +188,12 @@ def test_ops_keep_the_reference_signatures():
         assert dispatcher == inspect.signature(getattr(reference, name)), name
         cuda_parameters = inspect.signature(getattr(cuda_ops, name)).parameters
         assert list(cuda_parameters) == list(dispatcher.parameters), name
+
+
+def test_dlpack_producer_shares_memory_with_a_consumer():
+    """The producer that cuda_loader hands to cupy.from_dlpack, read here by NumPy on the CPU."""
+    tensor = torch.arange(6, dtype=torch.bfloat16)
+    view = np.from_dlpack(cuda_loader._OnCurrentStream(tensor.reshape(-1).view(torch.uint8)))
+    assert view.dtype == np.uint8 and view.shape == (12,)
+    tensor[0] = 1.0  # bfloat16 1.0 is 0x3F80: low byte 0x80, high byte 0x3F
+    assert view[:2].tolist() == [0x80, 0x3F]
