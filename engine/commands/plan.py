@@ -116,7 +116,13 @@ def largest_on(spec: str, among: str | None, params: dict[str, Any]) -> dict[str
 
 
 def _gib(value: int | None) -> str:
-    return "-" if value is None else f"{value / 2**30:.2f} GiB"
+    """Bytes in GiB, or in MiB / KiB / bytes when smaller, so small models show their terms too."""
+    if value is None:
+        return "-"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(value) >= size:
+            return f"{value / size:.2f} {unit}"
+    return f"{value} bytes"
 
 
 def render(result: dict[str, Any]) -> str:
