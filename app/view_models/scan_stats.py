@@ -1,0 +1,224 @@
+"""The scan statistics the GUI holds: one heatmap row per (decoder layer, Linear input).
+
+The engine streams one `scan_layer` event per Linear. Linears that read the same
+input (q/k/v, gate/up) carry identical statistics, so the heatmap shows one row
+per decoder layer and input kind, grouped by kind (attention input, attention
+output, MLP input, MLP down input). Every Linear is still kept, because the
+memory cost of an outlier column is paid once per Linear that reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+# Input kinds and their labels, as the engine names them (engine/layers.py); copied here because
+# app/ imports nothing of the engine but its protocol and client.
+KIND_ORDER = ("attn_in", "attn_out", "mlp_in", "mlp_down", "other")
+KIND_LABELS = {
+    "attn_in": "attention input (q/k/v)",
+    "attn_out": "attention output (o)",
+    "mlp_in": "MLP input (gate/up)",
+    "mlp_down": "MLP down input",
+    "other": "other",
+}
+KIND_SHORT = {"attn_in": "attn in", "attn_out": "attn out", "mlp_in": "MLP in", "mlp_down": "MLP down",
+              "other": "other"}
+
+
+@dataclass
+class LinearStats:
+    """One Linear layer's input statistics, as the engine sent them."""
+
+    index: int
+    name: str
+    layer: int  # decoder layer, -1 outside the stack
+    kind: str
+    absmax: np.ndarray  # (in_features,) float32
+    count_over: np.ndarray  # (in_features,) int64, tokens with |x| over the scan threshold
+    hist: np.ndarray  # (bins,) int64, log10|x| histogram
+    n_tokens: int
+    out_features: int | None = None
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> "LinearStats":
+        absmax = np.asarray(payload["absmax"], dtype=np.float32)
+        count = np.asarray(payload.get("count_over", np.zeros(absmax.shape, np.int64)), dtype=np.int64)
+        if absmax.ndim != 1 or count.shape != absmax.shape:
+            raise ValueError(f"scan_layer {payload.get('name')!r}: absmax and count_over must be 1-D of one length")
+        kind = payload.get("kind", "other")
+        return cls(
+            index=int(payload["index"]), name=str(payload["name"]), layer=int(payload.get("layer", -1)),
+            kind=kind if kind in KIND_LABELS else "other", absmax=absmax, count_over=count,
+            hist=np.asarray(payload.get("hist", ()), dtype=np.int64), n_tokens=int(payload.get("n_tokens", 0)),
+            out_features=payload.get("out_features"),
+        )
+
+
+class ScanStatistics:
+    """Every Linear's statistics and the heatmap grid built from them.
+
+    The grid has a fixed shape once the layer count and widths are known
+    (`configure`), so a new layer fills one row in place; without `configure`
+    rows are appended as they come (the grid grows, the views redraw once).
+    """
+
+    def __init__(self) -> None:
+        self._listeners: list[Callable[[str, Any], None]] = []
+        self.clear()
+
+    # --- observing -------------------------------------------------------------------------------
+
+    def subscribe(self, listener: Callable[[str, Any], None]) -> None:
+        """`listener(event, data)`: ("row", row index), ("reset", None), ("finished", None)."""
+        self._listeners.append(listener)
+
+    def _emit(self, event: str, data: Any = None) -> None:
+        for listener in list(self._listeners):
+            listener(event, data)
+
+    # --- filling ---------------------------------------------------------------------------------
+
+    def clear(self) -> None:
+        self.linears: list[LinearStats] = []
+        self.row_keys: list[tuple[str, int]] = []  # (kind, layer) per heatmap row
+        self.row_names: list[str] = []  # the first Linear that filled each row
+        self._row_of: dict[tuple[str, int], int] = {}
+        self.absmax_grid = np.full((0, 0), np.nan, dtype=np.float32)  # (rows, max in_features)
+        self.share_grid = np.full((0, 0), np.nan, dtype=np.float32)  # fraction of tokens over scan threshold
+        self.row_filled = np.zeros(0, dtype=bool)
+        self.hist_edges: np.ndarray | None = None
+        self.hist_total: np.ndarray | None = None
+        self.scan_threshold: float | None = None
+        self.n_tokens = 0
+        self.finished = False
+        self._emit("reset")
+
+    def configure(self, layers: int, widths: dict[str, int]) -> None:
+        """Lay out the grid for `layers` decoder layers and the input width of each kind."""
+        self.clear()
+        for kind in KIND_ORDER:
+            if kind in widths:
+                for layer in range(layers):
+                    self._add_row_key((kind, layer))
+        self._resize(len(self.row_keys), max(widths.values(), default=0))
+        self._emit("reset")
+
+    def set_scan_info(self, threshold: float | None, hist_edges: np.ndarray | None) -> None:
+        self.scan_threshold = threshold
+        if hist_edges is not None:
+            self.hist_edges = np.asarray(hist_edges, dtype=np.float64)
+
+    def add_layer(self, payload: dict[str, Any]) -> int | None:
+        """Take one `scan_layer` payload; returns the heatmap row it filled (None if its row was full)."""
+        stats = LinearStats.from_payload(payload)
+        self.linears.append(stats)
+        self.n_tokens = max(self.n_tokens, stats.n_tokens)
+        if stats.hist.size:
+            self.hist_total = stats.hist.copy() if self.hist_total is None else self.hist_total + stats.hist
+        key = (stats.kind, stats.layer)
+        row = self._row_of.get(key)
+        if row is None:
+            row = self._add_row_key(key)
+            self._resize(len(self.row_keys), max(self.absmax_grid.shape[1], stats.absmax.size))
+        elif self.row_filled[row]:
+            return None  # q/k/v after q: the same input, the row already shows it
+        if stats.absmax.size > self.absmax_grid.shape[1]:
+            self._resize(self.absmax_grid.shape[0], stats.absmax.size)
+        width = stats.absmax.size
+        self.absmax_grid[row, :width] = stats.absmax
+        self.share_grid[row, :width] = stats.count_over / max(stats.n_tokens, 1)
+        self.row_filled[row] = True
+        while len(self.row_names) < len(self.row_keys):
+            self.row_names.append("")
+        self.row_names[row] = stats.name
+        self._emit("row", row)
+        return row
+
+    def load_result(self, result: dict[str, Any]) -> None:
+        """A whole scan result (the `scan` job's reply): fills whatever rows did not stream in."""
+        self.set_scan_info(result.get("threshold"), result.get("hist_edges"))
+        seen = {s.name for s in self.linears}
+        for payload in result.get("layers", []):
+            if payload["name"] not in seen:
+                self.add_layer(payload)
+        self.finished = True
+        self._emit("finished")
+
+    def _add_row_key(self, key: tuple[str, int]) -> int:
+        """Insert a row keeping rows grouped by kind in KIND_ORDER, then by layer."""
+        self.row_keys.append(key)
+        self.row_keys.sort(key=lambda k: (KIND_ORDER.index(k[0]), k[1]))
+        old_of = self._row_of
+        self._row_of = {k: i for i, k in enumerate(self.row_keys)}
+        if old_of and len(self.row_keys) > 1:
+            self._reorder(old_of)
+        return self._row_of[key]
+
+    def _reorder(self, old_of: dict[tuple[str, int], int]) -> None:
+        rows, width = len(self.row_keys), self.absmax_grid.shape[1]
+        absmax = np.full((rows, width), np.nan, dtype=np.float32)
+        share = np.full((rows, width), np.nan, dtype=np.float32)
+        filled = np.zeros(rows, dtype=bool)
+        names = [""] * rows
+        for key, old in old_of.items():
+            if old < self.absmax_grid.shape[0]:
+                new = self._row_of[key]
+                absmax[new], share[new], filled[new] = self.absmax_grid[old], self.share_grid[old], self.row_filled[old]
+                names[new] = self.row_names[old] if old < len(self.row_names) else ""
+        self.absmax_grid, self.share_grid, self.row_filled, self.row_names = absmax, share, filled, names
+        self._emit("reset")
+
+    def _resize(self, rows: int, width: int) -> None:
+        old_rows, old_width = self.absmax_grid.shape
+        if (rows, width) == (old_rows, old_width):
+            return
+        absmax = np.full((rows, width), np.nan, dtype=np.float32)
+        share = np.full((rows, width), np.nan, dtype=np.float32)
+        filled = np.zeros(rows, dtype=bool)
+        keep_rows, keep_width = min(rows, old_rows), min(width, old_width)
+        absmax[:keep_rows, :keep_width] = self.absmax_grid[:keep_rows, :keep_width]
+        share[:keep_rows, :keep_width] = self.share_grid[:keep_rows, :keep_width]
+        filled[:keep_rows] = self.row_filled[:keep_rows]
+        self.absmax_grid, self.share_grid, self.row_filled = absmax, share, filled
+        self.row_names += [""] * (rows - len(self.row_names))
+        self._emit("reset")
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    @property
+    def rows_filled(self) -> int:
+        return int(self.row_filled.sum())
+
+    def row_label(self, row: int) -> str:
+        kind, layer = self.row_keys[row]
+        return f"layer {layer} · {KIND_LABELS[kind]}"
+
+    def kind_spans(self) -> list[tuple[str, int, int]]:
+        """(kind, first row, last row + 1) for each kind present, in heatmap order."""
+        spans: list[tuple[str, int, int]] = []
+        for row, (kind, _) in enumerate(self.row_keys):
+            if spans and spans[-1][0] == kind:
+                spans[-1] = (kind, spans[-1][1], row + 1)
+            else:
+                spans.append((kind, row, row + 1))
+        return spans
+
+    def dimension_profile(self, dim: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per kind: (decoder layers, abs-max of `dim` in each), for the rows that have that dimension."""
+        profile: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for kind, start, stop in self.kind_spans():
+            layers = np.array([self.row_keys[r][1] for r in range(start, stop)])
+            values = self.absmax_grid[start:stop, dim] if dim < self.absmax_grid.shape[1] else np.full(stop - start, np.nan)
+            keep = self.row_filled[start:stop] & np.isfinite(values)
+            if keep.any():
+                profile[kind] = (layers[keep], values[keep].astype(np.float64))
+        return profile
+
+    def all_absmax(self) -> np.ndarray:
+        """Every Linear's per-dimension abs-max, concatenated (each Linear counts: memory is per Linear)."""
+        if not self.linears:
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate([s.absmax for s in self.linears])

@@ -1,0 +1,157 @@
+"""The threshold choice: an abs-max magnitude, or equally "the top fraction of feature dimensions".
+
+Both views are one choice. A Linear's input dimension is an outlier when its
+calibration abs-max exceeds the threshold; it then stays in floating point
+(static LLM.int8()): the Linear keeps that weight column (out_features values)
+in floating point plus its int64 index. The fraction counts (Linear, dimension)
+pairs, because that is what memory is paid for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from app.view_models.scan_stats import KIND_LABELS, KIND_ORDER, ScanStatistics
+
+DEFAULT_THRESHOLD = 6.0  # LLM.int8()'s default
+INDEX_BYTES = 8  # int64 column index per outlier column
+
+
+@dataclass
+class KindSummary:
+    """Outliers of one input kind (attention input, ...)."""
+
+    kind: str
+    label: str
+    rows: int  # decoder layers with this input scanned
+    dims_any_layer: int  # distinct dimensions over the threshold in at least one layer
+    mean_dims_per_layer: float
+    max_dims_in_a_layer: int
+
+
+@dataclass
+class ThresholdSummary:
+    """What a threshold means for the scanned model."""
+
+    threshold: float
+    outlier_columns: int  # (Linear, dimension) pairs over the threshold
+    total_columns: int  # (Linear, dimension) pairs scanned
+    kinds: list[KindSummary] = field(default_factory=list)
+    float_bytes: int | None = None  # extra bytes the fp columns cost; None when out_features is unknown
+    float_bytes_missing: list[str] = field(default_factory=list)  # Linears without out_features
+
+    @property
+    def fraction(self) -> float:
+        return self.outlier_columns / self.total_columns if self.total_columns else 0.0
+
+
+class ThresholdModel:
+    """The current threshold over a `ScanStatistics`, with its summary; notifies on every change."""
+
+    def __init__(self, stats: ScanStatistics, threshold: float = DEFAULT_THRESHOLD, float_bytes: int = 2) -> None:
+        self.stats = stats
+        self.float_bytes = float_bytes  # bytes per weight of the float columns (2: fp16, 4: fp32)
+        self._threshold = check_threshold(threshold)
+        self._listeners: list[Callable[[float], None]] = []
+        self._sorted_desc: np.ndarray | None = None
+        stats.subscribe(self._on_stats)
+
+    def subscribe(self, listener: Callable[[float], None]) -> None:
+        self._listeners.append(listener)
+
+    @property
+    def threshold(self) -> float:
+        return self._threshold
+
+    def set_threshold(self, threshold: float) -> None:
+        threshold = check_threshold(threshold)
+        if threshold != self._threshold:
+            self._threshold = threshold
+            for listener in list(self._listeners):
+                listener(threshold)
+
+    def set_fraction(self, fraction: float) -> float:
+        """Choose the threshold that keeps the top `fraction` of dimensions in floating point; returns it."""
+        threshold = self.threshold_for_fraction(fraction)
+        self.set_threshold(threshold)
+        return threshold
+
+    # --- conversions -----------------------------------------------------------------------------
+
+    def _sorted(self) -> np.ndarray:
+        if self._sorted_desc is None:
+            values = self.stats.all_absmax()
+            self._sorted_desc = np.sort(values[np.isfinite(values)])[::-1]
+        return self._sorted_desc
+
+    def fraction_for_threshold(self, threshold: float) -> float:
+        """Share of (Linear, dimension) pairs whose abs-max exceeds `threshold`."""
+        values = self._sorted()
+        if values.size == 0:
+            return 0.0
+        ascending = values[::-1]
+        over = values.size - np.searchsorted(ascending, threshold, side="right")
+        return float(over / values.size)
+
+    def threshold_for_fraction(self, fraction: float) -> float:
+        """The threshold over which exactly the top `fraction` of pairs lie (as near as ties allow).
+
+        It is the abs-max of the first pair left out, so that "over the threshold"
+        picks the top k = round(fraction x pairs).
+        """
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"fraction must be between 0 and 1, got {fraction}")
+        values = self._sorted()
+        if values.size == 0:
+            raise ValueError("no scan statistics yet: scan the model first")
+        k = int(round(fraction * values.size))
+        if k >= values.size:
+            return float(max(values[-1] * 0.5, np.finfo(np.float32).tiny))
+        return float(max(values[k], np.finfo(np.float32).tiny))
+
+    # --- the summary -----------------------------------------------------------------------------
+
+    def outlier_mask(self) -> np.ndarray:
+        """(rows, width) bool: heatmap cells over the threshold."""
+        grid = self.stats.absmax_grid
+        with np.errstate(invalid="ignore"):
+            return grid > self._threshold
+
+    def summary(self) -> ThresholdSummary:
+        threshold = self._threshold
+        stats = self.stats
+        over_rows = self.outlier_mask()
+        kinds = []
+        for kind, start, stop in stats.kind_spans():
+            filled = stats.row_filled[start:stop]
+            if not filled.any():
+                continue
+            block = over_rows[start:stop][filled]
+            per_row = block.sum(axis=1)
+            kinds.append(KindSummary(kind, KIND_LABELS[kind], int(filled.sum()), int(block.any(axis=0).sum()),
+                                     float(per_row.mean()), int(per_row.max())))
+        kinds.sort(key=lambda k: KIND_ORDER.index(k.kind))
+        outliers, total, extra, missing = 0, 0, 0, []
+        for linear in stats.linears:
+            count = int((linear.absmax > threshold).sum())
+            outliers += count
+            total += linear.absmax.size
+            if linear.out_features is None:
+                missing.append(linear.name)
+            else:
+                extra += count * (int(linear.out_features) * self.float_bytes + INDEX_BYTES)
+        return ThresholdSummary(threshold, outliers, total, kinds, None if missing else extra, missing)
+
+    def _on_stats(self, event: str, data: object) -> None:
+        self._sorted_desc = None
+
+
+def check_threshold(threshold: float) -> float:
+    """A threshold is a finite positive number."""
+    value = float(threshold)
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"the threshold must be a finite positive number, got {threshold}")
+    return value

@@ -1,0 +1,32 @@
+"""Colours shared by the views: the heatmap colour map, the outlier highlight, one colour per input kind."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+
+BACKGROUND = "#1e1f24"
+FOREGROUND = "#d6d7dc"
+MISSING_RGBA = (44, 45, 52, 255)  # heatmap cells not scanned (yet), or past a layer's width
+OUTLIER_RGBA = (0, 229, 255, 235)  # cells over the threshold, drawn over the heatmap
+THRESHOLD_PEN = pg.mkPen("#00e5ff", width=2)
+KIND_COLORS = {"attn_in": "#f4a259", "attn_out": "#8cb369", "mlp_in": "#5b8def", "mlp_down": "#e56b6f",
+               "other": "#b0b0b0"}
+COLORMAP_NAME = "inferno"
+
+
+def colormap() -> pg.ColorMap:
+    return pg.colormap.get(COLORMAP_NAME)
+
+
+def heatmap_lut() -> np.ndarray:
+    """(256, 4) uint8: entry 0 is the 'missing' colour, 1..255 the colour map from low to high."""
+    lut = np.empty((256, 4), dtype=np.uint8)
+    lut[0] = MISSING_RGBA
+    lut[1:] = colormap().getLookupTable(nPts=255, alpha=True)
+    return lut
+
+
+def outlier_lut() -> np.ndarray:
+    """(2, 4) uint8: 0 transparent, 1 the outlier highlight."""
+    return np.array([(0, 0, 0, 0), OUTLIER_RGBA], dtype=np.uint8)

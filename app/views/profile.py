@@ -1,0 +1,64 @@
+"""One feature dimension across all layers: its abs-max per input kind, against the threshold.
+
+This is the view that shows "dimension 247 is an outlier in most layers":
+one line per input kind, layers on x, log10 abs-max on y, the threshold as a
+horizontal line.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+
+from app.view_models.scan_stats import KIND_LABELS, ScanStatistics
+from app.view_models.threshold import ThresholdModel
+from app.views import colors
+from app.views.histogram import PowerOfTenAxis
+
+
+class DimensionProfileView(QWidget):
+    def __init__(self, stats: ScanStatistics, threshold: ThresholdModel, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.stats, self.threshold = stats, threshold
+        self.dim: int | None = None
+        self.title = QLabel("Click a dimension on the heatmap to see it in every layer.")
+        self.title.setObjectName("sectionTitle")
+        self.plot = pg.PlotWidget(axisItems={"left": PowerOfTenAxis("left")})
+        self.plot.setMenuEnabled(False)
+        self.plot.setLabel("bottom", "decoder layer")
+        self.plot.setLabel("left", "abs-max")
+        self.plot.addLegend(offset=(10, 10))
+        self.line = pg.InfiniteLine(angle=0, pen=colors.THRESHOLD_PEN)
+        self.plot.addItem(self.line)
+        self.curves: dict[str, pg.PlotDataItem] = {}
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.title)
+        layout.addWidget(self.plot)
+        threshold.subscribe(lambda value: self.line.setValue(math.log10(value)))
+        self.line.setValue(math.log10(threshold.threshold))
+        stats.subscribe(self._on_stats)
+
+    def show_dimension(self, dim: int) -> None:
+        self.dim = dim
+        profile = self.stats.dimension_profile(dim)
+        for curve in self.curves.values():
+            self.plot.removeItem(curve)
+        self.curves.clear()
+        over_layers: set[int] = set()
+        for kind, (layers, values) in profile.items():
+            pen = pg.mkPen(colors.KIND_COLORS[kind], width=2)
+            self.curves[kind] = self.plot.plot(layers, np.log10(np.maximum(values, 1e-30)), pen=pen, symbol="o",
+                                               symbolSize=5, symbolBrush=colors.KIND_COLORS[kind],
+                                               name=KIND_LABELS[kind])
+            over_layers.update(int(layer) for layer in layers[values > self.threshold.threshold])
+        total_layers = len({layer for layers, _ in profile.values() for layer in layers})
+        self.title.setText(f"Dimension {dim:,}: over the threshold in {len(over_layers)} of {total_layers} layers"
+                           if total_layers else f"Dimension {dim:,}: not in any scanned layer")
+
+    def _on_stats(self, event: str, data: object) -> None:
+        if self.dim is not None and event in ("finished", "reset"):
+            self.show_dimension(self.dim)

@@ -1,0 +1,125 @@
+"""Threshold controls and what the threshold means, updated on every change without the engine.
+
+The slider is logarithmic (0.1 .. 1000); the spin boxes hold the threshold and
+the equivalent "top % of dimensions". Below them: outlier dimensions per input
+kind, the share of (Linear, dimension) pairs kept in floating point, and the
+memory those floating-point columns cost.
+"""
+
+from __future__ import annotations
+
+import math
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (QDoubleSpinBox, QFormLayout, QGroupBox, QHeaderView, QLabel, QSlider,
+                               QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+
+from app.view_models.threshold import ThresholdModel
+
+SLIDER_STEPS = 1000
+SLIDER_LOG_RANGE = (-1.0, 3.0)  # 0.1 .. 1000
+
+
+def slider_to_threshold(position: int) -> float:
+    low, high = SLIDER_LOG_RANGE
+    return float(f"{10 ** (low + (high - low) * position / SLIDER_STEPS):.3g}")
+
+
+def threshold_to_slider(threshold: float) -> int:
+    low, high = SLIDER_LOG_RANGE
+    position = (math.log10(threshold) - low) / (high - low) * SLIDER_STEPS
+    return int(round(min(max(position, 0), SLIDER_STEPS)))
+
+
+class ThresholdPanel(QGroupBox):
+    def __init__(self, model: ThresholdModel, parent: QWidget | None = None) -> None:
+        super().__init__("Threshold", parent)
+        self.model = model
+        self._syncing = False
+        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setRange(0, SLIDER_STEPS)
+        self.slider.setToolTip("Outlier threshold on |x| (logarithmic)")
+        self.spin = QDoubleSpinBox()
+        self.spin.setDecimals(3)
+        self.spin.setRange(0.001, 1e6)
+        self.spin.setSingleStep(0.5)
+        self.spin.setToolTip("A dimension whose calibration abs-max exceeds this stays in floating point")
+        self.fraction_spin = QDoubleSpinBox()
+        self.fraction_spin.setDecimals(3)
+        self.fraction_spin.setRange(0.0, 100.0)
+        self.fraction_spin.setSuffix(" %")
+        self.fraction_spin.setSingleStep(0.1)
+        self.fraction_spin.setToolTip("The same choice as the share of (Linear, dimension) pairs with the "
+                                      "largest abs-max")
+        self.overall = QLabel("Scan the model to see what this threshold keeps in floating point.")
+        self.overall.setWordWrap(True)
+        self.overall.setObjectName("summary")
+        self.table = QTableWidget(0, 3)
+        self.table.setHorizontalHeaderLabels(["input", "outlier dims", "per layer mean / max"])
+        self.table.setToolTip("Outlier dims: distinct dimensions over the threshold in at least one layer")
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.table.setMinimumHeight(140)
+
+        form = QFormLayout()
+        form.addRow("|x| over", self.spin)
+        form.addRow("", self.slider)
+        form.addRow("top dimensions", self.fraction_spin)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.overall)
+        layout.addWidget(self.table)
+
+        self.slider.valueChanged.connect(lambda pos: self._apply(slider_to_threshold(pos)))
+        self.spin.valueChanged.connect(self._apply)
+        self.fraction_spin.valueChanged.connect(self._apply_fraction)
+        model.subscribe(lambda _: self.refresh())
+        model.stats.subscribe(self._on_stats)
+        self.refresh()
+
+    def _apply(self, threshold: float) -> None:
+        if not self._syncing and threshold > 0:
+            self.model.set_threshold(threshold)
+
+    def _apply_fraction(self, percent: float) -> None:
+        if self._syncing or not self.model.stats.linears:
+            return
+        self.model.set_fraction(percent / 100.0)
+
+    def _on_stats(self, event: str, data: object) -> None:
+        if event in ("finished", "reset") or (event == "row" and self.model.stats.rows_filled % 4 == 0):
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Show the model's threshold in every control and recompute the summary."""
+        self._syncing = True
+        try:
+            threshold = self.model.threshold
+            self.spin.setValue(threshold)
+            self.slider.setValue(threshold_to_slider(threshold))
+            self.fraction_spin.setValue(100.0 * self.model.fraction_for_threshold(threshold))
+        finally:
+            self._syncing = False
+        if not self.model.stats.linears:
+            return
+        summary = self.model.summary()
+        if summary.float_bytes is None:
+            memory = ("memory of the floating-point columns: unknown (the scan did not report out_features "
+                      "of the Linear layers)")
+        else:
+            memory = (f"floating-point columns cost <b>{summary.float_bytes / 1e6:,.2f} MB</b> "
+                      f"({self.model.float_bytes * 8}-bit weights + int64 indices)")
+        self.overall.setText(
+            f"<b>{summary.outlier_columns:,}</b> of {summary.total_columns:,} Linear input columns over "
+            f"{threshold:g}: <b>{summary.fraction:.3%}</b> kept in floating point; {memory}.")
+        self.table.setRowCount(len(summary.kinds))
+        for row, kind in enumerate(summary.kinds):
+            cells = [kind.label, f"{kind.dims_any_layer:,}",
+                     f"{kind.mean_dims_per_layer:.1f} / {kind.max_dims_in_a_layer}"]
+            for col, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                if col:
+                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                self.table.setItem(row, col, item)
