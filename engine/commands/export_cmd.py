@@ -1,0 +1,68 @@
+"""`int8wb export`: quantize with one method and write a checkpoint transformers + bitsandbytes load.
+
+Static `llm-int8` scans first (its outlier dimensions come from the scan). A
+model re-opened from an export (`--model DIR`) is written again as it is.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from engine.commands._progress import ProgressBarTask
+from engine.commands.workflow import _model_options, _print_json, _quantize, _scan, _scan_options, _session_with_model
+from engine.errors import BadInput
+from engine.int8_linear import METHODS
+
+
+def add_parser(subparsers) -> None:
+    command = subparsers.add_parser(
+        "export", help="quantize and write safetensors that transformers + bitsandbytes load (and the workbench re-opens)"
+    )
+    _model_options(command)
+    _scan_options(command, tokens_flag="--calibration-tokens")
+    command.add_argument("--method", default="llm-int8", choices=METHODS, help="quantization method (default llm-int8)")
+    command.add_argument("--out", required=True, help="directory to write (must not exist or be empty)")
+    command.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out directory")
+    command.add_argument("--max-shard-size", default=None,
+                         help="split the weights into shards past this size, as transformers does (default 50GB)")
+    command.set_defaults(func=cmd_export)
+
+
+def cmd_export(args) -> int:
+    from engine.export import check_target, parse_size
+
+    check_target(args.out, args.overwrite)  # refuse before a long load
+    if args.max_shard_size is not None:
+        parse_size(args.max_shard_size)
+    session = _session_with_model(args)
+    reopened = getattr(session.loaded, "quantized", None)
+    if reopened is not None:
+        if reopened.method != args.method:
+            raise BadInput(f"{args.model} is already quantized with {reopened.method}: "
+                           f"export it with --method {reopened.method}, or start from the floating-point model")
+    else:
+        if args.method == "llm-int8":
+            _scan(session, args)
+        _quantize(session, args, [args.method])
+    task = ProgressBarTask("export", enabled=not args.quiet)
+    result = session.export({"method": args.method, "out": args.out, "overwrite": args.overwrite,
+                             "max_shard_size": args.max_shard_size}, task)
+    task.finish()
+    if args.json:
+        _print_json(result)
+    else:
+        print(format_export(result))
+    return 0
+
+
+def format_export(result: dict[str, Any]) -> str:
+    """Files written and where the bytes go, in MB (10**6 bytes)."""
+    lines = [f"exported {result['method']} (threshold {result['threshold']:g}) to {result['path']}"]
+    for entry in result["files"]:
+        lines.append(f"  {entry['name']:<40}{entry['bytes'] / 1e6:>12.3f} MB")
+    lines.append(f"  {'total on disk':<40}{result['total_bytes'] / 1e6:>12.3f} MB")
+    lines.append("size breakdown:")
+    for key, value in result["breakdown"].items():
+        lines.append(f"  {key:<40}{value / 1e6:>12.3f} MB")
+    return "\n".join(lines)

@@ -1,0 +1,422 @@
+"""Export a quantized model as a checkpoint that transformers + bitsandbytes load as it is.
+
+Layout (DESIGN.md, "Exported files"), for every quantized Linear `name`:
+`name.weight` int8 (out, in) row-major, `name.SCB` float32 (out,) per-row abs-max,
+`name.weight_format` uint8 0-d (0 = "row"); every other tensor as it was. Our
+INT8 convention is bitsandbytes' own (`q = round(w * 127 / absmax)`, SCB = absmax),
+so its `Linear8bitLt` reads the INT8 values without requantizing them.
+
+What bitsandbytes cannot express goes into the sidecar, so that re-opening
+(`engine.reopen`) gives back the very same model:
+- `int8wb_export.json`: the method, threshold, scan settings, outlier dimensions
+  per layer, and the name, dtype, shape and file of every tensor (for validation);
+- `int8wb_extra.safetensors`: static llm-int8's outlier columns and their weight
+  columns in true floating point. A per-tensor scale (absmax-tensor) needs no
+  extra tensor: every row's SCB is the tensor's abs-max, which dequantizes the
+  same INT8 values to the same weights.
+
+Everything is written into a temporary directory beside the target and renamed
+when complete, so an interrupted export never leaves a model that looks whole.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import BadInput, Cancelled
+
+SIDECAR_NAME = "int8wb_export.json"
+SIDECAR_TENSORS = "int8wb_extra.safetensors"
+EXPORT_FORMAT = "int8wb-export"
+EXPORT_FORMAT_VERSION = 1
+DEFAULT_MAX_SHARD_SIZE = "50GB"  # transformers' own default for save_pretrained
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+
+# bitsandbytes' threshold for the view of each method: 0 turns its outlier decomposition off.
+# weight-only has no bitsandbytes counterpart (bitsandbytes always quantizes activations):
+# its view is the dynamic llm-int8 of the same INT8 weights.
+_BNB_USES_THRESHOLD = {"absmax-tensor": False, "vectorwise": False, "llm-int8": True,
+                       "llm-int8-dynamic": True, "weight-only": True}
+
+
+@dataclass
+class ExportResult:
+    """What was written, measured on disk after the rename."""
+
+    path: str
+    method: str
+    threshold: float
+    files: list[dict[str, Any]] = field(default_factory=list)  # [{"name", "bytes"}], sizes from os.stat
+    total_bytes: int = 0
+    breakdown: dict[str, int] = field(default_factory=dict)
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"path": self.path, "method": self.method, "threshold": self.threshold, "files": self.files,
+                "total_bytes": self.total_bytes, "breakdown": self.breakdown}
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from an int or a string such as "5GB", "500MB" (decimal units, as transformers uses)."""
+    if isinstance(value, bool):
+        raise BadInput(f"max_shard_size must be a size such as 5GB, got {value!r}")
+    if isinstance(value, int):
+        if value < 1:
+            raise BadInput(f"max_shard_size must be positive, got {value}")
+        return value
+    text = str(value).strip().upper()
+    for unit, factor in (("GB", 10**9), ("MB", 10**6), ("KB", 10**3), ("B", 1)):
+        if text.endswith(unit):
+            number = text[: -len(unit)].strip()
+            try:
+                size = int(float(number) * factor)
+            except ValueError:
+                break
+            if size >= 1:
+                return size
+    raise BadInput(f"max_shard_size must be a size such as 5GB or 500MB, got {value!r}")
+
+
+def check_target(out: Any, overwrite: bool) -> Path:
+    """The resolved target directory; refuses a file, or a non-empty directory without `overwrite`."""
+    if not out or not isinstance(out, (str, os.PathLike)):
+        raise BadInput("export needs an output directory (out)")
+    target = Path(os.path.expanduser(str(out))).resolve()
+    if target.exists() and not target.is_dir():
+        raise BadInput(f"{target} exists and is a file: choose a directory for the export")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise BadInput(f"{target} already exists and is not empty: choose another directory or pass --overwrite")
+    if not target.parent.is_dir():
+        raise BadInput(f"the parent folder {target.parent} does not exist")
+    return target
+
+
+def run(params: dict[str, Any], task, loaded, quantized, scan=None) -> ExportResult:
+    """Write `quantized` (an engine.quantize.QuantizedModel of `loaded`) to `params["out"]`.
+
+    params: out (directory), overwrite (False), max_shard_size ("50GB").
+    `scan` (engine.scan.ScanResult) is recorded in the sidecar when the method used it.
+    """
+    import torch
+
+    target = check_target(params.get("out"), bool(params.get("overwrite", False)))
+    max_shard_size = parse_size(params.get("max_shard_size") or DEFAULT_MAX_SHARD_SIZE)
+    main, extra, layers = split_tensors(quantized.model)
+    needed = sum(t.numel() * t.element_size() for t in list(main.values()) + list(extra.values()))
+    _check_free_space(target.parent, needed)
+
+    settings = _settings(quantized, scan)
+    metadata = {"format": "pt", "int8wb.tool": "int8-workbench", "int8wb.version": _version(),
+                "int8wb.method": quantized.method, "int8wb.threshold": repr(quantized.threshold),
+                "int8wb.settings": json.dumps(settings, sort_keys=True)}
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    except OSError as exc:
+        raise _write_error(exc, target, needed) from exc
+    try:
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; the export is an ordinary folder
+        with torch.no_grad():
+            files = _write_weights(staging, main, metadata, max_shard_size, task.slice(0.0, 0.9))
+            if extra:
+                _save(staging / SIDECAR_TENSORS, extra, metadata)
+                files[SIDECAR_TENSORS] = list(extra)
+        _write_configs(staging, loaded, quantized, layers)
+        _write_json(staging / SIDECAR_NAME, _manifest(staging, quantized, settings, layers, files, main, extra))
+        task.check_cancelled()
+        _replace_dir(staging, target)
+    except Cancelled:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise _write_error(exc, target, needed) from exc
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    task.progress(1.0, f"exported to {target}")
+    return _result(target, quantized, main, extra, loaded)
+
+
+def split_tensors(model) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """(bitsandbytes tensors, sidecar tensors, per-layer facts) of a model holding Int8Linear modules."""
+    import torch
+
+    from engine.int8_linear import Int8Linear
+
+    main: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    layers: list[dict[str, Any]] = []
+    quantized_prefixes = set()
+    for name, module in model.named_modules():
+        if not isinstance(module, Int8Linear):
+            continue
+        quantized_prefixes.add(name)
+        per_tensor = module.weight_scale.dim() == 0
+        scb = module.weight_scale.float().reshape(1).expand(module.out_features) if per_tensor else module.weight_scale
+        main[f"{name}.weight"] = module.weight_int8.contiguous()  # (out, in) int8
+        main[f"{name}.SCB"] = scb.float().contiguous().clone()  # (out,) float32
+        main[f"{name}.weight_format"] = torch.tensor(0, dtype=torch.uint8)  # 0 = "row"
+        if module.bias is not None:
+            main[f"{name}.bias"] = module.bias.contiguous()
+        layer = {"name": name, "method": module.method, "in_features": module.in_features,
+                 "out_features": module.out_features, "scale": "tensor" if per_tensor else "row",
+                 "bias": module.bias is not None, "outlier_dims": []}
+        if module.method == "llm-int8":
+            extra[f"{name}.outlier_cols"] = module.outlier_cols.contiguous()  # (n,) int64
+            extra[f"{name}.outlier_weight"] = module.outlier_weight.contiguous()  # (out, n) float
+            layer["outlier_dims"] = module.outlier_cols.tolist()
+        layers.append(layer)
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+    seen: set[int] = set()
+    for key, tensor in model.state_dict().items():
+        if key.rpartition(".")[0] in quantized_prefixes or key in tied:
+            continue
+        if tensor.data_ptr() in seen:  # a tie the model did not declare: one copy, as safetensors wants
+            continue
+        seen.add(tensor.data_ptr())
+        main[key] = tensor.contiguous()
+    return main, extra, layers
+
+
+def skipped_linears(model) -> list[str]:
+    """Names of the Linears left in floating point (bitsandbytes' llm_int8_skip_modules)."""
+    import torch.nn as nn
+
+    return [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+
+
+def bitsandbytes_threshold(method: str, threshold: float) -> float:
+    return float(threshold) if _BNB_USES_THRESHOLD[method] else 0.0
+
+
+def _settings(quantized, scan) -> dict[str, Any]:
+    settings: dict[str, Any] = {"method": quantized.method, "threshold": quantized.threshold,
+                                "skip_modules": list(quantized.skipped), "scan": None}
+    if quantized.method == "llm-int8" and scan is not None:
+        s = scan.settings
+        settings["scan"] = {"tokens": s.tokens, "seq_len": s.seq_len, "batch_size": s.batch_size,
+                            "threshold": s.threshold, "corpus": scan.corpus_source, "n_tokens": scan.n_tokens}
+    return settings
+
+
+def _version() -> str:
+    import engine
+
+    return engine.__version__
+
+
+def _save(path: Path, tensors: dict[str, Any], metadata: dict[str, str]) -> None:
+    """One safetensors file, flushed to disk before the directory is renamed."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    os.chmod(path, 0o666 & ~_umask())
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_weights(staging: Path, main, metadata, max_shard_size: int, task) -> dict[str, list[str]]:
+    """model.safetensors, or shards plus model.safetensors.index.json past `max_shard_size`."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+
+    split = split_torch_state_dict_into_shards(main, filename_pattern="model{suffix}.safetensors",
+                                               max_shard_size=max_shard_size)
+    files: dict[str, list[str]] = {}
+    shards = list(split.filename_to_tensors.items())
+    for i, (filename, names) in enumerate(shards):
+        task.check_cancelled()
+        _save(staging / filename, {n: main[n] for n in names}, metadata)
+        files[filename] = list(names)
+        task.progress((i + 1) / len(shards), f"wrote {filename}")
+    if split.is_sharded:
+        total = sum(t.numel() * t.element_size() for t in main.values())
+        _write_json(staging / WEIGHTS_INDEX_NAME,
+                    {"metadata": {"total_size": total, **metadata}, "weight_map": dict(split.tensor_to_filename)})
+    return files
+
+
+def _write_configs(staging: Path, loaded, quantized, layers) -> None:
+    """config.json with bitsandbytes' quantization_config; generation config and tokenizer files."""
+    import copy
+
+    from transformers import BitsAndBytesConfig
+
+    model = quantized.model
+    config = copy.deepcopy(model.config)
+    config.quantization_config = BitsAndBytesConfig(
+        load_in_8bit=True,
+        llm_int8_threshold=bitsandbytes_threshold(quantized.method, quantized.threshold),
+        llm_int8_skip_modules=skipped_linears(model),
+    )
+    config.save_pretrained(staging)
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is not None and _source_has(loaded, "generation_config.json"):
+        generation_config.save_pretrained(staging)
+    if loaded.tokenizer is not None:
+        loaded.tokenizer.save_pretrained(staging)
+
+
+def _source_has(loaded, filename: str) -> bool:
+    """Whether the directory the model was read from has `filename` (hub models: assume it does)."""
+    source = Path(str(getattr(loaded.model.config, "name_or_path", "") or ""))
+    if source.is_dir():
+        return (source / filename).is_file()
+    return getattr(loaded, "kind", "") == "hub"
+
+
+def _manifest(staging, quantized, settings, layers, files, main, extra) -> dict[str, Any]:
+    tensors = {**main, **extra}
+    return {
+        "format": EXPORT_FORMAT,
+        "format_version": EXPORT_FORMAT_VERSION,
+        "tool": "int8-workbench",
+        "version": _version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "method": quantized.method,
+        "threshold": quantized.threshold,
+        "bitsandbytes_threshold": bitsandbytes_threshold(quantized.method, quantized.threshold),
+        "settings": settings,
+        "layers": layers,
+        "files": {
+            filename: {
+                "bytes": (staging / filename).stat().st_size,
+                "tensors": {n: {"dtype": str(tensors[n].dtype).removeprefix("torch."),
+                                "shape": list(tensors[n].shape)} for n in names},
+            }
+            for filename, names in files.items()
+        },
+    }
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(value, handle, indent=1, sort_keys=False)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _replace_dir(staging: Path, target: Path) -> None:
+    """Rename the finished staging directory onto `target`; an old target is removed only after that."""
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.rename(target, old / target.name)
+    try:
+        os.rename(staging, target)
+    except BaseException:
+        if old is not None:
+            os.rename(old / target.name, target)
+            shutil.rmtree(old, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_free_space(folder: Path, needed: int) -> None:
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise BadInput(f"not enough space in {folder}: the export needs about {needed / 1e6:,.1f} MB, "
+                       f"{free / 1e6:,.1f} MB are free; nothing was written")
+
+
+def _write_error(exc: OSError, target: Path, needed: int) -> BadInput:
+    """A write failure as a message that says what to do; nothing was left behind."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return BadInput(f"the disk is full while exporting to {target} (the export needs about "
+                        f"{needed / 1e6:,.1f} MB); nothing was written, free some space and try again")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return BadInput(f"cannot write to {target.parent}: {exc.strerror or 'permission denied'} "
+                        "(read-only folder or disk); choose a writable folder; nothing was written")
+    return BadInput(f"could not write the export to {target}: {exc}; nothing was written")
+
+
+def _result(target: Path, quantized, main, extra, loaded) -> ExportResult:
+    files = sorted(({"name": p.name, "bytes": p.stat().st_size} for p in target.iterdir() if p.is_file()),
+                   key=lambda f: f["name"])
+    return ExportResult(str(target), quantized.method, quantized.threshold, files,
+                        sum(f["bytes"] for f in files), size_breakdown(target, quantized.model, main, extra, files))
+
+
+def size_breakdown(target: Path, model, main, extra, files) -> dict[str, int]:
+    """Where the bytes on disk go, and the floating-point sizes they compare with.
+
+    `embedding_and_head` are kept in floating point as they were; `fp16_rest` is
+    what every other parameter of the model would take in fp16, the reference of
+    the 55% size rule (see tests/test_export.py).
+    """
+    def nbytes(t) -> int:
+        return t.numel() * t.element_size()
+
+    embed_keys = _embedding_keys(model)
+    weight_files = [f for f in files if f["name"].startswith("model") and f["name"].endswith(".safetensors")]
+    sidecar_file = sum(f["bytes"] for f in files if f["name"] == SIDECAR_TENSORS)
+    breakdown = {
+        "int8_weights": sum(nbytes(t) for k, t in main.items() if str(t.dtype) == "torch.int8"),
+        "scales": sum(nbytes(t) for k, t in main.items() if k.endswith((".SCB", ".weight_format"))),
+        "embedding_and_head": sum(nbytes(t) for k, t in main.items() if k in embed_keys),
+        "other_float": sum(nbytes(t) for k, t in main.items() if t.dtype.is_floating_point
+                           and k not in embed_keys and not k.endswith(".SCB")),
+        "sidecar_tensors": sum(nbytes(t) for t in extra.values()),
+    }
+    tensor_file_bytes = sum(f["bytes"] for f in weight_files) + sidecar_file
+    breakdown["safetensors_headers"] = tensor_file_bytes - sum(breakdown.values())
+    breakdown["config_tokenizer_sidecar_json"] = sum(f["bytes"] for f in files) - tensor_file_bytes
+    breakdown["total_on_disk"] = sum(f["bytes"] for f in files)
+    embed_ids = {id(t) for k, t in model.state_dict(keep_vars=True).items() if k in embed_keys}
+    all_elements = _model_elements(model)
+    embed_elements = sum(t.numel() for k, t in _unique(model).items() if id(t) in embed_ids)
+    breakdown["fp16_model"] = 2 * all_elements
+    breakdown["fp16_rest"] = 2 * (all_elements - embed_elements)
+    return breakdown
+
+
+def _embedding_keys(model) -> set[str]:
+    keys = set()
+    for getter in ("get_input_embeddings", "get_output_embeddings"):
+        module = getattr(model, getter, lambda: None)()
+        if module is None:
+            continue
+        for key, tensor in model.state_dict(keep_vars=True).items():
+            if any(tensor is p for p in module.parameters()):
+                keys.add(key)
+    return keys
+
+
+def _unique(model) -> dict[str, Any]:
+    """Parameters and persistent buffers by name, each shared tensor once."""
+    seen: set[int] = set()
+    unique = {}
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        unique[key] = tensor
+    return unique
+
+
+def _model_elements(model) -> int:
+    """Number of weights the floating-point model had: an Int8Linear counts its out x in (+ bias)."""
+    from engine.int8_linear import Int8Linear
+
+    total = 0
+    for key, tensor in _unique(model).items():
+        owner = model.get_submodule(key.rpartition(".")[0]) if "." in key else model
+        if isinstance(owner, Int8Linear) and not key.endswith((".weight_int8", ".bias")):
+            continue  # scales and outlier copies are not weights of the original model
+        total += tensor.numel()
+    return total
