@@ -192,8 +192,8 @@ def _pack(value: Any, buffers: list[memoryview], path: str) -> Any:
     if isinstance(value, np.ndarray):
         if value.dtype.kind not in ALLOWED_DTYPE_KINDS:
             raise ProtocolError(f"{path}: arrays of dtype {value.dtype} cannot be sent")
-        array = np.ascontiguousarray(value)
-        buffers.append(memoryview(array).cast("B"))
+        array = value if value.flags.c_contiguous else value.copy(order="C")  # keeps 0-d arrays 0-d
+        buffers.append(memoryview(array.reshape(-1).view(np.uint8)))
         return {ARRAY_KEY: len(buffers) - 1, "dtype": array.dtype.str, "shape": list(array.shape)}
     if isinstance(value, dict):
         if ARRAY_KEY in value:

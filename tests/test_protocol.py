@@ -1,0 +1,229 @@
+"""The protocol between two in-memory endpoints (ZeroMQ inproc sockets, no second process)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import zmq
+
+from engine import protocol
+from engine.protocol import Codec, Message, ProtocolError, VersionMismatch
+
+KEY = b"k" * 32
+
+
+@pytest.fixture
+def endpoints():
+    """(send, receive): frames sent on one inproc PAIR socket arrive on the other as a list of bytes."""
+    context = zmq.Context()
+    left, right = context.socket(zmq.PAIR), context.socket(zmq.PAIR)
+    left.bind("inproc://protocol-test")
+    right.connect("inproc://protocol-test")
+
+    def send(frames):
+        left.send_multipart(frames, copy=False)
+
+    def receive():
+        assert right.poll(2000), "nothing arrived"
+        return right.recv_multipart()
+
+    yield send, receive
+    left.close(0)
+    right.close(0)
+    context.term()
+
+
+def sample_payload(message_type: str) -> dict:
+    layer = {"index": 3, "name": "model.layers.0.mlp.down_proj", "layer": 0, "kind": "down_proj",
+             "absmax": np.linspace(0, 7, 1536, dtype=np.float32), "count_over": np.arange(1536, dtype=np.int64),
+             "hist": np.ones(90, dtype=np.int64), "n_tokens": 512, "final": True}
+    return {
+        "hello": {"protocol": protocol.PROTOCOL_VERSION, "client": "test"},
+        "load_model": {"path": None, "device": "cpu"},
+        "scan": {"tokens": 512, "threshold": 6.0},
+        "quantize": {"methods": ["llm-int8"], "threshold": 6.0},
+        "evaluate": {"tokens": 1024, "methods": ["vectorwise", "absmax-tensor"]},
+        "plan_memory": {"layers": 80, "hidden": 8192},
+        "export": {"path": "/tmp/out", "method": "llm-int8"},
+        "cancel": {"target": None},
+        "shutdown": {},
+        "progress": {"fraction": 0.25, "message": "layer 3 of 30"},
+        "scan_layer": layer,
+        "partial": {"kind": "eval_batch", "data": {"nll": np.array([2.5, 2.75])}},
+        "log": {"message": "loaded", "level": "info"},
+        "result": {"request": "scan", "result": {"layers": [layer, layer], "report": {"q": [1, 2]}}},
+        "error": protocol.error_payload("bad_input", "tokens must be positive", "Traceback ..."),
+    }[message_type]
+
+
+def assert_same(a, b):
+    if isinstance(a, np.ndarray):
+        assert isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape
+        assert np.ascontiguousarray(a).tobytes() == b.tobytes()
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert_same(a[key], b[key])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_same(x, y)
+    else:
+        assert a == b
+
+
+@pytest.mark.parametrize("message_type", protocol.MESSAGE_TYPES)
+def test_every_message_type_round_trips(endpoints, message_type):
+    send, receive = endpoints
+    sent = Message(message_type, sample_payload(message_type), reply_to=None if message_type in
+                   protocol.REQUEST_TYPES else protocol.new_id())
+    send(Codec(KEY).encode(sent))
+    got = Codec(KEY).decode(receive())
+    assert (got.type, got.id, got.reply_to) == (sent.type, sent.id, sent.reply_to)
+    assert_same(sent.payload, got.payload)
+
+
+def test_arrays_are_bit_exact(endpoints):
+    send, receive = endpoints
+    weird = np.array([np.nan, -0.0, np.inf, -np.inf, 1e-45, 3.4028235e38], dtype=np.float32)
+    weird.view(np.uint32)[0] = 0x7FC0_1234  # a NaN with a payload
+    arrays = {
+        "weird_f4": weird,
+        "f2": np.array([65504, -1e-7, 0.333], dtype=np.float16),
+        "i8": np.array([np.iinfo(np.int64).min, -1, np.iinfo(np.int64).max]),
+        "u1": np.arange(256, dtype=np.uint8),
+        "big_endian": np.arange(6, dtype=">f8").reshape(2, 3),
+        "c8": np.array([1 + 2j, -3.5j], dtype=np.complex64),
+        "bools": np.array([True, False, True]),
+        "scalar": np.array(7, dtype=np.int32),
+        "empty": np.zeros((0, 3), dtype=np.float32),
+        "transposed": np.arange(12, dtype=np.int16).reshape(3, 4).T,
+        "nested": [{"deep": [np.full((2, 2), 5, np.int8)]}],
+    }
+    send(Codec(KEY).encode(Message("result", {"request": "scan", "result": arrays}, reply_to="r")))
+    got = Codec(KEY).decode(receive()).payload["result"]
+    assert_same(arrays, got)
+    assert got["weird_f4"].view(np.uint32)[0] == 0x7FC0_1234
+    assert got["transposed"].shape == (4, 3) and got["transposed"][1, 0] == 1
+
+
+def test_arrays_travel_as_frames_not_json():
+    frames = Codec(KEY).encode(Message("scan_layer", sample_payload("scan_layer")))
+    header = json.loads(bytes(frames[1]))
+    assert header["payload"]["absmax"] == {"__ndarray__": 0, "dtype": "<f4", "shape": [1536]}
+    assert len(frames) == 2 + 3 and memoryview(frames[2]).nbytes == 1536 * 4
+
+
+def test_wrong_key_is_rejected(endpoints):
+    send, receive = endpoints
+    send(Codec(b"x" * 32).encode(protocol.request("shutdown")))
+    with pytest.raises(ProtocolError, match="signature"):
+        Codec(KEY).decode(receive())
+
+
+@pytest.mark.parametrize("frame", [0, 1, 2])
+def test_tampered_frame_is_rejected(endpoints, frame):
+    send, receive = endpoints
+    frames = [bytearray(bytes(f)) for f in Codec(KEY).encode(Message("scan_layer", sample_payload("scan_layer")))]
+    frames[frame][len(frames[frame]) // 2] ^= 0x01
+    send(frames)
+    with pytest.raises(ProtocolError, match="signature"):
+        Codec(KEY).decode(receive())
+
+
+def test_moved_or_dropped_frames_are_rejected():
+    frames = [bytes(f) for f in Codec(KEY).encode(Message("scan_layer", sample_payload("scan_layer")))]
+    swapped = frames[:2] + [frames[3], frames[2], frames[4]]
+    shifted = frames[:2] + [frames[2] + frames[3][:4], frames[3][4:], frames[4]]
+    for bad in (swapped, shifted, frames[:-1], frames + [b""], frames[1:]):
+        with pytest.raises(ProtocolError):
+            Codec(KEY).decode(bad)
+
+
+def test_wrong_version_is_rejected_with_the_peer_version(endpoints):
+    send, receive = endpoints
+    header = json.dumps({"v": 99, "type": "scan", "id": "abc", "reply_to": None, "payload": {}}).encode()
+    send([protocol.sign(KEY, [header]), header])
+    with pytest.raises(VersionMismatch) as info:
+        Codec(KEY).decode(receive())
+    assert info.value.peer_version == 99 and info.value.message.id == "abc"
+
+
+def test_garbage_is_rejected(endpoints):
+    send, receive = endpoints
+    rng = np.random.default_rng(0)
+    codec = Codec(KEY)
+    for _ in range(200):
+        frames = [rng.bytes(int(rng.integers(0, 64))) for _ in range(int(rng.integers(1, 5)))]
+        send(frames)
+        with pytest.raises(ProtocolError):
+            codec.decode(receive())
+
+
+@pytest.mark.parametrize("header", [
+    b"\xff\xfe not utf-8", b"not json", b"[1, 2]", b'{"v": 1}', b"[" * 100000,
+    b'{"v":1,"type":"launch_missiles","id":"a","reply_to":null,"payload":{}}',
+    b'{"v":1,"type":"scan","id":"a","reply_to":null,"payload":[]}',
+    b'{"v":1,"type":"progress","id":"a","reply_to":"b","payload":{"fraction":2.0,"message":""}}',
+    b'{"v":1,"type":"error","id":"a","reply_to":"b","payload":{"kind":"x"}}',
+    b'{"v":1,"type":"scan","id":"a","reply_to":null,"payload":{"x":{"__ndarray__":0,"dtype":"|O","shape":[1]}}}',
+    b'{"v":1,"type":"scan","id":"a","reply_to":null,"payload":{"x":{"__ndarray__":3,"dtype":"<f4","shape":[1]}}}',
+])
+def test_signed_but_malformed_headers_are_rejected(header):
+    with pytest.raises(ProtocolError):
+        Codec(KEY).decode([protocol.sign(KEY, [header]), header])
+
+
+def test_array_frame_must_match_its_shape_and_be_referenced():
+    header = b'{"v":1,"type":"scan","id":"a","reply_to":null,"payload":{"x":{"__ndarray__":0,"dtype":"<f4","shape":[3]}}}'
+    with pytest.raises(ProtocolError, match="bytes"):
+        Codec(KEY).decode([protocol.sign(KEY, [header, b"12345678"]), header, b"12345678"])
+    unreferenced = b'{"v":1,"type":"scan","id":"a","reply_to":null,"payload":{}}'
+    with pytest.raises(ProtocolError, match="not referenced"):
+        Codec(KEY).decode([protocol.sign(KEY, [unreferenced, b"x"]), unreferenced, b"x"])
+
+
+def test_oversize_message_is_rejected(endpoints):
+    send, receive = endpoints
+    big = Message("scan", {"blob": np.zeros(1 << 20, dtype=np.uint8)})
+    send(Codec(KEY).encode(big))
+    with pytest.raises(ProtocolError, match="exceeds"):
+        Codec(KEY, max_message_bytes=1 << 19).decode(receive())
+
+
+def test_replayed_message_is_rejected():
+    frames = Codec(KEY).encode(protocol.request("shutdown"))
+    receiver = Codec(KEY)
+    assert receiver.decode(frames).type == "shutdown"
+    with pytest.raises(ProtocolError, match="replay"):
+        receiver.decode(frames)
+
+
+@pytest.mark.parametrize("payload, match", [
+    ({"x": np.array([object()])}, "dtype"),
+    ({"x": {1: 2}}, "strings"),
+    ({"x": {1, 2}}, "set"),
+    ({"__ndarray__": 0}, "reserved"),
+])
+def test_unsendable_payloads_fail_on_encode(payload, match):
+    with pytest.raises(ProtocolError, match=match):
+        Codec(KEY).encode(Message("scan", payload))
+
+
+def test_numpy_scalars_and_paths_become_json():
+    from pathlib import Path
+
+    frames = Codec(KEY).encode(Message("scan", {"n": np.int64(3), "x": np.float32(0.5), "p": Path("/a/b")}))
+    assert Codec(KEY).decode(frames).payload == {"n": 3, "x": 0.5, "p": "/a/b"}
+
+
+def test_unknown_types_and_short_keys_are_refused():
+    with pytest.raises(ProtocolError):
+        protocol.request("format_disk")
+    with pytest.raises(ProtocolError):
+        protocol.event("scan", None, {})
+    with pytest.raises(ProtocolError):
+        Codec(b"short")
+    assert len(protocol.new_key()) == 32 and protocol.new_key() != protocol.new_key()
