@@ -124,6 +124,7 @@ class EngineClient:
         self._quiet: set[str] = set()  # the handshake's and close's own requests: not delivered
         self._restart: Callable[[], dict[str, Any]] | None = None
         self.engine_info: dict[str, Any] = {}
+        self.connection_info: ConnectionInfo | None = None  # address and key of the current engine
         self.log_path: Path | None = None
 
     # --- starting and stopping -----------------------------------------------
@@ -256,6 +257,7 @@ class EngineClient:
     # --- internals ----------------------------------------------------------
 
     def _open(self, info: ConnectionInfo, timeout_s: float, remote: bool) -> dict[str, Any]:
+        self.connection_info = info
         self._connection = Connection(info, self._handle, self._lost, self._process, heartbeat=remote)
         hello = {"protocol": protocol.PROTOCOL_VERSION, "client": self._client_name}
         try:
