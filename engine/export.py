@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.errors import BadInput, Cancelled
+from engine.errors import BadInput
 
 SIDECAR_NAME = "int8wb_export.json"
 SIDECAR_TENSORS = "int8wb_extra.safetensors"
@@ -128,13 +128,10 @@ def run(params: dict[str, Any], task, loaded, quantized, scan=None) -> ExportRes
             if extra:
                 _save(staging / SIDECAR_TENSORS, extra, metadata)
                 files[SIDECAR_TENSORS] = list(extra)
-        _write_configs(staging, loaded, quantized, layers)
+        _write_configs(staging, loaded, quantized)
         _write_json(staging / SIDECAR_NAME, _manifest(staging, quantized, settings, layers, files, main, extra))
         task.check_cancelled()
         _replace_dir(staging, target)
-    except Cancelled:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         raise _write_error(exc, target, needed) from exc
@@ -142,7 +139,7 @@ def run(params: dict[str, Any], task, loaded, quantized, scan=None) -> ExportRes
         shutil.rmtree(staging, ignore_errors=True)
         raise
     task.progress(1.0, f"exported to {target}")
-    return _result(target, quantized, main, extra, loaded)
+    return _result(target, quantized, main, extra)
 
 
 def split_tensors(model) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
@@ -249,7 +246,7 @@ def _write_weights(staging: Path, main, metadata, max_shard_size: int, task) -> 
     return files
 
 
-def _write_configs(staging: Path, loaded, quantized, layers) -> None:
+def _write_configs(staging: Path, loaded, quantized) -> None:
     """config.json with bitsandbytes' quantization_config; generation config and tokenizer files."""
     import copy
 
@@ -345,78 +342,49 @@ def _write_error(exc: OSError, target: Path, needed: int) -> BadInput:
     return BadInput(f"could not write the export to {target}: {exc}; nothing was written")
 
 
-def _result(target: Path, quantized, main, extra, loaded) -> ExportResult:
+def _result(target: Path, quantized, main, extra) -> ExportResult:
     files = sorted(({"name": p.name, "bytes": p.stat().st_size} for p in target.iterdir() if p.is_file()),
                    key=lambda f: f["name"])
     return ExportResult(str(target), quantized.method, quantized.threshold, files,
-                        sum(f["bytes"] for f in files), size_breakdown(target, quantized.model, main, extra, files))
+                        sum(f["bytes"] for f in files), size_breakdown(quantized.model, main, extra, files))
 
 
-def size_breakdown(target: Path, model, main, extra, files) -> dict[str, int]:
+def size_breakdown(model, main, extra, files) -> dict[str, int]:
     """Where the bytes on disk go, and the floating-point sizes they compare with.
 
-    `embedding_and_head` are kept in floating point as they were; `fp16_rest` is
-    what every other parameter of the model would take in fp16, the reference of
-    the 55% size rule (see tests/test_export.py).
+    `embedding_and_head` stay in floating point as they were; `fp16_model` is what
+    the original weights take in fp16 and `fp16_rest` the same without the
+    embedding and head: the reference of the 55% size rule (tests/test_export.py).
     """
     def nbytes(t) -> int:
         return t.numel() * t.element_size()
 
     embed_keys = _embedding_keys(model)
-    weight_files = [f for f in files if f["name"].startswith("model") and f["name"].endswith(".safetensors")]
-    sidecar_file = sum(f["bytes"] for f in files if f["name"] == SIDECAR_TENSORS)
     breakdown = {
-        "int8_weights": sum(nbytes(t) for k, t in main.items() if str(t.dtype) == "torch.int8"),
-        "scales": sum(nbytes(t) for k, t in main.items() if k.endswith((".SCB", ".weight_format"))),
+        "int8_weights": sum(nbytes(t) for t in main.values() if str(t.dtype) == "torch.int8"),
+        "scales": sum(nbytes(t) for k, t in main.items() if _is_scale(k)),
         "embedding_and_head": sum(nbytes(t) for k, t in main.items() if k in embed_keys),
-        "other_float": sum(nbytes(t) for k, t in main.items() if t.dtype.is_floating_point
-                           and k not in embed_keys and not k.endswith(".SCB")),
+        "other_float": sum(nbytes(t) for k, t in main.items()
+                           if t.dtype.is_floating_point and k not in embed_keys and not _is_scale(k)),
         "sidecar_tensors": sum(nbytes(t) for t in extra.values()),
     }
-    tensor_file_bytes = sum(f["bytes"] for f in weight_files) + sidecar_file
+    tensor_file_bytes = sum(f["bytes"] for f in files if f["name"].endswith(".safetensors"))
     breakdown["safetensors_headers"] = tensor_file_bytes - sum(breakdown.values())
     breakdown["config_tokenizer_sidecar_json"] = sum(f["bytes"] for f in files) - tensor_file_bytes
     breakdown["total_on_disk"] = sum(f["bytes"] for f in files)
-    embed_ids = {id(t) for k, t in model.state_dict(keep_vars=True).items() if k in embed_keys}
-    all_elements = _model_elements(model)
-    embed_elements = sum(t.numel() for k, t in _unique(model).items() if id(t) in embed_ids)
-    breakdown["fp16_model"] = 2 * all_elements
-    breakdown["fp16_rest"] = 2 * (all_elements - embed_elements)
+    # Each INT8 weight, bias and floating-point tensor stands for one weight of the original model.
+    original = sum(t.numel() for k, t in main.items() if not _is_scale(k))
+    breakdown["fp16_model"] = 2 * original
+    breakdown["fp16_rest"] = 2 * (original - sum(t.numel() for k, t in main.items() if k in embed_keys))
     return breakdown
 
 
+def _is_scale(key: str) -> bool:
+    return key.endswith((".SCB", ".weight_format"))
+
+
 def _embedding_keys(model) -> set[str]:
-    keys = set()
-    for getter in ("get_input_embeddings", "get_output_embeddings"):
-        module = getattr(model, getter, lambda: None)()
-        if module is None:
-            continue
-        for key, tensor in model.state_dict(keep_vars=True).items():
-            if any(tensor is p for p in module.parameters()):
-                keys.add(key)
-    return keys
-
-
-def _unique(model) -> dict[str, Any]:
-    """Parameters and persistent buffers by name, each shared tensor once."""
-    seen: set[int] = set()
-    unique = {}
-    for key, tensor in model.state_dict(keep_vars=True).items():
-        if id(tensor) in seen:
-            continue
-        seen.add(id(tensor))
-        unique[key] = tensor
-    return unique
-
-
-def _model_elements(model) -> int:
-    """Number of weights the floating-point model had: an Int8Linear counts its out x in (+ bias)."""
-    from engine.int8_linear import Int8Linear
-
-    total = 0
-    for key, tensor in _unique(model).items():
-        owner = model.get_submodule(key.rpartition(".")[0]) if "." in key else model
-        if isinstance(owner, Int8Linear) and not key.endswith((".weight_int8", ".bias")):
-            continue  # scales and outlier copies are not weights of the original model
-        total += tensor.numel()
-    return total
+    """State-dict names of the input embedding and the output head (tied or not)."""
+    modules = [getattr(model, getter, lambda: None)() for getter in ("get_input_embeddings", "get_output_embeddings")]
+    weights = [p for m in modules if m is not None for p in m.parameters()]
+    return {key for key, tensor in model.state_dict(keep_vars=True).items() if any(tensor is w for w in weights)}

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ModelLoadError
-from engine.export import EXPORT_FORMAT, EXPORT_FORMAT_VERSION, SIDECAR_NAME, SIDECAR_TENSORS
+from engine.export import EXPORT_FORMAT, EXPORT_FORMAT_VERSION, SIDECAR_NAME
 from engine.loading import LoadedModel
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")

@@ -366,3 +366,8 @@ def test_size_is_at_most_55_percent_of_fp16_plus_embedding(default_session, tmp_
     assert sizes["total_on_disk"] == sum(p.stat().st_size for p in out.iterdir())
     assert sizes["total_on_disk"] <= 0.55 * sizes["fp16_rest"] + sizes["embedding_and_head"]
     assert sizes["int8_weights"] + sizes["scales"] <= 0.55 * sizes["fp16_rest"]
+    # Static llm-int8 adds the sidecar's outlier weight columns in true floating point (float32 here);
+    # the bitsandbytes view beside it meets the same rule.
+    static = default_session.export({"method": "llm-int8", "out": str(tmp_path / "static")}, Task())["breakdown"]
+    print(f"static llm-int8: total {static['total_on_disk']:,} bytes, sidecar tensors {static['sidecar_tensors']:,}")
+    assert static["total_on_disk"] - static["sidecar_tensors"] <= 0.55 * static["fp16_rest"] + static["embedding_and_head"]

@@ -6,7 +6,6 @@ model re-opened from an export (`--model DIR`) is written again as it is.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from engine.commands._progress import ProgressBarTask
