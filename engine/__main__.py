@@ -7,7 +7,8 @@ from engine.commands import engine_cmd
 
 
 def run() -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine", description=engine_cmd.__doc__.split("\n\n")[1])
+    parser = argparse.ArgumentParser(prog="python -m engine", description=engine_cmd.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     engine_cmd.add_arguments(parser)
     return engine_cmd.main(parser.parse_args())
 
