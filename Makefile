@@ -27,7 +27,6 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/int8_matmul.py
-	$(BIN)/python bench/quantize_throughput.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

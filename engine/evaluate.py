@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from engine.errors import BadInput
@@ -74,16 +74,19 @@ def run(params: dict[str, Any], task, loaded, quantized: dict[str, Any]) -> dict
     Returns {"settings", "corpus", "rows": [...]}, one row per model with
     perplexity, relative change against the baseline, and byte counts.
     """
+    from engine.memory import MemoryRecorder
     from engine.quantize import tensor_bytes
 
     settings = EvalSettings.from_params(params)
     windows, source = evaluation_windows(settings, loaded.tokenizer)
     models = [("baseline", loaded.model, None)] + [(name, q.model, q) for name, q in quantized.items()]
     rows = []
+    recorder = MemoryRecorder()
     for i, (name, model, q) in enumerate(models):
         step = task.slice(i / len(models), (i + 1) / len(models))
         step.log(f"evaluating {name} on {windows.numel()} tokens")
-        measured = perplexity(model, windows, settings.batch_size, step)
+        with recorder.phase(f"evaluate {name}", loaded.device) as phase:
+            measured = perplexity(model, windows, settings.batch_size, step)
         if q is None:
             sizes = tensor_bytes(model)
             row = {"method": name, "threshold": None, "int8_bytes": sizes["int8"], "float_bytes": sizes["float"],
@@ -91,6 +94,7 @@ def run(params: dict[str, Any], task, loaded, quantized: dict[str, Any]) -> dict
         else:
             row = q.summary()
         row.update(measured)
+        row["memory"] = asdict(phase)
         rows.append(row)
     baseline = rows[0]["perplexity"]
     for row in rows:

@@ -4,7 +4,9 @@ Conventions shared by every implementation (CUDA kernels must match them bit
 for bit where integers are concerned):
 
 - A *scale* is an abs-max, as bitsandbytes' `SCB`: a row quantizes as
-  `q = clamp(round_half_even(x * (127 / absmax)), -127, 127)` in float32, and
+  `q = clamp(round_half_even(x * (127 / absmax)), -127, 127)` in float32, where
+  `127 / absmax` is computed as torch computes a scalar over a tensor
+  (`reciprocal(absmax) * 127`, two roundings; the CUDA kernels do the same), and
   dequantizes as `x ~ q * absmax / 127`. An all-zero row has absmax 0 and
   quantizes to zeros (no NaN).
 - INT8 x INT8 products accumulate exactly in INT32, and the accumulator
@@ -17,9 +19,10 @@ import torch
 
 INT8_MAX = 127.0
 
-# int8 products are at most 127 * 127 = 16,129; a float32 sum of integers is exact
-# while it stays below 2**24, so a K-chunk of at most 2**24 // 16129 = 1040 terms
-# can go through an ordinary float32 GEMM without a single rounding.
+# A float32 sum of integers is exact while every partial sum stays below 2**24.
+FLOAT32_EXACT_INTEGERS = float(1 << 24)
+# int8 products are at most 127 * 127 = 16,129, so even the worst case of a K-chunk
+# of 2**24 // 16129 = 1040 terms goes through a float32 GEMM without a rounding.
 EXACT_FP32_K_CHUNK = (1 << 24) // (127 * 127)
 
 
@@ -75,19 +78,37 @@ def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Exact INT8 x INT8 -> INT32 product `a @ b.T`; a: (M, K), b: (N, K) int8.
 
     On the CPU `torch._int_mm` is exact but tens of times slower than a float32
-    GEMM. Each K-chunk of at most EXACT_FP32_K_CHUNK terms is computed by a
-    float32 GEMM, where every partial sum is an integer below 2**24 and hence
-    exact, then converted to int32 and added up.
+    GEMM. A float32 GEMM is exact too when every partial sum it can form is an
+    integer below 2**24: each output's partial sums are bounded by
+    sum_k |a[m, k]| * |b[n, k]| <= ||a[m]||_1 * max|b| (Hoelder), whatever the
+    summation order. So K is split into the fewest even chunks for which that
+    bound holds in every chunk (one chunk for typical activations, at most
+    EXACT_FP32_K_CHUNK terms per chunk in the worst case), each chunk goes
+    through a float32 GEMM, and the chunk results are added up in int32.
     """
-    a32, b32 = a.float(), b.float()
-    k = a.shape[1]
-    n_chunks = max(1, -(-k // EXACT_FP32_K_CHUNK))
-    bounds = [round(i * k / n_chunks) for i in range(n_chunks + 1)]
+    a32, b32 = a.float(), b.float()  # (M, K), (N, K); int8 values are exact in float32
+    bounds = _exact_chunk_bounds(a32, float(b32.abs().max()) if b32.numel() else 0.0)
     acc = None
     for start, stop in zip(bounds[:-1], bounds[1:]):
-        part = torch.mm(a32[:, start:stop], b32[:, start:stop].t()).to(torch.int32)
+        part = torch.mm(a32[:, start:stop], b32[:, start:stop].t()).to(torch.int32)  # (M, N)
         acc = part if acc is None else acc.add_(part)
     return acc
+
+
+def _exact_chunk_bounds(a32: torch.Tensor, b_absmax: float) -> list[int]:
+    """K boundaries of the fewest even chunks whose partial sums stay exactly representable in float32."""
+    k = a32.shape[1]
+    a_abs = a32.abs()
+    n_chunks = 1
+    while True:
+        bounds = [round(i * k / n_chunks) for i in range(n_chunks + 1)]
+        worst = max(
+            (float(a_abs[:, start:stop].sum(dim=1).max()) if a_abs.shape[0] else 0.0)
+            for start, stop in zip(bounds[:-1], bounds[1:])
+        )
+        if worst * b_absmax < FLOAT32_EXACT_INTEGERS or n_chunks >= k:
+            return bounds
+        n_chunks = max(n_chunks + 1, int(n_chunks * worst * b_absmax / FLOAT32_EXACT_INTEGERS))
 
 
 def dequantize_epilogue(

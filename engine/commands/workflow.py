@@ -61,10 +61,12 @@ def _scan_options(parser, tokens_flag: str) -> None:
 
 def _session_with_model(args):
     """A session with the model loaded, after checking the cheap arguments (no 20 s load before a typo)."""
+    from engine.corpus import load_split
     from engine.scan import check_threshold
     from engine.session import Session
 
     check_threshold(args.threshold)
+    load_split(args.corpus)
     if hasattr(args, "methods"):
         _parse_methods(args.methods)
     session = Session()

@@ -1,0 +1,86 @@
+"""Shared fixtures. Helpers for tiny models live in tests/tiny_models.py."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+# engine_leak_guard: every module fails if an engine child process survives it.
+pytest_plugins = ["tests.fixtures_engine"]
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    """The embedded default model, loaded once per test session (converted into the cache on first use)."""
+    from engine import loading
+    from engine.task import Task
+
+    return loading.load({}, Task())
+
+
+@pytest.fixture(scope="session")
+def default_scan(default_model):
+    """A small calibration scan of the default model (1,024 tokens)."""
+    from engine import scan
+    from engine.task import Task
+
+    return scan.run({"tokens": 1024, "seq_len": 512}, Task(), default_model)
+
+
+# --- the workbench window (app/) -------------------------------------------------------------------
+
+
+@pytest.fixture
+def make_workbench(qtbot, tmp_path):
+    """Factory for a real workbench window; the test fails if an engine process or a thread outlives it.
+
+    Settings go to an INI file under tmp_path, so tests never touch the user's.
+    """
+    import threading
+
+    from PySide6.QtCore import QSettings
+
+    from app.main import create_app
+    from engine.client import spawned_engine_pids
+
+    create_app([])
+    threads_before = set(threading.enumerate())
+    pids_before = set(spawned_engine_pids())
+    windows = []
+
+    def make(start_engine: bool = True):
+        from app.main_window import MainWindow
+
+        settings = QSettings(str(tmp_path / "workbench.ini"), QSettings.Format.IniFormat)
+        window = MainWindow(settings=settings)
+        qtbot.addWidget(window)
+        window.show()
+        if start_engine:
+            window.start_engine()
+        windows.append(window)
+        return window
+
+    yield make
+    for window in windows:
+        window.close()
+    leftover_pids = [pid for pid in set(spawned_engine_pids()) - pids_before if _process_alive(pid)]
+    leftover_threads = [t.name for t in set(threading.enumerate()) - threads_before if t.is_alive()]
+    assert not leftover_pids, f"engine processes outlived the test: {leftover_pids}"
+    assert not leftover_threads, f"threads outlived the test: {leftover_threads}"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead for our purposes
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True

@@ -1,0 +1,95 @@
+"""Bad input gets one clear line on stderr and exit status 2, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from engine.cli import EXIT_USER_ERROR, main
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path):
+    from tests.tiny_models import tiny_llama
+
+    directory = tmp_path / "tiny"
+    tiny_llama().save_pretrained(directory)
+    return directory
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return code, captured.err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["scan", "--threshold", "nan"], "finite positive"),
+        (["scan", "--threshold", "-1"], "finite positive"),
+        (["eval", "--methods", "absmax-tensor,int4-magic"], "unknown method(s) int4-magic"),
+        (["scan", "--model", "/no/such/model"], "model not found: /no/such/model"),
+    ],
+)
+def test_bad_arguments(capsys, argv, message):
+    code, err = _run(capsys, *argv, "--quiet")
+    assert code == EXIT_USER_ERROR
+    assert message in err
+
+
+def test_empty_corpus(capsys, tmp_path):
+    corpus = tmp_path / "empty.txt"
+    corpus.write_text("  \n\n ")
+    code, err = _run(capsys, "scan", "--corpus", str(corpus), "--quiet")
+    assert code == EXIT_USER_ERROR and "corpus file is empty" in err
+
+
+def test_corpus_that_is_not_utf8(capsys, tmp_path):
+    corpus = tmp_path / "latin1.txt"
+    corpus.write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+    code, err = _run(capsys, "scan", "--corpus", str(corpus), "--quiet")
+    assert code == EXIT_USER_ERROR and "not UTF-8" in err
+
+
+def test_directory_without_config(capsys, tmp_path):
+    code, err = _run(capsys, "scan", "--model", str(tmp_path), "--quiet")
+    assert code == EXIT_USER_ERROR and "no config.json" in err
+
+
+def test_truncated_safetensors(capsys, tiny_model_dir):
+    weights = tiny_model_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    code, err = _run(capsys, "scan", "--model", str(tiny_model_dir), "--quiet")
+    assert code == EXIT_USER_ERROR and "could not load the model" in err
+
+
+def test_corrupt_gguf(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("INT8WB_CACHE_DIR", str(tmp_path / "cache"))
+    gguf = tmp_path / "broken.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(range(256)) * 4)
+    code, err = _run(capsys, "scan", "--model", str(gguf), "--quiet")
+    assert code == EXIT_USER_ERROR and "could not read the GGUF file" in err
+    assert not any((tmp_path / "cache").glob("broken*")), "a failed conversion must leave nothing in the cache"
+
+
+def test_console_script_exit_status(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "scan", "--threshold", "nan"], capture_output=True, text=True
+    )
+    assert result.returncode == EXIT_USER_ERROR
+    assert result.stderr.strip() == "int8wb: error: threshold must be a finite positive number, got nan"
+
+
+@pytest.mark.slow
+def test_scan_json_names_the_recurring_attention_dimension(capsys):
+    code = main(["scan", "--tokens", "512", "--json", "--quiet"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    attention = report["report"]["attn_in"]
+    assert attention["top_dims"][0]["dim"] == 247
+    assert len(report["layers"]) == 30 * 7

@@ -1,0 +1,54 @@
+"""The real embedded model end to end on a small budget: load, scan, quantize, evaluate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine import evaluate, quantize
+from engine.int8_linear import METHODS
+from engine.task import Task
+
+pytestmark = pytest.mark.slow
+
+
+def test_default_model_is_the_documented_llama(default_model):
+    info = default_model.describe()
+    assert info["architecture"] == "LlamaForCausalLM"
+    assert info["parameters"] == 134_515_008
+    assert (info["layers"], info["hidden_size"]) == (30, 576)
+    assert info["device"] == "cpu" and info["dtype"] == "float32"
+    assert any("4-bit" in note for note in info["notes"])
+
+
+def test_scan_finds_dimension_247_in_the_middle_attention_inputs(default_scan):
+    assert len(default_scan.layers) == 30 * 7
+    q_inputs = {s.layer: s for s in default_scan.layers if s.name.endswith("q_proj")}
+    layers_with_247 = [layer for layer, s in q_inputs.items() if s.absmax[247] > 6.0]
+    assert len(layers_with_247) >= 10
+    assert all(9 <= layer <= 24 for layer in layers_with_247)
+    # The same dimension, not a different one per layer: 247 is the largest in most of them.
+    assert sum(int(np.argmax(q_inputs[layer].absmax)) == 247 for layer in layers_with_247) >= 10
+
+
+def test_down_proj_inputs_carry_far_more_outlier_columns_than_attention_inputs(default_scan):
+    by_kind = {}
+    for stats in default_scan.layers:
+        by_kind.setdefault(stats.kind, []).append(int((stats.absmax > 6.0).sum()))
+    assert np.mean(by_kind["mlp_down"]) > 10 * np.mean(by_kind["attn_in"])
+
+
+def test_all_methods_rank_as_expected_on_1024_tokens(default_model, default_scan):
+    variants = {m: quantize.run({"method": m, "threshold": 6.0}, Task(), default_model, default_scan) for m in METHODS}
+    result = evaluate.run({"tokens": 1024, "window": 512}, Task(), default_model, variants)
+    ppl = {row["method"]: row["perplexity"] for row in result["rows"]}
+    assert result["settings"]["tokens"] == 1024
+    assert ppl["absmax-tensor"] > 1.5 * ppl["baseline"]
+    assert ppl["llm-int8"] < ppl["vectorwise"] < ppl["absmax-tensor"]
+    assert abs(ppl["llm-int8"] / ppl["baseline"] - 1) < 0.05
+    assert abs(ppl["weight-only"] / ppl["baseline"] - 1) < 0.01
+    rows = {row["method"]: row for row in result["rows"]}
+    assert rows["vectorwise"]["int8_bytes"] == sum(
+        m.weight.numel() for n, m in default_model.model.named_modules() if type(m).__name__ == "Linear" and n != "lm_head"
+    )
+    assert rows["llm-int8"]["outlier_dims"] > 0 and rows["vectorwise"]["outlier_dims"] == 0

@@ -1,0 +1,64 @@
+"""A tiny random Llama with a planted outlier dimension, built in the test, no files.
+
+Planting: scale dimension `dim` of every `input_layernorm` weight by `factor`
+and divide column `dim` of the q/k/v weights that read it by the same factor.
+The floating-point model computes exactly the same function (up to float
+rounding), but the attention input now carries a feature that is `factor`
+times larger than the rest, in the same dimension on every token: the shape
+of the problem LLM.int8() solves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class TinyLoaded:
+    """Stands where engine.loading.LoadedModel stands, for a model built in memory."""
+
+    model: object
+    tokenizer: object
+    name: str = "tiny-llama"
+    device: str = "cpu"
+
+
+class WordTokenizer:
+    """Maps each byte of the text to a token id: enough for corpus.tokenize on a tiny model."""
+
+    def __init__(self, vocab_size: int) -> None:
+        self.vocab_size = vocab_size
+
+    def __call__(self, text: str, add_special_tokens: bool = False):
+        return {"input_ids": [b % self.vocab_size for b in text.encode("utf-8")]}
+
+
+def tiny_llama(seed: int = 0, hidden: int = 64, layers: int = 2, vocab: int = 256):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config).eval()
+    model.requires_grad_(False)
+    return model
+
+
+def plant_outlier(model, dim: int, factor: float) -> None:
+    """Scale `dim` of each attention input by `factor`, compensated in q/k/v: same function, new outlier."""
+    import torch
+
+    with torch.no_grad():
+        for block in model.model.layers:
+            block.input_layernorm.weight[dim] *= factor
+            for proj in (block.self_attn.q_proj, block.self_attn.k_proj, block.self_attn.v_proj):
+                proj.weight[:, dim] /= factor
+
+
+def tiny_loaded(dim: int = 5, factor: float = 60.0, seed: int = 0) -> TinyLoaded:
+    model = tiny_llama(seed)
+    plant_outlier(model, dim, factor)
+    return TinyLoaded(model, WordTokenizer(model.config.vocab_size))
