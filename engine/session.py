@@ -28,6 +28,7 @@ class Session:
             "quantize": self.quantize,
             "evaluate": self.evaluate,
             "export": self.export,
+            "plan_memory": self.plan_memory,
         }
 
     def handle(self, request_type: str, params: dict[str, Any], task) -> dict[str, Any]:
