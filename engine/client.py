@@ -65,6 +65,23 @@ def spawned_engine_pids() -> list[int]:
     return list(_SPAWNED_PIDS)
 
 
+def _frozen_without(python: str | None) -> bool:
+    """True in a frozen bundle (PyInstaller sets `sys.frozen`) unless another interpreter was asked for."""
+    return python is None and bool(getattr(sys, "frozen", False))
+
+
+def _engine_command(python: str | None) -> list[str]:
+    """How to start the engine: `python -m engine`, or in a frozen bundle its own executable's `engine` command.
+
+    A frozen executable is no Python interpreter (`-m` means nothing to it); the
+    bundle's entry point runs `int8wb` with its arguments, so `engine` starts
+    the engine from the same bundle (packaging/launcher.py).
+    """
+    if _frozen_without(python):
+        return [sys.executable, "engine"]
+    return [python or sys.executable, "-m", "engine"]
+
+
 class EngineState(enum.Enum):
     STARTING = "starting"
     READY = "ready"
@@ -141,13 +158,14 @@ class EngineClient:
         self._restart = lambda: self.start_local(timeout_s, session, python)
         self._set_state(EngineState.STARTING)
         key = protocol.new_key()
-        command = [python or sys.executable, "-m", "engine", "--key-stdin", "--parent-pid", str(os.getpid()),
-                   "--listen", "tcp://127.0.0.1:0"]
+        command = _engine_command(python) + ["--key-stdin", "--parent-pid", str(os.getpid()),
+                                             "--listen", "tcp://127.0.0.1:0"]
         if session:
             command += ["--session", session]
         env = dict(os.environ)
-        package_root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        if not _frozen_without(python):
+            package_root = str(Path(__file__).resolve().parent.parent)
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         log_fd, log_name = tempfile.mkstemp(prefix="int8wb-engine-", suffix=".log")
         self.log_path = Path(log_name)
         try:

