@@ -79,7 +79,10 @@ def run(params: dict[str, Any], task, loaded, quantized: dict[str, Any]) -> dict
 
     settings = EvalSettings.from_params(params)
     windows, source = evaluation_windows(settings, loaded.tokenizer)
-    models = [("baseline", loaded.model, None)] + [(name, q.model, q) for name, q in quantized.items()]
+    # A re-opened export has no floating-point model: its own quantized model is the first row.
+    reopened = getattr(loaded, "quantized", None)
+    first = (f"{reopened.method} (exported)", loaded.model, reopened) if reopened else ("baseline", loaded.model, None)
+    models = [first] + [(name, q.model, q) for name, q in quantized.items()]
     rows = []
     recorder = MemoryRecorder()
     for i, (name, model, q) in enumerate(models):
@@ -92,7 +95,7 @@ def run(params: dict[str, Any], task, loaded, quantized: dict[str, Any]) -> dict
             row = {"method": name, "threshold": None, "int8_bytes": sizes["int8"], "float_bytes": sizes["float"],
                    "total_bytes": sum(sizes.values()), "outlier_dims": 0, "skipped_modules": []}
         else:
-            row = q.summary()
+            row = {**q.summary(), "method": name}
         row.update(measured)
         row["memory"] = asdict(phase)
         rows.append(row)

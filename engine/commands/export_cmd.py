@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.commands._progress import ProgressBarTask
-from engine.commands.workflow import _model_options, _print_json, _quantize, _scan, _scan_options, _session_with_model
+from engine.commands.workflow import model_options, print_json, run_quantize, run_scan, scan_options, session_with_model
 from engine.errors import BadInput
 from engine.int8_linear import METHODS
 
@@ -18,8 +18,8 @@ def add_parser(subparsers) -> None:
     command = subparsers.add_parser(
         "export", help="quantize and write safetensors that transformers + bitsandbytes load (and the workbench re-opens)"
     )
-    _model_options(command)
-    _scan_options(command, tokens_flag="--calibration-tokens")
+    model_options(command)
+    scan_options(command, tokens_flag="--calibration-tokens")
     command.add_argument("--method", default="llm-int8", choices=METHODS, help="quantization method (default llm-int8)")
     command.add_argument("--out", required=True, help="directory to write (must not exist or be empty)")
     command.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out directory")
@@ -34,7 +34,7 @@ def cmd_export(args) -> int:
     check_target(args.out, args.overwrite)  # refuse before a long load
     if args.max_shard_size is not None:
         parse_size(args.max_shard_size)
-    session = _session_with_model(args)
+    session = session_with_model(args)
     reopened = getattr(session.loaded, "quantized", None)
     if reopened is not None:
         if reopened.method != args.method:
@@ -42,14 +42,14 @@ def cmd_export(args) -> int:
                            f"export it with --method {reopened.method}, or start from the floating-point model")
     else:
         if args.method == "llm-int8":
-            _scan(session, args)
-        _quantize(session, args, [args.method])
+            run_scan(session, args)
+        run_quantize(session, args, [args.method])
     task = ProgressBarTask("export", enabled=not args.quiet)
     result = session.export({"method": args.method, "out": args.out, "overwrite": args.overwrite,
                              "max_shard_size": args.max_shard_size}, task)
     task.finish()
     if args.json:
-        _print_json(result)
+        print_json(result)
     else:
         print(format_export(result))
     return 0

@@ -21,13 +21,13 @@ DEFAULT_METHODS = "absmax-tensor,vectorwise,llm-int8,weight-only"
 
 def add_parser(subparsers) -> None:
     scan = subparsers.add_parser("scan", help="find the outlier feature dimensions of every Linear input")
-    _model_options(scan)
-    _scan_options(scan, tokens_flag="--tokens")
+    model_options(scan)
+    scan_options(scan, tokens_flag="--tokens")
     scan.set_defaults(func=cmd_scan)
 
     quantize = subparsers.add_parser("quantize", help="quantize with one or more methods and report sizes")
-    _model_options(quantize)
-    _scan_options(quantize, tokens_flag="--calibration-tokens")
+    model_options(quantize)
+    scan_options(quantize, tokens_flag="--calibration-tokens")
     quantize.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, from: {', '.join(METHODS)}")
     quantize.set_defaults(func=cmd_quantize)
 
@@ -36,15 +36,15 @@ def add_parser(subparsers) -> None:
         ("demo", "the whole workflow on the default model: scan report and the comparison table"),
     ):
         command = subparsers.add_parser(name, help=help_text)
-        _model_options(command)
-        _scan_options(command, tokens_flag="--calibration-tokens")
+        model_options(command)
+        scan_options(command, tokens_flag="--calibration-tokens")
         command.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, from: {', '.join(METHODS)}")
         command.add_argument("--tokens", type=int, default=8192, help="evaluation tokens (default 8192)")
         command.add_argument("--window", type=int, default=512, help="tokens per evaluation window (default 512)")
         command.set_defaults(func=cmd_eval if name == "eval" else cmd_demo)
 
 
-def _model_options(parser) -> None:
+def model_options(parser) -> None:
     parser.add_argument("--model", default=None, help="model directory, GGUF file or hub id (default: embedded)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: CUDA when present)")
     parser.add_argument("--corpus", default=None, help="UTF-8 text file (default: Python's pydoc topics)")
@@ -52,14 +52,14 @@ def _model_options(parser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _scan_options(parser, tokens_flag: str) -> None:
+def scan_options(parser, tokens_flag: str) -> None:
     parser.add_argument("--threshold", type=float, default=6.0, help="outlier threshold on |x| (default 6.0)")
     parser.add_argument(tokens_flag, dest="calibration_tokens", type=int, default=4096,
                         help="calibration tokens (default 4096)")
     parser.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sequence (default 512)")
 
 
-def _session_with_model(args):
+def session_with_model(args):
     """A session with the model loaded, after checking the cheap arguments (no 20 s load before a typo)."""
     from engine.corpus import load_split
     from engine.scan import check_threshold
@@ -81,7 +81,7 @@ def _session_with_model(args):
     return session
 
 
-def _scan(session, args) -> dict[str, Any]:
+def run_scan(session, args) -> dict[str, Any]:
     task = ProgressBarTask("scan", enabled=not args.quiet)
     result = session.scan(
         {"tokens": args.calibration_tokens, "seq_len": args.seq_len, "threshold": args.threshold,
@@ -92,7 +92,7 @@ def _scan(session, args) -> dict[str, Any]:
     return result
 
 
-def _quantize(session, args, methods: list[str]) -> dict[str, Any]:
+def run_quantize(session, args, methods: list[str]) -> dict[str, Any]:
     task = ProgressBarTask("quantize", enabled=not args.quiet)
     result = session.quantize({"methods": methods, "threshold": args.threshold}, task)
     task.finish()
@@ -106,10 +106,10 @@ def _parse_methods(text: str) -> list[str]:
 
 
 def cmd_scan(args) -> int:
-    session = _session_with_model(args)
-    payload = _scan(session, args)
+    session = session_with_model(args)
+    payload = run_scan(session, args)
     if args.json:
-        _print_json({"threshold": payload["threshold"], "tokens": payload["tokens"], "report": payload["report"],
+        print_json({"threshold": payload["threshold"], "tokens": payload["tokens"], "report": payload["report"],
                      "layers": [_layer_summary(layer, payload["threshold"]) for layer in payload["layers"]]})
     else:
         print(format_scan_report(payload))
@@ -117,13 +117,13 @@ def cmd_scan(args) -> int:
 
 
 def cmd_quantize(args) -> int:
-    session = _session_with_model(args)
+    session = session_with_model(args)
     methods = _parse_methods(args.methods)
     if "llm-int8" in methods:
-        _scan(session, args)
-    result = _quantize(session, args, methods)
+        run_scan(session, args)
+    result = run_quantize(session, args, methods)
     if args.json:
-        _print_json(result)
+        print_json(result)
     else:
         print(f"{'method':<18}{'INT8 MB':>10}{'float MB':>10}{'total MB':>10}{'outlier dims':>14}")
         for row in result["models"]:
@@ -135,15 +135,15 @@ def cmd_quantize(args) -> int:
 def cmd_eval(args, show_scan: bool = False) -> int:
     from engine.evaluate import format_table
 
-    session = _session_with_model(args)
+    session = session_with_model(args)
     methods = _parse_methods(args.methods)
-    scan_payload = _scan(session, args) if ("llm-int8" in methods or show_scan) else None
-    _quantize(session, args, methods)
+    scan_payload = run_scan(session, args) if ("llm-int8" in methods or show_scan) else None
+    run_quantize(session, args, methods)
     task = ProgressBarTask("evaluate", enabled=not args.quiet)
     result = session.evaluate({"tokens": args.tokens, "window": args.window, "corpus": args.corpus}, task)
     task.finish()
     if args.json:
-        _print_json({"scan_report": scan_payload["report"] if scan_payload else None, **result})
+        print_json({"scan_report": scan_payload["report"] if scan_payload else None, **result})
         return 0
     if show_scan and scan_payload:
         print(format_scan_report(scan_payload))
@@ -182,7 +182,7 @@ def _layer_summary(layer: dict[str, Any], threshold: float) -> dict[str, Any]:
     }
 
 
-def _print_json(value: Any) -> None:
+def print_json(value: Any) -> None:
     json.dump(value, sys.stdout, indent=1, default=_json_default)
     sys.stdout.write("\n")
 
