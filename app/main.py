@@ -11,10 +11,25 @@ from PySide6.QtWidgets import QApplication
 import pyqtgraph as pg
 
 STYLE_SHEET = Path(__file__).resolve().parent.parent / "resources" / "workbench.qss"
+# PySide6 6.12.0 drops a reference to Python's True on every Signal.emit(); after a few thousand signals
+# the interpreter aborts with "bool_dealloc: deallocating True or False". 6.11.3 does not.
+BROKEN_PYSIDE_VERSIONS = ("6.12.0",)
+
+
+def check_pyside() -> None:
+    """Refuse to start on a PySide6 release known to crash the window, with what to install instead."""
+    import PySide6
+
+    if PySide6.__version__ in BROKEN_PYSIDE_VERSIONS:
+        raise RuntimeError(
+            f"PySide6 {PySide6.__version__} corrupts the reference count of True on every signal and "
+            "crashes the workbench after a few thousand signals; install another release: "
+            "pip install 'PySide6-Essentials==6.11.3' 'shiboken6==6.11.3'")
 
 
 def create_app(argv: list[str] | None = None) -> QApplication:
     """The QApplication with the workbench's look (reuses an existing one, as tests have)."""
+    check_pyside()
     app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv)
     app.setApplicationName("Int8 Workbench")
     app.setOrganizationName("int8-workbench")

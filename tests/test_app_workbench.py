@@ -1,0 +1,99 @@
+"""The real window driving a real engine process on the embedded default model (slow).
+
+One session, in the order a user works: the window is up before the engine,
+load the model, cancel a scan, scan (rows arrive before the scan ends), move
+the threshold, quantize and evaluate two methods, read the engine's numbers in
+the table, kill the engine and recover. Token budgets are small (512
+calibration, 512 evaluation) to keep it near a minute and a half on two cores.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+HEAVY_MODULES = ("torch", "transformers", "cupy")
+
+
+def wait_ready(qtbot, window, timeout_s=60):
+    qtbot.waitUntil(lambda: window.client.state.value == "ready", timeout=timeout_s * 1000)
+
+
+def test_workbench_session_end_to_end(make_workbench, qtbot):
+    window = make_workbench()
+    assert window.isVisible() and window.client.state.value in ("starting", "ready")  # window first
+    wait_ready(qtbot, window)
+    assert not [m for m in HEAVY_MODULES if m in sys.modules], "app/ pulled a heavy module into the GUI process"
+
+    finished: dict[str, dict] = {}
+    window.client.sig_job_finished.connect(lambda job, request, result: finished.__setitem__(request, result))
+
+    # open the model
+    window.load_model(None)
+    qtbot.waitUntil(lambda: window.model_info is not None, timeout=120_000)
+    assert window.model_info["layers"] == 30 and "30 layers" in window.model_panel.info.text()
+    assert window.scan_panel.scan_button.isEnabled()
+
+    # cancel a running job: a long scan, cancelled after its first row
+    window.start_scan({"tokens": 8192, "seq_len": 256})
+    qtbot.waitUntil(lambda: window.stats.rows_filled >= 1, timeout=60_000)
+    window.cancel_job()
+    wait_ready(qtbot, window)
+    qtbot.waitUntil(lambda: "scan cancelled" in window.log_view.toPlainText(), timeout=10_000)
+    assert not window.stats.finished and window.stats.rows_filled < 120 and "scan" not in finished
+
+    # scan: heatmap rows appear while the scan is still running
+    seen_live = []
+    window.stats.subscribe(lambda event, data: seen_live.append(
+        (event, window.stats.finished, int((window.heatmap.image.image > 0).any(axis=1).sum()))))
+    window.start_scan({"tokens": 512, "seq_len": 256})
+    qtbot.waitUntil(lambda: window.stats.finished, timeout=120_000)
+    live_rows = [drawn for event, done, drawn in seen_live if event == "row" and not done]
+    assert live_rows and live_rows[0] >= 1 and max(live_rows) > live_rows[0], "rows did not arrive one by one"
+    assert window.stats.rows_filled == 120  # 30 layers x 4 inputs
+    assert len(window.stats.linears) == len(finished["scan"]["layers"]) == 210
+
+    # move the threshold: more outliers below 6, fewer above, no engine round trip
+    window.threshold_panel.spin.setValue(6.0)
+    at_6 = window.threshold.summary().outlier_columns
+    expected = sum(int((layer["absmax"] > 6.0).sum()) for layer in finished["scan"]["layers"])
+    assert at_6 == expected > 0
+    window.threshold_panel.spin.setValue(3.0)
+    assert window.threshold.summary().outlier_columns > at_6
+    assert window.heatmap.overlay.image.sum() > 0
+    window.threshold_panel.spin.setValue(20.0)
+    assert window.threshold.summary().outlier_columns < at_6
+    assert window.client.state.value == "ready"
+    window.threshold_panel.spin.setValue(6.0)
+
+    # run two methods; the table shows the engine's numbers
+    window.run_methods(["weight-only", "llm-int8"], {"tokens": 512, "window": 256})
+    qtbot.waitUntil(lambda: "evaluate" in finished and not window.pending_steps and
+                    window.client.state.value == "ready", timeout=180_000)
+    rows = {row["method"]: row for row in finished["evaluate"]["rows"]}
+    assert set(rows) == {"baseline", "weight-only", "llm-int8"}
+    table = window.results_view.table
+    shown = {table.item(r, 0).text(): [table.item(r, c).text() for c in range(table.columnCount())]
+             for r in range(table.rowCount())}
+    for method, row in rows.items():
+        assert shown[method][1] == f"{row['perplexity']:.3f}"
+        assert shown[method][2] == f"{row['relative_change']:+.2%}"
+        assert shown[method][5] == f"{row['total_bytes'] / 1e6:,.1f}"
+    assert shown["llm-int8"][6] == f"{rows['llm-int8']['outlier_dims']:,}" != "0"
+    assert window.results.chart_data()[0] == list(rows)
+
+    # kill the engine: the window stays, keeps its state, and recovers
+    os.kill(window.client.pid, signal.SIGKILL)
+    qtbot.waitUntil(lambda: window.client.state.value == "crashed", timeout=20_000)
+    assert window.isVisible() and window.status.restart_button.isVisibleTo(window)
+    assert "crashed" in window.status.state_label.text()
+    assert window.stats.rows_filled == 120 and len(window.results.rows) == 3
+    assert not window.scan_panel.scan_button.isEnabled()
+    window.restart_engine()
+    wait_ready(qtbot, window)
+    assert window.model_panel.load_button.isEnabled() and not window.scan_panel.scan_button.isEnabled()
