@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast bench clean
+.PHONY: run test test-fast bench clean package test-package
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -30,3 +30,14 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# The desktop bundle (packaging/README.md): one folder, dist/int8-workbench/, GUI + engine + default model.
+$(VENV)/.package-installed: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,package]'
+	touch $@
+
+package: $(VENV)/.package-installed
+	$(BIN)/pyinstaller --noconfirm --distpath dist --workpath build/pyinstaller packaging/int8wb.spec
+
+test-package: $(VENV)/.package-installed
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -m package tests/test_packaging.py
