@@ -46,6 +46,7 @@ class HeatmapView(QWidget):
         self.mode = MODE_ABSMAX
         self._levels = ABSMAX_LOG_RANGE
         self._index = np.zeros((0, 0), dtype=np.uint8)  # (rows, width) colour indices
+        self._mask = np.zeros((0, 0), dtype=np.uint8)  # (rows, width) 1 where over the threshold
         self._build()
         stats.subscribe(self._on_stats)
         threshold.subscribe(lambda _: self.update_overlay())
@@ -144,7 +145,12 @@ class HeatmapView(QWidget):
                 return
         self._index[row] = index_rows(self._values(row), *self._levels)
         self._show_index()
-        self.update_overlay()
+        if self._mask.shape == self._index.shape:
+            with np.errstate(invalid="ignore"):
+                self._mask[row] = self.stats.absmax_grid[row] > self.threshold.threshold
+            self._show_mask()
+        else:
+            self.update_overlay()
 
     def _show_index(self) -> None:
         if self._index.size:
@@ -155,9 +161,12 @@ class HeatmapView(QWidget):
 
     def update_overlay(self) -> None:
         """Light up the cells over the current threshold."""
-        mask = self.threshold.outlier_mask()
-        if mask.size:
-            self.overlay.setImage(mask.astype(np.uint8), autoLevels=False, levels=(0, 1))
+        self._mask = self.threshold.outlier_mask().astype(np.uint8)
+        self._show_mask()
+
+    def _show_mask(self) -> None:
+        if self._mask.size:
+            self.overlay.setImage(self._mask, autoLevels=False, levels=(0, 1))
             self.overlay.setVisible(self.overlay_box.isChecked())
         else:
             self.overlay.setVisible(False)
