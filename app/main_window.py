@@ -205,8 +205,8 @@ class MainWindow(QMainWindow):
         job = self._submit("quantize", {"methods": methods, "threshold": self.threshold.threshold}, "Quantizing")
         if job is not None:
             self.pending_steps = [("evaluate", {"methods": methods, **eval_params}),
-                                  ("plan_memory", {"model": "loaded", "methods": ["baseline", *methods],
-                                                   "gpus": PLAN_GPUS})]
+                                  ("plan_memory", {"methods": ["baseline", *methods], "gpus": PLAN_GPUS,
+                                                   "threshold": self.threshold.threshold})]
         return job
 
     def export(self) -> str | None:
