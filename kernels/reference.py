@@ -87,7 +87,7 @@ def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     through a float32 GEMM, and the chunk results are added up in int32.
     """
     a32, b32 = a.float(), b.float()  # (M, K), (N, K); int8 values are exact in float32
-    bounds = _exact_chunk_bounds(a32, float(b32.abs().max()) if b32.numel() else 0.0)
+    bounds = _exact_chunk_bounds(a32, _int8_absmax(a), _int8_absmax(b))
     acc = None
     for start, stop in zip(bounds[:-1], bounds[1:]):
         part = torch.mm(a32[:, start:stop], b32[:, start:stop].t()).to(torch.int32)  # (M, N)
@@ -95,20 +95,26 @@ def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return acc
 
 
-def _exact_chunk_bounds(a32: torch.Tensor, b_absmax: float) -> list[int]:
+def _int8_absmax(q: torch.Tensor) -> int:
+    """max |q| of an int8 tensor, without int8 abs (which overflows at -128)."""
+    return max(int(q.max()), -int(q.min())) if q.numel() else 0
+
+
+def _exact_chunk_bounds(a32: torch.Tensor, a_absmax: int, b_absmax: int) -> list[int]:
     """K boundaries of the fewest even chunks whose partial sums stay exactly representable in float32."""
     k = a32.shape[1]
-    a_abs = a32.abs()
+    if k * a_absmax * b_absmax < FLOAT32_EXACT_INTEGERS or a32.shape[0] == 0:
+        return [0, k]  # even the worst row cannot reach 2**24: no need to look at the rows
     n_chunks = 1
     while True:
         bounds = [round(i * k / n_chunks) for i in range(n_chunks + 1)]
-        worst = max(
-            (float(a_abs[:, start:stop].sum(dim=1).max()) if a_abs.shape[0] else 0.0)
+        worst_row_l1 = max(
+            float(torch.linalg.vector_norm(a32[:, start:stop], 1, dim=1).max())
             for start, stop in zip(bounds[:-1], bounds[1:])
         )
-        if worst * b_absmax < FLOAT32_EXACT_INTEGERS or n_chunks >= k:
+        if worst_row_l1 * b_absmax < FLOAT32_EXACT_INTEGERS or n_chunks >= k:
             return bounds
-        n_chunks = max(n_chunks + 1, int(n_chunks * worst * b_absmax / FLOAT32_EXACT_INTEGERS))
+        n_chunks = max(n_chunks + 1, int(n_chunks * worst_row_l1 * b_absmax / FLOAT32_EXACT_INTEGERS))
 
 
 def dequantize_epilogue(

@@ -1,0 +1,39 @@
+"""The CPU INT8 matmul picks its float32 K-chunks from the data, and stays exact in every case."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import reference
+
+
+def _int_mm(a, b):
+    return torch._int_mm(a, b.t().contiguous())
+
+
+@pytest.mark.parametrize("fill", [127, -128])
+def test_worst_case_values_split_k_and_stay_exact(fill):
+    a = torch.full((32, 1536), fill, dtype=torch.int8)
+    b = torch.full((24, 1536), fill, dtype=torch.int8)
+    bounds = reference._exact_chunk_bounds(a.float(), reference._int8_absmax(a), reference._int8_absmax(b))
+    assert len(bounds) - 1 >= 2
+    assert all(stop - start <= 1024 for start, stop in zip(bounds[:-1], bounds[1:]))
+    assert torch.equal(reference.int8_matmul(a, b), _int_mm(a, b))
+
+
+def test_typical_activations_need_one_gemm_and_stay_exact():
+    generator = torch.Generator().manual_seed(0)
+    a, _ = reference.quantize_rowwise(torch.randn(64, 1536, generator=generator))
+    b, _ = reference.quantize_rowwise(torch.randn(40, 1536, generator=generator))
+    bounds = reference._exact_chunk_bounds(a.float(), reference._int8_absmax(a), reference._int8_absmax(b))
+    assert bounds == [0, 1536]
+    assert torch.equal(reference.int8_matmul(a, b), _int_mm(a, b))
+
+
+def test_one_heavy_row_alone_forces_the_split():
+    a = torch.zeros(32, 2048, dtype=torch.int8)
+    a[7] = 127
+    b = torch.full((24, 2048), -127, dtype=torch.int8)
+    assert torch.equal(reference.int8_matmul(a, b), _int_mm(a, b))
+    assert int(reference.int8_matmul(a, b)[7, 0]) == -127 * 127 * 2048
