@@ -3,7 +3,8 @@
 Without arguments it opens the window (what the desktop entry runs). With
 arguments it is `int8wb`: `int8-workbench engine --key-stdin ...` is how the
 window starts its engine child from the same bundle (a frozen app has no
-`python -m engine`; see engine.client), and `int8-workbench --version`,
+`python -m engine`, so `engine` runs engine/__main__.py; see engine.client),
+and `int8-workbench --version`,
 `int8-workbench install-desktop-entry` and the other subcommands work as they
 do in a Python installation.
 
@@ -104,6 +105,12 @@ def self_test(report_path: str) -> int:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--self-test":
         sys.exit(self_test(sys.argv[2]))
+    if len(sys.argv) > 1 and sys.argv[1] == "engine":
+        # The window's engine child: exactly what `python -m engine` runs in a Python installation.
+        from engine.__main__ import run
+
+        sys.argv = [sys.argv[0], *sys.argv[2:]]
+        sys.exit(run())
     from engine.cli import main
 
     sys.exit(main(sys.argv[1:] or ["gui"]))

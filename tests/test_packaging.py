@@ -126,7 +126,13 @@ def test_metainfo_has_the_required_appstream_fields():
     assert launchable.get("type") == "desktop-id" and launchable.text == DESKTOP_FILE.name
     assert component.findtext("icon") == desktop.APP_ID
     images = [image.text for image in component.iter("image")]
-    assert images and all(image.startswith("docs/") and image.endswith(".png") for image in images)
+    assert images, "the metainfo shows no screenshots"
+    made_by_docs = set(re.findall(r'shot\("([\w.-]+\.png)"\)', (ROOT / "docs" / "screenshots.py").read_text()))
+    for image in images:
+        assert image.startswith("docs/") and image.removeprefix("docs/") in made_by_docs, \
+            f"{image} is not one of the README screenshots docs/screenshots.py makes ({sorted(made_by_docs)})"
+        if (ROOT / image).is_file():
+            png_size(ROOT / image)
     newest = component.find("releases/release")
     assert newest.get("version") == pyproject_version(), "add a <release> for the version in pyproject.toml"
 
@@ -139,7 +145,7 @@ def test_metainfo_validates_except_for_repository_screenshot_paths():
     result = subprocess.run([validator, "validate", "--no-net", "--no-color", str(METAINFO_FILE)],
                             capture_output=True, text=True)
     issues = [line for line in result.stdout.splitlines() if re.match(r"^[EW]: ", line)]
-    unexpected = [line for line in issues if "web-url-expected docs/screenshots/" not in line]
+    unexpected = [line for line in issues if "web-url-expected docs/" not in line]
     assert not unexpected, result.stdout
 
 
@@ -221,6 +227,25 @@ def test_bundle_entry_point_is_the_command_line():
     result = subprocess.run([sys.executable, str(PACKAGING / "launcher.py"), "--version"], capture_output=True,
                             text=True, cwd=ROOT, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == f"int8wb {engine.__version__}"
+
+
+def test_bundle_entry_point_runs_the_engine_child():
+    """`int8-workbench engine ...` is what the frozen window runs: the engine answers as `python -m engine` does."""
+    process = subprocess.Popen([sys.executable, str(PACKAGING / "launcher.py"), "engine", "--key-stdin",
+                                "--listen", "tcp://127.0.0.1:0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        process.stdin.write(b'{"key": "00112233445566778899aabbccddeeff"}\n')
+        process.stdin.flush()
+        ready = json.loads(process.stdout.readline())
+        assert ready["pid"] == process.pid and ready["address"].startswith("tcp://127.0.0.1:")
+        process.stdin.close()  # the parent is gone: the engine exits by itself
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
 
 
 # --- the bundle itself (minutes: `make test-package`) ----------------------------------------------------------
