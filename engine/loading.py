@@ -154,6 +154,7 @@ def load(params: dict[str, Any], task) -> LoadedModel:
             directory, kind, name = str(source), "hub", str(source)
         else:
             raise ModelLoadError(f"model not found: {path}")
+    task.check_cancelled()
     task.progress(0.5, "loading weights")
     model, tokenizer = _from_pretrained(directory, device, dtype, trust_remote_code)
     task.progress(1.0, "model loaded")

@@ -74,6 +74,7 @@ class LayerStats:
     name: str  # full module path
     layer: int  # decoder layer number (-1 outside the decoder stack)
     kind: str  # see engine.layers
+    out_features: int  # the Linear's output size: what one floating-point input column costs in weights
     absmax: np.ndarray  # (in_features,) float32
     count_over: np.ndarray  # (in_features,) int64
     hist: np.ndarray  # (HIST_BINS,) int64
@@ -81,6 +82,7 @@ class LayerStats:
     def to_payload(self, n_tokens: int) -> dict[str, Any]:
         return {
             "index": self.index, "name": self.name, "layer": self.layer, "kind": self.kind,
+            "out_features": self.out_features,
             "absmax": self.absmax, "count_over": self.count_over, "hist": self.hist,
             "n_tokens": n_tokens, "final": True,
         }
@@ -230,6 +232,7 @@ class _StatsHooks:
         self.members, self.threshold = members, threshold
         self.handles: list = []
         self.state: dict[str, tuple] = {}
+        self.out_features = {name: module.out_features for name, module in members}
 
     def __enter__(self) -> "_StatsHooks":
         import torch
@@ -265,6 +268,7 @@ class _StatsHooks:
                 name=name,
                 layer=block_index,
                 kind=linear_kind(name),
+                out_features=self.out_features[name],
                 absmax=absmax.cpu().numpy(),
                 count_over=count.cpu().numpy(),
                 hist=hist.cpu().numpy(),
