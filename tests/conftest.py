@@ -45,6 +45,7 @@ def make_workbench(qtbot, tmp_path):
 
     from app.main import create_app
     from engine.client import spawned_engine_pids
+    from tests.fixtures_engine import process_alive
 
     create_app([])
     threads_before = set(threading.enumerate())
@@ -66,21 +67,7 @@ def make_workbench(qtbot, tmp_path):
     yield make
     for window in windows:
         window.close()
-    leftover_pids = [pid for pid in set(spawned_engine_pids()) - pids_before if _process_alive(pid)]
+    leftover_pids = [pid for pid in set(spawned_engine_pids()) - pids_before if process_alive(pid)]
     leftover_threads = [t.name for t in set(threading.enumerate()) - threads_before if t.is_alive()]
     assert not leftover_pids, f"engine processes outlived the test: {leftover_pids}"
     assert not leftover_threads, f"threads outlived the test: {leftover_threads}"
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is dead for our purposes
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
