@@ -270,7 +270,9 @@ def processes_running_from(folder: Path) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.package
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="checks processes through /proc")
-def test_bundle_builds_starts_scans_and_closes(tmp_path):
+def test_bundle_builds_starts_scans_and_closes(tmp_path, request):
+    if "package" not in request.config.getoption("markexpr"):
+        pytest.skip("builds the whole bundle (minutes): select it with -m package (make test-package)")
     pytest.importorskip("PyInstaller", reason="make test-package installs the `package` extra")
     build = subprocess.run(
         [sys.executable, "-m", "PyInstaller", "--noconfirm", "--distpath", str(ROOT / "dist"),
