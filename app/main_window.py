@@ -286,7 +286,6 @@ class MainWindow(QMainWindow):
             self._prepare_grid()
         elif request == "scan":
             self.stats.load_result(result)
-            self.threshold_panel.refresh()
         elif request == "quantize":
             self.results.add_quantized(result)
         elif request == "evaluate":

@@ -34,8 +34,18 @@ def payload(index: int, layer: int, kind: str, rng: np.random.Generator) -> dict
 
 
 def paint(app, window) -> None:
+    """Deliver the pending updates, paint the heatmap once, then the other views (as one event-loop turn)."""
+    app.processEvents()
     window.heatmap.graphics.viewport().repaint()
     app.processEvents()
+
+
+def timed(app, window, action) -> tuple[float, float]:
+    """(wall s, UI-thread CPU s) of `action` and the paint that follows it."""
+    wall, cpu = time.perf_counter(), time.thread_time()
+    action()
+    paint(app, window)
+    return time.perf_counter() - wall, time.thread_time() - cpu
 
 
 def bench_heatmap(app, window) -> None:
@@ -44,44 +54,112 @@ def bench_heatmap(app, window) -> None:
     window._prepare_grid()
     payloads = [payload(i, layer, kind, rng) for i, (layer, kind) in
                 enumerate((layer, kind) for layer in range(LAYERS) for kind in KINDS)]
-    row_times = []
-    for p in payloads:
-        started = time.perf_counter()
-        window.stats.add_layer(p)
-        paint(app, window)
-        row_times.append(time.perf_counter() - started)
-    redraw_times = []
-    for _ in range(5):
-        started = time.perf_counter()
-        window.heatmap.redraw()
-        paint(app, window)
-        redraw_times.append(time.perf_counter() - started)
-    threshold_times = []
-    for value in (3.0, 6.0, 12.0, 24.0, 6.0):
-        started = time.perf_counter()
-        window.threshold.set_threshold(value)
-        paint(app, window)
-        threshold_times.append(time.perf_counter() - started)
-    row, redraw = statistics.median(row_times[10:]), statistics.median(redraw_times)
+    rows = [timed(app, window, lambda p=p: window.stats.add_layer(p)) for p in payloads][10:]
+    redraws = [timed(app, window, window.heatmap.redraw) for _ in range(5)]
+    moves = [timed(app, window, lambda v=v: window.threshold.set_threshold(v))
+             for v in (3.0, 6.0, 12.0, 24.0, 6.0, 4.5, 9.0, 6.0)]
+
+    def line(label: str, times: list[tuple[float, float]]) -> str:
+        wall, cpu = (statistics.median(t[i] for t in times) * 1e3 for i in (0, 1))
+        worst = max(t[1] for t in times) * 1e3
+        return f"  {label:40s} median wall {wall:6.2f} ms, UI-thread CPU {cpu:6.2f} ms (longest {worst:6.2f})"
+
     print(f"grid {LAYERS * len(KINDS)} rows x {DIMS} dims")
-    print(f"  one new layer row (median of {len(row_times) - 10}):  {row * 1e3:7.2f} ms")
-    print(f"  full redraw (median of 5):            {redraw * 1e3:7.2f} ms")
-    print(f"  row update / full redraw:             {row / redraw:7.3f}")
-    print(f"  threshold move, overlay + panels (median of 5): {statistics.median(threshold_times) * 1e3:7.2f} ms")
+    print(line(f"one new layer row ({len(rows)})", rows))
+    print(line("full redraw (5)", redraws))
+    print(line(f"threshold move, overlay + panels ({len(moves)})", moves))
+    print(f"  row update / full redraw (CPU): {statistics.median(t[1] for t in rows) / statistics.median(t[1] for t in redraws):.3f}")
 
 
-def bench_scan_gaps(app, window, tokens: int) -> None:
-    from PySide6.QtCore import QElapsedTimer, QTimer
+class GapRecorder:
+    """Ticks of a 5 ms timer on the UI thread: each gap's wall time and the UI thread's CPU time in it.
 
-    gaps: list[float] = []
-    clock = QElapsedTimer()
-    clock.start()
-    last = [clock.nsecsElapsed()]
+    A gap whose CPU time is close to its wall time is the UI thread busy (a
+    block); a gap with little CPU time is the thread waiting for a core (other
+    processes) or for the GIL, which this process does not control.
+    """
 
-    def tick() -> None:
-        now = clock.nsecsElapsed()
-        gaps.append((now - last[0]) / 1e6)
-        last[0] = now
+    def __init__(self) -> None:
+        from PySide6.QtCore import QTimer
+
+        self.gaps: list[tuple[float, float, float, str]] = []  # (start s, wall ms, UI-thread CPU ms, phase)
+        self.phase = ""
+        self._last_wall = self._last_cpu = 0.0
+        self._timer = QTimer()
+        self._timer.setInterval(5)
+        self._timer.timeout.connect(self._tick)
+
+    def start(self) -> None:
+        self._last_wall, self._last_cpu = time.perf_counter(), time.thread_time()
+        self._timer.start()
+
+    def stop(self) -> None:
+        self._timer.stop()
+
+    def _tick(self) -> None:
+        wall, cpu = time.perf_counter(), time.thread_time()
+        self.gaps.append((self._last_wall, (wall - self._last_wall) * 1e3, (cpu - self._last_cpu) * 1e3, self.phase))
+        self._last_wall, self._last_cpu = wall, cpu
+
+    def report(self, phase: str, limit_ms: float = 50.0) -> str:
+        gaps = [g for g in self.gaps if g[3] == phase]
+        if not gaps:
+            return f"  {phase}: no ticks"
+        walls, cpus = np.array([g[1] for g in gaps]), np.array([g[2] for g in gaps])
+        worst = int(walls.argmax())
+        return (f"  {phase:5s} ticks {len(gaps):5d} | wall: longest {walls.max():6.1f} ms (UI CPU in it "
+                f"{cpus[worst]:5.1f} ms), p99 {np.percentile(walls, 99):5.1f}, over {limit_ms:g} ms: "
+                f"{int((walls > limit_ms).sum()):3d} | UI-thread CPU: longest {cpus.max():6.1f} ms, "
+                f"p99 {np.percentile(cpus, 99):5.1f}, over {limit_ms:g} ms: {int((cpus > limit_ms).sum()):3d}")
+
+
+class StackSampler:
+    """Samples the UI thread's Python stack every 2 ms on a side thread (diagnosis: --profile).
+
+    Shows which code runs inside each long gap. It takes the GIL to sample, so
+    it slows the UI thread a little: the gap figures of a --profile run are not
+    the ones to report.
+    """
+
+    def __init__(self, thread_id: int, interval_s: float = 0.002) -> None:
+        import threading
+
+        self.samples: list[tuple[float, tuple[str, ...]]] = []
+        self._thread_id, self._interval = thread_id, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stack-sampler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            frame = sys._current_frames().get(self._thread_id)
+            stack = []
+            while frame is not None and len(stack) < 40:
+                code = frame.f_code
+                stack.append(f"{Path(code.co_filename).name}:{code.co_name}:{frame.f_lineno}")
+                frame = frame.f_back
+            self.samples.append((time.perf_counter(), tuple(stack)))
+
+    def describe(self, start: float, wall_ms: float, top: int = 4) -> list[str]:
+        """The most frequent innermost frames of this program's and pyqtgraph's code in [start, start + gap]."""
+        from collections import Counter
+
+        inside = [stack for t, stack in self.samples if start <= t <= start + wall_ms / 1e3]
+        counts: Counter[str] = Counter()
+        for stack in inside:
+            chain = [f for f in stack if not f.startswith(("gui.py:wait", "gui.py:main", "gui.py:bench", "gui.py:<module>"))]
+            counts[" < ".join(chain[:4]) or "(idle in Qt)"] += 1
+        return [f"      {n:3d}/{len(inside)} {where}" for where, n in counts.most_common(top)]
+
+
+def bench_scan_gaps(app, window, tokens: int, profile: bool) -> None:
+    import threading
 
     def wait(condition, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -91,31 +169,52 @@ def bench_scan_gaps(app, window, tokens: int) -> None:
             app.processEvents()
             time.sleep(0.001)
 
+    recorder = GapRecorder()
+    sampler = StackSampler(threading.get_ident()) if profile else None
+    if sampler:
+        sampler.start()
+    recorder.start()
+    recorder.phase = "show"  # the window's first layout and paint
+    shown = time.perf_counter() + 0.5
+    wait(lambda: time.perf_counter() > shown, 5)
+    recorder.phase = "start"
     window.start_engine()
     wait(lambda: window.client.state.value == "ready", 60)
+    recorder.phase = "load"
     window.load_model(None)
     wait(lambda: window.model_info is not None, 180)
-    timer = QTimer()
-    timer.setInterval(5)
-    timer.timeout.connect(tick)
-    last[0] = clock.nsecsElapsed()
-    timer.start()
+    recorder.phase = "scan"
     started = time.perf_counter()
+    cpu_started = time.thread_time()
     window.start_scan({"tokens": tokens, "seq_len": 256})
     wait(lambda: window.stats.finished, 600)
-    timer.stop()
+    seconds, cpu_seconds = time.perf_counter() - started, time.thread_time() - cpu_started
+    recorder.phase = "after"
+    settled = time.perf_counter() + 0.5  # the paints that follow the scan's end
+    wait(lambda: time.perf_counter() > settled, 5)
+    recorder.stop()
+    if sampler:
+        sampler.stop()
     window.close()
-    over = [g for g in gaps if g > 50]
     print(f"scan of the default model, {tokens} calibration tokens, {window.stats.rows_filled} rows, "
-          f"{time.perf_counter() - started:.1f} s")
-    print(f"  UI timer ticks: {len(gaps)}, longest gap {max(gaps):.1f} ms, "
-          f"99th percentile {np.percentile(gaps, 99):.1f} ms, gaps over 50 ms: {len(over)}")
+          f"{seconds:.1f} s wall, UI thread CPU {cpu_seconds:.2f} s")
+    print("event-loop gaps (5 ms timer), per phase; 'UI-thread CPU' is time.thread_time() of the UI thread "
+          "within the gap")
+    for phase in ("show", "start", "load", "scan", "after"):
+        print(recorder.report(phase))
+    if sampler:
+        print("longest gaps and what the UI thread ran in them (sampled stacks):")
+        for start, wall, cpu, phase in sorted(recorder.gaps, key=lambda g: -g[1])[:12]:
+            print(f"    {phase:5s} t={start - recorder.gaps[0][0]:7.2f} s  wall {wall:6.1f} ms  UI CPU {cpu:6.1f} ms")
+            print("\n".join(sampler.describe(start, wall)))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=1024, help="calibration tokens of the live scan")
     parser.add_argument("--skip-scan", action="store_true", help="only the heatmap timings (no engine)")
+    parser.add_argument("--profile", action="store_true",
+                        help="sample the UI thread's stack and name the code inside the longest gaps")
     args = parser.parse_args()
     from PySide6.QtCore import QSettings
 
@@ -133,7 +232,7 @@ def main() -> int:
         window = MainWindow(settings=settings)
         window.resize(1600, 1000)
         window.show()
-        bench_scan_gaps(app, window, args.tokens)
+        bench_scan_gaps(app, window, args.tokens, args.profile)
     return 0
 
 

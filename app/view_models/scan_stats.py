@@ -5,6 +5,12 @@ input (q/k/v, gate/up) carry identical statistics, so the heatmap shows one row
 per decoder layer and input kind, grouped by kind (attention input, attention
 output, MLP input, MLP down input). Every Linear is still kept, because the
 memory cost of an outlier column is paid once per Linear that reads it.
+
+A scan streams a few hundred Linears into the window while it must stay
+responsive, so everything the views read per event is kept incrementally:
+every abs-max value in one growing buffer (no concatenation per read), the
+abs-max histogram, the largest abs-max. Reading them costs O(1) or O(bins),
+and counting outliers at a threshold is one vectorized pass.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ KIND_LABELS = {
 }
 KIND_SHORT = {"attn_in": "attn in", "attn_out": "attn out", "mlp_in": "MLP in", "mlp_down": "MLP down",
               "other": "other"}
+# The engine's log10|x| histogram range (engine/scan.py HIST_LOG10_MIN/MAX), the edges until a result names them.
+HIST_LOG10_RANGE = (-4.0, 5.0)
 
 
 @dataclass
@@ -82,6 +90,11 @@ class ScanStatistics:
     # --- filling ---------------------------------------------------------------------------------
 
     def clear(self) -> None:
+        """Forget everything (one "reset" event)."""
+        self._clear_state()
+        self._emit("reset")
+
+    def _clear_state(self) -> None:
         self.linears: list[LinearStats] = []
         self.row_keys: list[tuple[str, int]] = []  # (kind, layer) per heatmap row
         self.row_names: list[str] = []  # the first Linear that filled each row
@@ -94,15 +107,20 @@ class ScanStatistics:
         self.scan_threshold: float | None = None
         self.n_tokens = 0
         self.finished = False
-        self._emit("reset")
+        self._values = np.zeros(0, dtype=np.float32)  # every Linear's abs-max back to back, capacity-doubled
+        self._n_values = 0
+        self._bounds: list[int] = [0]  # Linear i's values are _values[_bounds[i]:_bounds[i + 1]]
+        self._n_finite = self._n_posinf = 0
+        self.absmax_max = 0.0  # largest finite abs-max seen (0 before any)
+        self.absmax_hist: np.ndarray | None = None  # (bins,) int64 per-dimension abs-max counts on absmax_hist_edges
+        self.absmax_hist_edges: np.ndarray | None = None
 
     def configure(self, layers: int, widths: dict[str, int]) -> None:
-        """Lay out the grid for `layers` decoder layers and the input width of each kind."""
-        self.clear()
-        for kind in KIND_ORDER:
-            if kind in widths:
-                for layer in range(layers):
-                    self._add_row_key((kind, layer))
+        """Lay out the grid for `layers` decoder layers and the input width of each kind (one "reset" event)."""
+        self._clear_state()
+        self.row_keys = sorted(((kind, layer) for kind in KIND_ORDER if kind in widths for layer in range(layers)),
+                               key=lambda k: (KIND_ORDER.index(k[0]), k[1]))
+        self._row_of = {key: row for row, key in enumerate(self.row_keys)}
         self._resize(len(self.row_keys), max(widths.values(), default=0))
         self._emit("reset")
 
@@ -110,23 +128,32 @@ class ScanStatistics:
         self.scan_threshold = threshold
         if hist_edges is not None:
             self.hist_edges = np.asarray(hist_edges, dtype=np.float64)
+            if self.absmax_hist_edges is not None and not np.array_equal(self.hist_edges, self.absmax_hist_edges):
+                self._rebin_absmax()
 
     def add_layer(self, payload: dict[str, Any]) -> int | None:
-        """Take one `scan_layer` payload; returns the heatmap row it filled (None if its row was full)."""
+        """Take one `scan_layer` payload; returns the heatmap row it filled (None if its row was full).
+
+        Emits "row"; a "reset" before it when the grid had to change its layout
+        (a row not laid out, or a Linear wider than the grid).
+        """
         stats = LinearStats.from_payload(payload)
         self.linears.append(stats)
         self.n_tokens = max(self.n_tokens, stats.n_tokens)
         if stats.hist.size:
             self.hist_total = stats.hist.copy() if self.hist_total is None else self.hist_total + stats.hist
+        self._append_values(stats.absmax)
         key = (stats.kind, stats.layer)
         row = self._row_of.get(key)
+        relaid = False
         if row is None:
             row = self._add_row_key(key)
-            self._resize(len(self.row_keys), max(self.absmax_grid.shape[1], stats.absmax.size))
+            relaid = True
         elif self.row_filled[row]:
             return None  # q/k/v after q: the same input, the row already shows it
-        if stats.absmax.size > self.absmax_grid.shape[1]:
-            self._resize(self.absmax_grid.shape[0], stats.absmax.size)
+        relaid = self._resize(len(self.row_keys), max(self.absmax_grid.shape[1], stats.absmax.size)) or relaid
+        if relaid:
+            self._emit("reset")
         width = stats.absmax.size
         self.absmax_grid[row, :width] = stats.absmax
         self.share_grid[row, :width] = stats.count_over / max(stats.n_tokens, 1)
@@ -146,6 +173,38 @@ class ScanStatistics:
                 self.add_layer(payload)
         self.finished = True
         self._emit("finished")
+
+    def _append_values(self, absmax: np.ndarray) -> None:
+        """Keep one Linear's abs-max in the flat buffer, the histogram and the running maximum."""
+        needed = self._n_values + absmax.size
+        if needed > self._values.size:
+            grown = np.empty(max(needed, 2 * self._values.size, 4096), dtype=np.float32)
+            grown[:self._n_values] = self._values[:self._n_values]
+            self._values = grown
+        self._values[self._n_values:needed] = absmax
+        self._n_values = needed
+        self._bounds.append(needed)
+        finite = absmax[np.isfinite(absmax)]
+        self._n_finite += finite.size
+        self._n_posinf += int(np.count_nonzero(absmax == np.inf))
+        if finite.size:
+            self.absmax_max = max(self.absmax_max, float(finite.max()))
+        if self.absmax_hist_edges is None:
+            self._rebin_absmax()  # the first Linear with a histogram fixes the bins
+        else:
+            self.absmax_hist += _bin_counts(finite, self.absmax_hist_edges)
+
+    def _rebin_absmax(self) -> None:
+        """Histogram every abs-max from scratch: the bins became known or the scan named other edges."""
+        if self.hist_edges is not None:
+            edges = self.hist_edges
+        elif self.hist_total is not None:
+            edges = np.logspace(*HIST_LOG10_RANGE, self.hist_total.size + 1)
+        else:
+            return
+        values = self.all_absmax()
+        self.absmax_hist_edges = edges
+        self.absmax_hist = _bin_counts(values[np.isfinite(values)], edges)
 
     def _add_row_key(self, key: tuple[str, int]) -> int:
         """Insert a row keeping rows grouped by kind in KIND_ORDER, then by layer."""
@@ -169,12 +228,12 @@ class ScanStatistics:
                 absmax[new], share[new], filled[new] = self.absmax_grid[old], self.share_grid[old], self.row_filled[old]
                 names[new] = self.row_names[old] if old < len(self.row_names) else ""
         self.absmax_grid, self.share_grid, self.row_filled, self.row_names = absmax, share, filled, names
-        self._emit("reset")
 
-    def _resize(self, rows: int, width: int) -> None:
+    def _resize(self, rows: int, width: int) -> bool:
+        """Grow or shrink the grid keeping what fits; False when it already had that shape."""
         old_rows, old_width = self.absmax_grid.shape
         if (rows, width) == (old_rows, old_width):
-            return
+            return False
         absmax = np.full((rows, width), np.nan, dtype=np.float32)
         share = np.full((rows, width), np.nan, dtype=np.float32)
         filled = np.zeros(rows, dtype=bool)
@@ -184,7 +243,7 @@ class ScanStatistics:
         filled[:keep_rows] = self.row_filled[:keep_rows]
         self.absmax_grid, self.share_grid, self.row_filled = absmax, share, filled
         self.row_names += [""] * (rows - len(self.row_names))
-        self._emit("reset")
+        return True
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -218,7 +277,31 @@ class ScanStatistics:
         return profile
 
     def all_absmax(self) -> np.ndarray:
-        """Every Linear's per-dimension abs-max, concatenated (each Linear counts: memory is per Linear)."""
-        if not self.linears:
-            return np.zeros(0, dtype=np.float32)
-        return np.concatenate([s.absmax for s in self.linears])
+        """Every Linear's per-dimension abs-max, back to back (each Linear counts: memory is per Linear).
+
+        A read-only view of the buffer, no copy: valid until the next Linear arrives.
+        """
+        view = self._values[:self._n_values]
+        view.flags.writeable = False
+        return view
+
+    def count_finite_over(self, threshold: float) -> tuple[int, int]:
+        """(finite abs-max values over `threshold`, finite values in all): the fraction without sorting."""
+        with np.errstate(invalid="ignore"):
+            over = int(np.count_nonzero(self.all_absmax() > threshold)) - self._n_posinf
+        return over, self._n_finite
+
+    def over_per_linear(self, threshold: float) -> np.ndarray:
+        """(Linears,) int64: each Linear's dimensions with abs-max over `threshold`, in arrival order."""
+        with np.errstate(invalid="ignore"):
+            positions = np.flatnonzero(self.all_absmax() > threshold)  # few: outliers are rare
+        owners = np.searchsorted(self._bounds, positions, side="right") - 1
+        return np.bincount(owners, minlength=len(self.linears)).astype(np.int64)
+
+
+def _bin_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """(bins,) int64: positive `values` on `edges` as np.histogram counts them, values outside in the end bins."""
+    values = values[values > 0]
+    bins = np.searchsorted(edges, values, side="right") - 1
+    np.clip(bins, 0, edges.size - 2, out=bins)
+    return np.bincount(bins, minlength=edges.size - 1).astype(np.int64)

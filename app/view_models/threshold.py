@@ -56,8 +56,6 @@ class ThresholdModel:
         self.float_bytes = float_bytes  # bytes per weight of the float columns (2: fp16, 4: fp32)
         self._threshold = check_threshold(threshold)
         self._listeners: list[Callable[[float], None]] = []
-        self._sorted_desc: np.ndarray | None = None
-        stats.subscribe(self._on_stats)
 
     def subscribe(self, listener: Callable[[float], None]) -> None:
         self._listeners.append(listener)
@@ -81,20 +79,14 @@ class ThresholdModel:
 
     # --- conversions -----------------------------------------------------------------------------
 
-    def _sorted(self) -> np.ndarray:
-        if self._sorted_desc is None:
-            values = self.stats.all_absmax()
-            self._sorted_desc = np.sort(values[np.isfinite(values)])[::-1]
-        return self._sorted_desc
-
     def fraction_for_threshold(self, threshold: float) -> float:
-        """Share of (Linear, dimension) pairs whose abs-max exceeds `threshold`."""
-        values = self._sorted()
-        if values.size == 0:
-            return 0.0
-        ascending = values[::-1]
-        over = values.size - np.searchsorted(ascending, threshold, side="right")
-        return float(over / values.size)
+        """Share of (Linear, dimension) pairs whose abs-max exceeds `threshold`.
+
+        One vectorized pass, no sort: it runs on every threshold move and, while
+        a scan streams in, after new layers, so nothing sorted would stay valid.
+        """
+        over, total = self.stats.count_finite_over(threshold)
+        return over / total if total else 0.0
 
     def threshold_for_fraction(self, fraction: float) -> float:
         """The threshold over which exactly the top `fraction` of pairs lie (as near as ties allow).
@@ -104,13 +96,16 @@ class ThresholdModel:
         """
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"fraction must be between 0 and 1, got {fraction}")
-        values = self._sorted()
+        values = self.stats.all_absmax()
+        values = values[np.isfinite(values)]
         if values.size == 0:
             raise ValueError("no scan statistics yet: scan the model first")
         k = int(round(fraction * values.size))
+        tiny = np.finfo(np.float32).tiny
         if k >= values.size:
-            return float(max(values[-1] * 0.5, np.finfo(np.float32).tiny))
-        return float(max(values[k], np.finfo(np.float32).tiny))
+            return float(max(values.min() * 0.5, tiny))
+        position = values.size - 1 - k  # the (k + 1)-th largest, found in O(n) rather than by a sort
+        return float(max(np.partition(values, position)[position], tiny))
 
     # --- the summary -----------------------------------------------------------------------------
 
@@ -134,19 +129,13 @@ class ThresholdModel:
             kinds.append(KindSummary(kind, KIND_LABELS[kind], int(filled.sum()), int(block.any(axis=0).sum()),
                                      float(per_row.mean()), int(per_row.max())))
         kinds.sort(key=lambda k: KIND_ORDER.index(k.kind))
-        outliers, total, extra, missing = 0, 0, 0, []
-        for linear in stats.linears:
-            count = int((linear.absmax > threshold).sum())
-            outliers += count
-            total += linear.absmax.size
-            if linear.out_features is None:
-                missing.append(linear.name)
-            else:
-                extra += count * (int(linear.out_features) * self.float_bytes + INDEX_BYTES)
-        return ThresholdSummary(threshold, outliers, total, kinds, None if missing else extra, missing)
-
-    def _on_stats(self, event: str, data: object) -> None:
-        self._sorted_desc = None
+        over = stats.over_per_linear(threshold)  # (Linears,)
+        missing = [linear.name for linear in stats.linears if linear.out_features is None]
+        extra = None
+        if not missing:
+            out_features = np.array([int(linear.out_features) for linear in stats.linears], dtype=np.int64)
+            extra = int(over @ (out_features * self.float_bytes + INDEX_BYTES)) if over.size else 0
+        return ThresholdSummary(threshold, int(over.sum()), stats.all_absmax().size, kinds, extra, missing)
 
 
 def check_threshold(threshold: float) -> float:

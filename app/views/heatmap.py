@@ -6,6 +6,12 @@ lookup table, so a new layer costs one row of numpy arithmetic and an indexed
 QImage, never a Python loop over cells. Cells over the current threshold are
 drawn on top in the highlight colour. Hover reads a cell out; a click asks for
 that dimension's profile across layers.
+
+The index and overlay arrays are allocated once per grid shape and handed to
+the image items by reference: a new row is written in place and the items only
+told to render again (Qt merges the repaints of a burst into one). The whole
+grid is recoloured only when its shape, the colour range or the mode changes,
+and then only its filled rows; the axes are rebuilt only when the rows change.
 """
 
 from __future__ import annotations
@@ -26,13 +32,27 @@ MODE_SHARE = "share"
 ABSMAX_LOG_RANGE = (-1.0, 2.0)  # initial colour range, log10 abs-max; widened when the data need it
 
 
-def index_rows(values: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Values -> uint8 colour indices 1..255 (0 for NaN); `values` may be one row or many."""
-    scaled = (values - low) * (254.0 / (high - low))
-    with np.errstate(invalid="ignore"):
-        index = np.clip(scaled, 0.0, 254.0)
-    index = np.nan_to_num(index, nan=-1.0) + 1.0
-    return index.astype(np.uint8)
+def index_rows(values: np.ndarray, low: float, high: float, log10: bool = False) -> np.ndarray:
+    """Values (or their log10) -> uint8 colour indices 1..255 (0 for NaN); one row or many.
+
+    float32 arithmetic in place, one temporary for the whole grid; the log10 is
+    taken as a natural log (vectorized for float32, log10 is not) folded into
+    the scale.
+    """
+    step = 254.0 / (high - low)
+    if log10:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scaled = np.log(values, dtype=np.float32)
+        scaled *= np.float32(step / math.log(10.0))
+    else:
+        scaled = np.multiply(values, np.float32(step), dtype=np.float32)
+    scaled -= np.float32(low * step)
+    np.clip(scaled, 0.0, 254.0, out=scaled)  # NaN stays NaN
+    scaled += 1.0
+    scaled[np.isnan(scaled)] = 0.0
+    index = np.empty(scaled.shape, dtype=np.uint8)
+    np.copyto(index, scaled, casting="unsafe")
+    return index
 
 
 class HeatmapView(QWidget):
@@ -45,8 +65,10 @@ class HeatmapView(QWidget):
         self.stats, self.threshold = stats, threshold
         self.mode = MODE_ABSMAX
         self._levels = ABSMAX_LOG_RANGE
-        self._index = np.zeros((0, 0), dtype=np.uint8)  # (rows, width) colour indices
-        self._mask = np.zeros((0, 0), dtype=np.uint8)  # (rows, width) 1 where over the threshold
+        self._index = np.zeros((0, 0), dtype=np.uint8)  # (rows, width) colour indices, shown by self.image
+        self._mask = np.zeros((0, 0), dtype=np.uint8)  # (rows, width) 1 where over the threshold, self.overlay
+        self._mask_stale = False  # the threshold moved while the overlay was hidden
+        self._axes_for: tuple = ()  # the row keys and shape the axes were laid out for
         self._build()
         stats.subscribe(self._on_stats)
         threshold.subscribe(lambda _: self.update_overlay())
@@ -58,7 +80,7 @@ class HeatmapView(QWidget):
         self.mode_box.currentIndexChanged.connect(lambda _: self.set_mode(self.mode_box.currentData()))
         self.overlay_box = QCheckBox("Highlight outliers")
         self.overlay_box.setChecked(True)
-        self.overlay_box.toggled.connect(lambda on: self.overlay.setVisible(on))
+        self.overlay_box.toggled.connect(self._on_overlay_toggled)
         self.readout = QLabel("Hover over the heatmap to read a cell; click to see that dimension in every layer.")
         self.readout.setObjectName("readout")
         self.readout.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -108,31 +130,38 @@ class HeatmapView(QWidget):
         self.color_bar.axis.setLabel(label)
         self.redraw()
 
-    def _values(self, rows: slice | int) -> np.ndarray:
+    def _colour(self, rows: slice | int | np.ndarray) -> np.ndarray:
+        """uint8 colour indices of `rows` in the current mode and colour range."""
         if self.mode == MODE_SHARE:
-            return self.stats.share_grid[rows] * 100.0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.log10(self.stats.absmax_grid[rows])
+            low, high = self._levels
+            return index_rows(self.stats.share_grid[rows], low / 100.0, high / 100.0)  # levels are in %
+        return index_rows(self.stats.absmax_grid[rows], *self._levels, log10=True)
 
     def _absmax_levels(self, levels: tuple[float, float]) -> tuple[float, float]:
-        """`levels` widened (in half decades) to hold the largest abs-max seen."""
-        grid = self.stats.absmax_grid
-        finite = grid[np.isfinite(grid)] if grid.size else grid
-        if finite.size == 0:
+        """`levels` widened (in half decades) to hold the largest abs-max seen (kept by the statistics)."""
+        if self.stats.absmax_max <= 0:
             return levels
-        top = math.log10(max(float(finite.max()), 1e-30))
+        top = math.log10(max(self.stats.absmax_max, 1e-30))
         return levels[0], max(levels[1], math.ceil(top * 2) / 2)
 
     def redraw(self) -> None:
-        """Recolour every cell (shape changed, colour range widened, or mode switched)."""
-        self._index = index_rows(self._values(slice(None)), *self._levels) if self.stats.absmax_grid.size else \
-            np.zeros((0, 0), dtype=np.uint8)
+        """Recolour every filled row (shape changed, colour range widened, or mode switched)."""
+        shape = self.stats.absmax_grid.shape
+        if self._index.shape != shape:
+            self._index = np.zeros(shape, dtype=np.uint8)
+        else:
+            self._index.fill(0)
+        filled = np.flatnonzero(self.stats.row_filled)
+        if filled.size == shape[0] and shape[0]:
+            self._index[:] = self._colour(slice(None))
+        elif filled.size:
+            self._index[filled] = self._colour(filled)
         self._show_index()
         self._update_axes()
         self.update_overlay()
 
     def update_row(self, row: int) -> None:
-        """Colour one new row; widen the range (and redraw everything) only when it does not fit."""
+        """Colour one new row in place; widen the range (and recolour the rest) only when it does not fit."""
         if self._index.shape != self.stats.absmax_grid.shape:
             self.redraw()
             return
@@ -143,11 +172,11 @@ class HeatmapView(QWidget):
                 self.color_bar.setLevels(levels)
                 self.redraw()
                 return
-        self._index[row] = index_rows(self._values(row), *self._levels)
+        self._index[row] = self._colour(row)
         self._show_index()
-        if self._mask.shape == self._index.shape:
+        if self._mask.shape == self._index.shape and not self._mask_stale:
             with np.errstate(invalid="ignore"):
-                self._mask[row] = self.stats.absmax_grid[row] > self.threshold.threshold
+                np.greater(self.stats.absmax_grid[row], self.threshold.threshold, out=self._mask[row])
             self._show_mask()
         else:
             self.update_overlay()
@@ -160,9 +189,23 @@ class HeatmapView(QWidget):
             self.image.setVisible(False)
 
     def update_overlay(self) -> None:
-        """Light up the cells over the current threshold."""
-        self._mask = self.threshold.outlier_mask().astype(np.uint8)
+        """Light up the cells over the current threshold (later, if the highlight is switched off)."""
+        if not self.overlay_box.isChecked():
+            self._mask_stale = True
+            return
+        grid = self.stats.absmax_grid
+        if self._mask.shape != grid.shape:
+            self._mask = np.zeros(grid.shape, dtype=np.uint8)
+        with np.errstate(invalid="ignore"):
+            np.greater(grid, self.threshold.threshold, out=self._mask)
+        self._mask_stale = False
         self._show_mask()
+
+    def _on_overlay_toggled(self, on: bool) -> None:
+        if on and self._mask_stale:
+            self.update_overlay()
+        else:
+            self.overlay.setVisible(on and self._mask.size > 0)
 
     def _show_mask(self) -> None:
         if self._mask.size:
@@ -172,16 +215,24 @@ class HeatmapView(QWidget):
             self.overlay.setVisible(False)
 
     def _update_axes(self) -> None:
+        """Kind labels, layer ticks, separators and range; only when the rows or the shape changed."""
+        layout = (tuple(self.stats.row_keys), self.stats.absmax_grid.shape)
+        if layout == self._axes_for:
+            return
+        self._axes_for = layout
         spans = self.stats.kind_spans()
         major = [((start + stop) / 2, KIND_SHORT[kind]) for kind, start, stop in spans]
         minor = [(row + 0.5, str(layer)) for row, (_, layer) in enumerate(self.stats.row_keys) if layer % 10 == 0]
         self.plot.getAxis("left").setTicks([major, minor])
-        for line in self._separators:
-            self.plot.removeItem(line)
-        self._separators = [pg.InfiniteLine(pos=start, angle=0, pen=pg.mkPen(colors.FOREGROUND, width=1))
-                            for _, start, _ in spans[1:]]
-        for line in self._separators:
+        starts = [start for _, start, _ in spans[1:]]
+        while len(self._separators) > len(starts):
+            self.plot.removeItem(self._separators.pop())
+        while len(self._separators) < len(starts):
+            line = pg.InfiniteLine(pos=0, angle=0, pen=pg.mkPen(colors.FOREGROUND, width=1))
             self.plot.addItem(line)
+            self._separators.append(line)
+        for line, start in zip(self._separators, starts):
+            line.setValue(start)
         rows, width = self.stats.absmax_grid.shape
         if rows and width:
             self.plot.getViewBox().setLimits(xMax=width, yMax=rows)
@@ -190,10 +241,13 @@ class HeatmapView(QWidget):
     def _on_stats(self, event: str, data: object) -> None:
         if event == "row":
             self.update_row(int(data))
-        else:
-            if event == "reset":
-                self._levels = ABSMAX_LOG_RANGE if self.mode == MODE_ABSMAX else self._levels
+        elif event == "reset":
+            if self.mode == MODE_ABSMAX:
+                self._levels = self._absmax_levels(ABSMAX_LOG_RANGE)
+                self.color_bar.setLevels(self._levels)
             self.redraw()
+        elif event == "finished" and self.mode == MODE_SHARE and self.stats.scan_threshold:
+            self.color_bar.axis.setLabel(f"% of tokens over {self.stats.scan_threshold:g}")
 
     # --- interaction -----------------------------------------------------------------------------
 

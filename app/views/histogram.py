@@ -3,6 +3,9 @@
 Two curves on the scan's log10 bins: every activation value seen (summed over
 Linear inputs), and the per-dimension abs-max that the threshold acts on. The
 vertical line is the threshold; dragging it sets the threshold model.
+
+Both curves come from counts the statistics keep as layers arrive, so a
+refresh costs O(bins); during a scan it runs at most every REFRESH_MS.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from PySide6.QtWidgets import QVBoxLayout, QWidget
 from app.view_models.scan_stats import ScanStatistics
 from app.view_models.threshold import ThresholdModel
 from app.views import colors
+from app.views.throttle import Coalescer
+
+REFRESH_MS = 100
 
 
 class PowerOfTenAxis(pg.AxisItem):
@@ -45,6 +51,7 @@ class HistogramView(QWidget):
         self.plot.addItem(self.line)
         self.line.sigPositionChanged.connect(self._on_line_moved)
         self._updating = False
+        self._refresh = Coalescer(self.refresh, REFRESH_MS, self)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.plot)
@@ -53,23 +60,21 @@ class HistogramView(QWidget):
         self._on_threshold(threshold.threshold)
 
     def _on_stats(self, event: str, data: object) -> None:
-        if event in ("finished", "reset") or (event == "row" and self.stats.rows_filled % 8 == 1):
-            self.refresh()
+        if event == "row":
+            self._refresh.request()
+        else:
+            self._refresh.now()
 
     def refresh(self) -> None:
-        """Recompute both histograms from the statistics held so far."""
-        edges = self.stats.hist_edges
-        totals = self.stats.hist_total
+        """Show both histograms of the statistics held so far (empty curves before any)."""
+        edges, totals = self.stats.absmax_hist_edges, self.stats.hist_total
         if edges is None or totals is None or len(edges) != len(totals) + 1:
-            if totals is None:
-                return
-            edges = np.logspace(-4, 5, len(totals) + 1)  # the engine's bins, until its result names them
+            self.values_curve.setData([0, 1], [0])
+            self.absmax_curve.setData([0, 1], [0])
+            return
         log_edges = np.log10(edges)
         self.values_curve.setData(log_edges, _log_counts(totals))
-        absmax = self.stats.all_absmax()
-        absmax = absmax[np.isfinite(absmax) & (absmax > 0)]
-        counts, _ = np.histogram(np.clip(np.log10(absmax), log_edges[0], log_edges[-1]), bins=log_edges)
-        self.absmax_curve.setData(log_edges, _log_counts(counts))
+        self.absmax_curve.setData(log_edges, _log_counts(self.stats.absmax_hist))
 
     def _on_line_moved(self) -> None:
         if self._updating:

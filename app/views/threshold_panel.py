@@ -3,7 +3,8 @@
 The slider is logarithmic (0.1 .. 1000); the spin boxes hold the threshold and
 the equivalent "top % of dimensions". Below them: outlier dimensions per input
 kind, the share of (Linear, dimension) pairs kept in floating point, and the
-memory those floating-point columns cost.
+memory those floating-point columns cost. While a scan streams in, the summary
+follows the new layers at most every REFRESH_MS; a threshold change shows at once.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from PySide6.QtWidgets import (QDoubleSpinBox, QFormLayout, QGroupBox, QHeaderVi
                                QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from app.view_models.threshold import ThresholdModel
+from app.views.throttle import Coalescer
 
 SLIDER_STEPS = 1000
 SLIDER_LOG_RANGE = (-1.0, 3.0)  # 0.1 .. 1000
+REFRESH_MS = 250
+NO_SCAN_TEXT = "Scan the model to see what this threshold keeps in floating point."
 
 
 def slider_to_threshold(position: int) -> float:
@@ -51,7 +55,7 @@ class ThresholdPanel(QGroupBox):
         self.fraction_spin.setSingleStep(0.1)
         self.fraction_spin.setToolTip("The same choice as the share of (Linear, dimension) pairs with the "
                                       "largest abs-max")
-        self.overall = QLabel("Scan the model to see what this threshold keeps in floating point.")
+        self.overall = QLabel(NO_SCAN_TEXT)
         self.overall.setWordWrap(True)
         self.overall.setObjectName("summary")
         self.table = QTableWidget(0, 3)
@@ -75,7 +79,8 @@ class ThresholdPanel(QGroupBox):
         self.slider.valueChanged.connect(lambda pos: self._apply(slider_to_threshold(pos)))
         self.spin.valueChanged.connect(self._apply)
         self.fraction_spin.valueChanged.connect(self._apply_fraction)
-        model.subscribe(lambda _: self.refresh())
+        self._refresh = Coalescer(self.refresh, REFRESH_MS, self)
+        model.subscribe(lambda _: self._refresh.now())
         model.stats.subscribe(self._on_stats)
         self.refresh()
 
@@ -89,8 +94,10 @@ class ThresholdPanel(QGroupBox):
         self.model.set_fraction(percent / 100.0)
 
     def _on_stats(self, event: str, data: object) -> None:
-        if event in ("finished", "reset") or (event == "row" and self.model.stats.rows_filled % 4 == 0):
-            self.refresh()
+        if event == "row":
+            self._refresh.request()
+        else:
+            self._refresh.now()
 
     def refresh(self) -> None:
         """Show the model's threshold in every control and recompute the summary."""
@@ -103,6 +110,8 @@ class ThresholdPanel(QGroupBox):
         finally:
             self._syncing = False
         if not self.model.stats.linears:
+            self.overall.setText(NO_SCAN_TEXT)
+            self.table.setRowCount(0)
             return
         summary = self.model.summary()
         if summary.float_bytes is None:
@@ -114,12 +123,21 @@ class ThresholdPanel(QGroupBox):
         self.overall.setText(
             f"<b>{summary.outlier_columns:,}</b> of {summary.total_columns:,} Linear input columns over "
             f"{threshold:g}: <b>{summary.fraction:.3%}</b> kept in floating point; {memory}.")
-        self.table.setRowCount(len(summary.kinds))
+        if self.table.rowCount() != len(summary.kinds):
+            self.table.setRowCount(len(summary.kinds))
         for row, kind in enumerate(summary.kinds):
             cells = [kind.label, f"{kind.dims_any_layer:,}",
                      f"{kind.mean_dims_per_layer:.1f} / {kind.max_dims_in_a_layer}"]
             for col, text in enumerate(cells):
-                item = QTableWidgetItem(text)
-                if col:
-                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-                self.table.setItem(row, col, item)
+                self._set_cell(row, col, text)
+
+    def _set_cell(self, row: int, col: int, text: str) -> None:
+        """Change a cell only when its text changes: each change re-fits the columns to their contents."""
+        item = self.table.item(row, col)
+        if item is None:
+            item = QTableWidgetItem(text)
+            if col:
+                item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            self.table.setItem(row, col, item)
+        elif item.text() != text:
+            item.setText(text)
