@@ -173,7 +173,7 @@ def run(params: dict[str, Any], task, loaded) -> ScanResult:
         captured = _capture_first_layer_inputs(model, blocks[0], batches, task.slice(0.0, 0.05))
         for block_index, block in enumerate(blocks):
             members = [(n, m) for n, m in linears if block_of.get(id(m)) == block_index]
-            with _StatsHooks(members, settings.threshold) as hooks:
+            with _StatsHooks(members, settings.threshold, task) as hooks:
                 for b, (args, kwargs) in enumerate(captured):
                     task.check_cancelled()
                     output = block(*args, **kwargs)
@@ -216,7 +216,7 @@ def _capture_first_layer_inputs(model, first_block, batches, task) -> list[tuple
 def _scan_outside_blocks(model, members, batches, threshold, result, task) -> None:
     """Linears outside the decoder stack (the LM head when asked for): one full forward per batch."""
     device = next(model.parameters()).device
-    with _StatsHooks(members, threshold) as hooks:
+    with _StatsHooks(members, threshold, task) as hooks:
         for batch in batches:
             task.check_cancelled()
             model(input_ids=batch.to(device), use_cache=False)
@@ -226,10 +226,14 @@ def _scan_outside_blocks(model, members, batches, threshold, result, task) -> No
 
 
 class _StatsHooks:
-    """Forward pre-hooks that fold every input of the given Linears into running statistics."""
+    """Forward pre-hooks that fold every input of the given Linears into running statistics.
 
-    def __init__(self, members, threshold: float) -> None:
-        self.members, self.threshold = members, threshold
+    Each hook also asks the task whether to stop, so a cancel lands within one
+    Linear's work rather than one decoder layer's.
+    """
+
+    def __init__(self, members, threshold: float, task) -> None:
+        self.members, self.threshold, self.task = members, threshold, task
         self.handles: list = []
         self.state: dict[str, tuple] = {}
         self.out_features = {name: module.out_features for name, module in members}
@@ -248,6 +252,7 @@ class _StatsHooks:
             self.state[name] = (absmax, count, hist)
 
             def hook(mod, args, absmax=absmax, count=count, hist=hist):
+                self.task.check_cancelled()
                 x = args[0].reshape(-1, mod.in_features)  # (tokens, in_features)
                 ops.feature_stats(x, self.threshold, absmax, count)
                 log_mag = x.detach().abs().float().clamp_min(1e-30).log10()

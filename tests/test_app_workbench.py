@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 
 import pytest
 
 pytestmark = pytest.mark.slow
-
-HEAVY_MODULES = ("torch", "transformers", "cupy")
-
 
 def wait_ready(qtbot, window, timeout_s=60):
     qtbot.waitUntil(lambda: window.client.state.value == "ready", timeout=timeout_s * 1000)
@@ -28,7 +24,6 @@ def test_workbench_session_end_to_end(make_workbench, qtbot):
     window = make_workbench()
     assert window.isVisible() and window.client.state.value in ("starting", "ready")  # window first
     wait_ready(qtbot, window)
-    assert not [m for m in HEAVY_MODULES if m in sys.modules], "app/ pulled a heavy module into the GUI process"
 
     finished: dict[str, dict] = {}
     window.client.sig_job_finished.connect(lambda job, request, result: finished.__setitem__(request, result))

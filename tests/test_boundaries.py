@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -60,3 +61,29 @@ def test_importing_kernels_does_not_initialise_cuda():
     code = "import torch, kernels.ops\nprint(torch.cuda.is_initialized())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+WINDOW_WITH_ENGINE = """
+import sys, tempfile
+from PySide6.QtCore import QSettings
+from app.main import create_app
+from app.main_window import MainWindow
+app = create_app([])
+settings = QSettings(tempfile.mktemp(suffix=".ini"), QSettings.Format.IniFormat)
+window = MainWindow(settings=settings)
+window.show()
+window.start_engine()
+deadline = __import__("time").monotonic() + 60
+while window.client.state.value != "ready" and __import__("time").monotonic() < deadline:
+    app.processEvents()
+print(window.client.state.value, sorted(m for m in ("torch", "transformers", "cupy") if m in sys.modules))
+window.close()
+"""
+
+
+def test_the_window_and_its_engine_client_never_load_the_heavy_stack_in_the_gui_process():
+    """In a fresh process (a test session has torch loaded already): open the window, start its engine."""
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    out = subprocess.run([sys.executable, "-c", WINDOW_WITH_ENGINE], capture_output=True, text=True, env=env,
+                         check=True, timeout=120).stdout
+    assert out.strip().splitlines()[-1] == "ready []"

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from engine import evaluate, quantize
-from engine.int8_linear import METHODS
 from engine.task import Task
 
 pytestmark = pytest.mark.slow
@@ -38,8 +37,9 @@ def test_down_proj_inputs_carry_far_more_outlier_columns_than_attention_inputs(d
     assert np.mean(by_kind["mlp_down"]) > 10 * np.mean(by_kind["attn_in"])
 
 
-def test_all_methods_rank_as_expected_on_1024_tokens(default_model, default_scan):
-    variants = {m: quantize.run({"method": m, "threshold": 6.0}, Task(), default_model, default_scan) for m in METHODS}
+def test_the_four_methods_rank_as_expected_on_1024_tokens(default_model, default_scan):
+    methods = ("absmax-tensor", "vectorwise", "llm-int8", "weight-only")
+    variants = {m: quantize.run({"method": m, "threshold": 6.0}, Task(), default_model, default_scan) for m in methods}
     result = evaluate.run({"tokens": 1024, "window": 512}, Task(), default_model, variants)
     ppl = {row["method"]: row["perplexity"] for row in result["rows"]}
     assert result["settings"]["tokens"] == 1024
