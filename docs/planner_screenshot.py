@@ -1,0 +1,61 @@
+"""Screenshot of the memory planner dialog planning the Llama 2 70B preset through a real engine.
+
+Run under a virtual display (see docs/screenshots.py for the system packages Qt needs):
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/planner_screenshot.py
+
+Writes docs/planner.png: FP16 on A100-40GB selected, with the terms behind its GPU count.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parent
+sys.path.insert(0, str(DOCS.parent))
+
+
+def main() -> int:
+    from app.engine_client import QtEngineClient
+    from app.main import create_app
+    from app.views.planner_dialog import PlannerDialog
+
+    app = create_app([])
+    client = QtEngineClient()
+
+    def wait(condition, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if time.monotonic() > deadline:
+                raise TimeoutError("the engine did not answer in time")
+            app.processEvents()
+            time.sleep(0.01)
+
+    try:
+        client.start_local()
+        wait(lambda: client.state.value == "ready", 120)
+        dialog = PlannerDialog(client, has_model=False)
+        dialog.show()
+        dialog.preset_combo.setCurrentIndex(dialog.preset_combo.findData("llama-2-70b"))
+        dialog.radio_preset.setChecked(True)
+        if dialog.plan() is None:
+            raise RuntimeError(dialog.status.text())
+        wait(lambda: dialog.job is None, 120)
+        if dialog.view is None:
+            raise RuntimeError(dialog.status.text())
+        dialog.select("baseline", "A100-40GB")
+        for _ in range(20):
+            app.processEvents()
+            time.sleep(0.02)
+        dialog.grab().save(str(DOCS / "planner.png"))
+        print("wrote", DOCS / "planner.png")
+        dialog.close()
+    finally:
+        client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
