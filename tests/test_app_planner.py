@@ -164,8 +164,8 @@ def test_dialog_shows_the_table_and_the_terms_of_the_selected_cell(dialog, plan_
     table = dialog.table
     assert table.rowCount() == 6 and table.columnCount() == 2 + 4
     assert table.horizontalHeaderItem(2).text() == "A100-40GB\nGPUs needed"
-    assert table.item(0, 0).text() == "FP16 / BF16 (baseline)" and table.item(0, 2).text() == "4"
-    assert dialog.breakdown_caption.text() == "Why 4 × A100-40GB for FP16 / BF16 (baseline)"
+    assert table.item(0, 0).text() == "FP16 (baseline)" and table.item(0, 2).text() == "4"
+    assert dialog.breakdown_caption.text() == "Why 4 × A100-40GB for FP16 (baseline)"
     labels = [dialog.tree.topLevelItem(i).text(0) for i in range(dialog.tree.topLevelItemCount())]
     assert labels == ["Weights", "KV cache", "State to place", "Budget per A100-40GB", "4 × A100-40GB"]
     assert dialog.tree.topLevelItem(1).text(1) == "1.25 GiB"
@@ -232,3 +232,20 @@ def test_dialog_plans_a_preset_and_reports_a_bad_config_through_a_real_engine(di
     qtbot.waitUntil(lambda: dialog.job is None, timeout=60_000)
     assert "lacks" in dialog.status.text() and "num_layers" in dialog.status.text()
     assert dialog.table.item(0, 2).text() == "4"  # the last good plan stays on screen
+
+
+def test_paths_are_shortened_in_the_title():
+    from app.view_models.plan import short_name
+
+    assert short_name("llama-2-70b") == "llama-2-70b"
+    assert short_name("/models/big/config.json") == "big/config.json"
+    assert short_name("/root/.cache/models/SmolLM2-135M") == "SmolLM2-135M"
+
+
+def test_the_baseline_is_named_by_its_float_dtype():
+    from app.view_models.plan import method_label
+
+    assert method_label("baseline", "float32") == "FP32 (baseline)"
+    assert method_label("baseline", "bfloat16") == "BF16 (baseline)"
+    assert method_label("baseline") == "floating point (baseline)"
+    assert method_label("llm-int8", "float32") == "LLM.int8() static outliers"

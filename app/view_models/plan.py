@@ -26,8 +26,9 @@ DEFAULT_PRESET = "llama-2-70b"
 MAX_CONTEXT = 1 << 24  # the planner's own search limit for the longest context
 MAX_BATCH = 65536
 
+DTYPE_LABELS = {"float16": "FP16", "bfloat16": "BF16", "float32": "FP32"}
 METHOD_LABELS = {
-    "baseline": "FP16 / BF16 (baseline)",
+    "baseline": "floating point (baseline)",
     "absmax-tensor": "INT8 absmax per tensor",
     "vectorwise": "INT8 vector-wise",
     "llm-int8": "LLM.int8() static outliers",
@@ -60,6 +61,13 @@ WORKSPACE_TERM_NOTES = {
 def preset_dir() -> Path:
     """resources/presets, the directory engine/presets.py reads too."""
     return Path(str(resources.files("resources"))) / "presets"
+
+
+def method_label(method: str, dtype: str | None = None) -> str:
+    """A method's name for people; the baseline says its float dtype (a CPU model plans in FP32)."""
+    if method == "baseline" and dtype in DTYPE_LABELS:
+        return f"{DTYPE_LABELS[dtype]} (baseline)"
+    return METHOD_LABELS.get(method, method)
 
 
 @dataclass(frozen=True)
@@ -151,6 +159,14 @@ def format_bytes(count: int | float | None) -> str:
     return f"{sign}{value:,.0f} B"
 
 
+def short_name(name: str) -> str:
+    """A path's last part (with its directory for a bare config.json); a preset name as it is."""
+    path = Path(name)
+    if len(path.parts) < 2:
+        return name
+    return f"{path.parent.name}/{path.name}" if path.name == "config.json" else path.name
+
+
 @dataclass(frozen=True)
 class Term:
     """One line of the breakdown: a label, its bytes (None for a line of text), a note, its depth."""
@@ -193,7 +209,8 @@ class PlanView:
             raise BadInput("the engine's plan has no methods")
         self._methods = {entry["method"]: entry for entry in methods}
         self.gpus = [card["gpu"] for card in methods[0].get("gpus", [])]
-        self.rows = [MethodRow(entry["method"], METHOD_LABELS.get(entry["method"], entry["method"]),
+        dtype = self.result.get("settings", {}).get("dtype")
+        self.rows = [MethodRow(entry["method"], method_label(entry["method"], dtype),
                                int(entry["total_bytes"]), {card["gpu"]: card.get("needed") for card in entry["gpus"]})
                      for entry in methods]
 
@@ -201,8 +218,12 @@ class PlanView:
     def methods(self) -> list[str]:
         return [row.method for row in self.rows]
 
+    def source_name(self) -> str:
+        """The full name of what was planned: a preset name or a path."""
+        return str(self.result.get("source", {}).get("name") or self.result.get("architecture", {}).get("name", ""))
+
     def title(self) -> str:
-        """What was planned: the model's name and size, in a line."""
+        """What was planned: the model's (short) name and size, in a line."""
         arch = self.result.get("architecture", {})
         parameters = arch.get("parameters")
         size = f"{parameters / 1e9:,.2f} B parameters" if parameters and parameters >= 1e9 else \
@@ -210,7 +231,7 @@ class PlanView:
         shape = (f"{arch.get('num_layers')} layers, hidden {arch.get('hidden_size'):,}, "
                  f"{arch.get('num_heads')} heads ({arch.get('num_kv_heads')} KV)") if arch.get("hidden_size") else ""
         kind = self.result.get("source", {}).get("kind", "")
-        name = self.result.get("source", {}).get("name") or arch.get("name", "")
+        name = short_name(self.result.get("source", {}).get("name") or arch.get("name", ""))
         where = {"preset": "preset", "config": "config", "model": "loaded model"}.get(kind, kind)
         return " · ".join(part for part in (f"{name} ({where})" if where else name, size, shape) if part)
 
@@ -256,7 +277,7 @@ class PlanView:
         usable_fraction = settings.get("usable_fraction", 0)
         budget = card["budget_per_gpu_bytes"]
         state = [
-            Term("Weights", int(weights["bytes"]), METHOD_LABELS.get(method, method), 0, weight_children),
+            Term("Weights", int(weights["bytes"]), method_label(method, settings.get("dtype")), 0, weight_children),
             Term("KV cache", int(entry["kv_cache"]["bytes"]), kv_note, 0),
             Term("State to place", int(card["state_bytes"]), "weights + KV cache, split across the cards", 0),
         ]

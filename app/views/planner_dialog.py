@@ -257,6 +257,7 @@ class PlannerDialog(QDialog):
         view = PlanView(result)
         self.view = view
         self.title.setText(view.title())
+        self.title.setToolTip(view.source_name())
         self.settings_line.setText(view.settings_line())
         notes = view.notes()
         self.notes.setText("\n".join(notes))
