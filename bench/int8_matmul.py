@@ -50,8 +50,9 @@ def bench_matmul(bnb) -> None:
     print(f"INT8 x INT8 -> INT32 on the CPU ({torch.get_num_threads()} threads); ratio = time / fp32 matmul time")
     print(f"{'M x K x N':<20}{'fp32 ms':>10}{'ours':>9}{'_int_mm':>9}{'bnb':>9}  exact")
     for m, k, n in SHAPES:
-        a = torch.randint(-127, 128, (m, k), dtype=torch.int8)
-        b = torch.randint(-127, 128, (n, k), dtype=torch.int8)
+        # What the layers multiply: activations quantized per token, weights per row.
+        a, _ = ops.quantize_rowwise(torch.randn(m, k))
+        b, _ = ops.quantize_rowwise(torch.randn(n, k) * 0.02)
         a32, b32 = a.float(), b.float()
         fp32 = best_time(lambda: a32 @ b32.t())
         ours = best_time(lambda: ops.int8_matmul(a, b))

@@ -25,6 +25,9 @@ FLOAT32_EXACT_INTEGERS = float(1 << 24)
 # of 2**24 // 16129 = 1040 terms goes through a float32 GEMM without a rounding.
 EXACT_FP32_K_CHUNK = (1 << 24) // (127 * 127)
 
+# Row-wise quantization works on blocks of about this many values (2 MiB of float32).
+ROWWISE_BLOCK_ELEMENTS = 1 << 19
+
 
 def _inverse_scale(absmax: torch.Tensor) -> torch.Tensor:
     """127 / absmax, with 0 where absmax is 0 so that zero rows stay zero."""
@@ -48,7 +51,24 @@ def feature_stats(x: torch.Tensor, threshold: float, absmax_acc: torch.Tensor, c
 
 
 def quantize_rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Vector-wise quantization: one abs-max scale per row. Returns (int8 (R, C), float32 (R,))."""
+    """Vector-wise quantization: one abs-max scale per row. Returns (int8 (R, C), float32 (R,)).
+
+    Rows go in blocks of about ROWWISE_BLOCK_ELEMENTS values, so that the float32
+    temporaries stay in cache: on a CPU that is several times faster than one
+    pass over a large weight, with identical results (rows are independent).
+    """
+    rows, cols = x.shape
+    block = max(1, ROWWISE_BLOCK_ELEMENTS // max(cols, 1))
+    if rows <= block:
+        return _quantize_rows(x)
+    q = torch.empty((rows, cols), dtype=torch.int8, device=x.device)
+    absmax = torch.empty(rows, dtype=torch.float32, device=x.device)
+    for start in range(0, rows, block):
+        q[start : start + block], absmax[start : start + block] = _quantize_rows(x[start : start + block])
+    return q, absmax
+
+
+def _quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x32 = x.float()
     absmax = x32.abs().amax(dim=1)  # (R,)
     return _round_to_int8(x32 * _inverse_scale(absmax)[:, None]), absmax
