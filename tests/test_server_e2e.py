@@ -163,7 +163,8 @@ def test_engine_exits_when_its_parent_is_killed(tmp_path):
 
 def test_remote_engine_serves_clients_with_the_connection_file_key_only(tmp_path):
     connection_file = tmp_path / "engine.json"
-    server = subprocess.Popen([sys.executable, "-m", "engine", "--listen", "tcp://127.0.0.1:0",
+    # Through the `int8wb engine` command, as a user starts a remote engine.
+    server = subprocess.Popen([sys.executable, "-m", "engine.cli", "engine", "--listen", "tcp://127.0.0.1:0",
                                "--connection-file", str(connection_file)], cwd=REPO,
                               stderr=subprocess.PIPE, text=True)
     try:
