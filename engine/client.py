@@ -49,7 +49,7 @@ from typing import Any, Callable
 
 import zmq
 
-from engine import protocol
+from engine import __version__, protocol
 from engine.errors import BadInput, WorkbenchError
 from engine.protocol import Codec, Message, ProtocolError, VersionMismatch
 
@@ -285,6 +285,19 @@ class EngineClient:
                 from None
         self._set_state(EngineState.READY)
         return self.engine_info
+
+    @property
+    def version_mismatch(self) -> str | None:
+        """A sentence for the user when the connected engine is another release than this client, else None.
+
+        The protocol version is checked at `hello` and a different one refused;
+        a different release with the same protocol works, but may compute
+        differently, so a GUI shows this sentence.
+        """
+        theirs = self.engine_info.get("engine")
+        if theirs is None or theirs == __version__:
+            return None
+        return f"the engine is version {theirs}, this workbench is {__version__}: results may differ"
 
     def _call_on(self, connection: Connection, request_type: str, params: dict[str, Any],
                  timeout_s: float | None, quiet: bool = False) -> dict[str, Any]:
