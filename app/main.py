@@ -6,11 +6,17 @@ import sys
 from pathlib import Path
 
 from PySide6.QtCore import QTimer
+from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
 
 import pyqtgraph as pg
 
-STYLE_SHEET = Path(__file__).resolve().parent.parent / "resources" / "workbench.qss"
+import engine
+
+RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+STYLE_SHEET = RESOURCES / "workbench.qss"
+ICON = RESOURCES / "icons" / "int8-workbench.svg"
+DESKTOP_FILE_NAME = "org.int8workbench.Int8Workbench"  # packaging/<this>.desktop: the desktop shell's link"
 # PySide6 6.12.0 drops a reference to Python's True on every Signal.emit(); after a few thousand signals
 # the interpreter aborts with "bool_dealloc: deallocating True or False". 6.11.3 does not.
 BROKEN_PYSIDE_VERSIONS = ("6.12.0",)
@@ -33,6 +39,10 @@ def create_app(argv: list[str] | None = None) -> QApplication:
     app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv)
     app.setApplicationName("Int8 Workbench")
     app.setOrganizationName("int8-workbench")
+    app.setApplicationVersion(engine.__version__)
+    app.setDesktopFileName(DESKTOP_FILE_NAME)
+    if ICON.is_file():
+        app.setWindowIcon(QIcon(str(ICON)))
     pg.setConfigOptions(antialias=True, background="#1e1f24", foreground="#d6d7dc", imageAxisOrder="row-major")
     if STYLE_SHEET.is_file():
         app.setStyleSheet(STYLE_SHEET.read_text())
