@@ -6,6 +6,12 @@ emits a Qt signal; the signals cross into the GUI thread as queued connections
 blocks until its handshake, so it runs on a short-lived worker thread: the
 window is up and responsive while the engine starts.
 
+`state` is the state as the GUI thread has been told it (the last
+`sig_state_changed`), not the I/O thread's newer one: code on the GUI thread
+that reads it agrees with what the widgets show, and a result never arrives
+before the READY that precedes it. A start asked for on the GUI thread is
+STARTING at once.
+
 Signals (all delivered in the GUI thread):
 
     sig_state_changed(str)              new EngineState value: starting/ready/busy/crashed/stopped
@@ -45,10 +51,11 @@ class QtEngineClient(QObject):
         super().__init__(parent)
         self._session = session
         self._client = self._new_client()
+        self._state = self._client.state  # as last delivered to the GUI thread
         self._jobs: dict[str, str] = {}  # request id -> request type, for the job's result
         self._starter: threading.Thread | None = None
         self._sig_message.connect(self._on_message)
-        self._sig_state.connect(self.sig_state_changed)
+        self._sig_state.connect(self._on_state)
         self._sig_start_failed.connect(self._on_start_failed)
         self.engine_info: dict[str, Any] = {}
         self.remote_address: str | None = None
@@ -57,7 +64,8 @@ class QtEngineClient(QObject):
 
     @property
     def state(self) -> EngineState:
-        return self._client.state
+        """The engine's state as signalled to the GUI thread (see the module docstring)."""
+        return self._state
 
     @property
     def pid(self) -> int | None:
@@ -74,6 +82,7 @@ class QtEngineClient(QObject):
     def start_local(self) -> None:
         """Start a local engine child in the background; `sig_state_changed` says when it is ready."""
         self.remote_address = None
+        self._on_state(EngineState.STARTING.value)  # at once: the GUI thread asked for it
         self._start_in_background(lambda: self._client.start_local(session=self._session))
 
     def connect_file(self, path: str | Path) -> None:
@@ -81,6 +90,7 @@ class QtEngineClient(QObject):
         self.close()
         self._client = self._new_client()
         self.remote_address = str(path)
+        self._on_state(EngineState.STARTING.value)
         self._start_in_background(lambda: self._client.connect(path))
 
     def restart(self) -> None:
@@ -159,7 +169,14 @@ class QtEngineClient(QObject):
             self._jobs.pop(job_id, None)
             self.sig_job_failed.emit(job_id, payload["kind"], payload["message"], payload.get("traceback", ""))
 
+    @Slot(str)
+    def _on_state(self, value: str) -> None:
+        state = EngineState(value)
+        if state is not self._state:  # STARTING comes twice: from the request and from the starter thread
+            self._state = state
+            self.sig_state_changed.emit(value)
+
     @Slot(str, str)
     def _on_start_failed(self, kind: str, message: str) -> None:
         self.sig_job_failed.emit("", kind, f"the engine could not be started: {message}", "")
-        self.sig_state_changed.emit(self._client.state.value)
+        self._on_state(self._client.state.value)

@@ -190,7 +190,7 @@ class MainWindow(QMainWindow):
             return self._refuse("Load a model before scanning it.")
         job = self._submit("scan", {**params, "threshold": self.threshold.threshold}, "Scanning")
         if job is not None:
-            self._prepare_grid()
+            self._prepare_grid(previous_scan_widths=True)
         return job
 
     def run_methods(self, methods: list[str], eval_params: dict) -> str | None:
@@ -323,12 +323,24 @@ class MainWindow(QMainWindow):
 
     # --- helpers ---------------------------------------------------------------------------------
 
-    def _prepare_grid(self) -> None:
-        """Lay the heatmap out for the loaded model so rows fill in place as layers arrive."""
+    def _prepare_grid(self, previous_scan_widths: bool = False) -> None:
+        """Lay the heatmap out for the loaded model so rows fill in place as layers arrive.
+
+        The MLP down projection reads the intermediate width: taken from the
+        model's description when it has one, and before a new scan from the
+        previous scan of the same model, so that the scan does not widen (and
+        so redraw) the grid midway.
+        """
         info = self.model_info or {}
         layers, hidden = info.get("layers"), info.get("hidden_size")
         if isinstance(layers, int) and isinstance(hidden, int):
-            self.stats.configure(layers, {kind: hidden for kind in KIND_ORDER[:4]})
+            widths = {kind: hidden for kind in KIND_ORDER[:4]}
+            if isinstance(info.get("intermediate_size"), int):
+                widths["mlp_down"] = info["intermediate_size"]
+            for linear in self.stats.linears if previous_scan_widths else ():
+                if linear.kind in widths:
+                    widths[linear.kind] = max(widths[linear.kind], linear.absmax.size)
+            self.stats.configure(layers, widths)
         else:
             self.stats.clear()
 

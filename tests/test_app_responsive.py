@@ -158,3 +158,36 @@ def test_a_burst_of_rows_refreshes_histogram_and_summary_once(make_workbench, qt
     assert np.allclose(counts, np.log10(np.maximum(window.stats.absmax_hist, 1)))
     window.threshold.set_threshold(7.0)  # a threshold change shows at once
     assert refreshes["summary"] == 2
+
+
+def test_a_new_scan_is_laid_out_as_wide_as_the_last_one(make_workbench):
+    window = make_workbench(start_engine=False)
+    configure(window, layers=2, width=8)
+    window.stats.add_layer(layer_payload(0, 0, "mlp_down", np.ones(20)))  # the intermediate width
+    assert window.stats.absmax_grid.shape == (8, 20)
+    window._prepare_grid(previous_scan_widths=True)  # what a new scan of this model does
+    events = []
+    window.stats.subscribe(lambda event, data: events.append(event))
+    window.stats.add_layer(layer_payload(0, 0, "mlp_down", np.ones(20)))
+    assert events == ["row"] and window.stats.absmax_grid.shape == (8, 20)  # no mid-scan widening
+    window._prepare_grid()  # a model was loaded: nothing learned from another model's scan
+    assert window.stats.absmax_grid.shape == (8, 8)
+
+
+def test_engine_state_on_the_gui_thread_is_never_ahead_of_its_signal(qtbot):
+    import threading
+
+    from app.engine_client import QtEngineClient
+
+    client = QtEngineClient()
+    seen = []
+    client.sig_state_changed.connect(seen.append)
+    worker = threading.Thread(target=lambda: client._sig_state.emit("ready"))  # as the I/O thread reports it
+    worker.start()
+    worker.join()
+    assert client.state.value == "stopped" and seen == []  # the window has not been told yet
+    qtbot.waitUntil(lambda: seen == ["ready"], timeout=2000)
+    assert client.state.value == "ready"
+    client._sig_state.emit("ready")  # the same state again is not news
+    assert seen == ["ready"]
+    client.close()
