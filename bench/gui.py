@@ -186,24 +186,31 @@ def bench_scan_gaps(app, window, tokens: int, profile: bool) -> None:
     if sampler:
         sampler.start()
     recorder.start()
+    def settle(seconds: float) -> None:
+        """Let the event loop run (and paint) as it would before a person's next click."""
+        until = time.perf_counter() + seconds
+        wait(lambda: time.perf_counter() > until, seconds + 5)
+
+    # Each phase ends with its own paints (settle) before the next action, so that
+    # a gap is the work of one step, not of two steps run in one event-loop turn.
     recorder.phase = "show"  # the window's first layout and paint
-    shown = time.perf_counter() + 0.5
-    wait(lambda: time.perf_counter() > shown, 5)
+    settle(0.5)
     recorder.phase = "start"
     window.start_engine()
     wait(lambda: window.client.state.value == "ready", 60)
+    settle(0.3)
     recorder.phase = "load"
     window.load_model(None)
     wait(lambda: window.model_info is not None, 180)
+    settle(0.3)
     recorder.phase = "scan"
     started = time.perf_counter()
     cpu_started = time.thread_time()
     window.start_scan({"tokens": tokens, "seq_len": 256})
     wait(lambda: window.stats.finished, 600)
     seconds, cpu_seconds = time.perf_counter() - started, time.thread_time() - cpu_started
-    recorder.phase = "after"
-    settled = time.perf_counter() + 0.5  # the paints that follow the scan's end
-    wait(lambda: time.perf_counter() > settled, 5)
+    recorder.phase = "after"  # the paints that follow the scan's end
+    settle(0.5)
     recorder.stop()
     if sampler:
         sampler.stop()
