@@ -79,6 +79,11 @@ class QtEngineClient(QObject):
     def active_job(self) -> str | None:
         return self._client.active_job
 
+    @property
+    def version_mismatch(self) -> str | None:
+        """A sentence when the connected engine is another release than this window, else None."""
+        return self._client.version_mismatch
+
     def start_local(self) -> None:
         """Start a local engine child in the background; `sig_state_changed` says when it is ready."""
         self.remote_address = None
@@ -160,8 +165,6 @@ class QtEngineClient(QObject):
             self.sig_scan_layer.emit(job_id, payload)
         elif message.type == "log":
             self.sig_log.emit(payload.get("level", "info"), payload["message"])
-        elif message.type == "partial":
-            self.sig_log.emit("info", f"{payload['kind']}: {sorted(payload['data'])}")
         elif message.type == "result":
             request = self._jobs.pop(job_id, payload.get("request", ""))
             self.sig_job_finished.emit(job_id, request, payload["result"])

@@ -15,6 +15,7 @@ from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (QFileDialog, QInputDialog, QMainWindow, QMessageBox, QPlainTextEdit, QScrollArea,
                                QSplitter, QTabWidget, QVBoxLayout, QWidget)
 
+import engine
 from app.engine_client import QtEngineClient
 from app.view_models.results import ResultsModel
 from app.view_models.scan_stats import KIND_ORDER, ScanStatistics
@@ -22,6 +23,7 @@ from app.view_models.threshold import DEFAULT_THRESHOLD, ThresholdModel
 from app.views.controls import ModelPanel, RunPanel, ScanPanel
 from app.views.heatmap import HeatmapView
 from app.views.histogram import HistogramView
+from app.views.planner_dialog import PlannerDialog
 from app.views.profile import DimensionProfileView
 from app.views.results_view import ResultsView
 from app.views.status import WorkbenchStatusBar
@@ -44,6 +46,7 @@ class MainWindow(QMainWindow):
         self.jobs: dict[str, str] = {}  # job id -> request type, for the jobs this window started
         self.pending_steps: list[tuple[str, dict]] = []  # the rest of a Run: evaluate, plan_memory
         self.error_dialog: QMessageBox | None = None
+        self.planner: PlannerDialog | None = None
         self._build()
         self._build_actions()
         self._connect_client()
@@ -121,6 +124,7 @@ class MainWindow(QMainWindow):
         self.act_run = action(file_menu, "Quantize && evaluate", "Ctrl+Return",
                               lambda: self.run_methods(self.run_panel.methods(), self.run_panel.eval_params()))
         self.act_export = action(file_menu, "Export…", "Ctrl+E", self.export)
+        self.act_planner = action(file_menu, "Memory planner…", "Ctrl+M", self.open_planner)
         action(file_menu, "Raise threshold", "Ctrl+Up", lambda: self.threshold.set_threshold(self.threshold.threshold * 1.25))
         action(file_menu, "Lower threshold", "Ctrl+Down", lambda: self.threshold.set_threshold(self.threshold.threshold / 1.25))
         file_menu.addSeparator()
@@ -128,6 +132,8 @@ class MainWindow(QMainWindow):
         self.act_cancel = action(engine_menu, "Cancel job", "Esc", self.cancel_job)
         self.act_restart = action(engine_menu, "Restart engine", "Ctrl+Shift+R", self.restart_engine)
         action(engine_menu, "Connect to remote engine…", "Ctrl+Shift+O", self.connect_remote)
+        help_menu = self.menuBar().addMenu("&Help")
+        action(help_menu, "About Int8 Workbench", "F1", self.show_about)
 
     def _connect_client(self) -> None:
         self.client.sig_state_changed.connect(self._on_state)
@@ -260,6 +266,9 @@ class MainWindow(QMainWindow):
         address = f" ({self.client.remote_address})" if self.client.remote_address else ""
         self.status.set_state(state, address)
         self.log(f"engine {state}")
+        if state == "ready" and self.client.version_mismatch:
+            self.log(self.client.version_mismatch, "warning")
+            self.statusBar().showMessage(self.client.version_mismatch, 30000)
         if state == "crashed":
             self.model_info = None
             self.pending_steps = []
@@ -276,7 +285,9 @@ class MainWindow(QMainWindow):
             self.stats.add_layer(payload)
 
     def _on_job_finished(self, job: str, request: str, result: dict) -> None:
-        request = self.jobs.pop(job, request)
+        if job not in self.jobs:
+            return  # a job the window did not send (the planner dialog's)
+        request = self.jobs.pop(job)
         self.log(f"{request} finished")
         if request == "load_model":
             self.model_info = result
@@ -300,6 +311,8 @@ class MainWindow(QMainWindow):
         self._next_step()
 
     def _on_job_failed(self, job: str, kind: str, message: str, traceback_text: str) -> None:
+        if job and job not in self.jobs:
+            return  # the planner dialog shows its own errors; failures to start the engine have no job
         request = self.jobs.pop(job, "engine")
         self.pending_steps = []  # a failed step ends the Run
         if request == "plan_memory":
@@ -343,6 +356,31 @@ class MainWindow(QMainWindow):
             self.stats.configure(layers, widths)
         else:
             self.stats.clear()
+
+    def open_planner(self) -> PlannerDialog:
+        """The memory planner: GPUs needed for the loaded model or a larger configuration the user picks."""
+        if self.planner is None:
+            self.planner = PlannerDialog(self.client, self, has_model=self.model_info is not None)
+        self.planner.set_has_model(self.model_info is not None)
+        self.planner.set_threshold(self.threshold.threshold)
+        self.planner.show()
+        self.planner.raise_()
+        self.planner.activateWindow()
+        return self.planner
+
+    def about_text(self) -> str:
+        """Versions of this window and of the engine behind it, and whether they differ."""
+        engine_version = self.client.engine_info.get("engine") if self.client.engine_info else None
+        lines = [f"<b>Int8 Workbench {engine.__version__}</b>",
+                 "See the activation outliers of a language model, pick the threshold, quantize to INT8 "
+                 "the LLM.int8() way and measure what it costs.",
+                 f"Engine: {engine_version or 'not connected'}"]
+        if self.client.version_mismatch:
+            lines.append(f"<span style='color:#e0a030'>Warning: {self.client.version_mismatch}</span>")
+        return "<br><br>".join(lines)
+
+    def show_about(self) -> None:
+        QMessageBox.about(self, "About Int8 Workbench", self.about_text())
 
     def show_error(self, title: str, message: str, details: str = "") -> None:
         """A non-modal error dialog with the engine's traceback under "Show Details"."""

@@ -57,6 +57,7 @@ class LoadedModel:
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "layers": getattr(config, "num_hidden_layers", None),
             "hidden_size": getattr(config, "hidden_size", None),
+            "intermediate_size": getattr(config, "intermediate_size", None),
             "notes": list(self.notes),
         }
 

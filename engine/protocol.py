@@ -57,7 +57,6 @@ Events (engine -> client), all with `reply_to` set to the request's id:
     scan_layer   one Linear layer's statistics: {"index", "name", "layer", "kind",
                  "absmax": f4[in], "count_over": i8[in], "hist": i8[bins],
                  "n_tokens", "final"}
-    partial      {"kind": str, "data": {...}}          other partial results of a job
     log          {"message": str, "level": "info" | "warning" | "error"}
     result       {"request": "<request type>", "result": {...}}
     error        {"kind": str, "message": str, "traceback": str}
@@ -89,7 +88,7 @@ PROTOCOL_VERSION = 1
 JOB_TYPES = ("load_model", "scan", "quantize", "evaluate", "plan_memory", "export")
 CONTROL_TYPES = ("hello", "cancel", "shutdown")
 REQUEST_TYPES = CONTROL_TYPES + JOB_TYPES
-EVENT_TYPES = ("progress", "scan_layer", "partial", "log", "result", "error")
+EVENT_TYPES = ("progress", "scan_layer", "log", "result", "error")
 MESSAGE_TYPES = REQUEST_TYPES + EVENT_TYPES
 
 # Required payload fields per message type and the JSON types they must have.
@@ -97,7 +96,6 @@ REQUIRED_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
     "hello": {"protocol": (int,)},
     "progress": {"fraction": (int, float), "message": (str,)},
     "scan_layer": {"index": (int,), "name": (str,)},
-    "partial": {"kind": (str,), "data": (dict,)},
     "log": {"message": (str,)},
     "result": {"request": (str,), "result": (dict,)},
     "error": {"kind": (str,), "message": (str,), "traceback": (str,)},

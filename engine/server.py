@@ -68,10 +68,9 @@ class _JobTask(CallbackTask):
         self._send, self._request_id = send, request_id
 
     def _partial(self, kind: str, payload: dict[str, Any]) -> None:
-        if kind == "scan_layer":
-            self._send(protocol.event("scan_layer", self._request_id, payload))
-        else:
-            self._send(protocol.event("partial", self._request_id, {"kind": kind, "data": payload}))
+        if kind != "scan_layer":  # the only partial result the protocol carries
+            raise ValueError(f"a job reported a partial result of kind {kind!r}, which the protocol has no event for")
+        self._send(protocol.event("scan_layer", self._request_id, payload))
 
 
 class EngineServer:

@@ -51,7 +51,6 @@ def sample_payload(message_type: str) -> dict:
         "shutdown": {},
         "progress": {"fraction": 0.25, "message": "layer 3 of 30"},
         "scan_layer": layer,
-        "partial": {"kind": "eval_batch", "data": {"nll": np.array([2.5, 2.75])}},
         "log": {"message": "loaded", "level": "info"},
         "result": {"request": "scan", "result": {"layers": [layer, layer], "report": {"q": [1, 2]}}},
         "error": protocol.error_payload("bad_input", "tokens must be positive", "Traceback ..."),
