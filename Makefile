@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast bench clean package test-package
+.PHONY: run test test-fast bench clean package test-package os-deps screenshots
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,17 @@ test-fast: $(STAMP) os-deps
 
 bench: $(STAMP)
 	$(BIN)/python bench/int8_matmul.py
+	$(BIN)/python bench/engine_events.py
+	QT_QPA_PLATFORM=offscreen $(BIN)/python bench/gui.py --tokens 512
+
+# The README's screenshots, drawn by the real window under a virtual X display.
+SCREENSHOT_OS_PACKAGES := xvfb xauth libxcb-cursor0 libxkbcommon-x11-0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 \
+	libxcb-render-util0 libxcb-xinerama0 libxcb-randr0 libxcb-shape0 libxcb-xkb1
+screenshots: $(STAMP)
+	@missing=$$(for p in $(SCREENSHOT_OS_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python docs/screenshots.py
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python docs/planner_screenshot.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

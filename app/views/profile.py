@@ -30,13 +30,16 @@ class DimensionProfileView(QWidget):
         self.plot.setMenuEnabled(False)
         self.plot.setLabel("bottom", "decoder layer")
         self.plot.setLabel("left", "abs-max")
-        self.plot.addLegend(offset=(10, 10))
         self.line = pg.InfiniteLine(angle=0, pen=colors.THRESHOLD_PEN)
         self.plot.addItem(self.line)
         self.curves: dict[str, pg.PlotDataItem] = {}
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
+        # The key sits above the plot, where it cannot hide the curves.
+        self.key = QLabel("   ".join(f"<span style='color:{colors.KIND_COLORS[kind]}'>&#9679; {label}</span>"
+                                       for kind, label in KIND_LABELS.items() if kind in colors.KIND_COLORS))
         layout.addWidget(self.title)
+        layout.addWidget(self.key)
         layout.addWidget(self.plot)
         threshold.subscribe(lambda value: self.line.setValue(math.log10(value)))
         self.line.setValue(math.log10(threshold.threshold))
@@ -52,8 +55,7 @@ class DimensionProfileView(QWidget):
         for kind, (layers, values) in profile.items():
             pen = pg.mkPen(colors.KIND_COLORS[kind], width=2)
             self.curves[kind] = self.plot.plot(layers, np.log10(np.maximum(values, 1e-30)), pen=pen, symbol="o",
-                                               symbolSize=5, symbolBrush=colors.KIND_COLORS[kind],
-                                               name=KIND_LABELS[kind])
+                                               symbolSize=5, symbolBrush=colors.KIND_COLORS[kind])
             over_layers.update(int(layer) for layer in layers[values > self.threshold.threshold])
         total_layers = len({layer for layers, _ in profile.values() for layer in layers})
         self.title.setText(f"Dimension {dim:,}: over the threshold in {len(over_layers)} of {total_layers} layers"

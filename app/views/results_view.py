@@ -32,6 +32,7 @@ class ResultsView(QWidget):
         self.chart.setMenuEnabled(False)
         self.chart.setMouseEnabled(False, False)
         self.chart.setLabel("left", "perplexity")
+        self.chart.getAxis("bottom").setHeight(42)  # two staggered rows of method names
         self.bars: pg.BarGraphItem | None = None
         self.baseline_line = pg.InfiniteLine(angle=0, pen=pg.mkPen("#9a9cab", style=Qt.PenStyle.DashLine))
         self.chart.addItem(self.baseline_line)
@@ -93,4 +94,5 @@ class ResultsView(QWidget):
         finite = [v for v in values if np.isfinite(v)]
         self.chart.setYRange(0, max(finite) * 1.15 if finite else 1)
         self.chart.setXRange(-0.6, len(methods) - 0.4)
-        self.chart.getAxis("bottom").setTicks([[(i, m) for i, m in enumerate(methods)]])
+        # Every other name one line lower, so that long method names never run into each other.
+        self.chart.getAxis("bottom").setTicks([[(i, f"\n{m}" if i % 2 else m) for i, m in enumerate(methods)]])

@@ -59,11 +59,13 @@ class ThresholdPanel(QGroupBox):
         self.overall.setWordWrap(True)
         self.overall.setObjectName("summary")
         self.table = QTableWidget(0, 3)
-        self.table.setHorizontalHeaderLabels(["input", "outlier dims", "per layer mean / max"])
-        self.table.setToolTip("Outlier dims: distinct dimensions over the threshold in at least one layer")
+        self.table.setHorizontalHeaderLabels(["input", "dims", "per layer"])
+        self.table.setToolTip("dims: distinct dimensions over the threshold in at least one layer; "
+                              "per layer: mean / max number of them in one layer")
         self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.table.horizontalHeader().setStretchLastSection(True)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.table.setMinimumHeight(140)
 
