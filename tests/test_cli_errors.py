@@ -93,3 +93,12 @@ def test_scan_json_names_the_recurring_attention_dimension(capsys):
     attention = report["report"]["attn_in"]
     assert attention["top_dims"][0]["dim"] == 247
     assert len(report["layers"]) == 30 * 7
+
+
+def test_gui_without_a_display_says_what_to_do(capsys, monkeypatch):
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(name, raising=False)
+    if not sys.platform.startswith("linux"):
+        pytest.skip("only Linux decides the display from the environment")
+    code, err = _run(capsys, "gui")
+    assert code == EXIT_USER_ERROR and "xvfb-run -a int8wb gui" in err

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+
+from engine.errors import BadInput
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -15,6 +19,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
+    check_display(os.environ, sys.platform)
     from app.main import main
 
     return main(connection_file=args.connect, model=args.model)
+
+
+def check_display(environ, platform: str) -> None:
+    """On Linux without a display Qt aborts with a cryptic plugin message; say what to do instead."""
+    if platform.startswith("linux") and not any(environ.get(k) for k in ("DISPLAY", "WAYLAND_DISPLAY",
+                                                                          "QT_QPA_PLATFORM")):
+        raise BadInput("no display to open the window on: run it in a desktop session, under a virtual "
+                       "display (`xvfb-run -a int8wb gui`), or use the command line (`int8wb demo`)")
