@@ -178,7 +178,7 @@ def run(params: dict[str, Any], task, loaded) -> ScanResult:
                     task.check_cancelled()
                     output = block(*args, **kwargs)
                     hidden = output[0] if isinstance(output, tuple) else output
-                    captured[b] = ((hidden,) + tuple(args[1:]), kwargs)
+                    captured[b] = _with_hidden_states(args, kwargs, hidden)
             for stats in hooks.collect(block_index, start_index=len(result.layers)):
                 result.layers.append(stats)
                 task.partial("scan_layer", stats.to_payload(result.n_tokens))
@@ -188,6 +188,13 @@ def run(params: dict[str, Any], task, loaded) -> ScanResult:
             _scan_outside_blocks(model, outside, batches, settings.threshold, result, task)
     task.progress(1.0, "scan complete")
     return result
+
+
+def _with_hidden_states(args: tuple, kwargs: dict, hidden) -> tuple[tuple, dict]:
+    """The next layer's call: the same arguments with the hidden states replaced (positional or keyword)."""
+    if args:
+        return (hidden,) + tuple(args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hidden}
 
 
 def _capture_first_layer_inputs(model, first_block, batches, task) -> list[tuple[tuple, dict]]:

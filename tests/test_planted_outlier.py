@@ -132,3 +132,8 @@ def test_nan_weights_are_refused(planted_scan):
         broken.model.model.layers[0].mlp.up_proj.weight[0, 0] = float("nan")
     with pytest.raises(BadInput, match="NaN"):
         quantize.run({"method": "vectorwise"}, Task(), broken, planted_scan)
+
+
+def test_the_next_layer_gets_the_hidden_states_by_position_or_by_keyword():
+    assert scan._with_hidden_states(("h0", "mask"), {"a": 1}, "h1") == (("h1", "mask"), {"a": 1})
+    assert scan._with_hidden_states((), {"hidden_states": "h0", "a": 1}, "h1") == ((), {"hidden_states": "h1", "a": 1})
