@@ -30,7 +30,6 @@ import torch.nn as nn
 from kernels import ops
 
 METHODS = ("absmax-tensor", "vectorwise", "llm-int8", "llm-int8-dynamic", "weight-only")
-W8A8_METHODS = ("absmax-tensor", "vectorwise", "llm-int8", "llm-int8-dynamic")
 
 
 class Int8Linear(nn.Module):

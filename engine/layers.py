@@ -13,7 +13,6 @@ KIND_ATTN_OUT = "attn_out"
 KIND_MLP_IN = "mlp_in"
 KIND_MLP_DOWN = "mlp_down"
 KIND_OTHER = "other"
-KINDS = (KIND_ATTN_IN, KIND_ATTN_OUT, KIND_MLP_IN, KIND_MLP_DOWN, KIND_OTHER)
 
 KIND_LABELS = {
     KIND_ATTN_IN: "attention input (q/k/v)",

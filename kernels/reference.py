@@ -21,9 +21,6 @@ INT8_MAX = 127.0
 
 # A float32 sum of integers is exact while every partial sum stays below 2**24.
 FLOAT32_EXACT_INTEGERS = float(1 << 24)
-# int8 products are at most 127 * 127 = 16,129, so even the worst case of a K-chunk
-# of 2**24 // 16129 = 1040 terms goes through a float32 GEMM without a rounding.
-EXACT_FP32_K_CHUNK = (1 << 24) // (127 * 127)
 
 # Row-wise quantization works on blocks of about this many values (2 MiB of float32).
 ROWWISE_BLOCK_ELEMENTS = 1 << 19
@@ -103,7 +100,7 @@ def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     sum_k |a[m, k]| * |b[n, k]| <= ||a[m]||_1 * max|b| (Hoelder), whatever the
     summation order. So K is split into the fewest even chunks for which that
     bound holds in every chunk (one chunk for typical activations, at most
-    EXACT_FP32_K_CHUNK terms per chunk in the worst case), each chunk goes
+    2**24 // (127 * 127) = 1,040 terms per chunk in the worst case), each chunk goes
     through a float32 GEMM, and the chunk results are added up in int32.
     """
     a32, b32 = a.float(), b.float()  # (M, K), (N, K); int8 values are exact in float32
