@@ -114,22 +114,43 @@ def run(params: dict[str, Any], task, loaded, quantized, scan=None) -> ExportRes
     _check_free_space(target.parent, needed)
 
     settings = _settings(quantized, scan)
-    metadata = {"format": "pt", "int8wb.tool": "int8-workbench", "int8wb.version": _version(),
-                "int8wb.method": quantized.method, "int8wb.threshold": repr(quantized.threshold),
-                "int8wb.settings": json.dumps(settings, sort_keys=True)}
+    metadata = export_metadata(quantized.method, quantized.threshold, settings)
+
+    def write(staging: Path) -> None:
+        with torch.no_grad():
+            files = write_weights(staging, plan_shards(main, max_shard_size), lambda names: {n: main[n] for n in names},
+                                  metadata, task.slice(0.0, 0.9))
+            if extra:
+                _save(staging / SIDECAR_TENSORS, extra, metadata)
+                files[SIDECAR_TENSORS] = list(extra)
+        write_configs(staging, quantized.model.config, _generation_config(loaded, quantized.model), loaded.tokenizer,
+                      quantized.method, quantized.threshold, skipped_linears(quantized.model))
+        _write_json(staging / SIDECAR_NAME, manifest(staging, quantized.method, quantized.threshold, settings, layers,
+                                                     files, {**main, **extra}))
+
+    write_staged(target, needed, write, task)
+    return result(target, quantized.method, quantized.threshold, quantized.model, main, extra)
+
+
+def export_metadata(method: str, threshold: float, settings: dict[str, Any]) -> dict[str, str]:
+    """The safetensors metadata every file of an export carries."""
+    return {"format": "pt", "int8wb.tool": "int8-workbench", "int8wb.version": _version(),
+            "int8wb.method": method, "int8wb.threshold": repr(threshold),
+            "int8wb.settings": json.dumps(settings, sort_keys=True)}
+
+
+def write_staged(target: Path, needed: int, write, task) -> None:
+    """Run `write(staging)` in a temporary directory beside `target`, then rename it onto `target`.
+
+    On any failure the staging directory is removed, so nothing that looks whole is left behind.
+    """
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     except OSError as exc:
         raise _write_error(exc, target, needed) from exc
     try:
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; the export is an ordinary folder
-        with torch.no_grad():
-            files = _write_weights(staging, main, metadata, max_shard_size, task.slice(0.0, 0.9))
-            if extra:
-                _save(staging / SIDECAR_TENSORS, extra, metadata)
-                files[SIDECAR_TENSORS] = list(extra)
-        _write_configs(staging, loaded, quantized)
-        _write_json(staging / SIDECAR_NAME, _manifest(staging, quantized, settings, layers, files, main, extra))
+        write(staging)
         task.check_cancelled()
         _replace_dir(staging, target)
     except OSError as exc:
@@ -139,7 +160,6 @@ def run(params: dict[str, Any], task, loaded, quantized, scan=None) -> ExportRes
         shutil.rmtree(staging, ignore_errors=True)
         raise
     task.progress(1.0, f"exported to {target}")
-    return _result(target, quantized, main, extra)
 
 
 def split_tensors(model) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
@@ -194,9 +214,13 @@ def bitsandbytes_threshold(method: str, threshold: float) -> float:
     return float(threshold) if _BNB_USES_THRESHOLD[method] else 0.0
 
 
+def base_settings(method: str, threshold: float, skip_modules: list[str]) -> dict[str, Any]:
+    """The sidecar's settings of a method that used no scan."""
+    return {"method": method, "threshold": threshold, "skip_modules": list(skip_modules), "scan": None}
+
+
 def _settings(quantized, scan) -> dict[str, Any]:
-    settings: dict[str, Any] = {"method": quantized.method, "threshold": quantized.threshold,
-                                "skip_modules": list(quantized.skipped), "scan": None}
+    settings = base_settings(quantized.method, quantized.threshold, quantized.skipped)
     if quantized.method == "llm-int8" and scan is not None:
         s = scan.settings
         settings["scan"] = {"tokens": s.tokens, "seq_len": s.seq_len, "batch_size": s.batch_size,
@@ -226,45 +250,64 @@ def _umask() -> int:
     return mask
 
 
-def _write_weights(staging: Path, main, metadata, max_shard_size: int, task) -> dict[str, list[str]]:
-    """model.safetensors, or shards plus model.safetensors.index.json past `max_shard_size`."""
+def plan_shards(tensors: dict[str, Any], max_shard_size: int):
+    """huggingface_hub's split of `tensors` into shards; meta tensors (shape and dtype only) plan as well."""
     from huggingface_hub import split_torch_state_dict_into_shards
 
-    split = split_torch_state_dict_into_shards(main, filename_pattern="model{suffix}.safetensors",
-                                               max_shard_size=max_shard_size)
+    return split_torch_state_dict_into_shards(tensors, filename_pattern="model{suffix}.safetensors",
+                                              max_shard_size=max_shard_size)
+
+
+def write_weights(staging: Path, split, produce, metadata, task) -> dict[str, list[str]]:
+    """model.safetensors, or the shards of `split` plus model.safetensors.index.json.
+
+    `produce(names)` gives the tensors of one shard; each shard is written and
+    released before the next one is produced, so a caller that builds tensors on
+    demand holds one shard at a time.
+    """
     files: dict[str, list[str]] = {}
     shards = list(split.filename_to_tensors.items())
+    total = 0
     for i, (filename, names) in enumerate(shards):
         task.check_cancelled()
-        _save(staging / filename, {n: main[n] for n in names}, metadata)
+        shard = produce(names)
+        total += sum(t.numel() * t.element_size() for t in shard.values())
+        _save(staging / filename, shard, metadata)
+        del shard
         files[filename] = list(names)
         task.progress((i + 1) / len(shards), f"wrote {filename}")
     if split.is_sharded:
-        total = sum(t.numel() * t.element_size() for t in main.values())
         _write_json(staging / WEIGHTS_INDEX_NAME,
                     {"metadata": {"total_size": total, **metadata}, "weight_map": dict(split.tensor_to_filename)})
     return files
 
 
-def _write_configs(staging: Path, loaded, quantized) -> None:
+def write_configs(staging: Path, config, generation_config, tokenizer, method: str, threshold: float,
+                  skip_modules: list[str]) -> None:
     """config.json with bitsandbytes' quantization_config; generation config and tokenizer files."""
     import copy
 
     from transformers import BitsAndBytesConfig
 
-    model = quantized.model
-    config = copy.deepcopy(model.config)
+    config = copy.deepcopy(config)
     config.quantization_config = BitsAndBytesConfig(
         load_in_8bit=True,
-        llm_int8_threshold=bitsandbytes_threshold(quantized.method, quantized.threshold),
-        llm_int8_skip_modules=skipped_linears(model),
+        llm_int8_threshold=bitsandbytes_threshold(method, threshold),
+        llm_int8_skip_modules=list(skip_modules),
     )
     config.save_pretrained(staging)
+    if generation_config is not None:
+        generation_config.save_pretrained(staging)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(staging)
+
+
+def _generation_config(loaded, model):
+    """The model's generation config when its source had one (transformers makes one up otherwise)."""
     generation_config = getattr(model, "generation_config", None)
     if generation_config is not None and _source_has(loaded, "generation_config.json"):
-        generation_config.save_pretrained(staging)
-    if loaded.tokenizer is not None:
-        loaded.tokenizer.save_pretrained(staging)
+        return generation_config
+    return None
 
 
 def _source_has(loaded, filename: str) -> bool:
@@ -275,17 +318,17 @@ def _source_has(loaded, filename: str) -> bool:
     return getattr(loaded, "kind", "") == "hub"
 
 
-def _manifest(staging, quantized, settings, layers, files, main, extra) -> dict[str, Any]:
-    tensors = {**main, **extra}
+def manifest(staging, method, threshold, settings, layers, files, tensors) -> dict[str, Any]:
+    """The sidecar: `tensors` maps every written name to a tensor, or a meta tensor of its dtype and shape."""
     return {
         "format": EXPORT_FORMAT,
         "format_version": EXPORT_FORMAT_VERSION,
         "tool": "int8-workbench",
         "version": _version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "method": quantized.method,
-        "threshold": quantized.threshold,
-        "bitsandbytes_threshold": bitsandbytes_threshold(quantized.method, quantized.threshold),
+        "method": method,
+        "threshold": threshold,
+        "bitsandbytes_threshold": bitsandbytes_threshold(method, threshold),
         "settings": settings,
         "layers": layers,
         "files": {
@@ -342,11 +385,12 @@ def _write_error(exc: OSError, target: Path, needed: int) -> BadInput:
     return BadInput(f"could not write the export to {target}: {exc}; nothing was written")
 
 
-def _result(target: Path, quantized, main, extra) -> ExportResult:
+def result(target: Path, method: str, threshold: float, model, main, extra) -> ExportResult:
+    """What was written, measured on disk; `main`/`extra` may hold meta tensors (sizes only)."""
     files = sorted(({"name": p.name, "bytes": p.stat().st_size} for p in target.iterdir() if p.is_file()),
                    key=lambda f: f["name"])
-    return ExportResult(str(target), quantized.method, quantized.threshold, files,
-                        sum(f["bytes"] for f in files), size_breakdown(quantized.model, main, extra, files))
+    return ExportResult(str(target), method, threshold, files,
+                        sum(f["bytes"] for f in files), size_breakdown(model, main, extra, files))
 
 
 def size_breakdown(model, main, extra, files) -> dict[str, int]:

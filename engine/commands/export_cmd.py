@@ -2,6 +2,9 @@
 
 Static `llm-int8` scans first (its outlier dimensions come from the scan). A
 model re-opened from an export (`--model DIR`) is written again as it is.
+`--streaming` quantizes a model directory's safetensors one output shard at a
+time without loading the model (engine.stream_export), for the methods that
+need no scan.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ def add_parser(subparsers) -> None:
     command.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out directory")
     command.add_argument("--max-shard-size", default=None,
                          help="split the weights into shards past this size, as transformers does (default 50GB)")
+    command.add_argument("--streaming", action="store_true",
+                         help="read the safetensors of --model DIR and write one shard at a time, without loading "
+                              "the model (absmax-tensor, vectorwise, llm-int8-dynamic, weight-only)")
     command.set_defaults(func=cmd_export)
 
 
@@ -34,6 +40,8 @@ def cmd_export(args) -> int:
     check_target(args.out, args.overwrite)  # refuse before a long load
     if args.max_shard_size is not None:
         parse_size(args.max_shard_size)
+    if args.streaming:
+        return _export_streaming(args)
     session = session_with_model(args)
     reopened = getattr(session.loaded, "quantized", None)
     if reopened is not None:
@@ -47,6 +55,25 @@ def cmd_export(args) -> int:
     task = ProgressBarTask("export", enabled=not args.quiet)
     result = session.export({"method": args.method, "out": args.out, "overwrite": args.overwrite,
                              "max_shard_size": args.max_shard_size}, task)
+    task.finish()
+    if args.json:
+        print_json(result)
+    else:
+        print(format_export(result))
+    return 0
+
+
+def _export_streaming(args) -> int:
+    """`--streaming`: quantize the safetensors of `--model DIR` straight into the export."""
+    from engine import stream_export
+
+    if not args.model:
+        raise BadInput("--streaming reads a model directory: pass --model DIR (the embedded default model "
+                       "is exported without --streaming)")
+    task = ProgressBarTask("export", enabled=not args.quiet)
+    result = stream_export.run({"model": args.model, "method": args.method, "threshold": args.threshold,
+                                "out": args.out, "overwrite": args.overwrite,
+                                "max_shard_size": args.max_shard_size}, task).to_payload()
     task.finish()
     if args.json:
         print_json(result)

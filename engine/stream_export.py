@@ -1,0 +1,240 @@
+"""Quantize and export a model that need not fit in memory, one output shard at a time.
+
+DESIGN.md, "Scale": the weights are read from memory-mapped safetensors and each
+quantized tensor is written as it is made, so peak memory is one output shard
+(bounded by `max_shard_size`) plus the file handles, not the whole model. The
+result is the same export as `engine.export` writes from a model quantized in
+memory (same tensor names, bits, config.json, metadata and sidecar), for the
+methods that need no calibration scan: absmax-tensor, vectorwise,
+llm-int8-dynamic and weight-only. Static llm-int8 takes its outlier columns from
+a scan of the loaded model, so it stays with the in-memory export.
+
+Which tensors are quantized is decided as the in-memory path decides it
+(`engine.layers.linear_layers`: every nn.Linear but the output head), on a
+skeleton of the model built on the meta device from config.json: no weight is
+read to learn the layout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from engine import export
+from engine.errors import BadInput, ModelLoadError
+
+STREAMING_METHODS = ("absmax-tensor", "vectorwise", "llm-int8-dynamic", "weight-only")
+
+
+def run(params: dict[str, Any], task) -> export.ExportResult:
+    """Export `params["model"]` (a Hugging Face directory with safetensors) quantized with `params["method"]`.
+
+    params: model (directory), method, threshold (6.0), out, overwrite (False),
+    max_shard_size ("50GB"), dtype ("auto": float32, the in-memory path's dtype on the CPU).
+    """
+    import torch
+
+    from engine.loading import pick_dtype
+    from engine.quantize import check_methods
+    from engine.scan import check_threshold
+
+    (method,) = check_methods([params.get("method")])
+    if method not in STREAMING_METHODS:
+        raise BadInput(f"{method} takes its outlier dimensions from a calibration scan of the loaded model, "
+                       "so it cannot be streamed: use the in-memory export (without --streaming), or a method "
+                       f"that needs no scan: {', '.join(STREAMING_METHODS)}")
+    threshold = check_threshold(params.get("threshold", 6.0))
+    source = _check_source(params.get("model"))
+    target = export.check_target(params.get("out"), bool(params.get("overwrite", False)))
+    max_shard_size = export.parse_size(params.get("max_shard_size") or export.DEFAULT_MAX_SHARD_SIZE)
+    dtype = pick_dtype("cpu", params.get("dtype"))
+
+    skeleton = _skeleton(source, dtype)
+    checkpoint = _checkpoint_index(source)
+    plan = _plan(skeleton, checkpoint, method, dtype)
+    specs = plan["specs"]
+    needed = sum(t.numel() * t.element_size() for t in specs.values())
+    export._check_free_space(target.parent, needed)
+
+    settings = export.base_settings(method, threshold, [])
+    metadata = export.export_metadata(method, threshold, settings)
+    linears = {layer["name"] for layer in plan["layers"]}
+    skipped = [name for name, module in skeleton.named_modules()
+               if isinstance(module, torch.nn.Linear) and name not in linears]
+    tokenizer, generation_config = _side_files(source)
+
+    def produce(names: list[str]) -> dict[str, Any]:
+        return _produce(names, plan["recipes"], checkpoint, source, method, dtype)
+
+    def write(staging: Path) -> None:
+        with torch.no_grad():
+            files = export.write_weights(staging, export.plan_shards(specs, max_shard_size), produce, metadata,
+                                         task.slice(0.0, 0.9))
+        export.write_configs(staging, skeleton.config, generation_config, tokenizer, method, threshold, skipped)
+        export._write_json(staging / export.SIDECAR_NAME,
+                           export.manifest(staging, method, threshold, settings, plan["layers"], files, specs))
+
+    export.write_staged(target, needed, write, task)
+    return export.result(target, method, threshold, skeleton, specs, {})
+
+
+def _check_source(model: Any) -> Path:
+    """The model directory; it must hold safetensors weights and not be an export already."""
+    if not model or not isinstance(model, (str, os.PathLike)):
+        raise BadInput("the streaming export needs a model directory (model) with safetensors weights")
+    path = Path(os.path.expanduser(str(model))).resolve()
+    if not path.is_dir():
+        raise BadInput(f"the streaming export reads a model directory; {path} is not one (a GGUF file or hub id "
+                       "goes through the in-memory export)")
+    if (path / export.SIDECAR_NAME).is_file():
+        raise BadInput(f"{path} is already an export of this workbench: export it again without --streaming")
+    if not (path / "config.json").is_file():
+        raise BadInput(f"{path} has no config.json: it is not a Hugging Face model directory")
+    if not list(path.glob("*.safetensors")):
+        raise BadInput(f"{path} has no *.safetensors weights: the streaming export reads safetensors only; "
+                       "use the in-memory export")
+    return path
+
+
+def _skeleton(source: Path, dtype):
+    """The model built on the meta device from config.json: names, shapes and ties, no weights."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(source)
+        with init_empty_weights():
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    except Exception as exc:  # transformers raises many types; the message is what the user needs
+        raise ModelLoadError(f"could not build the model of {source} from its config.json: "
+                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from exc
+    return model.eval()
+
+
+def _checkpoint_index(source: Path) -> dict[str, str]:
+    """Tensor name -> safetensors file name, from the index of a sharded checkpoint or the file headers."""
+    from safetensors import safe_open
+
+    index = source / export.WEIGHTS_INDEX_NAME
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelLoadError(f"{index} is not a readable safetensors index: {exc}") from exc
+        return dict(weight_map)
+    files: dict[str, str] = {}
+    for path in sorted(source.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as handle:  # reads the header only
+            files.update({key: path.name for key in handle.keys()})
+    return files
+
+
+def _plan(skeleton, checkpoint: dict[str, str], method: str, dtype) -> dict[str, Any]:
+    """Every output tensor as a meta tensor (for sharding, the manifest and sizes) and the recipe that makes it.
+
+    The order is engine.export.split_tensors' order (quantized Linears, then the
+    other state-dict tensors), so the shards come out as the in-memory export's.
+    """
+    import torch
+
+    from engine.layers import linear_layers
+
+    def meta(shape, tensor_dtype):
+        return torch.empty(tuple(shape), dtype=tensor_dtype, device="meta")
+
+    specs: dict[str, Any] = {}
+    recipes: dict[str, tuple[str, str]] = {}
+    layers: list[dict[str, Any]] = []
+    shapes = {key: tuple(t.shape) for key, t in skeleton.state_dict().items()}
+    tied = set(getattr(skeleton, "all_tied_weights_keys", None) or {})
+    prefixes = set()
+    for name, linear in linear_layers(skeleton):
+        prefixes.add(name)
+        _require(checkpoint, f"{name}.weight")
+        out_features, in_features = linear.weight.shape
+        specs[f"{name}.weight"] = meta((out_features, in_features), torch.int8)
+        recipes[f"{name}.weight"] = ("int8", name)
+        specs[f"{name}.SCB"] = meta((out_features,), torch.float32)
+        recipes[f"{name}.SCB"] = ("scb", name)
+        specs[f"{name}.weight_format"] = meta((), torch.uint8)
+        recipes[f"{name}.weight_format"] = ("format", name)
+        if linear.bias is not None:
+            _require(checkpoint, f"{name}.bias")
+            specs[f"{name}.bias"] = meta(linear.bias.shape, dtype)
+            recipes[f"{name}.bias"] = ("copy", f"{name}.bias")
+        layers.append({"name": name, "method": method, "in_features": in_features, "out_features": out_features,
+                       "scale": "tensor" if method == "absmax-tensor" else "row", "bias": linear.bias is not None,
+                       "outlier_dims": []})
+    for key, tensor in skeleton.state_dict().items():
+        if key.rpartition(".")[0] in prefixes or key in tied:
+            continue
+        _require(checkpoint, key)
+        specs[key] = meta(shapes[key], dtype if tensor.dtype.is_floating_point else tensor.dtype)
+        recipes[key] = ("copy", key)
+    return {"specs": specs, "recipes": recipes, "layers": layers}
+
+
+def _require(checkpoint: dict[str, str], key: str) -> None:
+    if key not in checkpoint:
+        raise BadInput(f"the checkpoint has no tensor {key!r} where the model built from its config.json expects "
+                       "one (renamed or legacy names): use the in-memory export, which transformers' loader maps")
+
+
+def _produce(names, recipes, checkpoint, source: Path, method: str, dtype) -> dict[str, Any]:
+    """The tensors of one output shard, read file by file; each file is unmapped before the next is opened."""
+    import torch
+    from safetensors import safe_open
+
+    by_file: dict[str, list[str]] = defaultdict(list)
+    for name in names:
+        kind, key = recipes[name]
+        if kind != "format":
+            by_file[checkpoint[f"{key}.weight" if kind in ("int8", "scb") else key]].append(name)
+    shard: dict[str, Any] = {name: torch.tensor(0, dtype=torch.uint8)  # 0 = "row"
+                             for name in names if recipes[name][0] == "format"}
+    for filename, file_names in by_file.items():
+        quantized: dict[str, tuple[Any, Any]] = {}  # layer -> (int8, SCB), while this file is open
+        with safe_open(str(source / filename), framework="pt") as handle:
+            for name in file_names:
+                kind, key = recipes[name]
+                if kind == "copy":
+                    tensor = handle.get_tensor(key)
+                    shard[name] = (tensor.to(dtype) if tensor.dtype.is_floating_point else tensor).contiguous()
+                    continue
+                if key not in quantized:
+                    quantized[key] = _quantize(key, handle.get_tensor(f"{key}.weight").to(dtype), method)
+                shard[name] = quantized[key][0 if kind == "int8" else 1]
+        del quantized
+    return shard
+
+
+def _quantize(name: str, weight, method: str):
+    """(int8 (out, in), SCB float32 (out,)) of one Linear weight, as Int8Linear.from_linear + split_tensors make them."""
+    from engine.quantize import _check_finite
+    from kernels import ops
+
+    _check_finite(name, weight)
+    if method == "absmax-tensor":
+        weight_int8, scale = ops.quantize_tensor(weight)  # (out, in), 0-d
+        scb = scale.float().reshape(1).expand(weight.shape[0])
+    else:
+        weight_int8, scale = ops.quantize_rowwise(weight)  # (out, in), (out,)
+        scb = scale
+    return weight_int8.contiguous(), scb.float().contiguous().clone()
+
+
+def _side_files(source: Path):
+    """(tokenizer, generation config) of the source directory, as the in-memory load reads them."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except Exception as exc:  # the in-memory load fails the same way on a directory without a tokenizer
+        raise ModelLoadError(f"could not load the tokenizer of {source}: {exc}") from exc
+    generation_config = None
+    if (source / "generation_config.json").is_file():
+        generation_config = GenerationConfig.from_pretrained(source)
+    return tokenizer, generation_config
