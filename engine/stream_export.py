@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +26,15 @@ from engine import export
 from engine.errors import BadInput, ModelLoadError
 
 STREAMING_METHODS = ("absmax-tensor", "vectorwise", "llm-int8-dynamic", "weight-only")
+# Peak memory is about one output shard: transformers' 50GB default would make a 7B model one shard.
+DEFAULT_MAX_SHARD_SIZE = "2GB"
 
 
 def run(params: dict[str, Any], task) -> export.ExportResult:
     """Export `params["model"]` (a Hugging Face directory with safetensors) quantized with `params["method"]`.
 
     params: model (directory), method, threshold (6.0), out, overwrite (False),
-    max_shard_size ("50GB"), dtype ("auto": float32, the in-memory path's dtype on the CPU).
+    max_shard_size ("2GB": the memory bound), dtype ("auto": float32, the in-memory path's dtype on the CPU).
     """
     import torch
 
@@ -49,7 +50,7 @@ def run(params: dict[str, Any], task) -> export.ExportResult:
     threshold = check_threshold(params.get("threshold", 6.0))
     source = _check_source(params.get("model"))
     target = export.check_target(params.get("out"), bool(params.get("overwrite", False)))
-    max_shard_size = export.parse_size(params.get("max_shard_size") or export.DEFAULT_MAX_SHARD_SIZE)
+    max_shard_size = export.parse_size(params.get("max_shard_size") or DEFAULT_MAX_SHARD_SIZE)
     dtype = pick_dtype("cpu", params.get("dtype"))
 
     skeleton = _skeleton(source, dtype)
@@ -184,31 +185,37 @@ def _require(checkpoint: dict[str, str], key: str) -> None:
 
 
 def _produce(names, recipes, checkpoint, source: Path, method: str, dtype) -> dict[str, Any]:
-    """The tensors of one output shard, read file by file; each file is unmapped before the next is opened."""
-    import torch
-    from safetensors import safe_open
+    """The tensors of one output shard.
 
-    by_file: dict[str, list[str]] = defaultdict(list)
+    Each source tensor is read under its own short-lived mapping of its file:
+    pages of a memory map count as resident while it is open, so a mapping kept
+    across a shard would hold about four times the shard's INT8 bytes of source
+    float weights.
+    """
+    import torch
+
+    shard: dict[str, Any] = {}
+    quantized: dict[str, tuple[Any, Any]] = {}  # layer -> (int8, SCB), for this shard only
     for name in names:
         kind, key = recipes[name]
-        if kind != "format":
-            by_file[checkpoint[f"{key}.weight" if kind in ("int8", "scb") else key]].append(name)
-    shard: dict[str, Any] = {name: torch.tensor(0, dtype=torch.uint8)  # 0 = "row"
-                             for name in names if recipes[name][0] == "format"}
-    for filename, file_names in by_file.items():
-        quantized: dict[str, tuple[Any, Any]] = {}  # layer -> (int8, SCB), while this file is open
-        with safe_open(str(source / filename), framework="pt") as handle:
-            for name in file_names:
-                kind, key = recipes[name]
-                if kind == "copy":
-                    tensor = handle.get_tensor(key)
-                    shard[name] = (tensor.to(dtype) if tensor.dtype.is_floating_point else tensor).contiguous()
-                    continue
-                if key not in quantized:
-                    quantized[key] = _quantize(key, handle.get_tensor(f"{key}.weight").to(dtype), method)
-                shard[name] = quantized[key][0 if kind == "int8" else 1]
-        del quantized
+        if kind == "format":
+            shard[name] = torch.tensor(0, dtype=torch.uint8)  # 0 = "row"
+        elif kind == "copy":
+            tensor = _read(source, checkpoint, key)
+            shard[name] = (tensor.to(dtype) if tensor.dtype.is_floating_point else tensor).contiguous()
+        else:
+            if key not in quantized:
+                quantized[key] = _quantize(key, _read(source, checkpoint, f"{key}.weight").to(dtype), method)
+            shard[name] = quantized[key][0 if kind == "int8" else 1]
     return shard
+
+
+def _read(source: Path, checkpoint: dict[str, str], key: str):
+    """One tensor, copied out of its file's memory map, which is closed again before returning."""
+    from safetensors import safe_open
+
+    with safe_open(str(source / checkpoint[key]), framework="pt") as handle:
+        return handle.get_tensor(key).clone()
 
 
 def _quantize(name: str, weight, method: str):

@@ -27,7 +27,8 @@ def add_parser(subparsers) -> None:
     command.add_argument("--out", required=True, help="directory to write (must not exist or be empty)")
     command.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out directory")
     command.add_argument("--max-shard-size", default=None,
-                         help="split the weights into shards past this size, as transformers does (default 50GB)")
+                         help="split the weights into shards past this size, as transformers does (default 50GB; "
+                              "2GB with --streaming, where it bounds peak memory)")
     command.add_argument("--streaming", action="store_true",
                          help="read the safetensors of --model DIR and write one shard at a time, without loading "
                               "the model (absmax-tensor, vectorwise, llm-int8-dynamic, weight-only)")
