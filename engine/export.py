@@ -111,7 +111,7 @@ def run(params: dict[str, Any], task, loaded, quantized, scan=None) -> ExportRes
     max_shard_size = parse_size(params.get("max_shard_size") or DEFAULT_MAX_SHARD_SIZE)
     main, extra, layers = split_tensors(quantized.model)
     needed = sum(t.numel() * t.element_size() for t in list(main.values()) + list(extra.values()))
-    _check_free_space(target.parent, needed)
+    check_free_space(target.parent, needed)
 
     settings = _settings(quantized, scan)
     metadata = export_metadata(quantized.method, quantized.threshold, settings)
@@ -125,7 +125,7 @@ def run(params: dict[str, Any], task, loaded, quantized, scan=None) -> ExportRes
                 files[SIDECAR_TENSORS] = list(extra)
         write_configs(staging, quantized.model.config, _generation_config(loaded, quantized.model), loaded.tokenizer,
                       quantized.method, quantized.threshold, skipped_linears(quantized.model))
-        _write_json(staging / SIDECAR_NAME, manifest(staging, quantized.method, quantized.threshold, settings, layers,
+        write_json(staging / SIDECAR_NAME, manifest(staging, quantized.method, quantized.threshold, settings, layers,
                                                      files, {**main, **extra}))
 
     write_staged(target, needed, write, task)
@@ -277,7 +277,7 @@ def write_weights(staging: Path, split, produce, metadata, task) -> dict[str, li
         files[filename] = list(names)
         task.progress((i + 1) / len(shards), f"wrote {filename}")
     if split.is_sharded:
-        _write_json(staging / WEIGHTS_INDEX_NAME,
+        write_json(staging / WEIGHTS_INDEX_NAME,
                     {"metadata": {"total_size": total, **metadata}, "weight_map": dict(split.tensor_to_filename)})
     return files
 
@@ -342,7 +342,7 @@ def manifest(staging, method, threshold, settings, layers, files, tensors) -> di
     }
 
 
-def _write_json(path: Path, value: dict[str, Any]) -> None:
+def write_json(path: Path, value: dict[str, Any]) -> None:
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(value, handle, indent=1, sort_keys=False)
         handle.write("\n")
@@ -367,7 +367,7 @@ def _replace_dir(staging: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _check_free_space(folder: Path, needed: int) -> None:
+def check_free_space(folder: Path, needed: int) -> None:
     free = shutil.disk_usage(folder).free
     if free < needed:
         raise BadInput(f"not enough space in {folder}: the export needs about {needed / 1e6:,.1f} MB, "

@@ -79,7 +79,7 @@ def run(params: dict[str, Any], task, loaded, scan=None) -> QuantizedModel:
             task.check_cancelled()
             if name in skipped:
                 continue
-            _check_finite(name, linear.weight)
+            check_finite(name, linear.weight)
             cols = None
             if method == "llm-int8":
                 cols = torch.as_tensor(outlier_dims.get(name, np.empty(0, dtype=np.int64)), dtype=torch.long)
@@ -123,7 +123,7 @@ def _replace_module(model, name: str, module) -> None:
     setattr(parent, child, module)
 
 
-def _check_finite(name: str, weight) -> None:
+def check_finite(name: str, weight) -> None:
     import torch
 
     if not torch.isfinite(weight).all():

@@ -58,7 +58,7 @@ def run(params: dict[str, Any], task) -> export.ExportResult:
     plan = _plan(skeleton, checkpoint, method, dtype)
     specs = plan["specs"]
     needed = sum(t.numel() * t.element_size() for t in specs.values())
-    export._check_free_space(target.parent, needed)
+    export.check_free_space(target.parent, needed)
 
     settings = export.base_settings(method, threshold, [])
     metadata = export.export_metadata(method, threshold, settings)
@@ -75,7 +75,7 @@ def run(params: dict[str, Any], task) -> export.ExportResult:
             files = export.write_weights(staging, export.plan_shards(specs, max_shard_size), produce, metadata,
                                          task.slice(0.0, 0.9))
         export.write_configs(staging, skeleton.config, generation_config, tokenizer, method, threshold, skipped)
-        export._write_json(staging / export.SIDECAR_NAME,
+        export.write_json(staging / export.SIDECAR_NAME,
                            export.manifest(staging, method, threshold, settings, plan["layers"], files, specs))
 
     export.write_staged(target, needed, write, task)
@@ -220,10 +220,10 @@ def _read(source: Path, checkpoint: dict[str, str], key: str):
 
 def _quantize(name: str, weight, method: str):
     """(int8 (out, in), SCB float32 (out,)) of one Linear weight, as Int8Linear.from_linear + split_tensors make them."""
-    from engine.quantize import _check_finite
+    from engine.quantize import check_finite
     from kernels import ops
 
-    _check_finite(name, weight)
+    check_finite(name, weight)
     if method == "absmax-tensor":
         weight_int8, scale = ops.quantize_tensor(weight)  # (out, in), 0-d
         scb = scale.float().reshape(1).expand(weight.shape[0])
