@@ -35,7 +35,7 @@ Envelope (frame 1):
 version in `payload.protocol`). `id` is unique per message (uuid4 hex).
 Events set `reply_to` to the id of the request they belong to.
 
-Arrays: anywhere in a payload, a numpy array is replaced by the placeholder
+Arrays: anywhere in a payload, a numpy array is replaced by the reference
 `{"__ndarray__": i, "dtype": "<f4", "shape": [576]}` where `i` indexes the
 binary frames (0 = frame 2), `dtype` is numpy's `dtype.str` (byte order +
 kind + item size; kinds b, i, u, f, c only) and the frame holds the array's
@@ -186,7 +186,7 @@ def sign(key: bytes, frames: Iterable[bytes | memoryview]) -> bytes:
 
 
 def _pack(value: Any, buffers: list[memoryview], path: str) -> Any:
-    """Copy of `value` with arrays replaced by placeholders; arrays appended to `buffers`."""
+    """Copy of `value` with arrays replaced by references to their frames; arrays appended to `buffers`."""
     if isinstance(value, np.ndarray):
         if value.dtype.kind not in ALLOWED_DTYPE_KINDS:
             raise ProtocolError(f"{path}: arrays of dtype {value.dtype} cannot be sent")
@@ -226,9 +226,9 @@ def _unpack(value: Any, frames: Sequence[memoryview], used: set[int]) -> Any:
 def _unpack_array(spec: dict, frames: Sequence[memoryview], used: set[int]) -> np.ndarray:
     index, dtype_str, shape = spec.get(ARRAY_KEY), spec.get("dtype"), spec.get("shape")
     if set(spec) != {ARRAY_KEY, "dtype", "shape"}:
-        raise ProtocolError(f"array placeholder has unexpected keys {sorted(spec)}")
+        raise ProtocolError(f"array reference has unexpected keys {sorted(spec)}")
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(frames):
-        raise ProtocolError(f"array placeholder points at frame {index!r} of {len(frames)}")
+        raise ProtocolError(f"array reference points at frame {index!r} of {len(frames)}")
     if index in used:
         raise ProtocolError(f"array frame {index} is referenced twice")
     if not isinstance(shape, list) or not all(
