@@ -173,23 +173,18 @@ class StackSampler:
 def bench_scan_gaps(app, window, tokens: int, profile: bool) -> None:
     import threading
 
-    def wait(condition, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not condition():
-            if time.monotonic() > deadline:
-                raise TimeoutError("the engine did not answer in time")
-            app.processEvents()
-            time.sleep(0.001)
+    from app.event_loop import process_events_until
 
     recorder = GapRecorder()
     sampler = StackSampler(threading.get_ident()) if profile else None
     if sampler:
         sampler.start()
     recorder.start()
+
     def settle(seconds: float) -> None:
         """Let the event loop run (and paint) as it would before a person's next click."""
         until = time.perf_counter() + seconds
-        wait(lambda: time.perf_counter() > until, seconds + 5)
+        process_events_until(lambda: time.perf_counter() > until, seconds + 5, poll_s=0.001)
 
     # Each phase ends with its own paints (settle) before the next action, so that
     # a gap is the work of one step, not of two steps run in one event-loop turn.
@@ -197,17 +192,17 @@ def bench_scan_gaps(app, window, tokens: int, profile: bool) -> None:
     settle(0.5)
     recorder.phase = "start"
     window.start_engine()
-    wait(lambda: window.client.state.value == "ready", 60)
+    process_events_until(lambda: window.client.state.value == "ready", 60, poll_s=0.001)
     settle(0.3)
     recorder.phase = "load"
     window.load_model(None)
-    wait(lambda: window.model_info is not None, 180)
+    process_events_until(lambda: window.model_info is not None, 180, poll_s=0.001)
     settle(0.3)
     recorder.phase = "scan"
     started = time.perf_counter()
     cpu_started = time.thread_time()
     window.start_scan({"tokens": tokens, "seq_len": 256})
-    wait(lambda: window.stats.finished, 600)
+    process_events_until(lambda: window.stats.finished, 600, poll_s=0.001)
     seconds, cpu_seconds = time.perf_counter() - started, time.thread_time() - cpu_started
     recorder.phase = "after"  # the paints that follow the scan's end
     settle(0.5)

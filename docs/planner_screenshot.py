@@ -10,7 +10,6 @@ Writes docs/planner.png: FP16 on A100-40GB selected, with the terms behind its G
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent
@@ -19,36 +18,28 @@ sys.path.insert(0, str(DOCS.parent))
 
 def main() -> int:
     from app.engine_client import QtEngineClient
+    from app.event_loop import process_events_until, settle
     from app.main import create_app
     from app.views.planner_dialog import PlannerDialog
 
-    app = create_app([])
+    create_app([])
     client = QtEngineClient()
 
-    def wait(condition, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not condition():
-            if time.monotonic() > deadline:
-                raise TimeoutError("the engine did not answer in time")
-            app.processEvents()
-            time.sleep(0.01)
 
     try:
         client.start_local()
-        wait(lambda: client.state.value == "ready", 120)
+        process_events_until(lambda: client.state.value == "ready", 120)
         dialog = PlannerDialog(client, has_model=False)
         dialog.show()
         dialog.preset_combo.setCurrentIndex(dialog.preset_combo.findData("llama-2-70b"))
         dialog.radio_preset.setChecked(True)
         if dialog.plan() is None:
             raise RuntimeError(dialog.status.text())
-        wait(lambda: dialog.job is None, 120)
+        process_events_until(lambda: dialog.job is None, 120)
         if dialog.view is None:
             raise RuntimeError(dialog.status.text())
         dialog.select("baseline", "A100-40GB")
-        for _ in range(20):
-            app.processEvents()
-            time.sleep(0.02)
+        settle()
         dialog.grab().save(str(DOCS / "planner.png"))
         print("wrote", DOCS / "planner.png")
         dialog.close()

@@ -11,7 +11,6 @@ Writes docs/after_scan.png, docs/threshold_moved.png and docs/results.png.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent
@@ -21,38 +20,30 @@ sys.path.insert(0, str(DOCS.parent))
 def main() -> int:
     from PySide6.QtCore import QSettings
 
+    from app.event_loop import process_events_until, settle
     from app.main import create_app
     from app.main_window import MainWindow
 
-    app = create_app([])
+    create_app([])
     window = MainWindow(settings=QSettings("/tmp/int8wb-screenshots.ini", QSettings.Format.IniFormat))
     window.resize(1600, 1000)
     window.show()
 
-    def wait(condition, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not condition():
-            if time.monotonic() > deadline:
-                raise TimeoutError("the engine did not answer in time")
-            app.processEvents()
-            time.sleep(0.01)
 
     def shot(name: str) -> None:
-        for _ in range(20):
-            app.processEvents()
-            time.sleep(0.02)
+        settle()
         window.grab().save(str(DOCS / name))
         print("wrote", DOCS / name)
 
     finished: dict[str, dict] = {}
     window.client.sig_job_finished.connect(lambda job, request, result: finished.__setitem__(request, result))
     window.start_engine()
-    wait(lambda: window.client.state.value == "ready", 60)
+    process_events_until(lambda: window.client.state.value == "ready", 60)
     window.load_model(None)
-    wait(lambda: window.model_info is not None, 300)
+    process_events_until(lambda: window.model_info is not None, 300)
     window.threshold.set_threshold(6.0)
     window.start_scan({"tokens": 2048, "seq_len": 512})
-    wait(lambda: window.stats.finished, 900)
+    process_events_until(lambda: window.stats.finished, 900)
     top = finished["scan"]["report"].get("attn_in", {}).get("top_dims", [])
     if top:
         window.profile.show_dimension(top[0]["dim"])
@@ -61,7 +52,7 @@ def main() -> int:
     shot("threshold_moved.png")
     window.threshold_panel.spin.setValue(6.0)
     window.run_methods(["absmax-tensor", "vectorwise", "llm-int8", "weight-only"], {"tokens": 2048, "window": 512})
-    wait(lambda: "evaluate" in finished and not window.pending_steps and window.client.state.value == "ready", 1800)
+    process_events_until(lambda: "evaluate" in finished and not window.pending_steps and window.client.state.value == "ready", 1800)
     shot("results.png")
     window.close()
     return 0
