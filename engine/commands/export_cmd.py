@@ -57,11 +57,7 @@ def cmd_export(args) -> int:
     result = session.export({"method": args.method, "out": args.out, "overwrite": args.overwrite,
                              "max_shard_size": args.max_shard_size}, task)
     task.finish()
-    if args.json:
-        print_json(result)
-    else:
-        print(format_export(result))
-    return 0
+    return _report(args, result)
 
 
 def _export_streaming(args) -> int:
@@ -76,6 +72,10 @@ def _export_streaming(args) -> int:
                                 "out": args.out, "overwrite": args.overwrite,
                                 "max_shard_size": args.max_shard_size}, task).to_payload()
     task.finish()
+    return _report(args, result)
+
+
+def _report(args, result: dict[str, Any]) -> int:
     if args.json:
         print_json(result)
     else:
