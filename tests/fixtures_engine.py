@@ -1,8 +1,7 @@
 """Fixtures for tests that start engine processes: nothing may outlive them.
 
-Import `engine_leak_guard` into a test module (it is autouse, module-scoped),
-or register this file as a plugin (`pytest_plugins = ["tests.fixtures_engine"]`
-in tests/conftest.py) to guard every module.
+tests/conftest.py registers this file as a plugin, so `engine_leak_guard`
+(autouse, module-scoped) guards every test module.
 """
 
 from __future__ import annotations

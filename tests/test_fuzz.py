@@ -10,7 +10,6 @@ import zmq
 from engine import protocol
 from engine.client import EngineClient, EngineState
 from engine.protocol import Codec
-from tests.fixtures_engine import engine_leak_guard  # noqa: F401  (autouse)
 
 
 def test_engine_survives_random_and_mutated_frames():

@@ -17,7 +17,7 @@ import pytest
 
 from engine import protocol
 from engine.client import ConnectionInfo, EngineClient, EngineError, EngineState
-from tests.fixtures_engine import engine_leak_guard, process_alive, wait_dead  # noqa: F401
+from tests.fixtures_engine import process_alive, wait_dead
 
 REPO = Path(__file__).resolve().parent.parent
 
