@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast bench clean package test-package os-deps screenshots
+.PHONY: run test test-fast lint bench clean package test-package os-deps screenshots
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ os-deps:
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 		else echo "Qt needs these system packages: $$missing"; fi; \
 	fi
+
+# The linter and the formatter's check (configured in pyproject.toml); `ruff format .` applies the format.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: $(STAMP) os-deps
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q

@@ -5,11 +5,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pyqtgraph as pg
 from PySide6.QtCore import QTimer
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
-
-import pyqtgraph as pg
 
 import engine
 
@@ -30,7 +29,8 @@ def check_pyside() -> None:
         raise RuntimeError(
             f"PySide6 {PySide6.__version__} corrupts the reference count of True on every signal and "
             "crashes the workbench after a few thousand signals; install another release: "
-            "pip install 'PySide6-Essentials==6.11.3' 'shiboken6==6.11.3'")
+            "pip install 'PySide6-Essentials==6.11.3' 'shiboken6==6.11.3'"
+        )
 
 
 def create_app(argv: list[str] | None = None) -> QApplication:

@@ -12,14 +12,24 @@ from typing import Any
 
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import (QFileDialog, QInputDialog, QMainWindow, QMessageBox, QPlainTextEdit, QScrollArea,
-                               QSplitter, QTabWidget, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QInputDialog,
+    QMainWindow,
+    QMessageBox,
+    QPlainTextEdit,
+    QScrollArea,
+    QSplitter,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
 
 import engine
 from app.engine_client import QtEngineClient
 from app.view_models.results import ResultsModel
-from app.view_models.scan_stats import KIND_ORDER, ScanStatistics
-from app.view_models.threshold import DEFAULT_THRESHOLD, ThresholdModel
+from app.view_models.scan_stats import ScanStatistics
+from app.view_models.threshold import ThresholdModel
 from app.views.controls import ModelPanel, RunPanel, ScanPanel
 from app.views.heatmap import HeatmapView
 from app.views.histogram import HistogramView
@@ -28,9 +38,7 @@ from app.views.profile import DimensionProfileView
 from app.views.results_view import ResultsView
 from app.views.status import WorkbenchStatusBar
 from app.views.threshold_panel import ThresholdPanel
-
-FLOAT_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-PLAN_GPUS = ["A100-40GB", "A100-80GB"]
+from engine.vocabulary import DEFAULT_THRESHOLD, FLOAT_BYTES, KIND_ORDER, RESULT_GPUS
 
 
 class MainWindow(QMainWindow):
@@ -118,15 +126,30 @@ class MainWindow(QMainWindow):
 
         engine_menu = self.menuBar().addMenu("&Engine")
         file_menu = self.menuBar().addMenu("&Workbench")
-        self.act_load = action(file_menu, "Load model", "Ctrl+L",
-                               lambda: self.load_model(self.model_panel.source.currentData()))
+        self.act_load = action(
+            file_menu, "Load model", "Ctrl+L", lambda: self.load_model(self.model_panel.source.currentData())
+        )
         self.act_scan = action(file_menu, "Scan", "Ctrl+R", lambda: self.start_scan(self.scan_panel.params()))
-        self.act_run = action(file_menu, "Quantize && evaluate", "Ctrl+Return",
-                              lambda: self.run_methods(self.run_panel.methods(), self.run_panel.eval_params()))
+        self.act_run = action(
+            file_menu,
+            "Quantize && evaluate",
+            "Ctrl+Return",
+            lambda: self.run_methods(self.run_panel.methods(), self.run_panel.eval_params()),
+        )
         self.act_export = action(file_menu, "Export…", "Ctrl+E", self.export)
         self.act_planner = action(file_menu, "Memory planner…", "Ctrl+M", self.open_planner)
-        action(file_menu, "Raise threshold", "Ctrl+Up", lambda: self.threshold.set_threshold(self.threshold.threshold * 1.25))
-        action(file_menu, "Lower threshold", "Ctrl+Down", lambda: self.threshold.set_threshold(self.threshold.threshold / 1.25))
+        action(
+            file_menu,
+            "Raise threshold",
+            "Ctrl+Up",
+            lambda: self.threshold.set_threshold(self.threshold.threshold * 1.25),
+        )
+        action(
+            file_menu,
+            "Lower threshold",
+            "Ctrl+Down",
+            lambda: self.threshold.set_threshold(self.threshold.threshold / 1.25),
+        )
         file_menu.addSeparator()
         action(file_menu, "Quit", QKeySequence.StandardKey.Quit, self.close)
         self.act_cancel = action(engine_menu, "Cancel job", "Esc", self.cancel_job)
@@ -206,13 +229,22 @@ class MainWindow(QMainWindow):
         if not methods:
             return self._refuse("Tick at least one method.")
         if "llm-int8" in methods and not self.stats.finished:
-            return self._refuse("Static LLM.int8() takes its outlier dimensions from a scan: scan first, "
-                                "or tick the dynamic variant.")
+            return self._refuse(
+                "Static LLM.int8() takes its outlier dimensions from a scan: scan first, or tick the dynamic variant."
+            )
         job = self._submit("quantize", {"methods": methods, "threshold": self.threshold.threshold}, "Quantizing")
         if job is not None:
-            self.pending_steps = [("evaluate", {"methods": methods, **eval_params}),
-                                  ("plan_memory", {"methods": ["baseline", *methods], "gpus": PLAN_GPUS,
-                                                   "threshold": self.threshold.threshold})]
+            self.pending_steps = [
+                ("evaluate", {"methods": methods, **eval_params}),
+                (
+                    "plan_memory",
+                    {
+                        "methods": ["baseline", *methods],
+                        "gpus": list(RESULT_GPUS),
+                        "threshold": self.threshold.threshold,
+                    },
+                ),
+            ]
         return job
 
     def export(self) -> str | None:
@@ -272,8 +304,9 @@ class MainWindow(QMainWindow):
         if state == "crashed":
             self.model_info = None
             self.pending_steps = []
-            self.model_panel.info.setText("The engine stopped: restart it and load the model again. "
-                                          "The scan and results shown stay as they were.")
+            self.model_panel.info.setText(
+                "The engine stopped: restart it and load the model again. The scan and results shown stay as they were."
+            )
         self._update_enabled()
 
     def _on_progress(self, job: str, fraction: float, message: str) -> None:
@@ -371,10 +404,12 @@ class MainWindow(QMainWindow):
     def about_text(self) -> str:
         """Versions of this window and of the engine behind it, and whether they differ."""
         engine_version = self.client.engine_info.get("engine") if self.client.engine_info else None
-        lines = [f"<b>Int8 Workbench {engine.__version__}</b>",
-                 "See the activation outliers of a language model, pick the threshold, quantize to INT8 "
-                 "the LLM.int8() way and measure what it costs.",
-                 f"Engine: {engine_version or 'not connected'}"]
+        lines = [
+            f"<b>Int8 Workbench {engine.__version__}</b>",
+            "See the activation outliers of a language model, pick the threshold, quantize to INT8 "
+            "the LLM.int8() way and measure what it costs.",
+            f"Engine: {engine_version or 'not connected'}",
+        ]
         if self.client.version_mismatch:
             lines.append(f"<span style='color:#e0a030'>Warning: {self.client.version_mismatch}</span>")
         return "<br><br>".join(lines)
@@ -409,8 +444,12 @@ class MainWindow(QMainWindow):
         self.scan_panel.scan_button.setEnabled(loaded)
         self.run_panel.run_button.setEnabled(loaded)
         self.run_panel.export_button.setEnabled(loaded)
-        for act, enabled in ((self.act_load, ready), (self.act_scan, loaded), (self.act_run, loaded),
-                             (self.act_export, loaded)):
+        for act, enabled in (
+            (self.act_load, ready),
+            (self.act_scan, loaded),
+            (self.act_run, loaded),
+            (self.act_export, loaded),
+        ):
             act.setEnabled(enabled)
 
 

@@ -41,10 +41,20 @@ class SyntheticSession:
         for index in range(total):
             task.check_cancelled()
             layer, kind = divmod(index, len(KINDS))
-            task.partial("scan_layer", {
-                "index": index, "name": f"model.layers.{layer}.{KINDS[kind]}", "layer": layer,
-                "kind": KINDS[kind], "absmax": absmax, "count_over": count_over, "hist": hist,
-                "n_tokens": 4096, "final": True})
+            task.partial(
+                "scan_layer",
+                {
+                    "index": index,
+                    "name": f"model.layers.{layer}.{KINDS[kind]}",
+                    "layer": layer,
+                    "kind": KINDS[kind],
+                    "absmax": absmax,
+                    "count_over": count_over,
+                    "hist": hist,
+                    "n_tokens": 4096,
+                    "final": True,
+                },
+            )
             task.progress((index + 1) / total, f"layer {layer}")
         return {"layers": total}
 
@@ -95,14 +105,20 @@ def main() -> int:
     finally:
         client.close()
     first, total, events = min(runs, key=lambda r: r[1])
-    print(f"shape: {args.layers} layers x {len(KINDS)} Linear x {args.dims} dims "
-          f"({events} scan_layer events of {event_bytes / 1e3:.1f} kB)")
+    print(
+        f"shape: {args.layers} layers x {len(KINDS)} Linear x {args.dims} dims "
+        f"({events} scan_layer events of {event_bytes / 1e3:.1f} kB)"
+    )
     print(f"scan request -> first scan_layer: {first * 1e3:.2f} ms")
-    print(f"through the engine: {total:.3f} s, {events / total:.0f} events/s, "
-          f"{events * event_bytes / total / 1e6:.0f} MB/s")
+    print(
+        f"through the engine: {total:.3f} s, {events / total:.0f} events/s, "
+        f"{events * event_bytes / total / 1e6:.0f} MB/s"
+    )
     print(f"in-process (same session, same task calls): {local:.3f} s")
-    print(f"process boundary overhead: {total / local:.1f}x the in-process time, "
-          f"{(total - local) / events * 1e3:.2f} ms per event")
+    print(
+        f"process boundary overhead: {total / local:.1f}x the in-process time, "
+        f"{(total - local) / events * 1e3:.2f} ms per event"
+    )
     return 0
 
 

@@ -35,9 +35,18 @@ LAYERS, KINDS, DIMS = 80, ("attn_in", "attn_out", "mlp_in", "mlp_down"), 8192
 
 def payload(index: int, layer: int, kind: str, rng: np.random.Generator) -> dict:
     absmax = rng.lognormal(0.0, 1.0, DIMS).astype(np.float32)
-    return {"index": index, "name": f"model.layers.{layer}.{kind}", "layer": layer, "kind": kind, "absmax": absmax,
-            "count_over": (absmax > 6).astype(np.int64), "hist": np.ones(90, np.int64), "n_tokens": 4096,
-            "final": True, "out_features": DIMS}
+    return {
+        "index": index,
+        "name": f"model.layers.{layer}.{kind}",
+        "layer": layer,
+        "kind": kind,
+        "absmax": absmax,
+        "count_over": (absmax > 6).astype(np.int64),
+        "hist": np.ones(90, np.int64),
+        "n_tokens": 4096,
+        "final": True,
+        "out_features": DIMS,
+    }
 
 
 def paint(app, window) -> None:
@@ -59,12 +68,16 @@ def bench_heatmap(app, window) -> None:
     rng = np.random.default_rng(0)
     window.model_info = {"layers": LAYERS, "hidden_size": DIMS}
     window._prepare_grid()
-    payloads = [payload(i, layer, kind, rng) for i, (layer, kind) in
-                enumerate((layer, kind) for layer in range(LAYERS) for kind in KINDS)]
+    payloads = [
+        payload(i, layer, kind, rng)
+        for i, (layer, kind) in enumerate((layer, kind) for layer in range(LAYERS) for kind in KINDS)
+    ]
     rows = [timed(app, window, lambda p=p: window.stats.add_layer(p)) for p in payloads][10:]
     redraws = [timed(app, window, window.heatmap.redraw) for _ in range(5)]
-    moves = [timed(app, window, lambda v=v: window.threshold.set_threshold(v))
-             for v in (3.0, 6.0, 12.0, 24.0, 6.0, 4.5, 9.0, 6.0)]
+    moves = [
+        timed(app, window, lambda v=v: window.threshold.set_threshold(v))
+        for v in (3.0, 6.0, 12.0, 24.0, 6.0, 4.5, 9.0, 6.0)
+    ]
 
     def line(label: str, times: list[tuple[float, float]]) -> str:
         wall, cpu = (statistics.median(t[i] for t in times) * 1e3 for i in (0, 1))
@@ -75,7 +88,9 @@ def bench_heatmap(app, window) -> None:
     print(line(f"one new layer row ({len(rows)})", rows))
     print(line("full redraw (5)", redraws))
     print(line(f"threshold move, overlay + panels ({len(moves)})", moves))
-    print(f"  row update / full redraw (CPU): {statistics.median(t[1] for t in rows) / statistics.median(t[1] for t in redraws):.3f}")
+    print(
+        f"  row update / full redraw (CPU): {statistics.median(t[1] for t in rows) / statistics.median(t[1] for t in redraws):.3f}"
+    )
 
 
 class GapRecorder:
@@ -100,7 +115,11 @@ class GapRecorder:
         self._timer.timeout.connect(self._tick)
 
     def start(self) -> None:
-        self._last_wall, self._last_cpu, self._last_process = time.perf_counter(), time.thread_time(), time.process_time()
+        self._last_wall, self._last_cpu, self._last_process = (
+            time.perf_counter(),
+            time.thread_time(),
+            time.process_time(),
+        )
         self._timer.start()
 
     def stop(self) -> None:
@@ -109,8 +128,9 @@ class GapRecorder:
     def _tick(self) -> None:
         wall, cpu, process = time.perf_counter(), time.thread_time(), time.process_time()
         others = (process - self._last_process) - (cpu - self._last_cpu)
-        self.gaps.append((self._last_wall, (wall - self._last_wall) * 1e3, (cpu - self._last_cpu) * 1e3, self.phase,
-                          others * 1e3))
+        self.gaps.append(
+            (self._last_wall, (wall - self._last_wall) * 1e3, (cpu - self._last_cpu) * 1e3, self.phase, others * 1e3)
+        )
         self._last_wall, self._last_cpu, self._last_process = wall, cpu, process
 
     def report(self, phase: str, limit_ms: float = 50.0) -> str:
@@ -119,10 +139,12 @@ class GapRecorder:
             return f"  {phase}: no ticks"
         walls, cpus = np.array([g[1] for g in gaps]), np.array([g[2] for g in gaps])
         worst = int(walls.argmax())
-        return (f"  {phase:5s} ticks {len(gaps):5d} | wall: longest {walls.max():6.1f} ms (UI CPU in it "
-                f"{cpus[worst]:5.1f} ms, other threads {gaps[worst][4]:5.1f} ms), p99 {np.percentile(walls, 99):5.1f}, over {limit_ms:g} ms: "
-                f"{int((walls > limit_ms).sum()):3d} | UI-thread CPU: longest {cpus.max():6.1f} ms, "
-                f"p99 {np.percentile(cpus, 99):5.1f}, over {limit_ms:g} ms: {int((cpus > limit_ms).sum()):3d}")
+        return (
+            f"  {phase:5s} ticks {len(gaps):5d} | wall: longest {walls.max():6.1f} ms (UI CPU in it "
+            f"{cpus[worst]:5.1f} ms, other threads {gaps[worst][4]:5.1f} ms), p99 {np.percentile(walls, 99):5.1f}, over {limit_ms:g} ms: "
+            f"{int((walls > limit_ms).sum()):3d} | UI-thread CPU: longest {cpus.max():6.1f} ms, "
+            f"p99 {np.percentile(cpus, 99):5.1f}, over {limit_ms:g} ms: {int((cpus > limit_ms).sum()):3d}"
+        )
 
 
 class StackSampler:
@@ -165,7 +187,9 @@ class StackSampler:
         inside = [stack for t, stack in self.samples if start <= t <= start + wall_ms / 1e3]
         counts: Counter[str] = Counter()
         for stack in inside:
-            chain = [f for f in stack if not f.startswith(("gui.py:wait", "gui.py:main", "gui.py:bench", "gui.py:<module>"))]
+            chain = [
+                f for f in stack if not f.startswith(("gui.py:wait", "gui.py:main", "gui.py:bench", "gui.py:<module>"))
+            ]
             counts[" < ".join(chain[:4]) or "(idle in Qt)"] += 1
         return [f"      {n:3d}/{len(inside)} {where}" for where, n in counts.most_common(top)]
 
@@ -210,11 +234,14 @@ def bench_scan_gaps(app, window, tokens: int, profile: bool) -> None:
     if sampler:
         sampler.stop()
     window.close()
-    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; "
-          f"scan of the default model, {tokens} calibration tokens, {window.stats.rows_filled} rows, "
-          f"{seconds:.1f} s wall, UI thread CPU {cpu_seconds:.2f} s")
-    print("event-loop gaps (5 ms timer), per phase; 'UI-thread CPU' is time.thread_time() of the UI thread "
-          "within the gap")
+    print(
+        f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; "
+        f"scan of the default model, {tokens} calibration tokens, {window.stats.rows_filled} rows, "
+        f"{seconds:.1f} s wall, UI thread CPU {cpu_seconds:.2f} s"
+    )
+    print(
+        "event-loop gaps (5 ms timer), per phase; 'UI-thread CPU' is time.thread_time() of the UI thread within the gap"
+    )
     for phase in ("show", "start", "load", "scan", "after"):
         print(recorder.report(phase))
     if sampler:
@@ -228,8 +255,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=1024, help="calibration tokens of the live scan")
     parser.add_argument("--skip-scan", action="store_true", help="only the heatmap timings (no engine)")
-    parser.add_argument("--profile", action="store_true",
-                        help="sample the UI thread's stack and name the code inside the longest gaps")
+    parser.add_argument(
+        "--profile", action="store_true", help="sample the UI thread's stack and name the code inside the longest gaps"
+    )
     args = parser.parse_args()
     from PySide6.QtCore import QSettings
 

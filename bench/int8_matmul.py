@@ -62,7 +62,9 @@ def bench_matmul(bnb) -> None:
         bnb_ratio = "n/a"
         if bnb is not None:
             bnb_ratio = f"{best_time(lambda: bnb.int8_linear_matmul(a, b)) / fp32:.2f}x"
-        print(f"{f'{m}x{k}x{n}':<20}{fp32 * 1e3:>10.1f}{ours / fp32:>8.2f}x{int_mm / fp32:>8.1f}x{bnb_ratio:>9}  {exact}")
+        print(
+            f"{f'{m}x{k}x{n}':<20}{fp32 * 1e3:>10.1f}{ours / fp32:>8.2f}x{int_mm / fp32:>8.1f}x{bnb_ratio:>9}  {exact}"
+        )
 
 
 def bench_weight_quantization(bnb) -> None:
@@ -77,8 +79,10 @@ def bench_weight_quantization(bnb) -> None:
             bnb_rate = "n/a"
             if bnb is not None:
                 bnb_rate = f"{gigabytes / best_time(lambda: bnb.int8_vectorwise_quant(weight)):.2f}"
-            print(f"{f'{rows}x{cols}':<14}{str(dtype).removeprefix('torch.'):<10}{copy:>9.2f}{ours:>9.2f}"
-                  f"{bnb_rate:>9}{ours / copy:>10.2f}x")
+            print(
+                f"{f'{rows}x{cols}':<14}{str(dtype).removeprefix('torch.'):<10}{copy:>9.2f}{ours:>9.2f}"
+                f"{bnb_rate:>9}{ours / copy:>10.2f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ number for a wrong kernel), then timed with CUDA events (median of repeats).
 For each memory-bound kernel it prints the bytes it must move, its GB/s, the
 GB/s of the same op written in torch (`kernels.reference` run on the GPU) and
 of a device-to-device copy of the same number of bytes (the practical limit).
-Then the `llm-int8` layer (engine.int8_linear.Int8Linear, static and dynamic
+Then the `llm-int8` layer (engine.quant.int8_linear.Int8Linear, static and dynamic
 outliers) against an fp16 `nn.Linear` and bitsandbytes' `Linear8bitLt(threshold=6.0)`
 at hidden sizes 4096 and 8192, tokens 1 x 1 and 8 x 512. Ratios are within
 this run only.
@@ -18,8 +18,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -79,17 +79,41 @@ def kernel_cases(device: torch.device):
     t, k = tokens.shape
     return [
         ("feature_stats 8192x8192 f16", n * 2, stats(cuda_ops), stats(reference), False),
-        ("quantize_rowwise 8192x8192 f16", n * 3 + 8192 * 4, lambda: cuda_ops.quantize_rowwise(x),
-         lambda: reference.quantize_rowwise(x), True),
-        ("quantize_tensor 8192x8192 f16", n * 3, lambda: cuda_ops.quantize_tensor(x),
-         lambda: reference.quantize_tensor(x), True),
-        ("decompose_outliers 4096x4096 f16, 8 cols", t * k * 3 + t * 8 * 2, lambda: cuda_ops.decompose_outliers(tokens, columns),
-         lambda: reference.decompose_outliers(tokens, columns), True),
-        ("dequantize_epilogue 4096x4096 +outliers+bias -> f16", t * k * (4 + 2 + 2),
-         lambda: cuda_ops.dequantize_epilogue(acc, row_scale, col_scale, bias, outlier_out, torch.float16),
-         lambda: reference.dequantize_epilogue(acc, row_scale, col_scale, bias, outlier_out, torch.float16), False),
-        ("dequantize_rowwise 8192x8192 -> f16", n * 3, lambda: cuda_ops.dequantize_rowwise(q, absmax, torch.float16),
-         lambda: reference.dequantize_rowwise(q, absmax, torch.float16), False),
+        (
+            "quantize_rowwise 8192x8192 f16",
+            n * 3 + 8192 * 4,
+            lambda: cuda_ops.quantize_rowwise(x),
+            lambda: reference.quantize_rowwise(x),
+            True,
+        ),
+        (
+            "quantize_tensor 8192x8192 f16",
+            n * 3,
+            lambda: cuda_ops.quantize_tensor(x),
+            lambda: reference.quantize_tensor(x),
+            True,
+        ),
+        (
+            "decompose_outliers 4096x4096 f16, 8 cols",
+            t * k * 3 + t * 8 * 2,
+            lambda: cuda_ops.decompose_outliers(tokens, columns),
+            lambda: reference.decompose_outliers(tokens, columns),
+            True,
+        ),
+        (
+            "dequantize_epilogue 4096x4096 +outliers+bias -> f16",
+            t * k * (4 + 2 + 2),
+            lambda: cuda_ops.dequantize_epilogue(acc, row_scale, col_scale, bias, outlier_out, torch.float16),
+            lambda: reference.dequantize_epilogue(acc, row_scale, col_scale, bias, outlier_out, torch.float16),
+            False,
+        ),
+        (
+            "dequantize_rowwise 8192x8192 -> f16",
+            n * 3,
+            lambda: cuda_ops.dequantize_rowwise(q, absmax, torch.float16),
+            lambda: reference.dequantize_rowwise(q, absmax, torch.float16),
+            False,
+        ),
     ]
 
 
@@ -110,7 +134,7 @@ def bench_kernels(device: torch.device, repeats: int) -> None:
 
 def linear_layers(hidden: int, device: torch.device):
     """fp16 nn.Linear, our static and dynamic llm-int8 layers, and bitsandbytes' (or the reason it is missing)."""
-    from engine.int8_linear import Int8Linear
+    from engine.quant.int8_linear import Int8Linear
 
     torch.manual_seed(hidden)
     fp16 = torch.nn.Linear(hidden, hidden, bias=True).to(device=device, dtype=torch.float16)
@@ -150,7 +174,9 @@ def bench_linear(device: torch.device, repeats: int) -> None:
             bnb_ms = timings.get("bitsandbytes Linear8bitLt", (None,))[0]
             for name, (ms, error) in timings.items():
                 versus_bnb = f"{bnb_ms / ms:>9.2f}" if bnb_ms else f"{'-':>9}"
-                print(f"{name:<30}{hidden:>8}{batch * sequence:>8}{ms:>10.3f}{fp16_ms / ms:>9.2f}{versus_bnb}{error:>9.4f}")
+                print(
+                    f"{name:<30}{hidden:>8}{batch * sequence:>8}{ms:>10.3f}{fp16_ms / ms:>9.2f}{versus_bnb}{error:>9.4f}"
+                )
         for name, layer in layers.items():
             if isinstance(layer, str):
                 print(f"{name}: {layer}")

@@ -25,7 +25,6 @@ def main() -> int:
     create_app([])
     client = QtEngineClient()
 
-
     try:
         client.start_local()
         process_events_until(lambda: client.state.value == "ready", 120)

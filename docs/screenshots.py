@@ -29,7 +29,6 @@ def main() -> int:
     window.resize(1600, 1000)
     window.show()
 
-
     def shot(name: str) -> None:
         settle()
         window.grab().save(str(DOCS / name))
@@ -52,7 +51,9 @@ def main() -> int:
     shot("threshold_moved.png")
     window.threshold_panel.spin.setValue(6.0)
     window.run_methods(["absmax-tensor", "vectorwise", "llm-int8", "weight-only"], {"tokens": 2048, "window": 512})
-    process_events_until(lambda: "evaluate" in finished and not window.pending_steps and window.client.state.value == "ready", 1800)
+    process_events_until(
+        lambda: "evaluate" in finished and not window.pending_steps and window.client.state.value == "ready", 1800
+    )
     shot("results.png")
     window.close()
     return 0

@@ -1,16 +1,19 @@
-"""`python -m engine`: run the engine process; the same as `int8wb engine` (see engine.commands.engine_cmd)."""
+"""`python -m engine`: run the engine process; the same as `int8wb engine` (see engine.cli.engine_command)."""
 
 import argparse
 import sys
 
-from engine.commands import engine_cmd
+from engine.cli import engine_command
 
 
 def run() -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine", description=engine_cmd.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    engine_cmd.add_arguments(parser)
-    return engine_cmd.main(parser.parse_args())
+    parser = argparse.ArgumentParser(
+        prog="python -m engine",
+        description=engine_command.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    engine_command.add_arguments(parser)
+    return engine_command.main(parser.parse_args())
 
 
 if __name__ == "__main__":

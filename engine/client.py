@@ -43,8 +43,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from engine import __version__, protocol
 from engine.connection import Connection, ConnectionInfo, EngineError
@@ -94,7 +95,7 @@ class EngineClient:
         on_state: Callable[[EngineState, EngineState], None] | None = None,
         client_name: str = "int8wb",
     ) -> None:
-        self.events: "queue.Queue[Message]" = queue.Queue()
+        self.events: queue.Queue[Message] = queue.Queue()
         self._on_event, self._on_state, self._client_name = on_event, on_state, client_name
         self._state = EngineState.STOPPED
         self._lock = threading.Lock()
@@ -109,8 +110,9 @@ class EngineClient:
 
     # --- starting and stopping -----------------------------------------------
 
-    def start_local(self, timeout_s: float = 60.0, session: str | None = None,
-                    python: str | None = None) -> dict[str, Any]:
+    def start_local(
+        self, timeout_s: float = 60.0, session: str | None = None, python: str | None = None
+    ) -> dict[str, Any]:
         """Start an engine child on loopback with a fresh key; returns the engine's `hello` info.
 
         The key goes to the child on its stdin, which stays open: when this
@@ -121,8 +123,13 @@ class EngineClient:
         self._restart = lambda: self.start_local(timeout_s, session, python)
         self._set_state(EngineState.STARTING)
         key = protocol.new_key()
-        command = _engine_command(python) + ["--key-stdin", "--parent-pid", str(os.getpid()),
-                                             "--listen", "tcp://127.0.0.1:0"]
+        command = _engine_command(python) + [
+            "--key-stdin",
+            "--parent-pid",
+            str(os.getpid()),
+            "--listen",
+            "tcp://127.0.0.1:0",
+        ]
         if session:
             command += ["--session", session]
         env = dict(os.environ)
@@ -133,8 +140,13 @@ class EngineClient:
         self.log_path = Path(log_name)
         try:
             self._process = subprocess.Popen(
-                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_fd, env=env,
-                close_fds=True, start_new_session=(os.name == "posix"),
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log_fd,
+                env=env,
+                close_fds=True,
+                start_new_session=(os.name == "posix"),
             )
         finally:
             os.close(log_fd)
@@ -197,7 +209,7 @@ class EngineClient:
         self._connection, self._process, self._active_job = None, None, None
         self._set_state(EngineState.STOPPED)
 
-    def __enter__(self) -> "EngineClient":
+    def __enter__(self) -> EngineClient:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -222,8 +234,9 @@ class EngineClient:
         """Send a request without waiting; returns its id, which its events carry as `reply_to`."""
         return self._send(protocol.request(request_type, params)).id
 
-    def call(self, request_type: str, params: dict[str, Any] | None = None,
-             timeout_s: float | None = None) -> dict[str, Any]:
+    def call(
+        self, request_type: str, params: dict[str, Any] | None = None, timeout_s: float | None = None
+    ) -> dict[str, Any]:
         """Send a request and wait for its `result` payload; an `error` raises `EngineError`.
 
         Events of the request are delivered as usual (`on_event` or `events`).
@@ -244,8 +257,9 @@ class EngineClient:
         try:
             self.engine_info = self._call_on(self._connection, "hello", hello, timeout_s, quiet=True)
         except concurrent.futures.TimeoutError:
-            raise EngineError("timeout", f"no answer from the engine at {info.address} within {timeout_s:.0f} s") \
-                from None
+            raise EngineError(
+                "timeout", f"no answer from the engine at {info.address} within {timeout_s:.0f} s"
+            ) from None
         self._set_state(EngineState.READY)
         return self.engine_info
 
@@ -262,8 +276,14 @@ class EngineClient:
             return None
         return f"the engine is version {theirs}, this workbench is {__version__}: results may differ"
 
-    def _call_on(self, connection: Connection, request_type: str, params: dict[str, Any],
-                 timeout_s: float | None, quiet: bool = False) -> dict[str, Any]:
+    def _call_on(
+        self,
+        connection: Connection,
+        request_type: str,
+        params: dict[str, Any],
+        timeout_s: float | None,
+        quiet: bool = False,
+    ) -> dict[str, Any]:
         if connection.is_io_thread():
             raise RuntimeError("call() from inside on_event would deadlock; use send()")
         message = protocol.request(request_type, params)
@@ -351,8 +371,9 @@ class EngineClient:
         try:
             return json.loads(line)
         except ValueError:
-            raise EngineError("crashed", f"the engine exited while starting (status {process.poll()}):\n"
-                                         f"{self._log_tail()}") from None
+            raise EngineError(
+                "crashed", f"the engine exited while starting (status {process.poll()}):\n{self._log_tail()}"
+            ) from None
 
     def _abandon(self) -> None:
         """Undo a start that failed half-way."""

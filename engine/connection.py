@@ -13,8 +13,9 @@ import logging
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import zmq
 
@@ -44,7 +45,7 @@ class ConnectionInfo:
     key: bytes
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "ConnectionInfo":
+    def from_file(cls, path: str | Path) -> ConnectionInfo:
         try:
             data = json.loads(Path(path).read_text())
             address, key = data["address"], bytes.fromhex(data["key"])
@@ -53,8 +54,9 @@ class ConnectionInfo:
         except (ValueError, KeyError, TypeError):
             raise BadInput(f"{path} is not an engine connection file (JSON with address and key)") from None
         if data.get("protocol", protocol.PROTOCOL_VERSION) != protocol.PROTOCOL_VERSION:
-            raise BadInput(f"{path} is for protocol {data.get('protocol')}, this client speaks "
-                           f"{protocol.PROTOCOL_VERSION}")
+            raise BadInput(
+                f"{path} is for protocol {data.get('protocol')}, this client speaks {protocol.PROTOCOL_VERSION}"
+            )
         if not isinstance(address, str) or not address.startswith("tcp://") or len(key) < 16:
             raise BadInput(f"{path}: address must be tcp://HOST:PORT and the key at least 16 bytes")
         return cls(address, key)
@@ -70,9 +72,14 @@ class Connection:
     engine that has been silent; when either is gone it calls `on_lost`.
     """
 
-    def __init__(self, info: ConnectionInfo, on_message: Callable[[Message], None],
-                 on_lost: Callable[[str, bool], None], process: subprocess.Popen | None,
-                 heartbeat: bool) -> None:
+    def __init__(
+        self,
+        info: ConnectionInfo,
+        on_message: Callable[[Message], None],
+        on_lost: Callable[[str, bool], None],
+        process: subprocess.Popen | None,
+        heartbeat: bool,
+    ) -> None:
         self._info, self._on_message, self._on_lost = info, on_message, on_lost
         self._process, self._heartbeat = process, heartbeat
         self._codec = Codec(info.key)
@@ -177,8 +184,9 @@ class Connection:
                 self._resolve(message.reply_to, result=message.payload["result"])
             elif message.type == "error":
                 payload = message.payload
-                self._resolve(message.reply_to,
-                              error=EngineError(payload["kind"], payload["message"], payload["traceback"]))
+                self._resolve(
+                    message.reply_to, error=EngineError(payload["kind"], payload["message"], payload["traceback"])
+                )
 
     def _resolve(self, request_id: str | None, result: Any = None, error: Exception | None = None) -> None:
         with self._futures_lock:
@@ -215,5 +223,6 @@ class Connection:
             futures, self._futures = list(self._futures.values()), {}
         for future in futures:
             if not future.done():
-                future.set_exception(EngineError("crashed" if not self.closing else "stopped",
-                                                 "the connection to the engine ended"))
+                future.set_exception(
+                    EngineError("crashed" if not self.closing else "stopped", "the connection to the engine ended")
+                )

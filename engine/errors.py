@@ -13,8 +13,8 @@ class WorkbenchError(Exception):
     kind = "error"
 
 
-class BadInput(WorkbenchError):
-    """A parameter or file the user gave is unusable."""
+class BadInput(WorkbenchError, ValueError):
+    """A parameter or file the user gave is unusable (a ValueError too, for code that validates values)."""
 
     kind = "bad_input"
 

@@ -77,7 +77,8 @@ import json
 import math
 import pathlib
 import uuid
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -123,10 +124,8 @@ class VersionMismatch(ProtocolError):
 
     kind = "version"
 
-    def __init__(self, peer_version: Any, message: "Message") -> None:
-        super().__init__(
-            f"peer speaks protocol version {peer_version!r}, this side speaks {PROTOCOL_VERSION}"
-        )
+    def __init__(self, peer_version: Any, message: Message) -> None:
+        super().__init__(f"peer speaks protocol version {peer_version!r}, this side speaks {PROTOCOL_VERSION}")
         self.peer_version = peer_version
         self.message = message
 
@@ -231,9 +230,7 @@ def _unpack_array(spec: dict, frames: Sequence[memoryview], used: set[int]) -> n
         raise ProtocolError(f"array reference points at frame {index!r} of {len(frames)}")
     if index in used:
         raise ProtocolError(f"array frame {index} is referenced twice")
-    if not isinstance(shape, list) or not all(
-        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
-    ):
+    if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
         raise ProtocolError(f"array shape {shape!r} is not a list of non-negative integers")
     try:
         dtype = np.dtype(dtype_str) if isinstance(dtype_str, str) and len(dtype_str) <= 8 else None
@@ -314,9 +311,7 @@ class Codec:
         if size > self.max_message_bytes:
             raise ProtocolError(f"message of {size} bytes exceeds the limit of {self.max_message_bytes}")
         signature = bytes(views[0])
-        if len(signature) != SIGNATURE_BYTES or not hmac.compare_digest(
-            signature, sign(self._key, views[1:])
-        ):
+        if len(signature) != SIGNATURE_BYTES or not hmac.compare_digest(signature, sign(self._key, views[1:])):
             raise ProtocolError("bad or missing signature")
         if self._reject_replays and signature in self._seen:
             raise ProtocolError("replayed message (signature seen before)")

@@ -25,7 +25,8 @@ import os
 import threading
 import time
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import zmq
 
@@ -181,8 +182,14 @@ class EngineServer:
                 message = self._codec.decode(body)
             except VersionMismatch as exc:
                 self._reject(identity, exc)
-                self._send(identity, protocol.event("error", exc.message.id, {
-                    **protocol.error_payload("version", str(exc)), "protocol": protocol.PROTOCOL_VERSION}))
+                self._send(
+                    identity,
+                    protocol.event(
+                        "error",
+                        exc.message.id,
+                        {**protocol.error_payload("version", str(exc)), "protocol": protocol.PROTOCOL_VERSION},
+                    ),
+                )
                 continue
             except ProtocolError as exc:
                 self._reject(identity, exc)
@@ -191,8 +198,16 @@ class EngineServer:
                 self._dispatch(identity, message)
             except Exception:  # a bug in handling one request must not take the engine down
                 log.exception("failed to handle %s %s", message.type, message.id)
-                self._send(identity, protocol.event("error", message.id, protocol.error_payload(
-                    "internal", f"the engine failed to handle {message.type}", traceback.format_exc())))
+                self._send(
+                    identity,
+                    protocol.event(
+                        "error",
+                        message.id,
+                        protocol.error_payload(
+                            "internal", f"the engine failed to handle {message.type}", traceback.format_exc()
+                        ),
+                    ),
+                )
 
     def _reject(self, identity: bytes, exc: ProtocolError) -> None:
         self.stats["rejected"] += 1
@@ -257,13 +272,21 @@ class EngineServer:
                 self._last_thread = thread
                 self.stats["jobs"] += 1
         if busy_with is not None:
-            self._send(identity, protocol.event("error", request.id, protocol.error_payload(
-                "busy", f"the engine is busy with job {busy_with}; cancel it or wait for its result")))
+            self._send(
+                identity,
+                protocol.event(
+                    "error",
+                    request.id,
+                    protocol.error_payload(
+                        "busy", f"the engine is busy with job {busy_with}; cancel it or wait for its result"
+                    ),
+                ),
+            )
             return
         log.info("job %s %s started", request.type, request.id)
         thread.start()
 
-    def _run_job(self, request: Message, task: _JobTask, sender: "_OutboxSender") -> None:
+    def _run_job(self, request: Message, task: _JobTask, sender: _OutboxSender) -> None:
         started = time.perf_counter()
         try:
             if self._session is None:
@@ -276,8 +299,9 @@ class EngineServer:
             text = traceback.format_exc()
             if kind != "cancelled":
                 log.error("job %s %s failed: %s", request.type, request.id, text)
-            frames = self._codec.encode(protocol.event(
-                "error", request.id, protocol.error_payload(kind, str(exc) or type(exc).__name__, text)))
+            frames = self._codec.encode(
+                protocol.event("error", request.id, protocol.error_payload(kind, str(exc) or type(exc).__name__, text))
+            )
         log.info("job %s %s ended after %.2f s", request.type, request.id, time.perf_counter() - started)
         with self._lock:  # free before the last event leaves, so the next request never sees "busy"
             self._job = None

@@ -7,17 +7,18 @@ values and numpy arrays.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Any, Callable
+from typing import Any
 
 from engine.errors import BadInput
 
 
 class Session:
     def __init__(self) -> None:
-        self.loaded = None  # engine.loading.LoadedModel
-        self.scan_result = None  # engine.scan.ScanResult
-        self.quantized: dict[str, Any] = {}  # method -> engine.quantize.QuantizedModel
+        self.loaded = None  # engine.model.loaded.LoadedModel
+        self.scan_result = None  # engine.quant.scan.ScanResult
+        self.quantized: dict[str, Any] = {}  # method -> engine.quant.quantize.QuantizedModel
         self.memory: dict[str, dict[str, Any]] = {}  # phase name -> measured memory of that phase
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any], Any], dict[str, Any]]]:
@@ -45,7 +46,7 @@ class Session:
         return self.loaded
 
     def load_model(self, params: dict[str, Any], task) -> dict[str, Any]:
-        from engine import loading
+        from engine.model import loading
 
         with self._phase("load", params.get("device") or "auto"):
             loaded = loading.load(params, task)
@@ -53,14 +54,14 @@ class Session:
         return {**loaded.describe(), "memory": self.memory["load"]}
 
     def scan(self, params: dict[str, Any], task) -> dict[str, Any]:
-        from engine import scan
+        from engine.quant import scan
 
         self.scan_result = scan.run(params, task, self.require_model())
         return self.scan_result.to_payload()
 
     def quantize(self, params: dict[str, Any], task) -> dict[str, Any]:
         """Quantize with each of `params["methods"]`; a method quantized again replaces its old variant."""
-        from engine import quantize
+        from engine.quant import quantize
 
         loaded = self.require_model()
         methods = quantize.check_methods(params.get("methods"))
@@ -75,7 +76,7 @@ class Session:
 
     def evaluate(self, params: dict[str, Any], task) -> dict[str, Any]:
         """Perplexity of the baseline and of `params["methods"]` (default: every quantized variant)."""
-        from engine import evaluate, quantize
+        from engine.quant import evaluate, quantize
 
         loaded = self.require_model()
         methods = params.get("methods")
@@ -86,11 +87,12 @@ class Session:
         return evaluate.run(params, task, loaded, {m: self.quantized[m] for m in methods})
 
     def export(self, params: dict[str, Any], task) -> dict[str, Any]:
-        """Write the quantized variant `params["method"]` to `params["out"]` (see engine.export).
+        """Write the quantized variant `params["method"]` to `params["out"]` (see engine.checkpoint.export).
 
         A re-opened export can be exported again under its own method.
         """
-        from engine import export, quantize
+        from engine.checkpoint import export
+        from engine.quant import quantize
 
         loaded = self.require_model()
         (method,) = quantize.check_methods([params.get("method")])
@@ -108,8 +110,8 @@ class Session:
         For the loaded model with a scan, static llm-int8 is planned with the
         outlier columns the scan finds at `threshold` (default 6.0).
         """
-        from engine import planner
-        from engine.scan import check_threshold
+        from engine.planning import plan_memory
+        from engine.vocabulary import check_threshold
 
         if params.get("config") is None and params.get("preset") is None:
             params = {**params, "model": self.require_model().model}
@@ -118,17 +120,17 @@ class Session:
                 dims = self.scan_result.outlier_dims(threshold)
                 params["outlier_counts"] = {name: int(len(d)) for name, d in dims.items()}
         params.pop("threshold", None)
-        return planner.run(params, task)
+        return plan_memory.run(params, task)
 
     @contextmanager
     def _phase(self, name: str, device: str):
         """Measure the memory of the block as phase `name` (CUDA peaks, or CPU resident memory)."""
         from dataclasses import asdict
 
-        from engine.memory import MemoryRecorder
+        from engine.planning.memory import MemoryRecorder
 
         if device == "auto":
-            from engine.loading import pick_device
+            from engine.model.loaded import pick_device
 
             device = pick_device(device)
         with MemoryRecorder().phase(name, device) as record:

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from engine.errors import Cancelled
 
@@ -59,7 +60,7 @@ class Task:
         if self._cancel_event.is_set():
             raise Cancelled("cancelled on request")
 
-    def slice(self, start: float, end: float) -> "TaskSlice":
+    def slice(self, start: float, end: float) -> TaskSlice:
         """A view of this task whose progress 0..1 maps onto [start, end] of this one."""
         return TaskSlice(self, start, end)
 
@@ -83,7 +84,7 @@ class Task:
 class TaskSlice:
     """Forwards to a parent task, rescaling progress onto the parent's [start, end]."""
 
-    def __init__(self, parent: "Task | TaskSlice", start: float, end: float) -> None:
+    def __init__(self, parent: Task | TaskSlice, start: float, end: float) -> None:
         self._parent, self._start, self._end = parent, start, end
 
     def progress(self, fraction: float, message: str = "") -> None:
@@ -102,7 +103,7 @@ class TaskSlice:
     def check_cancelled(self) -> None:
         self._parent.check_cancelled()
 
-    def slice(self, start: float, end: float) -> "TaskSlice":
+    def slice(self, start: float, end: float) -> TaskSlice:
         return TaskSlice(self, start, end)
 
 

@@ -21,8 +21,9 @@ import hashlib
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from kernels import nvrtc
 
@@ -109,7 +110,9 @@ def kernels_available(device: Any) -> bool:
         if index not in _availability:
             _availability[index] = _probe(index)
             if _availability[index] is not None:
-                log.warning("CUDA kernels unavailable on cuda:%d, using the torch reference: %s", index, _availability[index])
+                log.warning(
+                    "CUDA kernels unavailable on cuda:%d, using the torch reference: %s", index, _availability[index]
+                )
         return _availability[index] is None
 
 
@@ -145,7 +148,7 @@ def get_kernel(index: int, module: str, entry_point: str) -> Any:
     return _function(index, module, entry_point)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _function(index: int, module: str, entry_point: str) -> Any:
     import cupy
 
@@ -153,7 +156,7 @@ def _function(index: int, module: str, entry_point: str) -> Any:
         return _modules[(index, module)].get_function(entry_point)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def multiprocessor_count(index: int) -> int:
     import torch
 

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.errors import BadInput
 from kernels import cuda_loader
 
 FLOAT_DTYPES = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
@@ -48,7 +47,7 @@ def supports(op: str, first: torch.Tensor, out_dtype: torch.dtype | None = None)
 
 def _require_2d(name: str, tensor: torch.Tensor) -> None:
     if tensor.dim() != 2:
-        raise BadInput(f"{name} must be a 2-D tensor, got shape {tuple(tensor.shape)}")
+        raise ValueError(f"{name} must be a 2-D tensor, got shape {tuple(tensor.shape)}")
 
 
 def _pack_width(cols: int, tensors: list[torch.Tensor]) -> int:
@@ -73,11 +72,11 @@ def feature_stats(x: torch.Tensor, threshold: float, absmax_acc: torch.Tensor, c
     _require_2d("x", x)
     rows, cols = x.shape
     if absmax_acc.shape != (cols,) or absmax_acc.dtype != torch.float32 or not absmax_acc.is_contiguous():
-        raise BadInput(f"absmax_acc must be a contiguous float32 tensor of shape ({cols},)")
+        raise ValueError(f"absmax_acc must be a contiguous float32 tensor of shape ({cols},)")
     if count_acc.shape != (cols,) or count_acc.dtype != torch.int64 or not count_acc.is_contiguous():
-        raise BadInput(f"count_acc must be a contiguous int64 tensor of shape ({cols},)")
+        raise ValueError(f"count_acc must be a contiguous int64 tensor of shape ({cols},)")
     if absmax_acc.device != x.device or count_acc.device != x.device:
-        raise BadInput("absmax_acc and count_acc must be on the device of x")
+        raise ValueError("absmax_acc and count_acc must be on the device of x")
     if rows == 0 or cols == 0:
         return
     x = x.detach().contiguous()
@@ -145,13 +144,13 @@ def quantize_tensor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _outlier_columns(outlier_cols: torch.Tensor, cols: int, device: torch.device) -> torch.Tensor:
     """The outlier column indices as contiguous int64 on `device`; range-checked when they come from the CPU."""
     if outlier_cols.dim() != 1:
-        raise BadInput(f"outlier_cols must be 1-D, got shape {tuple(outlier_cols.shape)}")
+        raise ValueError(f"outlier_cols must be 1-D, got shape {tuple(outlier_cols.shape)}")
     if outlier_cols.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-        raise BadInput(f"outlier_cols must hold integer column indices, got {outlier_cols.dtype}")
+        raise ValueError(f"outlier_cols must hold integer column indices, got {outlier_cols.dtype}")
     if not outlier_cols.is_cuda and outlier_cols.numel():
         low, high = int(outlier_cols.min()), int(outlier_cols.max())
         if low < 0 or high >= cols:
-            raise BadInput(f"outlier column indices must lie in [0, {cols}), got {low}..{high}")
+            raise ValueError(f"outlier column indices must lie in [0, {cols}), got {low}..{high}")
     return outlier_cols.to(device=device, dtype=torch.int64).contiguous()
 
 
@@ -207,9 +206,9 @@ def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     _require_2d("a", a)
     _require_2d("b", b)
     if a.dtype != torch.int8 or b.dtype != torch.int8:
-        raise BadInput(f"int8_matmul takes int8 operands, got {a.dtype} and {b.dtype}")
+        raise ValueError(f"int8_matmul takes int8 operands, got {a.dtype} and {b.dtype}")
     if a.shape[1] != b.shape[1]:
-        raise BadInput(f"inner dimensions differ: a is {tuple(a.shape)}, b is {tuple(b.shape)}")
+        raise ValueError(f"inner dimensions differ: a is {tuple(a.shape)}, b is {tuple(b.shape)}")
     m, k = a.shape
     n = b.shape[0]
     if m == 0 or n == 0 or k == 0:
@@ -240,7 +239,7 @@ def dequantize_epilogue(
     """INT32 accumulator (M, N) -> out_dtype with row (M,) and column (N,) scales, plus outliers and bias, in one pass."""
     _require_2d("acc", acc)
     if out_dtype not in FLOAT_DTYPES:
-        raise BadInput(f"out_dtype must be one of {list(FLOAT_DTYPES)}, got {out_dtype}")
+        raise ValueError(f"out_dtype must be one of {list(FLOAT_DTYPES)}, got {out_dtype}")
     acc = acc.contiguous()
     rows, cols = acc.shape
     row_scale, row_stride = _scale_vector("row_absmax", row_absmax, rows, acc.device)
@@ -251,12 +250,12 @@ def dequantize_epilogue(
     bias_arg, has_bias = acc, 0
     if bias is not None:
         if bias.numel() != cols:
-            raise BadInput(f"bias must have {cols} elements, got shape {tuple(bias.shape)}")
+            raise ValueError(f"bias must have {cols} elements, got shape {tuple(bias.shape)}")
         bias_arg, has_bias = bias.detach().reshape(cols).to(device=acc.device, dtype=torch.float32).contiguous(), 1
     outlier_arg, has_outlier, outlier_dtype = acc, 0, torch.float32
     if outlier_out is not None:
         if outlier_out.shape != (rows, cols):
-            raise BadInput(f"outlier_out must have shape {(rows, cols)}, got {tuple(outlier_out.shape)}")
+            raise ValueError(f"outlier_out must have shape {(rows, cols)}, got {tuple(outlier_out.shape)}")
         outlier_arg = outlier_out.detach()
         if outlier_arg.dtype not in FLOAT_DTYPES:
             outlier_arg = outlier_arg.float()
@@ -294,7 +293,7 @@ def _scale_vector(name: str, scale: torch.Tensor, length: int, device: torch.dev
     if flat.numel() == 1:
         return flat, 0
     if flat.numel() != length:
-        raise BadInput(f"{name} must hold 1 or {length} scales, got {flat.numel()}")
+        raise ValueError(f"{name} must hold 1 or {length} scales, got {flat.numel()}")
     return flat, 1
 
 
@@ -302,7 +301,7 @@ def dequantize_rowwise(q: torch.Tensor, absmax: torch.Tensor, dtype: torch.dtype
     """int8 (R, C) with per-row abs-max (R,) (or a scalar) -> floating point (R, C)."""
     _require_2d("q", q)
     if dtype not in FLOAT_DTYPES:
-        raise BadInput(f"dtype must be one of {list(FLOAT_DTYPES)}, got {dtype}")
+        raise ValueError(f"dtype must be one of {list(FLOAT_DTYPES)}, got {dtype}")
     q = q.contiguous()
     rows, cols = q.shape
     scale, stride = _scale_vector("absmax", absmax, rows, q.device)

@@ -185,7 +185,9 @@ def compile_source(
         log = _program_log(lib, program)
         if status != NVRTC_SUCCESS:
             raise NvrtcError(name, arch_name, log or lib.nvrtcGetErrorString(status).decode())
-        get_size, get_binary = (lib.nvrtcGetPTXSize, lib.nvrtcGetPTX) if ptx else (lib.nvrtcGetCUBINSize, lib.nvrtcGetCUBIN)
+        get_size, get_binary = (
+            (lib.nvrtcGetPTXSize, lib.nvrtcGetPTX) if ptx else (lib.nvrtcGetCUBINSize, lib.nvrtcGetCUBIN)
+        )
         size = ctypes.c_size_t()
         _check(lib, get_size(program, ctypes.byref(size)), "nvrtcGet*Size")
         binary = ctypes.create_string_buffer(size.value)

@@ -43,8 +43,9 @@ def start_up(executable: Path, cache: Path, label: str) -> None:
         report_path = Path(scratch) / "report.json"
         env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "INT8WB_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
         launched = time.time()
-        run = subprocess.run([str(executable), "--self-test", str(report_path)], env=env, capture_output=True,
-                             text=True, timeout=1800)
+        run = subprocess.run(
+            [str(executable), "--self-test", str(report_path)], env=env, capture_output=True, text=True, timeout=1800
+        )
         if not report_path.is_file():
             raise SystemExit(f"the self-test wrote no report (status {run.returncode}):\n{run.stderr[-3000:]}")
         report = json.loads(report_path.read_text())

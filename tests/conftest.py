@@ -15,7 +15,7 @@ pytest_plugins = ["tests.fixtures_engine"]
 @pytest.fixture(scope="session")
 def default_model():
     """The embedded default model, loaded once per test session (converted into the cache on first use)."""
-    from engine import loading
+    from engine.model import loading
     from engine.task import Task
 
     return loading.load({}, Task())
@@ -24,7 +24,7 @@ def default_model():
 @pytest.fixture(scope="session")
 def default_scan(default_model):
     """A small calibration scan of the default model (1,024 tokens)."""
-    from engine import scan
+    from engine.quant import scan
     from engine.task import Task
 
     return scan.run({"tokens": 1024, "seq_len": 512}, Task(), default_model)

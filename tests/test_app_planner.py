@@ -7,8 +7,15 @@ import math
 
 import pytest
 
-from app.view_models.plan import (SOURCE_CONFIG, SOURCE_MODEL, SOURCE_PRESET, PlanRequest, PlanView, format_bytes,
-                                  list_presets)
+from app.view_models.plan import (
+    SOURCE_CONFIG,
+    SOURCE_MODEL,
+    SOURCE_PRESET,
+    PlanRequest,
+    PlanView,
+    format_bytes,
+    list_presets,
+)
 from engine.errors import BadInput
 
 GIB = 1024**3
@@ -17,10 +24,10 @@ GIB = 1024**3
 @pytest.fixture(scope="module")
 def plan_70b():
     """A real `plan_memory` result for the Llama 2 70B preset at the defaults (context 4096, batch 1)."""
-    from engine import planner
+    from engine.planning import plan_memory
     from engine.task import Task
 
-    return planner.run({"preset": "llama-2-70b"}, Task())
+    return plan_memory.run({"preset": "llama-2-70b"}, Task())
 
 
 def qt_shaped(result):
@@ -32,7 +39,7 @@ def qt_shaped(result):
 
 
 def test_presets_are_the_engines_smallest_first():
-    from engine import presets
+    from engine.planning import presets
 
     names = [preset.name for preset in list_presets()]
     assert names == [row["name"] for row in presets.list_presets()]
@@ -63,8 +70,13 @@ def test_params_name_exactly_one_source(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     preset = PlanRequest(preset="opt-66b", context=2048, batch=4, usable_fraction=0.85, outlier_fraction=0.01)
     preset.check(has_model=False)
-    assert preset.params() == {"preset": "opt-66b", "context": 2048, "batch": 4, "usable_fraction": 0.85,
-                               "outlier_fraction": 0.01}
+    assert preset.params() == {
+        "preset": "opt-66b",
+        "context": 2048,
+        "batch": 4,
+        "usable_fraction": 0.85,
+        "outlier_fraction": 0.01,
+    }
     config = PlanRequest(source=SOURCE_CONFIG, config_path=str(tmp_path))
     config.check(has_model=False)  # a directory holding config.json is accepted
     assert config.params()["config"] == str(tmp_path) and "preset" not in config.params()
@@ -114,11 +126,13 @@ def test_breakdown_terms_add_up_to_the_count(plan_70b):
 
 
 def test_a_card_that_cannot_hold_one_layer_says_why():
-    from engine import planner
+    from engine.planning import plan_memory
     from engine.task import Task
 
-    result = planner.run({"preset": "llama-2-70b", "context": 1 << 20, "batch": 8, "methods": ["baseline"],
-                          "gpus": ["A100-40GB"]}, Task())
+    result = plan_memory.run(
+        {"preset": "llama-2-70b", "context": 1 << 20, "batch": 8, "methods": ["baseline"], "gpus": ["A100-40GB"]},
+        Task(),
+    )
     view = PlanView(qt_shaped(result))
     assert view.rows[0].cell("A100-40GB") == "does not fit"
     last = view.breakdown("baseline", "A100-40GB")[-1]
@@ -172,7 +186,7 @@ def test_dialog_shows_the_table_and_the_terms_of_the_selected_cell(dialog, plan_
     vectorwise = PlanView(plan_70b).methods.index("vectorwise")
     table.setCurrentCell(vectorwise, 3)  # the user clicks INT8 vector-wise on A100-80GB
     assert dialog.selected == ("vectorwise", "A100-80GB")
-    assert dialog.breakdown_caption.text() == "Why 1 × A100-80GB for INT8 vector-wise"
+    assert dialog.breakdown_caption.text() == "Why 1 × A100-80GB for vector-wise W8A8"
     table.setCurrentCell(0, 1)  # the total column keeps the card
     assert dialog.selected == ("baseline", "A100-80GB")
     dialog.show_result(qt_shaped(plan_70b))  # a new plan keeps the selection
@@ -248,4 +262,4 @@ def test_the_baseline_is_named_by_its_float_dtype():
     assert method_label("baseline", "float32") == "FP32 (baseline)"
     assert method_label("baseline", "bfloat16") == "BF16 (baseline)"
     assert method_label("baseline") == "floating point (baseline)"
-    assert method_label("llm-int8", "float32") == "LLM.int8() static outliers"
+    assert method_label("llm-int8", "float32") == "LLM.int8() static (outliers from the scan)"

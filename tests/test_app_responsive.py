@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.view_models.scan_stats import HIST_LOG10_RANGE, ScanStatistics
+from app.view_models.scan_stats import ScanStatistics
 from app.view_models.threshold import ThresholdModel
+from engine.vocabulary import HIST_LOG10_MAX, HIST_LOG10_MIN
 from tests.test_app_view_models import layer_payload
 
 
@@ -32,7 +33,7 @@ def test_abs_max_histogram_kept_as_layers_arrive_equals_a_recount():
     stats = awkward_stats()
     values = np.concatenate([linear.absmax for linear in stats.linears])
     values = values[np.isfinite(values) & (values > 0)]
-    log_edges = np.linspace(*HIST_LOG10_RANGE, 91)
+    log_edges = np.linspace(HIST_LOG10_MIN, HIST_LOG10_MAX, 91)
     expected, _ = np.histogram(np.clip(np.log10(values), log_edges[0], log_edges[-1]), bins=log_edges)
     assert stats.absmax_hist.tolist() == expected.tolist()
     assert stats.absmax_max == pytest.approx(1e7)
@@ -63,8 +64,9 @@ def test_threshold_for_fraction_picks_the_same_value_as_a_full_sort():
         assert model.threshold_for_fraction(fraction) == pytest.approx(max(float(descending[k]), 1e-38))
     assert model.threshold_for_fraction(1.0) == pytest.approx(descending[-1] * 0.5)
     summary = model.summary()
-    assert summary.float_bytes == sum(int((linear.absmax > model.threshold).sum()) * ((8 + i) * 2 + 8)
-                                      for i, linear in enumerate(stats.linears))
+    assert summary.float_bytes == sum(
+        int((linear.absmax > model.threshold).sum()) * ((8 + i) * 2 + 8) for i, linear in enumerate(stats.linears)
+    )
 
 
 def test_layout_changes_announce_one_reset_each():

@@ -16,16 +16,32 @@ from app.view_models.threshold import INDEX_BYTES, ThresholdModel
 
 def layer_payload(index, layer, kind, absmax, name=None, out_features=None, n_tokens=100):
     absmax = np.asarray(absmax, dtype=np.float32)
-    return {"index": index, "name": name or f"model.layers.{layer}.{kind}.{index}", "layer": layer, "kind": kind,
-            "absmax": absmax, "count_over": (absmax > 6).astype(np.int64) * 7, "hist": np.ones(90, np.int64),
-            "n_tokens": n_tokens, "final": True, "out_features": out_features}
+    return {
+        "index": index,
+        "name": name or f"model.layers.{layer}.{kind}.{index}",
+        "layer": layer,
+        "kind": kind,
+        "absmax": absmax,
+        "count_over": (absmax > 6).astype(np.int64) * 7,
+        "hist": np.ones(90, np.int64),
+        "n_tokens": n_tokens,
+        "final": True,
+        "out_features": out_features,
+    }
 
 
 def test_view_models_import_neither_qt_nor_torch():
-    code = ("import sys, app.view_models.scan_stats, app.view_models.threshold, app.view_models.results; "
-            "print(sorted(m for m in ('PySide6', 'torch', 'transformers', 'cupy') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parent.parent).stdout
+    code = (
+        "import sys, app.view_models.scan_stats, app.view_models.threshold, app.view_models.results; "
+        "print(sorted(m for m in ('PySide6', 'torch', 'transformers', 'cupy') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    ).stdout
     assert out.strip() == "[]"
 
 
@@ -106,18 +122,51 @@ def test_threshold_and_fraction_are_two_views_of_one_choice():
 
 def test_results_merge_quantize_evaluate_and_plan():
     results = ResultsModel()
-    results.add_quantized({"models": [{"method": "llm-int8", "int8_bytes": 100_000_000, "float_bytes": 5_000_000,
-                                       "total_bytes": 105_000_000, "outlier_dims": 1630}]})
-    results.add_evaluation({"settings": {"tokens": 1020}, "rows": [
-        {"method": "baseline", "perplexity": 19.5, "relative_change": 0.0, "int8_bytes": 0, "float_bytes": 5e8,
-         "total_bytes": 5e8, "outlier_dims": 0, "seconds": 1.0},
-        {"method": "llm-int8", "perplexity": 19.7, "relative_change": 0.0103, "seconds": 2.0}]})
+    results.add_quantized(
+        {
+            "models": [
+                {
+                    "method": "llm-int8",
+                    "int8_bytes": 100_000_000,
+                    "float_bytes": 5_000_000,
+                    "total_bytes": 105_000_000,
+                    "outlier_dims": 1630,
+                }
+            ]
+        }
+    )
+    results.add_evaluation(
+        {
+            "settings": {"tokens": 1020},
+            "rows": [
+                {
+                    "method": "baseline",
+                    "perplexity": 19.5,
+                    "relative_change": 0.0,
+                    "int8_bytes": 0,
+                    "float_bytes": 5e8,
+                    "total_bytes": 5e8,
+                    "outlier_dims": 0,
+                    "seconds": 1.0,
+                },
+                {"method": "llm-int8", "perplexity": 19.7, "relative_change": 0.0103, "seconds": 2.0},
+            ],
+        }
+    )
     assert list(results.rows) == ["baseline", "llm-int8"]
     cells = results.rows["llm-int8"].cells()
     assert cells[:7] == ["llm-int8", "19.700", "+1.03%", "100.0", "5.0", "105.0", "1,630"]
     assert cells[7] == "—"
-    results.add_plan({"methods": [{"method": "llm-int8", "gpus": [{"gpu": "A100-40GB", "needed": 1},
-                                                                    {"gpu": "A100-80GB", "needed": None}]}]})
+    results.add_plan(
+        {
+            "methods": [
+                {
+                    "method": "llm-int8",
+                    "gpus": [{"gpu": "A100-40GB", "needed": 1}, {"gpu": "A100-80GB", "needed": None}],
+                }
+            ]
+        }
+    )
     assert results.rows["llm-int8"].cells()[7:9] == ["1", "does not fit"]
     methods, values, baseline = results.chart_data()
     assert methods == ["baseline", "llm-int8"] and values == [19.5, 19.7] and baseline == 19.5

@@ -44,7 +44,8 @@ def test_threshold_controls_stay_in_step(make_workbench):
     window.threshold_panel.spin.setValue(10.0)
     assert window.threshold.threshold == 10.0
     assert window.threshold_panel.fraction_spin.value() == pytest.approx(
-        100 * window.threshold.fraction_for_threshold(10.0), abs=1e-3)
+        100 * window.threshold.fraction_for_threshold(10.0), abs=1e-3
+    )
     window.threshold_panel.fraction_spin.setValue(10.0)  # top 10 %
     assert window.threshold.fraction_for_threshold(window.threshold.threshold) == pytest.approx(0.10, abs=0.01)
     window.histogram.line.setValue(np.log10(20.0))  # dragging the histogram line
@@ -76,8 +77,9 @@ def test_share_mode_and_settings_round_trip(make_workbench):
     window.model_panel.add_source("/models/llama")
     window.save_settings()
     assert float(window.settings.value("threshold")) == 7.5
-    assert window.settings.value("recent_models") == ["/models/llama"] or \
-        list(window.settings.value("recent_models")) == ["/models/llama"]
+    assert window.settings.value("recent_models") == ["/models/llama"] or list(
+        window.settings.value("recent_models")
+    ) == ["/models/llama"]
 
 
 def test_actions_refuse_without_engine_and_model(make_workbench):

@@ -16,6 +16,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
+
 def wait_ready(qtbot, window, timeout_s=60):
     qtbot.waitUntil(lambda: window.client.state.value == "ready", timeout=timeout_s * 1000)
 
@@ -44,8 +45,11 @@ def test_workbench_session_end_to_end(make_workbench, qtbot):
 
     # scan: heatmap rows appear while the scan is still running
     seen_live = []
-    window.stats.subscribe(lambda event, data: seen_live.append(
-        (event, window.stats.finished, int((window.heatmap.image.image > 0).any(axis=1).sum()))))
+    window.stats.subscribe(
+        lambda event, data: seen_live.append(
+            (event, window.stats.finished, int((window.heatmap.image.image > 0).any(axis=1).sum()))
+        )
+    )
     window.start_scan({"tokens": 512, "seq_len": 256})
     qtbot.waitUntil(lambda: window.stats.finished, timeout=120_000)
     live_rows = [drawn for event, done, drawn in seen_live if event == "row" and not done]
@@ -68,13 +72,17 @@ def test_workbench_session_end_to_end(make_workbench, qtbot):
 
     # run two methods; the table shows the engine's numbers
     window.run_methods(["weight-only", "llm-int8"], {"tokens": 512, "window": 256})
-    qtbot.waitUntil(lambda: "evaluate" in finished and not window.pending_steps and
-                    window.client.state.value == "ready", timeout=180_000)
+    qtbot.waitUntil(
+        lambda: "evaluate" in finished and not window.pending_steps and window.client.state.value == "ready",
+        timeout=180_000,
+    )
     rows = {row["method"]: row for row in finished["evaluate"]["rows"]}
     assert set(rows) == {"baseline", "weight-only", "llm-int8"}
     table = window.results_view.table
-    shown = {table.item(r, 0).text(): [table.item(r, c).text() for c in range(table.columnCount())]
-             for r in range(table.rowCount())}
+    shown = {
+        table.item(r, 0).text(): [table.item(r, c).text() for c in range(table.columnCount())]
+        for r in range(table.rowCount())
+    }
     for method, row in rows.items():
         assert shown[method][1] == f"{row['perplexity']:.3f}"
         assert shown[method][2] == f"{row['relative_change']:+.2%}"

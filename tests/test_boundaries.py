@@ -1,4 +1,13 @@
-"""The process boundary in the source: app/ never imports the heavy engine stack, engine/ and kernels/ never Qt."""
+"""The import contracts of DESIGN.md, checked on the source.
+
+- app/ never imports the heavy engine stack, and of engine/ only the light modules;
+- engine/ and kernels/ never import Qt; kernels/ imports nothing of engine/ or app/;
+- engine/ imports app/ only in the `gui` command, inside a function;
+- the contract and process modules (protocol, client, ...) never import a capability room, and the
+  rooms (model, quant, checkpoint, planning) never import the process (cli, server, session);
+- no import cycles between modules (imports inside functions count), no reaching into another
+  module's private names.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HEAVY = {"torch", "transformers", "cupy", "bitsandbytes", "accelerate", "safetensors"}
 QT = {"PySide6", "pyqtgraph", "shiboken6", "qtpy"}
 # app/ may use these parts of the engine package, which import nothing heavy.
-APP_MAY_IMPORT_FROM_ENGINE = {"engine", "engine.protocol", "engine.client", "engine.errors"}
+APP_MAY_IMPORT_FROM_ENGINE = {"engine", "engine.protocol", "engine.vocabulary", "engine.client", "engine.errors"}
 
 
 def _imports(path: Path) -> set[str]:
@@ -31,10 +40,130 @@ def _python_files(package: str):
     return sorted((ROOT / package).rglob("*.py"))
 
 
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+PROJECT_FILES = {_module_name(p): p for package in ("app", "engine", "kernels") for p in _python_files(package)}
+
+
+def _project_edges(path: Path) -> list[tuple[str, str, bool]]:
+    """(imported project module, imported name or "", at module level?) for every import in the file."""
+    tree = ast.parse(path.read_text(), str(path))
+    top_level = {id(node) for node in tree.body}
+    edges = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            edges += [(alias.name, "", id(node) in top_level) for alias in node.names if alias.name in PROJECT_FILES]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                submodule = f"{node.module}.{alias.name}"
+                if submodule in PROJECT_FILES:
+                    edges.append((submodule, "", id(node) in top_level))
+                elif node.module in PROJECT_FILES:
+                    edges.append((node.module, alias.name, id(node) in top_level))
+    return edges
+
+
+def _graph() -> dict[str, set[str]]:
+    return {name: {target for target, _, _ in _project_edges(path)} for name, path in PROJECT_FILES.items()}
+
+
+def _in(module: str, *packages: str) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
+
+
+ROOMS = ("engine.model", "engine.quant", "engine.checkpoint", "engine.planning")
+PROCESS = ("engine.cli", "engine.server", "engine.session")
+CONTRACT = (
+    "engine.protocol",
+    "engine.vocabulary",
+    "engine.client",
+    "engine.connection",
+    "engine.errors",
+    "engine.task",
+)
+
+
+def test_kernels_import_nothing_of_engine_or_app():
+    offenders = {
+        m: sorted(g) for m, g in _graph().items() if _in(m, "kernels") and any(_in(t, "engine", "app") for t in g)
+    }
+    assert not offenders
+
+
+def test_engine_imports_app_only_in_the_gui_command_and_lazily():
+    offenders = []
+    for module, path in PROJECT_FILES.items():
+        if not _in(module, "engine"):
+            continue
+        for target, _, top_level in _project_edges(path):
+            if _in(target, "app") and (module != "engine.cli.gui" or top_level):
+                offenders.append((module, target))
+    assert not offenders
+
+
+def test_rooms_and_process_import_one_way():
+    graph = _graph()
+    offenders = [
+        (m, t)
+        for m, targets in graph.items()
+        for t in targets
+        if (_in(m, *ROOMS) and _in(t, *PROCESS)) or (_in(m, *CONTRACT) and _in(t, *ROOMS, *PROCESS))
+    ]
+    assert not offenders
+
+
+def test_no_import_cycles():
+    graph = _graph()
+    cycles, state = [], {}
+
+    def visit(module, stack):
+        state[module] = "open"
+        for target in sorted(graph.get(module, ())):
+            if state.get(target) == "open":
+                cycles.append(stack[stack.index(target) :] + [target])
+            elif target not in state:
+                visit(target, stack + [target])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles
+
+
+def test_no_module_takes_another_modules_private_names():
+    offenders = []
+    for module, path in PROJECT_FILES.items():
+        offenders += [
+            (module, f"{target}.{name}")
+            for target, name, _ in _project_edges(path)
+            if name.startswith("_") and not name.startswith("__") and target != module
+        ]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+                and f"{_package_of(module)}.{node.value.id}" in PROJECT_FILES
+            ):
+                offenders.append((module, f"{node.value.id}.{node.attr}"))
+    assert not offenders
+
+
+def _package_of(module: str) -> str:
+    return module.rsplit(".", 1)[0] if "." in module else module
+
+
 @pytest.mark.parametrize("package", ["engine", "kernels"])
 def test_engine_and_kernels_never_import_qt(package):
-    offenders = {str(p.relative_to(ROOT)): sorted(n for n in _imports(p) if n.split(".")[0] in QT)
-                 for p in _python_files(package)}
+    offenders = {
+        str(p.relative_to(ROOT)): sorted(n for n in _imports(p) if n.split(".")[0] in QT)
+        for p in _python_files(package)
+    }
     assert not {k: v for k, v in offenders.items() if v}
 
 
@@ -50,7 +179,7 @@ def test_app_imports_no_heavy_module_and_only_the_light_engine_modules():
 
 def test_importing_the_engine_package_loads_neither_torch_nor_cuda():
     code = (
-        "import sys, engine, engine.errors, engine.task, engine.corpus\n"
+        "import sys, engine, engine.errors, engine.task, engine.model.corpus\n"
         "print(sorted(m for m in ('torch', 'transformers', 'cupy') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -84,6 +213,7 @@ window.close()
 def test_the_window_and_its_engine_client_never_load_the_heavy_stack_in_the_gui_process():
     """In a fresh process (a test session has torch loaded already): open the window, start its engine."""
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
-    out = subprocess.run([sys.executable, "-c", WINDOW_WITH_ENGINE], capture_output=True, text=True, env=env,
-                         check=True, timeout=120).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", WINDOW_WITH_ENGINE], capture_output=True, text=True, env=env, check=True, timeout=120
+    ).stdout
     assert out.strip().splitlines()[-1] == "ready []"

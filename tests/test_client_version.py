@@ -7,4 +7,6 @@ def test_a_different_engine_release_is_named_and_the_same_one_is_not():
     client.engine_info = {"engine": __version__}
     assert client.version_mismatch is None
     client.engine_info = {"engine": "0.0.1"}
-    assert client.version_mismatch == f"the engine is version 0.0.1, this workbench is {__version__}: results may differ"
+    assert (
+        client.version_mismatch == f"the engine is version 0.0.1, this workbench is {__version__}: results may differ"
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine import evaluate, quantize
+from engine.quant import evaluate, quantize
 from engine.task import Task
 
 pytestmark = pytest.mark.slow
@@ -49,6 +49,8 @@ def test_the_four_methods_rank_as_expected_on_1024_tokens(default_model, default
     assert abs(ppl["weight-only"] / ppl["baseline"] - 1) < 0.01
     rows = {row["method"]: row for row in result["rows"]}
     assert rows["vectorwise"]["int8_bytes"] == sum(
-        m.weight.numel() for n, m in default_model.model.named_modules() if type(m).__name__ == "Linear" and n != "lm_head"
+        m.weight.numel()
+        for n, m in default_model.model.named_modules()
+        if type(m).__name__ == "Linear" and n != "lm_head"
     )
     assert rows["llm-int8"]["outlier_dims"] > 0 and rows["vectorwise"]["outlier_dims"] == 0

@@ -1,4 +1,4 @@
-"""Export (engine.export) and re-open (engine.reopen).
+"""Export (engine.checkpoint.export) and re-open (engine.checkpoint.reopen).
 
 Fast tests use a tiny random Llama written to disk with a byte-level tokenizer,
 loaded through the same `Session` the CLI and server use; the slow ones use
@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import export
+from engine.checkpoint import export
 from engine.errors import BadInput, ModelLoadError
-from engine.int8_linear import METHODS
 from engine.session import Session
 from engine.task import Task
+from engine.vocabulary import METHODS
 
 TINY_THRESHOLD = 2.5  # the tiny model's normalised activations reach about 4: some dimensions go over
 
@@ -45,9 +45,16 @@ def tiny_dir(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     tokenizer = _byte_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                         eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     model = LlamaForCausalLM(config).eval()
     path = tmp_path_factory.mktemp("tiny") / "tiny-llama"
     model.save_pretrained(path)
@@ -94,8 +101,9 @@ def test_round_trip_is_bit_identical(tiny_session, tmp_path, method):
     assert loaded.describe()["quantization"]["method"] == method
     original = tiny_session.quantized[method]
     _assert_bit_identical(original.model, loaded.model)
-    assert {k: v.tolist() for k, v in loaded.quantized.outlier_dims.items()} == \
-        {k: v.tolist() for k, v in original.outlier_dims.items()}
+    assert {k: v.tolist() for k, v in loaded.quantized.outlier_dims.items()} == {
+        k: v.tolist() for k, v in original.outlier_dims.items()
+    }
     if method == "llm-int8":
         assert sum(len(d) for d in original.outlier_dims.values()) > 0  # the sidecar really carried columns
     ids = torch.randint(0, 256, (2, 48))
@@ -112,8 +120,15 @@ def test_layout_config_and_metadata(tiny_session, tmp_path):
 
     out = tmp_path / "export"
     tiny_session.export({"method": "llm-int8", "out": str(out)}, Task())
-    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                 "model.safetensors", export.SIDECAR_NAME, export.SIDECAR_TENSORS):
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "model.safetensors",
+        export.SIDECAR_NAME,
+        export.SIDECAR_TENSORS,
+    ):
         assert (out / name).is_file(), name
     q = tiny_session.quantized["llm-int8"].model.model.layers[0].self_attn.q_proj
     with safe_open(str(out / "model.safetensors"), framework="pt") as handle:
@@ -169,6 +184,7 @@ def test_read_only_target_is_a_clear_error(tiny_session, tmp_path, monkeypatch):
     parent = tmp_path / "locked"
     parent.mkdir()
     if os.geteuid() == 0:  # root writes through permission bits: simulate a read-only file system
+
         def read_only(*args, **kwargs):
             raise OSError(errno.EROFS, "Read-only file system")
 
@@ -201,8 +217,9 @@ def test_write_failure_midway_leaves_nothing(tiny_session, tmp_path, monkeypatch
 
     monkeypatch.setattr(safetensors.torch, "save_file", fail_on_second_shard)
     with pytest.raises(BadInput, match="disk is full.*nothing was written"):
-        tiny_session.export({"method": "llm-int8-dynamic", "out": str(out), "overwrite": True,
-                             "max_shard_size": "100KB"}, Task())
+        tiny_session.export(
+            {"method": "llm-int8-dynamic", "out": str(out), "overwrite": True, "max_shard_size": "100KB"}, Task()
+        )
     assert len(calls) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no staging directory left
     assert [p.name for p in out.iterdir()] == ["previous.txt"]  # the old target is untouched
@@ -259,9 +276,25 @@ def test_cli_export_and_re_export(tiny_dir, tmp_path, capsys):
     from engine.cli import main
 
     out = tmp_path / "cli-export"
-    argv = ["export", "--model", str(tiny_dir), "--device", "cpu", "--method", "llm-int8", "--threshold",
-            str(TINY_THRESHOLD), "--calibration-tokens", "128", "--seq-len", "64", "--out", str(out), "--quiet",
-            "--json"]
+    argv = [
+        "export",
+        "--model",
+        str(tiny_dir),
+        "--device",
+        "cpu",
+        "--method",
+        "llm-int8",
+        "--threshold",
+        str(TINY_THRESHOLD),
+        "--calibration-tokens",
+        "128",
+        "--seq-len",
+        "64",
+        "--out",
+        str(out),
+        "--quiet",
+        "--json",
+    ]
     assert main(argv) == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["path"] == str(out) and payload["method"] == "llm-int8"
@@ -272,8 +305,7 @@ def test_cli_export_and_re_export(tiny_dir, tmp_path, capsys):
     assert main(["export", "--model", str(out), "--method", "llm-int8", "--out", str(again), "--quiet"]) == 0
     assert "size breakdown" in capsys.readouterr().out
     _assert_bit_identical(_reopen(out).loaded.model, _reopen(again).loaded.model)
-    assert main(["export", "--model", str(out), "--method", "vectorwise", "--out", str(tmp_path / "v"),
-                 "--quiet"]) == 2
+    assert main(["export", "--model", str(out), "--method", "vectorwise", "--out", str(tmp_path / "v"), "--quiet"]) == 2
     assert "already quantized with llm-int8" in capsys.readouterr().err
 
 
@@ -293,14 +325,14 @@ def default_session() -> Session:
 
 @pytest.fixture(scope="module")
 def eval_windows(default_session):
-    from engine.evaluate import EvalSettings, evaluation_windows
+    from engine.quant.evaluate import EvalSettings, evaluation_windows
 
     windows, _ = evaluation_windows(EvalSettings(tokens=EVAL_TOKENS), default_session.loaded.tokenizer)
     return windows
 
 
 def _perplexity(model, windows) -> float:
-    from engine.evaluate import perplexity
+    from engine.quant.evaluate import perplexity
 
     return perplexity(model, windows, 4, Task())["perplexity"]
 
@@ -334,8 +366,10 @@ def test_bitsandbytes_loads_the_export_and_matches_dynamic_llm_int8(default_sess
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # bitsandbytes warns on every call that it casts float32 to float16
         theirs = _perplexity(model, eval_windows)
-    print(f"\nperplexity on {eval_windows.numel()} tokens: workbench llm-int8-dynamic {ours:.4f}, "
-          f"bitsandbytes {theirs:.4f} ({theirs / ours - 1:+.3%}); export {result['total_bytes']:,} bytes")
+    print(
+        f"\nperplexity on {eval_windows.numel()} tokens: workbench llm-int8-dynamic {ours:.4f}, "
+        f"bitsandbytes {theirs:.4f} ({theirs / ours - 1:+.3%}); export {result['total_bytes']:,} bytes"
+    )
     assert abs(theirs / ours - 1) < 0.01
 
 
@@ -346,8 +380,11 @@ def test_static_llm_int8_round_trip_keeps_perplexity(default_session, eval_windo
     reopened = _reopen(out).loaded
     original = default_session.quantized["llm-int8"]
     _assert_bit_identical(original.model, reopened.model)
-    assert sum(len(d) for d in reopened.quantized.outlier_dims.values()) == \
-        sum(len(d) for d in original.outlier_dims.values()) > 0
+    assert (
+        sum(len(d) for d in reopened.quantized.outlier_dims.values())
+        == sum(len(d) for d in original.outlier_dims.values())
+        > 0
+    )
     before, after = _perplexity(original.model, eval_windows), _perplexity(reopened.model, eval_windows)
     print(f"\nstatic llm-int8 perplexity before export {before:.6f}, after re-open {after:.6f}")
     assert after == before
@@ -357,7 +394,7 @@ def test_static_llm_int8_round_trip_keeps_perplexity(default_session, eval_windo
 def test_size_is_at_most_55_percent_of_fp16_plus_embedding(default_session, tmp_path):
     """The INT8 model: at most 55% of the fp16 size of everything but the embedding and head, which stay
     in floating point as they were (here one float32 matrix, tied)."""
-    from engine.commands.export_cmd import format_export
+    from engine.cli.export import format_export
 
     out = tmp_path / "smollm2-size"
     result = default_session.export({"method": "llm-int8-dynamic", "out": str(out)}, Task())
@@ -370,4 +407,6 @@ def test_size_is_at_most_55_percent_of_fp16_plus_embedding(default_session, tmp_
     # the bitsandbytes view beside it meets the same rule.
     static = default_session.export({"method": "llm-int8", "out": str(tmp_path / "static")}, Task())["breakdown"]
     print(f"static llm-int8: total {static['total_on_disk']:,} bytes, sidecar tensors {static['sidecar_tensors']:,}")
-    assert static["total_on_disk"] - static["sidecar_tensors"] <= 0.55 * static["fp16_rest"] + static["embedding_and_head"]
+    assert (
+        static["total_on_disk"] - static["sidecar_tensors"] <= 0.55 * static["fp16_rest"] + static["embedding_and_head"]
+    )

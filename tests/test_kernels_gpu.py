@@ -149,8 +149,12 @@ def test_dequantize_epilogue(device, shape, out_dtype, outlier_dtype):
     bias = torch.randn(shape[1], generator=generator).to(out_dtype)
     extra = None if outlier_dtype is None else torch.randn(shape, generator=generator).to(outlier_dtype)
     y = ops.dequantize_epilogue(
-        acc.to(device), rows.to(device), cols.to(device), bias.to(device),
-        None if extra is None else extra.to(device), out_dtype,
+        acc.to(device),
+        rows.to(device),
+        cols.to(device),
+        bias.to(device),
+        None if extra is None else extra.to(device),
+        out_dtype,
     )
     expected = reference.dequantize_epilogue(acc, rows, cols, bias, extra, out_dtype)
     assert y.dtype == out_dtype
@@ -203,8 +207,9 @@ def test_kernels_follow_torch_stream(device):
 def test_perplexity_on_gpu_matches_cpu(device, gpu_dtype):
     """The default model, scanned, quantized and evaluated on the GPU (CUDA kernels, float32 or
     the GPU's default half dtype) and on the CPU (reference): perplexities within 0.5%."""
-    evaluate = pytest.importorskip("engine.evaluate")
-    from engine import loading, quantize, scan
+    evaluate = pytest.importorskip("engine.quant.evaluate")
+    from engine.model import loading
+    from engine.quant import quantize, scan
     from engine.task import Task
 
     scan_params = {"tokens": 2048, "seq_len": 512}

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine import memory, planner, quantize
+from engine.planning import memory, plan_memory
+from engine.quant import quantize
 from engine.task import Task
 
 
@@ -32,8 +33,15 @@ def tiny_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=40, tie_word_embeddings=True)
+    config = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=40,
+        tie_word_embeddings=True,
+    )
     return LlamaForCausalLM(config).eval()
 
 
@@ -73,31 +81,33 @@ def test_planned_weight_bytes_equal_the_quantized_tensors(tiny_llama):
     dims = {name: np.sort(rng.choice(32, size=int(rng.integers(0, 5)), replace=False)) for name in names}
     quantized = _quantize_all(tiny_llama, dims)
     counts = {name: int(len(d)) for name, d in dims.items()}
-    plan = planner.run({"model": tiny_llama, "context": 8, "outlier_counts": counts}, Task())
+    plan = plan_memory.run({"model": tiny_llama, "context": 8, "outlier_counts": counts}, Task())
     planned = {m["method"]: m["weights"]["bytes"] for m in plan["methods"]}
     for method, model in quantized.items():
         measured = memory.tensor_bytes(model)
         assert planned[method] == measured["state_bytes"], method
         # the only other tensors are the rotary tables, rebuilt at load time: 4 float32 each for head_dim 8
-        assert measured["runtime_buffers"] == {f"model.rotary_emb.{name}": {"dtype": "float32", "bytes": 16}
-                                               for name in ("inv_freq", "original_inv_freq")}
+        assert measured["runtime_buffers"] == {
+            f"model.rotary_emb.{name}": {"dtype": "float32", "bytes": 16} for name in ("inv_freq", "original_inv_freq")
+        }
         assert sum(quantize.tensor_bytes(model).values()) == measured["state_bytes"] + 32
     assert planned["baseline"] == memory.tensor_bytes(tiny_llama)["state_bytes"]
     # planning from the quantized model itself reads its real outlier columns
-    again = planner.run({"model": quantized["llm-int8"], "context": 8, "methods": ["llm-int8"]}, Task())
+    again = plan_memory.run({"model": quantized["llm-int8"], "context": 8, "methods": ["llm-int8"]}, Task())
     assert again["methods"][0]["weights"]["bytes"] == planned["llm-int8"]
 
 
 @pytest.mark.slow
 def test_default_model_planned_equals_measured():
     """The embedded SmolLM2-135M in float32, quantized by each method, against the preset's plan."""
-    from engine import loading, scan
+    from engine.model import loading
+    from engine.quant import scan
 
     loaded = loading.load({}, Task())
     found = scan.run({"tokens": 256, "seq_len": 128, "batch_size": 2}, Task(), loaded)
     dims = found.outlier_dims(6.0)
     counts = {name: int(len(d)) for name, d in dims.items()}
-    plan = planner.run({"preset": "smollm2-135m", "dtype": "float32", "outlier_counts": counts}, Task())
+    plan = plan_memory.run({"preset": "smollm2-135m", "dtype": "float32", "outlier_counts": counts}, Task())
     planned = {m["method"]: m["weights"]["bytes"] for m in plan["methods"]}
     assert planned["baseline"] == memory.tensor_bytes(loaded.model)["state_bytes"] == 134_515_008 * 4
     for method in quantize.METHODS:
@@ -130,8 +140,15 @@ def test_cuda_planned_total_within_ten_percent_of_measured_peak():
     """Weights + KV cache + workspace of a forward pass, planned against torch's peak allocated bytes."""
     from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=8, num_attention_heads=16,
-                         num_key_value_heads=4, vocab_size=32000, attn_implementation="sdpa")
+    config = LlamaConfig(
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=8,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        vocab_size=32000,
+        attn_implementation="sdpa",
+    )
     recorder = memory.MemoryRecorder()
     with recorder.phase("load", "cuda"):
         model = LlamaForCausalLM(config).to("cuda", torch.float16).eval()
@@ -139,7 +156,7 @@ def test_cuda_planned_total_within_ten_percent_of_measured_peak():
     ids = torch.randint(0, 32000, (batch, context), device="cuda")
     with torch.no_grad(), recorder.phase("forward", "cuda"):
         model(ids, past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)
-    plan = planner.run({"model": model, "context": context, "batch": batch, "methods": ["baseline"]}, Task())
+    plan = plan_memory.run({"model": model, "context": context, "batch": batch, "methods": ["baseline"]}, Task())
     planned = plan["methods"][0]["total_bytes"]
     measured = recorder.phases[1].cuda_peak_allocated
     assert abs(planned - measured) <= 0.10 * measured, (planned, measured)

@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 
 import engine
-from engine import cli, client, loading
-from engine.commands import desktop
+from engine import cli, client
+from engine.cli import desktop
 from engine.errors import BadInput, ModelLoadError
+from engine.model import loading
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGING = ROOT / "packaging"
@@ -116,8 +117,10 @@ def test_desktop_entry_validates(tmp_path, command):
 def test_metainfo_has_the_required_appstream_fields():
     component = ElementTree.parse(METAINFO_FILE).getroot()
     assert component.tag == "component" and component.get("type") == "desktop-application"
-    text = {tag: (component.findtext(tag) or "").strip() for tag in
-            ("id", "name", "summary", "metadata_license", "project_license")}
+    text = {
+        tag: (component.findtext(tag) or "").strip()
+        for tag in ("id", "name", "summary", "metadata_license", "project_license")
+    }
     assert text["id"] == desktop.APP_ID
     assert all(text.values()), text
     assert text["project_license"] == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"]
@@ -129,8 +132,9 @@ def test_metainfo_has_the_required_appstream_fields():
     assert images, "the metainfo shows no screenshots"
     made_by_docs = set(re.findall(r'shot\("([\w.-]+\.png)"\)', (ROOT / "docs" / "screenshots.py").read_text()))
     for image in images:
-        assert image.startswith("docs/") and image.removeprefix("docs/") in made_by_docs, \
+        assert image.startswith("docs/") and image.removeprefix("docs/") in made_by_docs, (
             f"{image} is not one of the README screenshots docs/screenshots.py makes ({sorted(made_by_docs)})"
+        )
         if (ROOT / image).is_file():
             png_size(ROOT / image)
     newest = component.find("releases/release")
@@ -142,8 +146,9 @@ def test_metainfo_validates_except_for_repository_screenshot_paths():
     validator = shutil.which("appstreamcli")
     if not validator:
         pytest.skip("appstreamcli is not installed (apt: appstream)")
-    result = subprocess.run([validator, "validate", "--no-net", "--no-color", str(METAINFO_FILE)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [validator, "validate", "--no-net", "--no-color", str(METAINFO_FILE)], capture_output=True, text=True
+    )
     issues = [line for line in result.stdout.splitlines() if re.match(r"^[EW]: ", line)]
     unexpected = [line for line in issues if "web-url-expected docs/" not in line]
     assert not unexpected, result.stdout
@@ -179,7 +184,9 @@ def test_icon_renderings_match_the_svg(tmp_path):
 
     render_icons.render(desktop.ICON_DIR / desktop.ICON_SVG, tmp_path, sizes=(32, 128))
     for size in (32, 128):
-        fresh, committed = (QImage(str(folder / f"int8-workbench-{size}.png")) for folder in (tmp_path, desktop.ICON_DIR))
+        fresh, committed = (
+            QImage(str(folder / f"int8-workbench-{size}.png")) for folder in (tmp_path, desktop.ICON_DIR)
+        )
         assert fresh.size() == committed.size()
         differing = sum(fresh.pixel(x, y) != committed.pixel(x, y) for x in range(size) for y in range(size))
         assert differing <= size * size // 50, f"{size}px icon differs from the SVG in {differing} pixels"
@@ -190,8 +197,9 @@ def test_icon_renderings_match_the_svg(tmp_path):
 
 def test_version_has_one_source():
     assert engine.__version__ == pyproject_version()
-    result = subprocess.run([sys.executable, "-m", "engine.cli", "--version"], capture_output=True, text=True,
-                            cwd=ROOT, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "--version"], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
     assert result.stdout.strip() == f"int8wb {pyproject_version()}"
 
 
@@ -224,16 +232,25 @@ def test_frozen_bundle_finds_its_default_model(tmp_path, monkeypatch):
 
 
 def test_bundle_entry_point_is_the_command_line():
-    result = subprocess.run([sys.executable, str(PACKAGING / "launcher.py"), "--version"], capture_output=True,
-                            text=True, cwd=ROOT, timeout=60)
+    result = subprocess.run(
+        [sys.executable, str(PACKAGING / "launcher.py"), "--version"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert result.returncode == 0 and result.stdout.strip() == f"int8wb {engine.__version__}"
 
 
 def test_bundle_entry_point_runs_the_engine_child():
     """`int8-workbench engine ...` is what the frozen window runs: the engine answers as `python -m engine` does."""
-    process = subprocess.Popen([sys.executable, str(PACKAGING / "launcher.py"), "engine", "--key-stdin",
-                                "--listen", "tcp://127.0.0.1:0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, cwd=ROOT)
+    process = subprocess.Popen(
+        [sys.executable, str(PACKAGING / "launcher.py"), "engine", "--key-stdin", "--listen", "tcp://127.0.0.1:0"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
     try:
         process.stdin.write(b'{"key": "00112233445566778899aabbccddeeff"}\n')
         process.stdin.flush()
@@ -275,9 +292,21 @@ def test_bundle_builds_starts_scans_and_closes(tmp_path, request):
         pytest.skip("builds the whole bundle (minutes): select it with -m package (make test-package)")
     pytest.importorskip("PyInstaller", reason="make test-package installs the `package` extra")
     build = subprocess.run(
-        [sys.executable, "-m", "PyInstaller", "--noconfirm", "--distpath", str(ROOT / "dist"),
-         "--workpath", str(ROOT / "build" / "pyinstaller"), str(PACKAGING / "int8wb.spec")],
-        capture_output=True, text=True, cwd=ROOT, timeout=3600,
+        [
+            sys.executable,
+            "-m",
+            "PyInstaller",
+            "--noconfirm",
+            "--distpath",
+            str(ROOT / "dist"),
+            "--workpath",
+            str(ROOT / "build" / "pyinstaller"),
+            str(PACKAGING / "int8wb.spec"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=3600,
     )
     assert build.returncode == 0, build.stderr[-5000:]
     assert os.access(BUNDLE_EXECUTABLE, os.X_OK)
@@ -287,12 +316,18 @@ def test_bundle_builds_starts_scans_and_closes(tmp_path, request):
     assert version.stdout.strip() == f"int8wb {engine.__version__}", version.stderr
 
     # First start of a fresh user: empty model cache, and the hub unreachable on purpose.
-    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "INT8WB_CACHE_DIR": str(tmp_path / "cache"),
-           "HF_HUB_OFFLINE": "1", "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    env = {
+        **os.environ,
+        "QT_QPA_PLATFORM": "offscreen",
+        "INT8WB_CACHE_DIR": str(tmp_path / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+    }
     report_path = tmp_path / "report.json"
     started = time.time()
-    run = subprocess.run([str(BUNDLE_EXECUTABLE), "--self-test", str(report_path)], capture_output=True,
-                         text=True, env=env, timeout=1200)
+    run = subprocess.run(
+        [str(BUNDLE_EXECUTABLE), "--self-test", str(report_path)], capture_output=True, text=True, env=env, timeout=1200
+    )
     assert report_path.is_file(), run.stderr[-5000:]
     report = json.loads(report_path.read_text())
     assert run.returncode == 0 and not report["errors"], (report["errors"], run.stderr[-5000:])

@@ -13,14 +13,23 @@ from dataclasses import replace
 
 import pytest
 
-from engine import planner, presets
-from engine.commands import plan as plan_command
+from engine.cli import plan as plan_command
 from engine.errors import BadInput
-from engine.planner import GIB, MIB, Architecture, Settings
+from engine.planning import plan_memory, planner, presets
+from engine.planning.planner import Architecture, Settings
 from engine.task import Task
+from engine.vocabulary import GIB, GPUS, MIB
 
-TINY = Architecture(name="tiny", hidden_size=8, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=4,
-                    intermediate_size=16, vocab_size=10)
+TINY = Architecture(
+    name="tiny",
+    hidden_size=8,
+    num_layers=2,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=4,
+    intermediate_size=16,
+    vocab_size=10,
+)
 TINY_INVENTORY = presets.llama_inventory(TINY)
 FP16 = Settings(context=5, batch=3, dtype="float16", outlier_fraction=0.25)
 
@@ -38,17 +47,28 @@ def test_tiny_inventory_counts():
     assert TINY_INVENTORY.float_elements_first == 80 and TINY_INVENTORY.float_elements_last == 88
 
 
-@pytest.mark.parametrize("method, expected", [
-    ("baseline", {"float weight": 1152 * 2, "float (not quantized)": 200 * 2}),
-    ("absmax-tensor", {"int8 weight": 1152, "scales": 14 * 4, "float (not quantized)": 400}),
-    ("vectorwise", {"int8 weight": 1152, "scales": 128 * 4, "float (not quantized)": 400}),
-    ("weight-only", {"int8 weight": 1152, "scales": 128 * 4, "float (not quantized)": 400}),
-    ("llm-int8-dynamic", {"int8 weight": 1152, "scales": 128 * 4, "float (not quantized)": 400}),
-    # 0.25 of in=8 is 2 columns, of in=16 (down) 4: per layer 6 x 2 + 4 = 16 indices of 8 bytes,
-    # and 8x2 + 4x2 + 4x2 + 8x2 + 16x2 + 16x2 + 8x4 = 144 outlier weights of 2 bytes.
-    ("llm-int8", {"int8 weight": 1152, "scales": 512, "outlier indices": 2 * 16 * 8,
-                  "outlier weight": 2 * 144 * 2, "float (not quantized)": 400}),
-])
+@pytest.mark.parametrize(
+    "method, expected",
+    [
+        ("baseline", {"float weight": 1152 * 2, "float (not quantized)": 200 * 2}),
+        ("absmax-tensor", {"int8 weight": 1152, "scales": 14 * 4, "float (not quantized)": 400}),
+        ("vectorwise", {"int8 weight": 1152, "scales": 128 * 4, "float (not quantized)": 400}),
+        ("weight-only", {"int8 weight": 1152, "scales": 128 * 4, "float (not quantized)": 400}),
+        ("llm-int8-dynamic", {"int8 weight": 1152, "scales": 128 * 4, "float (not quantized)": 400}),
+        # 0.25 of in=8 is 2 columns, of in=16 (down) 4: per layer 6 x 2 + 4 = 16 indices of 8 bytes,
+        # and 8x2 + 4x2 + 4x2 + 8x2 + 16x2 + 16x2 + 8x4 = 144 outlier weights of 2 bytes.
+        (
+            "llm-int8",
+            {
+                "int8 weight": 1152,
+                "scales": 512,
+                "outlier indices": 2 * 16 * 8,
+                "outlier weight": 2 * 144 * 2,
+                "float (not quantized)": 400,
+            },
+        ),
+    ],
+)
 def test_weight_terms_by_hand(method, expected):
     assert planner.weight_terms(TINY_INVENTORY, method, FP16) == expected
     assert planner.weight_bytes(TINY_INVENTORY, method, FP16) == sum(expected.values())
@@ -58,7 +78,12 @@ def test_biases_and_float32_by_hand():
     shape = planner.LinearShape("fc", out_features=3, in_features=5, bias=True, layer=0, outlier_cols=2)
     assert planner.linear_terms(shape, "baseline", 4, 0.0) == {"bias": 12, "float weight": 60}
     assert planner.linear_terms(shape, "llm-int8", 4, 0.9) == {
-        "bias": 12, "int8 weight": 15, "scales": 12, "outlier indices": 16, "outlier weight": 24}
+        "bias": 12,
+        "int8 weight": 15,
+        "scales": 12,
+        "outlier indices": 16,
+        "outlier weight": 24,
+    }
 
 
 def test_kv_cache_by_hand():
@@ -71,7 +96,10 @@ def test_workspace_by_hand():
     # logits of the last position 3x10x2 = 60; int8: 15x16 + 15x16x4 = 1200.
     assert planner.workspace_terms(TINY, TINY_INVENTORY, "baseline", FP16) == {"residual": 480, "block": 1440}
     assert planner.workspace_terms(TINY, TINY_INVENTORY, "vectorwise", FP16) == {
-        "residual": 480, "block": 1440, "int8": 1200}
+        "residual": 480,
+        "block": 1440,
+        "int8": 1200,
+    }
     assert planner.workspace_terms(TINY, TINY_INVENTORY, "weight-only", FP16)["dequant"] == 16 * 8 * 2
     assert planner.workspace_terms(TINY, TINY_INVENTORY, "llm-int8-dynamic", FP16)["outliers"] == 16 * 4 * 2
     eager = Settings(context=20, batch=1, attention="eager")  # 20x6x4x2 + 2x1x2x20x20x2 = 960 + 3200
@@ -151,8 +179,14 @@ def test_llm_int8_table_3_eight_a100_40gb():
 
 
 def test_presets_match_published_parameter_counts():
-    published = {"llama-2-7b": 6_738_415_616, "llama-2-70b": 68_976_648_192, "mistral-7b": 7_241_732_096,
-                 "opt-6.7b": 6_658_473_984, "bloom-176b": 176_247_271_424, "smollm2-135m": 134_515_008}
+    published = {
+        "llama-2-7b": 6_738_415_616,
+        "llama-2-70b": 68_976_648_192,
+        "mistral-7b": 7_241_732_096,
+        "opt-6.7b": 6_658_473_984,
+        "bloom-176b": 176_247_271_424,
+        "smollm2-135m": 134_515_008,
+    }
     rows = {row["name"]: row for row in presets.list_presets()}
     assert {"7B", "13B", "70B", "175B"} <= {row["scale"] for row in rows.values()}
     for name, count in published.items():
@@ -161,8 +195,11 @@ def test_presets_match_published_parameter_counts():
 
 
 def test_config_without_model_type_is_read_as_llama(tmp_path):
-    raw = {key: value for key, value in presets.preset_config("smollm2-135m").items()
-           if key not in ("model_type", presets.PRESET_KEY)}
+    raw = {
+        key: value
+        for key, value in presets.preset_config("smollm2-135m").items()
+        if key not in ("model_type", presets.PRESET_KEY)
+    }
     (tmp_path / "config.json").write_text(json.dumps(raw))
     arch, inventory, notes = presets.from_config_dict(presets.read_config(tmp_path), "custom")
     assert "Llama-style" in notes[0]
@@ -175,12 +212,20 @@ def test_plan_from_a_loaded_model_counts_its_tensors():
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from engine.memory import tensor_bytes
+    from engine.planning.memory import tensor_bytes
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=50))
-    result = planner.run({"model": model, "context": 16}, Task())
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=50,
+        )
+    )
+    result = plan_memory.run({"model": model, "context": 16}, Task())
     assert result["settings"]["dtype"] == "float32"
     baseline = next(m for m in result["methods"] if m["method"] == "baseline")
     assert baseline["weights"]["bytes"] == tensor_bytes(model)["state_bytes"]
@@ -188,37 +233,40 @@ def test_plan_from_a_loaded_model_counts_its_tensors():
 
 
 def test_run_result_is_json_and_shows_every_term():
-    result = planner.run({"preset": "llama-2-7b", "context": 1024, "batch": 2}, Task())
+    result = plan_memory.run({"preset": "llama-2-7b", "context": 1024, "batch": 2}, Task())
     text = json.dumps(result)
     assert json.loads(text)["source"] == {"kind": "preset", "name": "llama-2-7b"}
     method = result["methods"][0]
     assert set(method) >= {"weights", "kv_cache", "workspace", "total_bytes", "gpus"}
-    assert [card["gpu"] for card in method["gpus"]] == list(planner.GPUS)
+    assert [card["gpu"] for card in method["gpus"]] == list(GPUS)
 
 
-@pytest.mark.parametrize("params, message", [
-    ({"preset": "llama-2-7b", "context": -1}, "context"),
-    ({"preset": "llama-2-7b", "batch": 0}, "batch"),
-    ({"preset": "llama-2-7b", "usable_fraction": 0}, "usable fraction"),
-    ({"preset": "llama-2-7b", "outlier_fraction": 1.5}, "outlier fraction"),
-    ({"preset": "llama-2-7b", "gpus": ["A100-20GB"]}, "unknown GPU"),
-    ({"preset": "gpt-5"}, "unknown preset"),
-    ({"preset": "llama-2-7b", "config": "x"}, "exactly one"),
-    ({"config": "/nonexistent/config.json"}, "no config file"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"preset": "llama-2-7b", "context": -1}, "context"),
+        ({"preset": "llama-2-7b", "batch": 0}, "batch"),
+        ({"preset": "llama-2-7b", "usable_fraction": 0}, "usable fraction"),
+        ({"preset": "llama-2-7b", "outlier_fraction": 1.5}, "outlier fraction"),
+        ({"preset": "llama-2-7b", "gpus": ["A100-20GB"]}, "unknown GPU"),
+        ({"preset": "gpt-5"}, "unknown preset"),
+        ({"preset": "llama-2-7b", "config": "x"}, "exactly one"),
+        ({"config": "/nonexistent/config.json"}, "no config file"),
+    ],
+)
 def test_bad_input(params, message):
     with pytest.raises(BadInput, match=message):
-        planner.run(params, Task())
+        plan_memory.run(params, Task())
 
 
 def test_config_missing_fields(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 2, "vocab_size": 10}))
     with pytest.raises(BadInput, match="lacks hidden_size, num_heads, intermediate_size"):
-        planner.run({"config": str(path)}, Task())
+        plan_memory.run({"config": str(path)}, Task())
     path.write_text("{not json")
     with pytest.raises(BadInput, match="not a readable JSON"):
-        planner.run({"config": str(path)}, Task())
+        plan_memory.run({"config": str(path)}, Task())
 
 
 def test_zero_gpus():
@@ -238,8 +286,25 @@ def test_cli_plan_json_and_errors(capsys):
     assert "opt-175b" in capsys.readouterr().out
     assert cli.main(["plan", "--preset", "llama-2-7b", "--context", "-5"]) == 2
     assert "context must be" in capsys.readouterr().err
-    assert cli.main(["plan", "--largest-on", "8xA100-40GB", "--among", "opt-66b,opt-175b", "--context", "2048",
-                     "--method", "baseline", "--method", "llm-int8", "--json"]) == 0
+    assert (
+        cli.main(
+            [
+                "plan",
+                "--largest-on",
+                "8xA100-40GB",
+                "--among",
+                "opt-66b,opt-175b",
+                "--context",
+                "2048",
+                "--method",
+                "baseline",
+                "--method",
+                "llm-int8",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["largest"] == {"baseline": "opt-66b", "llm-int8": "opt-175b"}
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine import quantize, scan
+from engine.quant import quantize, scan
 from engine.task import CallbackTask, Task
 from tests.tiny_models import tiny_llama, tiny_loaded
 
@@ -97,8 +97,9 @@ def test_quantizing_leaves_the_float_model_intact(planted, planted_scan):
 def test_quantized_model_stores_int8_and_shares_the_rest(planted, planted_scan):
     variant = quantize.run({"method": "vectorwise"}, Task(), planted, planted_scan)
     sizes = quantize.tensor_bytes(variant.model)
-    linear_weights = sum(m.weight.numel() for n, m in planted.model.named_modules()
-                         if isinstance(m, torch.nn.Linear) and n != "lm_head")
+    linear_weights = sum(
+        m.weight.numel() for n, m in planted.model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"
+    )
     assert sizes["int8"] == linear_weights
     assert variant.model.model.embed_tokens.weight is planted.model.model.embed_tokens.weight
 

@@ -36,9 +36,17 @@ def endpoints():
 
 
 def sample_payload(message_type: str) -> dict:
-    layer = {"index": 3, "name": "model.layers.0.mlp.down_proj", "layer": 0, "kind": "down_proj",
-             "absmax": np.linspace(0, 7, 1536, dtype=np.float32), "count_over": np.arange(1536, dtype=np.int64),
-             "hist": np.ones(90, dtype=np.int64), "n_tokens": 512, "final": True}
+    layer = {
+        "index": 3,
+        "name": "model.layers.0.mlp.down_proj",
+        "layer": 0,
+        "kind": "down_proj",
+        "absmax": np.linspace(0, 7, 1536, dtype=np.float32),
+        "count_over": np.arange(1536, dtype=np.int64),
+        "hist": np.ones(90, dtype=np.int64),
+        "n_tokens": 512,
+        "final": True,
+    }
     return {
         "hello": {"protocol": protocol.PROTOCOL_VERSION, "client": "test"},
         "load_model": {"path": None, "device": "cpu"},
@@ -76,8 +84,11 @@ def assert_same(a, b):
 @pytest.mark.parametrize("message_type", protocol.MESSAGE_TYPES)
 def test_every_message_type_round_trips(endpoints, message_type):
     send, receive = endpoints
-    sent = Message(message_type, sample_payload(message_type), reply_to=None if message_type in
-                   protocol.REQUEST_TYPES else protocol.new_id())
+    sent = Message(
+        message_type,
+        sample_payload(message_type),
+        reply_to=None if message_type in protocol.REQUEST_TYPES else protocol.new_id(),
+    )
     send(Codec(KEY).encode(sent))
     got = Codec(KEY).decode(receive())
     assert (got.type, got.id, got.reply_to) == (sent.type, sent.id, sent.reply_to)
@@ -161,22 +172,31 @@ def test_garbage_is_rejected(endpoints):
             codec.decode(receive())
 
 
-@pytest.mark.parametrize("header", [
-    b"\xff\xfe not utf-8", b"not json", b"[1, 2]", b'{"v": 1}', b"[" * 100000,
-    b'{"v":1,"type":"launch_missiles","id":"a","reply_to":null,"payload":{}}',
-    b'{"v":1,"type":"scan","id":"a","reply_to":null,"payload":[]}',
-    b'{"v":1,"type":"progress","id":"a","reply_to":"b","payload":{"fraction":2.0,"message":""}}',
-    b'{"v":1,"type":"error","id":"a","reply_to":"b","payload":{"kind":"x"}}',
-    b'{"v":1,"type":"scan","id":"a","reply_to":null,"payload":{"x":{"__ndarray__":0,"dtype":"|O","shape":[1]}}}',
-    b'{"v":1,"type":"scan","id":"a","reply_to":null,"payload":{"x":{"__ndarray__":3,"dtype":"<f4","shape":[1]}}}',
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"\xff\xfe not utf-8",
+        b"not json",
+        b"[1, 2]",
+        b'{"v": 1}',
+        b"[" * 100000,
+        b'{"v":1,"type":"launch_missiles","id":"a","reply_to":null,"payload":{}}',
+        b'{"v":1,"type":"scan","id":"a","reply_to":null,"payload":[]}',
+        b'{"v":1,"type":"progress","id":"a","reply_to":"b","payload":{"fraction":2.0,"message":""}}',
+        b'{"v":1,"type":"error","id":"a","reply_to":"b","payload":{"kind":"x"}}',
+        b'{"v":1,"type":"scan","id":"a","reply_to":null,"payload":{"x":{"__ndarray__":0,"dtype":"|O","shape":[1]}}}',
+        b'{"v":1,"type":"scan","id":"a","reply_to":null,"payload":{"x":{"__ndarray__":3,"dtype":"<f4","shape":[1]}}}',
+    ],
+)
 def test_signed_but_malformed_headers_are_rejected(header):
     with pytest.raises(ProtocolError):
         Codec(KEY).decode([protocol.sign(KEY, [header]), header])
 
 
 def test_array_frame_must_match_its_shape_and_be_referenced():
-    header = b'{"v":1,"type":"scan","id":"a","reply_to":null,"payload":{"x":{"__ndarray__":0,"dtype":"<f4","shape":[3]}}}'
+    header = (
+        b'{"v":1,"type":"scan","id":"a","reply_to":null,"payload":{"x":{"__ndarray__":0,"dtype":"<f4","shape":[3]}}}'
+    )
     with pytest.raises(ProtocolError, match="bytes"):
         Codec(KEY).decode([protocol.sign(KEY, [header, b"12345678"]), header, b"12345678"])
     unreferenced = b'{"v":1,"type":"scan","id":"a","reply_to":null,"payload":{}}'
@@ -200,12 +220,15 @@ def test_replayed_message_is_rejected():
         receiver.decode(frames)
 
 
-@pytest.mark.parametrize("payload, match", [
-    ({"x": np.array([object()])}, "dtype"),
-    ({"x": {1: 2}}, "strings"),
-    ({"x": {1, 2}}, "set"),
-    ({"__ndarray__": 0}, "reserved"),
-])
+@pytest.mark.parametrize(
+    "payload, match",
+    [
+        ({"x": np.array([object()])}, "dtype"),
+        ({"x": {1: 2}}, "strings"),
+        ({"x": {1, 2}}, "set"),
+        ({"__ndarray__": 0}, "reserved"),
+    ],
+)
 def test_unsendable_payloads_fail_on_encode(payload, match):
     with pytest.raises(ProtocolError, match=match):
         Codec(KEY).encode(Message("scan", payload))

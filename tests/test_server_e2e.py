@@ -40,8 +40,7 @@ class Recorder:
 
     def wait_for(self, predicate, timeout_s: float) -> tuple[float, protocol.Message]:
         with self._changed:
-            found = self._changed.wait_for(lambda: next((e for e in self.events if predicate(e[1])), None),
-                                           timeout_s)
+            found = self._changed.wait_for(lambda: next((e for e in self.events if predicate(e[1])), None), timeout_s)
             assert found, f"no matching event within {timeout_s} s; got {[m.type for _, m in self.events]}"
             return found
 
@@ -135,8 +134,12 @@ def test_engine_killed_mid_job_is_reported_as_crashed_and_can_be_restarted():
         second = client.restart()["pid"]
         assert second != first and client.state is EngineState.READY
         assert client.call("hello", {"protocol": 1}, timeout_s=10)["pid"] == second
-        assert recorder.states[-4:] == [EngineState.CRASHED, EngineState.STOPPED, EngineState.STARTING,
-                                        EngineState.READY]
+        assert recorder.states[-4:] == [
+            EngineState.CRASHED,
+            EngineState.STOPPED,
+            EngineState.STARTING,
+            EngineState.READY,
+        ]
     finally:
         client.close()
     assert client.state is EngineState.STOPPED and wait_dead(second, 5)
@@ -164,9 +167,21 @@ def test_engine_exits_when_its_parent_is_killed(tmp_path):
 def test_remote_engine_serves_clients_with_the_connection_file_key_only(tmp_path):
     connection_file = tmp_path / "engine.json"
     # Through the `int8wb engine` command, as a user starts a remote engine.
-    server = subprocess.Popen([sys.executable, "-m", "engine.cli", "engine", "--listen", "tcp://127.0.0.1:0",
-                               "--connection-file", str(connection_file)], cwd=REPO,
-                              stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "engine",
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--connection-file",
+            str(connection_file),
+        ],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not connection_file.exists() and time.monotonic() < deadline and server.poll() is None:
@@ -200,8 +215,13 @@ def test_remote_engine_serves_clients_with_the_connection_file_key_only(tmp_path
 
 
 def test_bad_listen_address_and_connection_files_are_explained(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "engine", "--listen", "localhost:80", "--connection-file",
-                          str(tmp_path / "c.json")], cwd=REPO, capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-m", "engine", "--listen", "localhost:80", "--connection-file", str(tmp_path / "c.json")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 2 and "tcp://HOST:PORT" in run.stderr
     bad = tmp_path / "bad.json"
     bad.write_text("{}")

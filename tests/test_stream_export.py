@@ -1,4 +1,4 @@
-"""Streaming export (engine.stream_export) against the in-memory export (engine.export).
+"""Streaming export (engine.checkpoint.stream_export) against the in-memory export (engine.checkpoint.export).
 
 A tiny random Llama (with attention biases, so bias tensors stream too) is
 saved with save_pretrained in several safetensors shards; both paths export
@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import export, stream_export
+from engine.checkpoint import export, stream_export
 from engine.errors import BadInput
-from engine.loading import load
+from engine.model.loading import load
 from engine.session import Session
 from engine.task import Task
 from tests.test_export import _byte_tokenizer
@@ -32,9 +32,17 @@ def _save_tiny(path: Path, tie: bool) -> Path:
 
     torch.manual_seed(1)
     tokenizer = _byte_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tie,
-                         attention_bias=True, eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=tie,
+        attention_bias=True,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -100,8 +108,16 @@ def test_streaming_matches_in_memory_bit_for_bit(tiny_dir, in_memory, tmp_path, 
     memory_out, stream_out = tmp_path / "memory", tmp_path / "stream"
     in_memory.export({"method": method, "out": str(memory_out), "max_shard_size": OUT_SHARD}, Task())
     watch = ShardWatch(monkeypatch, OUT_SHARD)
-    result = stream_export.run({"model": str(tiny_dir), "method": method, "threshold": THRESHOLD,
-                                "out": str(stream_out), "max_shard_size": OUT_SHARD}, Task())
+    result = stream_export.run(
+        {
+            "model": str(tiny_dir),
+            "method": method,
+            "threshold": THRESHOLD,
+            "out": str(stream_out),
+            "max_shard_size": OUT_SHARD,
+        },
+        Task(),
+    )
 
     assert len(watch.sizes) >= 3
     for size, count in zip(watch.sizes, watch.counts):  # bounded, but for a single tensor past the bound
@@ -153,8 +169,9 @@ def test_static_llm_int8_is_refused_with_the_way_out(tiny_dir, tmp_path):
 
 def test_bad_sources_are_refused(tiny_dir, tmp_path):
     with pytest.raises(BadInput, match="not one"):
-        stream_export.run({"model": str(tmp_path / "missing"), "method": "vectorwise", "out": str(tmp_path / "o")},
-                          Task())
+        stream_export.run(
+            {"model": str(tmp_path / "missing"), "method": "vectorwise", "out": str(tmp_path / "o")}, Task()
+        )
     bare = tmp_path / "bare"
     bare.mkdir()
     (bare / "config.json").write_text((tiny_dir / "config.json").read_text())
@@ -166,8 +183,22 @@ def test_cli_streaming(tiny_dir, tmp_path, capsys):
     from engine.cli import main
 
     out = tmp_path / "cli"
-    code = main(["export", "--model", str(tiny_dir), "--streaming", "--method", "weight-only", "--out", str(out),
-                 "--max-shard-size", "50KB", "--quiet", "--json"])
+    code = main(
+        [
+            "export",
+            "--model",
+            str(tiny_dir),
+            "--streaming",
+            "--method",
+            "weight-only",
+            "--out",
+            str(out),
+            "--max-shard-size",
+            "50KB",
+            "--quiet",
+            "--json",
+        ]
+    )
     assert code == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["method"] == "weight-only" and Path(payload["path"]) == out.resolve()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 @dataclass
 class TinyLoaded:
-    """Stands where engine.loading.LoadedModel stands, for a model built in memory."""
+    """Stands where engine.model.loaded.LoadedModel stands, for a model built in memory."""
 
     model: object
     tokenizer: object
@@ -39,8 +39,14 @@ def tiny_llama(seed: int = 0, hidden: int = 64, layers: int = 2, vocab: int = 25
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
     )
     model = LlamaForCausalLM(config).eval()
     model.requires_grad_(False)

@@ -19,22 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import BadInput
+from engine.vocabulary import DTYPE_LABELS, METHOD_LABELS
 
 SOURCE_MODEL, SOURCE_PRESET, SOURCE_CONFIG = "model", "preset", "config"
 SOURCES = (SOURCE_MODEL, SOURCE_PRESET, SOURCE_CONFIG)
 DEFAULT_PRESET = "llama-2-70b"
 MAX_CONTEXT = 1 << 24  # the planner's own search limit for the longest context
 MAX_BATCH = 65536
-
-DTYPE_LABELS = {"float16": "FP16", "bfloat16": "BF16", "float32": "FP32"}
-METHOD_LABELS = {
-    "baseline": "floating point (baseline)",
-    "absmax-tensor": "INT8 absmax per tensor",
-    "vectorwise": "INT8 vector-wise",
-    "llm-int8": "LLM.int8() static outliers",
-    "llm-int8-dynamic": "LLM.int8() dynamic outliers",
-    "weight-only": "INT8 weight-only",
-}
 
 WEIGHT_TERM_NOTES = {
     "float weight": "every Linear weight in the float dtype",
@@ -134,8 +125,12 @@ class PlanRequest:
 
     def params(self) -> dict[str, Any]:
         """The `plan_memory` parameters; without preset or config the engine plans the loaded model."""
-        params: dict[str, Any] = {"context": self.context, "batch": self.batch,
-                                  "usable_fraction": self.usable_fraction, "outlier_fraction": self.outlier_fraction}
+        params: dict[str, Any] = {
+            "context": self.context,
+            "batch": self.batch,
+            "usable_fraction": self.usable_fraction,
+            "outlier_fraction": self.outlier_fraction,
+        }
         if self.source == SOURCE_PRESET:
             params["preset"] = self.preset
         elif self.source == SOURCE_CONFIG:
@@ -210,9 +205,15 @@ class PlanView:
         self._methods = {entry["method"]: entry for entry in methods}
         self.gpus = [card["gpu"] for card in methods[0].get("gpus", [])]
         dtype = self.result.get("settings", {}).get("dtype")
-        self.rows = [MethodRow(entry["method"], method_label(entry["method"], dtype),
-                               int(entry["total_bytes"]), {card["gpu"]: card.get("needed") for card in entry["gpus"]})
-                     for entry in methods]
+        self.rows = [
+            MethodRow(
+                entry["method"],
+                method_label(entry["method"], dtype),
+                int(entry["total_bytes"]),
+                {card["gpu"]: card.get("needed") for card in entry["gpus"]},
+            )
+            for entry in methods
+        ]
 
     @property
     def methods(self) -> list[str]:
@@ -226,10 +227,19 @@ class PlanView:
         """What was planned: the model's (short) name and size, in a line."""
         arch = self.result.get("architecture", {})
         parameters = arch.get("parameters")
-        size = f"{parameters / 1e9:,.2f} B parameters" if parameters and parameters >= 1e9 else \
-            f"{(parameters or 0) / 1e6:,.1f} M parameters"
-        shape = (f"{arch.get('num_layers')} layers, hidden {arch.get('hidden_size'):,}, "
-                 f"{arch.get('num_heads')} heads ({arch.get('num_kv_heads')} KV)") if arch.get("hidden_size") else ""
+        size = (
+            f"{parameters / 1e9:,.2f} B parameters"
+            if parameters and parameters >= 1e9
+            else f"{(parameters or 0) / 1e6:,.1f} M parameters"
+        )
+        shape = (
+            (
+                f"{arch.get('num_layers')} layers, hidden {arch.get('hidden_size'):,}, "
+                f"{arch.get('num_heads')} heads ({arch.get('num_kv_heads')} KV)"
+            )
+            if arch.get("hidden_size")
+            else ""
+        )
         kind = self.result.get("source", {}).get("kind", "")
         name = short_name(self.result.get("source", {}).get("name") or arch.get("name", ""))
         where = {"preset": "preset", "config": "config", "model": "loaded model"}.get(kind, kind)
@@ -237,10 +247,12 @@ class PlanView:
 
     def settings_line(self) -> str:
         s = self.result.get("settings", {})
-        return (f"context {s.get('context', 0):,} × batch {s.get('batch', 0):,} · {s.get('dtype')} · "
-                f"{s.get('usable_fraction', 0):.0%} of each card usable · "
-                f"{format_bytes(s.get('overhead_bytes'))} runtime overhead per GPU · "
-                f"outliers {s.get('outlier_fraction', 0):.2%} of features")
+        return (
+            f"context {s.get('context', 0):,} × batch {s.get('batch', 0):,} · {s.get('dtype')} · "
+            f"{s.get('usable_fraction', 0):.0%} of each card usable · "
+            f"{format_bytes(s.get('overhead_bytes'))} runtime overhead per GPU · "
+            f"outliers {s.get('outlier_fraction', 0):.2%} of features"
+        )
 
     def notes(self) -> list[str]:
         return [str(note) for note in self.result.get("notes", [])]
@@ -266,14 +278,21 @@ class PlanView:
         entry, card = self._method(method), self.card(method, gpu)
         arch, settings = self.result.get("architecture", {}), self.result.get("settings", {})
         weights = entry["weights"]
-        weight_children = tuple(Term(key, int(value), WEIGHT_TERM_NOTES.get(key, ""), 1)
-                                for key, value in _ordered(weights["terms"], WEIGHT_TERM_NOTES))
-        kv_note = (f"2 × {arch.get('num_layers')} layers × {settings.get('batch')} × {settings.get('context'):,} tokens × "
-                   f"{arch.get('num_kv_heads')} KV heads × {arch.get('head_dim')} × {settings.get('float_bytes')} B"
-                   if arch.get("num_layers") else "")
+        weight_children = tuple(
+            Term(key, int(value), WEIGHT_TERM_NOTES.get(key, ""), 1)
+            for key, value in _ordered(weights["terms"], WEIGHT_TERM_NOTES)
+        )
+        kv_note = (
+            f"2 × {arch.get('num_layers')} layers × {settings.get('batch')} × {settings.get('context'):,} tokens × "
+            f"{arch.get('num_kv_heads')} KV heads × {arch.get('head_dim')} × {settings.get('float_bytes')} B"
+            if arch.get("num_layers")
+            else ""
+        )
         workspace = entry["workspace"]
-        workspace_children = tuple(Term(key, -int(value), WORKSPACE_TERM_NOTES.get(key, ""), 2)
-                                   for key, value in _ordered(workspace["terms"], WORKSPACE_TERM_NOTES))
+        workspace_children = tuple(
+            Term(key, -int(value), WORKSPACE_TERM_NOTES.get(key, ""), 2)
+            for key, value in _ordered(workspace["terms"], WORKSPACE_TERM_NOTES)
+        )
         usable_fraction = settings.get("usable_fraction", 0)
         budget = card["budget_per_gpu_bytes"]
         state = [
@@ -281,13 +300,24 @@ class PlanView:
             Term("KV cache", int(entry["kv_cache"]["bytes"]), kv_note, 0),
             Term("State to place", int(card["state_bytes"]), "weights + KV cache, split across the cards", 0),
         ]
-        per_card = Term(f"Budget per {gpu}", int(budget), "what one card holds of weights and KV cache", 0, (
-            Term("capacity", int(card["capacity_bytes"]), "memory.total as nvidia-smi reports it", 1),
-            Term("usable", int(card["usable_bytes"]), f"{usable_fraction:.0%} of capacity", 1),
-            Term("runtime overhead", -int(card["overhead_bytes"]), "CUDA context, cuBLAS, NCCL (assumed)", 1),
-            Term("activation workspace", -int(card["workspace_bytes"]), "one forward pass over batch × context",
-                 1, workspace_children),
-        ))
+        per_card = Term(
+            f"Budget per {gpu}",
+            int(budget),
+            "what one card holds of weights and KV cache",
+            0,
+            (
+                Term("capacity", int(card["capacity_bytes"]), "memory.total as nvidia-smi reports it", 1),
+                Term("usable", int(card["usable_bytes"]), f"{usable_fraction:.0%} of capacity", 1),
+                Term("runtime overhead", -int(card["overhead_bytes"]), "CUDA context, cuBLAS, NCCL (assumed)", 1),
+                Term(
+                    "activation workspace",
+                    -int(card["workspace_bytes"]),
+                    "one forward pass over batch × context",
+                    1,
+                    workspace_children,
+                ),
+            ),
+        )
         return [*state, per_card, self._gpus_term(card, gpu, settings)]
 
     @staticmethod
@@ -298,14 +328,25 @@ class PlanView:
         ratio = state / budget if budget > 0 else math.inf
         fills = ", ".join(format_bytes(used) for used in card.get("per_gpu_bytes") or [])
         children = [
-            Term("state ÷ budget", None, f"{format_bytes(state)} ÷ {format_bytes(budget)} = {ratio:.2f} "
-                 f"→ {card.get('needed_if_divisible')} if layers could be cut anywhere", 1),
+            Term(
+                "state ÷ budget",
+                None,
+                f"{format_bytes(state)} ÷ {format_bytes(budget)} = {ratio:.2f} "
+                f"→ {card.get('needed_if_divisible')} if layers could be cut anywhere",
+                1,
+            ),
             Term("whole layers in order", None, f"cards filled to {fills}", 1),
         ]
         longest = card.get("largest_context_on_needed")
         if longest is not None:
-            children.append(Term("longest context", None, f"{longest:,} tokens at batch {settings.get('batch')} "
-                                 f"still fit on {needed} × {gpu}", 1))
+            children.append(
+                Term(
+                    "longest context",
+                    None,
+                    f"{longest:,} tokens at batch {settings.get('batch')} still fit on {needed} × {gpu}",
+                    1,
+                )
+            )
         plural = "GPU" if needed == 1 else "GPUs"
         return Term(f"{needed} × {gpu}", None, f"{needed} {plural} needed", 0, tuple(children))
 

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
+
+from engine.vocabulary import RESULT_GPUS
 
 MB = 1e6
 
-COLUMNS = ("method", "perplexity", "change", "int8 MB", "float MB", "model MB", "outlier cols",
-           "A100-40GB", "A100-80GB", "eval s")
+COLUMNS = (
+    "method",
+    "perplexity",
+    "change",
+    "int8 MB",
+    "float MB",
+    "model MB",
+    "outlier cols",
+    *RESULT_GPUS,
+    "eval s",
+)
 
 
 @dataclass
@@ -25,6 +37,7 @@ class ResultRow:
 
     def cells(self) -> list[str]:
         """The row as text, in COLUMNS order; unknown values are an em dash."""
+
         def mb(value: int | None) -> str:
             return "—" if value is None else f"{value / MB:,.1f}"
 
@@ -38,9 +51,11 @@ class ResultRow:
             self.method,
             "—" if self.perplexity is None else f"{self.perplexity:.3f}",
             "—" if self.relative_change is None else f"{self.relative_change:+.2%}",
-            mb(self.int8_bytes), mb(self.float_bytes), mb(self.total_bytes),
+            mb(self.int8_bytes),
+            mb(self.float_bytes),
+            mb(self.total_bytes),
             "—" if self.outlier_dims is None else f"{self.outlier_dims:,}",
-            gpus("A100-40GB"), gpus("A100-80GB"),
+            *(gpus(card) for card in RESULT_GPUS),
             "—" if self.seconds is None else f"{self.seconds:.1f}",
         ]
 
@@ -88,8 +103,15 @@ class ResultsModel:
         self.eval_tokens = result.get("settings", {}).get("tokens")
         for entry in result.get("rows", []):
             row = self._row(entry["method"])
-            for name in ("perplexity", "relative_change", "int8_bytes", "float_bytes", "total_bytes",
-                         "outlier_dims", "seconds"):
+            for name in (
+                "perplexity",
+                "relative_change",
+                "int8_bytes",
+                "float_bytes",
+                "total_bytes",
+                "outlier_dims",
+                "seconds",
+            ):
                 if entry.get(name) is not None:
                     setattr(row, name, entry[name])
         self._changed()
@@ -98,8 +120,9 @@ class ResultsModel:
         """The `plan_memory` job's reply: GPUs needed per method and card."""
         for entry in result.get("methods", []):
             if entry.get("method") in self.rows:
-                self.rows[entry["method"]].gpus = {card["gpu"]: card.get("needed") for card in entry.get("gpus", [])
-                                                   if "gpu" in card}
+                self.rows[entry["method"]].gpus = {
+                    card["gpu"]: card.get("needed") for card in entry.get("gpus", []) if "gpu" in card
+                }
         self.plan_note = "; ".join(result.get("notes", []))
         self._changed()
 
@@ -111,5 +134,8 @@ class ResultsModel:
         """(methods, perplexities, baseline perplexity) of the evaluated rows."""
         evaluated = [r for r in self.rows.values() if r.perplexity is not None]
         baseline = self.rows.get("baseline")
-        return ([r.method for r in evaluated], [float(r.perplexity) for r in evaluated],
-                None if baseline is None else baseline.perplexity)
+        return (
+            [r.method for r in evaluated],
+            [float(r.perplexity) for r in evaluated],
+            None if baseline is None else baseline.perplexity,
+        )

@@ -15,25 +15,13 @@ and counting outliers at a threshold is one vectorized pass.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-# Input kinds and their labels, as the engine names them (engine/layers.py); copied here because
-# app/ imports nothing of the engine but its protocol and client.
-KIND_ORDER = ("attn_in", "attn_out", "mlp_in", "mlp_down", "other")
-KIND_LABELS = {
-    "attn_in": "attention input (q/k/v)",
-    "attn_out": "attention output (o)",
-    "mlp_in": "MLP input (gate/up)",
-    "mlp_down": "MLP down input",
-    "other": "other",
-}
-KIND_SHORT = {"attn_in": "attn in", "attn_out": "attn out", "mlp_in": "MLP in", "mlp_down": "MLP down",
-              "other": "other"}
-# The engine's log10|x| histogram range (engine/scan.py HIST_LOG10_MIN/MAX), the edges until a result names them.
-HIST_LOG10_RANGE = (-4.0, 5.0)
+from engine.vocabulary import HIST_LOG10_MAX, HIST_LOG10_MIN, KIND_LABELS, KIND_ORDER
 
 
 @dataclass
@@ -51,16 +39,21 @@ class LinearStats:
     out_features: int | None = None
 
     @classmethod
-    def from_payload(cls, payload: dict[str, Any]) -> "LinearStats":
+    def from_payload(cls, payload: dict[str, Any]) -> LinearStats:
         absmax = np.asarray(payload["absmax"], dtype=np.float32)
         count = np.asarray(payload.get("count_over", np.zeros(absmax.shape, np.int64)), dtype=np.int64)
         if absmax.ndim != 1 or count.shape != absmax.shape:
             raise ValueError(f"scan_layer {payload.get('name')!r}: absmax and count_over must be 1-D of one length")
         kind = payload.get("kind", "other")
         return cls(
-            index=int(payload["index"]), name=str(payload["name"]), layer=int(payload.get("layer", -1)),
-            kind=kind if kind in KIND_LABELS else "other", absmax=absmax, count_over=count,
-            hist=np.asarray(payload.get("hist", ()), dtype=np.int64), n_tokens=int(payload.get("n_tokens", 0)),
+            index=int(payload["index"]),
+            name=str(payload["name"]),
+            layer=int(payload.get("layer", -1)),
+            kind=kind if kind in KIND_LABELS else "other",
+            absmax=absmax,
+            count_over=count,
+            hist=np.asarray(payload.get("hist", ()), dtype=np.int64),
+            n_tokens=int(payload.get("n_tokens", 0)),
             out_features=payload.get("out_features"),
         )
 
@@ -118,8 +111,10 @@ class ScanStatistics:
     def configure(self, layers: int, widths: dict[str, int]) -> None:
         """Lay out the grid for `layers` decoder layers and the input width of each kind (one "reset" event)."""
         self._clear_state()
-        self.row_keys = sorted(((kind, layer) for kind in KIND_ORDER if kind in widths for layer in range(layers)),
-                               key=lambda k: (KIND_ORDER.index(k[0]), k[1]))
+        self.row_keys = sorted(
+            ((kind, layer) for kind in KIND_ORDER if kind in widths for layer in range(layers)),
+            key=lambda k: (KIND_ORDER.index(k[0]), k[1]),
+        )
         self._row_of = {key: row for row, key in enumerate(self.row_keys)}
         self._resize(len(self.row_keys), max(widths.values(), default=0))
         self._emit("reset")
@@ -179,9 +174,9 @@ class ScanStatistics:
         needed = self._n_values + absmax.size
         if needed > self._values.size:
             grown = np.empty(max(needed, 2 * self._values.size, 4096), dtype=np.float32)
-            grown[:self._n_values] = self._values[:self._n_values]
+            grown[: self._n_values] = self._values[: self._n_values]
             self._values = grown
-        self._values[self._n_values:needed] = absmax
+        self._values[self._n_values : needed] = absmax
         self._n_values = needed
         self._bounds.append(needed)
         finite = absmax[np.isfinite(absmax)]
@@ -199,7 +194,7 @@ class ScanStatistics:
         if self.hist_edges is not None:
             edges = self.hist_edges
         elif self.hist_total is not None:
-            edges = np.logspace(*HIST_LOG10_RANGE, self.hist_total.size + 1)
+            edges = np.logspace(HIST_LOG10_MIN, HIST_LOG10_MAX, self.hist_total.size + 1)
         else:
             return
         values = self.all_absmax()
@@ -270,7 +265,9 @@ class ScanStatistics:
         profile: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for kind, start, stop in self.kind_spans():
             layers = np.array([self.row_keys[r][1] for r in range(start, stop)])
-            values = self.absmax_grid[start:stop, dim] if dim < self.absmax_grid.shape[1] else np.full(stop - start, np.nan)
+            values = (
+                self.absmax_grid[start:stop, dim] if dim < self.absmax_grid.shape[1] else np.full(stop - start, np.nan)
+            )
             keep = self.row_filled[start:stop] & np.isfinite(values)
             if keep.any():
                 profile[kind] = (layers[keep], values[keep].astype(np.float64))
@@ -281,7 +278,7 @@ class ScanStatistics:
 
         A read-only view of the buffer, no copy: valid until the next Linear arrives.
         """
-        view = self._values[:self._n_values]
+        view = self._values[: self._n_values]
         view.flags.writeable = False
         return view
 

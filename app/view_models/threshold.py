@@ -9,14 +9,14 @@ pairs, because that is what memory is paid for.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
-from app.view_models.scan_stats import KIND_LABELS, KIND_ORDER, ScanStatistics
+from app.view_models.scan_stats import ScanStatistics
+from engine.vocabulary import DEFAULT_THRESHOLD, KIND_LABELS, KIND_ORDER, check_threshold
 
-DEFAULT_THRESHOLD = 6.0  # LLM.int8()'s default
 INDEX_BYTES = 8  # int64 column index per outlier column
 
 
@@ -126,8 +126,16 @@ class ThresholdModel:
                 continue
             block = over_rows[start:stop][filled]
             per_row = block.sum(axis=1)
-            kinds.append(KindSummary(kind, KIND_LABELS[kind], int(filled.sum()), int(block.any(axis=0).sum()),
-                                     float(per_row.mean()), int(per_row.max())))
+            kinds.append(
+                KindSummary(
+                    kind,
+                    KIND_LABELS[kind],
+                    int(filled.sum()),
+                    int(block.any(axis=0).sum()),
+                    float(per_row.mean()),
+                    int(per_row.max()),
+                )
+            )
         kinds.sort(key=lambda k: KIND_ORDER.index(k.kind))
         over = stats.over_per_linear(threshold)  # (Linears,)
         missing = [linear.name for linear in stats.linears if linear.out_features is None]
@@ -136,11 +144,3 @@ class ThresholdModel:
             out_features = np.array([int(linear.out_features) for linear in stats.linears], dtype=np.int64)
             extra = int(over @ (out_features * self.float_bytes + INDEX_BYTES)) if over.size else 0
         return ThresholdSummary(threshold, int(over.sum()), stats.all_absmax().size, kinds, extra, missing)
-
-
-def check_threshold(threshold: float) -> float:
-    """A threshold is a finite positive number."""
-    value = float(threshold)
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"the threshold must be a finite positive number, got {threshold}")
-    return value

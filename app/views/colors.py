@@ -10,8 +10,13 @@ FOREGROUND = "#d6d7dc"
 MISSING_RGBA = (44, 45, 52, 255)  # heatmap cells not scanned (yet), or past a layer's width
 OUTLIER_RGBA = (0, 229, 255, 235)  # cells over the threshold, drawn over the heatmap
 THRESHOLD_PEN = pg.mkPen("#00e5ff", width=2)
-KIND_COLORS = {"attn_in": "#f4a259", "attn_out": "#8cb369", "mlp_in": "#5b8def", "mlp_down": "#e56b6f",
-               "other": "#b0b0b0"}
+KIND_COLORS = {
+    "attn_in": "#f4a259",
+    "attn_out": "#8cb369",
+    "mlp_in": "#5b8def",
+    "mlp_down": "#e56b6f",
+    "other": "#b0b0b0",
+}
 COLORMAP_NAME = "inferno"
 
 

@@ -7,17 +7,23 @@ window sends it to the engine and enables the buttons by engine state.
 from __future__ import annotations
 
 from PySide6.QtCore import Signal
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
-                               QPushButton, QSpinBox, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from engine.vocabulary import METHOD_LABELS, METHODS
 
 DEFAULT_MODEL_LABEL = "Embedded default (SmolLM2-135M)"
-METHOD_CHOICES = (
-    ("absmax-tensor", "absmax per tensor (naive W8A8)"),
-    ("vectorwise", "vector-wise W8A8"),
-    ("llm-int8", "LLM.int8() static (outliers from the scan)"),
-    ("llm-int8-dynamic", "LLM.int8() dynamic (per batch)"),
-    ("weight-only", "weight-only INT8"),
-)
 
 
 class ModelPanel(QGroupBox):
@@ -77,11 +83,14 @@ class ModelPanel(QGroupBox):
 
     def show_info(self, info: dict) -> None:
         parameters = info.get("parameters")
-        lines = [f"<b>{info.get('name', '?')}</b>",
-                 f"{info.get('architecture', '?')} · {parameters / 1e6:,.1f} M parameters" if parameters else
-                 info.get("architecture", "?"),
-                 f"{info.get('layers', '?')} layers · hidden {info.get('hidden_size', '?')} · "
-                 f"{info.get('device', '?')} · {info.get('dtype', '?')}"]
+        lines = [
+            f"<b>{info.get('name', '?')}</b>",
+            f"{info.get('architecture', '?')} · {parameters / 1e6:,.1f} M parameters"
+            if parameters
+            else info.get("architecture", "?"),
+            f"{info.get('layers', '?')} layers · hidden {info.get('hidden_size', '?')} · "
+            f"{info.get('device', '?')} · {info.get('dtype', '?')}",
+        ]
         lines += [f"<i>{note}</i>" for note in info.get("notes", [])]
         self.info.setText("<br>".join(lines))
 
@@ -126,8 +135,11 @@ class ScanPanel(QGroupBox):
             self.corpus.setCurrentIndex(0)
 
     def params(self) -> dict:
-        return {"tokens": self.tokens.value(), "seq_len": min(self.seq_len.value(), self.tokens.value()),
-                "corpus": self.corpus.currentData()}
+        return {
+            "tokens": self.tokens.value(),
+            "seq_len": min(self.seq_len.value(), self.tokens.value()),
+            "corpus": self.corpus.currentData(),
+        }
 
 
 class RunPanel(QGroupBox):
@@ -140,7 +152,8 @@ class RunPanel(QGroupBox):
         super().__init__("Quantize && evaluate", parent)
         self.method_boxes: dict[str, QCheckBox] = {}
         layout = QVBoxLayout(self)
-        for name, label in METHOD_CHOICES:
+        for name in METHODS:
+            label = METHOD_LABELS[name]
             box = QCheckBox(label)
             box.setChecked(name in ("absmax-tensor", "vectorwise", "llm-int8", "weight-only"))
             box.setToolTip(name)
@@ -151,8 +164,9 @@ class RunPanel(QGroupBox):
         self.eval_tokens.setSingleStep(1024)
         self.eval_tokens.setValue(8192)
         self.eval_tokens.setSuffix(" tokens")
-        self.eval_tokens.setToolTip("Compare methods on 8,192 tokens or more: one short window moves W8A8 "
-                                    "results by a few percent")
+        self.eval_tokens.setToolTip(
+            "Compare methods on 8,192 tokens or more: one short window moves W8A8 results by a few percent"
+        )
         self.window = QSpinBox()
         self.window.setRange(16, 8192)
         self.window.setValue(512)

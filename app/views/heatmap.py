@@ -23,9 +23,10 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
-from app.view_models.scan_stats import KIND_SHORT, ScanStatistics
+from app.view_models.scan_stats import ScanStatistics
 from app.view_models.threshold import ThresholdModel
 from app.views import colors
+from engine.vocabulary import KIND_SHORT
 
 MODE_ABSMAX = "absmax"
 MODE_SHARE = "share"
@@ -98,8 +99,13 @@ class HeatmapView(QWidget):
         self.plot.addItem(self.image)
         self.plot.addItem(self.overlay)
         self._separators: list[pg.InfiniteLine] = []
-        self.color_bar = pg.ColorBarItem(values=self._levels, colorMap=colors.colormap(), interactive=False,
-                                         label="log10 abs-max", colorMapMenu=False)
+        self.color_bar = pg.ColorBarItem(
+            values=self._levels,
+            colorMap=colors.colormap(),
+            interactive=False,
+            label="log10 abs-max",
+            colorMapMenu=False,
+        )
         self.graphics.addItem(self.color_bar, row=0, col=1)
         self.plot.scene().sigMouseMoved.connect(self._on_mouse_moved)
         self.plot.scene().sigMouseClicked.connect(self._on_mouse_clicked)

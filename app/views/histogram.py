@@ -28,7 +28,7 @@ class PowerOfTenAxis(pg.AxisItem):
     """An axis over log10 values that labels its ticks with the values themselves."""
 
     def tickStrings(self, values, scale, spacing):  # noqa: N802 - pyqtgraph's name
-        return [f"{10 ** v:g}" if abs(v - round(v)) < 1e-6 else "" for v in values]
+        return [f"{10**v:g}" if abs(v - round(v)) < 1e-6 else "" for v in values]
 
 
 class HistogramView(QWidget):
@@ -40,13 +40,27 @@ class HistogramView(QWidget):
         self.plot.setLabel("bottom", "|activation|")
         self.plot.setLabel("left", "count")
         self.plot.addLegend(offset=(-10, 10))
-        self.values_curve = self.plot.plot([0, 1], [0], stepMode="center", fillLevel=0, brush=(120, 120, 140, 90),
-                                           pen=pg.mkPen("#9a9cab"), name="all values")
-        self.absmax_curve = self.plot.plot([0, 1], [0], stepMode="center", pen=pg.mkPen("#f4a259", width=2),
-                                           name="per-dimension abs-max")
-        self.line = pg.InfiniteLine(pos=math.log10(threshold.threshold), angle=90, movable=True,
-                                    pen=colors.THRESHOLD_PEN, hoverPen=pg.mkPen("#ffffff", width=3),
-                                    label="threshold {value}", labelOpts={"position": 0.9, "color": "#00e5ff"})
+        self.values_curve = self.plot.plot(
+            [0, 1],
+            [0],
+            stepMode="center",
+            fillLevel=0,
+            brush=(120, 120, 140, 90),
+            pen=pg.mkPen("#9a9cab"),
+            name="all values",
+        )
+        self.absmax_curve = self.plot.plot(
+            [0, 1], [0], stepMode="center", pen=pg.mkPen("#f4a259", width=2), name="per-dimension abs-max"
+        )
+        self.line = pg.InfiniteLine(
+            pos=math.log10(threshold.threshold),
+            angle=90,
+            movable=True,
+            pen=colors.THRESHOLD_PEN,
+            hoverPen=pg.mkPen("#ffffff", width=3),
+            label="threshold {value}",
+            labelOpts={"position": 0.9, "color": "#00e5ff"},
+        )
         self.line.label.setFormat("")
         self.plot.addItem(self.line)
         self.line.sigPositionChanged.connect(self._on_line_moved)

@@ -12,14 +12,45 @@ from __future__ import annotations
 
 from PySide6.QtCore import Qt, Slot
 from PySide6.QtGui import QColor
-from PySide6.QtWidgets import (QAbstractItemView, QButtonGroup, QComboBox, QDialog, QDoubleSpinBox, QFileDialog,
-                               QGridLayout, QGroupBox, QHBoxLayout, QHeaderView, QLabel, QLineEdit, QPushButton,
-                               QRadioButton, QSpinBox, QSplitter, QTableWidget, QTableWidgetItem, QTreeWidget,
-                               QTreeWidgetItem, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QButtonGroup,
+    QComboBox,
+    QDialog,
+    QDoubleSpinBox,
+    QFileDialog,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QRadioButton,
+    QSpinBox,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
 from app.engine_client import QtEngineClient
-from app.view_models.plan import (DEFAULT_PRESET, MAX_BATCH, MAX_CONTEXT, SOURCE_CONFIG, SOURCE_MODEL, SOURCE_PRESET,
-                                  PlanRequest, PlanView, Term, format_bytes, list_presets)
+from app.view_models.plan import (
+    DEFAULT_PRESET,
+    MAX_BATCH,
+    MAX_CONTEXT,
+    SOURCE_CONFIG,
+    SOURCE_MODEL,
+    SOURCE_PRESET,
+    PlanRequest,
+    PlanView,
+    Term,
+    format_bytes,
+    list_presets,
+)
 from engine.client import EngineError
 from engine.errors import WorkbenchError
 
@@ -39,8 +70,13 @@ QRadioButton:disabled { color: #6b6d78; }
 class PlannerDialog(QDialog):
     """Pick a source and settings, press Plan, read GPUs needed and the terms behind them."""
 
-    def __init__(self, client: QtEngineClient, parent: QWidget | None = None, has_model: bool = False,
-                 threshold: float | None = None) -> None:
+    def __init__(
+        self,
+        client: QtEngineClient,
+        parent: QWidget | None = None,
+        has_model: bool = False,
+        threshold: float | None = None,
+    ) -> None:
         super().__init__(parent)
         self.setWindowTitle("Memory planner")
         self.setStyleSheet(DIALOG_STYLE)
@@ -92,15 +128,24 @@ class PlannerDialog(QDialog):
         self.context_spin = _spin(1, MAX_CONTEXT, self.request.context, " tokens")
         self.batch_spin = _spin(1, MAX_BATCH, self.request.batch, "")
         self.usable_spin = _double_spin(1, 100, self.request.usable_fraction * 100, 0, 5, " %")
-        self.usable_spin.setToolTip("How much of each card's memory the plan may use; the rest is margin "
-                                    "for allocator fragmentation and what the estimate misses.")
+        self.usable_spin.setToolTip(
+            "How much of each card's memory the plan may use; the rest is margin "
+            "for allocator fragmentation and what the estimate misses."
+        )
         self.outlier_spin = _double_spin(0, 100, self.request.outlier_fraction * 100, 2, 0.1, " %")
-        self.outlier_spin.setToolTip("Feature dimensions kept in floating point by LLM.int8(); for the loaded "
-                                     "model after a scan, the scan's real outlier columns are used instead.")
+        self.outlier_spin.setToolTip(
+            "Feature dimensions kept in floating point by LLM.int8(); for the loaded "
+            "model after a scan, the scan's real outlier columns are used instead."
+        )
         form = QGridLayout(settings_box)
-        for column, (label, widget) in enumerate((("Context", self.context_spin), ("Batch", self.batch_spin),
-                                                  ("Usable per card", self.usable_spin),
-                                                  ("Outlier features", self.outlier_spin))):
+        for column, (label, widget) in enumerate(
+            (
+                ("Context", self.context_spin),
+                ("Batch", self.batch_spin),
+                ("Usable per card", self.usable_spin),
+                ("Outlier features", self.outlier_spin),
+            )
+        ):
             form.addWidget(QLabel(label), column // 2, (column % 2) * 2)
             form.addWidget(widget, column // 2, (column % 2) * 2 + 1)
         form.setColumnStretch(1, 1)
@@ -185,8 +230,13 @@ class PlannerDialog(QDialog):
     def read_request(self) -> PlanRequest:
         """The widgets' values in the view model."""
         request = self.request
-        request.source = (SOURCE_MODEL if self.radio_model.isChecked() else
-                          SOURCE_CONFIG if self.radio_config.isChecked() else SOURCE_PRESET)
+        request.source = (
+            SOURCE_MODEL
+            if self.radio_model.isChecked()
+            else SOURCE_CONFIG
+            if self.radio_config.isChecked()
+            else SOURCE_PRESET
+        )
         request.preset = self.preset_combo.currentData() or ""
         request.config_path = self.config_edit.text()
         request.context, request.batch = self.context_spin.value(), self.batch_spin.value()
@@ -196,8 +246,9 @@ class PlannerDialog(QDialog):
 
     @Slot()
     def choose_config(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Choose a config.json", self.config_edit.text(),
-                                              "Model config (*.json);;All files (*)")
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Choose a config.json", self.config_edit.text(), "Model config (*.json);;All files (*)"
+        )
         if path:
             self.config_edit.setText(path)
             self.radio_config.setChecked(True)
@@ -247,8 +298,10 @@ class PlannerDialog(QDialog):
         if self.job is not None and state in ("crashed", "stopped"):
             self.job = None
             self.plan_button.setEnabled(True)
-            self._error(f"The engine {'stopped' if state == 'stopped' else 'crashed'} before the plan came back; "
-                        "restart it from the Engine menu and press Plan again.")
+            self._error(
+                f"The engine {'stopped' if state == 'stopped' else 'crashed'} before the plan came back; "
+                "restart it from the Engine menu and press Plan again."
+            )
 
     # --- showing -----------------------------------------------------------------------------------
 
@@ -283,11 +336,18 @@ class PlannerDialog(QDialog):
         self.table.resizeRowsToContents()
         height = self.table.horizontalHeader().height() + sum(self.table.rowHeight(r) for r in range(len(view.rows)))
         self.table.setMinimumHeight(height + 2 * self.table.frameWidth())
-        method, gpu = self.selected if self.selected and self.selected[0] in view.methods \
-            and self.selected[1] in view.gpus else (view.methods[0], view.gpus[0] if view.gpus else "")
+        method, gpu = (
+            self.selected
+            if self.selected and self.selected[0] in view.methods and self.selected[1] in view.gpus
+            else (view.methods[0], view.gpus[0] if view.gpus else "")
+        )
         self.select(method, gpu)
-        self._say(f"Planned: {view.rows[0].label} needs {view.rows[0].cell(view.gpus[0])} × {view.gpus[0]}; "
-                  "select a cell to see why." if view.gpus else "Planned.")
+        self._say(
+            f"Planned: {view.rows[0].label} needs {view.rows[0].cell(view.gpus[0])} × {view.gpus[0]}; "
+            "select a cell to see why."
+            if view.gpus
+            else "Planned."
+        )
 
     def select(self, method: str, gpu: str) -> None:
         """Select a method x card cell and show its terms."""

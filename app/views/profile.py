@@ -13,10 +13,11 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
-from app.view_models.scan_stats import KIND_LABELS, ScanStatistics
+from app.view_models.scan_stats import ScanStatistics
 from app.view_models.threshold import ThresholdModel
 from app.views import colors
 from app.views.histogram import PowerOfTenAxis
+from engine.vocabulary import KIND_LABELS
 
 
 class DimensionProfileView(QWidget):
@@ -36,8 +37,13 @@ class DimensionProfileView(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         # The key sits above the plot, where it cannot hide the curves.
-        self.key = QLabel("   ".join(f"<span style='color:{colors.KIND_COLORS[kind]}'>&#9679; {label}</span>"
-                                       for kind, label in KIND_LABELS.items() if kind in colors.KIND_COLORS))
+        self.key = QLabel(
+            "   ".join(
+                f"<span style='color:{colors.KIND_COLORS[kind]}'>&#9679; {label}</span>"
+                for kind, label in KIND_LABELS.items()
+                if kind in colors.KIND_COLORS
+            )
+        )
         layout.addWidget(self.title)
         layout.addWidget(self.key)
         layout.addWidget(self.plot)
@@ -54,12 +60,21 @@ class DimensionProfileView(QWidget):
         over_layers: set[int] = set()
         for kind, (layers, values) in profile.items():
             pen = pg.mkPen(colors.KIND_COLORS[kind], width=2)
-            self.curves[kind] = self.plot.plot(layers, np.log10(np.maximum(values, 1e-30)), pen=pen, symbol="o",
-                                               symbolSize=5, symbolBrush=colors.KIND_COLORS[kind])
+            self.curves[kind] = self.plot.plot(
+                layers,
+                np.log10(np.maximum(values, 1e-30)),
+                pen=pen,
+                symbol="o",
+                symbolSize=5,
+                symbolBrush=colors.KIND_COLORS[kind],
+            )
             over_layers.update(int(layer) for layer in layers[values > self.threshold.threshold])
         total_layers = len({layer for layers, _ in profile.values() for layer in layers})
-        self.title.setText(f"Dimension {dim:,}: over the threshold in {len(over_layers)} of {total_layers} layers"
-                           if total_layers else f"Dimension {dim:,}: not in any scanned layer")
+        self.title.setText(
+            f"Dimension {dim:,}: over the threshold in {len(over_layers)} of {total_layers} layers"
+            if total_layers
+            else f"Dimension {dim:,}: not in any scanned layer"
+        )
 
     def _on_stats(self, event: str, data: object) -> None:
         if self.dim is not None and event in ("finished", "reset"):

@@ -9,8 +9,14 @@ from PySide6.QtWidgets import QHeaderView, QLabel, QSplitter, QTableWidget, QTab
 
 from app.view_models.results import COLUMNS, ResultsModel
 
-BAR_COLORS = {"baseline": "#9a9cab", "absmax-tensor": "#e56b6f", "vectorwise": "#f4a259", "llm-int8": "#00e5ff",
-              "llm-int8-dynamic": "#5b8def", "weight-only": "#8cb369"}
+BAR_COLORS = {
+    "baseline": "#9a9cab",
+    "absmax-tensor": "#e56b6f",
+    "vectorwise": "#f4a259",
+    "llm-int8": "#00e5ff",
+    "llm-int8-dynamic": "#5b8def",
+    "weight-only": "#8cb369",
+}
 
 
 class ResultsView(QWidget):
@@ -64,8 +70,10 @@ class ResultsView(QWidget):
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 self.table.setItem(r, c, item)
         if self.model.eval_tokens:
-            self.caption.setText(f"Perplexity on {self.model.eval_tokens:,} evaluation tokens "
-                                 "(never the calibration text); change is against the floating-point baseline.")
+            self.caption.setText(
+                f"Perplexity on {self.model.eval_tokens:,} evaluation tokens "
+                "(never the calibration text); change is against the floating-point baseline."
+            )
         self.note.setText(self.model.plan_note)
         self._draw_chart()
 

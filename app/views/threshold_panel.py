@@ -12,8 +12,18 @@ from __future__ import annotations
 import math
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import (QDoubleSpinBox, QFormLayout, QGroupBox, QHeaderView, QLabel, QSlider,
-                               QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHeaderView,
+    QLabel,
+    QSlider,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
 from app.view_models.threshold import ThresholdModel
 from app.views.throttle import Coalescer
@@ -53,15 +63,18 @@ class ThresholdPanel(QGroupBox):
         self.fraction_spin.setRange(0.0, 100.0)
         self.fraction_spin.setSuffix(" %")
         self.fraction_spin.setSingleStep(0.1)
-        self.fraction_spin.setToolTip("The same choice as the share of (Linear, dimension) pairs with the "
-                                      "largest abs-max")
+        self.fraction_spin.setToolTip(
+            "The same choice as the share of (Linear, dimension) pairs with the largest abs-max"
+        )
         self.overall = QLabel(NO_SCAN_TEXT)
         self.overall.setWordWrap(True)
         self.overall.setObjectName("summary")
         self.table = QTableWidget(0, 3)
         self.table.setHorizontalHeaderLabels(["input", "dims", "per layer"])
-        self.table.setToolTip("dims: distinct dimensions over the threshold in at least one layer; "
-                              "per layer: mean / max number of them in one layer")
+        self.table.setToolTip(
+            "dims: distinct dimensions over the threshold in at least one layer; "
+            "per layer: mean / max number of them in one layer"
+        )
         self.table.verticalHeader().setVisible(False)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
@@ -117,19 +130,27 @@ class ThresholdPanel(QGroupBox):
             return
         summary = self.model.summary()
         if summary.float_bytes is None:
-            memory = ("memory of the floating-point columns: unknown (the scan did not report out_features "
-                      "of the Linear layers)")
+            memory = (
+                "memory of the floating-point columns: unknown (the scan did not report out_features "
+                "of the Linear layers)"
+            )
         else:
-            memory = (f"floating-point columns cost <b>{summary.float_bytes / 1e6:,.2f} MB</b> "
-                      f"({self.model.float_bytes * 8}-bit weights + int64 indices)")
+            memory = (
+                f"floating-point columns cost <b>{summary.float_bytes / 1e6:,.2f} MB</b> "
+                f"({self.model.float_bytes * 8}-bit weights + int64 indices)"
+            )
         self.overall.setText(
             f"<b>{summary.outlier_columns:,}</b> of {summary.total_columns:,} Linear input columns over "
-            f"{threshold:g}: <b>{summary.fraction:.3%}</b> kept in floating point; {memory}.")
+            f"{threshold:g}: <b>{summary.fraction:.3%}</b> kept in floating point; {memory}."
+        )
         if self.table.rowCount() != len(summary.kinds):
             self.table.setRowCount(len(summary.kinds))
         for row, kind in enumerate(summary.kinds):
-            cells = [kind.label, f"{kind.dims_any_layer:,}",
-                     f"{kind.mean_dims_per_layer:.1f} / {kind.max_dims_in_a_layer}"]
+            cells = [
+                kind.label,
+                f"{kind.dims_any_layer:,}",
+                f"{kind.mean_dims_per_layer:.1f} / {kind.max_dims_in_a_layer}",
+            ]
             for col, text in enumerate(cells):
                 self._set_cell(row, col, text)
 

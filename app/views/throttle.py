@@ -8,7 +8,7 @@ once when the interval has passed, with whatever statistics are there by then.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from PySide6.QtCore import QObject, QTimer
 

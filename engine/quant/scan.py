@@ -16,17 +16,16 @@ For every Linear input x (tokens, features) the scan keeps:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from engine.errors import BadInput
-from engine.layers import KIND_LABELS, decoder_layers, linear_kind, linear_layers
+from engine.model.layers import decoder_layers, linear_kind, linear_layers
+from engine.vocabulary import DEFAULT_THRESHOLD, HIST_BINS, HIST_LOG10_MAX, HIST_LOG10_MIN, KIND_LABELS, check_threshold
 
 # log10 |x| histogram: 1e-4 .. 1e5 in 90 bins of 0.1 decades; values outside land in the end bins.
-HIST_LOG10_MIN, HIST_LOG10_MAX, HIST_BINS = -4.0, 5.0, 90
 HIST_EDGES = np.logspace(HIST_LOG10_MIN, HIST_LOG10_MAX, HIST_BINS + 1)
 
 
@@ -37,12 +36,12 @@ class ScanSettings:
     tokens: int = 4096  # calibration tokens in all
     seq_len: int = 512  # tokens per calibration sequence
     batch_size: int = 8  # sequences per forward call
-    threshold: float = 6.0  # |x| over which a value counts as an outlier
+    threshold: float = DEFAULT_THRESHOLD  # |x| over which a value counts as an outlier
     corpus: str | None = None  # None: the default text; else a UTF-8 file
     include_lm_head: bool = False
 
     @classmethod
-    def from_params(cls, params: dict[str, Any]) -> "ScanSettings":
+    def from_params(cls, params: dict[str, Any]) -> ScanSettings:
         settings = cls(**{k: params[k] for k in cls.__dataclass_fields__ if params.get(k) is not None})
         settings.validate()
         return settings
@@ -57,15 +56,6 @@ class ScanSettings:
             raise BadInput("seq_len must be at least 2")
 
 
-def check_threshold(threshold: Any) -> float:
-    """A threshold is a finite positive number; anything else is a clear error."""
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-        raise BadInput(f"threshold must be a number, got {threshold!r}")
-    if not math.isfinite(threshold) or threshold <= 0:
-        raise BadInput(f"threshold must be a finite positive number, got {threshold}")
-    return float(threshold)
-
-
 @dataclass
 class LayerStats:
     """One Linear layer's input statistics."""
@@ -73,7 +63,7 @@ class LayerStats:
     index: int  # position in forward order
     name: str  # full module path
     layer: int  # decoder layer number (-1 outside the decoder stack)
-    kind: str  # see engine.layers
+    kind: str  # see engine.model.layers
     out_features: int  # the Linear's output size: what one floating-point input column costs in weights
     absmax: np.ndarray  # (in_features,) float32
     count_over: np.ndarray  # (in_features,) int64
@@ -81,10 +71,16 @@ class LayerStats:
 
     def to_payload(self, n_tokens: int) -> dict[str, Any]:
         return {
-            "index": self.index, "name": self.name, "layer": self.layer, "kind": self.kind,
+            "index": self.index,
+            "name": self.name,
+            "layer": self.layer,
+            "kind": self.kind,
             "out_features": self.out_features,
-            "absmax": self.absmax, "count_over": self.count_over, "hist": self.hist,
-            "n_tokens": n_tokens, "final": True,
+            "absmax": self.absmax,
+            "count_over": self.count_over,
+            "hist": self.hist,
+            "n_tokens": n_tokens,
+            "final": True,
         }
 
 
@@ -152,10 +148,10 @@ class _StopForward(Exception):
 
 
 def run(params: dict[str, Any], task, loaded) -> ScanResult:
-    """Scan `loaded` (an engine.loading.LoadedModel) on calibration text; see the module docstring."""
+    """Scan `loaded` (an engine.model.loaded.LoadedModel) on calibration text; see the module docstring."""
     import torch
 
-    from engine import corpus as corpus_mod
+    from engine.model import corpus as corpus_mod
 
     settings = ScanSettings.from_params(params)
     split = corpus_mod.load_split(settings.corpus)
@@ -245,7 +241,7 @@ class _StatsHooks:
         self.state: dict[str, tuple] = {}
         self.out_features = {name: module.out_features for name, module in members}
 
-    def __enter__(self) -> "_StatsHooks":
+    def __enter__(self) -> _StatsHooks:
         import torch
 
         from kernels import ops

@@ -27,9 +27,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from engine.vocabulary import DEFAULT_THRESHOLD, METHODS
 from kernels import ops
-
-METHODS = ("absmax-tensor", "vectorwise", "llm-int8", "llm-int8-dynamic", "weight-only")
 
 
 class Int8Linear(nn.Module):
@@ -40,7 +39,7 @@ class Int8Linear(nn.Module):
         weight_scale: torch.Tensor,
         bias: torch.Tensor | None,
         compute_dtype: torch.dtype,
-        threshold: float = 6.0,
+        threshold: float = DEFAULT_THRESHOLD,
         outlier_cols: torch.Tensor | None = None,
         outlier_weight: torch.Tensor | None = None,
     ) -> None:
@@ -60,8 +59,12 @@ class Int8Linear(nn.Module):
 
     @classmethod
     def from_linear(
-        cls, linear: nn.Linear, method: str, threshold: float = 6.0, outlier_cols: torch.Tensor | None = None
-    ) -> "Int8Linear":
+        cls,
+        linear: nn.Linear,
+        method: str,
+        threshold: float = DEFAULT_THRESHOLD,
+        outlier_cols: torch.Tensor | None = None,
+    ) -> Int8Linear:
         """Quantize `linear`'s weight for `method`; static llm-int8 needs the outlier columns."""
         weight = linear.weight.detach()  # (out, in)
         if method == "absmax-tensor":

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import BadInput
-from engine.planner import Architecture, LinearShape, WeightInventory
+from engine.planning.planner import Architecture, LinearShape, WeightInventory
 
 PRESET_KEY = "workbench_preset"
 
@@ -84,8 +84,11 @@ def from_config_dict(raw: dict[str, Any], name: str) -> tuple[Architecture, Weig
     if "intermediate_size" in missing and raw.get("model_type") in _MLP_4X_FAMILIES:
         missing.remove("intermediate_size")
     if missing:
-        raise BadInput(f"the config of {name} lacks {', '.join(missing)} (looked for keys: "
-                       + "; ".join(f"{m}: {' / '.join(_ALIASES[m])}" for m in missing) + ")")
+        raise BadInput(
+            f"the config of {name} lacks {', '.join(missing)} (looked for keys: "
+            + "; ".join(f"{m}: {' / '.join(_ALIASES[m])}" for m in missing)
+            + ")"
+        )
     notes: list[str] = []
     model = _meta_model(raw, notes)
     if model is None:
@@ -114,8 +117,10 @@ def _meta_model(raw: dict[str, Any], notes: list[str]):
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(config)
     except Exception as exc:  # an unknown or malformed family: fall back to the numbers, say so
-        notes.append(f"transformers could not build model_type {model_type!r} ({str(exc).splitlines()[0][:200]}): "
-                     "a Llama-style layout (gated MLP, no biases) is assumed")
+        notes.append(
+            f"transformers could not build model_type {model_type!r} ({str(exc).splitlines()[0][:200]}): "
+            "a Llama-style layout (gated MLP, no biases) is assumed"
+        )
         return None
 
 
@@ -126,23 +131,44 @@ def _architecture(name: str, config: Any, numbers: dict[str, Any], gated: bool) 
     head_dim = get("head_dim") or hidden // heads
     intermediate = numbers.get("intermediate_size") or 4 * hidden
     max_positions = get("max_position_embeddings") or get("n_positions") or get("seq_length")
-    values = {"hidden_size": hidden, "num_layers": numbers["num_layers"], "num_heads": heads, "num_kv_heads": kv_heads,
-              "head_dim": head_dim, "intermediate_size": intermediate, "vocab_size": numbers["vocab_size"]}
+    values = {
+        "hidden_size": hidden,
+        "num_layers": numbers["num_layers"],
+        "num_heads": heads,
+        "num_kv_heads": kv_heads,
+        "head_dim": head_dim,
+        "intermediate_size": intermediate,
+        "vocab_size": numbers["vocab_size"],
+    }
     for key, value in values.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise BadInput(f"the config of {name} has {key} = {value!r}; it must be a positive whole number")
-    return Architecture(name=name, gated_mlp=gated, tie_word_embeddings=bool(get("tie_word_embeddings", False)),
-                        max_positions=int(max_positions) if max_positions else None, **values)
+    return Architecture(
+        name=name,
+        gated_mlp=gated,
+        tie_word_embeddings=bool(get("tie_word_embeddings", False)),
+        max_positions=int(max_positions) if max_positions else None,
+        **values,
+    )
 
 
 def llama_inventory(arch: Architecture) -> WeightInventory:
     """The weights of a Llama-style model from its numbers: q/k/v/o, gate/up/down, RMSNorms."""
     h, hd, inter = arch.hidden_size, arch.head_dim, arch.intermediate_size
-    shapes = {"self_attn.q_proj": (arch.num_heads * hd, h), "self_attn.k_proj": (arch.num_kv_heads * hd, h),
-              "self_attn.v_proj": (arch.num_kv_heads * hd, h), "self_attn.o_proj": (h, arch.num_heads * hd),
-              "mlp.gate_proj": (inter, h), "mlp.up_proj": (inter, h), "mlp.down_proj": (h, inter)}
-    linears = tuple(LinearShape(f"model.layers.{i}.{suffix}", out_f, in_f, False, i)
-                    for i in range(arch.num_layers) for suffix, (out_f, in_f) in shapes.items())
+    shapes = {
+        "self_attn.q_proj": (arch.num_heads * hd, h),
+        "self_attn.k_proj": (arch.num_kv_heads * hd, h),
+        "self_attn.v_proj": (arch.num_kv_heads * hd, h),
+        "self_attn.o_proj": (h, arch.num_heads * hd),
+        "mlp.gate_proj": (inter, h),
+        "mlp.up_proj": (inter, h),
+        "mlp.down_proj": (h, inter),
+    }
+    linears = tuple(
+        LinearShape(f"model.layers.{i}.{suffix}", out_f, in_f, False, i)
+        for i in range(arch.num_layers)
+        for suffix, (out_f, in_f) in shapes.items()
+    )
     head = 0 if arch.tie_word_embeddings else arch.vocab_size * h
     return WeightInventory(linears, (2 * h,) * arch.num_layers, arch.vocab_size * h, h + head)
 
@@ -154,8 +180,10 @@ def from_model(model: Any, name: str | None = None) -> tuple[Architecture, Weigh
     """Architecture from the model's config and its weights counted from its actual modules."""
     inventory = model_inventory(model)
     config = model.config
-    numbers = {number: next((getattr(config, k) for k in keys if getattr(config, k, None) is not None), None)
-               for number, keys in _ALIASES.items()}
+    numbers = {
+        number: next((getattr(config, k) for k in keys if getattr(config, k, None) is not None), None)
+        for number, keys in _ALIASES.items()
+    }
     missing = [number for number, value in numbers.items() if value is None and number != "intermediate_size"]
     if missing:
         raise BadInput(f"the model's config lacks {', '.join(missing)}")
@@ -180,18 +208,29 @@ def model_inventory(model: Any) -> WeightInventory:
     """
     import torch.nn as nn
 
-    from engine.layers import decoder_layers
+    from engine.model.layers import decoder_layers
 
     layers_path, layers = decoder_layers(model)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    owners = {name: m for name, m in model.named_modules()
-              if m is not head and (is_quantized_linear(m) or isinstance(m, nn.Linear))}
+    owners = {
+        name: m
+        for name, m in model.named_modules()
+        if m is not head and (is_quantized_linear(m) or isinstance(m, nn.Linear))
+    }
     linears = []
     for name, module in owners.items():
         weight = module.weight_int8 if is_quantized_linear(module) else module.weight
         cols = getattr(module, "outlier_cols", None) if is_quantized_linear(module) else None
-        linears.append(LinearShape(name, int(weight.shape[0]), int(weight.shape[1]), getattr(module, "bias", None) is not None,
-                                   _layer_index(name, layers_path), int(cols.numel()) if cols is not None else None))
+        linears.append(
+            LinearShape(
+                name,
+                int(weight.shape[0]),
+                int(weight.shape[1]),
+                getattr(module, "bias", None) is not None,
+                _layer_index(name, layers_path),
+                int(cols.numel()) if cols is not None else None,
+            )
+        )
     per_layer, first, last, seen_layers = [0] * len(layers), 0, 0, False
     for name, tensor in _state_tensors(model):
         if name.rsplit(".", 1)[0] in owners:
@@ -211,7 +250,7 @@ def _layer_index(name: str, layers_path: str) -> int | None:
     prefix = f"{layers_path}."
     if not name.startswith(prefix):
         return None
-    return int(name[len(prefix):].split(".", 1)[0])
+    return int(name[len(prefix) :].split(".", 1)[0])
 
 
 def _state_tensors(model: Any):
@@ -219,7 +258,8 @@ def _state_tensors(model: Any):
     seen: set[int] = set()
     for module_name, module in model.named_modules():
         tensors = list(module._parameters.items()) + [
-            (key, buf) for key, buf in module._buffers.items() if key not in module._non_persistent_buffers_set]
+            (key, buf) for key, buf in module._buffers.items() if key not in module._non_persistent_buffers_set
+        ]
         for key, tensor in tensors:
             if tensor is None or id(tensor) in seen:
                 continue

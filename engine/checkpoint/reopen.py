@@ -1,7 +1,7 @@
 """Re-open an exported directory as the quantized model it was, with no re-quantization.
 
 The bitsandbytes tensors (`weight` int8, `SCB`) give back each Int8Linear's INT8
-weight and per-row scale as they were; the sidecar (engine.export) adds what
+weight and per-row scale as they were; the sidecar (engine.checkpoint.export) adds what
 bitsandbytes cannot express: the method, a per-tensor scale, static llm-int8's
 outlier columns and their floating-point weights. Every tensor the sidecar lists
 is checked (present, dtype, shape, file size) before anything is built, so a
@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from engine.checkpoint.export import EXPORT_FORMAT, EXPORT_FORMAT_VERSION, SIDECAR_NAME
 from engine.errors import ModelLoadError
-from engine.export import EXPORT_FORMAT, EXPORT_FORMAT_VERSION, SIDECAR_NAME
-from engine.loading import LoadedModel
+from engine.model.loaded import LoadedModel
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
@@ -33,7 +33,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 class ExportedModel(LoadedModel):
     """A re-opened export: `model` is the quantized model itself (there is no floating-point one)."""
 
-    quantized: Any = None  # engine.quantize.QuantizedModel wrapping `model`
+    quantized: Any = None  # engine.quant.quantize.QuantizedModel wrapping `model`
     manifest: dict[str, Any] | None = None
 
     def describe(self) -> dict[str, Any]:
@@ -49,7 +49,7 @@ class ExportedModel(LoadedModel):
 
 
 def is_exported(path: Path) -> bool:
-    """Whether `path` is a directory written by engine.export (its sidecar is there)."""
+    """Whether `path` is a directory written by engine.checkpoint.export (its sidecar is there)."""
     return (Path(path) / SIDECAR_NAME).is_file()
 
 
@@ -62,8 +62,10 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != EXPORT_FORMAT:
         raise ModelLoadError(f"{path} is not a workbench export sidecar (format {EXPORT_FORMAT!r} expected)")
     if manifest.get("format_version") != EXPORT_FORMAT_VERSION:
-        raise ModelLoadError(f"{path} has export format version {manifest.get('format_version')!r}; this workbench "
-                             f"reads version {EXPORT_FORMAT_VERSION}")
+        raise ModelLoadError(
+            f"{path} has export format version {manifest.get('format_version')!r}; this workbench "
+            f"reads version {EXPORT_FORMAT_VERSION}"
+        )
     for key in ("method", "threshold", "layers", "files", "settings"):
         if key not in manifest:
             raise ModelLoadError(f"{path} lacks {key!r}: the export is incomplete")
@@ -88,8 +90,10 @@ def read_tensors(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
                     tensor = handle.get_tensor(name)
                     dtype, shape = str(tensor.dtype).removeprefix("torch."), list(tensor.shape)
                     if dtype != spec["dtype"] or shape != spec["shape"]:
-                        raise ModelLoadError(f"tensor {name} in {path} is {dtype} {shape}, the export wrote "
-                                             f"{spec['dtype']} {spec['shape']}: the export is damaged")
+                        raise ModelLoadError(
+                            f"tensor {name} in {path} is {dtype} {shape}, the export wrote "
+                            f"{spec['dtype']} {spec['shape']}: the export is damaged"
+                        )
                     tensors[name] = tensor
         except ModelLoadError:
             raise
@@ -97,14 +101,15 @@ def read_tensors(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
             raise ModelLoadError(f"{path} cannot be read (truncated or damaged): {str(exc).splitlines()[0]}") from exc
         size = path.stat().st_size
         if size != entry["bytes"]:
-            raise ModelLoadError(f"{path} has {size:,} bytes, the export wrote {entry['bytes']:,}: "
-                                 "the file was truncated or modified")
+            raise ModelLoadError(
+                f"{path} has {size:,} bytes, the export wrote {entry['bytes']:,}: the file was truncated or modified"
+            )
     return tensors
 
 
 def load(directory: Path, params: dict[str, Any], task) -> ExportedModel:
     """The quantized model stored in `directory`, on the requested device, as it was exported."""
-    from engine.loading import _quiet_transformers, pick_device
+    from engine.model.loaded import pick_device, quiet_transformers
 
     directory = Path(directory)
     device = pick_device(params.get("device"))
@@ -112,7 +117,7 @@ def load(directory: Path, params: dict[str, Any], task) -> ExportedModel:
     manifest = read_manifest(directory)
     tensors = read_tensors(directory, manifest)
     task.progress(0.5, "building the quantized model")
-    _quiet_transformers()
+    quiet_transformers()
     model, quantized = _build(directory, manifest, tensors)
     model.to(device)
     tokenizer, notes = _tokenizer(directory, params)
@@ -120,13 +125,25 @@ def load(directory: Path, params: dict[str, Any], task) -> ExportedModel:
     requested = params.get("dtype")
     if requested and requested not in ("auto", dtype):
         notes.append(f"kept the exported dtype {dtype}: converting would change the model ({requested} was asked)")
-    notes.insert(0, f"exported by {manifest['tool']} {manifest['version']}: method {manifest['method']}, "
-                    f"threshold {manifest['threshold']:g}; this is the quantized model, re-opened without "
-                    "re-quantization")
+    notes.insert(
+        0,
+        f"exported by {manifest['tool']} {manifest['version']}: method {manifest['method']}, "
+        f"threshold {manifest['threshold']:g}; this is the quantized model, re-opened without "
+        "re-quantization",
+    )
     task.progress(1.0, "model loaded")
-    return ExportedModel(model=model, tokenizer=tokenizer, name=directory.name, source=str(directory),
-                         kind="exported", device=str(next(model.parameters()).device), dtype=dtype,
-                         notes=notes, quantized=quantized, manifest=manifest)
+    return ExportedModel(
+        model=model,
+        tokenizer=tokenizer,
+        name=directory.name,
+        source=str(directory),
+        kind="exported",
+        device=str(next(model.parameters()).device),
+        dtype=dtype,
+        notes=notes,
+        quantized=quantized,
+        manifest=manifest,
+    )
 
 
 def _build(directory: Path, manifest: dict[str, Any], tensors: dict[str, Any]):
@@ -134,7 +151,7 @@ def _build(directory: Path, manifest: dict[str, Any], tensors: dict[str, Any]):
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from engine.quantize import QuantizedModel, _replace_module
+    from engine.quant.quantize import QuantizedModel, replace_module
 
     try:
         config = AutoConfig.from_pretrained(directory)
@@ -157,9 +174,11 @@ def _build(directory: Path, manifest: dict[str, Any], tensors: dict[str, Any]):
                 raise ModelLoadError(f"the export quantized {name}, which the model in config.json lacks") from exc
             module = _int8_linear(layer, remaining, float(manifest["threshold"]), dtype)
             if (module.out_features, module.in_features) != tuple(linear.weight.shape):
-                raise ModelLoadError(f"{name}.weight is {module.out_features}x{module.in_features}, the model "
-                                     f"expects {tuple(linear.weight.shape)}")
-            _replace_module(model, name, module)
+                raise ModelLoadError(
+                    f"{name}.weight is {module.out_features}x{module.in_features}, the model "
+                    f"expects {tuple(linear.weight.shape)}"
+                )
+            replace_module(model, name, module)
             if module.method == "llm-int8":
                 outlier_dims[name] = module.outlier_cols.cpu().numpy()
         result = model.load_state_dict(remaining, strict=False, assign=True)
@@ -172,14 +191,15 @@ def _build(directory: Path, manifest: dict[str, Any], tensors: dict[str, Any]):
     model.eval()
     model.requires_grad_(False)
     settings = manifest["settings"]
-    quantized = QuantizedModel(manifest["method"], float(manifest["threshold"]), model, outlier_dims,
-                               list(settings.get("skip_modules") or []))
+    quantized = QuantizedModel(
+        manifest["method"], float(manifest["threshold"]), model, outlier_dims, list(settings.get("skip_modules") or [])
+    )
     return model, quantized
 
 
 def _int8_linear(layer: dict[str, Any], remaining: dict[str, Any], threshold: float, dtype):
     """One Int8Linear from its bitsandbytes tensors and, for static llm-int8, its sidecar tensors."""
-    from engine.int8_linear import Int8Linear
+    from engine.quant.int8_linear import Int8Linear
 
     name = layer["name"]
     weight = remaining.pop(f"{name}.weight")
@@ -223,8 +243,9 @@ def _tokenizer(directory: Path, params: dict[str, Any]):
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(directory,
-                                                  trust_remote_code=bool(params.get("trust_remote_code", False)))
+        tokenizer = AutoTokenizer.from_pretrained(
+            directory, trust_remote_code=bool(params.get("trust_remote_code", False))
+        )
     except Exception as exc:
         raise ModelLoadError(f"could not load the tokenizer in {directory}: {str(exc).splitlines()[0]}") from exc
     return tokenizer, []

@@ -7,7 +7,7 @@ INT8 convention is bitsandbytes' own (`q = round(w * 127 / absmax)`, SCB = absma
 so its `Linear8bitLt` reads the INT8 values without requantizing them.
 
 What bitsandbytes cannot express goes into the sidecar, so that re-opening
-(`engine.reopen`) gives back the very same model:
+(`engine.checkpoint.reopen`) gives back the very same model:
 - `int8wb_export.json`: the method, threshold, scan settings, outlier dimensions
   per layer, and the name, dtype, shape and file of every tensor (for validation);
 - `int8wb_extra.safetensors`: static llm-int8's outlier columns and their weight
@@ -44,8 +44,13 @@ WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 # bitsandbytes' threshold for the view of each method: 0 turns its outlier decomposition off.
 # weight-only has no bitsandbytes counterpart (bitsandbytes always quantizes activations):
 # its view is the dynamic llm-int8 of the same INT8 weights.
-_BNB_USES_THRESHOLD = {"absmax-tensor": False, "vectorwise": False, "llm-int8": True,
-                       "llm-int8-dynamic": True, "weight-only": True}
+_BNB_USES_THRESHOLD = {
+    "absmax-tensor": False,
+    "vectorwise": False,
+    "llm-int8": True,
+    "llm-int8-dynamic": True,
+    "weight-only": True,
+}
 
 
 @dataclass
@@ -60,8 +65,14 @@ class ExportResult:
     breakdown: dict[str, int] = field(default_factory=dict)
 
     def to_payload(self) -> dict[str, Any]:
-        return {"path": self.path, "method": self.method, "threshold": self.threshold, "files": self.files,
-                "total_bytes": self.total_bytes, "breakdown": self.breakdown}
+        return {
+            "path": self.path,
+            "method": self.method,
+            "threshold": self.threshold,
+            "files": self.files,
+            "total_bytes": self.total_bytes,
+            "breakdown": self.breakdown,
+        }
 
 
 def parse_size(value: Any) -> int:
@@ -100,10 +111,10 @@ def check_target(out: Any, overwrite: bool) -> Path:
 
 
 def run(params: dict[str, Any], task, loaded, quantized, scan=None) -> ExportResult:
-    """Write `quantized` (an engine.quantize.QuantizedModel of `loaded`) to `params["out"]`.
+    """Write `quantized` (an engine.quant.quantize.QuantizedModel of `loaded`) to `params["out"]`.
 
     params: out (directory), overwrite (False), max_shard_size ("50GB").
-    `scan` (engine.scan.ScanResult) is recorded in the sidecar when the method used it.
+    `scan` (engine.quant.scan.ScanResult) is recorded in the sidecar when the method used it.
     """
     import torch
 
@@ -118,15 +129,29 @@ def run(params: dict[str, Any], task, loaded, quantized, scan=None) -> ExportRes
 
     def write(staging: Path) -> None:
         with torch.no_grad():
-            files = write_weights(staging, plan_shards(main, max_shard_size), lambda names: {n: main[n] for n in names},
-                                  metadata, task.slice(0.0, 0.9))
+            files = write_weights(
+                staging,
+                plan_shards(main, max_shard_size),
+                lambda names: {n: main[n] for n in names},
+                metadata,
+                task.slice(0.0, 0.9),
+            )
             if extra:
                 _save(staging / SIDECAR_TENSORS, extra, metadata)
                 files[SIDECAR_TENSORS] = list(extra)
-        write_configs(staging, quantized.model.config, _generation_config(loaded, quantized.model), loaded.tokenizer,
-                      quantized.method, quantized.threshold, skipped_linears(quantized.model))
-        write_json(staging / SIDECAR_NAME, manifest(staging, quantized.method, quantized.threshold, settings, layers,
-                                                     files, {**main, **extra}))
+        write_configs(
+            staging,
+            quantized.model.config,
+            _generation_config(loaded, quantized.model),
+            loaded.tokenizer,
+            quantized.method,
+            quantized.threshold,
+            skipped_linears(quantized.model),
+        )
+        write_json(
+            staging / SIDECAR_NAME,
+            manifest(staging, quantized.method, quantized.threshold, settings, layers, files, {**main, **extra}),
+        )
 
     write_staged(target, needed, write, task)
     return result(target, quantized.method, quantized.threshold, quantized.model, main, extra)
@@ -134,9 +159,14 @@ def run(params: dict[str, Any], task, loaded, quantized, scan=None) -> ExportRes
 
 def export_metadata(method: str, threshold: float, settings: dict[str, Any]) -> dict[str, str]:
     """The safetensors metadata every file of an export carries."""
-    return {"format": "pt", "int8wb.tool": "int8-workbench", "int8wb.version": _version(),
-            "int8wb.method": method, "int8wb.threshold": repr(threshold),
-            "int8wb.settings": json.dumps(settings, sort_keys=True)}
+    return {
+        "format": "pt",
+        "int8wb.tool": "int8-workbench",
+        "int8wb.version": _version(),
+        "int8wb.method": method,
+        "int8wb.threshold": repr(threshold),
+        "int8wb.settings": json.dumps(settings, sort_keys=True),
+    }
 
 
 def write_staged(target: Path, needed: int, write, task) -> None:
@@ -166,7 +196,7 @@ def split_tensors(model) -> tuple[dict[str, Any], dict[str, Any], list[dict[str,
     """(bitsandbytes tensors, sidecar tensors, per-layer facts) of a model holding Int8Linear modules."""
     import torch
 
-    from engine.int8_linear import Int8Linear
+    from engine.quant.int8_linear import Int8Linear
 
     main: dict[str, Any] = {}
     extra: dict[str, Any] = {}
@@ -183,9 +213,15 @@ def split_tensors(model) -> tuple[dict[str, Any], dict[str, Any], list[dict[str,
         main[f"{name}.weight_format"] = torch.tensor(0, dtype=torch.uint8)  # 0 = "row"
         if module.bias is not None:
             main[f"{name}.bias"] = module.bias.contiguous()
-        layer = {"name": name, "method": module.method, "in_features": module.in_features,
-                 "out_features": module.out_features, "scale": "tensor" if per_tensor else "row",
-                 "bias": module.bias is not None, "outlier_dims": []}
+        layer = {
+            "name": name,
+            "method": module.method,
+            "in_features": module.in_features,
+            "out_features": module.out_features,
+            "scale": "tensor" if per_tensor else "row",
+            "bias": module.bias is not None,
+            "outlier_dims": [],
+        }
         if module.method == "llm-int8":
             extra[f"{name}.outlier_cols"] = module.outlier_cols.contiguous()  # (n,) int64
             extra[f"{name}.outlier_weight"] = module.outlier_weight.contiguous()  # (out, n) float
@@ -223,8 +259,14 @@ def _settings(quantized, scan) -> dict[str, Any]:
     settings = base_settings(quantized.method, quantized.threshold, quantized.skipped)
     if quantized.method == "llm-int8" and scan is not None:
         s = scan.settings
-        settings["scan"] = {"tokens": s.tokens, "seq_len": s.seq_len, "batch_size": s.batch_size,
-                            "threshold": s.threshold, "corpus": scan.corpus_source, "n_tokens": scan.n_tokens}
+        settings["scan"] = {
+            "tokens": s.tokens,
+            "seq_len": s.seq_len,
+            "batch_size": s.batch_size,
+            "threshold": s.threshold,
+            "corpus": scan.corpus_source,
+            "n_tokens": scan.n_tokens,
+        }
     return settings
 
 
@@ -254,8 +296,9 @@ def plan_shards(tensors: dict[str, Any], max_shard_size: int):
     """huggingface_hub's split of `tensors` into shards; meta tensors (shape and dtype only) plan as well."""
     from huggingface_hub import split_torch_state_dict_into_shards
 
-    return split_torch_state_dict_into_shards(tensors, filename_pattern="model{suffix}.safetensors",
-                                              max_shard_size=max_shard_size)
+    return split_torch_state_dict_into_shards(
+        tensors, filename_pattern="model{suffix}.safetensors", max_shard_size=max_shard_size
+    )
 
 
 def write_weights(staging: Path, split, produce, metadata, task) -> dict[str, list[str]]:
@@ -277,13 +320,16 @@ def write_weights(staging: Path, split, produce, metadata, task) -> dict[str, li
         files[filename] = list(names)
         task.progress((i + 1) / len(shards), f"wrote {filename}")
     if split.is_sharded:
-        write_json(staging / WEIGHTS_INDEX_NAME,
-                    {"metadata": {"total_size": total, **metadata}, "weight_map": dict(split.tensor_to_filename)})
+        write_json(
+            staging / WEIGHTS_INDEX_NAME,
+            {"metadata": {"total_size": total, **metadata}, "weight_map": dict(split.tensor_to_filename)},
+        )
     return files
 
 
-def write_configs(staging: Path, config, generation_config, tokenizer, method: str, threshold: float,
-                  skip_modules: list[str]) -> None:
+def write_configs(
+    staging: Path, config, generation_config, tokenizer, method: str, threshold: float, skip_modules: list[str]
+) -> None:
     """config.json with bitsandbytes' quantization_config; generation config and tokenizer files."""
     import copy
 
@@ -334,8 +380,10 @@ def manifest(staging, method, threshold, settings, layers, files, tensors) -> di
         "files": {
             filename: {
                 "bytes": (staging / filename).stat().st_size,
-                "tensors": {n: {"dtype": str(tensors[n].dtype).removeprefix("torch."),
-                                "shape": list(tensors[n].shape)} for n in names},
+                "tensors": {
+                    n: {"dtype": str(tensors[n].dtype).removeprefix("torch."), "shape": list(tensors[n].shape)}
+                    for n in names
+                },
             }
             for filename, names in files.items()
         },
@@ -370,27 +418,35 @@ def _replace_dir(staging: Path, target: Path) -> None:
 def check_free_space(folder: Path, needed: int) -> None:
     free = shutil.disk_usage(folder).free
     if free < needed:
-        raise BadInput(f"not enough space in {folder}: the export needs about {needed / 1e6:,.1f} MB, "
-                       f"{free / 1e6:,.1f} MB are free; nothing was written")
+        raise BadInput(
+            f"not enough space in {folder}: the export needs about {needed / 1e6:,.1f} MB, "
+            f"{free / 1e6:,.1f} MB are free; nothing was written"
+        )
 
 
 def _write_error(exc: OSError, target: Path, needed: int) -> BadInput:
     """A write failure as a message that says what to do; nothing was left behind."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return BadInput(f"the disk is full while exporting to {target} (the export needs about "
-                        f"{needed / 1e6:,.1f} MB); nothing was written, free some space and try again")
+        return BadInput(
+            f"the disk is full while exporting to {target} (the export needs about "
+            f"{needed / 1e6:,.1f} MB); nothing was written, free some space and try again"
+        )
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return BadInput(f"cannot write to {target.parent}: {exc.strerror or 'permission denied'} "
-                        "(read-only folder or disk); choose a writable folder; nothing was written")
+        return BadInput(
+            f"cannot write to {target.parent}: {exc.strerror or 'permission denied'} "
+            "(read-only folder or disk); choose a writable folder; nothing was written"
+        )
     return BadInput(f"could not write the export to {target}: {exc}; nothing was written")
 
 
 def result(target: Path, method: str, threshold: float, model, main, extra) -> ExportResult:
     """What was written, measured on disk; `main`/`extra` may hold meta tensors (sizes only)."""
-    files = sorted(({"name": p.name, "bytes": p.stat().st_size} for p in target.iterdir() if p.is_file()),
-                   key=lambda f: f["name"])
-    return ExportResult(str(target), method, threshold, files,
-                        sum(f["bytes"] for f in files), size_breakdown(model, main, extra, files))
+    files = sorted(
+        ({"name": p.name, "bytes": p.stat().st_size} for p in target.iterdir() if p.is_file()), key=lambda f: f["name"]
+    )
+    return ExportResult(
+        str(target), method, threshold, files, sum(f["bytes"] for f in files), size_breakdown(model, main, extra, files)
+    )
 
 
 def size_breakdown(model, main, extra, files) -> dict[str, int]:
@@ -400,6 +456,7 @@ def size_breakdown(model, main, extra, files) -> dict[str, int]:
     the original weights take in fp16 and `fp16_rest` the same without the
     embedding and head: the reference of the 55% size rule (tests/test_export.py).
     """
+
     def nbytes(t) -> int:
         return t.numel() * t.element_size()
 
@@ -408,8 +465,9 @@ def size_breakdown(model, main, extra, files) -> dict[str, int]:
         "int8_weights": sum(nbytes(t) for t in main.values() if str(t.dtype) == "torch.int8"),
         "scales": sum(nbytes(t) for k, t in main.items() if _is_scale(k)),
         "embedding_and_head": sum(nbytes(t) for k, t in main.items() if k in embed_keys),
-        "other_float": sum(nbytes(t) for k, t in main.items()
-                           if t.dtype.is_floating_point and k not in embed_keys and not _is_scale(k)),
+        "other_float": sum(
+            nbytes(t) for k, t in main.items() if t.dtype.is_floating_point and k not in embed_keys and not _is_scale(k)
+        ),
         "sidecar_tensors": sum(nbytes(t) for t in extra.values()),
     }
     tensor_file_bytes = sum(f["bytes"] for f in files if f["name"].endswith(".safetensors"))

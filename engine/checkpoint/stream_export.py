@@ -3,14 +3,14 @@
 DESIGN.md, "Scale": the weights are read from memory-mapped safetensors and each
 quantized tensor is written as it is made, so peak memory is one output shard
 (bounded by `max_shard_size`) plus the file handles, not the whole model. The
-result is the same export as `engine.export` writes from a model quantized in
+result is the same export as `engine.checkpoint.export` writes from a model quantized in
 memory (same tensor names, bits, config.json, metadata and sidecar), for the
 methods that need no calibration scan: absmax-tensor, vectorwise,
 llm-int8-dynamic and weight-only. Static llm-int8 takes its outlier columns from
 a scan of the loaded model, so it stays with the in-memory export.
 
 Which tensors are quantized is decided as the in-memory path decides it
-(`engine.layers.linear_layers`: every nn.Linear but the output head), on a
+(`engine.model.layers.linear_layers`: every nn.Linear but the output head), on a
 skeleton of the model built on the meta device from config.json: no weight is
 read to learn the layout.
 """
@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from engine import export
+from engine.checkpoint import export
 from engine.errors import BadInput, ModelLoadError
 
 STREAMING_METHODS = ("absmax-tensor", "vectorwise", "llm-int8-dynamic", "weight-only")
@@ -38,15 +38,17 @@ def run(params: dict[str, Any], task) -> export.ExportResult:
     """
     import torch
 
-    from engine.loading import pick_dtype
-    from engine.quantize import check_methods
-    from engine.scan import check_threshold
+    from engine.model.loaded import pick_dtype
+    from engine.quant.quantize import check_methods
+    from engine.vocabulary import check_threshold
 
     (method,) = check_methods([params.get("method")])
     if method not in STREAMING_METHODS:
-        raise BadInput(f"{method} takes its outlier dimensions from a calibration scan of the loaded model, "
-                       "so it cannot be streamed: use the in-memory export (without --streaming), or a method "
-                       f"that needs no scan: {', '.join(STREAMING_METHODS)}")
+        raise BadInput(
+            f"{method} takes its outlier dimensions from a calibration scan of the loaded model, "
+            "so it cannot be streamed: use the in-memory export (without --streaming), or a method "
+            f"that needs no scan: {', '.join(STREAMING_METHODS)}"
+        )
     threshold = check_threshold(params.get("threshold", 6.0))
     source = _check_source(params.get("model"))
     target = export.check_target(params.get("out"), bool(params.get("overwrite", False)))
@@ -63,8 +65,9 @@ def run(params: dict[str, Any], task) -> export.ExportResult:
     settings = export.base_settings(method, threshold, [])
     metadata = export.export_metadata(method, threshold, settings)
     linears = {layer["name"] for layer in plan["layers"]}
-    skipped = [name for name, module in skeleton.named_modules()
-               if isinstance(module, torch.nn.Linear) and name not in linears]
+    skipped = [
+        name for name, module in skeleton.named_modules() if isinstance(module, torch.nn.Linear) and name not in linears
+    ]
     tokenizer, generation_config = _side_files(source)
 
     def produce(names: list[str]) -> dict[str, Any]:
@@ -72,11 +75,14 @@ def run(params: dict[str, Any], task) -> export.ExportResult:
 
     def write(staging: Path) -> None:
         with torch.no_grad():
-            files = export.write_weights(staging, export.plan_shards(specs, max_shard_size), produce, metadata,
-                                         task.slice(0.0, 0.9))
+            files = export.write_weights(
+                staging, export.plan_shards(specs, max_shard_size), produce, metadata, task.slice(0.0, 0.9)
+            )
         export.write_configs(staging, skeleton.config, generation_config, tokenizer, method, threshold, skipped)
-        export.write_json(staging / export.SIDECAR_NAME,
-                           export.manifest(staging, method, threshold, settings, plan["layers"], files, specs))
+        export.write_json(
+            staging / export.SIDECAR_NAME,
+            export.manifest(staging, method, threshold, settings, plan["layers"], files, specs),
+        )
 
     export.write_staged(target, needed, write, task)
     return export.result(target, method, threshold, skeleton, specs, {})
@@ -88,15 +94,19 @@ def _check_source(model: Any) -> Path:
         raise BadInput("the streaming export needs a model directory (model) with safetensors weights")
     path = Path(os.path.expanduser(str(model))).resolve()
     if not path.is_dir():
-        raise BadInput(f"the streaming export reads a model directory; {path} is not one (a GGUF file or hub id "
-                       "goes through the in-memory export)")
+        raise BadInput(
+            f"the streaming export reads a model directory; {path} is not one (a GGUF file or hub id "
+            "goes through the in-memory export)"
+        )
     if (path / export.SIDECAR_NAME).is_file():
         raise BadInput(f"{path} is already an export of this workbench: export it again without --streaming")
     if not (path / "config.json").is_file():
         raise BadInput(f"{path} has no config.json: it is not a Hugging Face model directory")
     if not list(path.glob("*.safetensors")):
-        raise BadInput(f"{path} has no *.safetensors weights: the streaming export reads safetensors only; "
-                       "use the in-memory export")
+        raise BadInput(
+            f"{path} has no *.safetensors weights: the streaming export reads safetensors only; "
+            "use the in-memory export"
+        )
     return path
 
 
@@ -110,8 +120,10 @@ def _skeleton(source: Path, dtype):
         with init_empty_weights():
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     except Exception as exc:  # transformers raises many types; the message is what the user needs
-        raise ModelLoadError(f"could not build the model of {source} from its config.json: "
-                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from exc
+        raise ModelLoadError(
+            f"could not build the model of {source} from its config.json: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+        ) from exc
     return model.eval()
 
 
@@ -136,12 +148,12 @@ def _checkpoint_index(source: Path) -> dict[str, str]:
 def _plan(skeleton, checkpoint: dict[str, str], method: str, dtype) -> dict[str, Any]:
     """Every output tensor as a meta tensor (for sharding, the manifest and sizes) and the recipe that makes it.
 
-    The order is engine.export.split_tensors' order (quantized Linears, then the
+    The order is engine.checkpoint.export.split_tensors' order (quantized Linears, then the
     other state-dict tensors), so the shards come out as the in-memory export's.
     """
     import torch
 
-    from engine.layers import linear_layers
+    from engine.model.layers import linear_layers
 
     def meta(shape, tensor_dtype):
         return torch.empty(tuple(shape), dtype=tensor_dtype, device="meta")
@@ -166,9 +178,17 @@ def _plan(skeleton, checkpoint: dict[str, str], method: str, dtype) -> dict[str,
             _require(checkpoint, f"{name}.bias")
             specs[f"{name}.bias"] = meta(linear.bias.shape, dtype)
             recipes[f"{name}.bias"] = ("copy", f"{name}.bias")
-        layers.append({"name": name, "method": method, "in_features": in_features, "out_features": out_features,
-                       "scale": "tensor" if method == "absmax-tensor" else "row", "bias": linear.bias is not None,
-                       "outlier_dims": []})
+        layers.append(
+            {
+                "name": name,
+                "method": method,
+                "in_features": in_features,
+                "out_features": out_features,
+                "scale": "tensor" if method == "absmax-tensor" else "row",
+                "bias": linear.bias is not None,
+                "outlier_dims": [],
+            }
+        )
     for key, tensor in skeleton.state_dict().items():
         if key.rpartition(".")[0] in prefixes or key in tied:
             continue
@@ -180,8 +200,10 @@ def _plan(skeleton, checkpoint: dict[str, str], method: str, dtype) -> dict[str,
 
 def _require(checkpoint: dict[str, str], key: str) -> None:
     if key not in checkpoint:
-        raise BadInput(f"the checkpoint has no tensor {key!r} where the model built from its config.json expects "
-                       "one (renamed or legacy names): use the in-memory export, which transformers' loader maps")
+        raise BadInput(
+            f"the checkpoint has no tensor {key!r} where the model built from its config.json expects "
+            "one (renamed or legacy names): use the in-memory export, which transformers' loader maps"
+        )
 
 
 def _produce(names, recipes, checkpoint, source: Path, method: str, dtype) -> dict[str, Any]:
@@ -220,7 +242,7 @@ def _read(source: Path, checkpoint: dict[str, str], key: str):
 
 def _quantize(name: str, weight, method: str):
     """(int8 (out, in), SCB float32 (out,)) of one Linear weight, as Int8Linear.from_linear + split_tensors make them."""
-    from engine.quantize import check_finite
+    from engine.quant.quantize import check_finite
     from kernels import ops
 
     check_finite(name, weight)

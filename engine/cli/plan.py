@@ -1,9 +1,9 @@
 """`int8wb plan`: how many GPUs a model needs in FP16, INT8 and LLM.int8, every term shown.
 
-    int8wb plan --preset llama-2-70b --context 4096 --batch 1
-    int8wb plan --config path/to/config.json --json
-    int8wb plan --list-presets
-    int8wb plan --largest-on 8xA100-40GB --among opt-6.7b,opt-13b,opt-30b,opt-66b,opt-175b,bloom-176b
+int8wb plan --preset llama-2-70b --context 4096 --batch 1
+int8wb plan --config path/to/config.json --json
+int8wb plan --list-presets
+int8wb plan --largest-on 8xA100-40GB --among opt-6.7b,opt-13b,opt-30b,opt-66b,opt-175b,bloom-176b
 """
 
 from __future__ import annotations
@@ -14,23 +14,19 @@ import sys
 from typing import Any
 
 from engine.errors import BadInput, WorkbenchError
-
-METHOD_LABELS = {
-    "baseline": "floating point",
-    "absmax-tensor": "INT8 per tensor",
-    "vectorwise": "INT8 vector-wise",
-    "llm-int8": "LLM.int8, static outliers",
-    "llm-int8-dynamic": "LLM.int8, outliers found per call",
-    "weight-only": "INT8 weight-only",
-}
+from engine.vocabulary import FLOAT_BYTES, GPUS, METHOD_LABELS
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register `plan` and its options; `main` is set as the handler."""
-    from engine.planner import DEFAULT_OUTLIER_FRACTION, DEFAULT_USABLE_FRACTION, FLOAT_BYTES, GPUS, METHODS
+    from engine.planning.planner import DEFAULT_OUTLIER_FRACTION, DEFAULT_USABLE_FRACTION, PLAN_METHODS
 
-    parser = subparsers.add_parser("plan", help="GPUs needed for a model in FP16 / INT8 / LLM.int8, every term shown",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "plan",
+        help="GPUs needed for a model in FP16 / INT8 / LLM.int8, every term shown",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", metavar="PATH", help="a config.json, or a model directory holding one")
     source.add_argument("--preset", metavar="NAME", help="a built-in architecture (see --list-presets)")
@@ -40,16 +36,32 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--context", type=int, default=4096, help="tokens per sequence (default 4096)")
     parser.add_argument("--batch", type=int, default=1, help="sequences at once (default 1)")
     parser.add_argument("--dtype", choices=sorted(FLOAT_BYTES), default="float16", help="floating-point dtype")
-    parser.add_argument("--outlier-fraction", type=float, default=DEFAULT_OUTLIER_FRACTION,
-                        help=f"LLM.int8: fraction of input columns kept in floating point (default {DEFAULT_OUTLIER_FRACTION})")
-    parser.add_argument("--usable-fraction", type=float, default=DEFAULT_USABLE_FRACTION,
-                        help=f"fraction of each card the plan may fill (default {DEFAULT_USABLE_FRACTION})")
+    parser.add_argument(
+        "--outlier-fraction",
+        type=float,
+        default=DEFAULT_OUTLIER_FRACTION,
+        help=f"LLM.int8: fraction of input columns kept in floating point (default {DEFAULT_OUTLIER_FRACTION})",
+    )
+    parser.add_argument(
+        "--usable-fraction",
+        type=float,
+        default=DEFAULT_USABLE_FRACTION,
+        help=f"fraction of each card the plan may fill (default {DEFAULT_USABLE_FRACTION})",
+    )
     parser.add_argument("--overhead-gib", type=float, default=1.0, help="runtime overhead per GPU in GiB (default 1)")
-    parser.add_argument("--attention", choices=("sdpa", "eager"), default="sdpa",
-                        help="eager attention materializes the (context x context) scores")
-    parser.add_argument("--logits", choices=("last", "all"), default="last",
-                        help="logits for the last position (generation) or all (evaluation)")
-    parser.add_argument("--method", action="append", choices=METHODS, help="only this method (repeatable)")
+    parser.add_argument(
+        "--attention",
+        choices=("sdpa", "eager"),
+        default="sdpa",
+        help="eager attention materializes the (context x context) scores",
+    )
+    parser.add_argument(
+        "--logits",
+        choices=("last", "all"),
+        default="last",
+        help="logits for the last position (generation) or all (evaluation)",
+    )
+    parser.add_argument("--method", action="append", choices=PLAN_METHODS, help="only this method (repeatable)")
     parser.add_argument("--gpu", action="append", choices=sorted(GPUS), help="only this card (repeatable)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.set_defaults(func=main, handler=main)
@@ -66,7 +78,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from engine import planner, presets
+    from engine.planning import plan_memory, presets
     from engine.task import Task
 
     if args.list_presets:
@@ -78,24 +90,30 @@ def _main(args: argparse.Namespace) -> int:
                 print(f"{row['name']:14s} {row['parameters'] / 1e9:8.2f} B  {row['label']}  ({row['source']})")
         return 0
     params: dict[str, Any] = {
-        "context": args.context, "batch": args.batch, "dtype": args.dtype,
-        "outlier_fraction": args.outlier_fraction, "usable_fraction": args.usable_fraction,
-        "overhead_gib": args.overhead_gib, "attention": args.attention, "logits": args.logits,
-        "methods": args.method, "gpus": args.gpu,
+        "context": args.context,
+        "batch": args.batch,
+        "dtype": args.dtype,
+        "outlier_fraction": args.outlier_fraction,
+        "usable_fraction": args.usable_fraction,
+        "overhead_gib": args.overhead_gib,
+        "attention": args.attention,
+        "logits": args.logits,
+        "methods": args.method,
+        "gpus": args.gpu,
     }
     if args.largest_on:
         result = largest_on(args.largest_on, args.among, params)
         print(json.dumps(result, indent=2) if args.json else _render_largest(result))
         return 0
     params.update({"config": args.config, "preset": args.preset})
-    result = planner.run(params, Task())
+    result = plan_memory.run(params, Task())
     print(json.dumps(result, indent=2) if args.json else render(result))
     return 0
 
 
 def largest_on(spec: str, among: str | None, params: dict[str, Any]) -> dict[str, Any]:
     """For each method, the preset with the most parameters that fits on COUNT cards of a kind."""
-    from engine import planner, presets
+    from engine.planning import plan_memory, planner, presets
 
     count_text, _, gpu = spec.partition("x")
     if not count_text.isdigit() or not gpu:
@@ -104,15 +122,24 @@ def largest_on(spec: str, among: str | None, params: dict[str, Any]) -> dict[str
     planner.check_gpu(gpu)
     names = [n.strip() for n in among.split(",") if n.strip()] if among else [r["name"] for r in presets.list_presets()]
     candidates = [presets.from_config_dict(presets.preset_config(name), name)[:2] for name in names]
-    settings = planner.settings_from_params(params)
-    methods = params.get("methods") or planner.METHODS
+    settings = plan_memory.settings_from_params(params)
+    methods = params.get("methods") or planner.PLAN_METHODS
     largest = {}
     for method in methods:
         arch = planner.largest_fitting(candidates, planner.check_method(method), settings, gpu, count)
         largest[method] = arch.name if arch else None
-    return {"gpu": gpu, "count": count, "candidates": names, "largest": largest,
-            "settings": {"context": settings.context, "batch": settings.batch, "dtype": settings.dtype,
-                         "usable_fraction": settings.usable_fraction}}
+    return {
+        "gpu": gpu,
+        "count": count,
+        "candidates": names,
+        "largest": largest,
+        "settings": {
+            "context": settings.context,
+            "batch": settings.batch,
+            "dtype": settings.dtype,
+            "usable_fraction": settings.usable_fraction,
+        },
+    }
 
 
 def _gib(value: int | None) -> str:
@@ -150,15 +177,19 @@ def render(result: dict[str, Any]) -> str:
             if card["needed"] is None:
                 lines.append(f"{head}: does not fit ({card['why_not']})")
             else:
-                lines.append(f"{head}: {card['needed']} GPUs (weights+KV {_gib(card['state_bytes'])}, "
-                             f"{card['needed_if_divisible']} if layers could be split; holds up to context "
-                             f"{card['largest_context_on_needed']} at batch {s['batch']})")
+                lines.append(
+                    f"{head}: {card['needed']} GPUs (weights+KV {_gib(card['state_bytes'])}, "
+                    f"{card['needed_if_divisible']} if layers could be split; holds up to context "
+                    f"{card['largest_context_on_needed']} at batch {s['batch']})"
+                )
     return "\n".join(lines)
 
 
 def _render_largest(result: dict[str, Any]) -> str:
     s = result["settings"]
-    lines = [f"largest preset on {result['count']} x {result['gpu']} at batch {s['batch']} x context {s['context']}, "
-             f"{s['dtype']}, usable fraction {s['usable_fraction']}:"]
+    lines = [
+        f"largest preset on {result['count']} x {result['gpu']} at batch {s['batch']} x context {s['context']}, "
+        f"{s['dtype']}, usable fraction {s['usable_fraction']}:"
+    ]
     lines += [f"  {method:14s} {name or 'none fits'}" for method, name in result["largest"].items()]
     return "\n".join(lines)

@@ -1,6 +1,8 @@
 """`int8wb`: the command line of the workbench.
 
-Subcommands live in `engine.commands` (one module each, found at start-up).
+Each public module of this package is one subcommand (or a small family of them): it defines
+`add_parser(subparsers)`, which registers the command and sets `func` (parsed args -> exit code).
+Modules whose names start with `_` hold what several commands share. They are found at start-up.
 User errors (`WorkbenchError`) print one line to stderr and exit with status 2;
 a cancelled job (Ctrl-C) exits with 130.
 """
@@ -13,7 +15,6 @@ import pkgutil
 import sys
 
 import engine
-from engine import commands
 from engine.errors import WorkbenchError
 
 EXIT_USER_ERROR = 2
@@ -28,9 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"int8wb {engine.__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module_info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        if not module_info.name.startswith("_"):
-            importlib.import_module(f"engine.commands.{module_info.name}").add_parser(subparsers)
+    for module_info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if not module_info.name.startswith("_") and module_info.name != "__main__":
+            importlib.import_module(f"engine.cli.{module_info.name}").add_parser(subparsers)
     return parser
 
 
@@ -48,7 +49,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nint8wb: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-
-
-if __name__ == "__main__":
-    sys.exit(main())

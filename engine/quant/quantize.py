@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from engine.errors import BadInput
-from engine.int8_linear import METHODS, Int8Linear
-from engine.layers import linear_layers
-from engine.scan import check_threshold
+from engine.model.layers import linear_layers
+from engine.quant.int8_linear import Int8Linear
+from engine.vocabulary import DEFAULT_THRESHOLD, METHODS, check_threshold
 
 
 @dataclass
@@ -65,7 +65,7 @@ def run(params: dict[str, Any], task, loaded, scan=None) -> QuantizedModel:
     import torch
 
     (method,) = check_methods([params.get("method")])
-    threshold = check_threshold(params.get("threshold", 6.0))
+    threshold = check_threshold(params.get("threshold", DEFAULT_THRESHOLD))
     skip = tuple(params.get("skip_modules") or ())
     if method == "llm-int8" and scan is None:
         raise BadInput("static llm-int8 takes its outlier dimensions from a scan: scan first, or use llm-int8-dynamic")
@@ -83,7 +83,7 @@ def run(params: dict[str, Any], task, loaded, scan=None) -> QuantizedModel:
             cols = None
             if method == "llm-int8":
                 cols = torch.as_tensor(outlier_dims.get(name, np.empty(0, dtype=np.int64)), dtype=torch.long)
-            _replace_module(model, name, Int8Linear.from_linear(linear, method, threshold, cols))
+            replace_module(model, name, Int8Linear.from_linear(linear, method, threshold, cols))
             task.progress((i + 1) / len(targets), f"quantized {name}")
     used_dims = {n: d for n, d in outlier_dims.items() if n not in skipped}
     return QuantizedModel(method, threshold, model, used_dims, skipped)
@@ -117,7 +117,7 @@ def _share_tensors_copy(model):
     return copy.deepcopy(model, memo)
 
 
-def _replace_module(model, name: str, module) -> None:
+def replace_module(model, name: str, module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, module)

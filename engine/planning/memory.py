@@ -18,9 +18,10 @@ from __future__ import annotations
 import resource
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 
 def peak_rss_bytes() -> int:

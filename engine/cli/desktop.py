@@ -75,20 +75,22 @@ def launch_command() -> list[str]:
 
 def entry_text(command: list[str]) -> str:
     """The .desktop file for `command` (packaging/*.desktop is this text for `int8wb gui`)."""
-    return "\n".join([
-        "[Desktop Entry]",
-        "Type=Application",
-        "Name=Int8 Workbench",
-        "GenericName=LLM INT8 Quantization Workbench",
-        "Comment=See, pick and quantize the activation outliers of a language model",
-        f"Exec={exec_value(command)}",
-        f"Icon={APP_ID}",
-        "Terminal=false",
-        "StartupNotify=true",
-        "Categories=Science;ArtificialIntelligence;DataVisualization;",
-        "Keywords=LLM;quantization;INT8;outliers;transformers;",
-        "",
-    ])
+    return "\n".join(
+        [
+            "[Desktop Entry]",
+            "Type=Application",
+            "Name=Int8 Workbench",
+            "GenericName=LLM INT8 Quantization Workbench",
+            "Comment=See, pick and quantize the activation outliers of a language model",
+            f"Exec={exec_value(command)}",
+            f"Icon={APP_ID}",
+            "Terminal=false",
+            "StartupNotify=true",
+            "Categories=Science;ArtificialIntelligence;DataVisualization;",
+            "Keywords=LLM;quantization;INT8;outliers;transformers;",
+            "",
+        ]
+    )
 
 
 def exec_value(command: list[str]) -> str:
@@ -101,7 +103,7 @@ def exec_value(command: list[str]) -> str:
             raise BadInput(f"a desktop entry cannot run {argument!r}: it contains a line break")
         argument = argument.replace("%", "%%")
         if EXEC_RESERVED & set(argument) or not argument:
-            for char in ('\\', '"', "`", "$"):
+            for char in ("\\", '"', "`", "$"):
                 argument = argument.replace(char, "\\" + char)
             argument = f'"{argument}"'
         parts.append(argument.replace("\\", "\\\\"))  # the string escape rule, applied on top

@@ -23,25 +23,13 @@ model; everything here is pure functions over the two dataclasses below.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from engine.errors import BadInput
+from engine.vocabulary import BASELINE, FLOAT_BYTES, GIB, GPUS, METHODS, W8A8_METHODS
 
-GIB = 1024**3
-MIB = 1024**2
-
-METHODS = ("baseline", "absmax-tensor", "vectorwise", "llm-int8", "llm-int8-dynamic", "weight-only")
-W8A8_METHODS = ("absmax-tensor", "vectorwise", "llm-int8", "llm-int8-dynamic")
-FLOAT_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-
-# Total memory of one card as the driver reports it (nvidia-smi "memory.total"), in MiB.
-GPUS = {
-    "A100-40GB": 40960 * MIB,
-    "A100-80GB": 81920 * MIB,
-    "H100-80GB": 81559 * MIB,
-    "H200-141GB": 143771 * MIB,
-}
+PLAN_METHODS = (BASELINE, *METHODS)
 
 DEFAULT_USABLE_FRACTION = 0.9  # margin for allocator fragmentation and what the estimate misses
 DEFAULT_OVERHEAD_BYTES = 1 * GIB  # CUDA context, cuBLAS workspace, NCCL buffers: assumed, per GPU
@@ -133,8 +121,8 @@ def check_settings(settings: Settings) -> Settings:
 
 
 def check_method(method: str) -> str:
-    if method not in METHODS:
-        raise BadInput(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    if method not in PLAN_METHODS:
+        raise BadInput(f"unknown method {method!r}; use one of {', '.join(PLAN_METHODS)}")
     return method
 
 
@@ -196,7 +184,15 @@ def layer_weight_bytes(inventory: WeightInventory, method: str, settings: Settin
 
 def kv_cache_bytes(arch: Architecture, settings: Settings) -> int:
     """K and V for every layer and token: 2 x layers x batch x context x kv_heads x head_dim x bytes."""
-    return 2 * arch.num_layers * settings.batch * settings.context * arch.num_kv_heads * arch.head_dim * settings.float_bytes
+    return (
+        2
+        * arch.num_layers
+        * settings.batch
+        * settings.context
+        * arch.num_kv_heads
+        * arch.head_dim
+        * settings.float_bytes
+    )
 
 
 def workspace_terms(arch: Architecture, inventory: WeightInventory, method: str, settings: Settings) -> dict[str, int]:
@@ -263,8 +259,14 @@ def weight_units(inventory: WeightInventory, method: str, settings: Settings) ->
     return [first, *layer_weight_bytes(inventory, method, settings), inventory.float_elements_last * fb]
 
 
-def gpu_plan(arch: Architecture, inventory: WeightInventory, method: str, settings: Settings, gpu: str,
-             units: list[int] | None = None) -> dict[str, Any]:
+def gpu_plan(
+    arch: Architecture,
+    inventory: WeightInventory,
+    method: str,
+    settings: Settings,
+    gpu: str,
+    units: list[int] | None = None,
+) -> dict[str, Any]:
     """How many cards of one kind the model needs in a format, with the per-card budget spelled out.
 
     Each decoder layer is placed with its share of the KV cache; `units` (from `weight_units`)
@@ -300,7 +302,9 @@ def _why_not(budget: int, units: list[int]) -> str:
     return f"one layer with its KV cache ({max(units) / GIB:.2f} GiB) exceeds a card's budget ({budget / GIB:.2f} GiB)"
 
 
-def fits_on(arch: Architecture, inventory: WeightInventory, method: str, settings: Settings, gpu: str, count: int) -> bool:
+def fits_on(
+    arch: Architecture, inventory: WeightInventory, method: str, settings: Settings, gpu: str, count: int
+) -> bool:
     """True when the model in `method` fits on `count` cards of kind `gpu`."""
     _check_count(count)
     needed = gpu_plan(arch, inventory, method, settings, gpu)["needed"]
@@ -312,7 +316,15 @@ def _check_count(count: int) -> None:
         raise BadInput(f"the number of GPUs must be a whole number of at least 1, got {count!r}")
 
 
-def largest_context(arch: Architecture, inventory: WeightInventory, method: str, settings: Settings, gpu: str, count: int, limit: int = 1 << 24) -> int:
+def largest_context(
+    arch: Architecture,
+    inventory: WeightInventory,
+    method: str,
+    settings: Settings,
+    gpu: str,
+    count: int,
+    limit: int = 1 << 24,
+) -> int:
     """The longest context (at the settings' batch) that still fits on `count` cards; 0 if none does."""
     _check_count(count)
     units = weight_units(inventory, method, settings)
@@ -341,7 +353,9 @@ def _with(settings: Settings, **changes: Any) -> Settings:
 # --- the whole plan -------------------------------------------------------------------------------
 
 
-def plan(arch: Architecture, inventory: WeightInventory, settings: Settings, methods=METHODS, gpus=tuple(GPUS)) -> dict[str, Any]:
+def plan(
+    arch: Architecture, inventory: WeightInventory, settings: Settings, methods=PLAN_METHODS, gpus=tuple(GPUS)
+) -> dict[str, Any]:
     """Every term for every method and card kind, as JSON-able data."""
     check_settings(settings)
     result_methods = []
@@ -353,119 +367,43 @@ def plan(arch: Architecture, inventory: WeightInventory, settings: Settings, met
         for gpu in gpus:
             card = gpu_plan(arch, inventory, method, settings, gpu)
             if card["needed"] is not None:
-                card["largest_context_on_needed"] = largest_context(arch, inventory, method, settings, gpu, card["needed"])
+                card["largest_context_on_needed"] = largest_context(
+                    arch, inventory, method, settings, gpu, card["needed"]
+                )
             cards.append(card)
-        result_methods.append({
-            "method": method,
-            "weights": {"bytes": sum(weights.values()), "terms": weights},
-            "kv_cache": {"bytes": kv},
-            "workspace": {"bytes": sum(workspace.values()), "terms": workspace},
-            "total_bytes": sum(weights.values()) + kv + sum(workspace.values()),
-            "gpus": cards,
-        })
+        result_methods.append(
+            {
+                "method": method,
+                "weights": {"bytes": sum(weights.values()), "terms": weights},
+                "kv_cache": {"bytes": kv},
+                "workspace": {"bytes": sum(workspace.values()), "terms": workspace},
+                "total_bytes": sum(weights.values()) + kv + sum(workspace.values()),
+                "gpus": cards,
+            }
+        )
     notes = []
     if arch.max_positions and settings.context > arch.max_positions:
-        notes.append(f"context {settings.context} is longer than the {arch.max_positions} positions the model was trained for")
+        notes.append(
+            f"context {settings.context} is longer than the {arch.max_positions} positions the model was trained for"
+        )
     return {
-        "architecture": {**asdict(arch), "parameters": inventory.parameters, "quantizable_linears": len(inventory.linears)},
+        "architecture": {
+            **asdict(arch),
+            "parameters": inventory.parameters,
+            "quantizable_linears": len(inventory.linears),
+        },
         "settings": {k: v for k, v in asdict(settings).items() if k != "extra"} | {"float_bytes": settings.float_bytes},
         "methods": result_methods,
         "notes": notes,
     }
 
 
-def largest_fitting(candidates: list[tuple[Architecture, WeightInventory]], method: str, settings: Settings, gpu: str, count: int) -> Architecture | None:
+def largest_fitting(
+    candidates: list[tuple[Architecture, WeightInventory]], method: str, settings: Settings, gpu: str, count: int
+) -> Architecture | None:
     """The candidate with the most parameters that fits on `count` cards of kind `gpu`, or None."""
     fitting = [(inv.parameters, arch) for arch, inv in candidates if fits_on(arch, inv, method, settings, gpu, count)]
     return max(fitting, key=lambda pair: pair[0])[1] if fitting else None
 
 
 # --- the engine capability ------------------------------------------------------------------------
-
-
-def settings_from_params(params: dict[str, Any], default_dtype: str = "float16") -> Settings:
-    """Settings from a request's parameters; absent ones take the defaults, wrong ones raise BadInput."""
-    values: dict[str, Any] = {"dtype": params.get("dtype") or default_dtype}
-    for key in ("context", "batch", "attention", "logits"):
-        if params.get(key) is not None:
-            values[key] = params[key]
-    for key in ("outlier_fraction", "usable_fraction"):
-        if params.get(key) is not None:
-            values[key] = _number(key, params[key])
-    if params.get("overhead_gib") is not None:
-        values["overhead_bytes"] = int(_number("overhead_gib", params["overhead_gib"]) * GIB)
-    return check_settings(Settings(**values))
-
-
-def _number(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise BadInput(f"{key} must be a number, got {value!r}")
-    return float(value)
-
-
-def run(params: dict[str, Any], task) -> dict[str, Any]:
-    """The `plan_memory` capability: a plan for a `config` path, a `preset` name or a loaded `model`.
-
-    params: exactly one of config / preset / model (a torch model, or an object whose `.model` is
-    one), and optionally context, batch, dtype (default float16; a model's own dtype for a model),
-    outlier_fraction, usable_fraction, overhead_gib, attention, logits, methods, gpus, and
-    outlier_counts ({Linear name: columns}, e.g. from a scan) to plan static llm-int8 exactly.
-    """
-    from engine import presets
-
-    sources = [key for key in ("config", "preset", "model") if params.get(key) is not None]
-    if len(sources) != 1:
-        raise BadInput("give exactly one of config (a config.json path), preset (a name) or model")
-    source = sources[0]
-    task.progress(0.1, "reading the architecture")
-    default_dtype, notes = "float16", []
-    if source == "preset":
-        name = str(params["preset"])
-        arch, inventory, notes = presets.from_config_dict(presets.preset_config(name), name)
-    elif source == "config":
-        path = str(params["config"])
-        arch, inventory, notes = presets.from_config_dict(presets.read_config(path), path)
-    else:
-        model = params["model"]
-        model = getattr(model, "model", model) if not hasattr(model, "named_modules") else model
-        if not hasattr(model, "named_modules") or not hasattr(model, "config"):
-            raise BadInput(f"model must be a loaded transformers model, got {type(model).__name__}")
-        arch, inventory = presets.from_model(model)
-        default_dtype = _model_dtype(model)
-    if params.get("outlier_counts") is not None:
-        inventory = with_outlier_counts(inventory, params["outlier_counts"])
-    settings = settings_from_params(params, default_dtype)
-    methods = tuple(check_method(m) for m in params.get("methods") or METHODS)
-    gpus = params.get("gpus") or tuple(GPUS)
-    for gpu in gpus:
-        check_gpu(gpu)
-    task.check_cancelled()
-    task.progress(0.5, "planning")
-    result = plan(arch, inventory, settings, methods, tuple(gpus))
-    result["source"] = {"kind": source, "name": arch.name}
-    result["notes"] = notes + result["notes"]
-    task.progress(1.0, "planned")
-    return result
-
-
-def with_outlier_counts(inventory: WeightInventory, counts: dict[str, Any]) -> WeightInventory:
-    """The inventory with the given Linears' static outlier column counts set (others keep theirs)."""
-    if not isinstance(counts, dict):
-        raise BadInput("outlier_counts must map Linear names to column counts")
-    names = {shape.name for shape in inventory.linears}
-    unknown = sorted(set(counts) - names)
-    if unknown:
-        raise BadInput(f"outlier_counts names Linears the model does not have: {', '.join(unknown[:5])}")
-    for name, count in counts.items():
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise BadInput(f"outlier count of {name} must be a whole number >= 0, got {count!r}")
-    linears = tuple(replace(s, outlier_cols=counts[s.name]) if s.name in counts else s for s in inventory.linears)
-    return replace(inventory, linears=linears)
-
-
-def _model_dtype(model: Any) -> str:
-    for tensor in model.parameters():
-        name = str(tensor.dtype).removeprefix("torch.")
-        if name in FLOAT_BYTES:
-            return name
-    return "float16"

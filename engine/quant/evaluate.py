@@ -24,7 +24,7 @@ class EvalSettings:
     corpus: str | None = None
 
     @classmethod
-    def from_params(cls, params: dict[str, Any]) -> "EvalSettings":
+    def from_params(cls, params: dict[str, Any]) -> EvalSettings:
         settings = cls(**{k: params[k] for k in cls.__dataclass_fields__ if params.get(k) is not None})
         for name in ("tokens", "window", "batch_size"):
             value = getattr(settings, name)
@@ -35,7 +35,7 @@ class EvalSettings:
 
 def evaluation_windows(settings: EvalSettings, tokenizer):
     """The (n, window) token ids every model is evaluated on."""
-    from engine import corpus
+    from engine.model import corpus
 
     split = corpus.load_split(settings.corpus)
     ids = corpus.tokenize(tokenizer, split.evaluation, settings.tokens)
@@ -56,26 +56,36 @@ def perplexity(model, windows, batch_size: int, task) -> dict[str, float]:
             task.check_cancelled()
             batch = batch.to(device)
             logits = model(input_ids=batch, use_cache=False).logits[:, :-1]  # (B, W-1, V)
-            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1), reduction="sum")
+            nll = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1), reduction="sum"
+            )
             total_nll += float(nll)
             total_tokens += batch[:, 1:].numel()
             task.progress((i + 1) / len(batches))
     mean_nll = total_nll / total_tokens
     if not math.isfinite(mean_nll):
-        return {"perplexity": float("inf"), "mean_nll": mean_nll, "tokens": total_tokens,
-                "seconds": time.perf_counter() - started}
-    return {"perplexity": math.exp(mean_nll), "mean_nll": mean_nll, "tokens": total_tokens,
-            "seconds": time.perf_counter() - started}
+        return {
+            "perplexity": float("inf"),
+            "mean_nll": mean_nll,
+            "tokens": total_tokens,
+            "seconds": time.perf_counter() - started,
+        }
+    return {
+        "perplexity": math.exp(mean_nll),
+        "mean_nll": mean_nll,
+        "tokens": total_tokens,
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def run(params: dict[str, Any], task, loaded, quantized: dict[str, Any]) -> dict[str, Any]:
-    """Baseline plus every model in `quantized` (name -> engine.quantize.QuantizedModel), side by side.
+    """Baseline plus every model in `quantized` (name -> engine.quant.quantize.QuantizedModel), side by side.
 
     Returns {"settings", "corpus", "rows": [...]}, one row per model with
     perplexity, relative change against the baseline, and byte counts.
     """
-    from engine.memory import MemoryRecorder
-    from engine.quantize import tensor_bytes
+    from engine.planning.memory import MemoryRecorder
+    from engine.quant.quantize import tensor_bytes
 
     settings = EvalSettings.from_params(params)
     windows, source = evaluation_windows(settings, loaded.tokenizer)
@@ -92,8 +102,15 @@ def run(params: dict[str, Any], task, loaded, quantized: dict[str, Any]) -> dict
             measured = perplexity(model, windows, settings.batch_size, step)
         if q is None:
             sizes = tensor_bytes(model)
-            row = {"method": name, "threshold": None, "int8_bytes": sizes["int8"], "float_bytes": sizes["float"],
-                   "total_bytes": sum(sizes.values()), "outlier_dims": 0, "skipped_modules": []}
+            row = {
+                "method": name,
+                "threshold": None,
+                "int8_bytes": sizes["int8"],
+                "float_bytes": sizes["float"],
+                "total_bytes": sum(sizes.values()),
+                "outlier_dims": 0,
+                "skipped_modules": [],
+            }
         else:
             row = {**q.summary(), "method": name}
         row.update(measured)

@@ -8,27 +8,29 @@ Gemma, OPT, Falcon, GPT-NeoX and Phi families; anything else is "other".
 
 from __future__ import annotations
 
-KIND_ATTN_IN = "attn_in"
-KIND_ATTN_OUT = "attn_out"
-KIND_MLP_IN = "mlp_in"
-KIND_MLP_DOWN = "mlp_down"
-KIND_OTHER = "other"
-
-KIND_LABELS = {
-    KIND_ATTN_IN: "attention input (q/k/v)",
-    KIND_ATTN_OUT: "attention output (o)",
-    KIND_MLP_IN: "MLP input (gate/up)",
-    KIND_MLP_DOWN: "MLP down input",
-    KIND_OTHER: "other",
-}
+from engine.vocabulary import KIND_ATTN_IN, KIND_ATTN_OUT, KIND_MLP_DOWN, KIND_MLP_IN, KIND_OTHER
 
 _SUFFIX_KIND = {
-    "q_proj": KIND_ATTN_IN, "k_proj": KIND_ATTN_IN, "v_proj": KIND_ATTN_IN, "qkv_proj": KIND_ATTN_IN,
-    "query_key_value": KIND_ATTN_IN, "Wqkv": KIND_ATTN_IN,
-    "o_proj": KIND_ATTN_OUT, "out_proj": KIND_ATTN_OUT, "dense": KIND_ATTN_OUT,
-    "gate_proj": KIND_MLP_IN, "up_proj": KIND_MLP_IN, "gate_up_proj": KIND_MLP_IN, "fc1": KIND_MLP_IN,
-    "dense_h_to_4h": KIND_MLP_IN, "w1": KIND_MLP_IN, "w3": KIND_MLP_IN,
-    "down_proj": KIND_MLP_DOWN, "fc2": KIND_MLP_DOWN, "dense_4h_to_h": KIND_MLP_DOWN, "w2": KIND_MLP_DOWN,
+    "q_proj": KIND_ATTN_IN,
+    "k_proj": KIND_ATTN_IN,
+    "v_proj": KIND_ATTN_IN,
+    "qkv_proj": KIND_ATTN_IN,
+    "query_key_value": KIND_ATTN_IN,
+    "Wqkv": KIND_ATTN_IN,
+    "o_proj": KIND_ATTN_OUT,
+    "out_proj": KIND_ATTN_OUT,
+    "dense": KIND_ATTN_OUT,
+    "gate_proj": KIND_MLP_IN,
+    "up_proj": KIND_MLP_IN,
+    "gate_up_proj": KIND_MLP_IN,
+    "fc1": KIND_MLP_IN,
+    "dense_h_to_4h": KIND_MLP_IN,
+    "w1": KIND_MLP_IN,
+    "w3": KIND_MLP_IN,
+    "down_proj": KIND_MLP_DOWN,
+    "fc2": KIND_MLP_DOWN,
+    "dense_4h_to_h": KIND_MLP_DOWN,
+    "w2": KIND_MLP_DOWN,
 }
 
 

@@ -45,23 +45,43 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--listen", default="tcp://127.0.0.1:0", metavar="tcp://HOST:PORT",
-                        help="address to bind; port 0 picks a free one (default: %(default)s)")
-    parser.add_argument("--connection-file", type=Path, metavar="PATH",
-                        help="write address + key here (mode 0600) for clients to connect with")
-    parser.add_argument("--key-stdin", action="store_true",
-                        help="read the session key from stdin and exit when stdin closes (local child)")
+    parser.add_argument(
+        "--listen",
+        default="tcp://127.0.0.1:0",
+        metavar="tcp://HOST:PORT",
+        help="address to bind; port 0 picks a free one (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--connection-file",
+        type=Path,
+        metavar="PATH",
+        help="write address + key here (mode 0600) for clients to connect with",
+    )
+    parser.add_argument(
+        "--key-stdin",
+        action="store_true",
+        help="read the session key from stdin and exit when stdin closes (local child)",
+    )
     parser.add_argument("--parent-pid", type=int, help="exit when this process is no longer the parent")
-    parser.add_argument("--session", default="engine.session:Session", metavar="MODULE:CALLABLE",
-                        help="what runs the jobs (default: %(default)s)")
-    parser.add_argument("--max-request-bytes", type=int, default=protocol.DEFAULT_MAX_REQUEST_BYTES,
-                        help="larger requests are dropped (default: %(default)s)")
+    parser.add_argument(
+        "--session",
+        default="engine.session:Session",
+        metavar="MODULE:CALLABLE",
+        help="what runs the jobs (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=protocol.DEFAULT_MAX_REQUEST_BYTES,
+        help="larger requests are dropped (default: %(default)s)",
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
     try:
         return _serve(args)
     except WorkbenchError as exc:
@@ -81,8 +101,14 @@ def _serve(args: argparse.Namespace) -> int:
         raise BadInput("without --key-stdin, give --connection-file so that clients can learn the key")
     else:
         key = protocol.new_key()
-    server = EngineServer(key, args.listen, load_session_factory(args.session), args.max_request_bytes,
-                          parent_pid=args.parent_pid, parent_gone=parent_gone)
+    server = EngineServer(
+        key,
+        args.listen,
+        load_session_factory(args.session),
+        args.max_request_bytes,
+        parent_pid=args.parent_pid,
+        parent_gone=parent_gone,
+    )
     address = _public_address(server.address)
     if args.connection_file is not None:
         write_connection_file(args.connection_file, address, key)

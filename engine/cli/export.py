@@ -3,7 +3,7 @@
 Static `llm-int8` scans first (its outlier dimensions come from the scan). A
 model re-opened from an export (`--model DIR`) is written again as it is.
 `--streaming` quantizes a model directory's safetensors one output shard at a
-time without loading the model (engine.stream_export), for the methods that
+time without loading the model (engine.checkpoint.stream_export), for the methods that
 need no scan.
 """
 
@@ -11,32 +11,39 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.commands._progress import ProgressBarTask
-from engine.commands.workflow import model_options, print_json, run_quantize, run_scan, scan_options, session_with_model
+from engine.cli._common import model_options, print_json, run_quantize, run_scan, scan_options, session_with_model
+from engine.cli._progress import ProgressBarTask
 from engine.errors import BadInput
-from engine.int8_linear import METHODS
+from engine.vocabulary import METHODS
 
 
 def add_parser(subparsers) -> None:
     command = subparsers.add_parser(
-        "export", help="quantize and write safetensors that transformers + bitsandbytes load (and the workbench re-opens)"
+        "export",
+        help="quantize and write safetensors that transformers + bitsandbytes load (and the workbench re-opens)",
     )
     model_options(command)
     scan_options(command, tokens_flag="--calibration-tokens")
     command.add_argument("--method", default="llm-int8", choices=METHODS, help="quantization method (default llm-int8)")
     command.add_argument("--out", required=True, help="directory to write (must not exist or be empty)")
     command.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out directory")
-    command.add_argument("--max-shard-size", default=None,
-                         help="split the weights into shards past this size, as transformers does (default 50GB; "
-                              "2GB with --streaming, where it bounds peak memory)")
-    command.add_argument("--streaming", action="store_true",
-                         help="read the safetensors of --model DIR and write one shard at a time, without loading "
-                              "the model (absmax-tensor, vectorwise, llm-int8-dynamic, weight-only)")
+    command.add_argument(
+        "--max-shard-size",
+        default=None,
+        help="split the weights into shards past this size, as transformers does (default 50GB; "
+        "2GB with --streaming, where it bounds peak memory)",
+    )
+    command.add_argument(
+        "--streaming",
+        action="store_true",
+        help="read the safetensors of --model DIR and write one shard at a time, without loading "
+        "the model (absmax-tensor, vectorwise, llm-int8-dynamic, weight-only)",
+    )
     command.set_defaults(func=cmd_export)
 
 
 def cmd_export(args) -> int:
-    from engine.export import check_target, parse_size
+    from engine.checkpoint.export import check_target, parse_size
 
     check_target(args.out, args.overwrite)  # refuse before a long load
     if args.max_shard_size is not None:
@@ -47,30 +54,44 @@ def cmd_export(args) -> int:
     reopened = getattr(session.loaded, "quantized", None)
     if reopened is not None:
         if reopened.method != args.method:
-            raise BadInput(f"{args.model} is already quantized with {reopened.method}: "
-                           f"export it with --method {reopened.method}, or start from the floating-point model")
+            raise BadInput(
+                f"{args.model} is already quantized with {reopened.method}: "
+                f"export it with --method {reopened.method}, or start from the floating-point model"
+            )
     else:
         if args.method == "llm-int8":
             run_scan(session, args)
         run_quantize(session, args, [args.method])
     task = ProgressBarTask("export", enabled=not args.quiet)
-    result = session.export({"method": args.method, "out": args.out, "overwrite": args.overwrite,
-                             "max_shard_size": args.max_shard_size}, task)
+    result = session.export(
+        {"method": args.method, "out": args.out, "overwrite": args.overwrite, "max_shard_size": args.max_shard_size},
+        task,
+    )
     task.finish()
     return _report(args, result)
 
 
 def _export_streaming(args) -> int:
     """`--streaming`: quantize the safetensors of `--model DIR` straight into the export."""
-    from engine import stream_export
+    from engine.checkpoint import stream_export
 
     if not args.model:
-        raise BadInput("--streaming reads a model directory: pass --model DIR (the embedded default model "
-                       "is exported without --streaming)")
+        raise BadInput(
+            "--streaming reads a model directory: pass --model DIR (the embedded default model "
+            "is exported without --streaming)"
+        )
     task = ProgressBarTask("export", enabled=not args.quiet)
-    result = stream_export.run({"model": args.model, "method": args.method, "threshold": args.threshold,
-                                "out": args.out, "overwrite": args.overwrite,
-                                "max_shard_size": args.max_shard_size}, task).to_payload()
+    result = stream_export.run(
+        {
+            "model": args.model,
+            "method": args.method,
+            "threshold": args.threshold,
+            "out": args.out,
+            "overwrite": args.overwrite,
+            "max_shard_size": args.max_shard_size,
+        },
+        task,
+    ).to_payload()
     task.finish()
     return _report(args, result)
 

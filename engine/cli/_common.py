@@ -1,0 +1,105 @@
+"""What the model commands (scan, quantize, eval, demo, export) share: options, loading, the scan and quantize steps.
+
+Every command loads the model (`--model`, default: the embedded SmolLM2-135M)
+and runs the same `Session` methods the engine server runs for the GUI.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import numpy as np
+
+from engine.cli._progress import ProgressBarTask
+from engine.vocabulary import DEFAULT_THRESHOLD
+
+DEFAULT_METHODS = "absmax-tensor,vectorwise,llm-int8,weight-only"
+
+
+def model_options(parser) -> None:
+    parser.add_argument("--model", default=None, help="model directory, GGUF file or hub id (default: embedded)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: CUDA when present)")
+    parser.add_argument("--corpus", default=None, help="UTF-8 text file (default: Python's pydoc topics)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def scan_options(parser, tokens_flag: str) -> None:
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help=f"outlier threshold on |x| (default {DEFAULT_THRESHOLD})",
+    )
+    parser.add_argument(
+        tokens_flag, dest="calibration_tokens", type=int, default=4096, help="calibration tokens (default 4096)"
+    )
+    parser.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sequence (default 512)")
+
+
+def session_with_model(args):
+    """A session with the model loaded, after checking the cheap arguments (no 20 s load before a typo)."""
+    from engine.model.corpus import load_split
+    from engine.session import Session
+    from engine.vocabulary import check_threshold
+
+    check_threshold(args.threshold)
+    load_split(args.corpus)
+    if hasattr(args, "methods"):
+        parse_methods(args.methods)
+    session = Session()
+    task = ProgressBarTask("load", enabled=not args.quiet)
+    info = session.load_model({"model": args.model, "device": args.device}, task)
+    task.finish()
+    if not args.json:
+        print(
+            f"model: {info['name']} ({info['architecture']}, {info['parameters']:,} parameters, "
+            f"{info['device']}, {info['dtype']})",
+            file=sys.stderr,
+        )
+        for note in info["notes"]:
+            print(f"note: {note}", file=sys.stderr)
+    return session
+
+
+def run_scan(session, args) -> dict[str, Any]:
+    task = ProgressBarTask("scan", enabled=not args.quiet)
+    result = session.scan(
+        {
+            "tokens": args.calibration_tokens,
+            "seq_len": args.seq_len,
+            "threshold": args.threshold,
+            "corpus": args.corpus,
+        },
+        task,
+    )
+    task.finish()
+    return result
+
+
+def run_quantize(session, args, methods: list[str]) -> dict[str, Any]:
+    task = ProgressBarTask("quantize", enabled=not args.quiet)
+    result = session.quantize({"methods": methods, "threshold": args.threshold}, task)
+    task.finish()
+    return result
+
+
+def parse_methods(text: str) -> list[str]:
+    from engine.quant.quantize import check_methods
+
+    return check_methods(text)
+
+
+def print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=1, default=_json_default)
+    sys.stdout.write("\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")

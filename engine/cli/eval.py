@@ -1,0 +1,55 @@
+"""`int8wb eval` and `int8wb demo`: quantize, then compare perplexity against the floating-point baseline."""
+
+from __future__ import annotations
+
+from engine.cli._common import (
+    DEFAULT_METHODS,
+    model_options,
+    parse_methods,
+    print_json,
+    run_quantize,
+    run_scan,
+    scan_options,
+    session_with_model,
+)
+from engine.cli._progress import ProgressBarTask
+from engine.cli.scan import format_scan_report
+from engine.vocabulary import METHODS
+
+
+def add_parser(subparsers) -> None:
+    for name, help_text in (
+        ("eval", "quantize, then compare perplexity against the floating-point baseline"),
+        ("demo", "the whole workflow on the default model: scan report and the comparison table"),
+    ):
+        command = subparsers.add_parser(name, help=help_text)
+        model_options(command)
+        scan_options(command, tokens_flag="--calibration-tokens")
+        command.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, from: {', '.join(METHODS)}")
+        command.add_argument("--tokens", type=int, default=8192, help="evaluation tokens (default 8192)")
+        command.add_argument("--window", type=int, default=512, help="tokens per evaluation window (default 512)")
+        command.set_defaults(func=cmd_eval if name == "eval" else cmd_demo)
+
+
+def cmd_eval(args, show_scan: bool = False) -> int:
+    from engine.quant.evaluate import format_table
+
+    session = session_with_model(args)
+    methods = parse_methods(args.methods)
+    scan_payload = run_scan(session, args) if ("llm-int8" in methods or show_scan) else None
+    run_quantize(session, args, methods)
+    task = ProgressBarTask("evaluate", enabled=not args.quiet)
+    result = session.evaluate({"tokens": args.tokens, "window": args.window, "corpus": args.corpus}, task)
+    task.finish()
+    if args.json:
+        print_json({"scan_report": scan_payload["report"] if scan_payload else None, **result})
+        return 0
+    if show_scan and scan_payload:
+        print(format_scan_report(scan_payload))
+        print()
+    print(format_table(result))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    return cmd_eval(args, show_scan=True)

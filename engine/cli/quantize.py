@@ -1,0 +1,41 @@
+"""`int8wb quantize`: quantize with one or more methods and report the sizes of what is stored."""
+
+from __future__ import annotations
+
+from engine.cli._common import (
+    DEFAULT_METHODS,
+    model_options,
+    parse_methods,
+    print_json,
+    run_quantize,
+    run_scan,
+    scan_options,
+    session_with_model,
+)
+from engine.vocabulary import METHODS
+
+
+def add_parser(subparsers) -> None:
+    quantize = subparsers.add_parser("quantize", help="quantize with one or more methods and report sizes")
+    model_options(quantize)
+    scan_options(quantize, tokens_flag="--calibration-tokens")
+    quantize.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, from: {', '.join(METHODS)}")
+    quantize.set_defaults(func=cmd_quantize)
+
+
+def cmd_quantize(args) -> int:
+    session = session_with_model(args)
+    methods = parse_methods(args.methods)
+    if "llm-int8" in methods:
+        run_scan(session, args)
+    result = run_quantize(session, args, methods)
+    if args.json:
+        print_json(result)
+    else:
+        print(f"{'method':<18}{'INT8 MB':>10}{'float MB':>10}{'total MB':>10}{'outlier dims':>14}")
+        for row in result["models"]:
+            print(
+                f"{row['method']:<18}{row['int8_bytes'] / 1e6:>10.1f}{row['float_bytes'] / 1e6:>10.1f}"
+                f"{row['total_bytes'] / 1e6:>10.1f}{row['outlier_dims']:>14,}"
+            )
+    return 0

@@ -1,0 +1,76 @@
+"""A model as the engine holds it, and the choices every loader makes the same way (device, dtype).
+
+Loading from a directory, a GGUF file or the hub (engine.model.loading) and re-opening a
+workbench export (engine.checkpoint.reopen) both produce a `LoadedModel`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.errors import ModelLoadError
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for the engine, with what the user should know about it."""
+
+    model: Any  # transformers PreTrainedModel, in eval mode, no gradients
+    tokenizer: Any
+    name: str  # what the UI shows
+    source: str  # path or hub id it came from
+    kind: str  # "default", "directory", "gguf", "hub"
+    device: str  # "cpu", "cuda", "cuda:0", ...
+    dtype: str  # "float32", "float16", "bfloat16"
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able summary for the CLI and the GUI."""
+        config = self.model.config
+        return {
+            "name": self.name,
+            "source": self.source,
+            "kind": self.kind,
+            "device": self.device,
+            "dtype": self.dtype,
+            "architecture": type(self.model).__name__,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "layers": getattr(config, "num_hidden_layers", None),
+            "hidden_size": getattr(config, "hidden_size", None),
+            "intermediate_size": getattr(config, "intermediate_size", None),
+            "notes": list(self.notes),
+        }
+
+
+def pick_device(requested: str | None = None) -> str:
+    """The requested device, else CUDA when present, else the CPU."""
+    import torch
+
+    if requested and requested != "auto":
+        if requested.startswith("cuda") and not torch.cuda.is_available():
+            raise ModelLoadError(f"device {requested!r} requested but no CUDA device is available")
+        return requested
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pick_dtype(device: str, requested: str | None = None):
+    """float32 on the CPU; bfloat16 on GPUs that have it, else float16."""
+    import torch
+
+    names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if requested and requested != "auto":
+        if requested not in names:
+            raise ModelLoadError(f"unknown dtype {requested!r}; use one of {', '.join(names)}")
+        return names[requested]
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def quiet_transformers() -> None:
+    """transformers' own progress bars and advice would interleave with ours."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()

@@ -1,0 +1,1 @@
+"""Memory planning: the planner, the architecture presets and measured memory."""
