@@ -12,7 +12,7 @@ import pytest
 from app.view_models.scan_stats import ScanStatistics
 from app.view_models.threshold import ThresholdModel
 from engine.vocabulary import HIST_LOG10_MAX, HIST_LOG10_MIN
-from tests.test_app_view_models import layer_payload
+from tests.scan_payloads import layer_payload
 
 
 def awkward_stats(seed=0) -> ScanStatistics:

@@ -12,22 +12,7 @@ import pytest
 from app.view_models.results import ResultsModel
 from app.view_models.scan_stats import ScanStatistics
 from app.view_models.threshold import INDEX_BYTES, ThresholdModel
-
-
-def layer_payload(index, layer, kind, absmax, name=None, out_features=None, n_tokens=100):
-    absmax = np.asarray(absmax, dtype=np.float32)
-    return {
-        "index": index,
-        "name": name or f"model.layers.{layer}.{kind}.{index}",
-        "layer": layer,
-        "kind": kind,
-        "absmax": absmax,
-        "count_over": (absmax > 6).astype(np.int64) * 7,
-        "hist": np.ones(90, np.int64),
-        "n_tokens": n_tokens,
-        "final": True,
-        "out_features": out_features,
-    }
+from tests.scan_payloads import layer_payload
 
 
 def test_view_models_import_neither_qt_nor_torch():

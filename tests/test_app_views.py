@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PySide6.QtCore import QPointF
 
-from tests.test_app_view_models import layer_payload
+from tests.scan_payloads import layer_payload
 
 
 def feed(window, layers=6, width=32, down_width=64):

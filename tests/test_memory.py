@@ -11,6 +11,7 @@ import torch
 from engine.planning import memory, plan_memory
 from engine.quant import quantize
 from engine.task import Task
+from tests import tiny_models
 
 
 class PickedOutliers:
@@ -30,19 +31,7 @@ class Loaded:
 
 @pytest.fixture(scope="module")
 def tiny_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=40,
-        tie_word_embeddings=True,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_models.tiny_llama(hidden=32, intermediate=48, vocab=40)
 
 
 def test_tensor_bytes_by_dtype_counts_tied_once():
@@ -138,20 +127,20 @@ def test_cuda_phase_peak_is_reset_per_phase():
 @cuda
 def test_cuda_planned_total_within_ten_percent_of_measured_peak():
     """Weights + KV cache + workspace of a forward pass, planned against torch's peak allocated bytes."""
-    from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+    from transformers import DynamicCache
 
-    config = LlamaConfig(
-        hidden_size=2048,
-        intermediate_size=5632,
-        num_hidden_layers=8,
-        num_attention_heads=16,
-        num_key_value_heads=4,
-        vocab_size=32000,
-        attn_implementation="sdpa",
-    )
     recorder = memory.MemoryRecorder()
     with recorder.phase("load", "cuda"):
-        model = LlamaForCausalLM(config).to("cuda", torch.float16).eval()
+        model = tiny_models.tiny_llama(
+            hidden=2048,
+            intermediate=5632,
+            layers=8,
+            heads=16,
+            kv_heads=4,
+            vocab=32000,
+            tie=False,
+            attn_implementation="sdpa",
+        ).to("cuda", torch.float16)
     batch, context = 2, 2048
     ids = torch.randint(0, 32000, (batch, context), device="cuda")
     with torch.no_grad(), recorder.phase("forward", "cuda"):

@@ -209,22 +209,10 @@ def test_config_without_model_type_is_read_as_llama(tmp_path):
 
 
 def test_plan_from_a_loaded_model_counts_its_tensors():
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from engine.planning.memory import tensor_bytes
+    from tests.tiny_models import tiny_llama
 
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=50,
-        )
-    )
+    model = tiny_llama(hidden=32, intermediate=64, vocab=50, tie=False)
     result = plan_memory.run({"model": model, "context": 16}, Task())
     assert result["settings"]["dtype"] == "float32"
     baseline = next(m for m in result["methods"] if m["method"] == "baseline")

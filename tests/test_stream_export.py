@@ -20,7 +20,7 @@ from engine.errors import BadInput
 from engine.model.loading import load
 from engine.session import Session
 from engine.task import Task
-from tests.test_export import _byte_tokenizer
+from tests.tiny_models import save_tiny_llama
 
 THRESHOLD = 2.5
 SOURCE_SHARD = "60KB"  # the tiny model is about 240 KB in float32: four source files
@@ -28,30 +28,7 @@ OUT_SHARD = 40_000  # bytes: several output shards
 
 
 def _save_tiny(path: Path, tie: bool) -> Path:
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(1)
-    tokenizer = _byte_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=tie,
-        attention_bias=True,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("bias"):
-                param.normal_(0.0, 0.02)  # zero biases would not tell a copied bias from a missing one
-    model.save_pretrained(path, max_shard_size=SOURCE_SHARD)
-    tokenizer.save_pretrained(path)
-    GenerationConfig(eos_token_id=tokenizer.eos_token_id, max_new_tokens=8).save_pretrained(path)
-    return path
+    return save_tiny_llama(path, seed=1, tie=tie, random_biases=True, max_shard_size=SOURCE_SHARD, intermediate=128)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
-"""A tiny random Llama with a planted outlier dimension, built in the test, no files.
+"""The one factory of tiny models for the tests: random Llamas in memory or saved as model directories.
 
-Planting: scale dimension `dim` of every `input_layernorm` weight by `factor`
+`tiny_llama` builds one in memory; `save_tiny_llama` writes one as a Hugging Face directory with a byte-level
+tokenizer (what `int8wb --model DIR` loads); `tiny_loaded` plants an outlier dimension. Planting: scale dimension `dim` of every `input_layernorm` weight by `factor`
 and divide column `dim` of the q/k/v weights that read it by the same factor.
 The floating-point model computes exactly the same function (up to float
 rounding), but the attention input now carries a feature that is `factor`
@@ -33,7 +34,18 @@ class WordTokenizer:
         return {"input_ids": [b % self.vocab_size for b in text.encode("utf-8")]}
 
 
-def tiny_llama(seed: int = 0, hidden: int = 64, layers: int = 2, vocab: int = 256):
+def tiny_llama(
+    seed: int = 0,
+    hidden: int = 64,
+    layers: int = 2,
+    vocab: int = 256,
+    intermediate: int | None = None,
+    heads: int = 4,
+    kv_heads: int = 2,
+    tie: bool = True,
+    **config,
+):
+    """A random LlamaForCausalLM in eval mode without gradients; `config` adds LlamaConfig fields."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -41,16 +53,54 @@ def tiny_llama(seed: int = 0, hidden: int = 64, layers: int = 2, vocab: int = 25
     config = LlamaConfig(
         vocab_size=vocab,
         hidden_size=hidden,
-        intermediate_size=2 * hidden,
+        intermediate_size=intermediate or 2 * hidden,
         num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=256,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie,
+        **config,
     )
     model = LlamaForCausalLM(config).eval()
     model.requires_grad_(False)
     return model
+
+
+def byte_tokenizer():
+    """A byte-level tokenizer with no merges: every byte is a token, saved and re-read like a real one."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    backend = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|eos|>")
+
+
+def save_tiny_llama(path, seed: int = 0, tie: bool = True, random_biases: bool = False, max_shard_size=None, **shape):
+    """A tiny Llama saved as a Hugging Face model directory (safetensors, config, tokenizer); returns the path.
+
+    `random_biases` adds attention biases drawn at random: zero biases would not tell a copied bias from a
+    missing one. `shape` takes `tiny_llama`'s size arguments.
+    """
+    import torch
+    from transformers import GenerationConfig
+
+    tokenizer = byte_tokenizer()
+    extra = {"attention_bias": True} if random_biases else {}
+    model = tiny_llama(seed, vocab=len(tokenizer), tie=tie, eos_token_id=tokenizer.eos_token_id, **extra, **shape)
+    if random_biases:
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith("bias"):
+                    param.normal_(0.0, 0.02)
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(path, **kwargs)
+    tokenizer.save_pretrained(path)
+    GenerationConfig(eos_token_id=tokenizer.eos_token_id, max_new_tokens=8).save_pretrained(path)
+    return path
 
 
 def plant_outlier(model, dim: int, factor: float) -> None:
