@@ -1,42 +1,37 @@
-"""The GUI's engine client: a thin QObject over `engine.client.EngineClient` that only adds signals.
+"""The GUI's engine client: a QObject that turns an `engine.client.EngineClient`'s callbacks into signals.
 
-`EngineClient` calls its listeners on its own I/O thread. Each callback here
-emits a Qt signal; the signals cross into the GUI thread as queued connections
-(the QObject lives there), so slots may touch widgets. Starting a local engine
-blocks until its handshake, so it runs on a short-lived worker thread: the
-window is up and responsive while the engine starts.
-
-`state` is the state as the GUI thread has been told it (the last
-`sig_state_changed`), not the I/O thread's newer one: code on the GUI thread
-that reads it agrees with what the widgets show, and a result never arrives
-before the READY that precedes it. A start asked for on the GUI thread is
-STARTING at once.
+It holds no state of its own: the engine's state, its running job and its
+info belong to `client` (an `EngineClient`), which everything else asks.
+`EngineClient` calls its listeners on its own I/O thread (or on a starter
+thread); each callback here emits a private signal whose slot lives in the
+GUI thread, which then emits the public one. So every public signal arrives
+in the GUI thread, in the order the engine sent it: a job's result after the
+READY that precedes it. A state the client has already left when its signal
+reaches the GUI thread is not signalled: the newer one follows (or, when the
+GUI thread caused it, as a job it submitted, was signalled at once).
 
 Signals (all delivered in the GUI thread):
 
-    sig_state_changed(str)              new EngineState value: starting/ready/busy/crashed/stopped
+    sig_state_changed(EngineState)      the new state: starting/ready/busy/crashed/stopped
     sig_progress(str, float, str)       job id, fraction 0..1, message
     sig_scan_layer(str, dict)           job id, one Linear's statistics (scan_layer payload)
     sig_job_finished(str, str, dict)    job id, request type, result payload
-    sig_job_failed(str, str, str, str)  job id, error kind, message, traceback text
+    sig_job_failed(str, str, str, str)  job id ("" when the engine could not start), error kind, message, traceback
     sig_log(str, str)                   level, message
 """
 
 from __future__ import annotations
 
-import threading
-from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QObject, Signal, Slot
 
-from engine.client import EngineClient, EngineError, EngineState
-from engine.errors import WorkbenchError
+from engine.client import EngineClient, EngineState, dispatch
 from engine.protocol import Message
 
 
 class QtEngineClient(QObject):
-    sig_state_changed = Signal(str)
+    sig_state_changed = Signal(object)
     sig_progress = Signal(str, float, str)
     sig_scan_layer = Signal(str, dict)
     sig_job_finished = Signal(str, str, dict)
@@ -44,142 +39,37 @@ class QtEngineClient(QObject):
     sig_log = Signal(str, str)
 
     _sig_message = Signal(object)  # from the I/O thread to the GUI thread
-    _sig_state = Signal(str)
-    _sig_start_failed = Signal(str, str)
+    _sig_state = Signal(object)
 
-    def __init__(self, parent: QObject | None = None, session: str | None = None) -> None:
+    def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self._session = session
-        self._client = self._new_client()
-        self._state = self._client.state  # as last delivered to the GUI thread
-        self._jobs: dict[str, str] = {}  # request id -> request type, for the job's result
-        self._starter: threading.Thread | None = None
         self._sig_message.connect(self._on_message)
         self._sig_state.connect(self._on_state)
-        self._sig_start_failed.connect(self._on_start_failed)
-        self.engine_info: dict[str, Any] = {}
-        self.remote_address: str | None = None
-
-    # --- lifecycle -------------------------------------------------------------------------------
-
-    @property
-    def state(self) -> EngineState:
-        """The engine's state as signalled to the GUI thread (see the module docstring)."""
-        return self._state
-
-    @property
-    def pid(self) -> int | None:
-        return self._client.pid
-
-    @property
-    def log_path(self) -> Path | None:
-        return self._client.log_path
-
-    @property
-    def active_job(self) -> str | None:
-        return self._client.active_job
-
-    @property
-    def version_mismatch(self) -> str | None:
-        """A sentence when the connected engine is another release than this window, else None."""
-        return self._client.version_mismatch
-
-    def start_local(self) -> None:
-        """Start a local engine child in the background; `sig_state_changed` says when it is ready."""
-        self.remote_address = None
-        self._on_state(EngineState.STARTING.value)  # at once: the GUI thread asked for it
-        self._start_in_background(lambda: self._client.start_local(session=self._session))
-
-    def connect_file(self, path: str | Path) -> None:
-        """Close the current engine and connect to the remote one named by a connection file."""
-        self.close()
-        self._client = self._new_client()
-        self.remote_address = str(path)
-        self._on_state(EngineState.STARTING.value)
-        self._start_in_background(lambda: self._client.connect(path))
-
-    def restart(self) -> None:
-        """After a crash: start the same kind of engine again (local child or remote connection)."""
-        self._join_starter()
-        self._start_in_background(self._client.restart)
-
-    def close(self) -> None:
-        """Stop the engine (a local child exits) and wait for the starter thread; safe to call twice."""
-        self._join_starter()
-        self._client.close()
-        self._jobs.clear()
-
-    def _new_client(self) -> EngineClient:
-        return EngineClient(on_event=self._sig_message.emit, on_state=lambda old, new: self._sig_state.emit(new.value))
-
-    def _start_in_background(self, start) -> None:
-        self._join_starter()
-
-        def run() -> None:
-            try:
-                self.engine_info = start()
-            except (WorkbenchError, OSError) as exc:
-                kind = exc.kind if isinstance(exc, EngineError) else type(exc).__name__
-                self._sig_start_failed.emit(kind, str(exc))
-
-        self._starter = threading.Thread(target=run, name="engine-starter", daemon=True)
-        self._starter.start()
-
-    def _join_starter(self) -> None:
-        if self._starter is not None:
-            self._starter.join()
-            self._starter = None
-
-    def wait_started(self, timeout_s: float | None = None) -> None:
-        """Block until a background start has ended (tests and the CLI; the GUI listens to signals)."""
-        if self._starter is not None:
-            self._starter.join(timeout_s)
-
-    # --- jobs ------------------------------------------------------------------------------------
-
-    def submit(self, request_type: str, params: dict[str, Any] | None = None) -> str:
-        """Send a job request; returns its id (the first argument of the job's signals).
-
-        Raises `EngineError` when no engine is running or another job is; the
-        window checks `state` first and says so instead.
-        """
-        if self._client.state is EngineState.BUSY:
-            raise EngineError("busy", "the engine is busy with another job; cancel it or wait")
-        job_id = self._client.send(request_type, params or {})
-        self._jobs[job_id] = request_type
-        return job_id
-
-    def cancel(self) -> None:
-        """Ask the engine to cancel the running job (it ends with a `cancelled` failure)."""
-        if self._client.active_job is not None:
-            self._client.cancel(self._client.active_job)
-
-    # --- events from the I/O thread, now in the GUI thread ------------------------------------------
+        self.client = EngineClient(on_event=self._sig_message.emit, on_state=lambda _, new: self._sig_state.emit(new))
 
     @Slot(object)
     def _on_message(self, message: Message) -> None:
-        job_id, payload = message.reply_to or "", message.payload
-        if message.type == "progress":
-            self.sig_progress.emit(job_id, float(payload["fraction"]), payload["message"])
-        elif message.type == "scan_layer":
-            self.sig_scan_layer.emit(job_id, payload)
-        elif message.type == "log":
-            self.sig_log.emit(payload.get("level", "info"), payload["message"])
-        elif message.type == "result":
-            request = self._jobs.pop(job_id, payload.get("request", ""))
-            self.sig_job_finished.emit(job_id, request, payload["result"])
-        elif message.type == "error":
-            self._jobs.pop(job_id, None)
-            self.sig_job_failed.emit(job_id, payload["kind"], payload["message"], payload.get("traceback", ""))
+        dispatch(message, self)
 
-    @Slot(str)
-    def _on_state(self, value: str) -> None:
-        state = EngineState(value)
-        if state is not self._state:  # STARTING comes twice: from the request and from the starter thread
-            self._state = state
-            self.sig_state_changed.emit(value)
+    @Slot(object)
+    def _on_state(self, state: EngineState) -> None:
+        """Signal a state unless the client has left it meanwhile (its newer state is signalled too)."""
+        if state is self.client.state:
+            self.sig_state_changed.emit(state)
 
-    @Slot(str, str)
-    def _on_start_failed(self, kind: str, message: str) -> None:
-        self.sig_job_failed.emit("", kind, f"the engine could not be started: {message}", "")
-        self._on_state(self._client.state.value)
+    # --- the listener methods `dispatch` calls, in the GUI thread ------------------------------------
+
+    def on_progress(self, job: str, fraction: float, message: str) -> None:
+        self.sig_progress.emit(job, fraction, message)
+
+    def on_scan_layer(self, job: str, payload: dict[str, Any]) -> None:
+        self.sig_scan_layer.emit(job, payload)
+
+    def on_log(self, level: str, text: str) -> None:
+        self.sig_log.emit(level, text)
+
+    def on_finished(self, job: str, request: str, result: dict[str, Any]) -> None:
+        self.sig_job_finished.emit(job, request, result)
+
+    def on_failed(self, job: str, kind: str, message: str, traceback_text: str) -> None:
+        self.sig_job_failed.emit(job, kind, message, traceback_text)

@@ -66,8 +66,8 @@ def timed(app, window, action) -> tuple[float, float]:
 
 def bench_heatmap(app, window) -> None:
     rng = np.random.default_rng(0)
-    window.model_info = {"layers": LAYERS, "hidden_size": DIMS}
-    window._prepare_grid()
+    window.workbench.model_info = {"layers": LAYERS, "hidden_size": DIMS}
+    window.workbench.lay_out_grid()
     payloads = [
         payload(i, layer, kind, rng)
         for i, (layer, kind) in enumerate((layer, kind) for layer in range(LAYERS) for kind in KINDS)
@@ -216,16 +216,16 @@ def bench_scan_gaps(app, window, tokens: int, profile: bool) -> None:
     settle(0.5)
     recorder.phase = "start"
     window.start_engine()
-    process_events_until(lambda: window.client.state.value == "ready", 60, poll_s=0.001)
+    process_events_until(lambda: window.workbench.ready, 60, poll_s=0.001)
     settle(0.3)
     recorder.phase = "load"
-    window.load_model(None)
-    process_events_until(lambda: window.model_info is not None, 180, poll_s=0.001)
+    window.workbench.load_model(None)
+    process_events_until(lambda: window.workbench.model_info is not None, 180, poll_s=0.001)
     settle(0.3)
     recorder.phase = "scan"
     started = time.perf_counter()
     cpu_started = time.thread_time()
-    window.start_scan({"tokens": tokens, "seq_len": 256})
+    window.workbench.start_scan({"tokens": tokens, "seq_len": 256})
     process_events_until(lambda: window.stats.finished, 600, poll_s=0.001)
     seconds, cpu_seconds = time.perf_counter() - started, time.thread_time() - cpu_started
     recorder.phase = "after"  # the paints that follow the scan's end

@@ -21,13 +21,14 @@ def main() -> int:
     from app.event_loop import process_events_until, settle
     from app.main import create_app
     from app.views.planner_dialog import PlannerDialog
+    from engine.client import EngineState
 
     create_app([])
     client = QtEngineClient()
 
     try:
-        client.start_local()
-        process_events_until(lambda: client.state.value == "ready", 120)
+        client.client.start_local()
+        process_events_until(lambda: client.client.state is EngineState.READY, 120)
         dialog = PlannerDialog(client, has_model=False)
         dialog.show()
         dialog.preset_combo.setCurrentIndex(dialog.preset_combo.findData("llama-2-70b"))
@@ -43,7 +44,7 @@ def main() -> int:
         print("wrote", DOCS / "planner.png")
         dialog.close()
     finally:
-        client.close()
+        client.client.close()
     return 0
 
 

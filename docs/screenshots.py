@@ -35,13 +35,13 @@ def main() -> int:
         print("wrote", DOCS / name)
 
     finished: dict[str, dict] = {}
-    window.client.sig_job_finished.connect(lambda job, request, result: finished.__setitem__(request, result))
+    window.engine.sig_job_finished.connect(lambda job, request, result: finished.__setitem__(request, result))
     window.start_engine()
-    process_events_until(lambda: window.client.state.value == "ready", 60)
-    window.load_model(None)
-    process_events_until(lambda: window.model_info is not None, 300)
+    process_events_until(lambda: window.workbench.ready, 60)
+    window.workbench.load_model(None)
+    process_events_until(lambda: window.workbench.model_info is not None, 300)
     window.threshold.set_threshold(6.0)
-    window.start_scan({"tokens": 2048, "seq_len": 512})
+    window.workbench.start_scan({"tokens": 2048, "seq_len": 512})
     process_events_until(lambda: window.stats.finished, 900)
     top = finished["scan"]["report"].get("attn_in", {}).get("top_dims", [])
     if top:
@@ -50,9 +50,11 @@ def main() -> int:
     window.threshold_panel.spin.setValue(3.0)
     shot("threshold_moved.png")
     window.threshold_panel.spin.setValue(6.0)
-    window.run_methods(["absmax-tensor", "vectorwise", "llm-int8", "weight-only"], {"tokens": 2048, "window": 512})
+    window.workbench.run_methods(
+        ["absmax-tensor", "vectorwise", "llm-int8", "weight-only"], {"tokens": 2048, "window": 512}
+    )
     process_events_until(
-        lambda: "evaluate" in finished and not window.pending_steps and window.client.state.value == "ready", 1800
+        lambda: "evaluate" in finished and not window.workbench.running and window.workbench.ready, 1800
     )
     shot("results.png")
     window.close()

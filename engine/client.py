@@ -3,79 +3,58 @@
 Usage (a local engine as a child process, with a fresh random key on loopback):
 
     client = EngineClient(on_event=handle_event, on_state=handle_state)
-    client.start_local()                      # blocks until the engine answered `hello`
-    job = client.send("scan", {"tokens": 512}) # returns the request id at once
+    client.start_local()                       # blocks until the engine answered `hello`
+    job = client.submit("scan", {"tokens": 512}) # returns the job id at once
     ...                                        # handle_event(message) gets progress, scan_layer, result
     result = client.call("plan_memory", {...}) # or block for a result (raises EngineError)
     client.cancel()                            # cancel the running job
     client.close()                             # shuts the child down; nothing is left running
 
+A GUI starts the engine with `start_in_background(client.start_local)` (or
+`connect`, or `restart`) and listens: the window is up while the engine starts.
+
 Threads: one I/O thread per connection owns the ZeroMQ socket. `on_event` and
 `on_state` are called *on that thread*: a GUI must not touch widgets there,
-it should emit a queued signal (a QObject wrapper re-emits each message as a
-Qt signal, delivered in the GUI thread). Without `on_event`, messages are put
-on `client.events` (a `queue.Queue`) for any thread to poll. `send`, `call`,
-`cancel` and `close` may be called from any thread; `call` must not be called
-from inside `on_event` (it would wait for the thread it runs on).
+it should emit a queued signal (app/engine_client.py re-emits each message as
+a Qt signal, delivered in the GUI thread; `dispatch` names the events). Without
+`on_event`, messages are put on `client.events` (a `queue.Queue`) for any
+thread to poll. `send`, `submit`, `call`, `cancel` and `close` may be called
+from any thread; `call` must not be called from inside `on_event` (it would
+wait for the thread it runs on).
 
 Messages are `engine.protocol.Message`s: `type` (progress, scan_layer,
 log, result, error), `reply_to` (the request id `send` returned) and
 `payload` (dict; arrays are read-only numpy arrays).
 
-State (`EngineState`, `client.state`): STARTING until the handshake, READY,
-BUSY from sending a job until its result or error, CRASHED when the engine
-process died (or a remote engine stopped answering), STOPPED after `close`.
-When the engine crashes, the running job gets an `error` message of kind
-"crashed", pending `call`s raise `EngineError`, and `restart()` starts a new
-engine (or reconnects) in the same client object.
+This object owns the engine's state and its running job; everything else
+(the window, its view models) asks it. State (`EngineState`, `client.state`):
+STARTING until the handshake, READY, BUSY from sending a job until its result
+or error (`active_job` names it), CRASHED when the engine process died (or a
+remote engine stopped answering), STOPPED after `close`. When the engine
+crashes, the running job gets an `error` message of kind "crashed", pending
+`call`s raise `EngineError`, and `restart()` starts a new engine (or
+reconnects) in the same client object.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import enum
-import json
 import logging
-import os
 import queue
-import subprocess
-import sys
-import tempfile
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from engine import __version__, protocol
+from engine.child import EngineChild
 from engine.connection import Connection, ConnectionInfo, EngineError
+from engine.errors import WorkbenchError
 from engine.protocol import Message
 
 log = logging.getLogger("engine.client")
-
-_SPAWNED_PIDS: list[int] = []
-
-
-def spawned_engine_pids() -> list[int]:
-    """Process ids of every local engine this process has started (tests check that none survives)."""
-    return list(_SPAWNED_PIDS)
-
-
-def _frozen_without(python: str | None) -> bool:
-    """True in a frozen bundle (PyInstaller sets `sys.frozen`) unless another interpreter was asked for."""
-    return python is None and bool(getattr(sys, "frozen", False))
-
-
-def _engine_command(python: str | None) -> list[str]:
-    """How to start the engine: `python -m engine`, or in a frozen bundle its own executable's `engine` command.
-
-    A frozen executable is no Python interpreter (`-m` means nothing to it); the
-    bundle's entry point runs `int8wb` with its arguments, so `engine` starts
-    the engine from the same bundle (packaging/launcher.py).
-    """
-    if _frozen_without(python):
-        return [sys.executable, "engine"]
-    return [python or sys.executable, "-m", "engine"]
 
 
 class EngineState(enum.Enum):
@@ -84,6 +63,43 @@ class EngineState(enum.Enum):
     BUSY = "busy"
     CRASHED = "crashed"
     STOPPED = "stopped"
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """A job this client sent that the engine has not answered yet: its id (its events' `reply_to`) and type."""
+
+    id: str
+    request: str
+
+
+class EngineListener(Protocol):
+    """What a listener to the engine's events implements (see `dispatch`)."""
+
+    def on_progress(self, job: str, fraction: float, message: str) -> None: ...
+    def on_scan_layer(self, job: str, payload: dict[str, Any]) -> None: ...
+    def on_log(self, level: str, text: str) -> None: ...
+    def on_finished(self, job: str, request: str, result: dict[str, Any]) -> None: ...
+    def on_failed(self, job: str, kind: str, message: str, traceback_text: str) -> None: ...
+
+
+def dispatch(message: Message, listener: EngineListener) -> None:
+    """Hand one engine message to the listener method for its type.
+
+    `job` is the request id the message answers; it is "" for an error about
+    no job (an engine that could not be started).
+    """
+    job, payload = message.reply_to or "", message.payload
+    if message.type == "progress":
+        listener.on_progress(job, float(payload["fraction"]), payload["message"])
+    elif message.type == "scan_layer":
+        listener.on_scan_layer(job, payload)
+    elif message.type == "log":
+        listener.on_log(payload.get("level", "info"), payload["message"])
+    elif message.type == "result":
+        listener.on_finished(job, payload.get("request", ""), payload["result"])
+    elif message.type == "error":
+        listener.on_failed(job, payload["kind"], payload["message"], payload.get("traceback", ""))
 
 
 class EngineClient:
@@ -100,10 +116,12 @@ class EngineClient:
         self._state = EngineState.STOPPED
         self._lock = threading.Lock()
         self._connection: Connection | None = None
-        self._process: subprocess.Popen | None = None
-        self._active_job: str | None = None
+        self._child: EngineChild | None = None
+        self._active_job: Job | None = None
         self._quiet: set[str] = set()  # the handshake's and close's own requests: not delivered
         self._restart: Callable[[], dict[str, Any]] | None = None
+        self._starter: threading.Thread | None = None
+        self._remote = False
         self.engine_info: dict[str, Any] = {}
         self.connection_info: ConnectionInfo | None = None  # address and key of the current engine
         self.log_path: Path | None = None
@@ -115,47 +133,19 @@ class EngineClient:
     ) -> dict[str, Any]:
         """Start an engine child on loopback with a fresh key; returns the engine's `hello` info.
 
-        The key goes to the child on its stdin, which stays open: when this
-        process dies, the child reads end-of-file and exits. `session` is the
-        engine's `--session MODULE:CALLABLE` (default: the real engine session).
+        `session` is the engine's `--session MODULE:CALLABLE` (default: the real engine session).
         """
         self._require_stopped()
         self._restart = lambda: self.start_local(timeout_s, session, python)
+        self._remote = False
         self._set_state(EngineState.STARTING)
         key = protocol.new_key()
-        command = _engine_command(python) + [
-            "--key-stdin",
-            "--parent-pid",
-            str(os.getpid()),
-            "--listen",
-            "tcp://127.0.0.1:0",
-        ]
-        if session:
-            command += ["--session", session]
-        env = dict(os.environ)
-        if not _frozen_without(python):
-            package_root = str(Path(__file__).resolve().parent.parent)
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-        log_fd, log_name = tempfile.mkstemp(prefix="int8wb-engine-", suffix=".log")
-        self.log_path = Path(log_name)
         try:
-            self._process = subprocess.Popen(
-                command,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=log_fd,
-                env=env,
-                close_fds=True,
-                start_new_session=(os.name == "posix"),
-            )
-        finally:
-            os.close(log_fd)
-        _SPAWNED_PIDS.append(self._process.pid)
-        try:
-            self._process.stdin.write((json.dumps({"key": key.hex()}) + "\n").encode())
-            self._process.stdin.flush()
-            address = self._read_ready_line(timeout_s)["address"]
-            return self._open(ConnectionInfo(address, key), timeout_s, remote=False)
+            self._child = EngineChild(session, python)
+            self.log_path = self._child.log_path
+            self._child.send_key(key)
+            address = self._child.read_address(timeout_s)
+            return self._open(ConnectionInfo(address, key), timeout_s)
         except BaseException:
             self._abandon()
             self._set_state(EngineState.CRASHED)
@@ -167,9 +157,10 @@ class EngineClient:
         if not isinstance(info, ConnectionInfo):
             info = ConnectionInfo.from_file(info)
         self._restart = lambda: self.connect(info, timeout_s)
+        self._remote = True
         self._set_state(EngineState.STARTING)
         try:
-            return self._open(info, timeout_s, remote=True)
+            return self._open(info, timeout_s)
         except BaseException:
             self._abandon()
             self._set_state(EngineState.STOPPED)
@@ -179,16 +170,42 @@ class EngineClient:
         """After a crash (or a close): start the same kind of engine again."""
         if self._restart is None:
             raise EngineError("not_running", "no engine was started or connected before")
-        self.close()
+        if self._connection is not None or self._child is not None:
+            self.close()
         return self._restart()
+
+    def start_in_background(self, start: Callable[[], Any]) -> None:
+        """Run `start` (`start_local`, `connect` or `restart`, arguments bound) on a short-lived thread.
+
+        Returns at once, STARTING: an engine still open is closed first, here.
+        Readiness arrives through `on_state`; a start that fails arrives as an
+        `error` event that answers no job (`reply_to` None).
+        """
+        self._join_starter()
+        if self._connection is not None or self._child is not None:
+            self.close()
+        self._set_state(EngineState.STARTING)
+
+        def run() -> None:
+            try:
+                start()
+            except (WorkbenchError, OSError) as exc:
+                kind = exc.kind if isinstance(exc, EngineError) else type(exc).__name__
+                text = f"the engine could not be started: {exc}"
+                self._deliver(Message("error", protocol.error_payload(kind, text)))
+
+        self._starter = threading.Thread(target=run, name="engine-starter", daemon=True)
+        self._starter.start()
 
     def close(self, timeout_s: float = 5.0, shutdown: bool | None = None) -> None:
         """Disconnect; a local child (or, with `shutdown=True`, a remote engine) is shut down.
 
-        A child that does not exit within `timeout_s` is killed. Safe to call twice.
+        A start running in the background is waited for first. A child that
+        does not exit within `timeout_s` is killed. Safe to call twice.
         """
-        connection, process = self._connection, self._process
-        shutdown = (process is not None) if shutdown is None else shutdown
+        self._join_starter()
+        connection, child = self._connection, self._child
+        shutdown = (child is not None) if shutdown is None else shutdown
         if connection is not None:
             connection.closing = True
             if shutdown and connection.alive and self._state in (EngineState.READY, EngineState.BUSY):
@@ -197,16 +214,9 @@ class EngineClient:
                 except (EngineError, concurrent.futures.TimeoutError):
                     pass
             connection.stop()
-        if process is not None:
-            try:
-                process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                log.warning("engine %d did not exit; killing it", process.pid)
-                self._kill_process()
-            self._close_pipes(process)
-            if process.returncode == 0 and self.log_path is not None:
-                self.log_path.unlink(missing_ok=True)
-        self._connection, self._process, self._active_job = None, None, None
+        if child is not None:
+            child.finish(timeout_s)
+        self._connection, self._child, self._active_job = None, None, None
         self._set_state(EngineState.STOPPED)
 
     def __enter__(self) -> EngineClient:
@@ -215,20 +225,59 @@ class EngineClient:
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
 
-    # --- requests -----------------------------------------------------------
+    # --- what the engine is doing -------------------------------------------
 
     @property
     def state(self) -> EngineState:
         return self._state
 
     @property
-    def pid(self) -> int | None:
-        """The local child's process id (None for a remote engine)."""
-        return self._process.pid if self._process is not None else None
+    def active_job(self) -> Job | None:
+        """The job the engine runs for this client, or None."""
+        return self._active_job
 
     @property
-    def active_job(self) -> str | None:
-        return self._active_job
+    def pid(self) -> int | None:
+        """The local child's process id (None for a remote engine)."""
+        return self._child.pid if self._child is not None else None
+
+    @property
+    def remote_address(self) -> str | None:
+        """Where the engine listens when it is a remote one (None for a local child)."""
+        return self.connection_info.address if self._remote and self.connection_info is not None else None
+
+    @property
+    def version_mismatch(self) -> str | None:
+        """A sentence for the user when the connected engine is another release than this client, else None.
+
+        The protocol version is checked at `hello` and a different one refused;
+        a different release with the same protocol works, but may compute
+        differently, so a GUI shows this sentence.
+        """
+        theirs = self.engine_info.get("engine")
+        if theirs is None or theirs == __version__:
+            return None
+        return f"the engine is version {theirs}, this workbench is {__version__}: results may differ"
+
+    # --- requests -----------------------------------------------------------
+
+    def submit(self, request_type: str, params: dict[str, Any] | None = None) -> str:
+        """Start a job when the engine is ready for one; returns its id.
+
+        The one place that decides whether a job may start: `EngineError`
+        "busy" while another job runs, "not_running" when no engine is ready,
+        each with a sentence a window can show as it is. (`send` leaves that
+        to the engine, which refuses a second job itself.)
+        """
+        if request_type not in protocol.JOB_TYPES:
+            raise ValueError(f"{request_type!r} is not a job; send it instead")
+        state, running = self._state, self._active_job
+        if running is not None:
+            raise EngineError("busy", f"the engine is busy with {running.request}: cancel it or wait for its result")
+        if state is not EngineState.READY:
+            todo = "wait until it is ready" if state is EngineState.STARTING else "start or restart it first"
+            raise EngineError("not_running", f"the engine is {state.value}: {todo}")
+        return self.send(request_type, params)
 
     def send(self, request_type: str, params: dict[str, Any] | None = None) -> str:
         """Send a request without waiting; returns its id, which its events carry as `reply_to`."""
@@ -250,9 +299,10 @@ class EngineClient:
 
     # --- internals ----------------------------------------------------------
 
-    def _open(self, info: ConnectionInfo, timeout_s: float, remote: bool) -> dict[str, Any]:
+    def _open(self, info: ConnectionInfo, timeout_s: float) -> dict[str, Any]:
         self.connection_info = info
-        self._connection = Connection(info, self._handle, self._lost, self._process, heartbeat=remote)
+        process = self._child.process if self._child is not None else None
+        self._connection = Connection(info, self._handle, self._lost, process, heartbeat=self._remote)
         hello = {"protocol": protocol.PROTOCOL_VERSION, "client": self._client_name}
         try:
             self.engine_info = self._call_on(self._connection, "hello", hello, timeout_s, quiet=True)
@@ -262,19 +312,6 @@ class EngineClient:
             ) from None
         self._set_state(EngineState.READY)
         return self.engine_info
-
-    @property
-    def version_mismatch(self) -> str | None:
-        """A sentence for the user when the connected engine is another release than this client, else None.
-
-        The protocol version is checked at `hello` and a different one refused;
-        a different release with the same protocol works, but may compute
-        differently, so a GUI shows this sentence.
-        """
-        theirs = self.engine_info.get("engine")
-        if theirs is None or theirs == __version__:
-            return None
-        return f"the engine is version {theirs}, this workbench is {__version__}: results may differ"
 
     def _call_on(
         self,
@@ -298,7 +335,7 @@ class EngineClient:
         if message.type in protocol.JOB_TYPES:
             with self._lock:
                 if self._active_job is None:
-                    self._active_job = message.id
+                    self._active_job = Job(message.id, message.type)
             self._set_state(EngineState.BUSY)
         connection.send(message)
         return message
@@ -307,7 +344,7 @@ class EngineClient:
         """On the I/O thread: every message from the engine, after its future was resolved."""
         if message.type in ("result", "error") and message.reply_to is not None:
             with self._lock:
-                finished = message.reply_to == self._active_job
+                finished = self._active_job is not None and message.reply_to == self._active_job.id
                 if finished:
                     self._active_job = None
             if finished and self._state is EngineState.BUSY:
@@ -320,12 +357,12 @@ class EngineClient:
 
     def _lost(self, reason: str, crashed: bool) -> None:
         """On the I/O thread: the engine process exited or a remote engine stopped answering."""
-        tail = self._log_tail()
+        tail = self._child.log_tail() if self._child is not None else ""
         text = f"the engine {reason}" + (f"; last lines of its log ({self.log_path}):\n{tail}" if tail else "")
         with self._lock:
             job, self._active_job = self._active_job, None
         if job is not None:
-            self._deliver(protocol.Message("error", protocol.error_payload("crashed", text), reply_to=job))
+            self._deliver(Message("error", protocol.error_payload("crashed", text), reply_to=job.id))
         self._set_state(EngineState.CRASHED if crashed else EngineState.STOPPED)
 
     def _deliver(self, message: Message) -> None:
@@ -346,8 +383,15 @@ class EngineClient:
             except Exception:
                 log.exception("on_state failed")
 
+    def _join_starter(self) -> None:
+        """Wait for a background start to end (unless this is that start's own thread)."""
+        starter = self._starter
+        if starter is not None and starter is not threading.current_thread():
+            starter.join()
+            self._starter = None
+
     def _require_stopped(self) -> None:
-        if self._connection is not None or self._process is not None:
+        if self._connection is not None or self._child is not None:
             raise EngineError("already_running", "close() this client before starting another engine")
 
     def _require_connection(self) -> Connection:
@@ -356,54 +400,11 @@ class EngineClient:
             raise EngineError("not_running", f"the engine is {self._state.value}; start or restart it first")
         return connection
 
-    def _read_ready_line(self, timeout_s: float) -> dict[str, Any]:
-        """The child prints {"address", "pid"} once it listens; wait for it without blocking forever."""
-        process, lines = self._process, queue.Queue()
-        threading.Thread(target=lambda: lines.put(process.stdout.readline()), daemon=True).start()
-        deadline, line = time.monotonic() + timeout_s, b""
-        while not line and process.poll() is None:
-            if time.monotonic() > deadline:
-                raise EngineError("timeout", f"the engine did not start within {timeout_s:.0f} s")
-            try:
-                line = lines.get(timeout=0.1)
-            except queue.Empty:
-                pass
-        try:
-            return json.loads(line)
-        except ValueError:
-            raise EngineError(
-                "crashed", f"the engine exited while starting (status {process.poll()}):\n{self._log_tail()}"
-            ) from None
-
     def _abandon(self) -> None:
         """Undo a start that failed half-way."""
         if self._connection is not None:
             self._connection.closing = True
             self._connection.stop()
-        self._kill_process()
-        self._connection, self._process = None, None
-
-    def _kill_process(self) -> None:
-        process = self._process
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait()
-        if process is not None:
-            self._close_pipes(process)
-
-    @staticmethod
-    def _close_pipes(process: subprocess.Popen) -> None:
-        for pipe in (process.stdin, process.stdout):
-            if pipe is not None:
-                try:
-                    pipe.close()
-                except OSError:
-                    pass
-
-    def _log_tail(self, lines: int = 20) -> str:
-        if self.log_path is None or self._process is None:
-            return ""
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        if self._child is not None:
+            self._child.kill()
+        self._connection, self._child = None, None

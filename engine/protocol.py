@@ -154,10 +154,6 @@ class Message:
     def is_request(self) -> bool:
         return self.type in REQUEST_TYPES
 
-    @property
-    def is_event(self) -> bool:
-        return self.type in EVENT_TYPES
-
 
 def request(type_: str, payload: dict[str, Any] | None = None) -> Message:
     if type_ not in REQUEST_TYPES:

@@ -152,11 +152,6 @@ class EngineServer:
         else:  # a job that ignored cancellation still holds its socket; do not wait for it
             self._context.destroy(linger=0)
 
-    @property
-    def job_running(self) -> bool:
-        with self._lock:
-            return self._job is not None
-
     def _parent_is_gone(self) -> bool:
         if self._parent_gone.is_set():
             return True

@@ -32,6 +32,7 @@ def self_test(report_path: str) -> int:
 
     from app import main as app_main
     from app.main_window import MainWindow
+    from engine.client import EngineState
 
     app = app_main.create_app([sys.argv[0]])
 
@@ -58,13 +59,13 @@ def self_test(report_path: str) -> int:
             return finish("no workbench window is visible after start-up")
         step("window_visible")
 
-        def on_state(state: str) -> None:
-            if state == "ready" and "engine_ready" not in report["steps"]:
+        def on_state(state: EngineState) -> None:
+            if state is EngineState.READY and "engine_ready" not in report["steps"]:
                 step("engine_ready")
                 report["engine_info"] = dict(window.client.engine_info)
-                if window.load_model(None) is None:
+                if window.workbench.load_model(None) is None:
                     finish("the window refused to load the default model")
-            elif state == "crashed":
+            elif state is EngineState.CRASHED:
                 finish(f"the engine crashed; its log: {window.client.log_path}")
 
         def on_finished(job: str, request: str, result: dict) -> None:
@@ -80,17 +81,17 @@ def self_test(report_path: str) -> int:
                 finish()
 
         def start_scan() -> None:
-            if window.start_scan(dict(SELF_TEST_SCAN)) is None:
+            if window.workbench.start_scan(dict(SELF_TEST_SCAN)) is None:
                 finish("the window refused to scan")
 
         def on_failed(job: str, kind: str, message: str, traceback_text: str) -> None:
             finish(f"{kind}: {message}\n{traceback_text}")
 
-        window.client.sig_state_changed.connect(on_state)
-        window.client.sig_job_finished.connect(on_finished)
-        window.client.sig_job_failed.connect(on_failed)
-        if window.client.state.value == "ready":  # the engine was quicker than this hook
-            on_state("ready")
+        window.engine.sig_state_changed.connect(on_state)
+        window.engine.sig_job_finished.connect(on_finished)
+        window.engine.sig_job_failed.connect(on_failed)
+        if window.client.state is EngineState.READY:  # the engine was quicker than this hook
+            on_state(EngineState.READY)
 
     QTimer.singleShot(0, attach)
     QTimer.singleShot(SELF_TEST_TIMEOUT_S * 1000, lambda: finish(f"not done within {SELF_TEST_TIMEOUT_S} s"))

@@ -44,7 +44,7 @@ def make_workbench(qtbot, tmp_path):
     from PySide6.QtCore import QSettings
 
     from app.main import create_app
-    from engine.client import spawned_engine_pids
+    from engine.child import spawned_engine_pids
     from tests.fixtures_engine import process_alive
 
     create_app([])

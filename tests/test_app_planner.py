@@ -16,6 +16,7 @@ from app.view_models.plan import (
     format_bytes,
     list_presets,
 )
+from engine.client import EngineState
 from engine.errors import BadInput
 
 GIB = 1024**3
@@ -165,12 +166,12 @@ def dialog(qtbot):
     from app.views.planner_dialog import PlannerDialog
 
     create_app([])
-    client = QtEngineClient()
-    dialog = PlannerDialog(client, has_model=False)
+    engine = QtEngineClient()
+    dialog = PlannerDialog(engine, has_model=False)
     qtbot.addWidget(dialog)
     dialog.show()
     yield dialog
-    client.close()
+    engine.client.close()
 
 
 def test_dialog_shows_the_table_and_the_terms_of_the_selected_cell(dialog, plan_70b):
@@ -211,7 +212,7 @@ def test_dialog_refuses_what_it_cannot_plan_without_crashing(dialog, tmp_path):
 
 
 def test_dialog_shows_engine_errors_for_its_own_job_only(dialog, plan_70b):
-    client = dialog.client
+    client = dialog.engine
     dialog.job = "job-1"
     client.sig_job_finished.emit("other-job", "plan_memory", qt_shaped(plan_70b))
     assert dialog.view is None and dialog.job == "job-1"
@@ -219,7 +220,7 @@ def test_dialog_shows_engine_errors_for_its_own_job_only(dialog, plan_70b):
     assert dialog.job is None and "lacks hidden_size" in dialog.status.text()
     assert dialog.status.toolTip() == "Traceback ..." and dialog.plan_button.isEnabled()
     dialog.job = "job-2"
-    client.sig_state_changed.emit("crashed")
+    client.sig_state_changed.emit(EngineState.CRASHED)
     assert dialog.job is None and "crashed" in dialog.status.text()
     dialog.job = "job-3"
     client.sig_job_finished.emit("job-3", "plan_memory", {"methods": []})
@@ -233,7 +234,7 @@ def test_dialog_shows_engine_errors_for_its_own_job_only(dialog, plan_70b):
 def test_dialog_plans_a_preset_and_reports_a_bad_config_through_a_real_engine(dialog, qtbot, tmp_path):
     client = dialog.client
     client.start_local()
-    qtbot.waitUntil(lambda: client.state.value == "ready", timeout=60_000)
+    qtbot.waitUntil(lambda: client.state is EngineState.READY, timeout=60_000)
     dialog.preset_combo.setCurrentIndex(dialog.preset_combo.findData("llama-2-70b"))
     assert dialog.plan() is not None
     qtbot.waitUntil(lambda: dialog.job is None, timeout=60_000)

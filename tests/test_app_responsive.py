@@ -90,8 +90,8 @@ def test_layout_changes_announce_one_reset_each():
 
 
 def configure(window, layers=4, width=64):
-    window.model_info = {"layers": layers, "hidden_size": width}
-    window._prepare_grid()
+    window.workbench.model_info = {"layers": layers, "hidden_size": width}
+    window.workbench.lay_out_grid()
 
 
 def test_new_rows_are_written_into_the_shown_image(make_workbench):
@@ -167,29 +167,33 @@ def test_a_new_scan_is_laid_out_as_wide_as_the_last_one(make_workbench):
     configure(window, layers=2, width=8)
     window.stats.add_layer(layer_payload(0, 0, "mlp_down", np.ones(20)))  # the intermediate width
     assert window.stats.absmax_grid.shape == (8, 20)
-    window._prepare_grid(previous_scan_widths=True)  # what a new scan of this model does
+    window.workbench.lay_out_grid(previous_scan_widths=True)  # what a new scan of this model does
     events = []
     window.stats.subscribe(lambda event, data: events.append(event))
     window.stats.add_layer(layer_payload(0, 0, "mlp_down", np.ones(20)))
     assert events == ["row"] and window.stats.absmax_grid.shape == (8, 20)  # no mid-scan widening
-    window._prepare_grid()  # a model was loaded: nothing learned from another model's scan
+    window.workbench.lay_out_grid()  # a model was loaded: nothing learned from another model's scan
     assert window.stats.absmax_grid.shape == (8, 8)
 
 
-def test_engine_state_on_the_gui_thread_is_never_ahead_of_its_signal(qtbot):
+def test_engine_states_arrive_in_the_gui_thread_and_a_stale_one_is_dropped(qtbot):
     import threading
 
     from app.engine_client import QtEngineClient
+    from engine.client import EngineState
 
-    client = QtEngineClient()
+    engine = QtEngineClient()
     seen = []
-    client.sig_state_changed.connect(seen.append)
-    worker = threading.Thread(target=lambda: client._sig_state.emit("ready"))  # as the I/O thread reports it
+    engine.sig_state_changed.connect(lambda state: seen.append((state, threading.current_thread().name)))
+    # the I/O thread reports READY, but the client has left it by the time the GUI thread hears of it
+    worker = threading.Thread(target=lambda: engine._sig_state.emit(EngineState.READY))
     worker.start()
     worker.join()
-    assert client.state.value == "stopped" and seen == []  # the window has not been told yet
-    qtbot.waitUntil(lambda: seen == ["ready"], timeout=2000)
-    assert client.state.value == "ready"
-    client._sig_state.emit("ready")  # the same state again is not news
-    assert seen == ["ready"]
-    client.close()
+    qtbot.wait(50)
+    assert seen == [] and engine.client.state is EngineState.STOPPED
+    engine.client.start_in_background(engine.client.start_local)
+    assert seen == [(EngineState.STARTING, "MainThread")]  # at once: the GUI thread asked for it
+    qtbot.waitUntil(lambda: len(seen) == 2, timeout=60_000)  # READY, set on the starter thread
+    assert seen[1] == (EngineState.READY, "MainThread") and engine.client.state is EngineState.READY
+    engine.client.close()
+    assert seen[2:] == [(EngineState.STOPPED, "MainThread")]

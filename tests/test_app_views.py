@@ -10,8 +10,8 @@ from tests.scan_payloads import layer_payload
 
 
 def feed(window, layers=6, width=32, down_width=64):
-    window.model_info = {"layers": layers, "hidden_size": width}
-    window._prepare_grid()
+    window.workbench.model_info = {"layers": layers, "hidden_size": width}
+    window.workbench.lay_out_grid()
     rng = np.random.default_rng(1)
     index = 0
     for layer in range(layers):
@@ -84,9 +84,9 @@ def test_share_mode_and_settings_round_trip(make_workbench):
 
 def test_actions_refuse_without_engine_and_model(make_workbench):
     window = make_workbench(start_engine=False)
-    assert window.start_scan({"tokens": 64}) is None
+    assert window.workbench.start_scan({"tokens": 64}) is None
     assert "Load a model" in window.statusBar().currentMessage()
     assert not window.scan_panel.scan_button.isEnabled()
-    window.model_info = {"layers": 1, "hidden_size": 4}
-    assert window.run_methods(["llm-int8"], {}) is None
+    window.workbench.model_info = {"layers": 1, "hidden_size": 4}
+    assert window.workbench.run_methods(["llm-int8"], {}) is None
     assert "scan first" in window.statusBar().currentMessage()

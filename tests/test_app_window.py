@@ -9,8 +9,7 @@ def test_about_names_the_version_and_the_missing_engine(make_workbench):
     window = make_workbench(start_engine=False)
     text = window.about_text()
     assert f"Int8 Workbench {engine.__version__}" in text and "Engine: not connected" in text
-    window.client.engine_info = {"engine": "0.0.1"}  # what the starter thread stores after the handshake
-    window.client._client.engine_info = {"engine": "0.0.1"}
+    window.client.engine_info = {"engine": "0.0.1"}  # what the handshake stores
     assert "Warning: the engine is version 0.0.1" in window.about_text()
 
 
@@ -23,6 +22,6 @@ def test_planner_dialog_opens_once_and_knows_there_is_no_model(make_workbench):
 
 def test_results_of_jobs_the_window_did_not_send_are_left_alone(make_workbench):
     window = make_workbench(start_engine=False)
-    window.client.sig_job_finished.emit("someone-elses-job", "plan_memory", {"methods": [], "notes": ["70B plan"]})
-    window.client.sig_job_failed.emit("someone-elses-job", "bad_input", "no", "")
+    window.engine.sig_job_finished.emit("someone-elses-job", "plan_memory", {"methods": [], "notes": ["70B plan"]})
+    window.engine.sig_job_failed.emit("someone-elses-job", "bad_input", "no", "")
     assert window.results.plan_note == "" and window.error_dialog is None

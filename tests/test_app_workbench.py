@@ -14,31 +14,34 @@ import signal
 
 import pytest
 
+from engine.client import EngineState
+
 pytestmark = pytest.mark.slow
 
 
 def wait_ready(qtbot, window, timeout_s=60):
-    qtbot.waitUntil(lambda: window.client.state.value == "ready", timeout=timeout_s * 1000)
+    qtbot.waitUntil(lambda: window.client.state is EngineState.READY, timeout=timeout_s * 1000)
 
 
 def test_workbench_session_end_to_end(make_workbench, qtbot):
     window = make_workbench()
-    assert window.isVisible() and window.client.state.value in ("starting", "ready")  # window first
+    workbench = window.workbench
+    assert window.isVisible() and window.client.state in (EngineState.STARTING, EngineState.READY)  # window first
     wait_ready(qtbot, window)
 
     finished: dict[str, dict] = {}
-    window.client.sig_job_finished.connect(lambda job, request, result: finished.__setitem__(request, result))
+    window.engine.sig_job_finished.connect(lambda job, request, result: finished.__setitem__(request, result))
 
     # open the model
-    window.load_model(None)
-    qtbot.waitUntil(lambda: window.model_info is not None, timeout=120_000)
-    assert window.model_info["layers"] == 30 and "30 layers" in window.model_panel.info.text()
+    workbench.load_model(None)
+    qtbot.waitUntil(lambda: workbench.model_info is not None, timeout=120_000)
+    assert workbench.model_info["layers"] == 30 and "30 layers" in window.model_panel.info.text()
     assert window.scan_panel.scan_button.isEnabled()
 
     # cancel a running job: a long scan, cancelled after its first row
-    window.start_scan({"tokens": 8192, "seq_len": 256})
+    workbench.start_scan({"tokens": 8192, "seq_len": 256})
     qtbot.waitUntil(lambda: window.stats.rows_filled >= 1, timeout=60_000)
-    window.cancel_job()
+    window.act_cancel.trigger()
     wait_ready(qtbot, window)
     qtbot.waitUntil(lambda: "scan cancelled" in window.log_view.toPlainText(), timeout=10_000)
     assert not window.stats.finished and window.stats.rows_filled < 120 and "scan" not in finished
@@ -50,7 +53,7 @@ def test_workbench_session_end_to_end(make_workbench, qtbot):
             (event, window.stats.finished, int((window.heatmap.image.image > 0).any(axis=1).sum()))
         )
     )
-    window.start_scan({"tokens": 512, "seq_len": 256})
+    workbench.start_scan({"tokens": 512, "seq_len": 256})
     qtbot.waitUntil(lambda: window.stats.finished, timeout=120_000)
     live_rows = [drawn for event, done, drawn in seen_live if event == "row" and not done]
     assert live_rows and live_rows[0] >= 1 and max(live_rows) > live_rows[0], "rows did not arrive one by one"
@@ -67,15 +70,12 @@ def test_workbench_session_end_to_end(make_workbench, qtbot):
     assert window.heatmap.overlay.image.sum() > 0
     window.threshold_panel.spin.setValue(20.0)
     assert window.threshold.summary().outlier_columns < at_6
-    assert window.client.state.value == "ready"
+    assert window.client.state is EngineState.READY
     window.threshold_panel.spin.setValue(6.0)
 
     # run two methods; the table shows the engine's numbers
-    window.run_methods(["weight-only", "llm-int8"], {"tokens": 512, "window": 256})
-    qtbot.waitUntil(
-        lambda: "evaluate" in finished and not window.pending_steps and window.client.state.value == "ready",
-        timeout=180_000,
-    )
+    workbench.run_methods(["weight-only", "llm-int8"], {"tokens": 512, "window": 256})
+    qtbot.waitUntil(lambda: "plan_memory" in finished and not workbench.running, timeout=180_000)
     rows = {row["method"]: row for row in finished["evaluate"]["rows"]}
     assert set(rows) == {"baseline", "weight-only", "llm-int8"}
     table = window.results_view.table
@@ -92,11 +92,11 @@ def test_workbench_session_end_to_end(make_workbench, qtbot):
 
     # kill the engine: the window stays, keeps its state, and recovers
     os.kill(window.client.pid, signal.SIGKILL)
-    qtbot.waitUntil(lambda: window.client.state.value == "crashed", timeout=20_000)
+    qtbot.waitUntil(lambda: window.client.state is EngineState.CRASHED, timeout=20_000)
     assert window.isVisible() and window.status.restart_button.isVisibleTo(window)
     assert "crashed" in window.status.state_label.text()
     assert window.stats.rows_filled == 120 and len(window.results.rows) == 3
     assert not window.scan_panel.scan_button.isEnabled()
-    window.restart_engine()
+    window.status.restart_button.click()
     wait_ready(qtbot, window)
     assert window.model_panel.load_button.isEnabled() and not window.scan_panel.scan_button.isEnabled()

@@ -80,6 +80,7 @@ CONTRACT = (
     "engine.protocol",
     "engine.vocabulary",
     "engine.client",
+    "engine.child",
     "engine.connection",
     "engine.errors",
     "engine.task",

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import engine
-from engine import cli, client
+from engine import child, cli, client
 from engine.cli import desktop
 from engine.errors import BadInput, ModelLoadError
 from engine.model import loading
@@ -216,8 +216,8 @@ def test_engine_hello_carries_the_version():
 def test_frozen_bundle_starts_the_engine_from_its_own_executable(monkeypatch):
     monkeypatch.setattr(sys, "frozen", True, raising=False)
     monkeypatch.setattr(sys, "executable", "/opt/int8-workbench/int8-workbench")
-    assert client._engine_command(None) == ["/opt/int8-workbench/int8-workbench", "engine"]
-    assert client._engine_command("/usr/bin/python3") == ["/usr/bin/python3", "-m", "engine"]
+    assert child.engine_command(None) == ["/opt/int8-workbench/int8-workbench", "engine"]
+    assert child.engine_command("/usr/bin/python3") == ["/usr/bin/python3", "-m", "engine"]
 
 
 def test_frozen_bundle_finds_its_default_model(tmp_path, monkeypatch):

@@ -130,6 +130,11 @@ class ResultsModel:
         self.plan_note = f"GPUs needed: not available ({reason})"
         self._changed()
 
+    @property
+    def has_evaluation(self) -> bool:
+        """Some method (or the baseline) has a measured perplexity."""
+        return any(row.perplexity is not None for row in self.rows.values())
+
     def chart_data(self) -> tuple[list[str], list[float], float | None]:
         """(methods, perplexities, baseline perplexity) of the evaluated rows."""
         evaluated = [r for r in self.rows.values() if r.perplexity is not None]

@@ -51,7 +51,8 @@ from app.view_models.plan import (
     format_bytes,
     list_presets,
 )
-from engine.client import EngineError
+from app.view_models.workbench import as_sentence
+from engine.client import EngineError, EngineState
 from engine.errors import WorkbenchError
 
 ERROR_COLOR = "#ff6b6b"
@@ -72,7 +73,7 @@ class PlannerDialog(QDialog):
 
     def __init__(
         self,
-        client: QtEngineClient,
+        engine: QtEngineClient,
         parent: QWidget | None = None,
         has_model: bool = False,
         threshold: float | None = None,
@@ -80,7 +81,7 @@ class PlannerDialog(QDialog):
         super().__init__(parent)
         self.setWindowTitle("Memory planner")
         self.setStyleSheet(DIALOG_STYLE)
-        self.client = client
+        self.engine, self.client = engine, engine.client
         self.request = PlanRequest(threshold=threshold)
         self.view: PlanView | None = None
         self.job: str | None = None
@@ -88,9 +89,9 @@ class PlannerDialog(QDialog):
         self._has_model = has_model
         self._build()
         self.set_has_model(has_model)
-        client.sig_job_finished.connect(self._on_finished)
-        client.sig_job_failed.connect(self._on_failed)
-        client.sig_state_changed.connect(self._on_state)
+        engine.sig_job_finished.connect(self._on_finished)
+        engine.sig_job_failed.connect(self._on_failed)
+        engine.sig_state_changed.connect(self._on_state)
         self.resize(1020, 820)
 
     # --- building ----------------------------------------------------------------------------------
@@ -263,12 +264,11 @@ class PlannerDialog(QDialog):
             request.check(self._has_model)
         except WorkbenchError as exc:
             return self._error(str(exc))
-        state = self.client.state.value
-        if state != "ready":
-            return self._error(f"The engine is {state}: wait until it is ready, then press Plan again.")
         try:
             self.job = self.client.submit("plan_memory", request.params())
-        except (EngineError, OSError) as exc:
+        except EngineError as exc:
+            return self._error(f"{as_sentence(str(exc))} Then press Plan again.")
+        except OSError as exc:
             return self._error(f"Could not send the plan: {exc}")
         self.plan_button.setEnabled(False)
         self._say("Planning… (a preset or config is built on the meta device; no weights are read)")
@@ -293,13 +293,13 @@ class PlannerDialog(QDialog):
         self.plan_button.setEnabled(True)
         self._error(f"Plan failed ({kind}): {message}", traceback_text)
 
-    @Slot(str)
-    def _on_state(self, state: str) -> None:
-        if self.job is not None and state in ("crashed", "stopped"):
+    @Slot(object)
+    def _on_state(self, state: EngineState) -> None:
+        if self.job is not None and state in (EngineState.CRASHED, EngineState.STOPPED):
             self.job = None
             self.plan_button.setEnabled(True)
             self._error(
-                f"The engine {'stopped' if state == 'stopped' else 'crashed'} before the plan came back; "
+                f"The engine {state.value} before the plan came back; "
                 "restart it from the Engine menu and press Plan again."
             )
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from PySide6.QtWidgets import QLabel, QProgressBar, QPushButton, QStatusBar, QWidget
 
+from engine.client import EngineState
+
 STATE_TEXT = {
-    "starting": ("Engine starting…", "#f4a259"),
-    "ready": ("Engine ready", "#8cb369"),
-    "busy": ("Engine busy", "#5b8def"),
-    "crashed": ("Engine crashed", "#e56b6f"),
-    "stopped": ("Engine stopped", "#9a9cab"),
+    EngineState.STARTING: ("Engine starting…", "#f4a259"),
+    EngineState.READY: ("Engine ready", "#8cb369"),
+    EngineState.BUSY: ("Engine busy", "#5b8def"),
+    EngineState.CRASHED: ("Engine crashed", "#e56b6f"),
+    EngineState.STOPPED: ("Engine stopped", "#9a9cab"),
 }
 
 
@@ -34,16 +36,16 @@ class WorkbenchStatusBar(QStatusBar):
         self.addPermanentWidget(self.progress)
         self.addPermanentWidget(self.cancel_button)
         self.addPermanentWidget(self.restart_button)
-        self.set_state("stopped")
+        self.set_state(EngineState.STOPPED)
 
-    def set_state(self, state: str, detail: str = "") -> None:
-        text, color = STATE_TEXT.get(state, (state, "#9a9cab"))
+    def set_state(self, state: EngineState, detail: str = "") -> None:
+        text, color = STATE_TEXT[state]
         self.state_label.setText(f"<span style='color:{color}'>●</span> {text}{detail}")
-        self.state_label.setProperty("state", state)
-        busy = state == "busy"
+        self.state_label.setProperty("state", state.value)
+        busy = state is EngineState.BUSY
         self.cancel_button.setVisible(busy)
         self.progress.setVisible(busy)
-        self.restart_button.setVisible(state in ("crashed", "stopped"))
+        self.restart_button.setVisible(state in (EngineState.CRASHED, EngineState.STOPPED))
 
     def set_progress(self, job: str, fraction: float, message: str) -> None:
         self.progress.setValue(int(round(fraction * 1000)))

@@ -24,10 +24,6 @@ class Coalescer(QObject):
         self._timer.setInterval(interval_ms)
         self._timer.timeout.connect(callback)
 
-    @property
-    def pending(self) -> bool:
-        return self._timer.isActive()
-
     def request(self) -> None:
         """Refresh within the interval (the first request of a burst starts the clock)."""
         if not self._timer.isActive():

@@ -48,11 +48,6 @@ class ExportedModel(LoadedModel):
         return info
 
 
-def is_exported(path: Path) -> bool:
-    """Whether `path` is a directory written by engine.checkpoint.export (its sidecar is there)."""
-    return (Path(path) / SIDECAR_NAME).is_file()
-
-
 def read_manifest(directory: Path) -> dict[str, Any]:
     path = directory / SIDECAR_NAME
     try:

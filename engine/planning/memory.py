@@ -134,11 +134,3 @@ def measure(record: PhaseMemory) -> Iterator[PhaseMemory]:
             record.cpu_peak_rss_rise = record.cpu_peak_rss - rss_peak_before
             record.cpu_rss_at_end = current_rss_bytes()
         record.seconds = time.perf_counter() - start
-
-
-def measured_memory(model: Any, recorder: MemoryRecorder | None = None) -> dict[str, Any]:
-    """Everything measured for one model (one method): its tensor bytes and its recorded phases."""
-    result = {"tensors": tensor_bytes(model), "peak_rss_bytes": peak_rss_bytes()}
-    if recorder is not None:
-        result.update(recorder.as_dict())
-    return result

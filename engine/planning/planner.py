@@ -23,7 +23,7 @@ model; everything here is pure functions over the two dataclasses below.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from engine.errors import BadInput
@@ -330,7 +330,7 @@ def largest_context(
     units = weight_units(inventory, method, settings)
 
     def fits(context: int) -> bool:
-        needed = gpu_plan(arch, inventory, method, _with(settings, context=context), gpu, units)["needed"]
+        needed = gpu_plan(arch, inventory, method, replace(settings, context=context), gpu, units)["needed"]
         return needed is not None and needed <= count
 
     if not fits(1):
@@ -342,12 +342,6 @@ def largest_context(
         mid = (low + high) // 2
         low, high = (mid, high) if fits(mid) else (low, mid)
     return low
-
-
-def _with(settings: Settings, **changes: Any) -> Settings:
-    values = {k: v for k, v in asdict(settings).items()}
-    values.update(changes)
-    return Settings(**values)
 
 
 # --- the whole plan -------------------------------------------------------------------------------

@@ -1,0 +1,332 @@
+"""The workflow behind the window, without Qt: Load -> Scan -> pick the threshold -> Run -> Export.
+
+It owns what belongs to the workflow: the loaded model's description, the job
+it sent and waits for, and the rest of a Run (quantize, then evaluate, then
+plan the GPUs: one job after the other, as the engine runs one at a time).
+The engine's own state and its running job belong to the `EngineClient`: this
+model asks it, and `EngineClient.submit` alone decides whether a job may start.
+
+Engine events come in through the `on_*` methods in the GUI thread (the window
+connects them to the Qt client's signals; tests call them, or
+`engine.client.dispatch`, directly), so nothing here needs a window. What the
+window should show goes out to listeners (`subscribe`) as (event, data):
+
+    "changed"   None                          state, model, job or step changed
+    "log"       (text, level)                 a line for the log
+    "notice"    (text, milliseconds)          a short message for the status bar
+    "error"     (title, message, details)     a failure to show in a dialog
+    "progress"  (label, fraction, message)    the running job's progress
+    "results"   None                          an evaluation arrived: show the results
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any
+
+from app.view_models.results import ResultsModel
+from app.view_models.scan_stats import ScanStatistics
+from app.view_models.threshold import ThresholdModel
+from engine.client import EngineClient, EngineError, EngineState, Job
+from engine.vocabulary import BASELINE, FLOAT_BYTES, KIND_ORDER, NEEDS_SCAN, RESULT_GPUS
+
+REQUEST_LABELS = {
+    "load_model": "Loading the model",
+    "scan": "Scanning",
+    "quantize": "Quantizing",
+    "evaluate": "Evaluating",
+    "plan_memory": "Planning GPUs",
+    "export": "Exporting",
+}
+NO_MODEL = "No model loaded."
+RESTARTED = "No model loaded (the engine was restarted): load it again."
+CRASHED = "The engine stopped: restart it and load the model again. The scan and results shown stay as they were."
+
+
+class Step(enum.Enum):
+    """The workflow's steps, in order; the window's step bar shows them."""
+
+    LOAD = "Load"
+    SCAN = "Scan"
+    THRESHOLD = "Pick the threshold"
+    RUN = "Run"
+    EXPORT = "Export"
+
+
+STEP_OF_REQUEST = {
+    "load_model": Step.LOAD,
+    "scan": Step.SCAN,
+    "quantize": Step.RUN,
+    "evaluate": Step.RUN,
+    "plan_memory": Step.RUN,
+    "export": Step.EXPORT,
+}
+
+
+def as_sentence(text: str) -> str:
+    """An engine or client message as a sentence for the status bar: capital first, full stop last."""
+    text = text.strip()
+    return text[:1].upper() + text[1:] + ("" if text.endswith((".", "?", "!")) else ".")
+
+
+class Workbench:
+    """Actions (load, scan, run, export, cancel, engine start) and engine events; see the module docstring."""
+
+    def __init__(
+        self, client: EngineClient, stats: ScanStatistics, threshold: ThresholdModel, results: ResultsModel
+    ) -> None:
+        self.client, self.stats, self.threshold, self.results = client, stats, threshold, results
+        self.model_info: dict[str, Any] | None = None
+        self.model_note = NO_MODEL  # what the model panel says while no model is loaded
+        self.job: Job | None = None  # the job this workbench sent and waits for
+        self.pending: list[tuple[str, dict[str, Any]]] = []  # the rest of a Run: evaluate, plan_memory
+        self.load_when_ready: dict[str, Any] | None = None  # load_model params for the engine's first READY
+        self.threshold_chosen = False  # the threshold was moved since the last scan
+        self.exported_to: str | None = None
+        self._listeners: list[Callable[[str, Any], None]] = []
+        threshold.subscribe(self._on_threshold)
+
+    def subscribe(self, listener: Callable[[str, Any], None]) -> None:
+        self._listeners.append(listener)
+
+    def _emit(self, event: str, data: Any = None) -> None:
+        for listener in list(self._listeners):
+            listener(event, data)
+
+    # --- what the window shows ---------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self.client.state is EngineState.READY
+
+    @property
+    def loaded(self) -> bool:
+        """A model is loaded and the engine is ready for the next job."""
+        return self.ready and self.model_info is not None
+
+    @property
+    def running(self) -> bool:
+        """A job of this workbench runs, or a Run has steps left."""
+        return self.job is not None or bool(self.pending)
+
+    def step(self) -> Step:
+        """The step the user is at: the running job's, else the first one not done yet."""
+        if self.job is not None:
+            return STEP_OF_REQUEST[self.job.request]
+        if self.pending:
+            return Step.RUN
+        if self.model_info is None:
+            return Step.LOAD
+        if self.results.has_evaluation:
+            return Step.EXPORT
+        if self.stats.finished:
+            return Step.RUN if self.threshold_chosen else Step.THRESHOLD
+        return Step.SCAN
+
+    def quantized_methods(self) -> list[str]:
+        """The methods of the last Run that export can save."""
+        return [m for m, row in self.results.rows.items() if m != BASELINE and row.int8_bytes]
+
+    # --- actions -----------------------------------------------------------------------------------
+
+    def start_engine(self) -> None:
+        """Start the local engine in the background; READY arrives through `on_state`."""
+        self._log("starting the engine")
+        self.client.start_in_background(self.client.start_local)
+
+    def connect_file(self, path: str) -> None:
+        """Leave the current engine for the remote one a connection file names."""
+        self._log(f"connecting to the engine of {path}")
+        self._forget_model(NO_MODEL)
+        self.client.start_in_background(lambda: self.client.connect(path))
+
+    def restart_engine(self) -> None:
+        self._log("restarting the engine")
+        self._forget_model(RESTARTED)
+        self.client.start_in_background(self.client.restart)
+
+    def load_model(self, path: str | None) -> str | None:
+        """Load a model directory, GGUF file or hub id; None loads the embedded default model."""
+        return self._submit("load_model", {"model": path} if path else {})
+
+    def start_scan(self, params: dict[str, Any]) -> str | None:
+        if self.model_info is None:
+            return self.refuse("Load a model before scanning it.")
+        job = self._submit("scan", {**params, "threshold": self.threshold.threshold})
+        if job is not None:
+            self.lay_out_grid(previous_scan_widths=True)
+        return job
+
+    def run_methods(self, methods: list[str], eval_params: dict[str, Any]) -> str | None:
+        """Quantize with `methods`, then evaluate them, then plan their GPUs (one job after the other)."""
+        if self.model_info is None:
+            return self.refuse("Load a model before quantizing it.")
+        if not methods:
+            return self.refuse("Tick at least one method.")
+        if any(m in NEEDS_SCAN for m in methods) and not self.stats.finished:
+            return self.refuse(
+                "Static LLM.int8() takes its outlier dimensions from a scan: scan first, or tick the dynamic variant."
+            )
+        threshold = self.threshold.threshold
+        job = self._submit("quantize", {"methods": methods, "threshold": threshold})
+        if job is not None:
+            self.pending = [
+                ("evaluate", {"methods": methods, **eval_params}),
+                ("plan_memory", {"methods": [BASELINE, *methods], "gpus": list(RESULT_GPUS), "threshold": threshold}),
+            ]
+        return job
+
+    def export_to(self, method: str, path: str) -> str | None:
+        return self._submit("export", {"method": method, "out": path})
+
+    def cancel(self) -> None:
+        """Cancel whatever job the engine runs (this workbench's or the planner's)."""
+        running = self.client.active_job
+        if running is not None:
+            self._log("cancelling the running job")
+            self.client.cancel(running.id)
+
+    def lay_out_grid(self, previous_scan_widths: bool = False) -> None:
+        """Lay the heatmap out for the loaded model so rows fill in place as layers arrive.
+
+        The MLP down projection reads the intermediate width: taken from the
+        model's description when it has one, and before a new scan from the
+        previous scan of the same model, so that the scan does not widen (and
+        so redraw) the grid midway.
+        """
+        info = self.model_info or {}
+        layers, hidden = info.get("layers"), info.get("hidden_size")
+        if not (isinstance(layers, int) and isinstance(hidden, int)):
+            self.stats.clear()
+            return
+        widths = {kind: hidden for kind in KIND_ORDER[:4]}
+        if isinstance(info.get("intermediate_size"), int):
+            widths["mlp_down"] = info["intermediate_size"]
+        for linear in self.stats.linears if previous_scan_widths else ():
+            if linear.kind in widths:
+                widths[linear.kind] = max(widths[linear.kind], linear.absmax.size)
+        self.stats.configure(layers, widths)
+
+    # --- engine events (GUI thread) ----------------------------------------------------------------
+
+    def on_state(self, state: EngineState) -> None:
+        self._log(f"engine {state.value}")
+        if state is EngineState.READY and self.client.version_mismatch:
+            self._log(self.client.version_mismatch, "warning")
+            self._emit("notice", (self.client.version_mismatch, 30000))
+        if state is EngineState.CRASHED:
+            self._forget_model(CRASHED)
+        self._changed()
+        if state is EngineState.READY and self.load_when_ready is not None and self.model_info is None:
+            params, self.load_when_ready = self.load_when_ready, None
+            self._submit("load_model", params)
+
+    def on_progress(self, job: str, fraction: float, message: str) -> None:
+        if self._ours(job):
+            self._emit("progress", (REQUEST_LABELS[self.job.request], fraction, message))
+
+    def on_scan_layer(self, job: str, payload: dict[str, Any]) -> None:
+        if self._ours(job) and self.job.request == "scan":
+            self.stats.add_layer(payload)
+
+    def on_log(self, level: str, text: str) -> None:
+        self._log(text, level)
+
+    def on_finished(self, job: str, request: str, result: dict[str, Any]) -> None:
+        if not self._ours(job):
+            return  # a job this workbench did not send (the planner dialog's)
+        request, self.job = self.job.request, None
+        self._log(f"{request} finished")
+        if request == "load_model":
+            self._loaded(result)
+        elif request == "scan":
+            self.stats.load_result(result)
+            self.threshold_chosen = False
+        elif request == "quantize":
+            self.results.add_quantized(result)
+        elif request == "evaluate":
+            self.results.add_evaluation(result)
+            self._emit("results")
+        elif request == "plan_memory":
+            self.results.add_plan(result)
+        elif request == "export":
+            self._exported(result)
+        self._next_step()
+        self._changed()
+
+    def on_failed(self, job: str, kind: str, message: str, traceback_text: str) -> None:
+        if job and not self._ours(job):
+            return  # the planner dialog shows its own errors; failures to start the engine have no job
+        request = "engine"
+        if job:
+            request, self.job = self.job.request, None
+        self.pending = []  # a failed step ends the Run
+        if request == "plan_memory":
+            self.results.set_plan_unavailable(message)
+            self._log(f"plan_memory failed ({kind}): {message}", "warning")
+        elif kind == "cancelled":
+            self._log(f"{request} cancelled")
+            self._emit("notice", (f"{request} cancelled", 5000))
+            if request == "scan":
+                self.stats.finished = False
+        else:
+            self._log(f"{request} failed ({kind}): {message}", "error")
+            self._emit("error", (f"{request} failed", message, traceback_text))
+        self._changed()
+
+    # --- helpers -----------------------------------------------------------------------------------
+
+    def _ours(self, job: str) -> bool:
+        return self.job is not None and job == self.job.id
+
+    def _submit(self, request: str, params: dict[str, Any]) -> str | None:
+        try:
+            job = self.client.submit(request, params)
+        except EngineError as exc:
+            self.pending = []
+            return self.refuse(as_sentence(str(exc)))
+        self.job = Job(job, request)
+        self._emit("progress", (REQUEST_LABELS[request], 0.0, ""))
+        self._log(f"{request} " + ", ".join(f"{k}={v}" for k, v in params.items() if v is not None))
+        self._changed()
+        return job
+
+    def _next_step(self) -> None:
+        if self.pending:
+            request, params = self.pending.pop(0)
+            self._submit(request, params)
+
+    def _loaded(self, info: dict[str, Any]) -> None:
+        self.model_info = info
+        self.threshold.float_bytes = FLOAT_BYTES.get(info.get("dtype"), 2)
+        self.results.clear()
+        self.exported_to = None
+        self.lay_out_grid()
+
+    def _exported(self, result: dict[str, Any]) -> None:
+        self.exported_to = str(result.get("path"))
+        megabytes = result.get("total_bytes", 0) / 1e6
+        text = f"exported {result.get('method')} to {self.exported_to} ({megabytes:,.1f} MB)"
+        self._log(text)
+        self._emit("notice", (text, 15000))
+
+    def _forget_model(self, note: str) -> None:
+        self.model_info, self.model_note, self.pending = None, note, []
+
+    def _on_threshold(self, _threshold: float) -> None:
+        if self.stats.finished and not self.threshold_chosen:
+            self.threshold_chosen = True
+            self._changed()
+
+    def refuse(self, message: str) -> None:
+        """Say why an action cannot be done now (status bar and log); returns None, as the action does."""
+        self._emit("notice", (message, 8000))
+        self._log(message, "warning")
+        return None
+
+    def _log(self, text: str, level: str = "info") -> None:
+        self._emit("log", (text, level))
+
+    def _changed(self) -> None:
+        self._emit("changed")
