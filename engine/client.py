@@ -111,16 +111,21 @@ class EngineClient:
     # --- starting and stopping -----------------------------------------------
 
     def start_local(
-        self, timeout_s: float = 60.0, session: str | None = None, python: str | None = None
+        self,
+        timeout_s: float = 60.0,
+        session: str | None = None,
+        python: str | None = None,
+        allow_remote_code: bool = False,
     ) -> dict[str, Any]:
         """Start an engine child on loopback with a fresh key; returns the engine's `hello` info.
 
         The key goes to the child on its stdin, which stays open: when this
         process dies, the child reads end-of-file and exits. `session` is the
         engine's `--session MODULE:CALLABLE` (default: the real engine session).
+        `allow_remote_code` lets the child run the code a model ships (its user's choice, never a request's).
         """
         self._require_stopped()
-        self._restart = lambda: self.start_local(timeout_s, session, python)
+        self._restart = lambda: self.start_local(timeout_s, session, python, allow_remote_code)
         self._set_state(EngineState.STARTING)
         key = protocol.new_key()
         command = _engine_command(python) + [
@@ -132,6 +137,8 @@ class EngineClient:
         ]
         if session:
             command += ["--session", session]
+        if allow_remote_code:
+            command.append("--allow-remote-code")
         env = dict(os.environ)
         if not _frozen_without(python):
             package_root = str(Path(__file__).resolve().parent.parent)
