@@ -87,7 +87,10 @@ def run(params: dict[str, Any], task, loaded, quantized: dict[str, Any]) -> dict
     from engine.planning.memory import MemoryRecorder
     from engine.quant.quantize import tensor_bytes
 
+    from engine.model.limits import check_evaluation
+
     settings = EvalSettings.from_params(params)
+    check_evaluation(loaded.model, settings.window, settings.batch_size, loaded.device)
     windows, source = evaluation_windows(settings, loaded.tokenizer)
     # A re-opened export has no floating-point model: its own quantized model is the first row.
     reopened = getattr(loaded, "quantized", None)
