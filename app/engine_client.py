@@ -84,11 +84,16 @@ class QtEngineClient(QObject):
         """A sentence when the connected engine is another release than this window, else None."""
         return self._client.version_mismatch
 
-    def start_local(self) -> None:
-        """Start a local engine child in the background; `sig_state_changed` says when it is ready."""
+    def start_local(self, allow_remote_code: bool = False) -> None:
+        """Start a local engine child in the background; `sig_state_changed` says when it is ready.
+
+        `allow_remote_code`: the child may run the Python code a model ships (the user's setting).
+        """
         self.remote_address = None
         self._on_state(EngineState.STARTING.value)  # at once: the GUI thread asked for it
-        self._start_in_background(lambda: self._client.start_local(session=self._session))
+        self._start_in_background(
+            lambda: self._client.start_local(session=self._session, allow_remote_code=allow_remote_code)
+        )
 
     def connect_file(self, path: str | Path) -> None:
         """Close the current engine and connect to the remote one named by a connection file."""

@@ -155,6 +155,9 @@ class MainWindow(QMainWindow):
         self.act_cancel = action(engine_menu, "Cancel job", "Esc", self.cancel_job)
         self.act_restart = action(engine_menu, "Restart engine", "Ctrl+Shift+R", self.restart_engine)
         action(engine_menu, "Connect to remote engine…", "Ctrl+Shift+O", self.connect_remote)
+        self.act_remote_code = action(engine_menu, "Let models run their own code", "", self.allow_remote_code)
+        self.act_remote_code.setCheckable(True)
+        self.act_remote_code.setChecked(self.settings.value("engine/allow_remote_code", False, type=bool))
         help_menu = self.menuBar().addMenu("&Help")
         action(help_menu, "About Int8 Workbench", "F1", self.show_about)
 
@@ -208,7 +211,7 @@ class MainWindow(QMainWindow):
     def start_engine(self) -> None:
         """Start the local engine in the background; the window is usable (and says so) meanwhile."""
         self.log("starting the engine")
-        self.client.start_local()
+        self.client.start_local(allow_remote_code=self.act_remote_code.isChecked())
 
     def load_model(self, path: str | None) -> str | None:
         params = {"model": path} if path else {}
@@ -274,7 +277,17 @@ class MainWindow(QMainWindow):
         self.model_info = None
         self.pending_steps = []
         self.model_panel.info.setText("No model loaded (the engine was restarted): load it again.")
-        self.client.restart()
+        if self.client.remote_address is None:  # a local engine starts with the current settings
+            self.client.close()
+            self.start_engine()
+        else:
+            self.client.restart()
+
+    def allow_remote_code(self, allowed: bool) -> None:
+        """Whether the local engine may run the code a model ships (transformers' trust_remote_code)."""
+        self.settings.setValue("engine/allow_remote_code", bool(allowed))
+        state = "may run" if allowed else "may not run"
+        self.log(f"models {state} their own code from the next start of the local engine (Engine > Restart engine)")
 
     def connect_remote(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Engine connection file", "", "Connection files (*.json)")

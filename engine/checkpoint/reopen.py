@@ -83,8 +83,10 @@ def _check_files(path: Path, files: Any) -> None:
     for filename, entry in files.items():
         if not is_plain_file_name(filename):
             raise ModelLoadError(f"{path} names the file {filename!r}, which is not a file of the export's own folder")
-        if not isinstance(entry, dict) or not isinstance(entry.get("tensors"), dict) or not isinstance(
-            entry.get("bytes"), int
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("tensors"), dict)
+            or not isinstance(entry.get("bytes"), int)
         ):
             raise ModelLoadError(f"{path}: the entry of {filename} lacks its size or its tensors")
 

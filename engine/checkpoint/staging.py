@@ -97,7 +97,8 @@ def remove_stale(target: Path) -> list[Path]:
     A staging folder is removed; a set-aside old target is put back when the target is missing
     (the writer died between moving it aside and renaming the new one in), else removed.
     """
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.({PARTIAL}|{OLD})-{_SUFFIX}")
+    # `.NAME-XXXXXXXX` is how the cache's GGUF conversions were staged before.
+    pattern = re.compile(rf"\.{re.escape(target.name)}(?:\.({PARTIAL}|{OLD}))?-{_SUFFIX}")
     cleaned = []
     try:
         entries = list(target.parent.iterdir())
@@ -138,10 +139,7 @@ def check_free_space(folder: Path, needed: int) -> None:
 
 def no_space_message(folder: Path, needed: int, free: int | None = None) -> str:
     free = shutil.disk_usage(folder).free if free is None else free
-    return (
-        f"no space left on device for {folder}: needed about {needed / 1e6:,.1f} MB, "
-        f"{free / 1e6:,.1f} MB free"
-    )
+    return f"no space left on device for {folder}: needed about {needed / 1e6:,.1f} MB, {free / 1e6:,.1f} MB free"
 
 
 def is_disk_full(exc: BaseException) -> bool:

@@ -17,8 +17,9 @@ LOGIT_COPIES = 3  # the logits, their float32 copy and the cross entropy's softm
 
 def context_length(model) -> int | None:
     """The longest sequence the model's config allows, if it says."""
+    config = getattr(model, "config", None)
     for name in CONTEXT_FIELDS:
-        value = getattr(model.config, name, None)
+        value = getattr(config, name, None)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return None
@@ -58,7 +59,7 @@ def check_fits(needed: int, device: str, what: str, advice: str) -> None:
 def check_scan(model, seq_len: int, batch_size: int, tokens: int, device: str) -> None:
     """A calibration scan keeps every token's hidden state, and runs `batch_size` sequences at a time."""
     check_sequence_length(model, seq_len, "a calibration sequence")
-    config, element = model.config, next(model.parameters()).element_size()
+    config, element = getattr(model, "config", None), next(model.parameters()).element_size()
     hidden = getattr(config, "hidden_size", 0) or 0
     width = max(getattr(config, "intermediate_size", 0) or 0, hidden)
     heads = getattr(config, "num_attention_heads", 1) or 1
@@ -70,6 +71,6 @@ def check_scan(model, seq_len: int, batch_size: int, tokens: int, device: str) -
 def check_evaluation(model, window: int, batch_size: int, device: str) -> None:
     """Perplexity computes the logits of every position of `batch_size` windows at once."""
     check_sequence_length(model, window, "an evaluation window")
-    vocabulary = getattr(model.config, "vocab_size", 0) or 0
+    vocabulary = getattr(getattr(model, "config", None), "vocab_size", 0) or 0
     needed = LOGIT_COPIES * batch_size * window * vocabulary * 4
     check_fits(needed, device, f"evaluating windows of {window:,} tokens", "use a smaller window or batch")

@@ -159,7 +159,8 @@ def run(params: dict[str, Any], task, loaded) -> ScanResult:
     split = corpus_mod.load_split(settings.corpus)
     ids = corpus_mod.tokenize(loaded.tokenizer, split.calibration, settings.tokens)
     sequences = corpus_mod.windows(ids, min(settings.seq_len, len(ids)), settings.tokens)  # (n, seq)
-    check_scan(loaded.model, sequences.shape[1], settings.batch_size, int(sequences.numel()), loaded.device)
+    batch = min(settings.batch_size, sequences.shape[0])
+    check_scan(loaded.model, sequences.shape[1], batch, int(sequences.numel()), loaded.device)
     model = loaded.model
     result = ScanResult(settings, int(sequences.numel()), split.source)
 
