@@ -84,10 +84,9 @@ def run(params: dict[str, Any], task, loaded, quantized: dict[str, Any]) -> dict
     Returns {"settings", "corpus", "rows": [...]}, one row per model with
     perplexity, relative change against the baseline, and byte counts.
     """
+    from engine.model.limits import check_evaluation, check_sequence_length
     from engine.planning.memory import MemoryRecorder
     from engine.quant.quantize import tensor_bytes
-
-    from engine.model.limits import check_evaluation, check_sequence_length
 
     settings = EvalSettings.from_params(params)
     check_sequence_length(loaded.model, settings.window, "an evaluation window")
