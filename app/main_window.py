@@ -157,6 +157,10 @@ class MainWindow(QMainWindow):
         self.act_cancel = action(engine_menu, "Cancel job", "Esc", self.workbench.cancel)
         self.act_restart = action(engine_menu, "Restart engine", "Ctrl+Shift+R", self.workbench.restart_engine)
         action(engine_menu, "Connect to remote engine…", "Ctrl+Shift+O", self.connect_remote)
+        self.act_remote_code = action(engine_menu, "Let models run their own code", "", self.allow_remote_code)
+        self.act_remote_code.setCheckable(True)
+        self.act_remote_code.setChecked(self.settings.value("engine/allow_remote_code", False, type=bool))
+        self.workbench.allow_remote_code = self.act_remote_code.isChecked()
         help_menu = self.menuBar().addMenu("&Help")
         action(help_menu, "About Int8 Workbench", "F1", self.show_about)
 
@@ -241,6 +245,13 @@ class MainWindow(QMainWindow):
         if not path:
             return None
         return self.workbench.export_to(method, path)
+
+    def allow_remote_code(self, allowed: bool) -> None:
+        """Whether the local engine may run the code a model ships (transformers' trust_remote_code)."""
+        self.settings.setValue("engine/allow_remote_code", bool(allowed))
+        self.workbench.allow_remote_code = bool(allowed)
+        state = "may run" if allowed else "may not run"
+        self.log(f"models {state} their own code from the next start of the local engine (Engine > Restart engine)")
 
     def connect_remote(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Engine connection file", "", "Connection files (*.json)")

@@ -51,12 +51,15 @@ def engine_command(python: str | None) -> list[str]:
 class EngineChild:
     """One engine process on loopback, started at construction (OSError when it cannot be)."""
 
-    def __init__(self, session: str | None = None, python: str | None = None) -> None:
-        """`session` is the engine's `--session MODULE:CALLABLE` (default: the real engine session)."""
+    def __init__(self, session: str | None = None, python: str | None = None, allow_remote_code: bool = False) -> None:
+        """`session` is the engine's `--session MODULE:CALLABLE` (default: the real engine session);
+        `allow_remote_code` lets the engine run the code a model ships."""
         command = engine_command(python) + ["--key-stdin", "--parent-pid", str(os.getpid())]
         command += ["--listen", "tcp://127.0.0.1:0"]
         if session:
             command += ["--session", session]
+        if allow_remote_code:
+            command.append("--allow-remote-code")
         env = dict(os.environ)
         if not _frozen_without(python):
             package_root = str(Path(__file__).resolve().parent.parent)

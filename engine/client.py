@@ -129,19 +129,24 @@ class EngineClient:
     # --- starting and stopping -----------------------------------------------
 
     def start_local(
-        self, timeout_s: float = 60.0, session: str | None = None, python: str | None = None
+        self,
+        timeout_s: float = 60.0,
+        session: str | None = None,
+        python: str | None = None,
+        allow_remote_code: bool = False,
     ) -> dict[str, Any]:
         """Start an engine child on loopback with a fresh key; returns the engine's `hello` info.
 
         `session` is the engine's `--session MODULE:CALLABLE` (default: the real engine session).
+        `allow_remote_code` lets the child run the code a model ships (its user's choice, never a request's).
         """
         self._require_stopped()
-        self._restart = lambda: self.start_local(timeout_s, session, python)
+        self._restart = lambda: self.start_local(timeout_s, session, python, allow_remote_code)
         self._remote = False
         self._set_state(EngineState.STARTING)
         key = protocol.new_key()
         try:
-            self._child = EngineChild(session, python)
+            self._child = EngineChild(session, python, allow_remote_code)
             self.log_path = self._child.log_path
             self._child.send_key(key)
             address = self._child.read_address(timeout_s)
@@ -165,6 +170,11 @@ class EngineClient:
             self._abandon()
             self._set_state(EngineState.STOPPED)
             raise
+
+    @property
+    def remote(self) -> bool:
+        """True when connected (or connecting) to an engine this client did not start."""
+        return self._remote
 
     def restart(self) -> dict[str, Any]:
         """After a crash (or a close): start the same kind of engine again."""

@@ -6,6 +6,7 @@ here are re-exported there, which is where clients import them from.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import json
@@ -19,9 +20,10 @@ from typing import Any
 
 import zmq
 
-from engine import protocol
+from engine import protocol, transport
 from engine.errors import BadInput, WorkbenchError
-from engine.protocol import Codec, Message, ProtocolError, VersionMismatch
+from engine.protocol import Message, ProtocolError, VersionMismatch
+from engine.wire import Codec, Prepared
 
 log = logging.getLogger("engine.client")
 
@@ -65,11 +67,19 @@ class ConnectionInfo:
 class Connection:
     """One connection to one engine: the I/O thread that owns the DEALER socket.
 
-    Other threads hand it signed frames over an inproc PAIR socket (under a
-    lock); it forwards them, decodes what arrives, calls `on_message` with
-    each message, then resolves the `expect`ed future of a result or error.
-    It watches a local child process and, with `heartbeat`, pings a remote
-    engine that has been silent; when either is gone it calls `on_lost`.
+    Other threads pack their requests and hand them to it over an inproc PAIR
+    socket (under a lock); it stamps and signs them as it sends, decodes what
+    arrives, calls `on_message` with each message, then resolves the `expect`ed
+    future of a result or error. It watches a local child process and, with
+    `heartbeat`, pings a remote engine that has been silent; when either is
+    gone, or the I/O thread itself fails, it calls `on_lost`.
+
+    The DEALER keeps one routing id (`session`) for the connection's life, so
+    after a network blip ZeroMQ reconnects it as the same client and a running
+    job's events reach it again. The pings of a client that waits for jobs ask
+    for their state (`job_state`): a final event sent while the connection was
+    down arrives that way, and a job the engine no longer knows ends in an
+    error of kind "lost".
     """
 
     def __init__(
@@ -82,7 +92,8 @@ class Connection:
     ) -> None:
         self._info, self._on_message, self._on_lost = info, on_message, on_lost
         self._process, self._heartbeat = process, heartbeat
-        self._codec = Codec(info.key)
+        self.session = protocol.new_session()
+        self._codec = Codec(info.key, protocol.CLIENT, self.session)
         self._context = zmq.Context()
         self._inbox = self._context.socket(zmq.PAIR)
         self._inbox.bind(f"inproc://client-{id(self)}")
@@ -91,7 +102,9 @@ class Connection:
         self._outbox.connect(f"inproc://client-{id(self)}")
         self._send_lock, self._futures_lock = threading.Lock(), threading.Lock()
         self._futures: dict[str, concurrent.futures.Future] = {}
-        self._pings: set[str] = set()
+        self._pings: dict[str, str | None] = {}  # ping request id -> the job it asks about (None: a hello)
+        self._waiting: dict[str, str] = {}  # job id -> request type, until its final event (I/O thread only)
+        self._finished: collections.deque[str] = collections.deque(maxlen=64)  # jobs whose final event came
         self._stop = threading.Event()
         self.closing, self.alive = False, True
         self._thread = threading.Thread(target=self._run, name="engine-client-io", daemon=True)
@@ -104,11 +117,12 @@ class Connection:
         return future
 
     def send(self, message: Message) -> None:
-        frames = self._codec.encode(message)
+        prepared = self._codec.prepare(message)
+        parts = [prepared.type.encode(), prepared.id.encode(), (prepared.reply_to or "").encode()]
         with self._send_lock:
             if not self.alive:
                 raise EngineError("not_running", "the connection to the engine is closed")
-            self._outbox.send_multipart(frames, copy=False)
+            self._outbox.send_multipart([*parts, prepared.payload_json.encode(), *prepared.buffers], copy=False)
 
     def is_io_thread(self) -> bool:
         return threading.current_thread() is self._thread
@@ -129,37 +143,42 @@ class Connection:
             self._context.term()
 
     def _run(self) -> None:
-        dealer = self._context.socket(zmq.DEALER)
-        for option in (zmq.SNDHWM, zmq.RCVHWM):
-            dealer.setsockopt(option, 0)
-        dealer.connect(self._info.address)
+        dealer = transport.client_socket(self._context, self._info.key, self.session, self._info.address)
         poller = zmq.Poller()
         poller.register(dealer, zmq.POLLIN)
         poller.register(self._inbox, zmq.POLLIN)
         self._last_heard, self._ping_sent = time.monotonic(), None
+        lost = None
         try:
-            while not self._stop.is_set():
+            while not self._stop.is_set() and lost is None:
                 ready = dict(poller.poll(100))
                 if self._inbox in ready:
                     self._forward(dealer)
                 if dealer in ready:
                     self._receive(dealer)
                 lost = self._check_alive(dealer)
-                if lost is not None:
-                    self._shut(dealer, 0)
-                    self._on_lost(*lost)
-                    return
+        except Exception as exc:  # noqa: BLE001 - whatever ends this thread must end in "lost", never a hang
+            log.exception("the connection to the engine failed")
+            lost = (f"connection failed ({type(exc).__name__}: {exc})", True)
         finally:
-            self._shut(dealer, 200)
+            self._shut(dealer, 0 if lost else 200)
+        if lost is not None:
+            self._on_lost(*lost)
 
     def _forward(self, dealer: zmq.Socket) -> None:
+        """Seal and send what other threads packed: type, id, reply_to, payload JSON, buffers."""
         while True:
             try:
                 frames = self._inbox.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            if len(frames) > 1:
-                dealer.send_multipart(frames, copy=False)
+            if len(frames) < 4:
+                continue  # the wake-up of `stop`
+            type_, id_, reply_to, payload_json = (frame.bytes.decode() for frame in frames[:4])
+            prepared = Prepared(type_, id_, reply_to or None, payload_json, tuple(f.buffer for f in frames[4:]))
+            if type_ in protocol.JOB_TYPES:
+                self._waiting[id_] = type_
+            dealer.send_multipart(self._codec.seal(prepared), copy=False)
 
     def _receive(self, dealer: zmq.Socket) -> None:
         while True:
@@ -177,16 +196,45 @@ class Connection:
                 log.warning("dropped a message from the engine: %s", exc)
                 continue
             if message.reply_to in self._pings:
-                self._pings.discard(message.reply_to)
-                continue
-            self._on_message(message)
-            if message.type == "result":
-                self._resolve(message.reply_to, result=message.payload["result"])
-            elif message.type == "error":
-                payload = message.payload
-                self._resolve(
-                    message.reply_to, error=EngineError(payload["kind"], payload["message"], payload["traceback"])
-                )
+                self._answered(self._pings.pop(message.reply_to), message)
+            else:
+                self._take(message)
+
+    def _take(self, message: Message) -> None:
+        """Hand a message on (once for a job's final event) and resolve the future it answers."""
+        if message.type in ("result", "error"):
+            if message.reply_to in self._finished:
+                return  # a job's final event that came already (a job_state answer crossed it)
+            if self._waiting.pop(message.reply_to, None) is not None:
+                self._finished.append(message.reply_to)
+        self._on_message(message)
+        if message.type == "result":
+            self._resolve(message.reply_to, result=message.payload["result"])
+        elif message.type == "error":
+            payload = message.payload
+            self._resolve(
+                message.reply_to, error=EngineError(payload["kind"], payload["message"], payload["traceback"])
+            )
+
+    def _answered(self, job: str | None, answer: Message) -> None:
+        """A ping's answer; for a job still waited for, its final event if the engine has one, or "lost"."""
+        if job is None or job not in self._waiting or answer.type != "result":
+            return
+        state = answer.payload["result"].get("state")
+        final = answer.payload["result"].get("event")
+        if state == "finished" and isinstance(final, dict):
+            try:
+                message = Message(final.get("type"), final.get("payload"), reply_to=job)
+                protocol.check_fields(message)
+            except (ProtocolError, AttributeError):
+                message = None
+            if message is not None and message.type in ("result", "error"):
+                log.info("job %s ended while the connection was down; its final event came by job_state", job)
+                self._take(message)
+                return
+        if state in ("finished", "unknown"):
+            text = f"the engine no longer knows job {job} (it may have been restarted): its result is lost"
+            self._take(Message("error", protocol.error_payload("lost", text), reply_to=job))
 
     def _resolve(self, request_id: str | None, result: Any = None, error: Exception | None = None) -> None:
         with self._futures_lock:
@@ -207,11 +255,19 @@ class Connection:
             if self._ping_sent is not None and now - self._ping_sent > HEARTBEAT_TIMEOUT_S:
                 return f"at {self._info.address} stopped answering", True
             if self._ping_sent is None and now - self._last_heard > HEARTBEAT_S:
-                ping = protocol.request("hello", {"protocol": protocol.PROTOCOL_VERSION, "client": "heartbeat"})
-                self._pings.add(ping.id)
-                dealer.send_multipart(self._codec.encode(ping), copy=False)
+                self._ping(dealer)
                 self._ping_sent = now
         return None
+
+    def _ping(self, dealer: zmq.Socket) -> None:
+        """Ask about every job waited for, or just say hello: either answer shows the engine is there."""
+        questions = [("job_state", {"job": job}, job) for job in self._waiting] or [
+            ("hello", {"protocol": protocol.PROTOCOL_VERSION, "client": "heartbeat"}, None)
+        ]
+        for request_type, payload, job in questions:
+            ping = protocol.request(request_type, payload)
+            self._pings[ping.id] = job
+            dealer.send_multipart(self._codec.encode(ping), copy=False)
 
     def _shut(self, dealer: zmq.Socket, linger_ms: int) -> None:
         with self._send_lock:

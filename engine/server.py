@@ -1,14 +1,16 @@
 """The engine process: serves `engine.protocol` requests on a ZeroMQ ROUTER socket.
 
 One job (`protocol.JOB_TYPES`) runs at a time, in a worker thread, while the
-main loop keeps reading the socket: `hello`, `cancel` and `shutdown` are
-answered at once, and a second job request gets an `error` of kind "busy".
-The worker encodes and signs its own events (progress, scan_layer, log, the
-final result or error) and hands the frames to the main loop over an inproc
-socket, so events leave in the order the job produced them and the main loop
-never waits for encoding.
+main loop keeps reading the socket: `hello`, `cancel`, `job_state` and
+`shutdown` are answered at once, and a second job request gets an `error` of
+kind "busy". The worker checks and packs its own events (progress, scan_layer,
+log, the final result or error: the costly part) and hands them to the main
+loop over an inproc socket; the main loop stamps each with the engine's next
+counter and signs it as it sends, so events leave in counter order. The final
+event of the last few jobs is kept for `job_state`.
 
-Any message that fails `Codec.decode` (unsigned, badly signed, replayed,
+Only peers that pass the handshake (engine.transport) reach the main loop. Any
+message that fails `Codec.decode` (unsigned, badly signed, replayed,
 garbage, oversize, unknown type, wrong version) is dropped and logged; only a
 correctly signed message of another protocol version gets an answer, an
 `error` of kind "version", so that the other side can say what is wrong.
@@ -19,6 +21,7 @@ watches its stdin pipe for end-of-file and polls `os.getppid()`.
 
 from __future__ import annotations
 
+import collections
 import importlib
 import logging
 import os
@@ -30,10 +33,11 @@ from typing import Any
 
 import zmq
 
-from engine import __version__, protocol
+from engine import __version__, protocol, transport
 from engine.errors import WorkbenchError
-from engine.protocol import Codec, Message, ProtocolError, VersionMismatch
+from engine.protocol import Message, ProtocolError, VersionMismatch
 from engine.task import CallbackTask
+from engine.wire import Codec, Prepared
 
 log = logging.getLogger("engine.server")
 
@@ -42,14 +46,18 @@ POLL_INTERVAL_MS = 100
 SHUTDOWN_JOIN_S = 5.0
 
 
-def load_session_factory(spec: str) -> Callable[[], Any]:
-    """`module:callable` -> the callable; the engine calls it once, before the first job."""
+def load_session_factory(spec: str, **options: Any) -> Callable[[], Any]:
+    """`module:callable` -> the callable; the engine calls it once, before the first job.
+
+    `options` (such as `allow_remote_code=True`) are passed to it; none are passed when none are given,
+    so any callable without parameters serves.
+    """
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise WorkbenchError(f"session factory must look like module:callable, got {spec!r}")
 
     def factory() -> Any:
-        return getattr(importlib.import_module(module_name), attribute)()
+        return getattr(importlib.import_module(module_name), attribute)(**options)
 
     return factory
 
@@ -87,26 +95,25 @@ class EngineServer:
         key: bytes,
         listen: str = "tcp://127.0.0.1:0",
         session_factory: Callable[[], Any] | None = None,
-        max_request_bytes: int = protocol.DEFAULT_MAX_REQUEST_BYTES,
+        max_request_bytes: int = protocol.MAX_REQUEST_BYTES,
         parent_pid: int | None = None,
         parent_gone: threading.Event | None = None,
     ) -> None:
-        self._key = key
-        self._codec = Codec(key, max_message_bytes=max_request_bytes)
+        self._codec = Codec(
+            key, protocol.ENGINE, protocol.new_session(), max_request_bytes, protocol.MAX_REQUEST_FRAMES
+        )
         self._session_factory = session_factory or load_session_factory(DEFAULT_SESSION)
         self._session: Any = None
         self._parent_pid = parent_pid
         self._parent_gone = parent_gone or threading.Event()
         self._context = zmq.Context()
-        self._router = self._context.socket(zmq.ROUTER)
-        self._router.setsockopt(zmq.SNDHWM, 0)
-        self._router.setsockopt(zmq.MAXMSGSIZE, max_request_bytes)
-        self._router.setsockopt(zmq.LINGER, 1000)
+        self._gate = transport.HandshakeGate(self._context, key)
         try:
-            self._router.bind(listen)
-        except zmq.ZMQError as exc:
+            self._router = transport.engine_socket(self._context, listen, max_request_bytes)
+        except WorkbenchError:
+            self._gate.close()
             self._context.destroy(linger=0)
-            raise WorkbenchError(f"cannot listen on {listen}: {exc}") from None
+            raise
         self.address: str = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
         self._outbox_address = f"inproc://outbox-{id(self)}"
         self._outbox = self._context.socket(zmq.PULL)
@@ -115,6 +122,7 @@ class EngineServer:
         self._lock = threading.Lock()
         self._job: tuple[str, _JobTask, threading.Thread] | None = None
         self._last_thread: threading.Thread | None = None  # outlives `_job` by its last send
+        self._finals: collections.OrderedDict[str, Message] = collections.OrderedDict()  # job id -> final event
         self._stopping = False
         self.stats = {"received": 0, "rejected": 0, "jobs": 0}
 
@@ -123,12 +131,14 @@ class EngineServer:
     def serve(self) -> int:
         """Run until `shutdown` or until the parent is gone; returns the exit status."""
         poller = zmq.Poller()
-        poller.register(self._router, zmq.POLLIN)
-        poller.register(self._outbox, zmq.POLLIN)
+        for socket in (self._gate.socket, self._router, self._outbox):
+            poller.register(socket, zmq.POLLIN)
         log.info("engine %s (protocol %d) listening on %s", __version__, protocol.PROTOCOL_VERSION, self.address)
         try:
             while not self._stopping:
                 ready = dict(poller.poll(POLL_INTERVAL_MS))
+                if self._gate.socket in ready:
+                    self._gate.serve()
                 if self._outbox in ready:
                     self._forward_outbox()
                 if self._router in ready:
@@ -146,6 +156,7 @@ class EngineServer:
     def close(self) -> None:
         """Close the sockets; replies already queued get a second to leave."""
         self._outbox.close(linger=0)
+        self._gate.close()
         self._router.close(linger=1000)
         if self._last_thread is None or not self._last_thread.is_alive():
             self._context.term()
@@ -158,12 +169,21 @@ class EngineServer:
         return self._parent_pid is not None and os.getppid() != self._parent_pid
 
     def _forward_outbox(self) -> None:
+        """Seal and send what the job packed: identity, type, id, reply_to, payload JSON, buffers."""
         while True:
             try:
                 frames = self._outbox.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            self._router.send_multipart(frames, copy=False)
+            identity, type_, id_, reply_to, payload_json = (frame.bytes for frame in frames[:5])
+            prepared = Prepared(
+                type_.decode(),
+                id_.decode(),
+                reply_to.decode() or None,
+                payload_json.decode(),
+                tuple(f.buffer for f in frames[5:]),
+            )
+            self._router.send_multipart([identity, *self._codec.seal(prepared, identity.hex())], copy=False)
 
     def _read_requests(self) -> None:
         for _ in range(1000):  # bounded, so that a flood cannot starve the outbox
@@ -175,16 +195,12 @@ class EngineServer:
             identity, body = frames[0].bytes, [frame.buffer for frame in frames[1:]]
             try:
                 message = self._codec.decode(body)
+                if message.sender != identity.hex():
+                    raise ProtocolError(f"a message signed for session {message.sender} came from another connection")
             except VersionMismatch as exc:
                 self._reject(identity, exc)
-                self._send(
-                    identity,
-                    protocol.event(
-                        "error",
-                        exc.message.id,
-                        {**protocol.error_payload("version", str(exc)), "protocol": protocol.PROTOCOL_VERSION},
-                    ),
-                )
+                refusal = {**protocol.error_payload("version", str(exc)), "protocol": protocol.PROTOCOL_VERSION}
+                self._send(identity, protocol.event("error", exc.message.id, refusal))
                 continue
             except ProtocolError as exc:
                 self._reject(identity, exc)
@@ -193,23 +209,17 @@ class EngineServer:
                 self._dispatch(identity, message)
             except Exception:  # a bug in handling one request must not take the engine down
                 log.exception("failed to handle %s %s", message.type, message.id)
-                self._send(
-                    identity,
-                    protocol.event(
-                        "error",
-                        message.id,
-                        protocol.error_payload(
-                            "internal", f"the engine failed to handle {message.type}", traceback.format_exc()
-                        ),
-                    ),
+                failure = protocol.error_payload(
+                    "internal", f"the engine failed to handle {message.type}", traceback.format_exc()
                 )
+                self._send(identity, protocol.event("error", message.id, failure))
 
     def _reject(self, identity: bytes, exc: ProtocolError) -> None:
         self.stats["rejected"] += 1
         log.warning("dropped a message from peer %s: %s", identity.hex(), exc)
 
     def _send(self, identity: bytes, message: Message) -> None:
-        self._router.send_multipart([identity, *self._codec.encode(message)], copy=False)
+        self._router.send_multipart([identity, *self._codec.encode(message, identity.hex())], copy=False)
 
     def _reply(self, identity: bytes, request: Message, result: dict[str, Any]) -> None:
         self._send(identity, protocol.event("result", request.id, {"request": request.type, "result": result}))
@@ -217,13 +227,12 @@ class EngineServer:
     # --- requests -----------------------------------------------------------------
 
     def _dispatch(self, identity: bytes, message: Message) -> None:
-        if not message.is_request:
-            refusal = protocol.error_payload("bad_request", f"{message.type} is an event, not a request")
-            self._send(identity, protocol.event("error", message.id, refusal))
-        elif message.type == "hello":
+        if message.type == "hello":
             self._reply(identity, message, self._info())
         elif message.type == "cancel":
             self._reply(identity, message, self._cancel_job(message.payload.get("target")))
+        elif message.type == "job_state":
+            self._reply(identity, message, self._job_state(message.payload["job"]))
         elif message.type == "shutdown":
             log.info("shutdown requested")
             self._cancel_job()
@@ -242,8 +251,18 @@ class EngineServer:
             "busy": active is not None,
             "active_job": active,
             "request_types": list(protocol.REQUEST_TYPES),
-            "stats": dict(self.stats),
+            "stats": {**self.stats, "handshakes_refused": self._gate.refused},
         }
+
+    def _job_state(self, job: str) -> dict[str, Any]:
+        """Whether `job` runs, has ended (with its final event) or is unknown here."""
+        with self._lock:
+            if self._job is not None and self._job[0] == job:
+                return {"job": job, "state": "running", "event": None}
+            final = self._finals.get(job)
+        if final is None:
+            return {"job": job, "state": "unknown", "event": None}
+        return {"job": job, "state": "finished", "event": {"type": final.type, "payload": final.payload}}
 
     def _cancel_job(self, target: str | None = None) -> dict[str, Any]:
         with self._lock:
@@ -267,16 +286,10 @@ class EngineServer:
                 self._last_thread = thread
                 self.stats["jobs"] += 1
         if busy_with is not None:
-            self._send(
-                identity,
-                protocol.event(
-                    "error",
-                    request.id,
-                    protocol.error_payload(
-                        "busy", f"the engine is busy with job {busy_with}; cancel it or wait for its result"
-                    ),
-                ),
+            refusal = protocol.error_payload(
+                "busy", f"the engine is busy with job {busy_with}; cancel it or wait for its result"
             )
+            self._send(identity, protocol.event("error", request.id, refusal))
             return
         log.info("job %s %s started", request.type, request.id)
         thread.start()
@@ -288,19 +301,23 @@ class EngineServer:
                 self._session = self._session_factory()
             result = self._session.handle(request.type, request.payload, task)
             final = protocol.event("result", request.id, {"request": request.type, "result": dict(result or {})})
-            frames = self._codec.encode(final)  # may fail for an unsendable result: reported below
+            prepared = self._codec.prepare(final)  # may fail for an unsendable result: reported below
         except BaseException as exc:  # noqa: BLE001 - every failure becomes an error event
             kind = exc.kind if isinstance(exc, WorkbenchError) else "internal"
             text = traceback.format_exc()
             if kind != "cancelled":
                 log.error("job %s %s failed: %s", request.type, request.id, text)
-            frames = self._codec.encode(
-                protocol.event("error", request.id, protocol.error_payload(kind, str(exc) or type(exc).__name__, text))
+            final = protocol.event(
+                "error", request.id, protocol.error_payload(kind, str(exc) or type(exc).__name__, text)
             )
+            prepared = self._codec.prepare(final)
         log.info("job %s %s ended after %.2f s", request.type, request.id, time.perf_counter() - started)
         with self._lock:  # free before the last event leaves, so the next request never sees "busy"
             self._job = None
-        sender.send_frames(frames)
+            self._finals[request.id] = final
+            while len(self._finals) > protocol.KEPT_FINAL_EVENTS:
+                self._finals.popitem(last=False)
+        sender.send_prepared(prepared)
         sender.close()
 
     def _finish_job(self, timeout_s: float) -> None:
@@ -309,7 +326,7 @@ class EngineServer:
 
 
 class _OutboxSender:
-    """A job's way out: encodes on the worker thread, hands frames to the main loop over inproc."""
+    """A job's way out: packs on the worker thread, hands the parts to the main loop (which seals) over inproc."""
 
     def __init__(self, context: zmq.Context, address: str, codec: Codec, identity: bytes) -> None:
         self._context, self._address, self._codec, self._identity = context, address, codec, identity
@@ -317,15 +334,16 @@ class _OutboxSender:
         self._lock = threading.Lock()  # a job may report from threads of its own
 
     def send(self, message: Message) -> None:
-        self.send_frames(self._codec.encode(message))
+        self.send_prepared(self._codec.prepare(message))
 
-    def send_frames(self, frames: list) -> None:
+    def send_prepared(self, prepared: Prepared) -> None:
+        parts = [self._identity, prepared.type.encode(), prepared.id.encode(), (prepared.reply_to or "").encode()]
         with self._lock:
             if self._socket is None:
                 self._socket = self._context.socket(zmq.PUSH)
                 self._socket.setsockopt(zmq.SNDHWM, 0)
                 self._socket.connect(self._address)
-            self._socket.send_multipart([self._identity, *frames], copy=False)
+            self._socket.send_multipart([*parts, prepared.payload_json.encode(), *prepared.buffers], copy=False)
 
     def close(self) -> None:
         with self._lock:

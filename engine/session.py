@@ -15,7 +15,11 @@ from engine.errors import BadInput
 
 
 class Session:
-    def __init__(self) -> None:
+    """`allow_remote_code` is the choice of whoever started the engine (never a request's): whether a
+    model may run the Python code it ships (transformers' trust_remote_code)."""
+
+    def __init__(self, allow_remote_code: bool = False) -> None:
+        self.allow_remote_code = allow_remote_code
         self.loaded = None  # engine.model.loaded.LoadedModel
         self.scan_result = None  # engine.quant.scan.ScanResult
         self.quantized: dict[str, Any] = {}  # method -> engine.quant.quantize.QuantizedModel
@@ -46,12 +50,28 @@ class Session:
         return self.loaded
 
     def load_model(self, params: dict[str, Any], task) -> dict[str, Any]:
+        """Load a model in place of the current one, which is released first: a model replacing one of
+        the same size fits where one does (if the load fails, no model is loaded)."""
         from engine.model import loading
+        from engine.model.loaded import pick_device
 
-        with self._phase("load", params.get("device") or "auto"):
-            loaded = loading.load(params, task)
-        self.loaded, self.scan_result, self.quantized = loaded, None, {}
+        device = pick_device(params.get("device"))
+        self.release_model()
+        with self._phase("load", device):
+            loaded = loading.load(params, task, allow_remote_code=self.allow_remote_code)
+        self.loaded = loaded
         return {**loaded.describe(), "memory": self.memory["load"]}
+
+    def release_model(self) -> None:
+        """Forget the model and everything made from it, and give its memory back."""
+        import gc
+        import sys
+
+        self.loaded, self.scan_result, self.quantized = None, None, {}
+        gc.collect()
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def scan(self, params: dict[str, Any], task) -> dict[str, Any]:
         from engine.quant import scan
@@ -129,10 +149,6 @@ class Session:
 
         from engine.planning.memory import MemoryRecorder
 
-        if device == "auto":
-            from engine.model.loaded import pick_device
-
-            device = pick_device(device)
         with MemoryRecorder().phase(name, device) as record:
             yield record
         self.memory[name] = asdict(record)

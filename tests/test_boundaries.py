@@ -78,6 +78,8 @@ ROOMS = ("engine.model", "engine.quant", "engine.checkpoint", "engine.planning")
 PROCESS = ("engine.cli", "engine.server", "engine.session")
 CONTRACT = (
     "engine.protocol",
+    "engine.wire",
+    "engine.transport",
     "engine.vocabulary",
     "engine.client",
     "engine.child",

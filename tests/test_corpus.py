@@ -21,8 +21,8 @@ def test_file_split_cuts_at_whitespace(tmp_path):
     path = tmp_path / "text.txt"
     path.write_text("alpha beta gamma delta epsilon zeta eta theta iota kappa")
     split = corpus.file_split(path)
-    assert split.calibration + split.evaluation == path.read_text()
-    assert split.evaluation[0].isspace()
+    assert split.calibration.read() + split.evaluation.read() == path.read_text()
+    assert split.evaluation.read()[0].isspace()
 
 
 def test_windows_drop_the_short_tail_and_refuse_too_little():

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.checkpoint import export
+from engine.checkpoint import export, staging
 from engine.errors import BadInput, ModelLoadError
 from engine.session import Session
 from engine.task import Task
@@ -141,13 +141,12 @@ def test_sharded_export_loads_in_bitsandbytes_and_reopens(tiny_session, tmp_path
 
 def test_existing_target_is_refused_unless_overwrite(tiny_session, tmp_path):
     out = tmp_path / "export"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
+    tiny_session.export({"method": "weight-only", "out": str(out)}, Task())
     with pytest.raises(BadInput, match="already exists and is not empty.*--overwrite"):
         tiny_session.export({"method": "vectorwise", "out": str(out)}, Task())
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert json.loads((out / export.SIDECAR_NAME).read_text())["method"] == "weight-only"
     tiny_session.export({"method": "vectorwise", "out": str(out), "overwrite": True}, Task())
-    assert not (out / "keep.txt").exists() and (out / export.SIDECAR_NAME).is_file()
+    assert json.loads((out / export.SIDECAR_NAME).read_text())["method"] == "vectorwise"
     assert _leftovers(tmp_path) == []
 
 
@@ -159,7 +158,7 @@ def test_read_only_target_is_a_clear_error(tiny_session, tmp_path, monkeypatch):
         def read_only(*args, **kwargs):
             raise OSError(errno.EROFS, "Read-only file system")
 
-        monkeypatch.setattr(export.tempfile, "mkdtemp", read_only)
+        monkeypatch.setattr(staging, "make_staging_dir", read_only)
     else:
         parent.chmod(0o555)
     try:
@@ -174,8 +173,8 @@ def test_write_failure_midway_leaves_nothing(tiny_session, tmp_path, monkeypatch
     import safetensors.torch
 
     out = tmp_path / "export"
-    out.mkdir()
-    (out / "previous.txt").write_text("an earlier export")
+    tiny_session.export({"method": "weight-only", "out": str(out)}, Task())
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
     real_save = safetensors.torch.save_file
     calls = []
 
@@ -187,13 +186,13 @@ def test_write_failure_midway_leaves_nothing(tiny_session, tmp_path, monkeypatch
         real_save(tensors, filename, metadata=metadata)
 
     monkeypatch.setattr(safetensors.torch, "save_file", fail_on_second_shard)
-    with pytest.raises(BadInput, match="disk is full.*nothing was written"):
+    with pytest.raises(BadInput, match="no space left on device.*nothing was written"):
         tiny_session.export(
             {"method": "llm-int8-dynamic", "out": str(out), "overwrite": True, "max_shard_size": "100KB"}, Task()
         )
     assert len(calls) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no staging directory left
-    assert [p.name for p in out.iterdir()] == ["previous.txt"]  # the old target is untouched
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the earlier export is untouched
 
 
 def _damage_copy(source: Path, target: Path) -> Path:

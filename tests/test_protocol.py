@@ -9,9 +9,35 @@ import pytest
 import zmq
 
 from engine import protocol
-from engine.protocol import Codec, Message, ProtocolError, VersionMismatch
+from engine.protocol import CLIENT, ENGINE, Message, ProtocolError, VersionMismatch
+from engine.wire import Codec, sign
 
 KEY = b"k" * 32
+CLIENT_SESSION, ENGINE_SESSION = b"\x01" * 16, b"\x02" * 16
+
+
+def sender(message_type: str, key: bytes = KEY) -> Codec:
+    """The side that sends `message_type`: a client for requests, the engine for events."""
+    if message_type in protocol.REQUEST_TYPES:
+        return Codec(key, CLIENT, CLIENT_SESSION)
+    return Codec(key, ENGINE, ENGINE_SESSION)
+
+
+def receiver(message_type: str, **limits) -> Codec:
+    if message_type in protocol.REQUEST_TYPES:
+        return Codec(KEY, ENGINE, ENGINE_SESSION, **limits)
+    return Codec(KEY, CLIENT, CLIENT_SESSION, **limits)
+
+
+def encode(message: Message, key: bytes = KEY) -> list:
+    to = None if message.type in protocol.REQUEST_TYPES else CLIENT_SESSION.hex()
+    return sender(message.type, key).encode(message, to)
+
+
+def stamped(header: dict) -> bytes:
+    """A request header with a valid stamp, the rest as given."""
+    stamp = {"v": protocol.PROTOCOL_VERSION, "from": CLIENT, "session": CLIENT_SESSION.hex(), "to": None, "seq": 1}
+    return json.dumps({**stamp, **header}).encode()
 
 
 @pytest.fixture
@@ -56,6 +82,7 @@ def sample_payload(message_type: str) -> dict:
         "plan_memory": {"layers": 80, "hidden": 8192},
         "export": {"path": "/tmp/out", "method": "llm-int8"},
         "cancel": {"target": None},
+        "job_state": {"job": "0" * 32},
         "shutdown": {},
         "progress": {"fraction": 0.25, "message": "layer 3 of 30"},
         "scan_layer": layer,
@@ -89,8 +116,8 @@ def test_every_message_type_round_trips(endpoints, message_type):
         sample_payload(message_type),
         reply_to=None if message_type in protocol.REQUEST_TYPES else protocol.new_id(),
     )
-    send(Codec(KEY).encode(sent))
-    got = Codec(KEY).decode(receive())
+    send(encode(sent))
+    got = receiver(message_type).decode(receive())
     assert (got.type, got.id, got.reply_to) == (sent.type, sent.id, sent.reply_to)
     assert_same(sent.payload, got.payload)
 
@@ -112,15 +139,15 @@ def test_arrays_are_bit_exact(endpoints):
         "transposed": np.arange(12, dtype=np.int16).reshape(3, 4).T,
         "nested": [{"deep": [np.full((2, 2), 5, np.int8)]}],
     }
-    send(Codec(KEY).encode(Message("result", {"request": "scan", "result": arrays}, reply_to="r")))
-    got = Codec(KEY).decode(receive()).payload["result"]
+    send(encode(Message("result", {"request": "scan", "result": arrays}, reply_to="r")))
+    got = receiver("result").decode(receive()).payload["result"]
     assert_same(arrays, got)
     assert got["weird_f4"].view(np.uint32)[0] == 0x7FC0_1234
     assert got["transposed"].shape == (4, 3) and got["transposed"][1, 0] == 1
 
 
 def test_arrays_travel_as_frames_not_json():
-    frames = Codec(KEY).encode(Message("scan_layer", sample_payload("scan_layer")))
+    frames = encode(Message("scan_layer", sample_payload("scan_layer")))
     header = json.loads(bytes(frames[1]))
     assert header["payload"]["absmax"] == {"__ndarray__": 0, "dtype": "<f4", "shape": [1536]}
     assert len(frames) == 2 + 3 and memoryview(frames[2]).nbytes == 1536 * 4
@@ -128,43 +155,43 @@ def test_arrays_travel_as_frames_not_json():
 
 def test_wrong_key_is_rejected(endpoints):
     send, receive = endpoints
-    send(Codec(b"x" * 32).encode(protocol.request("shutdown")))
+    send(encode(protocol.request("shutdown"), key=b"x" * 32))
     with pytest.raises(ProtocolError, match="signature"):
-        Codec(KEY).decode(receive())
+        receiver("shutdown").decode(receive())
 
 
 @pytest.mark.parametrize("frame", [0, 1, 2])
 def test_tampered_frame_is_rejected(endpoints, frame):
     send, receive = endpoints
-    frames = [bytearray(bytes(f)) for f in Codec(KEY).encode(Message("scan_layer", sample_payload("scan_layer")))]
+    frames = [bytearray(bytes(f)) for f in encode(Message("scan_layer", sample_payload("scan_layer")))]
     frames[frame][len(frames[frame]) // 2] ^= 0x01
     send(frames)
     with pytest.raises(ProtocolError, match="signature"):
-        Codec(KEY).decode(receive())
+        receiver("scan_layer").decode(receive())
 
 
 def test_moved_or_dropped_frames_are_rejected():
-    frames = [bytes(f) for f in Codec(KEY).encode(Message("scan_layer", sample_payload("scan_layer")))]
+    frames = [bytes(f) for f in encode(Message("scan_layer", sample_payload("scan_layer")))]
     swapped = frames[:2] + [frames[3], frames[2], frames[4]]
     shifted = frames[:2] + [frames[2] + frames[3][:4], frames[3][4:], frames[4]]
     for bad in (swapped, shifted, frames[:-1], frames + [b""], frames[1:]):
         with pytest.raises(ProtocolError):
-            Codec(KEY).decode(bad)
+            receiver("scan_layer").decode(bad)
 
 
 def test_wrong_version_is_rejected_with_the_peer_version(endpoints):
     send, receive = endpoints
     header = json.dumps({"v": 99, "type": "scan", "id": "abc", "reply_to": None, "payload": {}}).encode()
-    send([protocol.sign(KEY, [header]), header])
+    send([sign(KEY, [header]), header])
     with pytest.raises(VersionMismatch) as info:
-        Codec(KEY).decode(receive())
+        receiver("scan").decode(receive())
     assert info.value.peer_version == 99 and info.value.message.id == "abc"
 
 
 def test_garbage_is_rejected(endpoints):
     send, receive = endpoints
     rng = np.random.default_rng(0)
-    codec = Codec(KEY)
+    codec = receiver("scan")
     for _ in range(200):
         frames = [rng.bytes(int(rng.integers(0, 64))) for _ in range(int(rng.integers(1, 5)))]
         send(frames)
@@ -178,46 +205,69 @@ def test_garbage_is_rejected(endpoints):
         b"\xff\xfe not utf-8",
         b"not json",
         b"[1, 2]",
-        b'{"v": 1}',
+        b'{"v": 2}',
         b"[" * 100000,
-        b'{"v":1,"type":"launch_missiles","id":"a","reply_to":null,"payload":{}}',
-        b'{"v":1,"type":"scan","id":"a","reply_to":null,"payload":[]}',
-        b'{"v":1,"type":"progress","id":"a","reply_to":"b","payload":{"fraction":2.0,"message":""}}',
-        b'{"v":1,"type":"error","id":"a","reply_to":"b","payload":{"kind":"x"}}',
-        b'{"v":1,"type":"scan","id":"a","reply_to":null,"payload":{"x":{"__ndarray__":0,"dtype":"|O","shape":[1]}}}',
-        b'{"v":1,"type":"scan","id":"a","reply_to":null,"payload":{"x":{"__ndarray__":3,"dtype":"<f4","shape":[1]}}}',
+        stamped({"type": "launch_missiles", "id": "a", "payload": {}}),
+        stamped({"type": "scan", "id": "a", "payload": []}),
+        stamped({"type": "hello", "id": "a", "payload": {"protocol": True}}),
+        stamped({"type": "scan", "id": "a", "payload": {"x": {"__ndarray__": 0, "dtype": "|O", "shape": [1]}}}),
+        stamped({"type": "scan", "id": "a", "payload": {"x": {"__ndarray__": 3, "dtype": "<f4", "shape": [1]}}}),
     ],
 )
 def test_signed_but_malformed_headers_are_rejected(header):
     with pytest.raises(ProtocolError):
-        Codec(KEY).decode([protocol.sign(KEY, [header]), header])
+        receiver("scan").decode([sign(KEY, [header]), header])
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"fraction": 2.0, "message": ""},
+        {"fraction": float("nan"), "message": ""},
+        {"fraction": 0.5},
+    ],
+)
+def test_signed_but_malformed_progress_is_rejected(payload):
+    header = json.dumps(
+        {
+            "v": protocol.PROTOCOL_VERSION,
+            "type": "progress",
+            "id": "a",
+            "reply_to": "b",
+            "from": ENGINE,
+            "session": ENGINE_SESSION.hex(),
+            "to": CLIENT_SESSION.hex(),
+            "seq": 1,
+            "payload": payload,
+        }
+    ).encode()
+    with pytest.raises(ProtocolError):
+        receiver("progress").decode([sign(KEY, [header]), header])
 
 
 def test_array_frame_must_match_its_shape_and_be_referenced():
-    header = (
-        b'{"v":1,"type":"scan","id":"a","reply_to":null,"payload":{"x":{"__ndarray__":0,"dtype":"<f4","shape":[3]}}}'
-    )
+    header = stamped({"type": "scan", "id": "a", "payload": {"x": {"__ndarray__": 0, "dtype": "<f4", "shape": [3]}}})
     with pytest.raises(ProtocolError, match="bytes"):
-        Codec(KEY).decode([protocol.sign(KEY, [header, b"12345678"]), header, b"12345678"])
-    unreferenced = b'{"v":1,"type":"scan","id":"a","reply_to":null,"payload":{}}'
+        receiver("scan").decode([sign(KEY, [header, b"12345678"]), header, b"12345678"])
+    unreferenced = stamped({"type": "scan", "id": "a", "payload": {}})
     with pytest.raises(ProtocolError, match="not referenced"):
-        Codec(KEY).decode([protocol.sign(KEY, [unreferenced, b"x"]), unreferenced, b"x"])
+        receiver("scan").decode([sign(KEY, [unreferenced, b"x"]), unreferenced, b"x"])
 
 
 def test_oversize_message_is_rejected(endpoints):
     send, receive = endpoints
     big = Message("scan", {"blob": np.zeros(1 << 20, dtype=np.uint8)})
-    send(Codec(KEY).encode(big))
+    send(encode(big))
     with pytest.raises(ProtocolError, match="exceeds"):
-        Codec(KEY, max_message_bytes=1 << 19).decode(receive())
+        receiver("scan", max_message_bytes=1 << 19).decode(receive())
 
 
 def test_replayed_message_is_rejected():
-    frames = Codec(KEY).encode(protocol.request("shutdown"))
-    receiver = Codec(KEY)
-    assert receiver.decode(frames).type == "shutdown"
+    frames = encode(protocol.request("shutdown"))
+    engine_side = receiver("shutdown")
+    assert engine_side.decode(frames).type == "shutdown"
     with pytest.raises(ProtocolError, match="replay"):
-        receiver.decode(frames)
+        engine_side.decode(frames)
 
 
 @pytest.mark.parametrize(
@@ -231,14 +281,14 @@ def test_replayed_message_is_rejected():
 )
 def test_unsendable_payloads_fail_on_encode(payload, match):
     with pytest.raises(ProtocolError, match=match):
-        Codec(KEY).encode(Message("scan", payload))
+        sender("scan").encode(Message("scan", payload))
 
 
 def test_numpy_scalars_and_paths_become_json():
     from pathlib import Path
 
-    frames = Codec(KEY).encode(Message("scan", {"n": np.int64(3), "x": np.float32(0.5), "p": Path("/a/b")}))
-    assert Codec(KEY).decode(frames).payload == {"n": 3, "x": 0.5, "p": "/a/b"}
+    frames = encode(Message("scan", {"n": np.int64(3), "x": np.float32(0.5), "p": Path("/a/b")}))
+    assert receiver("scan").decode(frames).payload == {"n": 3, "x": 0.5, "p": "/a/b"}
 
 
 def test_unknown_types_and_short_keys_are_refused():
@@ -247,5 +297,5 @@ def test_unknown_types_and_short_keys_are_refused():
     with pytest.raises(ProtocolError):
         protocol.event("scan", None, {})
     with pytest.raises(ProtocolError):
-        Codec(b"short")
+        Codec(b"short", CLIENT, CLIENT_SESSION)
     assert len(protocol.new_key()) == 32 and protocol.new_key() != protocol.new_key()

@@ -83,6 +83,7 @@ class Workbench:
         self.pending: list[tuple[str, dict[str, Any]]] = []  # the rest of a Run: evaluate, plan_memory
         self.load_when_ready: dict[str, Any] | None = None  # load_model params for the engine's first READY
         self.threshold_chosen = False  # the threshold was moved since the last scan
+        self.allow_remote_code = False  # the local engine may run the code a model ships (the user's setting)
         self.exported_to: str | None = None
         self._listeners: list[Callable[[str, Any], None]] = []
         threshold.subscribe(self._on_threshold)
@@ -133,7 +134,7 @@ class Workbench:
     def start_engine(self) -> None:
         """Start the local engine in the background; READY arrives through `on_state`."""
         self._log("starting the engine")
-        self.client.start_in_background(self.client.start_local)
+        self.client.start_in_background(lambda: self.client.start_local(allow_remote_code=self.allow_remote_code))
 
     def connect_file(self, path: str) -> None:
         """Leave the current engine for the remote one a connection file names."""
@@ -144,7 +145,10 @@ class Workbench:
     def restart_engine(self) -> None:
         self._log("restarting the engine")
         self._forget_model(RESTARTED)
-        self.client.start_in_background(self.client.restart)
+        if self.client.remote:
+            self.client.start_in_background(self.client.restart)
+        else:  # a local engine starts with the current remote-code setting
+            self.start_engine()
 
     def load_model(self, path: str | None) -> str | None:
         """Load a model directory, GGUF file or hub id; None loads the embedded default model."""

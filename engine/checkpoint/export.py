@@ -15,22 +15,22 @@ What bitsandbytes cannot express goes into the sidecar, so that re-opening
   extra tensor: every row's SCB is the tensor's abs-max, which dequantizes the
   same INT8 values to the same weights.
 
-Everything is written into a temporary directory beside the target and renamed
-when complete, so an interrupted export never leaves a model that looks whole.
+Everything is written into a staging folder beside the target and renamed when
+complete (engine.checkpoint.staging), so an interrupted export never leaves a
+model that looks whole. Overwriting replaces only a folder that is itself a
+workbench export, and an export never goes into, over or around its source model.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.checkpoint.staging import file_mode, overlaps, write_folder
 from engine.errors import BadInput
 
 SIDECAR_NAME = "int8wb_export.json"
@@ -96,18 +96,59 @@ def parse_size(value: Any) -> int:
     raise BadInput(f"max_shard_size must be a size such as 5GB or 500MB, got {value!r}")
 
 
-def check_target(out: Any, overwrite: bool) -> Path:
-    """The resolved target directory; refuses a file, or a non-empty directory without `overwrite`."""
+def check_target(out: Any, overwrite: bool, sources: list[str] = ()) -> Path:
+    """The resolved target folder, if an export may go there.
+
+    Refused: a file; a non-empty folder without `overwrite`, or with it unless the folder is a workbench
+    export; a target that is, holds or lies inside one of `sources` (the model being exported).
+    """
     if not out or not isinstance(out, (str, os.PathLike)):
         raise BadInput("export needs an output directory (out)")
     target = Path(os.path.expanduser(str(out))).resolve()
+    for source in sources:
+        source_path = Path(os.path.expanduser(str(source))).resolve()
+        if source_path.exists() and overlaps(target, source_path):
+            raise BadInput(
+                f"{target} is, holds or lies inside the source model {source_path}: "
+                "an export never writes over its own source; choose another folder"
+            )
     if target.exists() and not target.is_dir():
         raise BadInput(f"{target} exists and is a file: choose a directory for the export")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise BadInput(f"{target} already exists and is not empty: choose another directory or pass --overwrite")
+    if target.is_dir() and any(target.iterdir()):
+        if not overwrite:
+            raise BadInput(f"{target} already exists and is not empty: choose another directory or pass --overwrite")
+        if not is_workbench_export(target):
+            raise BadInput(
+                f"{target} is not an export of this workbench (no {SIDECAR_NAME} and bitsandbytes config.json): "
+                "--overwrite replaces only an earlier export; choose another directory"
+            )
     if not target.parent.is_dir():
         raise BadInput(f"the parent folder {target.parent} does not exist")
     return target
+
+
+def is_workbench_export(folder: Path) -> bool:
+    """A flat folder whose sidecar and config.json say it is an export of this workbench."""
+    try:
+        entries = list(folder.iterdir())
+        sidecar = json.loads((folder / SIDECAR_NAME).read_text(encoding="utf-8"))
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    flat = all(entry.is_file() and not entry.is_symlink() for entry in entries)
+    return (
+        flat
+        and isinstance(sidecar, dict)
+        and sidecar.get("format") == EXPORT_FORMAT
+        and isinstance(config, dict)
+        and isinstance(config.get("quantization_config"), dict)
+    )
+
+
+def model_sources(loaded) -> list[str]:
+    """Every place the loaded model was read from: what it was opened as and the folder transformers read."""
+    read_from = str(getattr(loaded.model.config, "name_or_path", "") or "")
+    return [path for path in (getattr(loaded, "source", ""), read_from) if path]
 
 
 def run(params: dict[str, Any], task, loaded, quantized, scan=None) -> ExportResult:
@@ -118,11 +159,11 @@ def run(params: dict[str, Any], task, loaded, quantized, scan=None) -> ExportRes
     """
     import torch
 
-    target = check_target(params.get("out"), bool(params.get("overwrite", False)))
+    overwrite = bool(params.get("overwrite", False))
+    target = check_target(params.get("out"), overwrite, model_sources(loaded))
     max_shard_size = parse_size(params.get("max_shard_size") or DEFAULT_MAX_SHARD_SIZE)
     main, extra, layers = split_tensors(quantized.model)
     needed = sum(t.numel() * t.element_size() for t in list(main.values()) + list(extra.values()))
-    check_free_space(target.parent, needed)
 
     settings = _settings(quantized, scan)
     metadata = export_metadata(quantized.method, quantized.threshold, settings)
@@ -153,7 +194,7 @@ def run(params: dict[str, Any], task, loaded, quantized, scan=None) -> ExportRes
             manifest(staging, quantized.method, quantized.threshold, settings, layers, files, {**main, **extra}),
         )
 
-    write_staged(target, needed, write, task)
+    write_staged(target, needed, write, task, overwrite)
     return result(target, quantized.method, quantized.threshold, quantized.model, main, extra)
 
 
@@ -169,26 +210,12 @@ def export_metadata(method: str, threshold: float, settings: dict[str, Any]) -> 
     }
 
 
-def write_staged(target: Path, needed: int, write, task) -> None:
-    """Run `write(staging)` in a temporary directory beside `target`, then rename it onto `target`.
+def write_staged(target: Path, needed: int, write, task, overwrite: bool) -> None:
+    """Run `write(staging)` in a staging folder beside `target`, then put it in place (engine.checkpoint.staging).
 
-    On any failure the staging directory is removed, so nothing that looks whole is left behind.
+    Replaces an existing `target` only with `overwrite` and only if it is a workbench export.
     """
-    try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    except OSError as exc:
-        raise _write_error(exc, target, needed) from exc
-    try:
-        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; the export is an ordinary folder
-        write(staging)
-        task.check_cancelled()
-        _replace_dir(staging, target)
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise _write_error(exc, target, needed) from exc
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    write_folder(target, needed, write, task.check_cancelled, overwrite, is_workbench_export)
     task.progress(1.0, f"exported to {target}")
 
 
@@ -281,15 +308,9 @@ def _save(path: Path, tensors: dict[str, Any], metadata: dict[str, str]) -> None
     from safetensors.torch import save_file
 
     save_file(tensors, str(path), metadata=metadata)
-    os.chmod(path, 0o666 & ~_umask())
+    os.chmod(path, file_mode(path.parent))  # safetensors creates its files private
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def plan_shards(tensors: dict[str, Any], max_shard_size: int):
@@ -396,47 +417,6 @@ def write_json(path: Path, value: dict[str, Any]) -> None:
         handle.write("\n")
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _replace_dir(staging: Path, target: Path) -> None:
-    """Rename the finished staging directory onto `target`; an old target is removed only after that."""
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.rename(target, old / target.name)
-    try:
-        os.rename(staging, target)
-    except BaseException:
-        if old is not None:
-            os.rename(old / target.name, target)
-            shutil.rmtree(old, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def check_free_space(folder: Path, needed: int) -> None:
-    free = shutil.disk_usage(folder).free
-    if free < needed:
-        raise BadInput(
-            f"not enough space in {folder}: the export needs about {needed / 1e6:,.1f} MB, "
-            f"{free / 1e6:,.1f} MB are free; nothing was written"
-        )
-
-
-def _write_error(exc: OSError, target: Path, needed: int) -> BadInput:
-    """A write failure as a message that says what to do; nothing was left behind."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return BadInput(
-            f"the disk is full while exporting to {target} (the export needs about "
-            f"{needed / 1e6:,.1f} MB); nothing was written, free some space and try again"
-        )
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return BadInput(
-            f"cannot write to {target.parent}: {exc.strerror or 'permission denied'} "
-            "(read-only folder or disk); choose a writable folder; nothing was written"
-        )
-    return BadInput(f"could not write the export to {target}: {exc}; nothing was written")
 
 
 def result(target: Path, method: str, threshold: float, model, main, extra) -> ExportResult:

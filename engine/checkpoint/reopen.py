@@ -64,7 +64,31 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     for key in ("method", "threshold", "layers", "files", "settings"):
         if key not in manifest:
             raise ModelLoadError(f"{path} lacks {key!r}: the export is incomplete")
+    _check_files(path, manifest["files"])
     return manifest
+
+
+def _check_files(path: Path, files: Any) -> None:
+    """The sidecar's file list names plain files of the export's own directory, each with its tensors.
+
+    A name such as `../../elsewhere.safetensors` or `/etc/passwd` would make re-opening read outside it.
+    """
+    if not isinstance(files, dict):
+        raise ModelLoadError(f"{path}: 'files' must map file names to their tensors")
+    for filename, entry in files.items():
+        if not is_plain_file_name(filename):
+            raise ModelLoadError(f"{path} names the file {filename!r}, which is not a file of the export's own folder")
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("tensors"), dict)
+            or not isinstance(entry.get("bytes"), int)
+        ):
+            raise ModelLoadError(f"{path}: the entry of {filename} lacks its size or its tensors")
+
+
+def is_plain_file_name(name: Any) -> bool:
+    """A name of a file directly inside a folder: no separator, not "." or "..", not absolute."""
+    return isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name and "\\" not in name
 
 
 def read_tensors(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -102,8 +126,11 @@ def read_tensors(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     return tensors
 
 
-def load(directory: Path, params: dict[str, Any], task) -> ExportedModel:
-    """The quantized model stored in `directory`, on the requested device, as it was exported."""
+def load(directory: Path, params: dict[str, Any], task, allow_remote_code: bool = False) -> ExportedModel:
+    """The quantized model stored in `directory`, on the requested device, as it was exported.
+
+    `allow_remote_code` (the process owner's choice, never a request's) lets its tokenizer run shipped code.
+    """
     from engine.model.loaded import pick_device, quiet_transformers
 
     directory = Path(directory)
@@ -115,7 +142,7 @@ def load(directory: Path, params: dict[str, Any], task) -> ExportedModel:
     quiet_transformers()
     model, quantized = _build(directory, manifest, tensors)
     model.to(device)
-    tokenizer, notes = _tokenizer(directory, params)
+    tokenizer, notes = _tokenizer(directory, allow_remote_code)
     dtype = _float_dtype(model)
     requested = params.get("dtype")
     if requested and requested not in ("auto", dtype):
@@ -232,15 +259,13 @@ def _float_dtype(model) -> str:
     return "float32"
 
 
-def _tokenizer(directory: Path, params: dict[str, Any]):
+def _tokenizer(directory: Path, allow_remote_code: bool):
     if not any((directory / name).is_file() for name in TOKENIZER_FILES):
         return None, ["the export has no tokenizer files: evaluation needs a tokenizer"]
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            directory, trust_remote_code=bool(params.get("trust_remote_code", False))
-        )
+        tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=allow_remote_code)
     except Exception as exc:
         raise ModelLoadError(f"could not load the tokenizer in {directory}: {str(exc).splitlines()[0]}") from exc
     return tokenizer, []

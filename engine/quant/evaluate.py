@@ -84,11 +84,14 @@ def run(params: dict[str, Any], task, loaded, quantized: dict[str, Any]) -> dict
     Returns {"settings", "corpus", "rows": [...]}, one row per model with
     perplexity, relative change against the baseline, and byte counts.
     """
+    from engine.model.limits import check_evaluation, check_sequence_length
     from engine.planning.memory import MemoryRecorder
     from engine.quant.quantize import tensor_bytes
 
     settings = EvalSettings.from_params(params)
+    check_sequence_length(loaded.model, settings.window, "an evaluation window")
     windows, source = evaluation_windows(settings, loaded.tokenizer)
+    check_evaluation(loaded.model, settings.window, min(settings.batch_size, windows.shape[0]), loaded.device)
     # A re-opened export has no floating-point model: its own quantized model is the first row.
     reopened = getattr(loaded, "quantized", None)
     first = (f"{reopened.method} (exported)", loaded.model, reopened) if reopened else ("baseline", loaded.model, None)

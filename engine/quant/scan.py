@@ -152,11 +152,15 @@ def run(params: dict[str, Any], task, loaded) -> ScanResult:
     import torch
 
     from engine.model import corpus as corpus_mod
+    from engine.model.limits import check_scan, check_sequence_length
 
     settings = ScanSettings.from_params(params)
+    check_sequence_length(loaded.model, settings.seq_len, "a calibration sequence")
     split = corpus_mod.load_split(settings.corpus)
     ids = corpus_mod.tokenize(loaded.tokenizer, split.calibration, settings.tokens)
     sequences = corpus_mod.windows(ids, min(settings.seq_len, len(ids)), settings.tokens)  # (n, seq)
+    batch = min(settings.batch_size, sequences.shape[0])
+    check_scan(loaded.model, sequences.shape[1], batch, int(sequences.numel()), loaded.device)
     model = loaded.model
     result = ScanResult(settings, int(sequences.numel()), split.source)
 
