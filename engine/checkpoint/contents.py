@@ -15,14 +15,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.checkpoint.layout import bitsandbytes_config, bitsandbytes_threshold, is_scale, layer_record, linear_tensors
+from engine.checkpoint.layout import (
+    BITSANDBYTES,
+    bitsandbytes_threshold,
+    is_scale,
+    layer_record,
+    linear_tensors,
+    quantization_config,
+)
 
 EXPORT_FORMAT = "int8wb-export"
 EXPORT_FORMAT_VERSION = 1
 
 
-def split_tensors(model) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
-    """(bitsandbytes tensors, sidecar tensors, per-layer facts) of a model holding Int8Linear modules."""
+def split_tensors(model, fmt: str = BITSANDBYTES) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """(main tensors, sidecar tensors, per-layer facts) of a model holding Int8Linear modules, in format `fmt`."""
     from engine.quant.int8_linear import Int8Linear
 
     main: dict[str, Any] = {}
@@ -33,7 +40,7 @@ def split_tensors(model) -> tuple[dict[str, Any], dict[str, Any], list[dict[str,
         if not isinstance(module, Int8Linear):
             continue
         quantized_prefixes.add(name)
-        stored, sidecar = linear_tensors(name, module)
+        stored, sidecar = linear_tensors(name, module, fmt)
         main.update(stored)
         extra.update(sidecar)
         layers.append(layer_record(name, module))
@@ -74,6 +81,8 @@ def quantized_settings(quantized, scan) -> dict[str, Any]:
     from engine.quant.schemes import scheme_of
 
     settings = base_settings(quantized.method, quantized.threshold, quantized.skipped)
+    if quantized.smoothing:
+        settings["smoothing"] = quantized.smoothing
     if scheme_of(quantized.method).needs_scan and scan is not None:
         s = scan.settings
         settings["scan"] = {
@@ -85,6 +94,19 @@ def quantized_settings(quantized, scan) -> dict[str, Any]:
             "n_tokens": scan.n_tokens,
         }
     return settings
+
+
+def serving_record(fmt: str, method: str, threshold: float, settings: dict[str, Any]) -> dict[str, Any]:
+    """`int8wb_serving.json` of a serving format: what was exported, by what; nothing re-opens it."""
+    return {
+        "format": fmt,
+        "tool": "int8-workbench",
+        "version": tool_version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "method": method,
+        "threshold": threshold,
+        "settings": settings,
+    }
 
 
 def tool_version() -> str:
@@ -106,13 +128,20 @@ def export_metadata(method: str, threshold: float, settings: dict[str, Any]) -> 
 
 
 def write_configs(
-    staging: Path, config, generation_config, tokenizer, method: str, threshold: float, skip_modules: list[str]
+    staging: Path,
+    config,
+    generation_config,
+    tokenizer,
+    method: str,
+    threshold: float,
+    skip_modules: list[str],
+    fmt: str = BITSANDBYTES,
 ) -> None:
-    """config.json with bitsandbytes' quantization_config; generation config and tokenizer files."""
+    """config.json with the format's quantization_config; generation config and tokenizer files."""
     import copy
 
     config = copy.deepcopy(config)
-    config.quantization_config = bitsandbytes_config(method, threshold, skip_modules)
+    config.quantization_config = quantization_config(fmt, method, threshold, skip_modules)
     config.save_pretrained(staging)
     if generation_config is not None:
         generation_config.save_pretrained(staging)
@@ -169,13 +198,20 @@ def size_breakdown(model, main, extra, files) -> dict[str, int]:
     the original weights take in fp16 and `fp16_rest` the same without the
     embedding and head: the reference of the 55% size rule (tests/test_export.py).
     """
+    import torch
 
     def nbytes(t) -> int:
         return t.numel() * t.element_size()
 
+    def weights(key: str, t) -> int:
+        """How many weights of the original model a stored tensor stands for (four per packed int32)."""
+        return t.numel() * (4 if key.endswith(".weight_packed") else 1)
+
     embed_keys = _embedding_keys(model)
     breakdown = {
-        "int8_weights": sum(nbytes(t) for t in main.values() if str(t.dtype) == "torch.int8"),
+        "int8_weights": sum(
+            nbytes(t) for k, t in main.items() if t.dtype == torch.int8 or k.endswith(".weight_packed")
+        ),
         "scales": sum(nbytes(t) for k, t in main.items() if is_scale(k)),
         "embedding_and_head": sum(nbytes(t) for k, t in main.items() if k in embed_keys),
         "other_float": sum(
@@ -188,9 +224,9 @@ def size_breakdown(model, main, extra, files) -> dict[str, int]:
     breakdown["config_tokenizer_sidecar_json"] = sum(f["bytes"] for f in files) - tensor_file_bytes
     breakdown["total_on_disk"] = sum(f["bytes"] for f in files)
     # Each INT8 weight, bias and floating-point tensor stands for one weight of the original model.
-    original = sum(t.numel() for k, t in main.items() if not is_scale(k))
+    original = sum(weights(k, t) for k, t in main.items() if not is_scale(k))
     breakdown["fp16_model"] = 2 * original
-    breakdown["fp16_rest"] = 2 * (original - sum(t.numel() for k, t in main.items() if k in embed_keys))
+    breakdown["fp16_rest"] = 2 * (original - sum(weights(k, t) for k, t in main.items() if k in embed_keys))
     return breakdown
 
 

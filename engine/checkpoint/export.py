@@ -23,10 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from engine.checkpoint import contents
+from engine.checkpoint.layout import BITSANDBYTES, check_format
 from engine.errors import BadInput
 
 SIDECAR_NAME = "int8wb_export.json"
 SIDECAR_TENSORS = "int8wb_extra.safetensors"
+SERVING_RECORD = "int8wb_serving.json"  # what a serving format's export holds; the workbench does not re-open it
+GGUF_Q8_0 = "gguf-q8_0"
 DEFAULT_MAX_SHARD_SIZE = "50GB"  # transformers' own default for save_pretrained
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 
@@ -41,10 +44,12 @@ class ExportResult:
     files: list[dict[str, Any]] = field(default_factory=list)  # [{"name", "bytes"}], sizes from os.stat
     total_bytes: int = 0
     breakdown: dict[str, int] = field(default_factory=dict)
+    format: str = BITSANDBYTES
 
     def to_payload(self) -> dict[str, Any]:
         return {
             "path": self.path,
+            "format": self.format,
             "method": self.method,
             "threshold": self.threshold,
             "files": self.files,
@@ -91,18 +96,21 @@ def check_target(out: Any, overwrite: bool) -> Path:
 def run(params: dict[str, Any], task, loaded, quantized, scan=None) -> ExportResult:
     """Write `quantized` (an engine.quant.quantize.QuantizedModel of `loaded`) to `params["out"]`.
 
-    params: out (directory), overwrite (False), max_shard_size ("50GB").
+    params: out (directory), overwrite (False), max_shard_size ("50GB"), format ("bitsandbytes",
+    "compressed-tensors" or "gguf-q8_0": engine.checkpoint.layout says which methods each carries).
     `scan` (engine.quant.scan.ScanResult) is recorded in the sidecar when the method used it.
     """
     import torch
 
+    fmt = check_format(params.get("format"), quantized.method)
     target = check_target(params.get("out"), bool(params.get("overwrite", False)))
+    settings = contents.quantized_settings(quantized, scan)
+    if fmt == GGUF_Q8_0:
+        return _run_gguf(target, task, loaded, quantized, settings)
     max_shard_size = parse_size(params.get("max_shard_size") or DEFAULT_MAX_SHARD_SIZE)
-    main, extra, layers = contents.split_tensors(quantized.model)
+    main, extra, layers = contents.split_tensors(quantized.model, fmt)
     needed = sum(t.numel() * t.element_size() for t in list(main.values()) + list(extra.values()))
     check_free_space(target.parent, needed)
-
-    settings = contents.quantized_settings(quantized, scan)
     metadata = contents.export_metadata(quantized.method, quantized.threshold, settings)
 
     def write(staging: Path) -> None:
@@ -125,7 +133,12 @@ def run(params: dict[str, Any], task, loaded, quantized, scan=None) -> ExportRes
             quantized.method,
             quantized.threshold,
             contents.skipped_linears(quantized.model),
+            fmt,
         )
+        if fmt != BITSANDBYTES:
+            record = contents.serving_record(fmt, quantized.method, quantized.threshold, settings)
+            write_json(staging / SERVING_RECORD, record)
+            return
         write_json(
             staging / SIDECAR_NAME,
             contents.manifest(
@@ -134,7 +147,28 @@ def run(params: dict[str, Any], task, loaded, quantized, scan=None) -> ExportRes
         )
 
     write_staged(target, needed, write, task)
-    return result(target, quantized.method, quantized.threshold, quantized.model, main, extra)
+    return result(target, quantized.method, quantized.threshold, quantized.model, main, extra, fmt)
+
+
+def _run_gguf(target: Path, task, loaded, quantized, settings: dict[str, Any]) -> ExportResult:
+    """One GGUF file with the Linear weights in Q8_0 (engine.checkpoint.gguf_export), staged like the others."""
+    from engine.checkpoint import gguf_export
+
+    plan = gguf_export.plan(loaded, quantized)
+    needed = plan.total_bytes()
+    check_free_space(target.parent, needed)
+
+    def write(staging: Path) -> None:
+        gguf_export.write(staging, plan, task.slice(0.0, 0.95))
+        record = contents.serving_record(GGUF_Q8_0, quantized.method, quantized.threshold, settings)
+        write_json(staging / SERVING_RECORD, record)
+
+    write_staged(target, needed, write, task)
+    files = files_on_disk(target)
+    total = sum(f["bytes"] for f in files)
+    return ExportResult(
+        str(target), quantized.method, quantized.threshold, files, total, plan.breakdown(files), GGUF_Q8_0
+    )
 
 
 def write_staged(target: Path, needed: int, write, task) -> None:
@@ -260,16 +294,17 @@ def _write_error(exc: OSError, target: Path, needed: int) -> BadInput:
     return BadInput(f"could not write the export to {target}: {exc}; nothing was written")
 
 
-def result(target: Path, method: str, threshold: float, model, main, extra) -> ExportResult:
+def result(target: Path, method: str, threshold: float, model, main, extra, fmt: str = BITSANDBYTES) -> ExportResult:
     """What was written, measured on disk; `main`/`extra` may hold meta tensors (sizes only)."""
-    files = sorted(
-        ({"name": p.name, "bytes": p.stat().st_size} for p in target.iterdir() if p.is_file()), key=lambda f: f["name"]
-    )
+    files = files_on_disk(target)
+    total = sum(f["bytes"] for f in files)
     return ExportResult(
-        str(target),
-        method,
-        threshold,
-        files,
-        sum(f["bytes"] for f in files),
-        contents.size_breakdown(model, main, extra, files),
+        str(target), method, threshold, files, total, contents.size_breakdown(model, main, extra, files), fmt
+    )
+
+
+def files_on_disk(target: Path) -> list[dict[str, Any]]:
+    """[{"name", "bytes"}] of the files in `target`, by name, sizes from os.stat."""
+    return sorted(
+        ({"name": p.name, "bytes": p.stat().st_size} for p in target.iterdir() if p.is_file()), key=lambda f: f["name"]
     )

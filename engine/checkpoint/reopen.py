@@ -189,7 +189,12 @@ def _build(directory: Path, manifest: dict[str, Any], tensors: dict[str, Any]):
     model.requires_grad_(False)
     settings = manifest["settings"]
     quantized = QuantizedModel(
-        manifest["method"], float(manifest["threshold"]), model, outlier_dims, list(settings.get("skip_modules") or [])
+        manifest["method"],
+        float(manifest["threshold"]),
+        model,
+        outlier_dims,
+        list(settings.get("skip_modules") or []),
+        settings.get("smoothing"),
     )
     return model, quantized
 

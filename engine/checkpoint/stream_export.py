@@ -23,11 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from engine.checkpoint import contents, export
-from engine.checkpoint.layout import layer_record, linear_tensors
+from engine.checkpoint.layout import BITSANDBYTES, check_format, layer_record, linear_tensors
 from engine.errors import BadInput, ModelLoadError
 from engine.quant.schemes import SCHEMES
+from engine.vocabulary import FORMAT_METHODS
 
-STREAMING_METHODS = tuple(method for method, scheme in SCHEMES.items() if not scheme.needs_scan)
+STREAMING_METHODS = tuple(
+    method for method, scheme in SCHEMES.items() if not scheme.needs_scan and method in FORMAT_METHODS[BITSANDBYTES]
+)
+"""The methods that need no scan, in the default format (a serving format carries fewer)."""
 # Peak memory is about one output shard: transformers' 50GB default would make a 7B model one shard.
 DEFAULT_MAX_SHARD_SIZE = "2GB"
 
@@ -36,7 +40,8 @@ def run(params: dict[str, Any], task) -> export.ExportResult:
     """Export `params["model"]` (a Hugging Face directory with safetensors) quantized with `params["method"]`.
 
     params: model (directory), method, threshold (6.0), out, overwrite (False),
-    max_shard_size ("2GB": the memory bound), dtype ("auto": float32, the in-memory path's dtype on the CPU).
+    max_shard_size ("2GB": the memory bound), dtype ("auto": float32, the in-memory path's dtype on the CPU),
+    format ("bitsandbytes" or "compressed-tensors"; GGUF is written from a loaded model).
     """
     import torch
 
@@ -45,9 +50,13 @@ def run(params: dict[str, Any], task) -> export.ExportResult:
     from engine.vocabulary import check_threshold
 
     (method,) = check_methods([params.get("method")])
+    fmt = check_format(params.get("format"), method)
+    if fmt == export.GGUF_Q8_0:
+        raise BadInput("the GGUF export is written from a loaded model: export without --streaming")
     if method not in STREAMING_METHODS:
         raise BadInput(
-            f"{method} takes its outlier dimensions from a calibration scan of the loaded model, "
+            f"{method} takes its {'smoothing factors' if SCHEMES[method].smoothed else 'outlier dimensions'} "
+            "from a calibration scan of the loaded model, "
             "so it cannot be streamed: use the in-memory export (without --streaming), or a method "
             f"that needs no scan: {', '.join(STREAMING_METHODS)}"
         )
@@ -59,7 +68,7 @@ def run(params: dict[str, Any], task) -> export.ExportResult:
 
     skeleton = _skeleton(source, dtype)
     checkpoint = _checkpoint_index(source)
-    plan = _plan(skeleton, checkpoint, method, dtype)
+    plan = _plan(skeleton, checkpoint, method, dtype, fmt)
     specs = plan["specs"]
     needed = sum(t.numel() * t.element_size() for t in specs.values())
     export.check_free_space(target.parent, needed)
@@ -73,21 +82,25 @@ def run(params: dict[str, Any], task) -> export.ExportResult:
     tokenizer, generation_config = _side_files(source)
 
     def produce(names: list[str]) -> dict[str, Any]:
-        return _produce(names, plan["recipes"], checkpoint, source, method, dtype)
+        return _produce(names, plan["recipes"], checkpoint, source, method, dtype, fmt)
 
     def write(staging: Path) -> None:
         with torch.no_grad():
             files = export.write_weights(
                 staging, export.plan_shards(specs, max_shard_size), produce, metadata, task.slice(0.0, 0.9)
             )
-        contents.write_configs(staging, skeleton.config, generation_config, tokenizer, method, threshold, skipped)
+        contents.write_configs(staging, skeleton.config, generation_config, tokenizer, method, threshold, skipped, fmt)
+        if fmt != BITSANDBYTES:
+            record = contents.serving_record(fmt, method, threshold, settings)
+            export.write_json(staging / export.SERVING_RECORD, record)
+            return
         export.write_json(
             staging / export.SIDECAR_NAME,
             contents.manifest(staging, method, threshold, settings, plan["layers"], files, specs),
         )
 
     export.write_staged(target, needed, write, task)
-    return export.result(target, method, threshold, skeleton, specs, {})
+    return export.result(target, method, threshold, skeleton, specs, {}, fmt)
 
 
 def _check_source(model: Any) -> Path:
@@ -147,7 +160,7 @@ def _checkpoint_index(source: Path) -> dict[str, str]:
     return files
 
 
-def _plan(skeleton, checkpoint: dict[str, str], method: str, dtype) -> dict[str, Any]:
+def _plan(skeleton, checkpoint: dict[str, str], method: str, dtype, fmt: str) -> dict[str, Any]:
     """Every output tensor as a meta tensor (for sharding, the manifest and sizes) and the recipe that makes it.
 
     Each quantized Linear's names, dtypes and shapes come from engine.checkpoint.layout applied to an
@@ -168,7 +181,7 @@ def _plan(skeleton, checkpoint: dict[str, str], method: str, dtype) -> dict[str,
             _require(checkpoint, f"{name}.bias")
         out_features, in_features = linear.weight.shape
         empty = Int8Linear.empty(method, out_features, in_features, linear.bias is not None, dtype)
-        stored, _ = linear_tensors(name, empty)
+        stored, _ = linear_tensors(name, empty, fmt)
         specs.update(stored)
         recipes.update({key: ("quantize", name) for key in stored})
         layers.append(layer_record(name, empty))
@@ -187,7 +200,7 @@ def _require(checkpoint: dict[str, str], key: str) -> None:
         )
 
 
-def _produce(names, recipes, checkpoint, source: Path, method: str, dtype) -> dict[str, Any]:
+def _produce(names, recipes, checkpoint, source: Path, method: str, dtype, fmt: str) -> dict[str, Any]:
     """The tensors of one output shard.
 
     Each source tensor is read under its own short-lived mapping of its file:
@@ -205,7 +218,7 @@ def _produce(names, recipes, checkpoint, source: Path, method: str, dtype) -> di
             continue
         if key not in quantized:
             has_bias = f"{key}.bias" in recipes
-            quantized[key] = _quantized_linear(key, has_bias, checkpoint, source, method, dtype)
+            quantized[key] = _quantized_linear(key, has_bias, checkpoint, source, method, dtype, fmt)
         shard[name] = quantized[key][name]
     return shard
 
@@ -218,7 +231,7 @@ def _read(source: Path, checkpoint: dict[str, str], key: str):
         return handle.get_tensor(key).clone()
 
 
-def _quantized_linear(name: str, has_bias: bool, checkpoint, source: Path, method: str, dtype) -> dict[str, Any]:
+def _quantized_linear(name: str, has_bias: bool, checkpoint, source: Path, method: str, dtype, fmt) -> dict[str, Any]:
     """The stored tensors of one Linear, quantized from its source weight as Int8Linear.from_linear does."""
     from engine.quant.int8_linear import Int8Linear
     from engine.quant.quantize import check_finite
@@ -226,7 +239,7 @@ def _quantized_linear(name: str, has_bias: bool, checkpoint, source: Path, metho
     weight = _read(source, checkpoint, f"{name}.weight").to(dtype)
     check_finite(name, weight)
     bias = _read(source, checkpoint, f"{name}.bias").to(dtype) if has_bias else None
-    stored, _ = linear_tensors(name, Int8Linear.from_weight(weight, bias, method))
+    stored, _ = linear_tensors(name, Int8Linear.from_weight(weight, bias, method), fmt)
     return stored
 
 

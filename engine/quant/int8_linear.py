@@ -1,7 +1,7 @@
 """`Int8Linear`: a drop-in replacement for `nn.Linear` with real INT8 weight storage.
 
-One module covers the four methods of DESIGN.md; they differ in how the
-activations are handled:
+One module covers the methods of DESIGN.md; they differ in how the weight is
+scaled and how the activations are handled:
 
 | method           | weights            | activations                 | outlier columns              |
 |------------------|--------------------|-----------------------------|------------------------------|
@@ -15,10 +15,14 @@ activations are handled:
 |                  |                    |                             | dequantized from INT8, as    |
 |                  |                    |                             | bitsandbytes does            |
 | weight-only      | one scale per row  | floating point              | n/a                          |
+| smoothquant      | one scale per row  | one scale per token         | none: the model is smoothed  |
+|                  |                    |                             | first (engine.quant.smoothing)|
+| q8_0             | one float16 scale  | floating point              | n/a                          |
+|                  | per 32 weights     |                             |                              |
 
 The tensors (buffers, so that `state_dict` holds exactly what is stored) and
 the forward path come from the method's `Scheme` (engine.quant.schemes):
-`weight_int8` int8 (out, in), `weight_scale` float32 (out,) or 0-d,
+`weight_int8` int8 (out, in), `weight_scale` float32 (out,) or 0-d (float16 (out, in / 32) for q8_0),
 `outlier_cols` int64 (n,) and `outlier_weight` (out, n) for static llm-int8,
 `bias` when the original had one. The INT8 x INT8 product accumulates in INT32.
 """
@@ -119,7 +123,7 @@ class Int8Linear(nn.Module):
 
     def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
         """The floating-point weight (out, in) that the INT8 weight and its scales stand for."""
-        return ops.dequantize_rowwise(self.weight_int8, self.weight_scale, dtype)
+        return self.scheme.dequantize_weight(self.weight_int8, self.weight_scale, dtype)
 
     def _forward_with_outliers(self, x2: torch.Tensor) -> torch.Tensor:
         """LLM.int8(): outlier feature columns in floating point, the rest in INT8."""
