@@ -23,19 +23,9 @@ from engine.errors import BadInput, ModelLoadError
 from engine.session import Session
 from engine.task import Task
 from engine.vocabulary import FORMAT_METHODS, METHODS
+from tests.tiny_models import byte_tokenizer
 
 TINY_THRESHOLD = 2.5  # the tiny model's normalised activations reach about 4: some dimensions go over
-
-
-def _byte_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    backend = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|eos|>")
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +34,7 @@ def tiny_dir(tmp_path_factory) -> Path:
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    tokenizer = _byte_tokenizer()
+    tokenizer = byte_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,

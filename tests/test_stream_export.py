@@ -20,7 +20,7 @@ from engine.errors import BadInput
 from engine.model.loading import load
 from engine.session import Session
 from engine.task import Task
-from tests.test_export import _byte_tokenizer
+from tests.tiny_models import byte_tokenizer
 
 THRESHOLD = 2.5
 SOURCE_SHARD = "60KB"  # the tiny model is about 240 KB in float32: four source files
@@ -31,7 +31,7 @@ def _save_tiny(path: Path, tie: bool) -> Path:
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(1)
-    tokenizer = _byte_tokenizer()
+    tokenizer = byte_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,

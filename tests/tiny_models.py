@@ -1,4 +1,5 @@
-"""A tiny random Llama with a planted outlier dimension, built in the test, no files.
+"""Tiny models built in the tests: a random Llama with a planted outlier dimension (no files), and tiny
+Hugging Face directories of the architectures the exports write (with a byte-level tokenizer).
 
 Planting: scale dimension `dim` of every `input_layernorm` weight by `factor`
 and divide column `dim` of the q/k/v weights that read it by the same factor.
@@ -68,3 +69,44 @@ def tiny_loaded(dim: int = 5, factor: float = 60.0, seed: int = 0) -> TinyLoaded
     model = tiny_llama(seed)
     plant_outlier(model, dim, factor)
     return TinyLoaded(model, WordTokenizer(model.config.vocab_size))
+
+
+def byte_tokenizer():
+    """A byte-level BPE tokenizer with no merges: one token per byte, saved and re-read like any other."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    backend = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|eos|>")
+
+
+def save_tiny(path, architecture: str = "llama", seed: int = 0):
+    """A random 2-layer model of `architecture` (llama, qwen2, gemma3) saved with its tokenizer at `path`."""
+    import torch
+    import transformers
+
+    classes = {
+        "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+        "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
+        "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {"head_dim": 16, "sliding_window": 16}),
+    }
+    config_class, model_class, extra = classes[architecture]
+    torch.manual_seed(seed)
+    tokenizer = byte_tokenizer()
+    config = getattr(transformers, config_class)(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        **extra,
+    )
+    getattr(transformers, model_class)(config).eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
