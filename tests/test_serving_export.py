@@ -34,14 +34,19 @@ def tiny_llama_session(tmp_path_factory) -> Session:
 
 
 def _load_compressed(path):
+    """The export decompressed to floating point by transformers + compressed-tensors (dequantize=True)."""
+    import warnings
+
     from transformers import AutoModelForCausalLM, CompressedTensorsConfig
 
-    return AutoModelForCausalLM.from_pretrained(
-        path,
-        quantization_config=CompressedTensorsConfig(dequantize=True),
-        dtype=torch.float32,
-        output_loading_info=True,
-    )
+    with warnings.catch_warnings():  # "the quantization_config from the model will be used": as intended
+        warnings.filterwarnings("ignore", message="You passed `quantization_config`")
+        return AutoModelForCausalLM.from_pretrained(
+            path,
+            quantization_config=CompressedTensorsConfig(dequantize=True),
+            dtype=torch.float32,
+            output_loading_info=True,
+        )
 
 
 def _assert_weights_are_the_workbench_ones(quantized_model, loaded_model) -> None:
