@@ -85,7 +85,7 @@ def run(params: dict[str, Any], task, loaded, scan=None) -> QuantizedModel:
         raise BadInput(_NEEDS_SCAN[method])
     outlier_dims = scan.outlier_dims(threshold) if scheme.outliers == "static" else {}
 
-    model = _share_tensors_copy(loaded.model)
+    model = share_tensors_copy(loaded.model)
     smoothed = smoothing_summary(smoothing.smooth(model, scan, alpha)) if scheme.smoothed else None
     targets = linear_layers(model)
     skipped = [
@@ -130,7 +130,7 @@ def tensor_bytes(model) -> dict[str, int]:
     return sizes
 
 
-def _share_tensors_copy(model):
+def share_tensors_copy(model):
     """A structural copy of `model` whose parameters and buffers are the original's tensors.
 
     Nothing in the copy is modified in place: Linears are replaced whole, so the
