@@ -15,7 +15,7 @@ from engine.errors import BadInput
 # --- quantization methods -------------------------------------------------------------------------
 
 BASELINE = "baseline"
-METHODS = ("absmax-tensor", "vectorwise", "llm-int8", "llm-int8-dynamic", "weight-only")
+METHODS = ("absmax-tensor", "vectorwise", "llm-int8", "llm-int8-dynamic", "weight-only", "smoothquant", "q8_0")
 """Every quantization method, in the order tables show them (DESIGN.md, "Quantization methods")."""
 
 METHOD_LABELS = {
@@ -25,14 +25,25 @@ METHOD_LABELS = {
     "llm-int8": "LLM.int8() static (outliers from the scan)",
     "llm-int8-dynamic": "LLM.int8() dynamic (outliers per batch)",
     "weight-only": "weight-only INT8",
+    "smoothquant": "SmoothQuant W8A8 (smoothed, then vector-wise)",
+    "q8_0": "Q8_0 weight-only (blocks of 32, llama.cpp)",
 }
 """What a person reads for each method (tables, check boxes, plans)."""
 
-W8A8_METHODS = ("absmax-tensor", "vectorwise", "llm-int8", "llm-int8-dynamic")
+W8A8_METHODS = ("absmax-tensor", "vectorwise", "llm-int8", "llm-int8-dynamic", "smoothquant")
 """The methods whose activations are quantized to INT8 too (an INT8 x INT8 product)."""
 
-NEEDS_SCAN = ("llm-int8",)
-"""The methods that take their outlier columns from a calibration scan."""
+WEIGHT_ONLY_METHODS = ("weight-only", "q8_0")
+"""The methods that keep activations in floating point and dequantize the weight before the product."""
+
+NEEDS_SCAN = ("llm-int8", "smoothquant")
+"""The methods that take something from a calibration scan (outlier columns; per-channel abs-max)."""
+
+Q8_0_BLOCK = 32
+"""Weights per Q8_0 block (llama.cpp's QK8_0): each block has one float16 scale."""
+
+DEFAULT_ALPHA = 0.5
+"""SmoothQuant's migration strength: s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)."""
 
 DEFAULT_THRESHOLD = 6.0
 """LLM.int8()'s outlier threshold on |x|."""
@@ -45,6 +56,38 @@ def check_threshold(threshold: Any) -> float:
     if not math.isfinite(threshold) or threshold <= 0:
         raise BadInput(f"threshold must be a finite positive number, got {threshold}")
     return float(threshold)
+
+
+def check_alpha(alpha: Any) -> float:
+    """SmoothQuant's alpha is a number in [0, 1]; anything else is a clear error."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+        raise BadInput(f"alpha must be a number from 0 to 1, got {alpha!r}")
+    return float(alpha)
+
+
+# --- export formats ---------------------------------------------------------------------------------
+
+EXPORT_FORMATS = ("bitsandbytes", "compressed-tensors", "gguf-q8_0")
+"""Every export format, the default first (DESIGN.md, "Exported files")."""
+
+FORMAT_LABELS = {
+    "bitsandbytes": "safetensors, bitsandbytes 8-bit layout",
+    "compressed-tensors": "safetensors, compressed-tensors (int-quantized)",
+    "gguf-q8_0": "GGUF, Q8_0",
+}
+FORMAT_LOADERS = {
+    "bitsandbytes": "transformers + bitsandbytes; the workbench re-opens it",
+    "compressed-tensors": "vLLM and llm-compressor; transformers decompresses it",
+    "gguf-q8_0": "llama.cpp and ollama; transformers reads it (gguf_file=)",
+}
+"""Which programs load each format."""
+
+FORMAT_METHODS = {
+    "bitsandbytes": ("absmax-tensor", "vectorwise", "llm-int8", "llm-int8-dynamic", "weight-only", "smoothquant"),
+    "compressed-tensors": ("vectorwise", "smoothquant", "weight-only"),
+    "gguf-q8_0": ("q8_0",),
+}
+"""The methods each format carries exactly; the others are refused with the reason."""
 
 
 # --- what feeds a Linear ----------------------------------------------------------------------------

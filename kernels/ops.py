@@ -74,6 +74,16 @@ def dequantize_rowwise(q: torch.Tensor, absmax: torch.Tensor, dtype: torch.dtype
     return (_cuda_ops("dequantize_rowwise", q, dtype) or reference).dequantize_rowwise(q, absmax, dtype)
 
 
+def quantize_blocks(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q8_0 block quantization (kernels.reference.quantize_blocks); torch runs it on any device."""
+    return reference.quantize_blocks(x, block)
+
+
+def dequantize_blocks(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Q8_0 block dequantization (kernels.reference.dequantize_blocks); torch runs it on any device."""
+    return reference.dequantize_blocks(q, scale, dtype)
+
+
 __all__ = [
     "feature_stats",
     "quantize_rowwise",
@@ -82,4 +92,6 @@ __all__ = [
     "int8_matmul",
     "dequantize_epilogue",
     "dequantize_rowwise",
+    "quantize_blocks",
+    "dequantize_blocks",
 ]

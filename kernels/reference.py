@@ -159,3 +159,29 @@ def dequantize_epilogue(
 def dequantize_rowwise(q: torch.Tensor, absmax: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """int8 (R, C) with per-row abs-max (R,) (or a scalar) -> floating point (R, C)."""
     return (q.float() * (absmax.float().reshape(-1, 1) / INT8_MAX)).to(dtype)
+
+
+def quantize_blocks(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """llama.cpp's Q8_0: blocks of `block` values along each row, one float16 scale per block.
+
+    x: (R, C) with C a multiple of `block`. Returns (int8 (R, C), float16 (R, C // block)).
+    As llama.cpp and the `gguf` package compute it: d = absmax / 127 in float32, q =
+    round-half-away-from-zero(x * (1 / d)) with 0 where d is 0, and d stored as float16 (the
+    quantization itself uses the float32 d, so a block dequantizes as q * float16(d)).
+    """
+    rows, cols = x.shape
+    blocks = x.float().reshape(rows, cols // block, block)  # (R, B, block)
+    d = blocks.abs().amax(dim=2, keepdim=True) / INT8_MAX  # (R, B, 1)
+    inverse = torch.where(d == 0, torch.zeros_like(d), 1.0 / torch.where(d == 0, torch.ones_like(d), d))
+    scaled = blocks * inverse
+    magnitude = scaled.abs()
+    floored = torch.floor(magnitude)
+    rounded = torch.sign(scaled) * (floored + torch.floor(2 * (magnitude - floored)))  # half away from zero
+    return rounded.to(torch.int8).reshape(rows, cols), d.squeeze(2).to(torch.float16)
+
+
+def dequantize_blocks(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """int8 (R, C) with one scale per block of C // scale.shape[1] values (R, B) -> floating point (R, C)."""
+    rows, cols = q.shape
+    blocks = q.float().reshape(rows, scale.shape[1], -1) * scale.float().unsqueeze(2)  # (R, B, block)
+    return blocks.reshape(rows, cols).to(dtype)

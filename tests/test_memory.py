@@ -19,6 +19,7 @@ class PickedOutliers:
 
     def __init__(self, dims: dict[str, np.ndarray]) -> None:
         self.dims = dims
+        self.layers = []  # no activation statistics: smoothquant leaves every Linear unsmoothed
 
     def outlier_dims(self, threshold: float) -> dict[str, np.ndarray]:
         return self.dims

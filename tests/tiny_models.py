@@ -1,7 +1,8 @@
-"""The one factory of tiny models for the tests: random Llamas in memory or saved as model directories.
+"""The one factory of tiny models for the tests: random models in memory or saved as model directories.
 
 `tiny_llama` builds one in memory; `save_tiny_llama` writes one as a Hugging Face directory with a byte-level
-tokenizer (what `int8wb --model DIR` loads); `tiny_loaded` plants an outlier dimension. Planting: scale dimension `dim` of every `input_layernorm` weight by `factor`
+tokenizer (what `int8wb --model DIR` loads); `save_tiny` does so for the other architectures the
+exports write; `tiny_loaded` plants an outlier dimension. Planting: scale dimension `dim` of every `input_layernorm` weight by `factor`
 and divide column `dim` of the q/k/v weights that read it by the same factor.
 The floating-point model computes exactly the same function (up to float
 rounding), but the attention input now carries a feature that is `factor`
@@ -118,3 +119,32 @@ def tiny_loaded(dim: int = 5, factor: float = 60.0, seed: int = 0) -> TinyLoaded
     model = tiny_llama(seed)
     plant_outlier(model, dim, factor)
     return TinyLoaded(model, WordTokenizer(model.config.vocab_size))
+
+
+def save_tiny(path, architecture: str = "llama", seed: int = 0):
+    """A random 2-layer model of `architecture` (llama, qwen2, gemma3) saved with its tokenizer at `path`."""
+    import torch
+    import transformers
+
+    classes = {
+        "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+        "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
+        "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {"head_dim": 16, "sliding_window": 16}),
+    }
+    config_class, model_class, extra = classes[architecture]
+    torch.manual_seed(seed)
+    tokenizer = byte_tokenizer()
+    config = getattr(transformers, config_class)(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        **extra,
+    )
+    getattr(transformers, model_class)(config).eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

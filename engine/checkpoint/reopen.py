@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from engine.checkpoint.export import EXPORT_FORMAT, EXPORT_FORMAT_VERSION, SIDECAR_NAME
+from engine.checkpoint.contents import EXPORT_FORMAT, EXPORT_FORMAT_VERSION
+from engine.checkpoint.export import SIDECAR_NAME
+from engine.checkpoint.layout import is_scale, rebuild_linear
 from engine.errors import ModelLoadError
 from engine.model.loaded import LoadedModel
 
@@ -194,14 +196,14 @@ def _build(directory: Path, manifest: dict[str, Any], tensors: dict[str, Any]):
                 linear = model.get_submodule(name)
             except AttributeError as exc:
                 raise ModelLoadError(f"the export quantized {name}, which the model in config.json lacks") from exc
-            module = _int8_linear(layer, remaining, float(manifest["threshold"]), dtype)
+            module = rebuild_linear(layer, remaining, float(manifest["threshold"]), dtype)
             if (module.out_features, module.in_features) != tuple(linear.weight.shape):
                 raise ModelLoadError(
                     f"{name}.weight is {module.out_features}x{module.in_features}, the model "
                     f"expects {tuple(linear.weight.shape)}"
                 )
             replace_module(model, name, module)
-            if module.method == "llm-int8":
+            if module.scheme.outliers == "static":
                 outlier_dims[name] = module.outlier_cols.cpu().numpy()
         result = model.load_state_dict(remaining, strict=False, assign=True)
     if result.unexpected_keys:
@@ -214,32 +216,14 @@ def _build(directory: Path, manifest: dict[str, Any], tensors: dict[str, Any]):
     model.requires_grad_(False)
     settings = manifest["settings"]
     quantized = QuantizedModel(
-        manifest["method"], float(manifest["threshold"]), model, outlier_dims, list(settings.get("skip_modules") or [])
+        manifest["method"],
+        float(manifest["threshold"]),
+        model,
+        outlier_dims,
+        list(settings.get("skip_modules") or []),
+        settings.get("smoothing"),
     )
     return model, quantized
-
-
-def _int8_linear(layer: dict[str, Any], remaining: dict[str, Any], threshold: float, dtype):
-    """One Int8Linear from its bitsandbytes tensors and, for static llm-int8, its sidecar tensors."""
-    from engine.quant.int8_linear import Int8Linear
-
-    name = layer["name"]
-    weight = remaining.pop(f"{name}.weight")
-    scb = remaining.pop(f"{name}.SCB")
-    weight_format = remaining.pop(f"{name}.weight_format")
-    bias = remaining.pop(f"{name}.bias", None)
-    if weight.dtype.itemsize != 1 or not weight.dtype.is_signed or int(weight_format) != 0:
-        raise ModelLoadError(f"{name}: expected an int8 row-major weight (weight_format 0)")
-    scale = scb
-    if layer["scale"] == "tensor":
-        if not bool((scb == scb[0]).all()):
-            raise ModelLoadError(f"{name}: the sidecar says one scale per tensor but the SCB rows differ")
-        scale = scb[0].clone()  # 0-d
-    cols = outlier_weight = None
-    if layer["method"] == "llm-int8":
-        cols = remaining.pop(f"{name}.outlier_cols")
-        outlier_weight = remaining.pop(f"{name}.outlier_weight")
-    return Int8Linear(layer["method"], weight, scale, bias, dtype, threshold, cols, outlier_weight)
 
 
 def _stored_float_dtype(tensors: dict[str, Any]):
@@ -247,7 +231,7 @@ def _stored_float_dtype(tensors: dict[str, Any]):
     import torch
 
     for name, tensor in tensors.items():
-        if tensor.dtype.is_floating_point and not name.endswith(".SCB"):
+        if tensor.dtype.is_floating_point and not is_scale(name):
             return tensor.dtype
     return torch.float32
 

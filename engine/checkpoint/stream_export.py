@@ -22,10 +22,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-from engine.checkpoint import export
+from engine.checkpoint import contents, export
+from engine.checkpoint.layout import BITSANDBYTES, check_format, layer_record, linear_tensors
 from engine.errors import BadInput, ModelLoadError
+from engine.quant.schemes import SCHEMES
+from engine.vocabulary import FORMAT_METHODS
 
-STREAMING_METHODS = ("absmax-tensor", "vectorwise", "llm-int8-dynamic", "weight-only")
+STREAMING_METHODS = tuple(
+    method for method, scheme in SCHEMES.items() if not scheme.needs_scan and method in FORMAT_METHODS[BITSANDBYTES]
+)
+"""The methods that need no scan, in the default format (a serving format carries fewer)."""
 # Peak memory is about one output shard: transformers' 50GB default would make a 7B model one shard.
 DEFAULT_MAX_SHARD_SIZE = "2GB"
 
@@ -34,7 +40,8 @@ def run(params: dict[str, Any], task) -> export.ExportResult:
     """Export `params["model"]` (a Hugging Face directory with safetensors) quantized with `params["method"]`.
 
     params: model (directory), method, threshold (6.0), out, overwrite (False),
-    max_shard_size ("2GB": the memory bound), dtype ("auto": float32, the in-memory path's dtype on the CPU).
+    max_shard_size ("2GB": the memory bound), dtype ("auto": float32, the in-memory path's dtype on the CPU),
+    format ("bitsandbytes" or "compressed-tensors"; GGUF is written from a loaded model).
     """
     import torch
 
@@ -43,9 +50,13 @@ def run(params: dict[str, Any], task) -> export.ExportResult:
     from engine.vocabulary import check_threshold
 
     (method,) = check_methods([params.get("method")])
+    fmt = check_format(params.get("format"), method)
+    if fmt == export.GGUF_Q8_0:
+        raise BadInput("the GGUF export is written from a loaded model: export without --streaming")
     if method not in STREAMING_METHODS:
         raise BadInput(
-            f"{method} takes its outlier dimensions from a calibration scan of the loaded model, "
+            f"{method} takes its {'smoothing factors' if SCHEMES[method].smoothed else 'outlier dimensions'} "
+            "from a calibration scan of the loaded model, "
             "so it cannot be streamed: use the in-memory export (without --streaming), or a method "
             f"that needs no scan: {', '.join(STREAMING_METHODS)}"
         )
@@ -58,12 +69,12 @@ def run(params: dict[str, Any], task) -> export.ExportResult:
 
     skeleton = _skeleton(source, dtype)
     checkpoint = _checkpoint_index(source)
-    plan = _plan(skeleton, checkpoint, method, dtype)
+    plan = _plan(skeleton, checkpoint, method, dtype, fmt)
     specs = plan["specs"]
     needed = sum(t.numel() * t.element_size() for t in specs.values())
 
-    settings = export.base_settings(method, threshold, [])
-    metadata = export.export_metadata(method, threshold, settings)
+    settings = contents.base_settings(method, threshold, [])
+    metadata = contents.export_metadata(method, threshold, settings)
     linears = {layer["name"] for layer in plan["layers"]}
     skipped = [
         name for name, module in skeleton.named_modules() if isinstance(module, torch.nn.Linear) and name not in linears
@@ -71,21 +82,25 @@ def run(params: dict[str, Any], task) -> export.ExportResult:
     tokenizer, generation_config = _side_files(source)
 
     def produce(names: list[str]) -> dict[str, Any]:
-        return _produce(names, plan["recipes"], checkpoint, source, method, dtype)
+        return _produce(names, plan["recipes"], checkpoint, source, method, dtype, fmt)
 
     def write(staging: Path) -> None:
         with torch.no_grad():
             files = export.write_weights(
                 staging, export.plan_shards(specs, max_shard_size), produce, metadata, task.slice(0.0, 0.9)
             )
-        export.write_configs(staging, skeleton.config, generation_config, tokenizer, method, threshold, skipped)
+        contents.write_configs(staging, skeleton.config, generation_config, tokenizer, method, threshold, skipped, fmt)
+        if fmt != BITSANDBYTES:
+            record = contents.serving_record(fmt, method, threshold, settings)
+            export.write_json(staging / export.SERVING_RECORD, record)
+            return
         export.write_json(
             staging / export.SIDECAR_NAME,
-            export.manifest(staging, method, threshold, settings, plan["layers"], files, specs),
+            contents.manifest(staging, method, threshold, settings, plan["layers"], files, specs),
         )
 
     export.write_staged(target, needed, write, task, overwrite)
-    return export.result(target, method, threshold, skeleton, specs, {})
+    return export.result(target, method, threshold, skeleton, specs, {}, fmt)
 
 
 def _check_source(model: Any) -> Path:
@@ -145,55 +160,34 @@ def _checkpoint_index(source: Path) -> dict[str, str]:
     return files
 
 
-def _plan(skeleton, checkpoint: dict[str, str], method: str, dtype) -> dict[str, Any]:
+def _plan(skeleton, checkpoint: dict[str, str], method: str, dtype, fmt: str) -> dict[str, Any]:
     """Every output tensor as a meta tensor (for sharding, the manifest and sizes) and the recipe that makes it.
 
-    The order is engine.checkpoint.export.split_tensors' order (quantized Linears, then the
-    other state-dict tensors), so the shards come out as the in-memory export's.
+    Each quantized Linear's names, dtypes and shapes come from engine.checkpoint.layout applied to an
+    empty layer of the method; the order is engine.checkpoint.contents.split_tensors' order (quantized
+    Linears, then the other state-dict tensors), so the shards come out as the in-memory export's.
     """
-    import torch
-
     from engine.model.layers import linear_layers
-
-    def meta(shape, tensor_dtype):
-        return torch.empty(tuple(shape), dtype=tensor_dtype, device="meta")
+    from engine.quant.int8_linear import Int8Linear
 
     specs: dict[str, Any] = {}
     recipes: dict[str, tuple[str, str]] = {}
     layers: list[dict[str, Any]] = []
-    shapes = {key: tuple(t.shape) for key, t in skeleton.state_dict().items()}
-    tied = set(getattr(skeleton, "all_tied_weights_keys", None) or {})
     prefixes = set()
     for name, linear in linear_layers(skeleton):
         prefixes.add(name)
         _require(checkpoint, f"{name}.weight")
-        out_features, in_features = linear.weight.shape
-        specs[f"{name}.weight"] = meta((out_features, in_features), torch.int8)
-        recipes[f"{name}.weight"] = ("int8", name)
-        specs[f"{name}.SCB"] = meta((out_features,), torch.float32)
-        recipes[f"{name}.SCB"] = ("scb", name)
-        specs[f"{name}.weight_format"] = meta((), torch.uint8)
-        recipes[f"{name}.weight_format"] = ("format", name)
         if linear.bias is not None:
             _require(checkpoint, f"{name}.bias")
-            specs[f"{name}.bias"] = meta(linear.bias.shape, dtype)
-            recipes[f"{name}.bias"] = ("copy", f"{name}.bias")
-        layers.append(
-            {
-                "name": name,
-                "method": method,
-                "in_features": in_features,
-                "out_features": out_features,
-                "scale": "tensor" if method == "absmax-tensor" else "row",
-                "bias": linear.bias is not None,
-                "outlier_dims": [],
-            }
-        )
-    for key, tensor in skeleton.state_dict().items():
-        if key.rpartition(".")[0] in prefixes or key in tied:
-            continue
+        out_features, in_features = linear.weight.shape
+        empty = Int8Linear.empty(method, out_features, in_features, linear.bias is not None, dtype)
+        stored, _ = linear_tensors(name, empty, fmt)
+        specs.update(stored)
+        recipes.update({key: ("quantize", name) for key in stored})
+        layers.append(layer_record(name, empty))
+    for key, tensor in contents.unquantized_tensors(skeleton, prefixes).items():
         _require(checkpoint, key)
-        specs[key] = meta(shapes[key], dtype if tensor.dtype.is_floating_point else tensor.dtype)
+        specs[key] = tensor.to(dtype) if tensor.dtype.is_floating_point else tensor
         recipes[key] = ("copy", key)
     return {"specs": specs, "recipes": recipes, "layers": layers}
 
@@ -206,7 +200,7 @@ def _require(checkpoint: dict[str, str], key: str) -> None:
         )
 
 
-def _produce(names, recipes, checkpoint, source: Path, method: str, dtype) -> dict[str, Any]:
+def _produce(names, recipes, checkpoint, source: Path, method: str, dtype, fmt: str) -> dict[str, Any]:
     """The tensors of one output shard.
 
     Each source tensor is read under its own short-lived mapping of its file:
@@ -214,21 +208,18 @@ def _produce(names, recipes, checkpoint, source: Path, method: str, dtype) -> di
     across a shard would hold about four times the shard's INT8 bytes of source
     float weights.
     """
-    import torch
-
     shard: dict[str, Any] = {}
-    quantized: dict[str, tuple[Any, Any]] = {}  # layer -> (int8, SCB), for this shard only
+    quantized: dict[str, dict[str, Any]] = {}  # layer -> its stored tensors, for this shard only
     for name in names:
         kind, key = recipes[name]
-        if kind == "format":
-            shard[name] = torch.tensor(0, dtype=torch.uint8)  # 0 = "row"
-        elif kind == "copy":
+        if kind == "copy":
             tensor = _read(source, checkpoint, key)
             shard[name] = (tensor.to(dtype) if tensor.dtype.is_floating_point else tensor).contiguous()
-        else:
-            if key not in quantized:
-                quantized[key] = _quantize(key, _read(source, checkpoint, f"{key}.weight").to(dtype), method)
-            shard[name] = quantized[key][0 if kind == "int8" else 1]
+            continue
+        if key not in quantized:
+            has_bias = f"{key}.bias" in recipes
+            quantized[key] = _quantized_linear(key, has_bias, checkpoint, source, method, dtype, fmt)
+        shard[name] = quantized[key][name]
     return shard
 
 
@@ -240,19 +231,16 @@ def _read(source: Path, checkpoint: dict[str, str], key: str):
         return handle.get_tensor(key).clone()
 
 
-def _quantize(name: str, weight, method: str):
-    """(int8 (out, in), SCB float32 (out,)) of one Linear weight, as Int8Linear.from_linear + split_tensors make them."""
+def _quantized_linear(name: str, has_bias: bool, checkpoint, source: Path, method: str, dtype, fmt) -> dict[str, Any]:
+    """The stored tensors of one Linear, quantized from its source weight as Int8Linear.from_linear does."""
+    from engine.quant.int8_linear import Int8Linear
     from engine.quant.quantize import check_finite
-    from kernels import ops
 
+    weight = _read(source, checkpoint, f"{name}.weight").to(dtype)
     check_finite(name, weight)
-    if method == "absmax-tensor":
-        weight_int8, scale = ops.quantize_tensor(weight)  # (out, in), 0-d
-        scb = scale.float().reshape(1).expand(weight.shape[0])
-    else:
-        weight_int8, scale = ops.quantize_rowwise(weight)  # (out, in), (out,)
-        scb = scale
-    return weight_int8.contiguous(), scb.float().contiguous().clone()
+    bias = _read(source, checkpoint, f"{name}.bias").to(dtype) if has_bias else None
+    stored, _ = linear_tensors(name, Int8Linear.from_weight(weight, bias, method), fmt)
+    return stored
 
 
 def _side_files(source: Path):

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from engine.cli._progress import ProgressBarTask
-from engine.vocabulary import DEFAULT_THRESHOLD
+from engine.vocabulary import DEFAULT_ALPHA, DEFAULT_THRESHOLD, NEEDS_SCAN
 
 DEFAULT_METHODS = "absmax-tensor,vectorwise,llm-int8,weight-only"
 
@@ -39,13 +39,28 @@ def scan_options(parser, tokens_flag: str) -> None:
     parser.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sequence (default 512)")
 
 
+def alpha_option(parser) -> None:
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        default=DEFAULT_ALPHA,
+        help=f"smoothquant's migration strength from 0 to 1 (default {DEFAULT_ALPHA})",
+    )
+
+
+def needs_scan(methods: list[str]) -> bool:
+    """Whether any of `methods` takes something from a calibration scan."""
+    return any(method in NEEDS_SCAN for method in methods)
+
+
 def session_with_model(args):
     """A session with the model loaded, after checking the cheap arguments (no 20 s load before a typo)."""
     from engine.model.corpus import load_split
     from engine.session import Session
-    from engine.vocabulary import check_threshold
+    from engine.vocabulary import check_alpha, check_threshold
 
     check_threshold(args.threshold)
+    check_alpha(getattr(args, "alpha", DEFAULT_ALPHA))
     load_split(args.corpus)
     if hasattr(args, "methods"):
         parse_methods(args.methods)
@@ -81,7 +96,7 @@ def run_scan(session, args) -> dict[str, Any]:
 
 def run_quantize(session, args, methods: list[str]) -> dict[str, Any]:
     task = ProgressBarTask("quantize", enabled=not args.quiet)
-    result = session.quantize({"methods": methods, "threshold": args.threshold}, task)
+    result = session.quantize({"methods": methods, "threshold": args.threshold, "alpha": args.alpha}, task)
     task.finish()
     return result
 

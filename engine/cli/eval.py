@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from engine.cli._common import (
     DEFAULT_METHODS,
+    alpha_option,
     model_options,
+    needs_scan,
     parse_methods,
     print_json,
     run_quantize,
@@ -25,6 +27,7 @@ def add_parser(subparsers) -> None:
         command = subparsers.add_parser(name, help=help_text)
         model_options(command)
         scan_options(command, tokens_flag="--calibration-tokens")
+        alpha_option(command)
         command.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, from: {', '.join(METHODS)}")
         command.add_argument("--tokens", type=int, default=8192, help="evaluation tokens (default 8192)")
         command.add_argument("--window", type=int, default=512, help="tokens per evaluation window (default 512)")
@@ -36,7 +39,7 @@ def cmd_eval(args, show_scan: bool = False) -> int:
 
     session = session_with_model(args)
     methods = parse_methods(args.methods)
-    scan_payload = run_scan(session, args) if ("llm-int8" in methods or show_scan) else None
+    scan_payload = run_scan(session, args) if (needs_scan(methods) or show_scan) else None
     run_quantize(session, args, methods)
     task = ProgressBarTask("evaluate", enabled=not args.quiet)
     result = session.evaluate({"tokens": args.tokens, "window": args.window, "corpus": args.corpus}, task)

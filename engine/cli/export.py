@@ -1,6 +1,8 @@
-"""`int8wb export`: quantize with one method and write a checkpoint transformers + bitsandbytes load.
+"""`int8wb export`: quantize with one method and write a checkpoint in one of the export formats.
 
-Static `llm-int8` scans first (its outlier dimensions come from the scan). A
+`--format` picks who loads it (engine.vocabulary.FORMAT_LOADERS); a method the
+format cannot carry is refused before the model is loaded, with the reason and
+the format to use. Static `llm-int8` and `smoothquant` scan first. A
 model re-opened from an export (`--model DIR`) is written again as it is.
 `--streaming` quantizes a model directory's safetensors one output shard at a
 time without loading the model (engine.checkpoint.stream_export), for the methods that
@@ -11,20 +13,38 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.cli._common import model_options, print_json, run_quantize, run_scan, scan_options, session_with_model
+from engine.cli._common import (
+    alpha_option,
+    model_options,
+    needs_scan,
+    print_json,
+    run_quantize,
+    run_scan,
+    scan_options,
+    session_with_model,
+)
 from engine.cli._progress import ProgressBarTask
 from engine.errors import BadInput
-from engine.vocabulary import METHODS
+from engine.vocabulary import EXPORT_FORMATS, FORMAT_LOADERS, METHODS
 
 
 def add_parser(subparsers) -> None:
     command = subparsers.add_parser(
         "export",
-        help="quantize and write safetensors that transformers + bitsandbytes load (and the workbench re-opens)",
+        help="quantize and write a checkpoint: bitsandbytes safetensors (transformers; the workbench re-opens "
+        "them), compressed-tensors (vLLM) or GGUF Q8_0 (llama.cpp)",
     )
     model_options(command)
     scan_options(command, tokens_flag="--calibration-tokens")
+    alpha_option(command)
     command.add_argument("--method", default="llm-int8", choices=METHODS, help="quantization method (default llm-int8)")
+    command.add_argument(
+        "--format",
+        default=EXPORT_FORMATS[0],
+        choices=EXPORT_FORMATS,
+        help="; ".join(f"{name}: {FORMAT_LOADERS[name]}" for name in EXPORT_FORMATS)
+        + f" (default {EXPORT_FORMATS[0]})",
+    )
     command.add_argument("--out", required=True, help="directory to write (must not exist or be empty)")
     command.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out directory")
     command.add_argument(
@@ -44,8 +64,10 @@ def add_parser(subparsers) -> None:
 
 def cmd_export(args) -> int:
     from engine.checkpoint.export import check_target, parse_size
+    from engine.checkpoint.layout import check_format
 
-    check_target(args.out, args.overwrite)  # refuse before a long load
+    check_format(args.format, args.method)  # refuse before a long load
+    check_target(args.out, args.overwrite)
     if args.max_shard_size is not None:
         parse_size(args.max_shard_size)
     if args.streaming:
@@ -59,12 +81,18 @@ def cmd_export(args) -> int:
                 f"export it with --method {reopened.method}, or start from the floating-point model"
             )
     else:
-        if args.method == "llm-int8":
+        if needs_scan([args.method]):
             run_scan(session, args)
         run_quantize(session, args, [args.method])
     task = ProgressBarTask("export", enabled=not args.quiet)
     result = session.export(
-        {"method": args.method, "out": args.out, "overwrite": args.overwrite, "max_shard_size": args.max_shard_size},
+        {
+            "method": args.method,
+            "format": args.format,
+            "out": args.out,
+            "overwrite": args.overwrite,
+            "max_shard_size": args.max_shard_size,
+        },
         task,
     )
     task.finish()
@@ -85,6 +113,7 @@ def _export_streaming(args) -> int:
         {
             "model": args.model,
             "method": args.method,
+            "format": args.format,
             "threshold": args.threshold,
             "out": args.out,
             "overwrite": args.overwrite,
@@ -106,7 +135,9 @@ def _report(args, result: dict[str, Any]) -> int:
 
 def format_export(result: dict[str, Any]) -> str:
     """Files written and where the bytes go, in MB (10**6 bytes)."""
-    lines = [f"exported {result['method']} (threshold {result['threshold']:g}) to {result['path']}"]
+    lines = [
+        f"exported {result['method']} (threshold {result['threshold']:g}) as {result['format']} to {result['path']}"
+    ]
     for entry in result["files"]:
         lines.append(f"  {entry['name']:<40}{entry['bytes'] / 1e6:>12.3f} MB")
     lines.append(f"  {'total on disk':<40}{result['total_bytes'] / 1e6:>12.3f} MB")

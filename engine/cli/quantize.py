@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from engine.cli._common import (
     DEFAULT_METHODS,
+    alpha_option,
     model_options,
+    needs_scan,
     parse_methods,
     print_json,
     run_quantize,
@@ -19,6 +21,7 @@ def add_parser(subparsers) -> None:
     quantize = subparsers.add_parser("quantize", help="quantize with one or more methods and report sizes")
     model_options(quantize)
     scan_options(quantize, tokens_flag="--calibration-tokens")
+    alpha_option(quantize)
     quantize.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, from: {', '.join(METHODS)}")
     quantize.set_defaults(func=cmd_quantize)
 
@@ -26,7 +29,7 @@ def add_parser(subparsers) -> None:
 def cmd_quantize(args) -> int:
     session = session_with_model(args)
     methods = parse_methods(args.methods)
-    if "llm-int8" in methods:
+    if needs_scan(methods):
         run_scan(session, args)
     result = run_quantize(session, args, methods)
     if args.json:

@@ -9,8 +9,9 @@ why the answer is 4 and not 3:
                one after another (accelerate's sequential `device_map`); `needed_if_divisible`
                is ceil(state / budget), the count if layers could be cut anywhere.
 
-Weight bytes follow the engine's real storage (engine/quantize.py): `weight_int8` int8 (out, in),
-`weight_scale` float32 per row (or one 0-d float32 per tensor for `absmax-tensor`), and for static
+Weight bytes follow the engine's real storage (engine.quant.schemes): `weight_int8` int8 (out, in),
+`weight_scale` float32 per row (or one 0-d float32 per tensor for `absmax-tensor`, one float16 per
+32 weights for `q8_0`), and for static
 `llm-int8` the outlier columns as int64 indices plus an (out, n) floating-point weight slice. Biases,
 embeddings, norms and `lm_head` stay floating point. The KV cache and activations stay in the float
 dtype for every method. The activation workspace is an estimate of the transient tensors at the
@@ -27,7 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from engine.errors import BadInput
-from engine.vocabulary import BASELINE, FLOAT_BYTES, GIB, GPUS, METHODS, W8A8_METHODS
+from engine.vocabulary import BASELINE, FLOAT_BYTES, GIB, GPUS, METHODS, Q8_0_BLOCK, W8A8_METHODS, WEIGHT_ONLY_METHODS
 
 PLAN_METHODS = (BASELINE, *METHODS)
 
@@ -143,6 +144,13 @@ def linear_terms(shape: LinearShape, method: str, float_bytes: int, outlier_frac
     if method == "baseline":
         terms["float weight"] = out_f * in_f * float_bytes
         return terms
+    if method == "q8_0":
+        if in_f % Q8_0_BLOCK:  # not whole blocks: the Linear stays in floating point
+            terms["float weight"] = out_f * in_f * float_bytes
+            return terms
+        terms["int8 weight"] = out_f * in_f
+        terms["scales"] = 2 * out_f * (in_f // Q8_0_BLOCK)  # one float16 per block
+        return terms
     terms["int8 weight"] = out_f * in_f
     terms["scales"] = 4 if method == "absmax-tensor" else 4 * out_f
     if method == "llm-int8":
@@ -207,7 +215,7 @@ def workspace_terms(arch: Architecture, inventory: WeightInventory, method: str,
                B x T x max_in x 1 + B x T x max_out x 4
     outliers:  llm-int8-dynamic dequantizes the weight columns of the outliers it finds in a
                call: max_out x ceil(outlier_fraction x max_in) in the float dtype
-    dequant:   weight-only dequantizes the largest weight to the float dtype before its matmul
+    dequant:   weight-only and q8_0 dequantize the largest weight to the float dtype before its matmul
     """
     check_method(method)
     fb, tokens = settings.float_bytes, settings.batch * settings.context
@@ -224,7 +232,7 @@ def workspace_terms(arch: Architecture, inventory: WeightInventory, method: str,
         terms["int8"] = tokens * max_in + tokens * max_out * 4
         if method == "llm-int8-dynamic":
             terms["outliers"] = max_out * math.ceil(settings.outlier_fraction * max_in - 1e-9) * fb
-    if inventory.linears and method == "weight-only":
+    if inventory.linears and method in WEIGHT_ONLY_METHODS:
         terms["dequant"] = max(s.out_features * s.in_features for s in inventory.linears) * fb
     return terms
 

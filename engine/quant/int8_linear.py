@@ -1,7 +1,7 @@
 """`Int8Linear`: a drop-in replacement for `nn.Linear` with real INT8 weight storage.
 
-One module covers the four methods of DESIGN.md; they differ in how the
-activations are handled:
+One module covers the methods of DESIGN.md; they differ in how the weight is
+scaled and how the activations are handled:
 
 | method           | weights            | activations                 | outlier columns              |
 |------------------|--------------------|-----------------------------|------------------------------|
@@ -15,9 +15,14 @@ activations are handled:
 |                  |                    |                             | dequantized from INT8, as    |
 |                  |                    |                             | bitsandbytes does            |
 | weight-only      | one scale per row  | floating point              | n/a                          |
+| smoothquant      | one scale per row  | one scale per token         | none: the model is smoothed  |
+|                  |                    |                             | first (engine.quant.smoothing)|
+| q8_0             | one float16 scale  | floating point              | n/a                          |
+|                  | per 32 weights     |                             |                              |
 
-Tensors (buffers, so that `state_dict` holds exactly what is stored):
-`weight_int8` int8 (out, in), `weight_scale` float32 (out,) or 0-d,
+The tensors (buffers, so that `state_dict` holds exactly what is stored) and
+the forward path come from the method's `Scheme` (engine.quant.schemes):
+`weight_int8` int8 (out, in), `weight_scale` float32 (out,) or 0-d (float16 (out, in / 32) for q8_0),
 `outlier_cols` int64 (n,) and `outlier_weight` (out, n) for static llm-int8,
 `bias` when the original had one. The INT8 x INT8 product accumulates in INT32.
 """
@@ -27,7 +32,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from engine.vocabulary import DEFAULT_THRESHOLD, METHODS
+from engine.quant.schemes import scheme_of
+from engine.vocabulary import DEFAULT_THRESHOLD
 from kernels import ops
 
 
@@ -44,18 +50,20 @@ class Int8Linear(nn.Module):
         outlier_weight: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}")
+        self.scheme = scheme_of(method)
         self.method = method
         self.out_features, self.in_features = weight_int8.shape
         self.compute_dtype = compute_dtype
         self.threshold = threshold
-        self.register_buffer("weight_int8", weight_int8)
-        self.register_buffer("weight_scale", weight_scale)
+        given = {
+            "weight_int8": weight_int8,
+            "weight_scale": weight_scale,
+            "outlier_cols": outlier_cols,
+            "outlier_weight": outlier_weight,
+        }
+        for name in self.scheme.tensor_data_names:
+            self.register_buffer(name, given[name])
         self.register_buffer("bias", bias)
-        if method == "llm-int8":
-            self.register_buffer("outlier_cols", outlier_cols)
-            self.register_buffer("outlier_weight", outlier_weight)
 
     @classmethod
     def from_linear(
@@ -66,43 +74,60 @@ class Int8Linear(nn.Module):
         outlier_cols: torch.Tensor | None = None,
     ) -> Int8Linear:
         """Quantize `linear`'s weight for `method`; static llm-int8 needs the outlier columns."""
-        weight = linear.weight.detach()  # (out, in)
-        if method == "absmax-tensor":
-            weight_int8, weight_scale = ops.quantize_tensor(weight)
-        else:
-            weight_int8, weight_scale = ops.quantize_rowwise(weight)
-        bias = None if linear.bias is None else linear.bias.detach().clone()
+        bias = None if linear.bias is None else linear.bias.detach()
+        return cls.from_weight(linear.weight.detach(), bias, method, threshold, outlier_cols)
+
+    @classmethod
+    def from_weight(
+        cls,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        method: str,
+        threshold: float = DEFAULT_THRESHOLD,
+        outlier_cols: torch.Tensor | None = None,
+    ) -> Int8Linear:
+        """Quantize a floating-point weight (out, in) and keep a copy of `bias`."""
+        scheme = scheme_of(method)
+        weight_int8, weight_scale = scheme.quantize_weight(weight)
+        bias = None if bias is None else bias.clone()
         outlier_weight = None
-        if method == "llm-int8":
+        if scheme.outliers == "static":
             outlier_cols = outlier_cols.to(device=weight.device, dtype=torch.long)
             outlier_weight = weight.index_select(1, outlier_cols).clone()  # (out, n), true floating point
         return cls(method, weight_int8, weight_scale, bias, weight.dtype, threshold, outlier_cols, outlier_weight)
 
+    @classmethod
+    def empty(cls, method: str, out_features: int, in_features: int, has_bias: bool, compute_dtype, device="meta"):
+        """A layer with the shapes and dtypes of `method` and no data (the layout of a Linear not yet read)."""
+        scheme = scheme_of(method)
+        fields = scheme.empty_fields(out_features, in_features, 0, compute_dtype, device)
+        bias = torch.empty(out_features, dtype=compute_dtype, device=device) if has_bias else None
+        return cls(method, bias=bias, compute_dtype=compute_dtype, **fields)
+
     def extra_repr(self) -> str:
-        extra = f", outlier_cols={self.outlier_cols.numel()}" if self.method == "llm-int8" else ""
+        extra = f", outlier_cols={self.outlier_cols.numel()}" if self.scheme.outliers == "static" else ""
         return f"{self.in_features}, {self.out_features}, method={self.method}{extra}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         leading = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)  # (T, in)
-        if self.method == "weight-only":
-            weight = ops.dequantize_rowwise(self.weight_int8, self.weight_scale, x.dtype)
-            y = nn.functional.linear(x2, weight, self.bias)
-        elif self.method == "absmax-tensor":
-            x_int8, x_scale = ops.quantize_tensor(x2)
+        if self.scheme.activations == "float":
+            y = nn.functional.linear(x2, self.dequantized_weight(x.dtype), self.bias)
+        elif self.scheme.outliers == "none":
+            x_int8, x_scale = self.scheme.quantize_activations(x2)
             acc = ops.int8_matmul(x_int8, self.weight_int8)  # (T, out) int32
-            y = ops.dequantize_epilogue(acc, x_scale, self.weight_scale, self.bias, None, x.dtype)
-        elif self.method == "vectorwise":
-            x_int8, x_scale = ops.quantize_rowwise(x2)
-            acc = ops.int8_matmul(x_int8, self.weight_int8)
             y = ops.dequantize_epilogue(acc, x_scale, self.weight_scale, self.bias, None, x.dtype)
         else:
             y = self._forward_with_outliers(x2)
         return y.reshape(*leading, self.out_features)
 
+    def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        """The floating-point weight (out, in) that the INT8 weight and its scales stand for."""
+        return self.scheme.dequantize_weight(self.weight_int8, self.weight_scale, dtype)
+
     def _forward_with_outliers(self, x2: torch.Tensor) -> torch.Tensor:
         """LLM.int8(): outlier feature columns in floating point, the rest in INT8."""
-        if self.method == "llm-int8":
+        if self.scheme.outliers == "static":
             cols, outlier_weight = self.outlier_cols, self.outlier_weight
         else:
             cols = (x2.abs() > self.threshold).any(dim=0).nonzero().squeeze(1)  # (n,)

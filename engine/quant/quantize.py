@@ -2,7 +2,7 @@
 
 The quantized model shares every unchanged tensor (embeddings, norms, the LM
 head) with the floating-point model it came from, so keeping the baseline and
-four quantized variants side by side costs the INT8 weights and little more.
+every quantized variant side by side costs the INT8 weights and little more.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ import numpy as np
 
 from engine.errors import BadInput
 from engine.model.layers import linear_layers
+from engine.quant import smoothing
 from engine.quant.int8_linear import Int8Linear
-from engine.vocabulary import DEFAULT_THRESHOLD, METHODS, check_threshold
+from engine.quant.schemes import scheme_of
+from engine.vocabulary import DEFAULT_ALPHA, DEFAULT_THRESHOLD, METHODS, check_alpha, check_threshold
 
 
 @dataclass
@@ -28,6 +30,7 @@ class QuantizedModel:
     model: Any  # the model with Int8Linear modules in place of nn.Linear
     outlier_dims: dict[str, np.ndarray] = field(default_factory=dict)  # static llm-int8 only
     skipped: list[str] = field(default_factory=list)  # Linears left in floating point
+    smoothing: dict[str, Any] | None = None  # smoothquant: alpha, how many Linears smoothed, which not
 
     def summary(self) -> dict[str, Any]:
         """JSON-able facts for the results table."""
@@ -40,7 +43,13 @@ class QuantizedModel:
             "total_bytes": sizes["int8"] + sizes["float"] + sizes["other"],
             "outlier_dims": int(sum(len(d) for d in self.outlier_dims.values())),
             "skipped_modules": list(self.skipped),
+            **({"smoothing": self.smoothing} if self.smoothing else {}),
         }
+
+
+def smoothing_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """What the results table says about smoothing: alpha, how many Linears, which stay unsmoothed."""
+    return {"alpha": report["alpha"], "smoothed": len(report["smoothed"]), "unsmoothed": list(report["unsmoothed"])}
 
 
 def check_methods(methods: Any) -> list[str]:
@@ -59,21 +68,29 @@ def run(params: dict[str, Any], task, loaded, scan=None) -> QuantizedModel:
     """Quantize `loaded.model` with `params["method"]` at `params["threshold"]` (default 6.0).
 
     Static `llm-int8` takes its outlier columns from `scan` (the dimensions whose
-    calibration abs-max exceeds the threshold); the other methods need no scan.
-    `params["skip_modules"]`: name suffixes of Linears to leave in floating point.
+    calibration abs-max exceeds the threshold) and `smoothquant` its per-channel
+    abs-max (smoothed with `params["alpha"]`, default 0.5, engine.quant.smoothing);
+    the other methods need no scan. `params["skip_modules"]`: name suffixes of
+    Linears to leave in floating point; q8_0 leaves those whose input is not whole
+    blocks of 32 there too.
     """
     import torch
 
     (method,) = check_methods([params.get("method")])
+    scheme = scheme_of(method)
     threshold = check_threshold(params.get("threshold", DEFAULT_THRESHOLD))
+    alpha = check_alpha(params.get("alpha", DEFAULT_ALPHA)) if scheme.smoothed else None
     skip = tuple(params.get("skip_modules") or ())
-    if method == "llm-int8" and scan is None:
-        raise BadInput("static llm-int8 takes its outlier dimensions from a scan: scan first, or use llm-int8-dynamic")
-    outlier_dims = scan.outlier_dims(threshold) if method == "llm-int8" else {}
+    if scheme.needs_scan and scan is None:
+        raise BadInput(_NEEDS_SCAN[method])
+    outlier_dims = scan.outlier_dims(threshold) if scheme.outliers == "static" else {}
 
-    model = _share_tensors_copy(loaded.model)
+    model = share_tensors_copy(loaded.model)
+    smoothed = smoothing_summary(smoothing.smooth(model, scan, alpha)) if scheme.smoothed else None
     targets = linear_layers(model)
-    skipped = [name for name, _ in targets if skip and name.endswith(skip)]
+    skipped = [
+        name for name, linear in targets if (skip and name.endswith(skip)) or not scheme.fits(linear.in_features)
+    ]
     with torch.no_grad():
         for i, (name, linear) in enumerate(targets):
             task.check_cancelled()
@@ -81,12 +98,18 @@ def run(params: dict[str, Any], task, loaded, scan=None) -> QuantizedModel:
                 continue
             check_finite(name, linear.weight)
             cols = None
-            if method == "llm-int8":
+            if scheme.outliers == "static":
                 cols = torch.as_tensor(outlier_dims.get(name, np.empty(0, dtype=np.int64)), dtype=torch.long)
             replace_module(model, name, Int8Linear.from_linear(linear, method, threshold, cols))
             task.progress((i + 1) / len(targets), f"quantized {name}")
     used_dims = {n: d for n, d in outlier_dims.items() if n not in skipped}
-    return QuantizedModel(method, threshold, model, used_dims, skipped)
+    return QuantizedModel(method, threshold, model, used_dims, skipped, smoothed)
+
+
+_NEEDS_SCAN = {
+    "llm-int8": "static llm-int8 takes its outlier dimensions from a scan: scan first, or use llm-int8-dynamic",
+    "smoothquant": "smoothquant takes each input channel's abs-max from a scan: scan first",
+}
 
 
 def tensor_bytes(model) -> dict[str, int]:
@@ -107,7 +130,7 @@ def tensor_bytes(model) -> dict[str, int]:
     return sizes
 
 
-def _share_tensors_copy(model):
+def share_tensors_copy(model):
     """A structural copy of `model` whose parameters and buffers are the original's tensors.
 
     Nothing in the copy is modified in place: Linears are replaced whole, so the

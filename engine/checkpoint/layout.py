@@ -1,0 +1,253 @@
+"""The stored tensors of a quantized Linear in each safetensors format, declared once.
+
+Export, streaming export and re-open all read this module; a format or a method
+is added here (and in engine.quant.schemes), nowhere else.
+
+bitsandbytes (the default; what transformers + bitsandbytes load, and the workbench re-opens):
+
+| field          | stored as                 | where                     |
+|----------------|---------------------------|---------------------------|
+| weight_int8    | `name.weight` int8        | model.safetensors         |
+| weight_scale   | `name.SCB` float32 (out,) | model.safetensors         |
+| (constant 0)   | `name.weight_format` uint8| model.safetensors         |
+| bias           | `name.bias`               | model.safetensors         |
+| outlier_cols   | `name.outlier_cols`       | int8wb_extra.safetensors  |
+| outlier_weight | `name.outlier_weight`     | int8wb_extra.safetensors  |
+
+Our INT8 convention is bitsandbytes' own (`q = round(w * 127 / absmax)`, SCB = absmax),
+so its `Linear8bitLt` reads the INT8 values without requantizing them. A per-tensor
+scale is stored as every row's SCB (the same dequantized weights) and the sidecar's
+per-layer record says "tensor", which is how re-opening gets the 0-d scale back.
+Fields that bitsandbytes has no place for go to the sidecar tensors file.
+
+compressed-tensors (what vLLM and llm-compressor read): `name.weight` int8 (out, in)
+and `name.weight_scale` float32 (out, 1) = SCB / 127 for W8A8 ("int-quantized"); for
+W8A16 vLLM reads only "pack-quantized": the same INT8 values, offset by 128 and packed
+four to an int32 along the row (`name.weight_packed` (out, ceil(in / 4)),
+`name.weight_shape` int64 (2,)), with the same `name.weight_scale`.
+
+`linear_tensors` gives the stored tensors of one quantized Linear by name (a caller
+that writes one layer at a time uses it alone); run on an `Int8Linear.empty` layer it
+gives the same names with meta tensors, which is how the streaming export plans its
+shards before reading any weight. `rebuild_linear` is its inverse (bitsandbytes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.errors import ModelLoadError
+
+INT8_MAX = 127.0
+ROW_FORMAT = 0  # bitsandbytes' weight_format code of a row-major INT8 weight
+SCALE_SUFFIXES = (".SCB", ".weight_format", ".weight_scale", ".weight_shape")
+"""Stored names that hold quantization scales and format codes, not weights of the model."""
+
+# Int8Linear field -> stored suffix, for the fields that keep their values as they are.
+_MAIN_FIELDS = {"weight_int8": "weight"}
+_SIDECAR_FIELDS = {"outlier_cols": "outlier_cols", "outlier_weight": "outlier_weight"}
+
+
+BITSANDBYTES, COMPRESSED_TENSORS = "bitsandbytes", "compressed-tensors"
+INT_QUANTIZED, PACK_QUANTIZED = "int-quantized", "pack-quantized"  # compressed-tensors' format names
+
+
+_OUTLIER_COLUMNS = (
+    "compressed-tensors has no place for LLM.int8()'s floating-point outlier columns (vLLM's int8 "
+    "kernels quantize every column)"
+)
+_REFUSALS = {
+    ("compressed-tensors", "llm-int8"): f"{_OUTLIER_COLUMNS}: export llm-int8 with --format bitsandbytes "
+    "(transformers + bitsandbytes), or smoothquant or vectorwise for vLLM",
+    ("compressed-tensors", "llm-int8-dynamic"): f"{_OUTLIER_COLUMNS}: export llm-int8-dynamic with --format "
+    "bitsandbytes (its own decomposition), or smoothquant or vectorwise for vLLM",
+    ("compressed-tensors", "absmax-tensor"): "absmax-tensor quantizes activations with one scale per tensor, "
+    "which compressed-tensors can only store as a fixed calibrated scale, and a per-tensor activation scale "
+    "is what destroys this model: export vectorwise or smoothquant (per-token scales) for vLLM, or "
+    "absmax-tensor with --format bitsandbytes",
+    ("compressed-tensors", "q8_0"): "Q8_0's scales per block of 32 weights are llama.cpp's format: export q8_0 "
+    "with --format gguf-q8_0, or weight-only (one scale per row) for vLLM",
+    ("bitsandbytes", "q8_0"): "bitsandbytes stores one scale per row and Q8_0 one per block of 32 weights: "
+    "export q8_0 with --format gguf-q8_0",
+}
+
+
+def check_format(fmt: Any, method: str) -> str:
+    """The export format, if it carries `method`; else a BadInput that says why and which format to use."""
+    from engine.errors import BadInput
+    from engine.vocabulary import EXPORT_FORMATS, FORMAT_METHODS
+
+    fmt = fmt or BITSANDBYTES
+    if fmt not in EXPORT_FORMATS:
+        raise BadInput(f"unknown export format {fmt!r}; choose from {', '.join(EXPORT_FORMATS)}")
+    if method not in FORMAT_METHODS[fmt]:
+        reason = _REFUSALS.get((fmt, method)) or (
+            f"{fmt} writes Q8_0 quantized from the floating-point weights, which is the workbench's q8_0 "
+            f"method: export with --method q8_0 (or {method} with --format bitsandbytes)"
+        )
+        raise BadInput(f"{method} cannot be exported as {fmt}: {reason}")
+    return fmt
+
+
+def linear_tensors(name: str, module, fmt: str = BITSANDBYTES) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(main tensors, sidecar tensors) of the Int8Linear `module` stored as `name` in format `fmt`."""
+    if fmt == COMPRESSED_TENSORS:
+        return _compressed_tensors(name, module), {}
+    return _bitsandbytes_tensors(name, module)
+
+
+def _bitsandbytes_tensors(name: str, module) -> tuple[dict[str, Any], dict[str, Any]]:
+    import torch
+
+    main: dict[str, Any] = {}
+    sidecar: dict[str, Any] = {}
+    for field in module.scheme.tensor_data_names:
+        tensor = getattr(module, field)
+        if field in _MAIN_FIELDS:
+            main[f"{name}.{_MAIN_FIELDS[field]}"] = tensor.contiguous()
+        elif field == "weight_scale":
+            main[f"{name}.SCB"] = _row_scale(tensor, module.out_features)
+            main[f"{name}.weight_format"] = torch.tensor(ROW_FORMAT, dtype=torch.uint8, device=_format_device(tensor))
+        else:
+            sidecar[f"{name}.{_SIDECAR_FIELDS[field]}"] = tensor.contiguous()
+    if module.bias is not None:
+        main[f"{name}.bias"] = module.bias.contiguous()
+    return main, sidecar
+
+
+def _compressed_tensors(name: str, module) -> dict[str, Any]:
+    """compressed-tensors' tensors of a Linear with one scale per row (see the module docstring)."""
+    import torch
+
+    step = module.weight_scale.float().reshape(-1, 1) / INT8_MAX  # (out, 1): q * step is the weight
+    if module.scheme.activations == "float":
+        tensors = {
+            f"{name}.weight_packed": _pack_int32(module.weight_int8),
+            f"{name}.weight_shape": torch.tensor(
+                [module.out_features, module.in_features], dtype=torch.int64, device=_format_device(step)
+            ),
+        }
+    else:
+        tensors = {f"{name}.weight": module.weight_int8.contiguous()}
+    tensors[f"{name}.weight_scale"] = step.contiguous()
+    if module.bias is not None:
+        tensors[f"{name}.bias"] = module.bias.contiguous()
+    return tensors
+
+
+def _pack_int32(weight_int8):
+    """int8 (out, in) -> int32 (out, ceil(in / 4)): q + 128 as bytes, four to a word, little-endian."""
+    import torch
+
+    rows, cols = weight_int8.shape
+    padded = torch.zeros((rows, -(-cols // 4) * 4), dtype=torch.int16, device=weight_int8.device)
+    padded[:, :cols] = weight_int8
+    return (padded + 128).to(torch.uint8).view(torch.int32).contiguous()
+
+
+def _row_scale(scale, out_features: int):
+    """SCB (out,) float32: a per-tensor scale repeated on every row."""
+    rows = scale.float().reshape(1).expand(out_features) if scale.dim() == 0 else scale
+    return rows.float().contiguous().clone()
+
+
+def _format_device(tensor):
+    """Meta for a layout-only layer, else the CPU (a 0-d code is written from there)."""
+    return tensor.device if tensor.device.type == "meta" else "cpu"
+
+
+def layer_record(name: str, module) -> dict[str, Any]:
+    """The sidecar's facts about one quantized Linear (JSON)."""
+    static = module.scheme.outliers == "static"
+    return {
+        "name": name,
+        "method": module.method,
+        "in_features": module.in_features,
+        "out_features": module.out_features,
+        "scale": module.scheme.weight_scale,
+        "bias": module.bias is not None,
+        "outlier_dims": module.outlier_cols.tolist() if static else [],
+    }
+
+
+def rebuild_linear(layer: dict[str, Any], remaining: dict[str, Any], threshold: float, dtype):
+    """The Int8Linear of one sidecar `layer` record, popping its stored tensors from `remaining`."""
+    from engine.quant.int8_linear import Int8Linear
+    from engine.quant.schemes import scheme_of
+
+    name = layer["name"]
+    weight = remaining.pop(f"{name}.weight")
+    scb = remaining.pop(f"{name}.SCB")
+    weight_format = remaining.pop(f"{name}.weight_format")
+    bias = remaining.pop(f"{name}.bias", None)
+    if weight.dtype.itemsize != 1 or not weight.dtype.is_signed or int(weight_format) != ROW_FORMAT:
+        raise ModelLoadError(f"{name}: expected an int8 row-major weight (weight_format 0)")
+    scale = scb
+    if layer["scale"] == "tensor":
+        if not bool((scb == scb[0]).all()):
+            raise ModelLoadError(f"{name}: the sidecar says one scale per tensor but the SCB rows differ")
+        scale = scb[0].clone()  # 0-d
+    fields = {
+        field: remaining.pop(f"{name}.{suffix}")
+        for field, suffix in _SIDECAR_FIELDS.items()
+        if field in scheme_of(layer["method"]).tensor_data_names
+    }
+    return Int8Linear(layer["method"], weight, scale, bias, dtype, threshold, **fields)
+
+
+def bitsandbytes_threshold(method: str, threshold: float) -> float:
+    """The `llm_int8_threshold` of bitsandbytes' view of `method`: 0 turns its outlier decomposition off.
+
+    Only the methods that quantize every activation column get 0. weight-only has no
+    bitsandbytes counterpart (bitsandbytes always quantizes activations): its view is
+    the dynamic llm-int8 of the same INT8 weights.
+    """
+    from engine.quant.schemes import scheme_of
+
+    scheme = scheme_of(method)
+    quantizes_every_column = scheme.activations != "float" and scheme.outliers == "none"
+    return 0.0 if quantizes_every_column else float(threshold)
+
+
+def quantization_config(fmt: str, method: str, threshold: float, skip_modules: list[str]):
+    """The `quantization_config` of config.json: how transformers (or vLLM) loads the export."""
+    if fmt == COMPRESSED_TENSORS:
+        return compressed_tensors_config(method, skip_modules)
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_8bit=True,
+        llm_int8_threshold=bitsandbytes_threshold(method, threshold),
+        llm_int8_skip_modules=list(skip_modules),
+    )
+
+
+def compressed_tensors_config(method: str, ignore: list[str]) -> dict[str, Any]:
+    """compressed-tensors' config: int8 symmetric per-channel weights; dynamic per-token int8 inputs for W8A8."""
+    from engine.quant.schemes import scheme_of
+
+    weight_only = scheme_of(method).activations == "float"
+    int8 = {"num_bits": 8, "type": "int", "symmetric": True, "dynamic": False}
+    activations = None if weight_only else {**int8, "strategy": "token", "dynamic": True}
+    fmt = PACK_QUANTIZED if weight_only else INT_QUANTIZED
+    return {
+        "quant_method": "compressed-tensors",
+        "format": fmt,
+        "quantization_status": "compressed",
+        "config_groups": {
+            "group_0": {
+                "targets": ["Linear"],
+                "weights": {**int8, "strategy": "channel"},
+                "input_activations": activations,
+                "output_activations": None,
+                "format": fmt,
+            }
+        },
+        "ignore": list(ignore),
+        "kv_cache_scheme": None,
+    }
+
+
+def is_scale(key: str) -> bool:
+    """Whether a stored name holds a scale or a format code rather than a weight of the model."""
+    return key.endswith(SCALE_SUFFIXES)

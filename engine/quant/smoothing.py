@@ -1,0 +1,162 @@
+"""SmoothQuant (Xiao et al. 2023): move the activations' outliers into the weights, without changing the model.
+
+For Linears that read the same input X, each input channel j gets a factor
+s_j = max|X_j|^alpha / max|W_j|^(1 - alpha) (max|X_j| from the calibration scan,
+max|W_j| over the columns j of every Linear of the group); X_j is divided by s_j
+and every weight's column j multiplied by it, so the product is unchanged while
+the outlier channels of X shrink. The division is folded into what produces X,
+where that is exact:
+
+- q/k/v read the attention norm's output and gate/up the MLP norm's: the norm's
+  weight (and bias) is divided by s (for norms that scale by 1 + weight, as
+  Gemma's, 1 + weight is);
+- down_proj reads act(gate) * up, which is linear in up: up_proj's output rows
+  (and bias) are divided by s.
+
+Anything else (o_proj, whose input is the attention's output; Linears of an
+architecture not recognised here) stays unsmoothed, and the report says which.
+The groups are applied in forward order, each from the weights as the previous
+groups left them, as llm-compressor's SmoothQuantModifier does. Smoothing never
+changes the model it is given: it replaces tensors of a structural copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from engine.model.layers import decoder_layers
+
+ATTENTION_NORMS = ("input_layernorm",)
+# Gemma 2/3 normalise the attention output with post_attention_layernorm and the MLP input with
+# pre_feedforward_layernorm; Llama, Mistral and Qwen2 feed the MLP from post_attention_layernorm.
+MLP_NORMS = ("pre_feedforward_layernorm", "post_attention_layernorm")
+ATTENTION_INPUTS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+MLP_INPUTS = ("mlp.gate_proj", "mlp.up_proj")
+MLP_DOWN, MLP_UP = "mlp.down_proj", "mlp.up_proj"
+FACTOR_FLOOR = 1e-5  # SmoothQuant's clamp of s and of the weight abs-max
+
+
+@dataclass(frozen=True)
+class Group:
+    """Linears that read one input, and the module whose output that input is."""
+
+    source: str  # full name of the norm or Linear the factors fold into
+    source_kind: str  # "norm" or "linear"
+    members: tuple[str, ...]  # full names of the Linears that read the input
+
+
+def groups(model) -> tuple[list[Group], list[str]]:
+    """(the smoothable groups in forward order, the Linears no exact fold exists for)."""
+    import torch.nn as nn
+
+    path, blocks = decoder_layers(model)
+    found: list[Group] = []
+    for index, block in enumerate(blocks):
+        prefix = f"{path}.{index}"
+        names = {name for name, module in block.named_modules() if isinstance(module, nn.Linear)}
+        attention_norm = _first_present(block, ATTENTION_NORMS)
+        if attention_norm and all(n in names for n in ATTENTION_INPUTS):
+            found.append(Group(f"{prefix}.{attention_norm}", "norm", _full(prefix, ATTENTION_INPUTS)))
+        mlp_norm = _first_present(block, MLP_NORMS)
+        if mlp_norm and all(n in names for n in MLP_INPUTS):
+            found.append(Group(f"{prefix}.{mlp_norm}", "norm", _full(prefix, MLP_INPUTS)))
+        if MLP_DOWN in names and MLP_UP in names and _is_gated_product(block.get_submodule("mlp")):
+            found.append(Group(f"{prefix}.{MLP_UP}", "linear", (f"{prefix}.{MLP_DOWN}",)))
+    smoothed = {member for group in found for member in group.members}
+    rest = [name for name, module in model.named_modules() if isinstance(module, nn.Linear) and name not in smoothed]
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    rest = [name for name in rest if model.get_submodule(name) is not head]
+    return found, rest
+
+
+def _first_present(block, names: tuple[str, ...]) -> str | None:
+    return next((name for name in names if hasattr(block, name)), None)
+
+
+def _full(prefix: str, names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f"{prefix}.{name}" for name in names)
+
+
+def _is_gated_product(mlp) -> bool:
+    """Whether the MLP computes down(act(gate(x)) * up(x)) (Llama, Mistral, Qwen2, Gemma)."""
+    return all(hasattr(mlp, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn"))
+
+
+def weight_column_absmax(model, members) -> Any:
+    """max |W[:, j]| over the Linears `members` (in_features,) float32."""
+    import torch
+
+    columns = [model.get_submodule(name).weight.detach().abs().amax(dim=0).float() for name in members]
+    return torch.stack(columns).amax(dim=0)
+
+
+def factors(activation_absmax, weight_absmax, alpha: float):
+    """s_j = max|X_j|^alpha / max|W_j|^(1 - alpha), floored; 1 where the channel never saw a value."""
+    import torch
+
+    weight = weight_absmax.clamp(min=FACTOR_FLOOR)
+    scale = (activation_absmax.pow(alpha) / weight.pow(1.0 - alpha)).clamp(min=FACTOR_FLOOR)
+    return torch.where(activation_absmax > 0, scale, torch.ones_like(scale))
+
+
+def smooth(model, scan, alpha: float) -> dict[str, Any]:
+    """Smooth `model` in place (new tensors for every changed one) with the scan's abs-max; the report."""
+    import torch
+
+    absmax = {stats.name: torch.as_tensor(stats.absmax) for stats in scan.layers}
+    found, rest = groups(model)
+    smoothed: dict[str, str] = {}
+    with torch.no_grad():
+        for group in found:
+            if not all(name in absmax for name in group.members):
+                rest.extend(group.members)
+                continue
+            activation = torch.stack([absmax[name] for name in group.members]).amax(dim=0).float()
+            scale = factors(activation, weight_column_absmax(model, group.members), alpha)
+            _divide_source(model, group, scale)
+            for name in group.members:
+                linear = model.get_submodule(name)
+                linear.weight = _parameter(linear.weight.float() * scale[None, :], linear.weight)
+                smoothed[name] = group.source
+    unsmoothed = [name for name in _forward_order(model) if name in set(rest)]
+    return {"alpha": alpha, "smoothed": smoothed, "unsmoothed": unsmoothed}
+
+
+def _divide_source(model, group: Group, scale) -> None:
+    """Divide the output channels of the group's source by `scale` (a new tensor for each)."""
+    module = model.get_submodule(group.source)
+    if group.source_kind == "linear":
+        module.weight = _parameter(module.weight.float() / scale[:, None], module.weight)
+    elif _scales_by_one_plus_weight(module):
+        module.weight = _parameter((1.0 + module.weight.float()) / scale - 1.0, module.weight)
+    else:
+        module.weight = _parameter(module.weight.float() / scale, module.weight)
+    if getattr(module, "bias", None) is not None:
+        module.bias = _parameter(module.bias.float() / scale, module.bias)
+
+
+def _parameter(value, like):
+    import torch.nn as nn
+
+    return nn.Parameter(value.to(like.dtype).contiguous(), requires_grad=False)
+
+
+def _scales_by_one_plus_weight(norm) -> bool:
+    """Whether the norm multiplies by (1 + weight) rather than by weight: probed with a zero weight."""
+    import copy
+
+    import torch
+
+    probe = copy.deepcopy(norm)
+    probe.weight.data.zero_()
+    if getattr(probe, "bias", None) is not None:
+        probe.bias.data.zero_()
+    x = torch.linspace(-2.0, 2.0, norm.weight.numel(), dtype=norm.weight.dtype, device=norm.weight.device)
+    return bool(probe(x[None, :]).abs().amax() > 0)
+
+
+def _forward_order(model) -> list[str]:
+    import torch.nn as nn
+
+    return [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
