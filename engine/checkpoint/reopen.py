@@ -25,6 +25,7 @@ import numpy as np
 from engine.checkpoint.export import EXPORT_FORMAT, EXPORT_FORMAT_VERSION, SIDECAR_NAME
 from engine.errors import ModelLoadError
 from engine.model.loaded import LoadedModel
+from engine.vocabulary import ALL_GPUS
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
@@ -113,6 +114,8 @@ def load(directory: Path, params: dict[str, Any], task) -> ExportedModel:
 
     directory = Path(directory)
     device = pick_device(params.get("device"))
+    if device == ALL_GPUS:
+        raise ModelLoadError("a re-opened export goes onto one device: pass --device cuda or cuda:N, not cuda:all")
     task.progress(0.05, "reading the export")
     manifest = read_manifest(directory)
     tensors = read_tensors(directory, manifest)
