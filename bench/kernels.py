@@ -8,9 +8,10 @@ of a device-to-device copy of the same number of bytes (the practical limit).
 Then the `llm-int8` layer (engine.quant.int8_linear.Int8Linear, static and dynamic
 outliers) against an fp16 `nn.Linear` and bitsandbytes' `Linear8bitLt(threshold=6.0)`
 at hidden sizes 4096 and 8192, tokens 1 x 1 and 8 x 512. Ratios are within
-this run only.
+this run only. `--quick` (bench/gpu_check.sh --quick) keeps the main rows: every
+kernel, and the layer at hidden size 4096, with 10 repeats.
 
-    python bench/kernels.py [--repeats 50]
+    python bench/kernels.py [--repeats 50] [--quick]
 """
 
 from __future__ import annotations
@@ -94,6 +95,13 @@ def kernel_cases(device: torch.device):
             True,
         ),
         (
+            "outlier_columns 4096x4096 f16 (incl. 1 sync)",
+            t * k * 2,
+            lambda: cuda_ops.outlier_columns(tokens, 6.0),
+            lambda: reference.outlier_columns(tokens, 6.0),
+            True,
+        ),
+        (
             "decompose_outliers 4096x4096 f16, 8 cols",
             t * k * 3 + t * 8 * 2,
             lambda: cuda_ops.decompose_outliers(tokens, columns),
@@ -155,9 +163,9 @@ def linear_layers(hidden: int, device: torch.device):
     return layers, outlier_columns
 
 
-def bench_linear(device: torch.device, repeats: int) -> None:
+def bench_linear(device: torch.device, repeats: int, hiddens: tuple[int, ...]) -> None:
     print(f"\n{'llm-int8 linear layer':<30}{'hidden':>8}{'tokens':>8}{'ms':>10}{'x fp16':>9}{'x bnb':>9}{'rel.err':>9}")
-    for hidden in (4096, 8192):
+    for hidden in hiddens:
         layers, outlier_columns = linear_layers(hidden, device)
         for batch, sequence in ((1, 1), (8, 512)):
             x = torch.randn(batch, sequence, hidden, device=device, dtype=torch.float16)
@@ -184,8 +192,10 @@ def bench_linear(device: torch.device, repeats: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per row (default 50, quick 10)")
+    parser.add_argument("--quick", action="store_true", help="the main rows only: every kernel, hidden size 4096")
     args = parser.parse_args()
+    repeats = args.repeats or (10 if args.quick else 50)
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to measure")
         return 2
@@ -194,8 +204,8 @@ def main() -> int:
         print(f"CUDA kernels unavailable: {cuda_loader.unavailable_reason(device)}")
         return 1
     print(f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}; ratios are from this run\n")
-    bench_kernels(device, args.repeats)
-    bench_linear(device, args.repeats)
+    bench_kernels(device, repeats)
+    bench_linear(device, repeats, (4096,) if args.quick else (4096, 8192))
     return 0
 
 

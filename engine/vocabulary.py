@@ -89,6 +89,15 @@ FORMAT_METHODS = {
 }
 """The methods each format carries exactly; the others are refused with the reason."""
 
+# --- devices ---------------------------------------------------------------------------------------
+
+ALL_GPUS = "cuda:all"
+"""The device that asks for the model spread over every visible GPU (accelerate's device_map="auto")."""
+
+BF16_MIN_CAPABILITY = (8, 0)
+"""bfloat16 is native from compute capability 8.0 (Ampere); older GPUs only emulate it, and the kernels'
+bfloat16 conversion (`cvt.rn.bf16.f32`) does not compile for them."""
+
 
 # --- what feeds a Linear ----------------------------------------------------------------------------
 

@@ -39,15 +39,23 @@ template <typename T, int W> struct alignas(sizeof(T) * W) Pack { T v[W]; };
 // Maximum that propagates NaN, as torch's amax and maximum do (fmaxf drops it).
 __device__ __forceinline__ float nan_max(float a, float b) { return (a > b || a != a) ? a : b; }
 
-// The inverse scale of reference._inverse_scale, 0 for an all-zero (or NaN) row. torch evaluates
-// `127.0 / tensor` as `tensor.reciprocal() * 127.0`: an IEEE reciprocal, then a rounded product.
-// That differs from a single division 127 / absmax in the last bit for some absmax, which moves
-// ties; the kernels do exactly what torch does.
-__device__ __forceinline__ float inverse_scale(float absmax) { return absmax > 0.0f ? (1.0f / absmax) * 127.0f : 0.0f; }
+// reference.MIN_ABSMAX: below it 127 / absmax would overflow float32, and the row quantizes to zeros.
+#define MIN_ABSMAX 0x1p-120f
 
-// clamp(round_half_even(x * inverse), -127, 127): reference._round_to_int8, operation for operation.
+// The inverse scale of reference._inverse_scale: 0 for a zero, tiny or NaN abs-max (and 127 / inf is 0).
+// torch evaluates `127.0 / tensor` as `tensor.reciprocal() * 127.0`: an IEEE reciprocal, then a rounded
+// product. That differs from a single division 127 / absmax in the last bit for some absmax, which moves
+// ties; the kernels do exactly what torch does.
+__device__ __forceinline__ float inverse_scale(float absmax) {
+    return absmax >= MIN_ABSMAX ? (1.0f / absmax) * 127.0f : 0.0f;
+}
+
+// clamp(round_half_even(x * inverse), -127, 127) with NaN to 0: reference._round_to_int8, operation for
+// operation. A NaN product comes from a non-finite value in a row whose inverse scale is 0; without the
+// test, fmaxf would turn it into -127.
 __device__ __forceinline__ signed char quantize_value(float x, float inverse) {
     float r = rintf(x * inverse);
+    r = r == r ? r : 0.0f;
     r = fminf(fmaxf(r, -127.0f), 127.0f);
     return (signed char)(int)r;
 }

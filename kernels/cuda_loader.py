@@ -22,6 +22,7 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,14 @@ log = logging.getLogger(__name__)
 
 KERNEL_DIR = Path(__file__).resolve().parent
 DISABLE_ENV = "INT8WB_KERNELS"
+
+# One entry point per source, fetched when the device is probed (see _load_modules).
+PROBE_ENTRY_POINTS = {
+    "epilogue": "dequantize_epilogue_f32_f32_v1",
+    "feature_stats": "feature_stats_f32_v1",
+    "outliers": "outlier_mask",
+    "quantize": "quantize_rowwise_f32_v1",
+}
 
 _lock = threading.Lock()
 _modules: dict[tuple[int, str], Any] = {}  # (device index, source stem) -> cupy.RawModule
@@ -79,6 +88,15 @@ def cubin_for(name: str, arch: int) -> Path:
     return path
 
 
+def cubins_for(arch: int) -> dict[str, Path]:
+    """The cached cubin of every source for `arch`, by file name; the missing ones are compiled
+    side by side (NVRTC runs outside the GIL and is thread-safe for separate programs), so a
+    cold cache costs about the slowest source rather than the sum."""
+    names = list(cuda_sources())
+    with ThreadPoolExecutor(max_workers=len(names)) as pool:
+        return dict(zip(names, pool.map(lambda name: cubin_for(name, arch), names)))
+
+
 def _device_arch(index: int) -> int:
     import torch
 
@@ -87,15 +105,29 @@ def _device_arch(index: int) -> int:
 
 
 def _load_modules(index: int) -> None:
+    """Compile (or find cached) and load every source for this device.
+
+    `cupy.RawModule(path=...)` reads the cubin only when a function is first
+    asked for, so one function of each module is fetched here: a cubin the
+    driver rejects (an NVRTC newer than the driver, say) fails now, in the
+    probe, and the device falls back to the reference instead of failing in
+    the middle of a forward pass.
+    """
     import cupy
 
     arch = _device_arch(index)
     if arch not in nvrtc.supported_archs():
         raise RuntimeError(f"NVRTC {nvrtc.version()} cannot generate code for sm_{arch}")
+    cubins = cubins_for(arch)
     with cupy.cuda.Device(index):
-        for name in cuda_sources():
-            module = cupy.RawModule(path=str(cubin_for(name, arch)))
-            _modules[(index, Path(name).stem)] = module
+        for name, cubin in cubins.items():
+            stem = Path(name).stem
+            module = cupy.RawModule(path=str(cubin))
+            try:
+                module.get_function(PROBE_ENTRY_POINTS[stem])
+            except Exception as exc:
+                raise RuntimeError(f"the driver cannot load {name} compiled for sm_{arch}: {exc}") from exc
+            _modules[(index, stem)] = module
 
 
 def kernels_available(device: Any) -> bool:
@@ -129,8 +161,13 @@ def _current_device() -> int:
     return torch.cuda.current_device()
 
 
+def reference_forced() -> bool:
+    """True when INT8WB_KERNELS=reference asks for the torch reference on every device."""
+    return os.environ.get(DISABLE_ENV, "").lower() == "reference"
+
+
 def _probe(index: int) -> str | None:
-    if os.environ.get(DISABLE_ENV, "").lower() == "reference":
+    if reference_forced():
         return f"{DISABLE_ENV}=reference is set"
     try:
         import cupy  # noqa: F401

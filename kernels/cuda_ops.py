@@ -7,13 +7,14 @@ the last bit with the CPU reference and within one float32 rounding of the
 torch reference run on the GPU (torch's CUDA division by a scalar multiplies
 by its reciprocal).
 
-Every op takes CUDA tensors of float32, float16 or bfloat16 (`supports` says
-which inputs qualify; `kernels.ops` sends the rest to the reference), of any
-2-D shape. A non-contiguous input is made contiguous first. Outputs are
+Every op takes CUDA tensors of float32, float16 or bfloat16 (the registry in
+`kernels.ops` says which inputs qualify and sends the rest to the reference),
+of any 2-D shape. A non-contiguous input is made contiguous first. Outputs are
 allocated by torch on the input's device; kernels run on torch's current
 stream. Kernel sources: feature_stats.cu, quantize.cu, outliers.cu,
 epilogue.cu; the INT8 GEMM is cuBLASLt through `torch._int_mm` (see the
-header of epilogue.cu for why).
+header of epilogue.cu for why), which needs CUDA but none of the compiled
+kernels.
 """
 
 from __future__ import annotations
@@ -30,19 +31,6 @@ THREADS = 256  # threads per block of the row-wise kernels
 STATS_BLOCK = (32, 8)  # feature_stats.cu: column packs x row groups
 INT_MM_MIN_ROWS = 17  # torch._int_mm on CUDA needs more than 16 rows of `a`
 INT_MM_MULTIPLE = 8  # ... and K and N multiples of 8
-
-
-def supports(op: str, first: torch.Tensor, out_dtype: torch.dtype | None = None) -> bool:
-    """Whether the CUDA implementation of `op` handles this input (else the reference runs)."""
-    if not first.is_cuda:
-        return False
-    if op == "int8_matmul":
-        return first.dtype == torch.int8
-    if op == "dequantize_epilogue":
-        return first.dtype == torch.int32 and out_dtype in FLOAT_DTYPES
-    if op == "dequantize_rowwise":
-        return first.dtype == torch.int8 and out_dtype in FLOAT_DTYPES
-    return first.dtype in FLOAT_DTYPES
 
 
 def _require_2d(name: str, tensor: torch.Tensor) -> None:
@@ -95,6 +83,23 @@ def feature_stats(x: torch.Tensor, threshold: float, absmax_acc: torch.Tensor, c
         STATS_BLOCK,
         (x, np.int64(rows), np.int64(cols), np.float32(threshold_in_dtype), absmax_acc, count_acc),
     )
+
+
+def outlier_columns(x: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The columns of x (T, K) with any |x| > threshold (see reference.outlier_columns).
+
+    One pass of the feature_stats kernel counts, per column, the values over the
+    threshold (compared in x's dtype, as the reference does) without the (T, K)
+    temporaries of `abs() > threshold`; the count vector (K,) stays on the device.
+    Compacting it into indices is the one host synchronisation: the number of
+    outlier columns sizes the matrices that follow.
+    """
+    _require_2d("x", x)
+    cols = x.shape[1]
+    absmax = torch.zeros(cols, dtype=torch.float32, device=x.device)
+    count = torch.zeros(cols, dtype=torch.int64, device=x.device)
+    feature_stats(x, threshold, absmax, count)
+    return count.nonzero().squeeze(1)
 
 
 def quantize_rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,9 +7,11 @@ which is what the CPU-only compile check and the runtime loader both use. The
 same compiler, options and sources serve both, so a source that passes the
 check is the source that runs.
 
-The library comes from the `nvidia-cuda-nvrtc-cu12` wheel (in
-`site-packages/nvidia/cuda_nvrtc/lib`) or, failing that, from a CUDA toolkit
-on the library path (`CUDA_PATH`, `CUDA_HOME`, then the dynamic loader).
+The library comes from an NVIDIA wheel: `nvidia-cuda-nvrtc-cu12` (in
+`site-packages/nvidia/cuda_nvrtc/lib`) or CUDA 13's `nvidia-cuda-nvrtc` (in
+`site-packages/nvidia/cu13/lib`), CUDA 12 first because its cubins load on
+CUDA 12 and 13 drivers alike; failing that, from a CUDA toolkit
+(`CUDA_PATH`, `CUDA_HOME`, /usr/local/cuda, then the dynamic loader).
 """
 
 from __future__ import annotations
@@ -55,21 +57,23 @@ class CompiledKernel:
         return self.binary.rstrip(b"\0").decode()
 
 
+# Where the NVIDIA wheels put the library, under site-packages/nvidia: CUDA 12's layout, then CUDA 13's.
+WHEEL_PATTERNS = ("cuda_nvrtc/lib/libnvrtc.so*", "cuda_nvrtc/bin/nvrtc64_*.dll", "cu*/lib/libnvrtc.so*")
+TOOLKIT_DIRS = [os.environ.get("CUDA_PATH"), os.environ.get("CUDA_HOME"), "/usr/local/cuda"]
+
+
 def _candidate_paths() -> list[str]:
     """Where libnvrtc may live, most specific first."""
-    candidates: list[str] = []
+    found: list[Path] = []
     spec = importlib.util.find_spec("nvidia")
     if spec is not None and spec.submodule_search_locations:
-        for root in spec.submodule_search_locations:
-            wheel_dir = Path(root) / "cuda_nvrtc"
-            found = sorted(wheel_dir.glob("lib/libnvrtc.so*")) + sorted(wheel_dir.glob("bin/nvrtc64_*.dll"))
-            candidates += [str(p) for p in found if "builtins" not in p.name]
-    for env in ("CUDA_PATH", "CUDA_HOME"):
-        if os.environ.get(env):
-            lib_dir = Path(os.environ[env]) / "lib64"
-            candidates += [str(p) for p in sorted(lib_dir.glob("libnvrtc.so*")) if "builtins" not in p.name]
-    candidates += ["libnvrtc.so.12", "libnvrtc.so"]
-    return candidates
+        for pattern in WHEEL_PATTERNS:
+            for root in spec.submodule_search_locations:
+                found += sorted(Path(root).glob(pattern))
+    for toolkit in filter(None, TOOLKIT_DIRS):
+        found += sorted((Path(toolkit) / "lib64").glob("libnvrtc.so*"))
+    candidates = [str(path) for path in found if "builtins" not in path.name and "alt" not in path.name]
+    return list(dict.fromkeys(candidates + ["libnvrtc.so.12", "libnvrtc.so.13", "libnvrtc.so"]))
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:

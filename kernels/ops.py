@@ -1,97 +1,137 @@
-"""The ops API: the one entry point the engine uses for numeric work.
+"""The ops API: the one entry point the engine uses for numeric work, as a registry.
 
-Each op runs the CUDA implementation (`kernels.cuda_ops`) when its input lives
-on a CUDA device, the dtype is one the kernels handle, and the kernels could be
-loaded there; the torch reference (`kernels.reference`) otherwise. Signatures
-and numeric conventions are those of `kernels.reference`; int8 values and
-scales are identical whichever ran.
+`REGISTRY` maps each op to its torch reference (`kernels.reference`: runs
+anywhere, the ground truth), its CUDA implementation (`kernels.cuda_ops`) and
+the condition for using that implementation, which names what it really needs:
 
-Importing this module initialises neither CUDA nor CuPy: the CUDA side is
-imported the first time a CUDA tensor arrives.
+- the compiled kernels (`kernels=True`): a CUDA tensor of a dtype the kernels
+  take, and CuPy + NVRTC able to load them on that device
+  (`cuda_loader.kernels_available`, probed once per device);
+- CUDA alone (`kernels=False`): the implementation is torch on the device.
+  `int8_matmul` is cuBLASLt through `torch._int_mm`, so a machine without CuPy
+  still multiplies in INT8 on the GPU rather than in the chunked float32 of the
+  reference.
+
+An op without a CUDA implementation runs its reference everywhere: the
+reference of `log_histogram` already avoids host synchronisation, so a CUDA
+copy would add nothing. `INT8WB_KERNELS=reference` forces the reference for
+every op. Signatures and numeric conventions are those of `kernels.reference`;
+int8 values and scales are identical whichever ran.
+
+Importing this module initialises neither CUDA nor CuPy: the condition looks
+at the kernels only when a CUDA tensor arrives.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from kernels import reference
+from kernels import cuda_loader, cuda_ops, reference
+
+FLOATS = frozenset(cuda_ops.FLOAT_DTYPES)
 
 
-def _cuda_ops(op: str, first: torch.Tensor, out_dtype: torch.dtype | None = None):
-    """`kernels.cuda_ops` when it should run `op` on `first`, else None."""
-    if not first.is_cuda:
-        return None
-    from kernels import cuda_loader, cuda_ops
+@dataclass(frozen=True)
+class OnCuda:
+    """When an op's CUDA implementation runs instead of its reference."""
 
-    if cuda_ops.supports(op, first, out_dtype) and cuda_loader.kernels_available(first.device):
-        return cuda_ops
-    return None
+    dtypes: frozenset[torch.dtype]  # of the op's first argument, which must be on a CUDA device
+    kernels: bool  # needs the NVRTC-compiled kernels (and CuPy); False: torch on the device suffices
+    output: str | None = None  # the parameter naming the output dtype, which must be one of FLOATS
 
 
-@functools.wraps(reference.feature_stats)
-def feature_stats(x: torch.Tensor, threshold: float, absmax_acc: torch.Tensor, count_acc: torch.Tensor) -> None:
-    backend = _cuda_ops("feature_stats", x) or reference
-    return backend.feature_stats(x, threshold, absmax_acc, count_acc)
+@dataclass(frozen=True)
+class Op:
+    """One numeric op: its reference, its CUDA implementation (or None) and when that runs."""
+
+    name: str
+    reference: Callable[..., Any]
+    cuda: Callable[..., Any] | None = None
+    on_cuda: OnCuda | None = None
+
+    @functools.cached_property
+    def _signature(self) -> inspect.Signature:
+        return inspect.signature(self.reference)
+
+    def _argument(self, name: str, args: tuple, kwargs: dict) -> Any:
+        position = list(self._signature.parameters).index(name)
+        if position < len(args):
+            return args[position]
+        return kwargs.get(name, self._signature.parameters[name].default)
+
+    def uses_cuda(self, *args: Any, **kwargs: Any) -> bool:
+        """Whether a call with these arguments runs the CUDA implementation."""
+        condition = self.on_cuda
+        if condition is None:
+            return False
+        first = args[0] if args else kwargs[next(iter(self._signature.parameters))]
+        if not first.is_cuda or first.dtype not in condition.dtypes or cuda_loader.reference_forced():
+            return False
+        if condition.output is not None and self._argument(condition.output, args, kwargs) not in FLOATS:
+            return False
+        return not condition.kernels or cuda_loader.kernels_available(first.device)
 
 
-@functools.wraps(reference.quantize_rowwise)
-def quantize_rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return (_cuda_ops("quantize_rowwise", x) or reference).quantize_rowwise(x)
+REGISTRY: dict[str, Op] = {}
 
 
-@functools.wraps(reference.quantize_tensor)
-def quantize_tensor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return (_cuda_ops("quantize_tensor", x) or reference).quantize_tensor(x)
+def _register(op: Op) -> Callable[..., Any]:
+    """Enter `op` in the registry; returns its dispatcher, with the reference's signature and docstring."""
+    REGISTRY[op.name] = op
+
+    def dispatch(*args: Any, **kwargs: Any) -> Any:
+        implementation = op.cuda if op.uses_cuda(*args, **kwargs) else op.reference
+        return implementation(*args, **kwargs)
+
+    functools.update_wrapper(dispatch, op.reference)
+    dispatch.__signature__ = inspect.signature(op.reference)
+    return dispatch
 
 
-@functools.wraps(reference.decompose_outliers)
-def decompose_outliers(x: torch.Tensor, outlier_cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return (_cuda_ops("decompose_outliers", x) or reference).decompose_outliers(x, outlier_cols)
+_KERNELS_ON_FLOATS = OnCuda(FLOATS, kernels=True)
 
+feature_stats = _register(Op("feature_stats", reference.feature_stats, cuda_ops.feature_stats, _KERNELS_ON_FLOATS))
+outlier_columns = _register(
+    Op("outlier_columns", reference.outlier_columns, cuda_ops.outlier_columns, _KERNELS_ON_FLOATS)
+)
+log_histogram = _register(Op("log_histogram", reference.log_histogram))
+quantize_rowwise = _register(
+    Op("quantize_rowwise", reference.quantize_rowwise, cuda_ops.quantize_rowwise, _KERNELS_ON_FLOATS)
+)
+quantize_tensor = _register(
+    Op("quantize_tensor", reference.quantize_tensor, cuda_ops.quantize_tensor, _KERNELS_ON_FLOATS)
+)
+decompose_outliers = _register(
+    Op("decompose_outliers", reference.decompose_outliers, cuda_ops.decompose_outliers, _KERNELS_ON_FLOATS)
+)
+int8_matmul = _register(
+    Op("int8_matmul", reference.int8_matmul, cuda_ops.int8_matmul, OnCuda(frozenset({torch.int8}), kernels=False))
+)
+dequantize_epilogue = _register(
+    Op(
+        "dequantize_epilogue",
+        reference.dequantize_epilogue,
+        cuda_ops.dequantize_epilogue,
+        OnCuda(frozenset({torch.int32}), kernels=True, output="out_dtype"),
+    )
+)
+dequantize_rowwise = _register(
+    Op(
+        "dequantize_rowwise",
+        reference.dequantize_rowwise,
+        cuda_ops.dequantize_rowwise,
+        OnCuda(frozenset({torch.int8}), kernels=True, output="dtype"),
+    )
+)
 
-@functools.wraps(reference.int8_matmul)
-def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (_cuda_ops("int8_matmul", a) or reference).int8_matmul(a, b)
+# Q8_0 blocks (llama.cpp's 8-bit format): the reference is torch, which runs on any device.
+quantize_blocks = _register(Op("quantize_blocks", reference.quantize_blocks))
+dequantize_blocks = _register(Op("dequantize_blocks", reference.dequantize_blocks))
 
-
-@functools.wraps(reference.dequantize_epilogue)
-def dequantize_epilogue(
-    acc: torch.Tensor,
-    row_absmax: torch.Tensor,
-    col_absmax: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    outlier_out: torch.Tensor | None = None,
-    out_dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    backend = _cuda_ops("dequantize_epilogue", acc, out_dtype) or reference
-    return backend.dequantize_epilogue(acc, row_absmax, col_absmax, bias, outlier_out, out_dtype)
-
-
-@functools.wraps(reference.dequantize_rowwise)
-def dequantize_rowwise(q: torch.Tensor, absmax: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    return (_cuda_ops("dequantize_rowwise", q, dtype) or reference).dequantize_rowwise(q, absmax, dtype)
-
-
-def quantize_blocks(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Q8_0 block quantization (kernels.reference.quantize_blocks); torch runs it on any device."""
-    return reference.quantize_blocks(x, block)
-
-
-def dequantize_blocks(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Q8_0 block dequantization (kernels.reference.dequantize_blocks); torch runs it on any device."""
-    return reference.dequantize_blocks(q, scale, dtype)
-
-
-__all__ = [
-    "feature_stats",
-    "quantize_rowwise",
-    "quantize_tensor",
-    "decompose_outliers",
-    "int8_matmul",
-    "dequantize_epilogue",
-    "dequantize_rowwise",
-    "quantize_blocks",
-    "dequantize_blocks",
-]
+__all__ = list(REGISTRY)

@@ -9,6 +9,12 @@ for bit where integers are concerned):
   (`reciprocal(absmax) * 127`, two roundings; the CUDA kernels do the same), and
   dequantizes as `x ~ q * absmax / 127`. An all-zero row has absmax 0 and
   quantizes to zeros (no NaN).
+- Rows whose abs-max is below MIN_ABSMAX (2**-120, about 7.5e-37), where
+  `127 / absmax` would overflow float32, quantize to zeros like an all-zero
+  row. A row that holds NaN or +-inf quantizes to zeros and keeps its
+  non-finite abs-max as its scale, so dequantizing it (and every INT8 product
+  with it) gives NaN: the fault shows in the output, as it would in floating
+  point, and every implementation writes the same int8 values.
 - INT8 x INT8 products accumulate exactly in INT32, and the accumulator
   dequantizes as `y = acc * (s_x[:, None] * s_w[None, :]) / 127**2`.
 """
@@ -25,15 +31,20 @@ FLOAT32_EXACT_INTEGERS = float(1 << 24)
 # Row-wise quantization works on blocks of about this many values (2 MiB of float32).
 ROWWISE_BLOCK_ELEMENTS = 1 << 19
 
+# The smallest abs-max that gets a scale: 127 / absmax stays finite in float32 from here on.
+MIN_ABSMAX = 2.0**-120
+
 
 def _inverse_scale(absmax: torch.Tensor) -> torch.Tensor:
-    """127 / absmax, with 0 where absmax is 0 so that zero rows stay zero."""
-    safe = torch.where(absmax > 0, absmax, torch.ones_like(absmax))
-    return torch.where(absmax > 0, INT8_MAX / safe, torch.zeros_like(absmax))
+    """127 / absmax; 0 for a zero, tiny or NaN abs-max (and 127 / inf is 0), so such rows become zeros."""
+    usable = absmax >= MIN_ABSMAX
+    safe = torch.where(usable, absmax, torch.ones_like(absmax))
+    return torch.where(usable, INT8_MAX / safe, torch.zeros_like(absmax))
 
 
 def _round_to_int8(scaled: torch.Tensor) -> torch.Tensor:
-    return torch.round(scaled).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
+    """round half to even, NaN (a non-finite value times a zero inverse scale) to 0, clamp to +-127."""
+    return torch.round(scaled).nan_to_num_(nan=0.0).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
 
 
 def feature_stats(x: torch.Tensor, threshold: float, absmax_acc: torch.Tensor, count_acc: torch.Tensor) -> None:
@@ -185,3 +196,31 @@ def dequantize_blocks(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype =
     rows, cols = q.shape
     blocks = q.float().reshape(rows, scale.shape[1], -1) * scale.float().unsqueeze(2)  # (R, B, block)
     return blocks.reshape(rows, cols).to(dtype)
+
+
+def outlier_columns(x: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The feature columns of x (T, K) where any |x| > threshold, as sorted int64 indices (n,).
+
+    LLM.int8()'s dynamic outlier detection. The comparison happens in x's dtype
+    (a half tensor compares with the threshold rounded to half); NaN is never an
+    outlier. The number of columns decides the shapes of what follows, so the
+    host has to learn it: `nonzero` waits for the device once per call.
+    """
+    return (x.detach().abs() > threshold).any(dim=0).nonzero().squeeze(1)
+
+
+def log_histogram(x: torch.Tensor, log10_min: float, log10_max: float, hist_acc: torch.Tensor) -> None:
+    """Fold the magnitudes of x into `hist_acc` (bins,) int64, a histogram of log10|x| over
+    `bins` equal bins from log10_min to log10_max.
+
+    Values below the range (zeros included) count in the first bin, values above it and NaN in
+    the last. Written without a host synchronisation (`index_add_` rather than `bincount`,
+    which must find its largest index first), so it runs as it is on a CUDA device too.
+    """
+    bins = hist_acc.numel()
+    bin_width = (log10_max - log10_min) / bins
+    position = x.detach().abs().float().reshape(-1)  # a fresh tensor: the in-place steps touch no input
+    position.clamp_min_(1e-30).log10_().sub_(log10_min).div_(bin_width)
+    position.clamp_(0, bins - 1).nan_to_num_(nan=bins - 1)
+    index = position.long()
+    hist_acc.index_add_(0, index, torch.ones((), dtype=hist_acc.dtype, device=hist_acc.device).expand(index.numel()))

@@ -115,6 +115,7 @@ def test_every_op_launches_a_defined_kernel_with_matching_arguments(launches, dt
     width = (4 if dtype == torch.float32 else 8) if cols % 8 == 0 else 1
 
     cuda_ops.feature_stats(x, 6.0, torch.zeros(cols), torch.zeros(cols, dtype=torch.int64))
+    cuda_ops.outlier_columns(x, 6.0)
     cuda_ops.quantize_rowwise(x)
     cuda_ops.quantize_tensor(x)
     cuda_ops.decompose_outliers(x, torch.tensor([0, cols - 1]))
@@ -126,6 +127,7 @@ def test_every_op_launches_a_defined_kernel_with_matching_arguments(launches, dt
 
     epilogue_width = 4 if cols % 4 == 0 else 1
     assert launches == [
+        f"feature_stats_{suffix}_v{width}",
         f"feature_stats_{suffix}_v{width}",
         f"quantize_rowwise_{suffix}_v{width}",
         f"tensor_absmax_{suffix}_v{4 if dtype == torch.float32 else 8}",
@@ -179,13 +181,20 @@ def test_importing_the_ops_api_loads_neither_cupy_nor_cuda():
 def test_ops_keep_the_reference_signatures():
     import inspect
 
-    from kernels import ops, reference
+    from kernels import ops
 
-    for name in ops.__all__:
+    assert list(ops.REGISTRY) == ops.__all__
+    for name, op in ops.REGISTRY.items():
         dispatcher = inspect.signature(getattr(ops, name), follow_wrapped=False)
-        assert dispatcher == inspect.signature(getattr(reference, name)), name
-        cuda_parameters = inspect.signature(getattr(cuda_ops, name)).parameters
-        assert list(cuda_parameters) == list(dispatcher.parameters), name
+        assert dispatcher == inspect.signature(op.reference), name
+        if op.cuda is not None:
+            assert list(inspect.signature(op.cuda).parameters) == list(dispatcher.parameters), name
+
+
+def test_the_probe_fetches_an_entry_point_that_each_source_defines():
+    assert set(cuda_loader.PROBE_ENTRY_POINTS) == {name.removesuffix(".cu") for name in SOURCES}
+    for module, entry_point in cuda_loader.PROBE_ENTRY_POINTS.items():
+        assert entry_point in ptx_parameters(module), f"{entry_point} is not defined in {module}.cu"
 
 
 def test_dlpack_producer_shares_memory_with_a_consumer():

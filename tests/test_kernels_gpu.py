@@ -1,20 +1,25 @@
 """Every CUDA kernel against its torch reference, on a GPU (skipped without one).
 
 The reference runs on the CPU (the ground truth); the CUDA op runs on the
-device. Tolerances: int8 values, scales, abs-maxes, counts and INT32 products
-are compared bit for bit. Floating-point outputs (dequantize_epilogue,
-dequantize_rowwise) perform the same float32 operations as the CPU reference,
-so they are expected to agree exactly too; the test allows one rounding of the
-output dtype (relative 1e-6 for float32, 2**-10 for float16, 2**-7 for bfloat16)
-so that a differently ordered but correct float32 evaluation would still pass.
+device. Tolerances: int8 values, scales, abs-maxes, counts, outlier columns and
+INT32 products are compared bit for bit. Floating-point outputs
+(dequantize_epilogue, dequantize_rowwise) perform the same float32 operations as
+the CPU reference, so they are expected to agree exactly too; the test allows
+one rounding of the output dtype (relative 1e-6 for float32, 2**-10 for
+float16, 2**-7 for bfloat16) so that a differently ordered but correct float32
+evaluation would still pass. Cases marked `quick` are the GPU runner's quick
+subset (bench/gpu_check.sh --quick): one shape per kernel.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import pytest
 import torch
 
-from kernels import cuda_loader, cuda_ops, ops, reference
+from kernels import cuda_loader, ops, reference
 
 pytestmark = [
     pytest.mark.gpu,
@@ -23,8 +28,18 @@ pytestmark = [
 
 FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 OUTPUT_RTOL = {torch.float32: 1e-6, torch.float16: 2**-10, torch.bfloat16: 2**-7}
+QUICK = pytest.mark.quick
 # Odd sizes, sizes around the 16-byte packs and the 256-thread blocks, a single row, and wide rows.
-SHAPES = [(1, 1), (3, 7), (2, 8), (17, 1041), (64, 4096), (257, 5003), (1000, 24), (5, 11008)]
+SHAPES = [
+    (1, 1),
+    (3, 7),
+    (2, 8),
+    (17, 1041),
+    pytest.param((64, 4096), marks=QUICK),
+    (257, 5003),
+    (1000, 24),
+    (5, 11008),
+]
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +81,32 @@ def test_quantize_rowwise_exact_ties(device, dtype):
     q, absmax = ops.quantize_rowwise(x.to(device))
     assert q.cpu().tolist() == [[127, 0, 2, 2, -2, -4, 126, 0], [0] * 8]
     assert absmax.cpu().tolist() == [127.0, 0.0]
+
+
+@QUICK
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_non_finite_and_tiny_rows_quantize_as_the_reference_says(device, dtype):
+    """NaN and inf rows become zeros with their non-finite scale; rows too small for a scale become zeros."""
+    x = activations((6, 40), dtype, 12)
+    x[0, 3], x[2, 39], x[3, 0] = float("nan"), float("inf"), -float("inf")
+    if dtype != torch.float16:  # float16 has no values this small
+        x[4] = torch.linspace(-3e-37, 3e-37, 40)
+    for op in ("quantize_rowwise", "quantize_tensor"):
+        got, expected = getattr(ops, op)(x.to(device)), getattr(reference, op)(x)
+        assert torch.equal(got[0].cpu(), expected[0]), op
+        assert _same_floats(got[1], expected[1]), op
+    q, absmax, outliers = ops.decompose_outliers(x.to(device), torch.tensor([3, 39], device=device))
+    expected_q, expected_absmax, expected_outliers = reference.decompose_outliers(x, torch.tensor([3, 39]))
+    assert torch.equal(q.cpu(), expected_q) and _same_floats(absmax, expected_absmax)
+    assert _same_floats(outliers, expected_outliers)
+
+
+def _same_floats(got: torch.Tensor, expected: torch.Tensor) -> bool:
+    """Bit-for-bit equal, NaN where the other has NaN."""
+    got = got.cpu()
+    nan = got.isnan()
+    same_nan = torch.equal(nan, expected.isnan())
+    return got.dtype == expected.dtype and same_nan and torch.equal(got[~nan], expected[~nan])
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
@@ -130,7 +171,9 @@ def test_decompose_without_outliers(device):
     assert outliers.shape == (33, 0)
 
 
-@pytest.mark.parametrize("m, k, n", [(1, 4096, 4096), (16, 1041, 33), (17, 64, 8), (3, 5, 7), (512, 4096, 11008)])
+@pytest.mark.parametrize(
+    "m, k, n", [(1, 4096, 4096), (16, 1041, 33), (17, 64, 8), (3, 5, 7), pytest.param(512, 4096, 11008, marks=QUICK)]
+)
 def test_int8_matmul(device, m, k, n):
     generator = torch.Generator().manual_seed(m + k + n)
     a = torch.randint(-127, 128, (m, k), dtype=torch.int8, generator=generator)
@@ -141,7 +184,7 @@ def test_int8_matmul(device, m, k, n):
 
 @pytest.mark.parametrize("out_dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("outlier_dtype", [None, *FLOAT_DTYPES])
-@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (17, 1041), (64, 4096), (129, 4100)])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (17, 1041), pytest.param((64, 4096), marks=QUICK), (129, 4100)])
 def test_dequantize_epilogue(device, shape, out_dtype, outlier_dtype):
     generator = torch.Generator().manual_seed(shape[0] + shape[1])
     acc = torch.randint(-(2**24), 2**24, shape, dtype=torch.int32, generator=generator)
@@ -182,10 +225,68 @@ def test_dequantize_rowwise(device, shape, dtype):
 
 def test_ops_run_the_cuda_kernels_on_cuda_tensors(device):
     x = torch.randn(4, 64, device=device, dtype=torch.float16)
-    assert cuda_ops.supports("quantize_rowwise", x) and cuda_ops.supports("int8_matmul", x.to(torch.int8))
-    assert not cuda_ops.supports("quantize_rowwise", x.double())  # float64 goes to the reference
+    assert ops.REGISTRY["quantize_rowwise"].uses_cuda(x)
+    assert ops.REGISTRY["int8_matmul"].uses_cuda(x.to(torch.int8), x.to(torch.int8))
+    assert not ops.REGISTRY["quantize_rowwise"].uses_cuda(x.double())  # float64 goes to the reference
     q, _ = ops.quantize_rowwise(x.double())
     assert q.device == x.device
+
+
+def test_int8_matmul_multiplies_on_the_gpu_even_without_the_kernels(device, monkeypatch):
+    """torch._int_mm needs CUDA, not CuPy: where the kernels cannot load, the GEMM stays INT8."""
+    monkeypatch.setattr(cuda_loader, "kernels_available", lambda device: False)
+    generator = torch.Generator().manual_seed(3)
+    a = torch.randint(-127, 128, (64, 256), dtype=torch.int8, generator=generator)
+    b = torch.randint(-127, 128, (96, 256), dtype=torch.int8, generator=generator)
+    assert ops.REGISTRY["int8_matmul"].uses_cuda(a.to(device), b.to(device))
+    assert not ops.REGISTRY["quantize_rowwise"].uses_cuda(a.to(device).half())
+    assert torch.equal(ops.int8_matmul(a.to(device), b.to(device)).cpu(), reference.int8_matmul(a, b))
+
+
+# --- ops that used to wait for the device: outlier detection, the scan's histogram ---------------
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_outlier_columns(device, shape, dtype):
+    x = activations(shape, dtype, seed_of(shape, dtype) + 5)
+    columns = ops.outlier_columns(x.to(device), 6.0)
+    assert columns.device.type == "cuda"
+    assert torch.equal(columns.cpu(), reference.outlier_columns(x, 6.0))
+
+
+def synchronisations(function, *args) -> list[str]:
+    """The synchronising CUDA operations torch reports while `function` runs (sync debug mode)."""
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            function(*args)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return [str(warning.message) for warning in caught if "synchroniz" in str(warning.message)]
+
+
+@QUICK
+def test_outlier_detection_waits_for_the_device_once(device):
+    """Once, to learn how many columns: their number sizes the matrices that follow."""
+    x = activations((512, 4096), torch.bfloat16, 21).to(device)
+    ops.outlier_columns(x, 6.0)  # the first call may load the kernels
+    assert len(synchronisations(ops.outlier_columns, x, 6.0)) == 1
+
+
+@QUICK
+def test_the_scan_histogram_never_waits_for_the_device(device):
+    x = activations((2048, 4096), torch.bfloat16, 22)
+    x[0, :4] = torch.tensor([0.0, math.inf, math.nan, 1e-9])
+    hist = torch.zeros(90, dtype=torch.int64, device=device)
+    assert synchronisations(ops.log_histogram, x.to(device), -4.0, 5.0, hist) == []
+    expected = torch.zeros(90, dtype=torch.int64)
+    reference.log_histogram(x, -4.0, 5.0, expected)
+    assert hist.sum().item() == x.numel()
+    moved = (hist.cpu() - expected).abs().sum().item() // 2  # CUDA's log10 may round a value at an edge the other way
+    assert moved <= x.numel() * 1e-5, (hist.cpu() - expected).nonzero()
 
 
 def test_kernels_follow_torch_stream(device):
@@ -201,28 +302,51 @@ def test_kernels_follow_torch_stream(device):
 
 # --- end to end: a model quantized on the GPU against the CPU reference ------------------
 
+PERPLEXITY_METHODS = ["vectorwise", "llm-int8", "llm-int8-dynamic"]
+# How far the GPU's perplexity may lie from the CPU's float32 reference, by the dtype the GPU ran in.
+# float32 differs from the CPU only in summation order: 0.5%. bfloat16 keeps 8 significant bits: its
+# rounding of the residual stream and of every layer's output compounds over 30 layers, and the INT8
+# methods then round activations that differ already. PERPLEXITY_BF16_NOTE says what that moved on the
+# CPU, where the same pipeline can run in bfloat16 too; the bound is that, with room for the GPU's
+# different summation order. float16 keeps 11 bits: between the two.
+PERPLEXITY_RTOL = {"float32": 0.005, "float16": 0.01, "bfloat16": 0.03}
+
+
+def perplexities(params: dict) -> tuple[str, dict[str, float]]:
+    """The default model loaded with `params`, scanned, quantized and evaluated: (its dtype, method -> perplexity)."""
+    from engine.model import loading
+    from engine.quant import evaluate, quantize, scan
+    from engine.task import Task
+
+    loaded = loading.load(params, Task())
+    scanned = scan.run({"tokens": 2048, "seq_len": 512}, Task(), loaded)
+    quantized = {m: quantize.run({"method": m, "threshold": 6.0}, Task(), loaded, scanned) for m in PERPLEXITY_METHODS}
+    rows = evaluate.run({"tokens": 4096, "window": 512, "batch_size": 4}, Task(), loaded, quantized)["rows"]
+    return loaded.dtype, {row["method"]: row["perplexity"] for row in rows}
+
+
+@pytest.fixture(scope="module")
+def cpu_perplexities() -> dict[str, float]:
+    """The CPU half of the comparison, computed once for every GPU dtype (about 40 s)."""
+    pytest.importorskip("transformers", reason="transformers is not installed: the default model cannot load")
+    pytest.importorskip("gguf", reason="gguf is not installed: the default model's file cannot be read")
+    from engine.errors import ModelLoadError
+    from engine.model import loading
+
+    try:
+        loading.default_gguf_path()
+    except ModelLoadError as exc:
+        pytest.skip(f"the default model is not installed: {exc}")
+    return perplexities({"device": "cpu"})[1]
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("gpu_dtype", ["float32", "auto"])
-def test_perplexity_on_gpu_matches_cpu(device, gpu_dtype):
-    """The default model, scanned, quantized and evaluated on the GPU (CUDA kernels, float32 or
-    the GPU's default half dtype) and on the CPU (reference): perplexities within 0.5%."""
-    evaluate = pytest.importorskip("engine.quant.evaluate")
-    from engine.model import loading
-    from engine.quant import quantize, scan
-    from engine.task import Task
-
-    scan_params = {"tokens": 2048, "seq_len": 512}
-    eval_params = {"tokens": 4096, "window": 512, "batch_size": 4}
-    methods = ["vectorwise", "llm-int8", "llm-int8-dynamic"]
-    results = {}
-    for where, params in (("cpu", {"device": "cpu"}), ("gpu", {"device": str(device), "dtype": gpu_dtype})):
-        loaded = loading.load(params, Task())
-        scanned = scan.run(scan_params, Task(), loaded)
-        quantized = {m: quantize.run({"method": m, "threshold": 6.0}, Task(), loaded, scanned) for m in methods}
-        rows = evaluate.run(eval_params, Task(), loaded, quantized)["rows"]
-        results[where] = {row["method"]: row["perplexity"] for row in rows}
-    print(f"perplexity cpu={results['cpu']} gpu({gpu_dtype})={results['gpu']}")
-    for method, cpu_perplexity in results["cpu"].items():
-        relative = abs(results["gpu"][method] / cpu_perplexity - 1.0)
-        assert relative < 0.005, f"{method}: GPU {results['gpu'][method]:.4f} vs CPU {cpu_perplexity:.4f}"
+def test_perplexity_on_gpu_matches_cpu(device, cpu_perplexities, gpu_dtype):
+    """The default model, scanned, quantized and evaluated on the GPU (CUDA kernels, float32 or the
+    GPU's default half dtype) and on the CPU (reference, float32): perplexities within PERPLEXITY_RTOL."""
+    dtype, gpu = perplexities({"device": str(device), "dtype": gpu_dtype})
+    print(f"perplexity cpu(float32)={cpu_perplexities} gpu({dtype})={gpu}")
+    for method, cpu_perplexity in cpu_perplexities.items():
+        relative = abs(gpu[method] / cpu_perplexity - 1.0)
+        assert relative < PERPLEXITY_RTOL[dtype], f"{method}: GPU {gpu[method]:.4f} vs CPU {cpu_perplexity:.4f}"

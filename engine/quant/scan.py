@@ -250,7 +250,6 @@ class _StatsHooks:
 
         from kernels import ops
 
-        bin_width = (HIST_LOG10_MAX - HIST_LOG10_MIN) / HIST_BINS
         for name, module in self.members:
             device = module.weight.device
             absmax = torch.zeros(module.in_features, dtype=torch.float32, device=device)
@@ -262,9 +261,7 @@ class _StatsHooks:
                 self.task.check_cancelled()
                 x = args[0].reshape(-1, mod.in_features)  # (tokens, in_features)
                 ops.feature_stats(x, self.threshold, absmax, count)
-                log_mag = x.detach().abs().float().clamp_min(1e-30).log10()
-                bins = ((log_mag - HIST_LOG10_MIN) / bin_width).long().clamp_(0, HIST_BINS - 1)
-                hist += torch.bincount(bins.flatten(), minlength=HIST_BINS)
+                ops.log_histogram(x, HIST_LOG10_MIN, HIST_LOG10_MAX, hist)
 
             self.handles.append(module.register_forward_pre_hook(hook))
         return self

@@ -1,0 +1,79 @@
+"""The wheel carries everything the kernels need: built from a copy of the source, installed into a
+fresh virtual environment, and compiled there with NVRTC from the installed files (no GPU).
+
+Nothing is downloaded: the wheel is built with the setuptools already here (no build isolation) and
+installed without its dependencies; the fresh environment reaches NVRTC and platformdirs through a
+path file pointing at the site-packages that hold them, which does not expose this checkout.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ["app", "engine", "kernels", "resources"]
+IN_THE_FRESH_ENVIRONMENT = """
+import json, sys
+import kernels
+from kernels import cuda_loader
+cubins = cuda_loader.cubins_for(90)
+print(json.dumps({
+    "kernels": kernels.__file__,
+    "prefix": sys.prefix,
+    "sources": sorted(cuda_loader.cuda_sources()),
+    "headers": sorted(cuda_loader.cuda_headers()),
+    "cubins": [path.read_bytes()[:4].hex() for path in cubins.values()],
+}))
+"""
+
+
+def build_wheel(tmp_path: Path) -> Path:
+    source = tmp_path / "source"
+    for package in PACKAGES:
+        shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    dist = tmp_path / "dist"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", dist, source], check=True)
+    (wheel,) = dist.glob("int8_workbench-*.whl")
+    return wheel
+
+
+def fresh_environment(tmp_path: Path, wheel: Path) -> Path:
+    """A virtual environment holding only the wheel, plus a path to where NVRTC and platformdirs live."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    python = venv / "bin" / "python"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", "--python", python]
+    subprocess.run([*pip, "install", "--no-deps", "--no-index", wheel], check=True)
+    (site_packages,) = venv.glob("lib/python*/site-packages")
+    needed = {Path(importlib.util.find_spec(name).submodule_search_locations[0]).parent for name in ("nvidia",)}
+    needed.add(Path(importlib.util.find_spec("platformdirs").origin).parent.parent)
+    (site_packages / "nvrtc-and-platformdirs.pth").write_text("".join(f"{path}\n" for path in sorted(needed)))
+    return python
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="the fresh environment's layout (bin/, lib/) is Linux's")
+def test_the_installed_wheel_compiles_its_kernels(tmp_path):
+    python = fresh_environment(tmp_path, build_wheel(tmp_path))
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    result = subprocess.run(
+        [python, "-c", IN_THE_FRESH_ENVIRONMENT], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert found["kernels"].startswith(found["prefix"]), "the checkout was imported, not the installed wheel"
+    assert found["sources"] == sorted(path.name for path in (ROOT / "kernels").glob("*.cu"))
+    assert found["headers"] == sorted(path.name for path in (ROOT / "kernels").glob("*.cuh")) == ["common.cuh"]
+    assert found["cubins"] == ["7f454c46"] * len(found["sources"])  # ELF: a cubin for sm_90 per source
