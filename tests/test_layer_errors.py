@@ -60,6 +60,14 @@ def test_naive_int8_loses_most_where_the_outlier_is_and_llm_int8_keeps_it(scanne
     assert planted_loss < np.mean([e["vectorwise"] for e in others])
 
 
+def test_smoothquant_moves_the_outlier_into_the_weights(scanned):
+    """Smoothing divides the planted channel before INT8: the attention inputs gain over vector-wise."""
+    for stats in (s for s in scanned.layers if s.kind == "attn_in"):
+        assert stats.sqnr_db["smoothquant"] > stats.sqnr_db["vectorwise"]
+    o_proj = [s for s in scanned.layers if s.name.endswith("o_proj")]  # its input cannot be smoothed exactly
+    assert all(s.sqnr_db["smoothquant"] == pytest.approx(s.sqnr_db["vectorwise"]) for s in o_proj)
+
+
 def test_the_error_is_that_linears_own_not_inherited(planted, scanned):
     """Measured again by hand on the floating-point input of the first q_proj, the figure is the same."""
     from engine.quant.int8_linear import Int8Linear

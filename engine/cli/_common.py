@@ -93,6 +93,7 @@ def run_scan(session, args) -> dict[str, Any]:
             "corpus": args.corpus,
             "error_methods": args.methods if getattr(args, "errors", False) else None,
             "error_tokens": getattr(args, "error_tokens", None),
+            "alpha": getattr(args, "alpha", None),
         },
         task,
     )

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.cli._common import model_options, print_json, run_scan, scan_options, session_with_model
+from engine.cli._common import alpha_option, model_options, print_json, run_scan, scan_options, session_with_model
 from engine.quant.layer_errors import DEFAULT_ERROR_TOKENS
 from engine.vocabulary import KIND_LABELS, METHODS
 
@@ -27,6 +27,7 @@ def add_parser(subparsers) -> None:
         default=DEFAULT_ERROR_TOKENS,
         help=f"with --errors: calibration tokens per Linear the error pass uses (default {DEFAULT_ERROR_TOKENS})",
     )
+    alpha_option(scan)
     scan.set_defaults(func=cmd_scan)
 
 

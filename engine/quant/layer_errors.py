@@ -8,7 +8,10 @@ on those same inputs, and the signal-to-quantization-noise ratio of its output i
     SQNR = 10 log10(||y||^2 / ||y - y_q||^2)  dB,   y = the floating-point Linear's output.
 
 Because every Linear sees the floating-point model's input, one Linear's figure is that Linear's own
-error, not what earlier layers passed on. The model-level consequence (perplexity) is `evaluate`'s
+error, not what earlier layers passed on. `smoothquant` is measured as it runs: the input divided by
+the smoothing factors of the Linear's group (engine.quant.smoothing), the weight's columns multiplied
+by them; a Linear whose input cannot be smoothed exactly is measured unsmoothed, as it is quantized. A
+method that leaves a Linear in floating point (q8_0 where the input is not whole blocks) has no figure. The model-level consequence (perplexity) is `evaluate`'s
 and `sensitivity`'s job.
 """
 
@@ -20,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import BadInput
-from engine.vocabulary import METHODS, NEEDS_SCAN
+from engine.vocabulary import DEFAULT_ALPHA, METHODS
 
 DEFAULT_ERROR_TOKENS = 512
 
@@ -53,10 +56,19 @@ def sqnr_db(reference, quantized) -> float | None:
 class LayerErrorProbe:
     """Keeps a bounded sample of each Linear's input in one decoder layer, then measures every method on it."""
 
-    def __init__(self, methods: tuple[str, ...], threshold: float, token_budget: int = DEFAULT_ERROR_TOKENS) -> None:
+    def __init__(
+        self,
+        methods: tuple[str, ...],
+        threshold: float,
+        token_budget: int = DEFAULT_ERROR_TOKENS,
+        alpha: float = DEFAULT_ALPHA,
+        smooth_groups: dict[str, tuple[str, ...]] | None = None,
+    ) -> None:
+        """`smooth_groups`: each smoothable Linear's name -> the names of the Linears that share its input."""
         if not isinstance(token_budget, int) or isinstance(token_budget, bool) or token_budget < 1:
             raise BadInput(f"error_tokens must be a positive integer, got {token_budget!r}")
         self.methods, self.threshold, self.token_budget = methods, threshold, token_budget
+        self.alpha, self.smooth_groups = alpha, smooth_groups or {}
         self.inputs: dict[str, list] = {}
         self.modules: dict[str, Any] = {}
 
@@ -67,11 +79,12 @@ class LayerErrorProbe:
             self.inputs.setdefault(name, []).append(x[: self.token_budget - kept].detach().clone())
             self.modules[name] = module
 
-    def measure(self, outlier_dims: dict[str, np.ndarray]) -> dict[str, dict[str, float | None]]:
-        """Per Linear name, per method: the SQNR in dB of its output on the kept inputs; the inputs are released."""
-        import torch
+    def measure(self, absmax: dict[str, np.ndarray]) -> dict[str, dict[str, float | None]]:
+        """Per Linear name, per method: the SQNR in dB of its output on the kept inputs; the inputs are released.
 
-        from engine.quant.int8_linear import Int8Linear
+        `absmax`: each Linear's complete per-channel input abs-max from the scan (outlier columns, smoothing).
+        """
+        import torch
 
         errors: dict[str, dict[str, float | None]] = {}
         with torch.no_grad():
@@ -80,15 +93,36 @@ class LayerErrorProbe:
                 reference = linear(x)
                 errors[name] = {}
                 for method in self.methods:
-                    cols = None
-                    if method in NEEDS_SCAN:
-                        dims = outlier_dims.get(name, np.empty(0, dtype=np.int64))
-                        cols = torch.as_tensor(dims, dtype=torch.long, device=linear.weight.device)
-                    quantized = Int8Linear.from_linear(linear, method, self.threshold, cols)
-                    errors[name][method] = sqnr_db(reference, quantized(x))
+                    output = self._quantized_output(name, linear, x, method, absmax)
+                    if output is not None:
+                        errors[name][method] = sqnr_db(reference, output)
         self.inputs.clear()
         self.modules.clear()
         return errors
+
+    def _quantized_output(self, name: str, linear, x, method: str, absmax: dict[str, np.ndarray]):
+        """`method`'s output of this Linear on `x`, or None where the method leaves it in floating point."""
+        import torch
+
+        from engine.quant import smoothing
+        from engine.quant.int8_linear import Int8Linear
+        from engine.quant.schemes import scheme_of
+
+        scheme = scheme_of(method)
+        if not scheme.fits(linear.in_features):
+            return None
+        weight, cols = linear.weight.detach(), None
+        if scheme.outliers == "static":
+            dims = np.flatnonzero(absmax[name] > self.threshold)
+            cols = torch.as_tensor(dims, dtype=torch.long, device=weight.device)
+        members = self.smooth_groups.get(name) if scheme.smoothed else None
+        if members and all(m in self.modules for m in members):
+            activation = torch.as_tensor(np.max([absmax[m] for m in members], axis=0), device=weight.device)
+            columns = torch.stack([self.modules[m].weight.detach().abs().amax(dim=0).float() for m in members])
+            scale = smoothing.factors(activation.float(), columns.amax(dim=0), self.alpha)  # (in,)
+            weight, x = (weight.float() * scale[None, :]).to(weight.dtype), (x.float() / scale).to(x.dtype)
+        bias = None if linear.bias is None else linear.bias.detach()
+        return Int8Linear.from_weight(weight, bias, method, self.threshold, cols)(x)
 
 
 def rank_correlation(first: np.ndarray, second: np.ndarray) -> float | None:

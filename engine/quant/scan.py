@@ -24,7 +24,17 @@ import numpy as np
 from engine.errors import BadInput
 from engine.model.layers import decoder_layers, linear_kind, linear_layers
 from engine.quant.layer_errors import DEFAULT_ERROR_TOKENS, LayerErrorProbe, check_error_methods, error_summary
-from engine.vocabulary import DEFAULT_THRESHOLD, HIST_BINS, HIST_LOG10_MAX, HIST_LOG10_MIN, KIND_LABELS, check_threshold
+from engine.quant.schemes import scheme_of
+from engine.vocabulary import (
+    DEFAULT_ALPHA,
+    DEFAULT_THRESHOLD,
+    HIST_BINS,
+    HIST_LOG10_MAX,
+    HIST_LOG10_MIN,
+    KIND_LABELS,
+    check_alpha,
+    check_threshold,
+)
 
 # log10 |x| histogram: 1e-4 .. 1e5 in 90 bins of 0.1 decades; values outside land in the end bins.
 HIST_EDGES = np.logspace(HIST_LOG10_MIN, HIST_LOG10_MAX, HIST_BINS + 1)
@@ -42,6 +52,7 @@ class ScanSettings:
     include_lm_head: bool = False
     error_methods: tuple[str, ...] = ()  # measure each method's per-Linear SQNR too (engine.quant.layer_errors)
     error_tokens: int = DEFAULT_ERROR_TOKENS  # calibration tokens per Linear that the error pass uses
+    alpha: float = DEFAULT_ALPHA  # smoothquant's strength, for its errors
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> ScanSettings:
@@ -53,6 +64,7 @@ class ScanSettings:
 
     def validate(self) -> None:
         check_threshold(self.threshold)
+        check_alpha(self.alpha)
         for name in ("tokens", "seq_len", "batch_size", "error_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -188,11 +200,12 @@ def run(params: dict[str, Any], task, loaded) -> ScanResult:
     block_of = {id(m): i for i, block in enumerate(blocks) for m in block.modules()}
     batches = list(sequences.split(settings.batch_size))
 
+    smooth_groups = _smooth_groups(model, settings)
     with torch.no_grad():
         captured = _capture_first_layer_inputs(model, blocks[0], batches, task.slice(0.0, 0.05))
         for block_index, block in enumerate(blocks):
             members = [(n, m) for n, m in linears if block_of.get(id(m)) == block_index]
-            probe = _error_probe(settings)
+            probe = _error_probe(settings, smooth_groups)
             with _StatsHooks(members, settings.threshold, task, probe) as hooks:
                 for b, (args, kwargs) in enumerate(captured):
                     task.check_cancelled()
@@ -201,7 +214,7 @@ def run(params: dict[str, Any], task, loaded) -> ScanResult:
                     captured[b] = _with_hidden_states(args, kwargs, hidden)
             layer_stats = hooks.collect(block_index, start_index=len(result.layers))
             if probe is not None:
-                errors = probe.measure({s.name: np.flatnonzero(s.absmax > settings.threshold) for s in layer_stats})
+                errors = probe.measure({s.name: s.absmax for s in layer_stats})
                 for stats in layer_stats:
                     stats.sqnr_db = errors.get(stats.name)
             for stats in layer_stats:
@@ -215,10 +228,21 @@ def run(params: dict[str, Any], task, loaded) -> ScanResult:
     return result
 
 
-def _error_probe(settings: ScanSettings) -> LayerErrorProbe | None:
+def _error_probe(settings: ScanSettings, smooth_groups: dict[str, tuple[str, ...]]) -> LayerErrorProbe | None:
     if not settings.error_methods:
         return None
-    return LayerErrorProbe(settings.error_methods, settings.threshold, settings.error_tokens)
+    return LayerErrorProbe(
+        settings.error_methods, settings.threshold, settings.error_tokens, settings.alpha, smooth_groups
+    )
+
+
+def _smooth_groups(model, settings: ScanSettings) -> dict[str, tuple[str, ...]]:
+    """For the error pass of smoothquant: each smoothable Linear -> the Linears that share its factors."""
+    if not any(scheme_of(m).smoothed for m in settings.error_methods):
+        return {}
+    from engine.quant.smoothing import groups
+
+    return {member: group.members for group in groups(model)[0] for member in group.members}
 
 
 def _with_hidden_states(args: tuple, kwargs: dict, hidden) -> tuple[tuple, dict]:
