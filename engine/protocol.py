@@ -77,7 +77,7 @@ Requests (client -> engine) and their payloads:
     hello        {"protocol": 2, "client": "name"}        -> result: engine info
     load_model   params of the job (see engine.session)  -> result
     scan         params; streams scan_layer events       -> result
-    quantize, evaluate, plan_memory, export              -> result
+    quantize, evaluate, plan_memory, export, sensitivity -> result
     cancel       {"target": "<job id>" | null}           -> result {"cancelled": bool}
     job_state    {"job": "<job id>"}                      -> result {"job", "state", "event"}
     shutdown     {}                                       -> result, then the engine exits
@@ -95,7 +95,8 @@ Events (engine -> client), all with `reply_to` set to the request's id:
     progress     {"fraction": 0..1, "message": str}   at most ~20/s, only when it moved
     scan_layer   one Linear layer's statistics: {"index", "name", "layer", "kind",
                  "absmax": f4[in], "count_over": i8[in], "hist": i8[bins],
-                 "n_tokens", "final"}
+                 "n_tokens", "final", and "sqnr_db": {method: dB} when the scan
+                 measures errors (params "error_methods")}
     log          {"message": str, "level": "info" | "warning" | "error"}
     result       {"request": "<request type>", "result": {...}}
     error        {"kind": str, "message": str, "traceback": str}
@@ -119,7 +120,7 @@ from engine.errors import WorkbenchError
 
 PROTOCOL_VERSION = 2  # 2: the handshake gate and the stamp (from, session, to, seq)
 
-JOB_TYPES = ("load_model", "scan", "quantize", "evaluate", "plan_memory", "export")
+JOB_TYPES = ("load_model", "scan", "quantize", "evaluate", "plan_memory", "export", "sensitivity")
 CONTROL_TYPES = ("hello", "cancel", "job_state", "shutdown")
 REQUEST_TYPES = CONTROL_TYPES + JOB_TYPES
 EVENT_TYPES = ("progress", "scan_layer", "log", "result", "error")

@@ -34,6 +34,7 @@ class Session:
             "evaluate": self.evaluate,
             "export": self.export,
             "plan_memory": self.plan_memory,
+            "sensitivity": self.sensitivity,
         }
 
     def handle(self, request_type: str, params: dict[str, Any], task) -> dict[str, Any]:
@@ -123,6 +124,14 @@ class Session:
         if variant is None:
             raise BadInput(f"not quantized yet: {method}; quantize with it before exporting")
         return export.run(params, task, loaded, variant, self.scan_result).to_payload()
+
+    def sensitivity(self, params: dict[str, Any], task) -> dict[str, Any]:
+        """The skip-list sweep of engine.quant.sensitivity on the loaded model (and its scan, for llm-int8)."""
+        from engine.quant import sensitivity
+
+        loaded = self.require_model()
+        with self._phase("sensitivity", loaded.device):
+            return sensitivity.run(params, task, loaded, self.scan_result)
 
     def plan_memory(self, params: dict[str, Any], task) -> dict[str, Any]:
         """GPUs needed, from `config` / `preset`, or else for the loaded model.

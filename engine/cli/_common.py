@@ -91,6 +91,9 @@ def run_scan(session, args) -> dict[str, Any]:
             "seq_len": args.seq_len,
             "threshold": args.threshold,
             "corpus": args.corpus,
+            "error_methods": args.methods if getattr(args, "errors", False) else None,
+            "error_tokens": getattr(args, "error_tokens", None),
+            "alpha": getattr(args, "alpha", None),
         },
         task,
     )
@@ -100,7 +103,13 @@ def run_scan(session, args) -> dict[str, Any]:
 
 def run_quantize(session, args, methods: list[str]) -> dict[str, Any]:
     task = ProgressBarTask("quantize", enabled=not args.quiet)
-    result = session.quantize({"methods": methods, "threshold": args.threshold, "alpha": args.alpha}, task)
+    params = {
+        "methods": methods,
+        "threshold": args.threshold,
+        "alpha": args.alpha,
+        "skip_modules": getattr(args, "skip_modules", None),
+    }
+    result = session.quantize(params, task)
     task.finish()
     return result
 

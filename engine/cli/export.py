@@ -25,6 +25,7 @@ from engine.cli._common import (
 )
 from engine.cli._progress import ProgressBarTask
 from engine.errors import BadInput
+from engine.quant import skip_list
 from engine.vocabulary import EXPORT_FORMATS, FORMAT_LOADERS, METHODS
 
 
@@ -59,6 +60,12 @@ def add_parser(subparsers) -> None:
         help="read the safetensors of --model DIR and write one shard at a time, without loading "
         "the model (absmax-tensor, vectorwise, llm-int8-dynamic, weight-only)",
     )
+    command.add_argument(
+        "--skip-modules",
+        default=None,
+        help="comma-separated Linears to keep in floating point: full names, a containing module (a decoder "
+        "layer), or a Linear's own name for all of them (see `int8wb sensitivity`)",
+    )
     command.set_defaults(func=cmd_export)
 
 
@@ -71,6 +78,8 @@ def cmd_export(args) -> int:
     if args.max_shard_size is not None:
         parse_size(args.max_shard_size)
     if args.streaming:
+        if args.skip_modules:
+            raise BadInput("--skip-modules needs the model loaded: export without --streaming")
         return _export_streaming(args)
     session = session_with_model(args)
     reopened = getattr(session.loaded, "quantized", None)
@@ -80,7 +89,10 @@ def cmd_export(args) -> int:
                 f"{args.model} is already quantized with {reopened.method}: "
                 f"export it with --method {reopened.method}, or start from the floating-point model"
             )
+        if args.skip_modules:
+            raise BadInput(f"{args.model} is already quantized: --skip-modules starts from the floating-point model")
     else:
+        skip_list.resolve(session.loaded.model, args.skip_modules)  # a typo is refused before the scan
         if needs_scan([args.method]):
             run_scan(session, args)
         run_quantize(session, args, [args.method])
@@ -96,6 +108,8 @@ def cmd_export(args) -> int:
         task,
     )
     task.finish()
+    if args.skip_modules:
+        result["skip_forms"] = skip_list.tool_forms(session.quantized[args.method].skipped)
     return _report(args, result)
 
 
@@ -141,6 +155,8 @@ def format_export(result: dict[str, Any]) -> str:
     for entry in result["files"]:
         lines.append(f"  {entry['name']:<40}{entry['bytes'] / 1e6:>12.3f} MB")
     lines.append(f"  {'total on disk':<40}{result['total_bytes'] / 1e6:>12.3f} MB")
+    for tool, names in result.get("skip_forms", {}).items():
+        lines.append(f"{tool}: {names}")
     lines.append("size breakdown:")
     for key, value in result["breakdown"].items():
         lines.append(f"  {key:<40}{value / 1e6:>12.3f} MB")

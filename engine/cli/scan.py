@@ -6,14 +6,28 @@ from typing import Any
 
 import numpy as np
 
-from engine.cli._common import model_options, print_json, run_scan, scan_options, session_with_model
-from engine.vocabulary import KIND_LABELS
+from engine.cli._common import alpha_option, model_options, print_json, run_scan, scan_options, session_with_model
+from engine.quant.layer_errors import DEFAULT_ERROR_TOKENS
+from engine.vocabulary import KIND_LABELS, METHODS
 
 
 def add_parser(subparsers) -> None:
     scan = subparsers.add_parser("scan", help="find the outlier feature dimensions of every Linear input")
     model_options(scan)
     scan_options(scan, tokens_flag="--tokens")
+    scan.add_argument(
+        "--errors", action="store_true", help="also measure each method's output error (SQNR) on every Linear"
+    )
+    scan.add_argument(
+        "--methods", default=",".join(METHODS), help="with --errors: comma-separated methods (default: all)"
+    )
+    scan.add_argument(
+        "--error-tokens",
+        type=int,
+        default=DEFAULT_ERROR_TOKENS,
+        help=f"with --errors: calibration tokens per Linear the error pass uses (default {DEFAULT_ERROR_TOKENS})",
+    )
+    alpha_option(scan)
     scan.set_defaults(func=cmd_scan)
 
 
@@ -27,11 +41,41 @@ def cmd_scan(args) -> int:
                 "tokens": payload["tokens"],
                 "report": payload["report"],
                 "layers": [_layer_summary(layer, payload["threshold"]) for layer in payload["layers"]],
+                **({"errors": payload["errors"]} if "errors" in payload else {}),
             }
         )
     else:
         print(format_scan_report(payload))
+        if "errors" in payload:
+            print()
+            print(format_error_table(payload))
     return 0
+
+
+def format_error_table(payload: dict[str, Any]) -> str:
+    """Per Linear, each method's output SQNR in dB (higher is better), then the per-method summary."""
+    methods = payload["error_methods"]
+    lines = [
+        "output SQNR in dB per Linear, on its floating-point input (higher is better; None: exact)",
+        f"{'layer':>5} {'Linear':<16} {'outliers':>8}" + "".join(f"{m:>18}" for m in methods),
+    ]
+    for layer in payload["layers"]:
+        outliers = int((layer["absmax"] > payload["threshold"]).sum())
+        cells = "".join(f"{_db(layer['sqnr_db'][m]):>18}" for m in methods)
+        lines.append(f"{layer['layer']:>5} {layer['name'].rsplit('.', 1)[-1]:<16} {outliers:>8}{cells}")
+    lines.append("")
+    for method, entry in payload["errors"].items():
+        correlation = entry["loss_vs_outliers"]
+        lines.append(
+            f"{method:<18} median {_db(entry['median_sqnr_db'])} dB, worst {entry['worst_linear']}, "
+            f"rank correlation of its loss with outlier columns "
+            f"{'n/a' if correlation is None else f'{correlation:+.2f}'}"
+        )
+    return "\n".join(lines)
+
+
+def _db(value: float | None) -> str:
+    return "exact" if value is None else f"{value:.1f}"
 
 
 def format_scan_report(payload: dict[str, Any]) -> str:
@@ -59,4 +103,5 @@ def _layer_summary(layer: dict[str, Any], threshold: float) -> dict[str, Any]:
         "absmax_max": float(layer["absmax"].max()),
         "outlier_dims": dims.tolist(),
         "outlier_token_fraction": (layer["count_over"][dims] / max(layer["n_tokens"], 1)).round(6).tolist(),
+        **({"sqnr_db": layer["sqnr_db"]} if "sqnr_db" in layer else {}),
     }

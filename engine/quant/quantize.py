@@ -15,7 +15,7 @@ import numpy as np
 
 from engine.errors import BadInput
 from engine.model.layers import linear_layers
-from engine.quant import smoothing
+from engine.quant import skip_list, smoothing
 from engine.quant.int8_linear import Int8Linear
 from engine.quant.schemes import scheme_of
 from engine.vocabulary import DEFAULT_ALPHA, DEFAULT_THRESHOLD, METHODS, check_alpha, check_threshold
@@ -70,8 +70,8 @@ def run(params: dict[str, Any], task, loaded, scan=None) -> QuantizedModel:
     Static `llm-int8` takes its outlier columns from `scan` (the dimensions whose
     calibration abs-max exceeds the threshold) and `smoothquant` its per-channel
     abs-max (smoothed with `params["alpha"]`, default 0.5, engine.quant.smoothing);
-    the other methods need no scan. `params["skip_modules"]`: name suffixes of
-    Linears to leave in floating point; q8_0 leaves those whose input is not whole
+    the other methods need no scan. `params["skip_modules"]`: Linears to
+    leave in floating point (engine.quant.skip_list); q8_0 leaves those whose input is not whole
     blocks of 32 there too.
     """
     import torch
@@ -80,7 +80,6 @@ def run(params: dict[str, Any], task, loaded, scan=None) -> QuantizedModel:
     scheme = scheme_of(method)
     threshold = check_threshold(params.get("threshold", DEFAULT_THRESHOLD))
     alpha = check_alpha(params.get("alpha", DEFAULT_ALPHA)) if scheme.smoothed else None
-    skip = tuple(params.get("skip_modules") or ())
     if scheme.needs_scan and scan is None:
         raise BadInput(_NEEDS_SCAN[method])
     outlier_dims = scan.outlier_dims(threshold) if scheme.outliers == "static" else {}
@@ -88,9 +87,8 @@ def run(params: dict[str, Any], task, loaded, scan=None) -> QuantizedModel:
     model = share_tensors_copy(loaded.model)
     smoothed = smoothing_summary(smoothing.smooth(model, scan, alpha)) if scheme.smoothed else None
     targets = linear_layers(model)
-    skipped = [
-        name for name, linear in targets if (skip and name.endswith(skip)) or not scheme.fits(linear.in_features)
-    ]
+    chosen = set(skip_list.resolve(model, params.get("skip_modules")))
+    skipped = [name for name, linear in targets if name in chosen or not scheme.fits(linear.in_features)]
     with torch.no_grad():
         for i, (name, linear) in enumerate(targets):
             task.check_cancelled()

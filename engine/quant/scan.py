@@ -23,7 +23,18 @@ import numpy as np
 
 from engine.errors import BadInput
 from engine.model.layers import decoder_layers, linear_kind, linear_layers
-from engine.vocabulary import DEFAULT_THRESHOLD, HIST_BINS, HIST_LOG10_MAX, HIST_LOG10_MIN, KIND_LABELS, check_threshold
+from engine.quant.layer_errors import DEFAULT_ERROR_TOKENS, LayerErrorProbe, check_error_methods, error_summary
+from engine.quant.schemes import scheme_of
+from engine.vocabulary import (
+    DEFAULT_ALPHA,
+    DEFAULT_THRESHOLD,
+    HIST_BINS,
+    HIST_LOG10_MAX,
+    HIST_LOG10_MIN,
+    KIND_LABELS,
+    check_alpha,
+    check_threshold,
+)
 
 # log10 |x| histogram: 1e-4 .. 1e5 in 90 bins of 0.1 decades; values outside land in the end bins.
 HIST_EDGES = np.logspace(HIST_LOG10_MIN, HIST_LOG10_MAX, HIST_BINS + 1)
@@ -39,16 +50,22 @@ class ScanSettings:
     threshold: float = DEFAULT_THRESHOLD  # |x| over which a value counts as an outlier
     corpus: str | None = None  # None: the default text; else a UTF-8 file
     include_lm_head: bool = False
+    error_methods: tuple[str, ...] = ()  # measure each method's per-Linear SQNR too (engine.quant.layer_errors)
+    error_tokens: int = DEFAULT_ERROR_TOKENS  # calibration tokens per Linear that the error pass uses
+    alpha: float = DEFAULT_ALPHA  # smoothquant's strength, for its errors
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> ScanSettings:
-        settings = cls(**{k: params[k] for k in cls.__dataclass_fields__ if params.get(k) is not None})
+        values = {k: params[k] for k in cls.__dataclass_fields__ if params.get(k) is not None}
+        values["error_methods"] = check_error_methods(values.get("error_methods"))
+        settings = cls(**values)
         settings.validate()
         return settings
 
     def validate(self) -> None:
         check_threshold(self.threshold)
-        for name in ("tokens", "seq_len", "batch_size"):
+        check_alpha(self.alpha)
+        for name in ("tokens", "seq_len", "batch_size", "error_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise BadInput(f"{name} must be a positive integer, got {value!r}")
@@ -68,8 +85,10 @@ class LayerStats:
     absmax: np.ndarray  # (in_features,) float32
     count_over: np.ndarray  # (in_features,) int64
     hist: np.ndarray  # (HIST_BINS,) int64
+    sqnr_db: dict[str, float | None] | None = None  # method -> output SQNR, when the scan measured errors
 
     def to_payload(self, n_tokens: int) -> dict[str, Any]:
+        errors = {"sqnr_db": self.sqnr_db} if self.sqnr_db is not None else {}
         return {
             "index": self.index,
             "name": self.name,
@@ -81,6 +100,7 @@ class LayerStats:
             "hist": self.hist,
             "n_tokens": n_tokens,
             "final": True,
+            **errors,
         }
 
 
@@ -104,6 +124,17 @@ class ScanResult:
             "hist_edges": HIST_EDGES,
             "layers": [s.to_payload(self.n_tokens) for s in self.layers],
             "report": dimension_report(self),
+            **self.error_payload(),
+        }
+
+    def error_payload(self) -> dict[str, Any]:
+        """The per-method error summary, when the scan measured errors."""
+        if not self.settings.error_methods:
+            return {}
+        layers = [{"name": s.name, "absmax": s.absmax, "sqnr_db": s.sqnr_db} for s in self.layers]
+        return {
+            "error_methods": list(self.settings.error_methods),
+            "errors": error_summary(layers, self.settings.threshold),
         }
 
 
@@ -169,17 +200,24 @@ def run(params: dict[str, Any], task, loaded) -> ScanResult:
     block_of = {id(m): i for i, block in enumerate(blocks) for m in block.modules()}
     batches = list(sequences.split(settings.batch_size))
 
+    smooth_groups = _smooth_groups(model, settings)
     with torch.no_grad():
         captured = _capture_first_layer_inputs(model, blocks[0], batches, task.slice(0.0, 0.05))
         for block_index, block in enumerate(blocks):
             members = [(n, m) for n, m in linears if block_of.get(id(m)) == block_index]
-            with _StatsHooks(members, settings.threshold, task) as hooks:
+            probe = _error_probe(settings, smooth_groups)
+            with _StatsHooks(members, settings.threshold, task, probe) as hooks:
                 for b, (args, kwargs) in enumerate(captured):
                     task.check_cancelled()
                     output = block(*args, **kwargs)
                     hidden = output[0] if isinstance(output, tuple) else output
                     captured[b] = _with_hidden_states(args, kwargs, hidden)
-            for stats in hooks.collect(block_index, start_index=len(result.layers)):
+            layer_stats = hooks.collect(block_index, start_index=len(result.layers))
+            if probe is not None:
+                errors = probe.measure({s.name: s.absmax for s in layer_stats})
+                for stats in layer_stats:
+                    stats.sqnr_db = errors.get(stats.name)
+            for stats in layer_stats:
                 result.layers.append(stats)
                 task.partial("scan_layer", stats.to_payload(result.n_tokens))
             task.progress(0.05 + 0.95 * (block_index + 1) / len(blocks), f"layer {block_index + 1}/{len(blocks)}")
@@ -188,6 +226,23 @@ def run(params: dict[str, Any], task, loaded) -> ScanResult:
             _scan_outside_blocks(model, outside, batches, settings.threshold, result, task)
     task.progress(1.0, "scan complete")
     return result
+
+
+def _error_probe(settings: ScanSettings, smooth_groups: dict[str, tuple[str, ...]]) -> LayerErrorProbe | None:
+    if not settings.error_methods:
+        return None
+    return LayerErrorProbe(
+        settings.error_methods, settings.threshold, settings.error_tokens, settings.alpha, smooth_groups
+    )
+
+
+def _smooth_groups(model, settings: ScanSettings) -> dict[str, tuple[str, ...]]:
+    """For the error pass of smoothquant: each smoothable Linear -> the Linears that share its factors."""
+    if not any(scheme_of(m).smoothed for m in settings.error_methods):
+        return {}
+    from engine.quant.smoothing import groups
+
+    return {member: group.members for group in groups(model)[0] for member in group.members}
 
 
 def _with_hidden_states(args: tuple, kwargs: dict, hidden) -> tuple[tuple, dict]:
@@ -239,8 +294,8 @@ class _StatsHooks:
     Linear's work rather than one decoder layer's.
     """
 
-    def __init__(self, members, threshold: float, task) -> None:
-        self.members, self.threshold, self.task = members, threshold, task
+    def __init__(self, members, threshold: float, task, probe: LayerErrorProbe | None = None) -> None:
+        self.members, self.threshold, self.task, self.probe = members, threshold, task, probe
         self.handles: list = []
         self.state: dict[str, tuple] = {}
         self.out_features = {name: module.out_features for name, module in members}
@@ -250,6 +305,7 @@ class _StatsHooks:
 
         from kernels import ops
 
+        name_of = {id(module): name for name, module in self.members}
         for name, module in self.members:
             device = module.weight.device
             absmax = torch.zeros(module.in_features, dtype=torch.float32, device=device)
@@ -262,6 +318,8 @@ class _StatsHooks:
                 x = args[0].reshape(-1, mod.in_features)  # (tokens, in_features)
                 ops.feature_stats(x, self.threshold, absmax, count)
                 ops.log_histogram(x, HIST_LOG10_MIN, HIST_LOG10_MAX, hist)
+                if self.probe is not None:
+                    self.probe.observe(name_of[id(mod)], mod, x)
 
             self.handles.append(module.register_forward_pre_hook(hook))
         return self

@@ -1,0 +1,97 @@
+"""`int8wb sensitivity`: which Linears to keep in floating point so a method meets a perplexity target."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.cli._common import model_options, print_json, run_scan, scan_options, session_with_model
+from engine.cli._progress import ProgressBarTask
+from engine.quant.sensitivity import GROUPS
+from engine.vocabulary import METHODS
+
+MB = 1e6
+
+
+def add_parser(subparsers) -> None:
+    command = subparsers.add_parser(
+        "sensitivity", help="rank layers by what keeping them in floating point buys; the smallest skip list"
+    )
+    model_options(command)
+    scan_options(command, tokens_flag="--calibration-tokens")
+    command.add_argument(
+        "--method", default="vectorwise", choices=METHODS, help="method to repair (default vectorwise)"
+    )
+    command.add_argument("--target", type=float, default=1.0, help="allowed perplexity change in %% (default 1.0)")
+    command.add_argument("--group", default="layer", choices=GROUPS, help="a decoder layer's Linears, or each Linear")
+    command.add_argument("--tokens", type=int, default=2048, help="evaluation tokens of the sweep (default 2048)")
+    command.add_argument(
+        "--holdout-tokens", type=int, default=2048, help="further tokens that check the list (default 2048)"
+    )
+    command.add_argument("--window", type=int, default=512, help="tokens per evaluation window (default 512)")
+    command.set_defaults(func=cmd_sensitivity)
+
+
+def cmd_sensitivity(args) -> int:
+    session = session_with_model(args)
+    if args.method == "llm-int8":
+        run_scan(session, args)
+    task = ProgressBarTask("sensitivity", enabled=not args.quiet)
+    result = session.sensitivity(
+        {
+            "method": args.method,
+            "target": args.target,
+            "group": args.group,
+            "tokens": args.tokens,
+            "holdout_tokens": args.holdout_tokens,
+            "window": args.window,
+            "threshold": args.threshold,
+            "corpus": args.corpus,
+        },
+        task,
+    )
+    task.finish()
+    if args.json:
+        print_json(result)
+    else:
+        print(format_sensitivity(result))
+    return 0
+
+
+def format_sensitivity(result: dict[str, Any]) -> str:
+    """The ranking, the curve the greedy list walks, and the list in the forms other tools take."""
+    base = result["baseline"]
+
+    def change(value: float) -> str:
+        return f"{100 * (value / base - 1):+.2f}%"
+
+    lines = [
+        f"{result['method']}: perplexity {result['quantized']:.3f} ({change(result['quantized'])}) against "
+        f"{base:.3f} on {result['sweep_tokens']:,} tokens; target {result['target_pct']:+g}%",
+        f"{'group':<28}{'float MB':>10}{'perplexity kept in float':>26}",
+    ]
+    by_group = {g["group"]: g for g in result["groups"]}
+    for name in result["ranking"][:10]:
+        entry = by_group[name]
+        lines.append(
+            f"{name:<28}{entry['float_bytes'] / MB:>10.1f}{entry['perplexity']:>18.3f} ({change(entry['perplexity'])})"
+        )
+    lines.append("float MB kept -> perplexity:")
+    for point in result["curve"]:
+        added = f"  + {point['added']}" if point["added"] else "  (nothing kept)"
+        lines.append(
+            f"  {point['float_bytes'] / MB:>8.1f} MB  {point['perplexity']:.3f} ({change(point['perplexity'])}){added}"
+        )
+    verdict = "reached" if result["reached"] else f"not reached: best {result['best_reachable_pct']:+.2f}%"
+    holdout = result["holdout"]
+    lines += [
+        f"target {verdict} with {len(result['skip_modules'])} Linears ({result['float_bytes'] / MB:.1f} MB) in float",
+        f"held-out {result['holdout_tokens']:,} tokens: baseline {holdout['baseline']:.3f}, {result['method']} "
+        f"{holdout['quantized']:.3f}, with the list {holdout['with_skip_list']:.3f} ({holdout['change_pct']:+.2f}%)",
+    ]
+    for tool, names in result["forms"].items():
+        lines.append(f"{tool}: {names}")
+    if result["skip_modules"]:
+        lines.append(
+            f"export it: int8wb export --method {result['method']} --skip-modules {','.join(result['skip_modules'])}"
+        )
+    return "\n".join(lines)

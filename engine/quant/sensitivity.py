@@ -1,0 +1,183 @@
+"""Which Linears to keep in floating point: a sensitivity sweep and the smallest skip list that meets a target.
+
+1. Quantize the whole model with method M once, and measure the perplexity of the baseline and of M
+   on a small evaluation budget (the sweep tokens).
+2. For each group (one Linear, or one decoder layer's Linears), put that group's floating-point
+   Linears back in place (the quantized model shares every other tensor, so this costs nothing) and
+   measure again: one evaluation per group.
+3. Rank the groups by perplexity gained per floating-point megabyte kept, and add them in that order,
+   re-measuring the chosen list as a whole after each addition (groups interact), until M is within
+   `target` percent of the baseline. The curve "float MB kept -> perplexity" is every step of it.
+4. Measure the chosen list on held-out evaluation tokens the sweep never saw.
+
+The list resolves to full Linear names that transformers + bitsandbytes and compressed-tensors accept
+(engine.quant.skip_list), and `int8wb export --skip-modules` writes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from engine.errors import BadInput
+from engine.model.layers import decoder_layers, linear_layers
+from engine.quant import evaluate, quantize, skip_list
+from engine.vocabulary import DEFAULT_THRESHOLD, check_threshold
+
+GROUPS = ("layer", "linear")
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    method: str
+    target: float = 1.0  # allowed perplexity change against the baseline, in percent
+    group: str = "layer"  # "layer": a decoder layer's Linears together; "linear": each Linear alone
+    tokens: int = 2048  # evaluation tokens the sweep measures on
+    holdout_tokens: int = 2048  # further evaluation tokens, never used by the sweep, that check the list
+    window: int = 512
+    batch_size: int = 4
+    threshold: float = DEFAULT_THRESHOLD
+    corpus: str | None = None
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> SweepSettings:
+        settings = cls(**{k: params[k] for k in cls.__dataclass_fields__ if params.get(k) is not None})
+        quantize.check_methods([settings.method])
+        check_threshold(settings.threshold)
+        if settings.group not in GROUPS:
+            raise BadInput(f"group must be one of {', '.join(GROUPS)}, got {settings.group!r}")
+        if isinstance(settings.target, bool) or not isinstance(settings.target, (int, float)):
+            raise BadInput(f"target must be a percentage, got {settings.target!r}")
+        if settings.target < 0:
+            raise BadInput(
+                f"a target of {settings.target:+g}% is below what keeping everything in floating point reaches "
+                "(+0%: the baseline itself); choose a target of 0 or more"
+            )
+        for name in ("tokens", "holdout_tokens", "window", "batch_size"):
+            value = getattr(settings, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise BadInput(f"{name} must be a positive integer, got {value!r}")
+        for name in ("tokens", "holdout_tokens"):
+            if getattr(settings, name) < settings.window:
+                raise BadInput(f"{name} ({getattr(settings, name)}) must hold at least one window of {settings.window}")
+        return settings
+
+
+def groups_of(model, group: str) -> dict[str, list[str]]:
+    """Group name -> the full names of its Linears, in model order."""
+    names = [name for name, _ in linear_layers(model)]
+    if group == "linear":
+        return {name: [name] for name in names}
+    path, _ = decoder_layers(model)
+    grouped: dict[str, list[str]] = {}
+    for name in names:
+        parts = name[len(path) + 1 :].split(".", 1) if name.startswith(path + ".") else []
+        key = f"{path}.{parts[0]}" if parts and parts[0].isdigit() else name
+        grouped.setdefault(key, []).append(name)
+    return grouped
+
+
+@contextmanager
+def kept_in_float(quantized_model, float_model, names: list[str]) -> Iterator[None]:
+    """Within the block, the quantized model runs the given Linears in floating point."""
+    originals = {name: quantized_model.get_submodule(name) for name in names}
+    try:
+        for name in names:
+            quantize.replace_module(quantized_model, name, float_model.get_submodule(name))
+        yield
+    finally:
+        for name, module in originals.items():
+            quantize.replace_module(quantized_model, name, module)
+
+
+def run(params: dict[str, Any], task, loaded, scan=None) -> dict[str, Any]:
+    """The sweep (see the module docstring); `scan` is needed for static `llm-int8`."""
+    settings = SweepSettings.from_params(params)
+    windows, source = evaluate.evaluation_windows(
+        evaluate.EvalSettings(
+            tokens=settings.tokens + settings.holdout_tokens, window=settings.window, corpus=settings.corpus
+        ),
+        loaded.tokenizer,
+    )
+    n_sweep = settings.tokens // settings.window
+    sweep, holdout = windows[:n_sweep], windows[n_sweep:]
+    if len(holdout) == 0:
+        raise BadInput(f"the evaluation text holds only {windows.numel():,} tokens: too few for a held-out check")
+    quantized = quantize.run(
+        {"method": settings.method, "threshold": settings.threshold}, task.slice(0.0, 0.05), loaded, scan
+    )
+    model, base = quantized.model, loaded.model
+    groups = groups_of(base, settings.group)
+
+    def ppl(target, windows, step) -> float:
+        return evaluate.perplexity(target, windows, settings.batch_size, step)["perplexity"]
+
+    baseline = ppl(base, sweep, task.slice(0.05, 0.08))
+    everything = ppl(model, sweep, task.slice(0.08, 0.1))
+    measured = []
+    for i, (group, names) in enumerate(groups.items()):
+        step = task.slice(0.1 + 0.6 * i / len(groups), 0.1 + 0.6 * (i + 1) / len(groups))
+        with kept_in_float(model, base, names):
+            perplexity = ppl(model, sweep, step)
+        size = _float_bytes(base, names)
+        measured.append({"group": group, "modules": names, "float_bytes": size, "perplexity": perplexity})
+    ranking = sorted(
+        (m for m in measured if m["perplexity"] < everything),
+        key=lambda m: (everything - m["perplexity"]) / max(m["float_bytes"], 1),
+        reverse=True,
+    )
+    goal = baseline * (1 + settings.target / 100)
+    chosen, curve = [], [{"float_bytes": 0, "perplexity": everything, "added": None}]
+    for i, entry in enumerate(ranking):
+        if curve[-1]["perplexity"] <= goal:
+            break
+        task.check_cancelled()
+        chosen += entry["modules"]
+        step = task.slice(0.7 + 0.25 * i / len(ranking), 0.7 + 0.25 * (i + 1) / len(ranking))
+        with kept_in_float(model, base, chosen):
+            curve.append(
+                {
+                    "float_bytes": _float_bytes(base, chosen),
+                    "perplexity": ppl(model, sweep, step),
+                    "added": entry["group"],
+                }
+            )
+    checked = {
+        "baseline": ppl(base, holdout, task.slice(0.95, 0.97)),
+        "quantized": ppl(model, holdout, task.slice(0.97, 0.98)),
+    }
+    with kept_in_float(model, base, chosen):
+        checked["with_skip_list"] = ppl(model, holdout, task.slice(0.98, 1.0))
+    reached = curve[-1]["perplexity"] <= goal
+    return {
+        "method": settings.method,
+        "group": settings.group,
+        "target_pct": settings.target,
+        "corpus": source,
+        "sweep_tokens": int(sweep.numel()),
+        "holdout_tokens": int(holdout.numel()),
+        "baseline": baseline,
+        "quantized": everything,
+        "groups": measured,
+        "ranking": [entry["group"] for entry in ranking],
+        "curve": curve,
+        "reached": reached,
+        "best_reachable_pct": 100 * (min(p["perplexity"] for p in curve) / baseline - 1),
+        "skip_modules": chosen,
+        "float_bytes": _float_bytes(base, chosen),
+        "holdout": {**checked, "change_pct": 100 * (checked["with_skip_list"] / checked["baseline"] - 1)},
+        "forms": skip_list.tool_forms(chosen),
+    }
+
+
+def _float_bytes(model, names: list[str]) -> int:
+    """What keeping these Linears in floating point stores: their weights and biases in the model's dtype."""
+    total = 0
+    for name in names:
+        module = model.get_submodule(name)
+        for tensor in (module.weight, getattr(module, "bias", None)):
+            if tensor is not None:
+                total += tensor.numel() * tensor.element_size()
+    return total

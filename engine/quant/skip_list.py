@@ -1,0 +1,66 @@
+"""Which Linears stay in floating point: names a user gives, resolved to the model's real Linears.
+
+A user (or the sensitivity sweep) names what to keep in floating point as full Linear names
+(`model.layers.3.mlp.down_proj`), as a module that contains Linears (`model.layers.3` for a whole
+decoder layer, `model.layers.3.mlp`), or as a Linear's own name (`down_proj`, every one of them).
+Every name must resolve to at least one Linear; an unknown one is refused with the closest real
+names, because a skip list that silently matches nothing is the failure users hit elsewhere.
+
+The resolved list is what the export writes in floating point and lists in the formats' skip
+lists; `lm_head` always stays in floating point and is always listed, since a bitsandbytes skip
+list without it makes transformers quantize the head.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from engine.errors import BadInput
+from engine.model.layers import linear_layers
+
+LM_HEAD = "lm_head"
+
+
+def parse_names(names: Any) -> list[str]:
+    """A list of names (a comma-separated string is accepted), stripped, in order, without repeats."""
+    if names is None:
+        return []
+    if isinstance(names, str):
+        names = names.split(",")
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise BadInput(f"skip_modules must be a list of module names, got {names!r}")
+    return list(dict.fromkeys(n.strip() for n in names if n.strip()))
+
+
+def resolve(model, names: Any) -> list[str]:
+    """The full names of the quantizable Linears that `names` select, in the model's order."""
+    requested = parse_names(names)
+    linears = [name for name, _ in linear_layers(model)]
+    chosen: set[str] = set()
+    for name in requested:
+        matches = [n for n in linears if n == name or n.startswith(name + ".") or n.endswith("." + name)]
+        if not matches:
+            raise BadInput(_unknown(name, model, linears))
+        chosen.update(matches)
+    return [n for n in linears if n in chosen]
+
+
+def _unknown(name: str, model, linears: list[str]) -> str:
+    modules = [n for n, _ in model.named_modules() if n]
+    if name == LM_HEAD or name in modules:
+        return f"{name!r} holds no quantizable Linear: nothing to keep in floating point there"
+    own_names = sorted({n.rsplit(".", 1)[-1] for n in linears})
+    close = difflib.get_close_matches(name, own_names + linears + modules, n=3, cutoff=0.6)
+    hint = f"; closest: {', '.join(close)}" if close else f"; Linears look like {linears[0]}" if linears else ""
+    return f"no module named {name!r} in this model{hint}"
+
+
+def tool_forms(skipped: list[str]) -> dict[str, list[str]]:
+    """The same skip list in the forms other tools take.
+
+    - `llm_int8_skip_modules`: transformers + bitsandbytes (`BitsAndBytesConfig`), `lm_head` included;
+    - `ignore`: llm-compressor / compressed-tensors recipes, module names, `lm_head` included.
+    """
+    with_head = [*skipped, LM_HEAD] if LM_HEAD not in skipped else list(skipped)
+    return {"llm_int8_skip_modules": with_head, "ignore": list(with_head)}

@@ -1,0 +1,166 @@
+"""The sensitivity sweep, the skip list it builds, and exports with a skip list that bitsandbytes loads."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from engine.errors import BadInput
+from engine.quant import evaluate, quantize, sensitivity, skip_list
+from engine.session import Session
+from engine.task import Task
+from tests.tiny_models import save_tiny_llama, tiny_llama, tiny_loaded
+
+TARGET = 0.3  # percent: the tiny random model is far from text, so INT8 moves its perplexity little
+SWEEP = {"tokens": 256, "holdout_tokens": 256, "window": 64, "batch_size": 4, "threshold": 6.0}
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return tiny_loaded(dim=5, factor=60.0)
+
+
+def test_names_resolve_to_linears():
+    model = tiny_llama()
+    q = "model.layers.0.self_attn.q_proj"
+    assert skip_list.resolve(model, [q]) == [q]
+    assert len(skip_list.resolve(model, "model.layers.1")) == 7
+    assert skip_list.resolve(model, "down_proj") == [f"model.layers.{i}.mlp.down_proj" for i in range(2)]
+    assert skip_list.resolve(model, "model.layers.0.mlp, down_proj")[-1] == "model.layers.1.mlp.down_proj"
+
+
+def test_unknown_names_are_refused_with_the_closest_real_ones():
+    model = tiny_llama()
+    with pytest.raises(BadInput, match="closest: model.layers.0.self_attn.q_proj"):
+        skip_list.resolve(model, ["model.layers.0.self_attn.qproj"])
+    with pytest.raises(BadInput, match="holds no quantizable Linear"):
+        skip_list.resolve(model, ["lm_head"])
+    with pytest.raises(BadInput, match="list of module names"):
+        skip_list.resolve(model, [3])
+
+
+def test_tool_forms_keep_lm_head():
+    forms = skip_list.tool_forms(["model.layers.0.mlp.down_proj"])
+    assert forms["llm_int8_skip_modules"] == ["model.layers.0.mlp.down_proj", "lm_head"]
+    assert forms["ignore"] == forms["llm_int8_skip_modules"]
+
+
+def test_groups_by_layer_and_by_linear():
+    model = tiny_llama()
+    layers = sensitivity.groups_of(model, "layer")
+    assert list(layers) == ["model.layers.0", "model.layers.1"] and all(len(v) == 7 for v in layers.values())
+    assert len(sensitivity.groups_of(model, "linear")) == 14
+
+
+def test_kept_in_float_puts_everything_back(planted):
+    variant = quantize.run({"method": "vectorwise"}, Task(), planted)
+    name = "model.layers.0.mlp.down_proj"
+    before = variant.model.get_submodule(name)
+    with sensitivity.kept_in_float(variant.model, planted.model, [name]):
+        assert variant.model.get_submodule(name) is planted.model.get_submodule(name)
+    assert variant.model.get_submodule(name) is before
+
+
+@pytest.fixture(scope="module")
+def sweep(planted):
+    calls = []
+    original = evaluate.perplexity
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    evaluate.perplexity = counting
+    try:
+        result = sensitivity.run(
+            {**SWEEP, "method": "absmax-tensor", "group": "linear", "target": TARGET}, Task(), planted
+        )
+    finally:
+        evaluate.perplexity = original
+    return result, len(calls)
+
+
+def test_the_sweep_finds_the_planted_outlier_and_reaches_the_target(sweep):
+    result, _ = sweep
+    top = result["ranking"][:3]
+    assert {name.rsplit(".", 1)[-1] for name in top} <= {"q_proj", "k_proj", "v_proj"}
+    goal = result["baseline"] * (1 + TARGET / 100)
+    assert result["quantized"] > goal  # there was something to repair
+    assert result["reached"] and result["curve"][-1]["perplexity"] <= goal
+    assert [p["float_bytes"] for p in result["curve"]] == sorted(p["float_bytes"] for p in result["curve"])
+    assert result["float_bytes"] == result["curve"][-1]["float_bytes"] > 0
+    holdout = result["holdout"]
+    assert abs(holdout["with_skip_list"] - holdout["baseline"]) < abs(holdout["quantized"] - holdout["baseline"])
+    assert result["forms"]["llm_int8_skip_modules"][-1] == "lm_head"
+
+
+def test_the_sweep_costs_one_evaluation_per_group(sweep):
+    result, evaluations = sweep
+    greedy_steps = len(result["curve"]) - 1
+    assert evaluations == 2 + len(result["groups"]) + greedy_steps + 3
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"target": -1.0}, "below what keeping everything"),
+        ({"tokens": 32}, "at least one window"),
+        ({"holdout_tokens": 0}, "positive integer"),
+        ({"group": "block"}, "group must be"),
+        ({"method": "nope"}, "unknown method"),
+    ],
+)
+def test_bad_sweep_settings(planted, params, message):
+    with pytest.raises(BadInput, match=message):
+        sensitivity.run({**SWEEP, "method": "vectorwise", **params}, Task(), planted)
+
+
+def test_export_with_a_skip_list_loads_in_bitsandbytes(tmp_path):
+    """The skipped Linears come back as torch.nn.Linear, lm_head is not quantized, the rest is INT8."""
+    import bitsandbytes as bnb
+    from transformers import AutoModelForCausalLM
+
+    source = save_tiny_llama(tmp_path / "tiny", intermediate=128)
+    session = Session()
+    session.load_model({"model": str(source), "device": "cpu"}, Task())
+    skipped = ["model.layers.0.mlp.down_proj", "model.layers.1.self_attn"]
+    session.quantize({"methods": ["vectorwise"], "skip_modules": skipped}, Task())
+    out = tmp_path / "export"
+    session.export({"method": "vectorwise", "out": str(out)}, Task())
+    config = json.loads((out / "config.json").read_text())["quantization_config"]
+    expected = {"model.layers.0.mlp.down_proj", "lm_head"} | {
+        f"model.layers.1.self_attn.{p}_proj" for p in ("q", "k", "v", "o")
+    }
+    assert set(config["llm_int8_skip_modules"]) == expected
+    model, info = AutoModelForCausalLM.from_pretrained(out, device_map="cpu", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    for name, module in model.named_modules():
+        if name in expected:
+            assert type(module) is torch.nn.Linear, name
+        elif name.endswith("_proj"):
+            assert isinstance(module, bnb.nn.Linear8bitLt), name
+    reference = session.quantized["vectorwise"].model
+    ids = torch.randint(0, 200, (2, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # bitsandbytes warns that it casts float32 inputs to float16
+        ours, theirs = reference(input_ids=ids).logits, model.eval()(input_ids=ids).logits
+    assert float((theirs - ours).norm() / ours.norm()) < 0.02
+
+
+def test_cli_export_with_skip_modules_prints_the_lists(tmp_path, capsys):
+    from engine.cli import main
+
+    source = save_tiny_llama(tmp_path / "tiny", intermediate=128)
+    out = tmp_path / "export"
+    code = main(
+        ["export", "--model", str(source), "--method", "vectorwise", "--out", str(out), "--quiet"]
+        + ["--skip-modules", "model.layers.0", "--calibration-tokens", "128", "--seq-len", "64"]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "llm_int8_skip_modules: ['model.layers.0.self_attn.q_proj'" in printed and "'lm_head']" in printed
+    assert main(["export", "--model", str(source), "--out", str(tmp_path / "x"), "--skip-modules", "qproj"]) == 2
+    assert "closest" in capsys.readouterr().err
