@@ -1,7 +1,9 @@
 """Where the error is: each method's output error on every Linear, measured with that Linear's true input.
 
 The scan runs the floating-point model one decoder layer at a time; with `error_methods` it also keeps
-the first `error_tokens` rows of every Linear's input in that layer. Once the layer's statistics are
+`error_tokens` rows of every Linear's input in that layer, spread evenly over the calibration batches
+and over the positions within each (so the first token's massive activations are no more frequent than
+in the text). Once the layer's statistics are
 complete (so static `llm-int8` knows its outlier columns), each method quantizes the Linear and runs it
 on those same inputs, and the signal-to-quantization-noise ratio of its output is recorded:
 
@@ -25,7 +27,7 @@ import numpy as np
 from engine.errors import BadInput
 from engine.vocabulary import DEFAULT_ALPHA, METHODS
 
-DEFAULT_ERROR_TOKENS = 512
+DEFAULT_ERROR_TOKENS = 256
 
 
 def check_error_methods(methods: Any) -> tuple[str, ...]:
@@ -69,14 +71,21 @@ class LayerErrorProbe:
             raise BadInput(f"error_tokens must be a positive integer, got {token_budget!r}")
         self.methods, self.threshold, self.token_budget = methods, threshold, token_budget
         self.alpha, self.smooth_groups = alpha, smooth_groups or {}
+        self.per_call = token_budget  # rows kept from one input: set by `spread_over`
         self.inputs: dict[str, list] = {}
         self.modules: dict[str, Any] = {}
 
+    def spread_over(self, calls: int) -> None:
+        """Each Linear will be called `calls` times: keep an equal share of the budget from each call."""
+        self.per_call = max(1, -(-self.token_budget // max(calls, 1)))
+
     def observe(self, name: str, module, x) -> None:
-        """Keep rows of `x` (tokens, in_features) until this Linear has `token_budget` of them."""
+        """Keep evenly strided rows of `x` (tokens, in_features) until this Linear has `token_budget` of them."""
         kept = sum(part.shape[0] for part in self.inputs.get(name, []))
-        if kept < self.token_budget:
-            self.inputs.setdefault(name, []).append(x[: self.token_budget - kept].detach().clone())
+        take = min(self.per_call, self.token_budget - kept, x.shape[0])
+        if take > 0:
+            stride = max(1, x.shape[0] // take)
+            self.inputs.setdefault(name, []).append(x[::stride][:take].detach().clone())
             self.modules[name] = module
 
     def measure(self, absmax: dict[str, np.ndarray]) -> dict[str, dict[str, float | None]]:

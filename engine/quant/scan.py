@@ -206,6 +206,8 @@ def run(params: dict[str, Any], task, loaded) -> ScanResult:
         for block_index, block in enumerate(blocks):
             members = [(n, m) for n, m in linears if block_of.get(id(m)) == block_index]
             probe = _error_probe(settings, smooth_groups)
+            if probe is not None:
+                probe.spread_over(len(captured))
             with _StatsHooks(members, settings.threshold, task, probe) as hooks:
                 for b, (args, kwargs) in enumerate(captured):
                     task.check_cancelled()

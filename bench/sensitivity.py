@@ -1,0 +1,146 @@
+"""The skip list of the sensitivity sweep against random skip lists of the same size, and what the error pass costs.
+
+On the default model (or --model): the sweep for --method at --target (decoder layers as groups, so every
+group has the same floating-point size), then 20 random lists of as many layers, each measured on the
+held-out tokens the sweep never saw; the sweep's list should beat the best of them. Then the cost of the
+sweep in evaluations per group, and of a scan with the per-Linear error pass against a plain scan of the
+same tokens, each timed in this run.
+
+    python bench/sensitivity.py [--model M] [--method vectorwise] [--target 1.0] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.model import loading  # noqa: E402
+from engine.quant import evaluate, quantize, scan, sensitivity  # noqa: E402
+from engine.task import Task  # noqa: E402
+from engine.vocabulary import W8A8_METHODS  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--method", default="vectorwise")
+    parser.add_argument("--target", type=float, default=1.0)
+    parser.add_argument("--tokens", type=int, default=2048, help="sweep tokens")
+    parser.add_argument("--holdout-tokens", type=int, default=2048)
+    parser.add_argument("--random-lists", type=int, default=20)
+    parser.add_argument("--scan-tokens", type=int, default=1024, help="tokens of the scan-cost comparison")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    loaded = loading.load({"model": args.model, "device": "cpu"}, Task())
+    report: dict = {"method": args.method, "target_pct": args.target}
+
+    started = time.perf_counter()
+    sweep = sensitivity.run(
+        {"method": args.method, "target": args.target, "tokens": args.tokens, "holdout_tokens": args.holdout_tokens},
+        Task(),
+        loaded,
+    )
+    sweep_seconds = time.perf_counter() - started
+    report["sweep"] = {
+        k: sweep[k] for k in ("baseline", "quantized", "reached", "skip_modules", "float_bytes", "holdout")
+    }
+    report["sweep"]["layers"] = [p["added"] for p in sweep["curve"] if p["added"]]
+
+    report["random_lists"] = random_lists(loaded, args, sweep)
+    best_random = min(entry["holdout_perplexity"] for entry in report["random_lists"])
+    report["sweep_beats_best_random"] = sweep["holdout"]["with_skip_list"] < best_random
+
+    one_eval = timed_evaluation(loaded, args)
+    evaluations = 2 + len(sweep["groups"]) + len(sweep["curve"]) - 1 + 3
+    report["sweep_cost"] = {
+        "seconds": sweep_seconds,
+        "groups": len(sweep["groups"]),
+        "one_evaluation_seconds": one_eval,
+        "evaluations_per_group": sweep_seconds / one_eval / len(sweep["groups"]),
+        "evaluations_run": evaluations,
+    }
+    report["error_pass_cost"] = error_pass_cost(loaded, args.scan_tokens)
+    if args.json:
+        json.dump(report, sys.stdout, indent=1)
+        print()
+    else:
+        print_report(report)
+    return 0
+
+
+def random_lists(loaded, args, sweep) -> list[dict]:
+    """As many random decoder layers as the sweep kept, measured on the same held-out tokens."""
+    layers = list(sensitivity.groups_of(loaded.model, "layer").items())
+    count = len([p for p in sweep["curve"] if p["added"]])
+    windows, _ = evaluate.evaluation_windows(
+        evaluate.EvalSettings(tokens=args.tokens + args.holdout_tokens), loaded.tokenizer
+    )
+    holdout = windows[args.tokens // 512 :]
+    variant = quantize.run({"method": args.method}, Task(), loaded)
+    generator = random.Random(0)
+    results = []
+    for _ in range(args.random_lists):
+        chosen = generator.sample(layers, count)
+        names = [name for _, members in chosen for name in members]
+        with sensitivity.kept_in_float(variant.model, loaded.model, names):
+            perplexity = evaluate.perplexity(variant.model, holdout, 4, Task())["perplexity"]
+        results.append({"layers": [group for group, _ in chosen], "holdout_perplexity": perplexity})
+    return results
+
+
+def timed_evaluation(loaded, args) -> float:
+    windows, _ = evaluate.evaluation_windows(evaluate.EvalSettings(tokens=args.tokens), loaded.tokenizer)
+    variant = quantize.run({"method": args.method}, Task(), loaded)
+    started = time.perf_counter()
+    evaluate.perplexity(variant.model, windows, 4, Task())
+    return time.perf_counter() - started
+
+
+def error_pass_cost(loaded, tokens: int) -> dict:
+    """A plain scan and a scan with the error pass of every W8A8 method, alternated twice, same tokens."""
+    plain, with_errors = [], []
+    for _ in range(2):
+        for target, extra in ((plain, {}), (with_errors, {"error_methods": list(W8A8_METHODS)})):
+            started = time.perf_counter()
+            scan.run({"tokens": tokens, **extra}, Task(), loaded)
+            target.append(time.perf_counter() - started)
+    return {
+        "plain_seconds": min(plain),
+        "with_errors_seconds": min(with_errors),
+        "ratio": min(with_errors) / min(plain),
+    }
+
+
+def print_report(report: dict) -> None:
+    sweep = report["sweep"]
+    holdout = sweep["holdout"]
+    print(f"{report['method']} at a target of {report['target_pct']:+g}%: keep {sweep['layers']} in floating point")
+    print(
+        f"  held out: baseline {holdout['baseline']:.3f}, {report['method']} {holdout['quantized']:.3f}, "
+        f"with the list {holdout['with_skip_list']:.3f} ({holdout['change_pct']:+.2f}%)"
+    )
+    print("  random lists of as many layers, held-out perplexity:")
+    for entry in sorted(report["random_lists"], key=lambda e: e["holdout_perplexity"]):
+        print(f"    {entry['holdout_perplexity']:.3f}  {entry['layers']}")
+    print(f"  the sweep's list beats the best random list: {report['sweep_beats_best_random']}")
+    cost = report["sweep_cost"]
+    print(
+        f"sweep: {cost['seconds']:.0f} s for {cost['groups']} groups = {cost['evaluations_per_group']:.2f} "
+        f"evaluations of {cost['one_evaluation_seconds']:.1f} s per group (goal: under 2)"
+    )
+    errors = report["error_pass_cost"]
+    print(
+        f"error pass: scan {errors['plain_seconds']:.1f} s, with errors {errors['with_errors_seconds']:.1f} s, "
+        f"ratio {errors['ratio']:.2f} (goal: under 1.5)"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
