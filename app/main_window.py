@@ -1,4 +1,4 @@
-"""The workbench window: controls on the left, heatmap / histogram / profile / results on the right.
+"""The workbench window: the step bar on top, controls on the left, heatmap / histogram / profile / results right.
 
 It composes the Qt-free view models (the workflow in `Workbench`, the scan
 statistics, the threshold, the results), the views that observe them, and one
@@ -28,18 +28,23 @@ from PySide6.QtWidgets import (
 )
 
 import engine
+from app import window_memory
 from app.engine_client import QtEngineClient
 from app.view_models.results import ResultsModel
 from app.view_models.scan_stats import ScanStatistics
+from app.view_models.story import explanation_html
 from app.view_models.threshold import ThresholdModel
-from app.view_models.workbench import Workbench
-from app.views.controls import ModelPanel, RunPanel, ScanPanel
+from app.view_models.workbench import Step, Workbench
+from app.views.controls import ModelPanel, RunPanel, ScanPanel, mark_current
+from app.views.explain_panel import ExplainPanel
 from app.views.heatmap import HeatmapView
 from app.views.histogram import HistogramView
 from app.views.planner_dialog import PlannerDialog
 from app.views.profile import DimensionProfileView
 from app.views.results_view import ResultsView
+from app.views.saving import add_save_menu
 from app.views.status import WorkbenchStatusBar
+from app.views.step_bar import StepBar
 from app.views.threshold_panel import ThresholdPanel
 from engine.vocabulary import DEFAULT_THRESHOLD
 
@@ -52,15 +57,20 @@ class MainWindow(QMainWindow):
         self.engine = QtEngineClient(self)
         self.client = self.engine.client
         self.stats = ScanStatistics()
-        self.threshold = ThresholdModel(self.stats, _float_setting(self.settings.value("threshold"), DEFAULT_THRESHOLD))
+        threshold = window_memory.as_positive_float(self.settings.value("threshold"), DEFAULT_THRESHOLD)
+        self.threshold = ThresholdModel(self.stats, threshold)
         self.results = ResultsModel()
         self.workbench = Workbench(self.client, self.stats, self.threshold, self.results)
         self.error_dialog: QMessageBox | None = None
         self.planner: PlannerDialog | None = None
+        self.needs_proportions = False  # no splitter positions remembered: set them when first shown
+        self.explain = ExplainPanel(
+            lambda: explanation_html(self.workbench.model_info, self.stats, self.threshold, self.results), self
+        )
         self._build()
         self._build_actions()
-        self._connect_engine()
-        self._restore_settings()
+        self._connect()
+        window_memory.restore(self, self.settings)
         self._update_enabled()
 
     # --- layout ----------------------------------------------------------------------------------
@@ -73,19 +83,20 @@ class MainWindow(QMainWindow):
         left = QWidget()
         left.setObjectName("sidebar")
         left_layout = QVBoxLayout(left)
+        left_layout.setContentsMargins(6, 0, 6, 6)
+        left_layout.setSpacing(2)
         for panel in (self.model_panel, self.scan_panel, self.threshold_panel, self.run_panel):
             left_layout.addWidget(panel)
         left_layout.addStretch(1)
-        scroll = QScrollArea()
-        scroll.setWidget(left)
-        scroll.setWidgetResizable(True)
-        scroll.setMinimumWidth(400)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.sidebar = QScrollArea()
+        self.sidebar.setWidget(left)
+        self.sidebar.setWidgetResizable(True)
+        self.sidebar.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
 
         self.heatmap = HeatmapView(self.stats, self.threshold)
         self.histogram = HistogramView(self.stats, self.threshold)
         self.profile = DimensionProfileView(self.stats, self.threshold)
-        self.results_view = ResultsView(self.results)
+        self.results_view = ResultsView(self.results, self.stats, self.threshold, self.settings)
         self.log_view = QPlainTextEdit()
         self.log_view.setReadOnly(True)
         self.log_view.setMaximumBlockCount(5000)
@@ -96,27 +107,30 @@ class MainWindow(QMainWindow):
         self.bottom_tabs.addTab(self.results_view, "Results")
         self.bottom_tabs.addTab(self.log_view, "Log")
         self.right = QSplitter(Qt.Orientation.Vertical)
-        self.right.addWidget(self.heatmap)
-        self.right.addWidget(self.middle)
-        self.right.addWidget(self.bottom_tabs)
-        self.right.setStretchFactor(0, 5)
-        self.right.setStretchFactor(1, 3)
-        self.right.setStretchFactor(2, 3)
+        for widget, stretch in ((self.heatmap, 5), (self.middle, 3), (self.bottom_tabs, 3)):
+            self.right.addWidget(widget)
+            self.right.setStretchFactor(self.right.count() - 1, stretch)
         self.main_splitter = QSplitter(Qt.Orientation.Horizontal)
-        self.main_splitter.addWidget(scroll)
+        self.main_splitter.addWidget(self.sidebar)
         self.main_splitter.addWidget(self.right)
         self.main_splitter.setStretchFactor(1, 1)
-        self.setCentralWidget(self.main_splitter)
+        self.step_bar = StepBar()
+        central = QWidget()
+        central_layout = QVBoxLayout(central)
+        central_layout.setContentsMargins(0, 0, 0, 0)
+        central_layout.setSpacing(0)
+        central_layout.addWidget(self.step_bar)
+        central_layout.addWidget(self.main_splitter, 1)
+        self.setCentralWidget(central)
         self.status = WorkbenchStatusBar()
         self.setStatusBar(self.status)
-
-        self.model_panel.sig_load.connect(self.workbench.load_model)
-        self.scan_panel.sig_scan.connect(self.workbench.start_scan)
-        self.run_panel.sig_run.connect(self.workbench.run_methods)
-        self.run_panel.sig_export.connect(self.export)
-        self.heatmap.sig_dimension_clicked.connect(self.profile.show_dimension)
-        self.status.cancel_button.clicked.connect(self.workbench.cancel)
-        self.status.restart_button.clicked.connect(self.workbench.restart_engine)
+        for widget, item, name in (
+            (self.heatmap.graphics, self.heatmap.graphics.scene(), "heatmap"),
+            (self.histogram.plot, self.histogram.plot.getPlotItem(), "histogram"),
+            (self.profile.plot, self.profile.plot.getPlotItem(), "dimension profile"),
+            (self.results_view.chart, self.results_view.chart.getPlotItem(), "perplexity chart"),
+        ):
+            add_save_menu(widget, item, name, self.settings)
 
     def _build_actions(self) -> None:
         def action(menu, text: str, shortcut, slot) -> QAction:
@@ -126,46 +140,60 @@ class MainWindow(QMainWindow):
             menu.addAction(act)
             return act
 
-        engine_menu = self.menuBar().addMenu("&Engine")
-        file_menu = self.menuBar().addMenu("&Workbench")
-        self.act_load = action(
-            file_menu, "Load model", "Ctrl+L", lambda: self.workbench.load_model(self.model_panel.source.currentData())
-        )
-        self.act_scan = action(file_menu, "Scan", "Ctrl+R", lambda: self.workbench.start_scan(self.scan_panel.params()))
+        workbench, run = self.workbench, self.run_panel
+        menu = self.menuBar().addMenu("&Workbench")
+        self.act_load = action(menu, "Load model", "Ctrl+L", lambda: workbench.load_model(self._chosen_model()))
+        self.act_scan = action(menu, "Scan", "Ctrl+R", lambda: workbench.start_scan(self.scan_panel.params()))
         self.act_run = action(
-            file_menu,
-            "Quantize && evaluate",
-            "Ctrl+Return",
-            lambda: self.workbench.run_methods(self.run_panel.methods(), self.run_panel.eval_params()),
+            menu, "Quantize && evaluate", "Ctrl+Return", lambda: workbench.run_methods(run.methods(), run.eval_params())
         )
-        self.act_export = action(file_menu, "Export…", "Ctrl+E", self.export)
-        self.act_planner = action(file_menu, "Memory planner…", "Ctrl+M", self.open_planner)
+        self.act_export = action(menu, "Export…", "Ctrl+E", self.export)
+        menu.addSeparator()
+        self.act_save_csv = action(menu, "Save results as CSV…", "Ctrl+Shift+S", self.results_view.ask_save_csv)
+        self.act_copy_markdown = action(
+            menu, "Copy results as Markdown", "Ctrl+Shift+C", self.results_view.copy_markdown
+        )
+        self.act_planner = action(menu, "Memory planner…", "Ctrl+M", self.open_planner)
+        menu.addSeparator()
+        raise_by = 1.25
         action(
-            file_menu,
+            menu,
             "Raise threshold",
             "Ctrl+Up",
-            lambda: self.threshold.set_threshold(self.threshold.threshold * 1.25),
+            lambda: self.threshold.set_threshold(self.threshold.threshold * raise_by),
         )
         action(
-            file_menu,
+            menu,
             "Lower threshold",
             "Ctrl+Down",
-            lambda: self.threshold.set_threshold(self.threshold.threshold / 1.25),
+            lambda: self.threshold.set_threshold(self.threshold.threshold / raise_by),
         )
-        file_menu.addSeparator()
-        action(file_menu, "Quit", QKeySequence.StandardKey.Quit, self.close)
-        self.act_cancel = action(engine_menu, "Cancel job", "Esc", self.workbench.cancel)
-        self.act_restart = action(engine_menu, "Restart engine", "Ctrl+Shift+R", self.workbench.restart_engine)
-        action(engine_menu, "Connect to remote engine…", "Ctrl+Shift+O", self.connect_remote)
-        self.act_remote_code = action(engine_menu, "Let models run their own code", "", self.allow_remote_code)
+        menu.addSeparator()
+        self.act_quit = action(menu, "Quit", "Ctrl+Q", self.close)
+        menu = self.menuBar().addMenu("&Engine")
+        self.act_cancel = action(menu, "Cancel job", "Esc", workbench.cancel)
+        self.act_restart = action(menu, "Restart engine", "Ctrl+Shift+R", workbench.restart_engine)
+        action(menu, "Connect to remote engine…", "Ctrl+Shift+O", self.connect_remote)
+        self.act_remote_code = action(menu, "Let models run their own code", "", self.allow_remote_code)
         self.act_remote_code.setCheckable(True)
         self.act_remote_code.setChecked(self.settings.value("engine/allow_remote_code", False, type=bool))
-        self.workbench.allow_remote_code = self.act_remote_code.isChecked()
-        help_menu = self.menuBar().addMenu("&Help")
-        action(help_menu, "About Int8 Workbench", "F1", self.show_about)
+        workbench.allow_remote_code = self.act_remote_code.isChecked()
+        menu = self.menuBar().addMenu("&Help")
+        self.act_explain = action(menu, "What am I looking at?", "F1", self.show_explanation)
+        action(menu, "About Int8 Workbench", "", self.show_about)
 
-    def _connect_engine(self) -> None:
-        """Engine signals go to the workflow; what the workflow says goes to the widgets."""
+    def _connect(self) -> None:
+        """Widgets to the workflow, engine signals to the workflow, what the workflow says to the widgets."""
+        self.model_panel.sig_load.connect(self.workbench.load_model)
+        self.scan_panel.sig_scan.connect(self.workbench.start_scan)
+        self.run_panel.sig_run.connect(self.workbench.run_methods)
+        self.run_panel.sig_export.connect(self.export)
+        self.heatmap.sig_dimension_clicked.connect(self.profile.show_dimension)
+        self.status.cancel_button.clicked.connect(self.workbench.cancel)
+        self.status.restart_button.clicked.connect(self.workbench.restart_engine)
+        self.step_bar.sig_step_clicked.connect(self.show_step)
+        for view in (self.heatmap, self.histogram, self.profile, self.results_view):
+            view.empty.sig_explain.connect(self.show_explanation)
         self.engine.sig_state_changed.connect(self.workbench.on_state)
         self.engine.sig_progress.connect(self.workbench.on_progress)
         self.engine.sig_scan_layer.connect(self.workbench.on_scan_layer)
@@ -173,10 +201,14 @@ class MainWindow(QMainWindow):
         self.engine.sig_job_failed.connect(self.workbench.on_failed)
         self.engine.sig_log.connect(self.workbench.on_log)
         self.workbench.subscribe(self._on_workbench)
+        self.stats.subscribe(lambda event, _: self.explain.refresh() if event == "finished" else None)
+        self.threshold.subscribe(lambda _: self.explain.refresh())
+        self.results.subscribe(self.explain.refresh)
 
     def _on_workbench(self, event: str, data: Any) -> None:
         if event == "changed":
             self._update_enabled()
+            self.explain.refresh()
         elif event == "log":
             self.log(*data)
         elif event == "notice":
@@ -188,38 +220,17 @@ class MainWindow(QMainWindow):
         elif event == "results":
             self.bottom_tabs.setCurrentWidget(self.results_view)
 
-    # --- settings --------------------------------------------------------------------------------
-
-    def _restore_settings(self) -> None:
-        geometry = self.settings.value("geometry")
-        if geometry is not None:
-            self.restoreGeometry(geometry)
-        else:
-            self.resize(1500, 950)
-        for key, splitter in (("splitter/main", self.main_splitter), ("splitter/right", self.right)):
-            state = self.settings.value(key)
-            if state is not None:
-                splitter.restoreState(state)
-        self.model_panel.set_recent([p for p in (self.settings.value("recent_models") or []) if p])
-        last = self.settings.value("last_model")
-        if last:
-            self.model_panel.add_source(str(last))
-        tokens = self.settings.value("scan_tokens")
-        if tokens is not None:
-            self.scan_panel.tokens.setValue(int(tokens))
-
-    def save_settings(self) -> None:
-        self.settings.setValue("geometry", self.saveGeometry())
-        self.settings.setValue("splitter/main", self.main_splitter.saveState())
-        self.settings.setValue("splitter/right", self.right.saveState())
-        self.settings.setValue("threshold", self.threshold.threshold)
-        self.settings.setValue("recent_models", self.model_panel.recent())
-        self.settings.setValue("last_model", self.model_panel.source.currentData() or "")
-        self.settings.setValue("scan_tokens", self.scan_panel.tokens.value())
-        self.settings.sync()
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        super().showEvent(event)
+        # As wide as the panels need (fonts decide, known once shown): the sidebar never clips them.
+        scroll_bar = self.sidebar.verticalScrollBar().sizeHint().width()
+        self.sidebar.setMinimumWidth(self.sidebar.widget().minimumSizeHint().width() + scroll_bar + 4)
+        if self.needs_proportions:  # first start: nothing remembered, so lay the splitters out for this size
+            self.needs_proportions = False
+            window_memory.default_proportions(self)
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
-        self.save_settings()
+        window_memory.save(self, self.settings)
         if self.error_dialog is not None:
             self.error_dialog.close()
         self.client.close()
@@ -228,11 +239,17 @@ class MainWindow(QMainWindow):
     # --- actions ---------------------------------------------------------------------------------
 
     def start_engine(self) -> None:
-        """Start the local engine in the background; the window is usable (and says so) meanwhile."""
+        """Start the local engine in the background, and load the chosen model once it is up (unless off)."""
+        if self.model_panel.load_at_start.isChecked():
+            model = self._chosen_model()
+            self.workbench.load_when_ready = {"model": model} if model else {}
         self.workbench.start_engine()
 
+    def _chosen_model(self) -> str | None:
+        return self.model_panel.source.currentData()
+
     def export(self) -> str | None:
-        """Ask which quantized variant and which directory, then export it."""
+        """Ask which quantized variant and which empty directory (starting where the last export went)."""
         quantized = self.workbench.quantized_methods()
         if not quantized:
             return self.workbench.refuse("Quantize the model first: export saves one of the quantized variants.")
@@ -241,9 +258,11 @@ class MainWindow(QMainWindow):
             method, ok = QInputDialog.getItem(self, "Export", "Quantized variant to export:", quantized, 0, False)
             if not ok:
                 return None
-        path = QFileDialog.getExistingDirectory(self, "Export into an empty directory")
+        folder = str(self.settings.value(window_memory.EXPORT_FOLDER_KEY, ""))
+        path = QFileDialog.getExistingDirectory(self, "Export into an empty directory", folder)
         if not path:
             return None
+        self.settings.setValue(window_memory.EXPORT_FOLDER_KEY, path)
         return self.workbench.export_to(method, path)
 
     def allow_remote_code(self, allowed: bool) -> None:
@@ -257,6 +276,23 @@ class MainWindow(QMainWindow):
         path, _ = QFileDialog.getOpenFileName(self, "Engine connection file", "", "Connection files (*.json)")
         if path:
             self.workbench.connect_file(path)
+
+    def show_step(self, step: Step) -> None:
+        """Bring a step's controls forward: scroll the sidebar to its panel and focus its button."""
+        panel, button = {
+            Step.LOAD: (self.model_panel, self.model_panel.load_button),
+            Step.SCAN: (self.scan_panel, self.scan_panel.scan_button),
+            Step.THRESHOLD: (self.threshold_panel, self.threshold_panel.spin),
+            Step.RUN: (self.run_panel, self.run_panel.run_button),
+            Step.EXPORT: (self.run_panel, self.run_panel.export_button),
+        }[step]
+        self.sidebar.ensureWidgetVisible(panel)
+        button.setFocus()
+
+    def show_explanation(self) -> ExplainPanel:
+        self.explain.show()
+        self.explain.raise_()
+        return self.explain
 
     def open_planner(self) -> PlannerDialog:
         """The memory planner: GPUs needed for the loaded model or a larger configuration the user picks."""
@@ -302,16 +338,16 @@ class MainWindow(QMainWindow):
         self.log_view.appendPlainText(prefix + text)
 
     def _update_enabled(self) -> None:
-        """Buttons and actions by what the engine and the workflow allow; the status bar and model panel follow."""
+        """Buttons and actions by what the engine and the workflow allow; status, model panel, step bar follow."""
         workbench = self.workbench
         ready, loaded = workbench.ready, workbench.loaded
-        state = self.client.state
         address = f" ({self.client.remote_address})" if self.client.remote_address else ""
-        self.status.set_state(state, address)
+        self.status.set_state(self.client.state, address)
         if workbench.model_info is None:
             self.model_panel.info.setText(workbench.model_note)
         else:
             self.model_panel.show_info(workbench.model_info)
+        has_rows = bool(self.results.rows)
         for widget, enabled in (
             (self.model_panel.load_button, ready),
             (self.act_load, ready),
@@ -321,13 +357,16 @@ class MainWindow(QMainWindow):
             (self.act_run, loaded),
             (self.run_panel.export_button, loaded),
             (self.act_export, loaded),
+            (self.act_save_csv, has_rows),
+            (self.act_copy_markdown, has_rows),
         ):
             widget.setEnabled(enabled)
-
-
-def _float_setting(value: Any, default: float) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return default
-    return number if number > 0 else default
+        step = workbench.step()
+        self.step_bar.set_step(step)
+        for button, steps in (
+            (self.model_panel.load_button, (Step.LOAD,)),
+            (self.scan_panel.scan_button, (Step.SCAN,)),
+            (self.run_panel.run_button, (Step.THRESHOLD, Step.RUN)),
+            (self.run_panel.export_button, (Step.EXPORT,)),
+        ):
+            mark_current(button, step in steps)

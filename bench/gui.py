@@ -215,6 +215,7 @@ def bench_scan_gaps(app, window, tokens: int, profile: bool) -> None:
     recorder.phase = "show"  # the window's first layout and paint
     settle(0.5)
     recorder.phase = "start"
+    window.model_panel.load_at_start.setChecked(False)  # the load is its own phase below
     window.start_engine()
     process_events_until(lambda: window.workbench.ready, 60, poll_s=0.001)
     settle(0.3)

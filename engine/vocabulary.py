@@ -30,6 +30,37 @@ METHOD_LABELS = {
 }
 """What a person reads for each method (tables, check boxes, plans)."""
 
+METHOD_SHORT_LABELS = {
+    BASELINE: "floating point",
+    "absmax-tensor": "naive INT8",
+    "vectorwise": "vector-wise INT8",
+    "llm-int8": "LLM.int8()",
+    "llm-int8-dynamic": "LLM.int8() with outliers per batch",
+    "weight-only": "weight-only INT8",
+    "smoothquant": "SmoothQuant",
+    "q8_0": "Q8_0",
+}
+"""Each method as a sentence names it ("naive INT8 raised perplexity by ...")."""
+
+METHOD_DESCRIPTIONS = {
+    BASELINE: "The model as loaded, in floating point: the perplexity every method is compared with.",
+    "absmax-tensor": "One scale for a whole weight matrix and one for each activation tensor. A single outlier "
+    "dimension stretches the scale, so every other value gets only a few of INT8's 255 levels.",
+    "vectorwise": "One scale per weight row and one per token: a large value only coarsens its own row or token, "
+    "but outlier dimensions still coarsen every token they appear in.",
+    "llm-int8": "LLM.int8(): the input dimensions over the threshold in the calibration scan stay in floating "
+    "point (with their weight columns); everything else is vector-wise INT8.",
+    "llm-int8-dynamic": "LLM.int8() as bitsandbytes runs it: the columns over the threshold are found in each "
+    "batch, and their weight columns are dequantized from INT8 on the fly. Needs no scan.",
+    "weight-only": "Weights in INT8 (one scale per row), activations left in floating point: saves memory "
+    "without any INT8 arithmetic.",
+    "smoothquant": "SmoothQuant: each input channel is divided by a factor from its calibration abs-max (and the "
+    "weights' columns multiplied by it), which moves the outliers into the weights; then vector-wise INT8.",
+    "q8_0": "llama.cpp's Q8_0: weights in blocks of 32 with one float16 scale each, activations in floating "
+    "point. Small blocks keep an outlier weight from coarsening more than its own block.",
+}
+"""What each method does, in a sentence or two (tooltips, the explanation panel)."""
+
 W8A8_METHODS = ("absmax-tensor", "vectorwise", "llm-int8", "llm-int8-dynamic", "smoothquant")
 """The methods whose activations are quantized to INT8 too (an INT8 x INT8 product)."""
 

@@ -37,7 +37,8 @@ def default_scan(default_model):
 def make_workbench(qtbot, tmp_path):
     """Factory for a real workbench window; the test fails if an engine process or a thread outlives it.
 
-    Settings go to an INI file under tmp_path, so tests never touch the user's.
+    Settings go to an INI file under tmp_path, so tests never touch the user's. A window
+    that starts its engine loads the default model once it is up, unless `load_at_start` is off.
     """
     import threading
 
@@ -52,11 +53,14 @@ def make_workbench(qtbot, tmp_path):
     pids_before = set(spawned_engine_pids())
     windows = []
 
-    def make(start_engine: bool = True):
+    def make(start_engine: bool = True, load_at_start: bool = True, size: tuple[int, int] | None = None):
         from app.main_window import MainWindow
 
         settings = QSettings(str(tmp_path / "workbench.ini"), QSettings.Format.IniFormat)
+        settings.setValue("load_at_start", load_at_start)
         window = MainWindow(settings=settings)
+        if size is not None:
+            window.resize(*size)
         qtbot.addWidget(window)
         window.show()
         if start_engine:

@@ -183,6 +183,8 @@ def test_dialog_shows_the_table_and_the_terms_of_the_selected_cell(dialog, plan_
     assert dialog.breakdown_caption.text() == "Why 4 × A100-40GB for FP16 (baseline)"
     labels = [dialog.tree.topLevelItem(i).text(0) for i in range(dialog.tree.topLevelItemCount())]
     assert labels == ["Weights", "KV cache", "State to place", "Budget per A100-40GB", "4 × A100-40GB"]
+    tips = [dialog.tree.topLevelItem(i).toolTip(0) for i in range(dialog.tree.topLevelItemCount())]
+    assert all(len(tip) > 30 for tip in tips), tips  # each planner term says what it is
     assert dialog.tree.topLevelItem(1).text(1) == "1.25 GiB"
     vectorwise = PlanView(plan_70b).methods.index("vectorwise")
     table.setCurrentCell(vectorwise, 3)  # the user clicks INT8 vector-wise on A100-80GB

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.view_models.results import ResultsModel
+from app.view_models.results import ResultsModel, row_tooltip
 from app.view_models.scan_stats import ScanStatistics
 from app.view_models.threshold import INDEX_BYTES, ThresholdModel
 from tests.scan_payloads import layer_payload
@@ -140,8 +140,9 @@ def test_results_merge_quantize_evaluate_and_plan():
     )
     assert list(results.rows) == ["baseline", "llm-int8"]
     cells = results.rows["llm-int8"].cells()
-    assert cells[:7] == ["llm-int8", "19.700", "+1.03%", "100.0", "5.0", "105.0", "1,630"]
-    assert cells[7] == "—"
+    assert cells[:5] == ["llm-int8", "19.700", "+1.03%", "105.0", "1,630"]
+    assert cells[5] == "—" and cells[-1] == "2.0"
+    assert row_tooltip(results.rows["llm-int8"]) == "int8 MB: 100.0\nfloat MB: 5.0"
     results.add_plan(
         {
             "methods": [
@@ -152,6 +153,6 @@ def test_results_merge_quantize_evaluate_and_plan():
             ]
         }
     )
-    assert results.rows["llm-int8"].cells()[7:9] == ["1", "does not fit"]
+    assert results.rows["llm-int8"].cells()[5:7] == ["1", "does not fit"]
     methods, values, baseline = results.chart_data()
     assert methods == ["baseline", "llm-int8"] and values == [19.5, 19.7] and baseline == 19.5

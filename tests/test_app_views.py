@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PySide6.QtCore import QPointF
 
+from app import window_memory
 from tests.scan_payloads import layer_payload
 
 
@@ -75,11 +76,10 @@ def test_share_mode_and_settings_round_trip(make_workbench):
     assert window.heatmap.mode == "share" and window.heatmap.color_bar.levels() == (0.0, 100.0)
     window.threshold.set_threshold(7.5)
     window.model_panel.add_source("/models/llama")
-    window.save_settings()
+    window_memory.save(window, window.settings)
     assert float(window.settings.value("threshold")) == 7.5
-    assert window.settings.value("recent_models") == ["/models/llama"] or list(
-        window.settings.value("recent_models")
-    ) == ["/models/llama"]
+    assert window_memory.as_list(window.settings.value("recent_models")) == ["/models/llama"]
+    assert window.settings.value("heatmap/mode") == "share"
 
 
 def test_actions_refuse_without_engine_and_model(make_workbench):

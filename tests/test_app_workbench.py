@@ -1,7 +1,7 @@
 """The real window driving a real engine process on the embedded default model (slow).
 
 One session, in the order a user works: the window is up before the engine,
-load the model, cancel a scan, scan (rows arrive before the scan ends), move
+loads the default model without a click, cancel a scan, scan (rows arrive before the scan ends), move
 the threshold, quantize and evaluate two methods, read the engine's numbers in
 the table, kill the engine and recover. Token budgets are small (512
 calibration, 512 evaluation) to keep it near a minute and a half on two cores.
@@ -14,6 +14,7 @@ import signal
 
 import pytest
 
+from app.view_models.workbench import Step
 from engine.client import EngineState
 
 pytestmark = pytest.mark.slow
@@ -26,17 +27,19 @@ def wait_ready(qtbot, window, timeout_s=60):
 def test_workbench_session_end_to_end(make_workbench, qtbot):
     window = make_workbench()
     workbench = window.workbench
-    assert window.isVisible() and window.client.state in (EngineState.STARTING, EngineState.READY)  # window first
-    wait_ready(qtbot, window)
+    assert window.isVisible() and window.client.state is EngineState.STARTING  # the window first
 
     finished: dict[str, dict] = {}
     window.engine.sig_job_finished.connect(lambda job, request, result: finished.__setitem__(request, result))
 
-    # open the model
-    workbench.load_model(None)
-    qtbot.waitUntil(lambda: workbench.model_info is not None, timeout=120_000)
+    # the default model loads without a click
+    assert window.step_bar.current is Step.LOAD
+    qtbot.waitUntil(lambda: workbench.job is not None, timeout=60_000)
+    assert workbench.job.request == "load_model" and window.client.active_job.request == "load_model"
+    qtbot.waitUntil(lambda: workbench.model_info is not None, timeout=180_000)
     assert workbench.model_info["layers"] == 30 and "30 layers" in window.model_panel.info.text()
-    assert window.scan_panel.scan_button.isEnabled()
+    assert window.scan_panel.scan_button.isEnabled() and window.step_bar.current is Step.SCAN
+    assert window.scan_panel.scan_button.property("current") and not window.model_panel.load_button.property("current")
 
     # cancel a running job: a long scan, cancelled after its first row
     workbench.start_scan({"tokens": 8192, "seq_len": 256})
@@ -75,7 +78,8 @@ def test_workbench_session_end_to_end(make_workbench, qtbot):
 
     # run two methods; the table shows the engine's numbers
     workbench.run_methods(["weight-only", "llm-int8"], {"tokens": 512, "window": 256})
-    qtbot.waitUntil(lambda: "plan_memory" in finished and not workbench.running, timeout=180_000)
+    qtbot.waitUntil(lambda: "plan_memory" in finished and not workbench.running, timeout=600_000)
+    assert window.step_bar.current is Step.EXPORT
     rows = {row["method"]: row for row in finished["evaluate"]["rows"]}
     assert set(rows) == {"baseline", "weight-only", "llm-int8"}
     table = window.results_view.table

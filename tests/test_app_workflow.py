@@ -19,7 +19,7 @@ from app.view_models.scan_stats import ScanStatistics
 from app.view_models.threshold import ThresholdModel
 from app.view_models.workbench import CRASHED, RESTARTED, Step, Workbench
 from engine.client import EngineClient, EngineError, EngineState, Job, dispatch
-from tests.test_app_view_models import layer_payload
+from tests.scan_payloads import layer_payload
 
 
 class OfflineEngine:

@@ -202,6 +202,7 @@ from app.main import create_app
 from app.main_window import MainWindow
 app = create_app([])
 settings = QSettings(tempfile.mktemp(suffix=".ini"), QSettings.Format.IniFormat)
+settings.setValue("load_at_start", False)
 window = MainWindow(settings=settings)
 window.show()
 window.start_engine()

@@ -171,6 +171,7 @@ class Term:
     note: str = ""
     level: int = 0
     children: tuple[Term, ...] = ()
+    help: str = ""  # what the term is, for its tooltip (the note says how it was computed)
 
     @property
     def value_text(self) -> str:
@@ -296,16 +297,37 @@ class PlanView:
         usable_fraction = settings.get("usable_fraction", 0)
         budget = card["budget_per_gpu_bytes"]
         state = [
-            Term("Weights", int(weights["bytes"]), method_label(method, settings.get("dtype")), 0, weight_children),
-            Term("KV cache", int(entry["kv_cache"]["bytes"]), kv_note, 0),
-            Term("State to place", int(card["state_bytes"]), "weights + KV cache, split across the cards", 0),
+            Term(
+                "Weights",
+                int(weights["bytes"]),
+                method_label(method, settings.get("dtype")),
+                0,
+                weight_children,
+                "Every stored tensor of the model in this method's layout: INT8 weights, their scales, and what "
+                "stays in floating point.",
+            ),
+            Term(
+                "KV cache",
+                int(entry["kv_cache"]["bytes"]),
+                kv_note,
+                0,
+                help="The keys and values attention keeps for every token of the context, in every layer.",
+            ),
+            Term(
+                "State to place",
+                int(card["state_bytes"]),
+                "weights + KV cache, split across the cards",
+                0,
+                help="What must sit in GPU memory for the whole run; whole layers go to one card each.",
+            ),
         ]
         per_card = Term(
             f"Budget per {gpu}",
             int(budget),
             "what one card holds of weights and KV cache",
             0,
-            (
+            help="One card's memory after the margin, the CUDA runtime and the activations of one forward pass.",
+            children=(
                 Term("capacity", int(card["capacity_bytes"]), "memory.total as nvidia-smi reports it", 1),
                 Term("usable", int(card["usable_bytes"]), f"{usable_fraction:.0%} of capacity", 1),
                 Term("runtime overhead", -int(card["overhead_bytes"]), "CUDA context, cuBLAS, NCCL (assumed)", 1),
@@ -348,7 +370,14 @@ class PlanView:
                 )
             )
         plural = "GPU" if needed == 1 else "GPUs"
-        return Term(f"{needed} × {gpu}", None, f"{needed} {plural} needed", 0, tuple(children))
+        return Term(
+            f"{needed} × {gpu}",
+            None,
+            f"{needed} {plural} needed",
+            0,
+            tuple(children),
+            "The fewest cards that hold the state when whole decoder layers are placed in order.",
+        )
 
 
 def _ordered(terms: dict[str, Any], order: dict[str, str]) -> list[tuple[str, Any]]:

@@ -1,26 +1,25 @@
-"""Results of quantization and evaluation, one row per method, ready for the table and the chart."""
+"""Results of quantization and evaluation, one row per method, ready for the table, the chart and files.
+
+The table's columns are one declarative list (`COLUMNS`): each says its
+header, what it means (the header's tooltip), how to read its value from a row
+and how to show it. A column added there appears in the table, its tooltips,
+the CSV and the Markdown copy. Columns marked `shown=False` stay out of the
+table (so that it fits a small screen) and appear in each row's tooltip.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.vocabulary import RESULT_GPUS
+from engine.vocabulary import BASELINE, RESULT_GPUS
 
 MB = 1e6
-
-COLUMNS = (
-    "method",
-    "perplexity",
-    "change",
-    "int8 MB",
-    "float MB",
-    "model MB",
-    "outlier cols",
-    *RESULT_GPUS,
-    "eval s",
-)
+UNKNOWN = "—"
+DOES_NOT_FIT = "does not fit"
 
 
 @dataclass
@@ -33,31 +32,107 @@ class ResultRow:
     total_bytes: int | None = None
     outlier_dims: int | None = None
     seconds: float | None = None
-    gpus: dict[str, int | None] = field(default_factory=dict)  # card -> GPUs needed
+    threshold: float | None = None  # the threshold the method was quantized at
+    gpus: dict[str, int | None] = field(default_factory=dict)  # card -> GPUs needed (None: does not fit)
 
     def cells(self) -> list[str]:
-        """The row as text, in COLUMNS order; unknown values are an em dash."""
+        """The row as the table shows it, in `shown_columns()` order."""
+        return [column.text(self) for column in shown_columns()]
 
-        def mb(value: int | None) -> str:
-            return "—" if value is None else f"{value / MB:,.1f}"
 
-        def gpus(card: str) -> str:
-            if card not in self.gpus:
-                return "—"
-            needed = self.gpus[card]
-            return "does not fit" if needed is None else str(needed)
+@dataclass(frozen=True)
+class Column:
+    """One column of the results: header, meaning, value of a row, and that value as text."""
 
-        return [
-            self.method,
-            "—" if self.perplexity is None else f"{self.perplexity:.3f}",
-            "—" if self.relative_change is None else f"{self.relative_change:+.2%}",
-            mb(self.int8_bytes),
-            mb(self.float_bytes),
-            mb(self.total_bytes),
-            "—" if self.outlier_dims is None else f"{self.outlier_dims:,}",
-            *(gpus(card) for card in RESULT_GPUS),
-            "—" if self.seconds is None else f"{self.seconds:.1f}",
-        ]
+    header: str
+    tooltip: str
+    value: Callable[[ResultRow], Any]
+    format: Callable[[Any], str] = str
+    shown: bool = True  # False: in each row's tooltip, the CSV and the Markdown, not in the table
+
+    def text(self, row: ResultRow) -> str:
+        value = self.value(row)
+        return UNKNOWN if value is None else self.format(value)
+
+
+def _megabytes(read: Callable[[ResultRow], int | None]) -> Callable[[ResultRow], float | None]:
+    """A byte count of the row in MB (10^6 bytes), the unit every MB column shows and saves."""
+    return lambda row: None if read(row) is None else read(row) / MB
+
+
+def _one_decimal(value: float) -> str:
+    return f"{value:,.1f}"
+
+
+def _gpus_needed(card: str) -> Callable[[ResultRow], Any]:
+    def value(row: ResultRow) -> Any:
+        if card not in row.gpus:
+            return None
+        return DOES_NOT_FIT if row.gpus[card] is None else row.gpus[card]
+
+    return value
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("method", "The quantization method; hover a row for its other numbers.", lambda r: r.method),
+    Column(
+        "perplexity",
+        "How surprised the model is by the evaluation text (exp of the mean loss per token): lower is better.",
+        lambda r: r.perplexity,
+        lambda v: f"{v:.3f}",
+    ),
+    Column(
+        "change",
+        "Perplexity against the floating-point baseline, on the same evaluation tokens.",
+        lambda r: r.relative_change,
+        lambda v: f"{v:+.2%}",
+    ),
+    Column(
+        "int8 MB",
+        "Bytes stored as INT8: the quantized weights.",
+        _megabytes(lambda r: r.int8_bytes),
+        _one_decimal,
+        shown=False,
+    ),
+    Column(
+        "float MB",
+        "Bytes left in floating point: embeddings, norms, scales and, for LLM.int8(), the outlier weight columns.",
+        _megabytes(lambda r: r.float_bytes),
+        _one_decimal,
+        shown=False,
+    ),
+    Column(
+        "model MB",
+        "Every tensor of the model: INT8 plus floating point.",
+        _megabytes(lambda r: r.total_bytes),
+        _one_decimal,
+    ),
+    Column(
+        "outlier cols",
+        "Linear input columns kept in floating point: for static LLM.int8(), those over the threshold in the scan.",
+        lambda r: r.outlier_dims,
+        lambda v: f"{v:,}",
+    ),
+    *(
+        Column(
+            card,
+            f"{card} cards needed for the weights, the KV cache and the activations (the note below the table "
+            "gives the plan's context and batch).",
+            _gpus_needed(card),
+        )
+        for card in RESULT_GPUS
+    ),
+    Column("eval s", "Seconds the evaluation of this method took.", lambda r: r.seconds, _one_decimal),
+)
+
+
+def shown_columns() -> list[Column]:
+    return [column for column in COLUMNS if column.shown]
+
+
+def row_tooltip(row: ResultRow) -> str:
+    """The columns the table leaves out, for the row's tooltip."""
+    return "\n".join(f"{column.header}: {column.text(row)}" for column in COLUMNS if not column.shown)
 
 
 class ResultsModel:
@@ -85,7 +160,7 @@ class ResultsModel:
     def _row(self, method: str) -> ResultRow:
         if method not in self.rows:
             self.rows[method] = ResultRow(method)
-            ordered = sorted(self.rows.values(), key=lambda r: (r.method != "baseline",))
+            ordered = sorted(self.rows.values(), key=lambda r: (r.method != BASELINE,))
             self.rows = {r.method: r for r in ordered}
         return self.rows[method]
 
@@ -95,6 +170,7 @@ class ResultsModel:
             row = self._row(summary["method"])
             row.int8_bytes, row.float_bytes = summary.get("int8_bytes"), summary.get("float_bytes")
             row.total_bytes, row.outlier_dims = summary.get("total_bytes"), summary.get("outlier_dims")
+            row.threshold = summary.get("threshold")
             row.perplexity = row.relative_change = row.seconds = None  # stale until evaluated again
         self._changed()
 
@@ -138,9 +214,29 @@ class ResultsModel:
     def chart_data(self) -> tuple[list[str], list[float], float | None]:
         """(methods, perplexities, baseline perplexity) of the evaluated rows."""
         evaluated = [r for r in self.rows.values() if r.perplexity is not None]
-        baseline = self.rows.get("baseline")
+        baseline = self.rows.get(BASELINE)
         return (
             [r.method for r in evaluated],
             [float(r.perplexity) for r in evaluated],
             None if baseline is None else baseline.perplexity,
         )
+
+    # --- files ---------------------------------------------------------------------------------------
+
+    def to_csv(self) -> str:
+        """Every column, values as measured (not rounded; empty when unknown), one row per method."""
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow([column.header for column in COLUMNS])
+        for row in self.rows.values():
+            writer.writerow(["" if (v := column.value(row)) is None else v for column in COLUMNS])
+        return out.getvalue()
+
+    def to_markdown(self) -> str:
+        """Every column as the table shows it, as a Markdown table."""
+        lines = [
+            "| " + " | ".join(column.header for column in COLUMNS) + " |",
+            "|" + "|".join("---" for _ in COLUMNS) + "|",
+        ]
+        lines += ["| " + " | ".join(column.text(row) for column in COLUMNS) + " |" for row in self.rows.values()]
+        return "\n".join(lines) + "\n"

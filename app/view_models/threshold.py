@@ -109,16 +109,17 @@ class ThresholdModel:
 
     # --- the summary -----------------------------------------------------------------------------
 
-    def outlier_mask(self) -> np.ndarray:
-        """(rows, width) bool: heatmap cells over the threshold."""
+    def outlier_mask(self, threshold: float | None = None) -> np.ndarray:
+        """(rows, width) bool: heatmap cells over the threshold (the current one unless given)."""
         grid = self.stats.absmax_grid
         with np.errstate(invalid="ignore"):
-            return grid > self._threshold
+            return grid > (self._threshold if threshold is None else threshold)
 
-    def summary(self) -> ThresholdSummary:
-        threshold = self._threshold
+    def summary(self, threshold: float | None = None) -> ThresholdSummary:
+        """What the current threshold (or `threshold`) keeps in floating point."""
+        threshold = self._threshold if threshold is None else threshold
         stats = self.stats
-        over_rows = self.outlier_mask()
+        over_rows = self.outlier_mask(threshold)
         kinds = []
         for kind, start, stop in stats.kind_spans():
             filled = stats.row_filled[start:stop]

@@ -54,6 +54,17 @@ class Step(enum.Enum):
     EXPORT = "Export"
 
 
+STEP_HELP = {
+    Step.LOAD: "Load a model: the embedded default, a Hugging Face directory or a GGUF file.",
+    Step.SCAN: "Run calibration text through the model and record the largest activation of every input "
+    "dimension of every Linear layer.",
+    Step.THRESHOLD: "Choose which dimensions count as outliers: those over the threshold stay in floating point. "
+    "The heatmap and the summary follow at once.",
+    Step.RUN: "Quantize with the ticked methods, measure perplexity against the floating-point baseline and "
+    "count the GPUs each needs.",
+    Step.EXPORT: "Save a quantized model as safetensors that transformers + bitsandbytes load.",
+}
+
 STEP_OF_REQUEST = {
     "load_model": Step.LOAD,
     "scan": Step.SCAN,

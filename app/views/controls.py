@@ -1,7 +1,8 @@
 """The left-hand controls: model, scan, quantize & evaluate, export.
 
 Each group only collects the user's choices and emits a request; the main
-window sends it to the engine and enables the buttons by engine state.
+window sends it to the workflow, enables the buttons by engine state and marks
+the button of the current step as the one to press (`mark_current`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
+    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -21,9 +23,53 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.vocabulary import METHOD_LABELS, METHODS
+from engine.vocabulary import METHOD_DESCRIPTIONS, METHOD_LABELS, METHOD_SHORT_LABELS, METHODS
 
 DEFAULT_MODEL_LABEL = "Embedded default (SmolLM2-135M)"
+DEFAULT_METHODS = ("absmax-tensor", "vectorwise", "llm-int8", "weight-only")
+# (row, column) of each method's check box: the INT8 baselines left, the answers to the outliers right.
+CHECKBOX_CELLS = {
+    "absmax-tensor": (0, 0),
+    "vectorwise": (1, 0),
+    "weight-only": (2, 0),
+    "q8_0": (3, 0),
+    "llm-int8": (0, 1),
+    "llm-int8-dynamic": (1, 1),
+    "smoothquant": (2, 1),
+}
+
+
+def step_button(text: str, tooltip: str) -> QPushButton:
+    """A button that moves the workflow on; the window highlights the one of the current step."""
+    button = QPushButton(text)
+    button.setObjectName("stepButton")
+    button.setToolTip(tooltip)
+    return button
+
+
+def mark_current(button: QPushButton, current: bool) -> None:
+    """Highlight (or not) `button` as the one to press now."""
+    if button.property("current") != current:
+        button.setProperty("current", current)
+        button.style().unpolish(button)
+        button.style().polish(button)
+
+
+def _spin(low: int, high: int, value: int, step: int, suffix: str, tooltip: str) -> QSpinBox:
+    spin = QSpinBox()
+    spin.setRange(low, high)
+    spin.setSingleStep(step)
+    spin.setValue(value)
+    spin.setSuffix(suffix)
+    spin.setToolTip(tooltip)
+    return spin
+
+
+def _row(*widgets: QWidget) -> QHBoxLayout:
+    row = QHBoxLayout()
+    for widget in widgets:
+        row.addWidget(widget)
+    return row
 
 
 class ModelPanel(QGroupBox):
@@ -32,26 +78,26 @@ class ModelPanel(QGroupBox):
     sig_load = Signal(object)  # model path or None for the embedded default
 
     def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__("Model", parent)
+        super().__init__("1  Model", parent)
         self.source = QComboBox()
         self.source.addItem(DEFAULT_MODEL_LABEL, None)
-        self.source.setToolTip("Recent models are remembered")
+        self.source.setToolTip("The model to load; models you opened before are remembered here")
         self.open_dir = QPushButton("Directory…")
-        self.open_dir.setToolTip("A Hugging Face model directory (config.json, safetensors, tokenizer)")
+        self.open_dir.setToolTip("Add a Hugging Face model directory (config.json, safetensors, tokenizer)")
         self.open_gguf = QPushButton("GGUF…")
-        self.load_button = QPushButton("Load")
-        self.load_button.setObjectName("primary")
+        self.open_gguf.setToolTip("Add a GGUF model file")
+        self.load_at_start = QCheckBox("Load at start")
+        self.load_at_start.setToolTip("Load the model chosen here as soon as the engine is up, next time too")
+        self.load_button = step_button("Load", "Load the chosen model into the engine (Ctrl+L)")
         self.info = QLabel("No model loaded.")
         self.info.setWordWrap(True)
         self.info.setObjectName("info")
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.open_dir)
-        buttons.addWidget(self.open_gguf)
-        buttons.addWidget(self.load_button)
         layout = QVBoxLayout(self)
-        layout.addWidget(self.source)
-        layout.addLayout(buttons)
+        layout.addLayout(_row(self.source, self.load_button))
+        layout.addLayout(_row(self.open_dir, self.open_gguf, self.load_at_start))
         layout.addWidget(self.info)
+        self.source.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.source.setMinimumContentsLength(16)
         self.open_dir.clicked.connect(self._choose_directory)
         self.open_gguf.clicked.connect(self._choose_gguf)
         self.load_button.clicked.connect(lambda: self.sig_load.emit(self.source.currentData()))
@@ -83,13 +129,11 @@ class ModelPanel(QGroupBox):
 
     def show_info(self, info: dict) -> None:
         parameters = info.get("parameters")
+        size = f" · {parameters / 1e6:,.1f} M parameters" if parameters else ""
         lines = [
-            f"<b>{info.get('name', '?')}</b>",
-            f"{info.get('architecture', '?')} · {parameters / 1e6:,.1f} M parameters"
-            if parameters
-            else info.get("architecture", "?"),
-            f"{info.get('layers', '?')} layers · hidden {info.get('hidden_size', '?')} · "
-            f"{info.get('device', '?')} · {info.get('dtype', '?')}",
+            f"<b>{info.get('name', '?')}</b>{size}",
+            f"{info.get('architecture', '?')} · {info.get('layers', '?')} layers · hidden "
+            f"{info.get('hidden_size', '?')} · {info.get('device', '?')} · {info.get('dtype', '?')}",
         ]
         lines += [f"<i>{note}</i>" for note in info.get("notes", [])]
         self.info.setText("<br>".join(lines))
@@ -101,27 +145,20 @@ class ScanPanel(QGroupBox):
     sig_scan = Signal(dict)
 
     def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__("Scan", parent)
+        super().__init__("2  Scan", parent)
         self.corpus = QComboBox()
         self.corpus.addItem("Python docs (pydoc topics)", None)
         self.corpus.addItem("Text file…", "choose")
+        self.corpus.setToolTip("Calibration text: the scan runs it through the model (never used for evaluation)")
         self.corpus.activated.connect(self._corpus_chosen)
-        self.tokens = QSpinBox()
-        self.tokens.setRange(64, 1 << 20)
-        self.tokens.setSingleStep(512)
-        self.tokens.setValue(4096)
-        self.tokens.setSuffix(" tokens")
-        self.seq_len = QSpinBox()
-        self.seq_len.setRange(16, 8192)
-        self.seq_len.setValue(512)
-        self.seq_len.setSuffix(" per sequence")
-        self.scan_button = QPushButton("Scan")
-        self.scan_button.setObjectName("primary")
-        form = QFormLayout(self)
-        form.addRow("corpus", self.corpus)
-        form.addRow("calibration", self.tokens)
-        form.addRow("", self.seq_len)
-        form.addRow(self.scan_button)
+        self.tokens = _spin(64, 1 << 20, 4096, 512, " tokens", "How many calibration tokens the scan runs")
+        self.seq_len = _spin(16, 8192, 512, 64, " per sequence", "Tokens per calibration sequence")
+        self.scan_button = step_button(
+            "Scan", "Record the largest activation of every input dimension of every Linear (Ctrl+R)"
+        )
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.corpus)
+        layout.addLayout(_row(self.tokens, self.seq_len, self.scan_button))
         self.scan_button.clicked.connect(lambda: self.sig_scan.emit(self.params()))
 
     def _corpus_chosen(self, index: int) -> None:
@@ -149,40 +186,37 @@ class RunPanel(QGroupBox):
     sig_export = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__("Quantize && evaluate", parent)
+        super().__init__("4  Quantize && evaluate", parent)
         self.method_boxes: dict[str, QCheckBox] = {}
-        layout = QVBoxLayout(self)
+        boxes = QGridLayout()
         for name in METHODS:
-            label = METHOD_LABELS[name]
-            box = QCheckBox(label)
-            box.setChecked(name in ("absmax-tensor", "vectorwise", "llm-int8", "weight-only"))
-            box.setToolTip(name)
+            box = QCheckBox(METHOD_SHORT_LABELS[name])
+            box.setChecked(name in DEFAULT_METHODS)
+            box.setToolTip(f"<b>{METHOD_LABELS[name]}</b> ({name}): {METHOD_DESCRIPTIONS[name]}")
             self.method_boxes[name] = box
-            layout.addWidget(box)
-        self.eval_tokens = QSpinBox()
-        self.eval_tokens.setRange(64, 1 << 20)
-        self.eval_tokens.setSingleStep(1024)
-        self.eval_tokens.setValue(8192)
-        self.eval_tokens.setSuffix(" tokens")
-        self.eval_tokens.setToolTip(
-            "Compare methods on 8,192 tokens or more: one short window moves W8A8 results by a few percent"
+            boxes.addWidget(box, *CHECKBOX_CELLS[name])
+        self.eval_tokens = _spin(
+            64,
+            1 << 20,
+            8192,
+            1024,
+            " tokens",
+            "Evaluation tokens, never the calibration text. Compare methods on 8,192 or more: one short "
+            "window moves W8A8 results by a few percent",
         )
-        self.window = QSpinBox()
-        self.window.setRange(16, 8192)
-        self.window.setValue(512)
-        self.window.setSuffix(" per window")
+        self.window = _spin(16, 8192, 512, 64, " per window", "Tokens per evaluation window (the context)")
+        self.run_button = step_button(
+            "Run", "Quantize with the ticked methods, evaluate them and count their GPUs (Ctrl+Return)"
+        )
+        self.export_button = step_button(
+            "Export…", "Save a quantized model as safetensors that transformers + bitsandbytes load (Ctrl+E)"
+        )
+        layout = QVBoxLayout(self)
+        layout.addLayout(boxes)
         form = QFormLayout()
-        form.addRow("evaluation", self.eval_tokens)
-        form.addRow("", self.window)
+        form.addRow("evaluation", _row(self.eval_tokens, self.window))
         layout.addLayout(form)
-        self.run_button = QPushButton("Run")
-        self.run_button.setObjectName("primary")
-        self.export_button = QPushButton("Export…")
-        self.export_button.setToolTip("Save a quantized model as safetensors that transformers + bitsandbytes load")
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.export_button)
-        layout.addLayout(buttons)
+        layout.addLayout(_row(self.run_button, self.export_button))
         self.run_button.clicked.connect(lambda: self.sig_run.emit(self.methods(), self.eval_params()))
         self.export_button.clicked.connect(self.sig_export.emit)
 

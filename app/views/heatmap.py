@@ -26,8 +26,13 @@ from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QVBoxLa
 from app.view_models.scan_stats import ScanStatistics
 from app.view_models.threshold import ThresholdModel
 from app.views import colors
+from app.views.empty_state import EmptyState
 from engine.vocabulary import KIND_SHORT
 
+EMPTY_TEXT = (
+    "Scan to see the largest activation of every feature dimension in every layer: "
+    "rows are layers, columns are dimensions, and the outliers light up."
+)
 MODE_ABSMAX = "absmax"
 MODE_SHARE = "share"
 ABSMAX_LOG_RANGE = (-1.0, 2.0)  # initial colour range, log10 abs-max; widened when the data need it
@@ -79,9 +84,14 @@ class HeatmapView(QWidget):
         self.mode_box.addItem("abs-max (log10)", MODE_ABSMAX)
         self.mode_box.addItem("% of tokens over the scan threshold", MODE_SHARE)
         self.mode_box.currentIndexChanged.connect(lambda _: self.set_mode(self.mode_box.currentData()))
+        self.mode_box.setToolTip(
+            "abs-max: the largest |activation| each dimension reached in the scan (log10). % of tokens: how often "
+            "it was over the scan's threshold; an outlier dimension is large on most tokens, not once."
+        )
         self.overlay_box = QCheckBox("Highlight outliers")
         self.overlay_box.setChecked(True)
         self.overlay_box.toggled.connect(self._on_overlay_toggled)
+        self.overlay_box.setToolTip("Draw the cells over the current threshold in cyan: what LLM.int8() keeps in float")
         self.readout = QLabel("Hover over the heatmap to read a cell; click to see that dimension in every layer.")
         self.readout.setObjectName("readout")
         self.readout.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -118,8 +128,10 @@ class HeatmapView(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(controls)
-        layout.addWidget(self.graphics, 1)
+        self.empty = EmptyState(self.graphics, EMPTY_TEXT)
+        layout.addWidget(self.empty, 1)
         layout.addWidget(self.readout)
+        self.readout.setVisible(False)
 
     # --- drawing ---------------------------------------------------------------------------------
 
@@ -245,6 +257,9 @@ class HeatmapView(QWidget):
             self.plot.getViewBox().setRange(xRange=(0, width), yRange=(0, rows), padding=0)
 
     def _on_stats(self, event: str, data: object) -> None:
+        empty = not self.stats.row_filled.any()
+        self.empty.set_empty(empty)
+        self.readout.setVisible(not empty)
         if event == "row":
             self.update_row(int(data))
         elif event == "reset":

@@ -14,14 +14,17 @@ import math
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtWidgets import QVBoxLayout, QWidget
+from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from app.view_models.scan_stats import ScanStatistics
 from app.view_models.threshold import ThresholdModel
 from app.views import colors
+from app.views.empty_state import EmptyState
 from app.views.throttle import Coalescer
 
 REFRESH_MS = 100
+VALUES_COLOR, ABSMAX_COLOR = "#9a9cab", "#f4a259"
+EMPTY_TEXT = "Scan to see how large the activations are: the outliers sit far out, past the threshold."
 
 
 class PowerOfTenAxis(pg.AxisItem):
@@ -39,19 +42,15 @@ class HistogramView(QWidget):
         self.plot.setMenuEnabled(False)
         self.plot.setLabel("bottom", "|activation|")
         self.plot.setLabel("left", "count")
-        self.plot.addLegend(offset=(-10, 10))
         self.values_curve = self.plot.plot(
             [0, 1],
             [0],
             stepMode="center",
             fillLevel=0,
             brush=(120, 120, 140, 90),
-            pen=pg.mkPen("#9a9cab"),
-            name="all values",
+            pen=pg.mkPen(VALUES_COLOR),
         )
-        self.absmax_curve = self.plot.plot(
-            [0, 1], [0], stepMode="center", pen=pg.mkPen("#f4a259", width=2), name="per-dimension abs-max"
-        )
+        self.absmax_curve = self.plot.plot([0, 1], [0], stepMode="center", pen=pg.mkPen(ABSMAX_COLOR, width=2))
         self.line = pg.InfiniteLine(
             pos=math.log10(threshold.threshold),
             angle=90,
@@ -64,11 +63,27 @@ class HistogramView(QWidget):
         self.line.label.setFormat("")
         self.plot.addItem(self.line)
         self.line.sigPositionChanged.connect(self._on_line_moved)
+        self.plot.setToolTip(
+            "Grey: every activation value seen in the scan. Orange: the largest |activation| of each "
+            "dimension, what the threshold acts on. Drag the cyan line to move the threshold."
+        )
         self._updating = False
         self._refresh = Coalescer(self.refresh, REFRESH_MS, self)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.plot)
+        # The key sits above the plot, where it cannot hide the curves.
+        key = QLabel(
+            f"<span style='color:{VALUES_COLOR}'>&#9632; every value</span>&nbsp;&nbsp; "
+            f"<span style='color:{ABSMAX_COLOR}'>&#9632; largest per dimension</span>"
+        )
+        key.setWordWrap(True)
+        content = QWidget()
+        content_layout = QVBoxLayout(content)
+        content_layout.setContentsMargins(0, 0, 0, 0)
+        content_layout.addWidget(key)
+        content_layout.addWidget(self.plot, 1)
+        self.empty = EmptyState(content, EMPTY_TEXT)
+        layout.addWidget(self.empty)
         stats.subscribe(self._on_stats)
         threshold.subscribe(self._on_threshold)
         self._on_threshold(threshold.threshold)
@@ -82,6 +97,7 @@ class HistogramView(QWidget):
     def refresh(self) -> None:
         """Show both histograms of the statistics held so far (empty curves before any)."""
         edges, totals = self.stats.absmax_hist_edges, self.stats.hist_total
+        self.empty.set_empty(not self.stats.linears)
         if edges is None or totals is None or len(edges) != len(totals) + 1:
             self.values_curve.setData([0, 1], [0])
             self.absmax_curve.setData([0, 1], [0])

@@ -401,6 +401,8 @@ class PlannerDialog(QDialog):
 def _tree_item(term: Term) -> QTreeWidgetItem:
     item = QTreeWidgetItem([term.label, term.value_text, term.note])
     item.setTextAlignment(1, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+    for column in range(3):
+        item.setToolTip(column, term.help or term.note)
     if term.level == 0:
         font = item.font(0)
         font.setBold(True)

@@ -16,8 +16,12 @@ from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 from app.view_models.scan_stats import ScanStatistics
 from app.view_models.threshold import ThresholdModel
 from app.views import colors
+from app.views.empty_state import EmptyState
 from app.views.histogram import PowerOfTenAxis
 from engine.vocabulary import KIND_LABELS
+
+NO_SCAN_TEXT = "Scan, then click a dimension on the heatmap to follow it through every layer."
+NO_DIMENSION_TEXT = "Click a dimension on the heatmap to follow it through every layer."
 
 
 class DimensionProfileView(QWidget):
@@ -25,7 +29,7 @@ class DimensionProfileView(QWidget):
         super().__init__(parent)
         self.stats, self.threshold = stats, threshold
         self.dim: int | None = None
-        self.title = QLabel("Click a dimension on the heatmap to see it in every layer.")
+        self.title = QLabel("")
         self.title.setObjectName("sectionTitle")
         self.plot = pg.PlotWidget(axisItems={"left": PowerOfTenAxis("left")})
         self.plot.setMenuEnabled(False)
@@ -34,7 +38,8 @@ class DimensionProfileView(QWidget):
         self.line = pg.InfiniteLine(angle=0, pen=colors.THRESHOLD_PEN)
         self.plot.addItem(self.line)
         self.curves: dict[str, pg.PlotDataItem] = {}
-        layout = QVBoxLayout(self)
+        content = QWidget()
+        layout = QVBoxLayout(content)
         layout.setContentsMargins(0, 0, 0, 0)
         # The key sits above the plot, where it cannot hide the curves.
         self.key = QLabel(
@@ -44,15 +49,21 @@ class DimensionProfileView(QWidget):
                 if kind in colors.KIND_COLORS
             )
         )
+        self.key.setWordWrap(True)
         layout.addWidget(self.title)
         layout.addWidget(self.key)
         layout.addWidget(self.plot)
+        self.empty = EmptyState(content, NO_SCAN_TEXT)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(self.empty)
         threshold.subscribe(lambda value: self.line.setValue(math.log10(value)))
         self.line.setValue(math.log10(threshold.threshold))
         stats.subscribe(self._on_stats)
 
     def show_dimension(self, dim: int) -> None:
         self.dim = dim
+        self.empty.set_empty(False)
         profile = self.stats.dimension_profile(dim)
         for curve in self.curves.values():
             self.plot.removeItem(curve)
@@ -77,5 +88,9 @@ class DimensionProfileView(QWidget):
         )
 
     def _on_stats(self, event: str, data: object) -> None:
-        if self.dim is not None and event in ("finished", "reset"):
+        if self.dim is None or (event == "reset" and not self.stats.row_filled.any()):
+            self.dim = None
+            self.empty.set_text(NO_DIMENSION_TEXT if self.stats.row_filled.any() else NO_SCAN_TEXT)
+            self.empty.set_empty(True)
+        elif event in ("finished", "reset"):
             self.show_dimension(self.dim)

@@ -1,14 +1,42 @@
-"""The results table and the perplexity bar chart, observing `ResultsModel`."""
+"""The Run's results: the outcome in a sentence, the table and the perplexity bar chart, observing `ResultsModel`.
+
+The table shows the columns of `app.view_models.results.COLUMNS` marked shown,
+each header with its meaning as a tooltip, each row with the other columns as
+its tooltip. Right-click the table to save every column as CSV or copy them as
+Markdown. Before any result the view says what fills it.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QHeaderView, QLabel, QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
+from PySide6.QtCore import QPoint, QSettings, Qt
+from PySide6.QtWidgets import (
+    QApplication,
+    QHeaderView,
+    QLabel,
+    QMenu,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
-from app.view_models.results import COLUMNS, ResultsModel
+from app.view_models.results import ResultsModel, row_tooltip, shown_columns
+from app.view_models.scan_stats import ScanStatistics
+from app.view_models.story import result_sentence
+from app.view_models.threshold import ThresholdModel
+from app.views.empty_state import EmptyState
+from app.views.saving import ask_save_path
 
+EMPTY_TEXT = (
+    "Tick methods and press Run: the engine quantizes the model with each, measures its perplexity on text "
+    "the scan never saw, and counts the GPUs it needs."
+)
+FOLDER_KEY = "folders/results"  # QSettings: where the last CSV was saved
 BAR_COLORS = {
     "baseline": "#9a9cab",
     "absmax-tensor": "#e56b6f",
@@ -20,60 +48,97 @@ BAR_COLORS = {
 
 
 class ResultsView(QWidget):
-    def __init__(self, model: ResultsModel, parent: QWidget | None = None) -> None:
+    def __init__(
+        self,
+        model: ResultsModel,
+        stats: ScanStatistics,
+        threshold: ThresholdModel,
+        settings: QSettings | None = None,
+        parent: QWidget | None = None,
+    ) -> None:
         super().__init__(parent)
-        self.model = model
-        self.caption = QLabel("Tick methods and press Run to quantize and measure perplexity.")
-        self.caption.setObjectName("sectionTitle")
-        self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(list(COLUMNS))
-        self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.table.horizontalHeader().setStretchLastSection(True)
-        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
-        self.table.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
+        self.model, self.stats, self.threshold, self.settings = model, stats, threshold, settings
+        self.sentence = QLabel("")
+        self.sentence.setObjectName("resultSentence")
+        self.sentence.setWordWrap(True)
+        self.sentence.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.caption = QLabel("")
+        self.caption.setWordWrap(True)
+        self.table = self._build_table()
         self.note = QLabel("")
         self.note.setWordWrap(True)
-        self.chart = pg.PlotWidget()
-        self.chart.setMenuEnabled(False)
-        self.chart.setMouseEnabled(False, False)
-        self.chart.setLabel("left", "perplexity")
-        self.chart.getAxis("bottom").setHeight(42)  # two staggered rows of method names
+        self.chart = self._build_chart()
         self.bars: pg.BarGraphItem | None = None
-        self.baseline_line = pg.InfiniteLine(angle=0, pen=pg.mkPen("#9a9cab", style=Qt.PenStyle.DashLine))
-        self.chart.addItem(self.baseline_line)
         self.labels: list[pg.TextItem] = []
 
         top = QWidget()
         top_layout = QVBoxLayout(top)
         top_layout.setContentsMargins(0, 0, 0, 0)
         top_layout.addWidget(self.caption)
-        top_layout.addWidget(self.table)
+        top_layout.addWidget(self.table, 1)
         top_layout.addWidget(self.note)
-        splitter = QSplitter(Qt.Orientation.Horizontal)
-        splitter.addWidget(top)
-        splitter.addWidget(self.chart)
-        splitter.setStretchFactor(0, 3)
-        splitter.setStretchFactor(1, 2)
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.addWidget(top)
+        self.splitter.addWidget(self.chart)
+        self.splitter.setStretchFactor(0, 3)
+        self.splitter.setStretchFactor(1, 1)
+        content = QWidget()
+        content_layout = QVBoxLayout(content)
+        content_layout.setContentsMargins(0, 0, 0, 0)
+        content_layout.addWidget(self.sentence)
+        content_layout.addWidget(self.splitter, 1)
+        self.empty = EmptyState(content, EMPTY_TEXT)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(splitter)
+        layout.addWidget(self.empty)
         model.subscribe(self.refresh)
+
+    def _build_table(self) -> QTableWidget:
+        columns = shown_columns()
+        table = QTableWidget(0, len(columns))
+        table.setHorizontalHeaderLabels([column.header for column in columns])
+        for index, column in enumerate(columns):
+            table.horizontalHeaderItem(index).setToolTip(column.tooltip)
+        table.verticalHeader().setVisible(False)
+        table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        table.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
+        table.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        table.customContextMenuRequested.connect(self._table_menu)
+        return table
+
+    def _build_chart(self) -> pg.PlotWidget:
+        chart = pg.PlotWidget()
+        chart.setMenuEnabled(False)
+        chart.setMouseEnabled(False, False)
+        chart.setLabel("left", "perplexity")
+        chart.getAxis("left").enableAutoSIPrefix(False)
+        chart.getViewBox().setLimits(yMin=0)  # perplexity is never negative, nor is its axis
+        chart.getAxis("bottom").setHeight(42)  # two staggered rows of method names
+        chart.setToolTip("Perplexity per method; the dashed line is the floating-point baseline")
+        self.baseline_line = pg.InfiniteLine(angle=0, pen=pg.mkPen("#9a9cab", style=Qt.PenStyle.DashLine))
+        chart.addItem(self.baseline_line)
+        return chart
 
     def refresh(self) -> None:
         rows = list(self.model.rows.values())
+        self.empty.set_empty(not rows)
         self.table.setRowCount(len(rows))
         for r, row in enumerate(rows):
+            tooltip = row_tooltip(row)
             for c, text in enumerate(row.cells()):
                 item = QTableWidgetItem(text)
+                item.setToolTip(tooltip)
                 if c:
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 self.table.setItem(r, c, item)
-        if self.model.eval_tokens:
-            self.caption.setText(
-                f"Perplexity on {self.model.eval_tokens:,} evaluation tokens "
-                "(never the calibration text); change is against the floating-point baseline."
-            )
+        self.caption.setText(
+            f"Perplexity on {self.model.eval_tokens:,} evaluation tokens (never the calibration text); "
+            "change is against the floating-point baseline."
+            if self.model.eval_tokens
+            else "Quantized: evaluating next."
+        )
+        self.sentence.setText(result_sentence(self.model, self.stats, self.threshold))
         self.note.setText(self.model.plan_note)
         self._draw_chart()
 
@@ -104,3 +169,26 @@ class ResultsView(QWidget):
         self.chart.setXRange(-0.6, len(methods) - 0.4)
         # Every other name one line lower, so that long method names never run into each other.
         self.chart.getAxis("bottom").setTicks([[(i, f"\n{m}" if i % 2 else m) for i, m in enumerate(methods)]])
+
+    # --- keeping the results -----------------------------------------------------------------------
+
+    def save_csv(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(self.model.to_csv(), encoding="utf-8")
+        return path
+
+    def copy_markdown(self) -> str:
+        text = self.model.to_markdown()
+        QApplication.clipboard().setText(text)
+        return text
+
+    def ask_save_csv(self) -> None:
+        path = ask_save_path(self, "Save the results", "results.csv", "CSV (*.csv)", self.settings, FOLDER_KEY)
+        if path is not None:
+            self.save_csv(path)
+
+    def _table_menu(self, pos: QPoint) -> None:
+        menu = QMenu(self.table)
+        menu.addAction("Save results as CSV…", self.ask_save_csv).setEnabled(bool(self.model.rows))
+        menu.addAction("Copy results as Markdown", self.copy_markdown).setEnabled(bool(self.model.rows))
+        menu.popup(self.table.viewport().mapToGlobal(pos))

@@ -14,8 +14,8 @@ import math
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QDoubleSpinBox,
-    QFormLayout,
     QGroupBox,
+    QHBoxLayout,
     QHeaderView,
     QLabel,
     QSlider,
@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
 
 from app.view_models.threshold import ThresholdModel
 from app.views.throttle import Coalescer
+from engine.vocabulary import DEFAULT_THRESHOLD
 
 SLIDER_STEPS = 1000
 SLIDER_LOG_RANGE = (-1.0, 3.0)  # 0.1 .. 1000
@@ -47,24 +48,30 @@ def threshold_to_slider(threshold: float) -> int:
 
 class ThresholdPanel(QGroupBox):
     def __init__(self, model: ThresholdModel, parent: QWidget | None = None) -> None:
-        super().__init__("Threshold", parent)
+        super().__init__("3  Pick the threshold", parent)
         self.model = model
         self._syncing = False
         self.slider = QSlider(Qt.Orientation.Horizontal)
         self.slider.setRange(0, SLIDER_STEPS)
-        self.slider.setToolTip("Outlier threshold on |x| (logarithmic)")
+        self.slider.setToolTip(
+            "Drag to move the outlier threshold on |x| (logarithmic, 0.1 to 1000; Ctrl+Up / Ctrl+Down)"
+        )
         self.spin = QDoubleSpinBox()
         self.spin.setDecimals(3)
         self.spin.setRange(0.001, 1e6)
         self.spin.setSingleStep(0.5)
-        self.spin.setToolTip("A dimension whose calibration abs-max exceeds this stays in floating point")
+        self.spin.setToolTip(
+            "A Linear input dimension whose largest |activation| in the scan exceeds this is an outlier: "
+            f"LLM.int8() keeps it in floating point. {DEFAULT_THRESHOLD:g} is the paper's choice."
+        )
         self.fraction_spin = QDoubleSpinBox()
         self.fraction_spin.setDecimals(3)
         self.fraction_spin.setRange(0.0, 100.0)
         self.fraction_spin.setSuffix(" %")
         self.fraction_spin.setSingleStep(0.1)
         self.fraction_spin.setToolTip(
-            "The same choice as the share of (Linear, dimension) pairs with the largest abs-max"
+            "The same choice, put as a share: the top % of (Linear, dimension) pairs by their largest "
+            "|activation| become outliers"
         )
         self.overall = QLabel(NO_SCAN_TEXT)
         self.overall.setWordWrap(True)
@@ -76,18 +83,21 @@ class ThresholdPanel(QGroupBox):
             "per layer: mean / max number of them in one layer"
         )
         self.table.verticalHeader().setVisible(False)
+        self.table.verticalHeader().setDefaultSectionSize(22)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
-        self.table.setMinimumHeight(140)
+        self.table.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.table.setVisible(False)
 
-        form = QFormLayout()
-        form.addRow("|x| over", self.spin)
-        form.addRow("", self.slider)
-        form.addRow("top dimensions", self.fraction_spin)
+        values = QHBoxLayout()
+        for label, spin in (("|x| over", self.spin), ("top", self.fraction_spin)):
+            values.addWidget(QLabel(label))
+            values.addWidget(spin, 1)
         layout = QVBoxLayout(self)
-        layout.addLayout(form)
+        layout.addLayout(values)
+        layout.addWidget(self.slider)
         layout.addWidget(self.overall)
         layout.addWidget(self.table)
 
@@ -127,24 +137,24 @@ class ThresholdPanel(QGroupBox):
         if not self.model.stats.linears:
             self.overall.setText(NO_SCAN_TEXT)
             self.table.setRowCount(0)
+            self.table.setVisible(False)
             return
         summary = self.model.summary()
         if summary.float_bytes is None:
-            memory = (
-                "memory of the floating-point columns: unknown (the scan did not report out_features "
-                "of the Linear layers)"
-            )
+            memory = "memory unknown (the scan did not report the Linears' out_features)"
         else:
-            memory = (
-                f"floating-point columns cost <b>{summary.float_bytes / 1e6:,.2f} MB</b> "
-                f"({self.model.float_bytes * 8}-bit weights + int64 indices)"
-            )
+            memory = f"<b>{summary.float_bytes / 1e6:,.2f} MB</b>"
         self.overall.setText(
             f"<b>{summary.outlier_columns:,}</b> of {summary.total_columns:,} Linear input columns over "
-            f"{threshold:g}: <b>{summary.fraction:.3%}</b> kept in floating point; {memory}."
+            f"{threshold:g}: <b>{summary.fraction:.3%}</b> kept in floating point, {memory}."
+        )
+        self.overall.setToolTip(
+            "The memory is what the outlier columns cost in floating point: "
+            f"{self.model.float_bytes * 8}-bit weights (out_features per column) + an int64 index each."
         )
         if self.table.rowCount() != len(summary.kinds):
             self.table.setRowCount(len(summary.kinds))
+            self._fit_table()
         for row, kind in enumerate(summary.kinds):
             cells = [
                 kind.label,
@@ -153,6 +163,14 @@ class ThresholdPanel(QGroupBox):
             ]
             for col, text in enumerate(cells):
                 self._set_cell(row, col, text)
+
+    def _fit_table(self) -> None:
+        """As tall as its rows (a handful of input kinds): no scroll bar, no empty space."""
+        rows = sum(self.table.rowHeight(r) for r in range(self.table.rowCount()))
+        self.table.setFixedHeight(
+            self.table.horizontalHeader().sizeHint().height() + rows + 2 * self.table.frameWidth()
+        )
+        self.table.setVisible(self.table.rowCount() > 0)
 
     def _set_cell(self, row: int, col: int, text: str) -> None:
         """Change a cell only when its text changes: each change re-fits the columns to their contents."""
