@@ -12,7 +12,13 @@ the condition for using that implementation, which names what it really needs:
   still multiplies in INT8 on the GPU rather than in the chunked float32 of the
   reference.
 
-An op without a CUDA implementation runs its reference everywhere: the
+On the CPU, an op with a CPU implementation (`kernels.cpu_int8`) runs that:
+the exact INT8 product on oneDNN's INT8 GEMM where the CPU has VNNI or AMX,
+the whole INT8 linear layer, the outlier columns and the scan's statistics as
+fused passes around a float32 GEMM; it runs the reference itself for inputs it
+does not cover (not float32, or no C compiler here), with the same results.
+
+An op without a CUDA implementation runs its reference on a CUDA device: the
 reference of `log_histogram` already avoids host synchronisation, so a CUDA
 copy would add nothing. `INT8WB_KERNELS=reference` forces the reference for
 every op. Signatures and numeric conventions are those of `kernels.reference`;
@@ -26,13 +32,14 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from kernels import cuda_loader, cuda_ops, reference
+from kernels import cpu_int8, cuda_loader, cuda_ops, reference
 
 FLOATS = frozenset(cuda_ops.FLOAT_DTYPES)
 
@@ -54,6 +61,7 @@ class Op:
     reference: Callable[..., Any]
     cuda: Callable[..., Any] | None = None
     on_cuda: OnCuda | None = None
+    cpu: Callable[..., Any] | None = None  # for CPU tensors; covers what it cannot with the reference
 
     @functools.cached_property
     def _signature(self) -> inspect.Signature:
@@ -77,6 +85,11 @@ class Op:
             return False
         return not condition.kernels or cuda_loader.kernels_available(first.device)
 
+    def runs_on_cpu(self, *args: Any, **kwargs: Any) -> bool:
+        """Whether the first argument lives on the CPU (and the reference is not forced)."""
+        first = args[0] if args else kwargs[next(iter(self._signature.parameters))]
+        return first.device.type == "cpu" and not cuda_loader.reference_forced()
+
 
 REGISTRY: dict[str, Op] = {}
 
@@ -87,6 +100,8 @@ def _register(op: Op) -> Callable[..., Any]:
 
     def dispatch(*args: Any, **kwargs: Any) -> Any:
         implementation = op.cuda if op.uses_cuda(*args, **kwargs) else op.reference
+        if implementation is op.reference and op.cpu is not None and op.runs_on_cpu(*args, **kwargs):
+            implementation = op.cpu
         return implementation(*args, **kwargs)
 
     functools.update_wrapper(dispatch, op.reference)
@@ -98,7 +113,13 @@ _KERNELS_ON_FLOATS = OnCuda(FLOATS, kernels=True)
 
 feature_stats = _register(Op("feature_stats", reference.feature_stats, cuda_ops.feature_stats, _KERNELS_ON_FLOATS))
 outlier_columns = _register(
-    Op("outlier_columns", reference.outlier_columns, cuda_ops.outlier_columns, _KERNELS_ON_FLOATS)
+    Op(
+        "outlier_columns",
+        reference.outlier_columns,
+        cuda_ops.outlier_columns,
+        _KERNELS_ON_FLOATS,
+        cpu=cpu_int8.outlier_columns,
+    )
 )
 log_histogram = _register(Op("log_histogram", reference.log_histogram))
 quantize_rowwise = _register(
@@ -111,7 +132,13 @@ decompose_outliers = _register(
     Op("decompose_outliers", reference.decompose_outliers, cuda_ops.decompose_outliers, _KERNELS_ON_FLOATS)
 )
 int8_matmul = _register(
-    Op("int8_matmul", reference.int8_matmul, cuda_ops.int8_matmul, OnCuda(frozenset({torch.int8}), kernels=False))
+    Op(
+        "int8_matmul",
+        reference.int8_matmul,
+        cuda_ops.int8_matmul,
+        OnCuda(frozenset({torch.int8}), kernels=False),
+        cpu=cpu_int8.int8_matmul,
+    )
 )
 dequantize_epilogue = _register(
     Op(
@@ -130,8 +157,56 @@ dequantize_rowwise = _register(
     )
 )
 
+
+def _composed_int8_linear(
+    x: torch.Tensor,
+    weight_int8: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    outlier_cols: torch.Tensor | None = None,
+    outlier_weight: torch.Tensor | None = None,
+    per_tensor: bool = False,
+) -> torch.Tensor:
+    """`reference.int8_linear` with each step dispatched on its own (on a CUDA device: the kernels)."""
+    options = (bias, outlier_cols, outlier_weight, per_tensor)
+    return reference.compose_int8_linear(sys.modules[__name__], x, weight_int8, weight_scale, *options)
+
+
+def _composed_input_stats(
+    x: torch.Tensor,
+    threshold: float,
+    absmax_acc: torch.Tensor,
+    count_acc: torch.Tensor,
+    hist_acc: torch.Tensor,
+    log10_range: tuple[float, float],
+) -> None:
+    """`reference.input_stats` with each step dispatched on its own."""
+    feature_stats(x, threshold, absmax_acc, count_acc)
+    log_histogram(x, *log10_range, hist_acc)
+
+
+int8_linear = _register(
+    Op("int8_linear", reference.int8_linear, _composed_int8_linear, OnCuda(FLOATS, kernels=False), cpu=cpu_int8.linear)
+)
+input_stats = _register(
+    Op(
+        "input_stats",
+        reference.input_stats,
+        _composed_input_stats,
+        OnCuda(FLOATS, kernels=False),
+        cpu=cpu_int8.input_stats,
+    )
+)
+
 # Q8_0 blocks (llama.cpp's 8-bit format): the reference is torch, which runs on any device.
 quantize_blocks = _register(Op("quantize_blocks", reference.quantize_blocks))
 dequantize_blocks = _register(Op("dequantize_blocks", reference.dequantize_blocks))
 
 __all__ = list(REGISTRY)
+
+
+def int8_product_path(device: str) -> str:
+    """Which exact INT8 product runs on `device` ("cpu", "cuda", "cuda:N"), in words for the load summary."""
+    if device.startswith("cuda"):
+        return "cuda: cuBLASLt INT8 GEMM (torch._int_mm)"
+    return f"cpu: {cpu_int8.describe()}"

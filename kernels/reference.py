@@ -21,6 +21,9 @@ for bit where integers are concerned):
 
 from __future__ import annotations
 
+import sys
+from types import ModuleType
+
 import torch
 
 INT8_MAX = 127.0
@@ -115,7 +118,7 @@ def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     through a float32 GEMM, and the chunk results are added up in int32.
     """
     a32, b32 = a.float(), b.float()  # (M, K), (N, K); int8 values are exact in float32
-    bounds = _exact_chunk_bounds(a32, _int8_absmax(a), _int8_absmax(b))
+    bounds = exact_chunk_bounds(a32, _int8_absmax(a), _int8_absmax(b))
     acc = None
     for start, stop in zip(bounds[:-1], bounds[1:]):
         part = torch.mm(a32[:, start:stop], b32[:, start:stop].t()).to(torch.int32)  # (M, N)
@@ -128,7 +131,7 @@ def _int8_absmax(q: torch.Tensor) -> int:
     return max(int(q.max()), -int(q.min())) if q.numel() else 0
 
 
-def _exact_chunk_bounds(a32: torch.Tensor, a_absmax: int, b_absmax: int) -> list[int]:
+def exact_chunk_bounds(a32: torch.Tensor, a_absmax: int, b_absmax: int) -> list[int]:
     """K boundaries of the fewest even chunks whose partial sums stay exactly representable in float32."""
     k = a32.shape[1]
     if k * a_absmax * b_absmax < FLOAT32_EXACT_INTEGERS or a32.shape[0] == 0:
@@ -224,3 +227,59 @@ def log_histogram(x: torch.Tensor, log10_min: float, log10_max: float, hist_acc:
     position.clamp_(0, bins - 1).nan_to_num_(nan=bins - 1)
     index = position.long()
     hist_acc.index_add_(0, index, torch.ones((), dtype=hist_acc.dtype, device=hist_acc.device).expand(index.numel()))
+
+
+def input_stats(
+    x: torch.Tensor,
+    threshold: float,
+    absmax_acc: torch.Tensor,
+    count_acc: torch.Tensor,
+    hist_acc: torch.Tensor,
+    log10_range: tuple[float, float],
+) -> None:
+    """What the calibration scan keeps of one Linear input: `feature_stats` and `log_histogram` together."""
+    feature_stats(x, threshold, absmax_acc, count_acc)
+    log_histogram(x, *log10_range, hist_acc)
+
+
+def int8_linear(
+    x: torch.Tensor,
+    weight_int8: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    outlier_cols: torch.Tensor | None = None,
+    outlier_weight: torch.Tensor | None = None,
+    per_tensor: bool = False,
+) -> torch.Tensor:
+    """The W8A8 linear layer, x (T, K) -> (T, N) in x's dtype, composed of the ops above.
+
+    Activations are quantized per token (`per_tensor`: one scale for all of x),
+    or, given `outlier_cols` (n,), per token with those columns taken out and
+    multiplied in floating point by `outlier_weight` (N, n) (LLM.int8()). The
+    INT8 product is exact and dequantized with both scales; `bias` is added last.
+    """
+    options = (bias, outlier_cols, outlier_weight, per_tensor)
+    return compose_int8_linear(sys.modules[__name__], x, weight_int8, weight_scale, *options)
+
+
+def compose_int8_linear(
+    primitives: ModuleType,
+    x: torch.Tensor,
+    weight_int8: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    outlier_cols: torch.Tensor | None,
+    outlier_weight: torch.Tensor | None,
+    per_tensor: bool,
+) -> torch.Tensor:
+    """`int8_linear` from the quantize, product and epilogue ops of `primitives` (this module, or `kernels.ops`)."""
+    outlier_out = None
+    if per_tensor:
+        x_int8, x_scale = primitives.quantize_tensor(x)
+    elif outlier_cols is None:
+        x_int8, x_scale = primitives.quantize_rowwise(x)
+    else:
+        x_int8, x_scale, x_outliers = primitives.decompose_outliers(x, outlier_cols)  # (T, K), (T,), (T, n)
+        outlier_out = x_outliers @ outlier_weight.t() if outlier_cols.numel() else None  # (T, N)
+    acc = primitives.int8_matmul(x_int8, weight_int8)  # (T, N) int32
+    return primitives.dequantize_epilogue(acc, x_scale, weight_scale, bias, outlier_out, x.dtype)

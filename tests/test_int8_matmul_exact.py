@@ -16,7 +16,7 @@ def _int_mm(a, b):
 def test_worst_case_values_split_k_and_stay_exact(fill):
     a = torch.full((32, 1536), fill, dtype=torch.int8)
     b = torch.full((24, 1536), fill, dtype=torch.int8)
-    bounds = reference._exact_chunk_bounds(a.float(), reference._int8_absmax(a), reference._int8_absmax(b))
+    bounds = reference.exact_chunk_bounds(a.float(), reference._int8_absmax(a), reference._int8_absmax(b))
     assert len(bounds) - 1 >= 2
     assert all(stop - start <= 1024 for start, stop in zip(bounds[:-1], bounds[1:]))
     assert torch.equal(reference.int8_matmul(a, b), _int_mm(a, b))
@@ -26,7 +26,7 @@ def test_typical_activations_need_one_gemm_and_stay_exact():
     generator = torch.Generator().manual_seed(0)
     a, _ = reference.quantize_rowwise(torch.randn(64, 1536, generator=generator))
     b, _ = reference.quantize_rowwise(torch.randn(40, 1536, generator=generator))
-    bounds = reference._exact_chunk_bounds(a.float(), reference._int8_absmax(a), reference._int8_absmax(b))
+    bounds = reference.exact_chunk_bounds(a.float(), reference._int8_absmax(a), reference._int8_absmax(b))
     assert bounds == [0, 1536]
     assert torch.equal(reference.int8_matmul(a, b), _int_mm(a, b))
 

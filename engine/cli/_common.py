@@ -78,6 +78,7 @@ def session_with_model(args):
             f"{info['device']}, {info['dtype']})",
             file=sys.stderr,
         )
+        print(f"INT8 product: {info['int8_path']}", file=sys.stderr)
         for note in info["notes"]:
             print(f"note: {note}", file=sys.stderr)
     return session

@@ -28,6 +28,8 @@ class LoadedModel:
 
     def describe(self) -> dict[str, Any]:
         """JSON-able summary for the CLI and the GUI."""
+        from kernels.ops import int8_product_path
+
         config = self.model.config
         return {
             "name": self.name,
@@ -40,6 +42,7 @@ class LoadedModel:
             "layers": getattr(config, "num_hidden_layers", None),
             "hidden_size": getattr(config, "hidden_size", None),
             "intermediate_size": getattr(config, "intermediate_size", None),
+            "int8_path": int8_product_path(self.device),
             "notes": list(self.notes),
         }
 

@@ -87,6 +87,7 @@ def run(params: dict[str, Any], task, loaded, quantized: dict[str, Any]) -> dict
     from engine.model.limits import check_evaluation, check_sequence_length
     from engine.planning.memory import MemoryRecorder
     from engine.quant.quantize import tensor_bytes
+    from kernels.ops import int8_product_path
 
     settings = EvalSettings.from_params(params)
     check_sequence_length(loaded.model, settings.window, "an evaluation window")
@@ -125,6 +126,7 @@ def run(params: dict[str, Any], task, loaded, quantized: dict[str, Any]) -> dict
     return {
         "settings": {"tokens": int(windows.numel()), "window": settings.window, "batch_size": settings.batch_size},
         "corpus": source,
+        "int8_path": int8_product_path(loaded.device),
         "rows": rows,
     }
 

@@ -114,9 +114,8 @@ class Int8Linear(nn.Module):
         if self.scheme.activations == "float":
             y = nn.functional.linear(x2, self.dequantized_weight(x.dtype), self.bias)
         elif self.scheme.outliers == "none":
-            x_int8, x_scale = self.scheme.quantize_activations(x2)
-            acc = ops.int8_matmul(x_int8, self.weight_int8)  # (T, out) int32
-            y = ops.dequantize_epilogue(acc, x_scale, self.weight_scale, self.bias, None, x.dtype)
+            per_tensor = self.scheme.activations == "tensor"
+            y = ops.int8_linear(x2, self.weight_int8, self.weight_scale, self.bias, per_tensor=per_tensor)
         else:
             y = self._forward_with_outliers(x2)
         return y.reshape(*leading, self.out_features)
@@ -132,7 +131,4 @@ class Int8Linear(nn.Module):
         else:
             cols = ops.outlier_columns(x2, self.threshold)  # (n,)
             outlier_weight = ops.dequantize_rowwise(self.weight_int8.index_select(1, cols), self.weight_scale, x2.dtype)
-        x_int8, x_scale, x_outliers = ops.decompose_outliers(x2, cols)  # (T, in), (T,), (T, n)
-        acc = ops.int8_matmul(x_int8, self.weight_int8)
-        outlier_out = x_outliers @ outlier_weight.t() if cols.numel() else None  # (T, out)
-        return ops.dequantize_epilogue(acc, x_scale, self.weight_scale, self.bias, outlier_out, x2.dtype)
+        return ops.int8_linear(x2, self.weight_int8, self.weight_scale, self.bias, cols, outlier_weight)

@@ -308,6 +308,7 @@ class _StatsHooks:
         from kernels import ops
 
         name_of = {id(module): name for name, module in self.members}
+        log10_range = (HIST_LOG10_MIN, HIST_LOG10_MAX)
         for name, module in self.members:
             device = module.weight.device
             absmax = torch.zeros(module.in_features, dtype=torch.float32, device=device)
@@ -318,8 +319,7 @@ class _StatsHooks:
             def hook(mod, args, absmax=absmax, count=count, hist=hist):
                 self.task.check_cancelled()
                 x = args[0].reshape(-1, mod.in_features)  # (tokens, in_features)
-                ops.feature_stats(x, self.threshold, absmax, count)
-                ops.log_histogram(x, HIST_LOG10_MIN, HIST_LOG10_MAX, hist)
+                ops.input_stats(x, self.threshold, absmax, count, hist, log10_range)
                 if self.probe is not None:
                     self.probe.observe(name_of[id(mod)], mod, x)
 

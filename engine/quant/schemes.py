@@ -96,13 +96,6 @@ class Scheme:
             return ops.dequantize_blocks(weight_int8, weight_scale, dtype)
         return ops.dequantize_rowwise(weight_int8, weight_scale, dtype)
 
-    def quantize_activations(self, x):
-        """(int8 (T, in), abs-max (T,) or 0-d) of activations (T, in), for the W8A8 methods."""
-        from kernels import ops
-
-        quantize = ops.quantize_tensor if self.activations == "tensor" else ops.quantize_rowwise
-        return quantize(x)
-
     def empty_fields(self, out_features: int, in_features: int, n_outliers: int, compute_dtype, device) -> dict:
         """Uninitialised tensors of every field (on the meta device: the layout without the data)."""
         import torch

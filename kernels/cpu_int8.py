@@ -1,0 +1,291 @@
+"""The INT8 linear layer and the scan's statistics on the CPU: fast, and bit for bit the torch reference.
+
+The exact INT8 x INT8 -> INT32 product takes one of two paths (`product_path()`):
+- `onednn-amx` / `onednn-vnni`: on a CPU with AVX512-VNNI (AMX too), `torch._int_mm` runs oneDNN's
+  integer GEMM, which accumulates in int32 and is exact.
+- `float32-gemm` elsewhere, where `torch._int_mm` is a plain loop 30-230x slower than a float32
+  GEMM (and fbgemm's faster kernels are exact only for 7-bit activations): one float32 GEMM of the
+  quantized values, exact while no partial sum can reach 2**24, i.e. while every row of the
+  quantized activations has an L1 norm below 2**24 / 128 (128 bounds |w| for any int8 weight, so
+  the weight is never scanned); rows that do not are split into exact K-chunks as in
+  `kernels.reference.int8_matmul`.
+Both give the same accumulator and the same epilogue follows, so their outputs are identical.
+
+Around the GEMM, `linear` makes one pass over the activations (abs-max per token, outlier columns
+counted as zero, rounded values written straight in the GEMM's input type, and each row's L1 norm
+for the exactness check) and one over the accumulator (the dequantize epilogue, in place, with the
+outlier product and the bias); the fused passes are `kernels/cpu_int8.c` (`kernels.cpu_loader`).
+Where that library is unavailable, or x is not float32, the reference composition runs instead, with
+the same results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from kernels import cpu_loader, reference
+
+ONEDNN_AMX = "onednn-amx"
+ONEDNN_VNNI = "onednn-vnni"
+FLOAT32_GEMM = "float32-gemm"
+PRODUCT_PATHS = (ONEDNN_AMX, ONEDNN_VNNI, FLOAT32_GEMM)
+
+# The float32 GEMM of int8 values is exact while every row's L1 norm times max |w| (<= 128) is below 2**24.
+_EXACT_ROW_L1 = reference.FLOAT32_EXACT_INTEGERS / 128.0
+
+# The weight goes to float32 a block of rows at a time, about this many values (4 MiB) per block.
+WEIGHT_BLOCK_ELEMENTS = 1 << 20
+
+_forced_path: list[str] = []
+_scratch = threading.local()
+
+
+def detected_product_path() -> str:
+    """The INT8 product this CPU runs best: oneDNN's integer GEMM where it has VNNI, else float32."""
+    capabilities = torch.cpu.get_capabilities()
+    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+        return FLOAT32_GEMM
+    if capabilities.get("amx_int8") and capabilities.get("avx512_vnni"):
+        return ONEDNN_AMX
+    return ONEDNN_VNNI if capabilities.get("avx512_vnni") else FLOAT32_GEMM
+
+
+def product_path() -> str:
+    """The path the CPU INT8 product takes now (`detected_product_path`, unless `forced_product_path`)."""
+    return _forced_path[-1] if _forced_path else detected_product_path()
+
+
+@contextlib.contextmanager
+def forced_product_path(path: str) -> Iterator[None]:
+    """Run the CPU INT8 product on `path` inside the block (tests and benchmarks compare the paths)."""
+    if path not in PRODUCT_PATHS:
+        raise ValueError(f"unknown CPU INT8 path {path!r}; one of {', '.join(PRODUCT_PATHS)}")
+    _forced_path.append(path)
+    try:
+        yield
+    finally:
+        _forced_path.pop()
+
+
+def describe() -> str:
+    """One line for the load summary: which INT8 product runs, and whether the fused passes do."""
+    if cpu_loader.library() is None:
+        return f"reference ops, {FLOAT32_GEMM} in K-chunks ({cpu_loader.unavailable_reason()})"
+    return f"{product_path()}, fused C passes"
+
+
+def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Exact `a @ b.T` (int8 -> int32) on this CPU's path; a: (M, K), b: (N, K)."""
+    if product_path() == FLOAT32_GEMM:
+        return reference.int8_matmul(a, b)
+    return torch._int_mm(a, b.t())
+
+
+def fused_available(x: torch.Tensor) -> bool:
+    """Whether `linear` and the statistics run the fused passes for x (float32 on the CPU, library built)."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 2 and cpu_loader.library() is not None
+
+
+def linear(
+    x: torch.Tensor,
+    weight_int8: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    outlier_cols: torch.Tensor | None = None,
+    outlier_weight: torch.Tensor | None = None,
+    per_tensor: bool = False,
+) -> torch.Tensor:
+    """`kernels.reference.int8_linear` for x (T, K) on the CPU, with the fused passes where they apply."""
+    if not fused_available(x):
+        return reference.int8_linear(x, weight_int8, weight_scale, bias, outlier_cols, outlier_weight, per_tensor)
+    x = x.contiguous()
+    tokens, _ = x.shape
+    keep = _keep_mask(x.shape[1], outlier_cols)
+    tensor_absmax = _tensor_absmax(x) if per_tensor else None
+    if product_path() == FLOAT32_GEMM:
+        acc, x_scale = _float32_product(x, weight_int8, keep, tensor_absmax)
+    else:
+        x_int8, x_scale = _quantize(x, keep, tensor_absmax, torch.int8)
+        acc = torch._int_mm(x_int8, weight_int8.t())
+    outlier_out = None
+    if outlier_cols is not None and outlier_cols.numel():
+        outlier_out = x.index_select(1, outlier_cols) @ outlier_weight.t()  # (T, N), as the reference forms it
+    return _dequantize(acc, x_scale, weight_scale, bias, outlier_out, weight_int8.shape[0])
+
+
+def _keep_mask(cols: int, outlier_cols: torch.Tensor | None) -> torch.Tensor | None:
+    """(K,) uint32 of all ones, with zeros at the outlier columns; None when there are none."""
+    if outlier_cols is None or not outlier_cols.numel():
+        return None
+    keep = torch.full((cols,), -1, dtype=torch.int32)
+    return keep.index_fill_(0, outlier_cols, 0)
+
+
+def _tensor_absmax(x: torch.Tensor) -> torch.Tensor:
+    """max |x| over the whole tensor, in one pass (1-element float32)."""
+    low, high = torch.aminmax(x)
+    return torch.maximum(high, -low).reshape(1)
+
+
+def _quantize(
+    x: torch.Tensor, keep: torch.Tensor | None, tensor_absmax: torch.Tensor | None, dtype: torch.dtype
+) -> tuple[torch.Tensor, ...]:
+    """One pass: (q (T, K) in `dtype`, absmax (T,)[, L1 of each row of q (T,) for float32])."""
+    tokens, cols = x.shape
+    q = torch.empty((tokens, cols), dtype=dtype)
+    absmax = torch.empty(tokens, dtype=torch.float32)
+    common = (x.data_ptr(), tokens, cols, x.stride(0), _address(keep), _address(tensor_absmax), q.data_ptr())
+    if dtype == torch.int8:
+        cpu_loader.library().quantize_rows_i8(*common, absmax.data_ptr(), torch.get_num_threads())
+        return q, absmax
+    l1 = torch.empty(tokens, dtype=torch.float32)
+    cpu_loader.library().quantize_rows_f32(*common, absmax.data_ptr(), l1.data_ptr(), torch.get_num_threads())
+    return q, absmax, l1
+
+
+def _float32_product(
+    x: torch.Tensor, weight_int8: torch.Tensor, keep: torch.Tensor | None, tensor_absmax: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(exact accumulator (T, N): float32 from one GEMM, or int32 from K-chunks, activation scales (T,))."""
+    q, x_scale, l1 = _quantize(x, keep, tensor_absmax, torch.float32)
+    if q.shape[1] * 127 * 128 < reference.FLOAT32_EXACT_INTEGERS or float(l1.max()) < _EXACT_ROW_L1:
+        return _blocked_gemm(q, weight_int8), x_scale
+    weight = weight_int8.float()  # (N, K); int8 values are exact in float32
+    bounds = reference.exact_chunk_bounds(q, 127, 128)
+    acc = torch.zeros((q.shape[0], weight.shape[0]), dtype=torch.int32)
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        acc += torch.mm(q[:, start:stop], weight[:, start:stop].t()).to(torch.int32)
+    return acc, x_scale
+
+
+def _blocked_gemm(q: torch.Tensor, weight_int8: torch.Tensor) -> torch.Tensor:
+    """q (T, K) @ weight_int8.T as float32, the weight converted a block of rows at a time.
+
+    Each block of output features is converted into one reused, cache-sized buffer just before
+    its GEMM: a float copy of the whole weight per call would be written to memory, read back,
+    and for a large layer faulted in afresh every time.
+    """
+    out_features, cols = weight_int8.shape
+    y = torch.empty((q.shape[0], out_features), dtype=torch.float32)
+    block = max(1, WEIGHT_BLOCK_ELEMENTS // max(cols, 1))
+    buffer = _workspace(min(block, out_features) * cols)
+    for start in range(0, out_features, block):
+        rows = weight_int8[start : start + block]
+        weight = buffer[: rows.numel()].view(rows.shape).copy_(rows)  # (rows, K) float32
+        torch.mm(q, weight.t(), out=y[:, start : start + rows.shape[0]])
+    return y
+
+
+def _workspace(elements: int) -> torch.Tensor:
+    """This thread's float32 scratch buffer of at least `elements`, kept between calls."""
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is None or buffer.numel() < elements:
+        _scratch.buffer = buffer = torch.empty(elements, dtype=torch.float32)
+    return buffer
+
+
+def _dequantize(
+    acc: torch.Tensor,
+    x_scale: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    outlier_out: torch.Tensor | None,
+    out_features: int,
+) -> torch.Tensor:
+    """The reference epilogue in one pass; a float32 accumulator becomes the output in place."""
+    tokens = acc.shape[0]
+    y = acc if acc.dtype == torch.float32 else torch.empty((tokens, out_features), dtype=torch.float32)
+    col_scale = weight_scale.float().expand(out_features).contiguous()  # a per-tensor scale, broadcast
+    row_scale = x_scale.expand(tokens).contiguous()
+    bias = None if bias is None else bias.float().contiguous()
+    outlier_out = None if outlier_out is None else outlier_out.float().contiguous()
+    entry = cpu_loader.library().dequantize_f32 if acc.dtype == torch.float32 else cpu_loader.library().dequantize_i32
+    entry(
+        acc.data_ptr(),
+        y.data_ptr(),
+        tokens,
+        out_features,
+        row_scale.data_ptr(),
+        col_scale.data_ptr(),
+        _address(outlier_out),
+        _address(bias),
+        torch.get_num_threads(),
+    )
+    return y
+
+
+def outlier_columns(x: torch.Tensor, threshold: float) -> torch.Tensor:
+    """`kernels.reference.outlier_columns` on the CPU, in one pass where the fused kernels apply."""
+    if not fused_available(x):
+        return reference.outlier_columns(x, threshold)
+    x = x.detach().contiguous()
+    flags = torch.zeros(x.shape[1], dtype=torch.uint8)
+    cpu_loader.library().outlier_flags(
+        x.data_ptr(), x.shape[0], x.shape[1], x.stride(0), threshold, flags.data_ptr(), torch.get_num_threads()
+    )
+    return flags.nonzero().squeeze(1)
+
+
+def input_stats(
+    x: torch.Tensor,
+    threshold: float,
+    absmax_acc: torch.Tensor,
+    count_acc: torch.Tensor,
+    hist_acc: torch.Tensor,
+    log10_range: tuple[float, float],
+) -> None:
+    """`kernels.reference.input_stats` on the CPU, in one pass where the fused kernels apply.
+
+    Abs-max and counts are exact; the histogram bins on float32 edges 10**(log10_min + i * width)
+    where the reference rounds a float32 log10, so a value within a rounding of an edge can land
+    in the neighbouring bin.
+    """
+    if not fused_available(x):
+        return reference.input_stats(x, threshold, absmax_acc, count_acc, hist_acc, log10_range)
+    x = x.detach().contiguous()
+    cols = x.shape[1]
+    bin_of_cell, upper_edge_bits = _histogram_tables(hist_acc.numel(), *log10_range)
+    absmax_bits = torch.zeros(cols, dtype=torch.int32)
+    count = torch.zeros(cols, dtype=torch.int64)
+    hist = torch.zeros(hist_acc.numel(), dtype=torch.int64)
+    cpu_loader.library().feature_stats(
+        x.data_ptr(),
+        x.shape[0],
+        cols,
+        x.stride(0),
+        threshold,
+        absmax_bits.data_ptr(),
+        count.data_ptr(),
+        hist.data_ptr(),
+        bin_of_cell.data_ptr(),
+        upper_edge_bits.data_ptr(),
+        hist_acc.numel(),
+        torch.get_num_threads(),
+    )
+    torch.maximum(absmax_acc, absmax_bits.view(torch.float32), out=absmax_acc)
+    count_acc += count
+    hist_acc += hist
+
+
+@functools.cache
+def _histogram_tables(bins: int, log10_min: float, log10_max: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(bin of the smallest magnitude of each cell of 2**16 float32 bit patterns (65536,) uint8,
+    bit pattern of the lower edge of bins 1 .. bins-1 (bins - 1,) int32)."""
+    width = (log10_max - log10_min) / bins
+    edges = (10.0 ** (log10_min + width * np.arange(1, bins))).astype(np.float32)  # (bins - 1,)
+    edge_bits = edges.view(np.uint32).astype(np.int64)
+    cell_low_bits = np.arange(1 << 16, dtype=np.int64) << 16
+    magnitude = cell_low_bits & 0x7FFFFFFF
+    bin_of_cell = np.searchsorted(edge_bits, magnitude, side="right")
+    bin_of_cell[magnitude >= 0x7F800000] = bins - 1  # infinity and NaN: the last bin, as the reference
+    return torch.from_numpy(bin_of_cell.astype(np.uint8)), torch.from_numpy(edges.view(np.int32).copy())
+
+
+def _address(tensor: torch.Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()

@@ -1,0 +1,137 @@
+"""The fused CPU INT8 path (kernels.cpu_int8) against the torch reference and torch._int_mm, bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.quant.int8_linear import Int8Linear
+from kernels import cpu_int8, cpu_loader, ops, reference
+
+pytestmark = pytest.mark.skipif(cpu_loader.library() is None, reason="the fused CPU kernels could not be built here")
+
+# (tokens, in, out): odd sizes, one GEMM for the whole weight, several weight blocks (K = 4096 gives
+# 256 rows per block), and K past 1,040 where the float32 GEMM's exactness depends on the data.
+SHAPES = [(1, 1, 1), (7, 13, 5), (64, 576, 96), (33, 2085, 31), (40, 4096, 600)]
+
+
+def _layer(tokens: int, cols: int, out: int, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, cols, generator=generator) * 2
+    x[:, min(3, cols - 1)] *= 30  # an outlier column
+    weight_int8, weight_scale = reference.quantize_rowwise(torch.randn(out, cols, generator=generator) * 0.05)
+    bias = torch.randn(out, generator=generator)
+    return x, weight_int8, weight_scale, bias
+
+
+def _outliers(x, weight_int8, weight_scale):
+    cols = reference.outlier_columns(x, 6.0)
+    return {"outlier_cols": cols, "outlier_weight": reference.dequantize_rowwise(weight_int8[:, cols], weight_scale)}
+
+
+@pytest.mark.parametrize("path", [cpu_int8.FLOAT32_GEMM, cpu_int8.ONEDNN_VNNI])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("mode", ["vectorwise", "per_tensor", "outliers"])
+def test_fused_linear_is_the_reference_bit_for_bit(path, shape, mode):
+    x, weight_int8, weight_scale, bias = _layer(*shape, seed=sum(shape))
+    options = {}
+    if mode == "per_tensor":
+        options = {"per_tensor": True}
+    elif mode == "outliers":
+        options = _outliers(x, weight_int8, weight_scale)
+    with cpu_int8.forced_product_path(path):
+        for with_bias in (bias, None):
+            expected = reference.int8_linear(x, weight_int8, weight_scale, with_bias, **options)
+            assert torch.equal(cpu_int8.linear(x, weight_int8, weight_scale, with_bias, **options), expected)
+
+
+def test_the_float32_gemm_matches_torch_int_mm():
+    """The accumulator the epilogue sees is torch._int_mm's, whichever path made it."""
+    x, weight_int8, weight_scale, bias = _layer(48, 4096, 300, seed=1)
+    x_int8, x_scale = reference.quantize_rowwise(x)
+    exact = torch._int_mm(x_int8, weight_int8.t())
+    expected = reference.dequantize_epilogue(exact, x_scale, weight_scale, bias)
+    for path in (cpu_int8.FLOAT32_GEMM, cpu_int8.ONEDNN_AMX):
+        with cpu_int8.forced_product_path(path):
+            assert torch.equal(cpu_int8.linear(x, weight_int8, weight_scale, bias), expected)
+            assert torch.equal(cpu_int8.int8_matmul(x_int8, weight_int8), exact)
+
+
+def test_rows_too_heavy_for_one_float32_gemm_are_split_and_stay_exact():
+    # Integer activations with |q| near 127 on 4,099 columns: a row's L1 norm passes 2**24 / 128.
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randint(100, 128, (6, 4099), generator=generator).float()
+    x[1] = -x[1]
+    weight_int8 = torch.full((5, 4099), -127, dtype=torch.int8)
+    weight_int8[2] = 127
+    weight_scale = torch.rand(5, generator=generator)
+    x_int8, x_scale = reference.quantize_rowwise(x)
+    assert float(x_int8.float().abs().sum(dim=1).max()) * 128 > reference.FLOAT32_EXACT_INTEGERS
+    expected = reference.dequantize_epilogue(torch._int_mm(x_int8, weight_int8.t()), x_scale, weight_scale)
+    assert torch.equal(cpu_int8.linear(x, weight_int8, weight_scale), expected)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (5, 7), (300, 1536)])
+def test_outlier_columns_match_the_reference(shape):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(3)) * 3
+    x[-1, 0] = -6.5  # a negative outlier counts too
+    x[0, -1] = 6.0  # exactly at the threshold does not
+    assert torch.equal(cpu_int8.outlier_columns(x, 6.0), reference.outlier_columns(x, 6.0))
+
+
+def test_input_stats_keep_exact_extremes_and_counts_and_the_histogram_to_the_eye():
+    generator = torch.Generator().manual_seed(4)
+    expected = (torch.zeros(96), torch.zeros(96, dtype=torch.int64), torch.zeros(90, dtype=torch.int64))
+    fused = tuple(t.clone() for t in expected)
+    for tokens in (1, 37, 512):
+        x = torch.randn(tokens, 96, generator=generator) * 3
+        x[0, :4] = torch.tensor([0.0, float("inf"), 1e-20, 3e6])  # below and above the histogram's range
+        reference.input_stats(x, 6.0, *expected, (-4.0, 5.0))
+        cpu_int8.input_stats(x, 6.0, *fused, (-4.0, 5.0))
+    assert torch.equal(fused[0], expected[0]) and torch.equal(fused[1], expected[1])
+    assert fused[2].sum() == expected[2].sum() == (1 + 37 + 512) * 96
+    assert fused[2][0] == expected[2][0] and fused[2][-1] == expected[2][-1]
+    # Only values within a float32 rounding of a bin edge may land in the neighbouring bin.
+    assert (fused[2] - expected[2]).abs().sum() <= 4
+
+
+def test_without_the_library_the_ops_run_the_reference():
+    x, weight_int8, weight_scale, bias = _layer(64, 576, 96, seed=5)
+    fused = ops.int8_linear(x, weight_int8, weight_scale, bias)
+    with cpu_loader.disabled():
+        assert not cpu_int8.fused_available(x)
+        assert "disabled" in ops.int8_product_path("cpu")
+        assert torch.equal(ops.int8_linear(x, weight_int8, weight_scale, bias), fused)
+    assert cpu_int8.fused_available(x)
+
+
+def test_the_detected_path_follows_the_cpu_and_can_be_forced():
+    has_vnni = bool(torch.cpu.get_capabilities().get("avx512_vnni")) and torch.backends.mkldnn.is_available()
+    assert (cpu_int8.detected_product_path() != cpu_int8.FLOAT32_GEMM) == has_vnni
+    with cpu_int8.forced_product_path(cpu_int8.FLOAT32_GEMM):
+        assert cpu_int8.product_path() == cpu_int8.FLOAT32_GEMM
+        assert ops.int8_product_path("cpu").startswith("cpu: float32-gemm, fused C passes")
+    assert cpu_int8.product_path() == cpu_int8.detected_product_path()
+    with pytest.raises(ValueError, match="unknown CPU INT8 path"), cpu_int8.forced_product_path("int4"):
+        pass
+
+
+@pytest.mark.parametrize("method", ["absmax-tensor", "vectorwise", "llm-int8", "llm-int8-dynamic"])
+def test_int8_linear_module_gives_the_reference_output(method):
+    linear = torch.nn.Linear(576, 96)
+    x = torch.randn(2, 32, 576, generator=torch.Generator().manual_seed(6))
+    x[..., 9] *= 40
+    cols = reference.outlier_columns(x.reshape(-1, 576), 6.0)
+    module = Int8Linear.from_linear(linear, method, 6.0, cols if method == "llm-int8" else None)
+    options = {}
+    if method == "absmax-tensor":
+        options = {"per_tensor": True}
+    elif method == "llm-int8":
+        options = {"outlier_cols": cols, "outlier_weight": module.outlier_weight}
+    elif method == "llm-int8-dynamic":
+        options = _outliers(x.reshape(-1, 576), module.weight_int8, module.weight_scale)
+    expected = reference.int8_linear(
+        x.reshape(-1, 576), module.weight_int8, module.weight_scale, module.bias, **options
+    )
+    with torch.no_grad():
+        assert torch.equal(module(x).reshape(-1, 96), expected)
