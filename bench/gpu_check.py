@@ -185,8 +185,9 @@ def gpu_test_files() -> list[str]:
     ]
 
 
-def run_tests(machine: Machine, marker: str, timeout: float, show_output: bool = False) -> Outcome:
-    command = [sys.executable, *PYTEST, "-m", marker, *(["-s"] if show_output else []), *gpu_test_files()]
+def run_tests(machine: Machine, marker: str, timeout: float) -> Outcome:
+    """pytest on every GPU test file, with `marker`; the figures the tests print are shown (-s)."""
+    command = [sys.executable, *PYTEST, "-s", "-m", marker, *gpu_test_files()]
     if machine.device is None:
         collected = subprocess.run(
             [*command, "--collect-only"], cwd=ROOT, env=PYTEST_ENV, capture_output=True, text=True
@@ -227,7 +228,7 @@ def steps(machine: Machine) -> list[tuple[str, float, Callable[[float], Outcome]
         ("compile the kernels with NVRTC", 90, lambda limit: compile_kernels(machine)),
         ("default model: load (GGUF conversion on first use)", 90, lambda limit: load_default_model(machine, limit)),
         ("GPU tests", 100, lambda limit: run_tests(machine, "gpu and quick" if quick else "gpu and not slow", limit)),
-        ("perplexity, GPU against CPU", 150, lambda limit: run_tests(machine, "gpu and slow", limit, True)),
+        ("perplexity, GPU against CPU", 150, lambda limit: run_tests(machine, "gpu and slow", limit)),
         ("benchmark", 90 if quick else 120, lambda limit: run_benchmark(machine, limit)),
     ]
     skipped_in_quick = {"default model: load (GGUF conversion on first use)", "perplexity, GPU against CPU"}

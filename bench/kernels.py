@@ -125,12 +125,15 @@ def kernel_cases(device: torch.device):
     ]
 
 
-def bench_kernels(device: torch.device, repeats: int) -> None:
+def bench_kernels(device: torch.device, repeats: int) -> int:
+    """Print one row per kernel; returns how many differed from the reference (and were not timed)."""
     print(f"{'kernel':<52}{'MB':>8}{'GB/s':>9}{'torch':>9}{'copy':>9}{'of copy':>9}{'x torch':>9}")
+    wrong = 0
     for name, n_bytes, cuda_op, torch_op, exact in kernel_cases(device):
         got, expected = cuda_op(), torch_op()
         if exact and not same(got, expected):
             print(f"{name:<52} WRONG: differs from the reference, not timed")
+            wrong += 1
             continue
         kernel, baseline, limit = time_ms(cuda_op, repeats), time_ms(torch_op, repeats), copy_ms(n_bytes, repeats)
         bandwidth = lambda ms: n_bytes / ms / 1e6  # noqa: E731  (GB/s)
@@ -138,6 +141,7 @@ def bench_kernels(device: torch.device, repeats: int) -> None:
             f"{name:<52}{n_bytes / 1e6:>8.0f}{bandwidth(kernel):>9.0f}{bandwidth(baseline):>9.0f}{bandwidth(limit):>9.0f}"
             f"{limit / kernel:>9.0%}{baseline / kernel:>9.2f}"
         )
+    return wrong
 
 
 def linear_layers(hidden: int, device: torch.device):
@@ -204,9 +208,9 @@ def main() -> int:
         print(f"CUDA kernels unavailable: {cuda_loader.unavailable_reason(device)}")
         return 1
     print(f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}; ratios are from this run\n")
-    bench_kernels(device, repeats)
+    wrong = bench_kernels(device, repeats)
     bench_linear(device, repeats, (4096,) if args.quick else (4096, 8192))
-    return 0
+    return 1 if wrong else 0
 
 
 if __name__ == "__main__":

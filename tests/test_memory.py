@@ -151,4 +151,5 @@ def test_cuda_planned_total_within_ten_percent_of_measured_peak():
     plan = plan_memory.run({"model": model, "context": context, "batch": batch, "methods": ["baseline"]}, Task())
     planned = plan["methods"][0]["total_bytes"]
     measured = recorder.phases[1].cuda_peak_allocated
+    print(f"\nVRAM planned {planned:,} B, measured peak {measured:,} B ({planned / measured - 1:+.1%})")
     assert abs(planned - measured) <= 0.10 * measured, (planned, measured)
