@@ -49,7 +49,7 @@ SCREENSHOT_OS_PACKAGES := xvfb xauth libxcb-cursor0 libxkbcommon-x11-0 libxcb-ic
 screenshots: $(STAMP)
 	@missing=$$(for p in $(SCREENSHOT_OS_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
-	xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python docs/screenshots.py
+	xvfb-run -a -s "-screen 0 1920x1080x24" $(BIN)/python docs/screenshots.py
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python docs/planner_screenshot.py
 
 clean:

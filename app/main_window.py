@@ -219,6 +219,7 @@ class MainWindow(QMainWindow):
             self.status.set_progress(*data)
         elif event == "results":
             self.bottom_tabs.setCurrentWidget(self.results_view)
+            self._make_room_for_results()
 
     def showEvent(self, event) -> None:  # noqa: N802 - Qt's name
         super().showEvent(event)
@@ -276,6 +277,15 @@ class MainWindow(QMainWindow):
         path, _ = QFileDialog.getOpenFileName(self, "Engine connection file", "", "Connection files (*.json)")
         if path:
             self.workbench.connect_file(path)
+
+    def _make_room_for_results(self, share: float = 0.4) -> None:
+        """After a Run its rows must show: the results pane gets `share` of the height if it has less."""
+        heatmap, plots, results = self.right.sizes()
+        total = heatmap + plots + results
+        if results < share * total:
+            results = int(share * total)
+            plots = min(plots, (total - results) // 3)
+            self.right.setSizes([total - results - plots, plots, results])
 
     def show_step(self, step: Step) -> None:
         """Bring a step's controls forward: scroll the sidebar to its panel and focus its button."""
@@ -344,7 +354,7 @@ class MainWindow(QMainWindow):
         address = f" ({self.client.remote_address})" if self.client.remote_address else ""
         self.status.set_state(self.client.state, address)
         if workbench.model_info is None:
-            self.model_panel.info.setText(workbench.model_note)
+            self.model_panel.show_note(workbench.model_note)
         else:
             self.model_panel.show_info(workbench.model_info)
         has_rows = bool(self.results.rows)

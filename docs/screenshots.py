@@ -1,62 +1,77 @@
-"""Screenshots of the workbench's main states, driven through a real engine on the default model.
+"""Screenshots of the workbench's first minutes at 1366 x 768 and 1920 x 1080, through a real engine.
 
 Run under a virtual display (Debian packages: xvfb xauth libxcb-cursor0 libxkbcommon-x11-0 libxcb-icccm4
 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 libxcb-xinerama0 libxcb-randr0 libxcb-shape0 libxcb-xkb1):
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/screenshots.py
+    xvfb-run -a -s "-screen 0 1920x1080x24" .venv/bin/python docs/screenshots.py
 
-Writes docs/after_scan.png, docs/threshold_moved.png and docs/results.png.
+The window starts as a newcomer's does (fresh settings: the default model loads at start), then
+scans 2,048 calibration tokens and runs four methods on 2,048 evaluation tokens. At each stage it is
+drawn at both sizes, with the splitters laid out as on a first start at that size. Writes
+docs/window-{1366,1920}-{start,scan,run}.png and docs/explain.png (the "What am I looking at?" panel).
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent
 sys.path.insert(0, str(DOCS.parent))
 
+SIZES = ((1366, 768), (1920, 1080))
+METHODS = ["absmax-tensor", "vectorwise", "llm-int8", "weight-only"]
+TOKENS = 2048
+
 
 def main() -> int:
     from PySide6.QtCore import QSettings
 
+    from app import window_memory
     from app.event_loop import process_events_until, settle
     from app.main import create_app
     from app.main_window import MainWindow
+    from app.view_models.story import recurring_dimension
 
     create_app([])
-    window = MainWindow(settings=QSettings("/tmp/int8wb-screenshots.ini", QSettings.Format.IniFormat))
-    window.resize(1600, 1000)
+    settings_file = Path(tempfile.mkdtemp()) / "workbench.ini"
+    window = MainWindow(settings=QSettings(str(settings_file), QSettings.Format.IniFormat))
+    window.resize(*SIZES[0])
     window.show()
+    workbench = window.workbench
 
-    def shot(name: str) -> None:
-        settle()
-        window.grab().save(str(DOCS / name))
-        print("wrote", DOCS / name)
+    def shots(stage: str) -> None:
+        for width, height in SIZES:
+            window.resize(width, height)
+            settle()
+            window_memory.default_proportions(window)
+            settle()
+            path = DOCS / f"window-{width}-{stage}.png"
+            window.grab().save(str(path))
+            print("wrote", path, window.size().toTuple())
 
-    finished: dict[str, dict] = {}
-    window.engine.sig_job_finished.connect(lambda job, request, result: finished.__setitem__(request, result))
     window.start_engine()
-    process_events_until(lambda: window.workbench.ready, 60)
-    window.workbench.load_model(None)
-    process_events_until(lambda: window.workbench.model_info is not None, 300)
-    window.threshold.set_threshold(6.0)
-    window.workbench.start_scan({"tokens": 2048, "seq_len": 512})
-    process_events_until(lambda: window.stats.finished, 900)
-    top = finished["scan"]["report"].get("attn_in", {}).get("top_dims", [])
-    if top:
-        window.profile.show_dimension(top[0]["dim"])
-    shot("after_scan.png")
-    window.threshold_panel.spin.setValue(3.0)
-    shot("threshold_moved.png")
-    window.threshold_panel.spin.setValue(6.0)
-    window.workbench.run_methods(
-        ["absmax-tensor", "vectorwise", "llm-int8", "weight-only"], {"tokens": 2048, "window": 512}
-    )
-    process_events_until(
-        lambda: "evaluate" in finished and not window.workbench.running and window.workbench.ready, 1800
-    )
-    shot("results.png")
+    process_events_until(lambda: workbench.job is not None and workbench.job.request == "load_model", 120)
+    shots("start")
+    process_events_until(lambda: workbench.model_info is not None, 600)
+    window.scan_panel.tokens.setValue(TOKENS)
+    window.scan_panel.scan_button.click()
+    process_events_until(lambda: window.stats.finished, 1800)
+    recurring = recurring_dimension(window.stats, window.threshold.threshold)  # as the explanation names it
+    if recurring is not None:
+        window.profile.show_dimension(recurring[0])
+    shots("scan")
+    window.run_panel.set_methods(METHODS)
+    window.run_panel.eval_tokens.setValue(TOKENS)
+    window.run_panel.run_button.click()
+    process_events_until(lambda: not workbench.running and window.results.has_evaluation, 3600)
+    shots("run")
+    panel = window.show_explanation()
+    panel.resize(620, 760)
+    settle()
+    panel.grab().save(str(DOCS / "explain.png"))
+    print("wrote", DOCS / "explain.png")
     window.close()
     return 0
 

@@ -21,8 +21,8 @@ from app.views.saving import save_plot
 from engine.client import EngineState, Job
 from tests.scan_payloads import layer_payload
 
-MODEL = {
-    "name": "SmolLM2-135M-Instruct",
+MODEL = {  # as the engine describes the embedded default model, with fewer layers
+    "name": "SmolLM2-135M-Instruct (embedded)",
     "architecture": "LlamaForCausalLM",
     "parameters": 134_515_008,
     "layers": 6,
@@ -30,6 +30,7 @@ MODEL = {
     "intermediate_size": 64,
     "dtype": "float32",
     "device": "cpu",
+    "notes": ["weights are dequantized from a 4-bit GGUF file (Q4_1): the baseline is that dequantized model"],
 }
 
 
@@ -188,7 +189,9 @@ def test_the_explanation_tells_this_models_numbers_as_they_arrive(make_workbench
     panel = window.show_explanation()
     assert "Load a model (step 1)" in panel.browser.toPlainText()
     engine_answers(window, "load_model", MODEL)
-    assert "SmolLM2-135M-Instruct: 134.5 M parameters, 6 decoder layers" in panel.browser.toPlainText()
+    text = panel.browser.toPlainText()
+    assert "SmolLM2-135M-Instruct (embedded): 134.5 M parameters, 6 decoder layers" in text
+    assert "Weights are dequantized from a 4-bit GGUF file" in text
     scan(window)
     summary = window.threshold.summary()
     text = panel.browser.toPlainText()
@@ -268,10 +271,12 @@ def test_at_1366_by_768_the_run_button_and_evaluation_settings_show_without_scro
         bottom_right = widget.mapTo(viewport, widget.rect().bottomRight())
         assert viewport.rect().contains(top_left) and viewport.rect().contains(bottom_right), widget
     table = window.results_view.table
-    run(window)
+    engine_answers(window, "quantize", {"models": [*QUANTIZED["models"], {"method": "weight-only"}]})
+    engine_answers(window, "evaluate", {**EVALUATED, "rows": [*EVALUATED["rows"], {"method": "weight-only"}]})
     qtbot.wait(50)
-    used = sum(table.columnWidth(c) for c in range(table.columnCount()))
-    assert used <= table.viewport().width(), "the results table needs a horizontal scroll bar"
+    assert table.rowCount() == 5 and window.results_view.sentence.isVisible()
+    assert table.horizontalScrollBar().maximum() == 0, "the results table needs a horizontal scroll bar"
+    assert table.verticalScrollBar().maximum() == 0, "not every row of the results table shows"
 
 
 def test_shortcuts_are_in_the_menus(make_workbench):

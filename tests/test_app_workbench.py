@@ -14,6 +14,7 @@ import signal
 
 import pytest
 
+from app.view_models.results import shown_columns
 from app.view_models.workbench import Step
 from engine.client import EngineState
 
@@ -42,7 +43,7 @@ def test_workbench_session_end_to_end(make_workbench, qtbot):
     assert window.scan_panel.scan_button.property("current") and not window.model_panel.load_button.property("current")
 
     # cancel a running job: a long scan, cancelled after its first row
-    workbench.start_scan({"tokens": 8192, "seq_len": 256})
+    assert workbench.start_scan({"tokens": 8192, "seq_len": 256}) is not None
     qtbot.waitUntil(lambda: window.stats.rows_filled >= 1, timeout=60_000)
     window.act_cancel.trigger()
     wait_ready(qtbot, window)
@@ -56,8 +57,8 @@ def test_workbench_session_end_to_end(make_workbench, qtbot):
             (event, window.stats.finished, int((window.heatmap.image.image > 0).any(axis=1).sum()))
         )
     )
-    workbench.start_scan({"tokens": 512, "seq_len": 256})
-    qtbot.waitUntil(lambda: window.stats.finished, timeout=120_000)
+    assert workbench.start_scan({"tokens": 512, "seq_len": 256}) is not None
+    qtbot.waitUntil(lambda: window.stats.finished, timeout=600_000)
     live_rows = [drawn for event, done, drawn in seen_live if event == "row" and not done]
     assert live_rows and live_rows[0] >= 1 and max(live_rows) > live_rows[0], "rows did not arrive one by one"
     assert window.stats.rows_filled == 120  # 30 layers x 4 inputs
@@ -77,7 +78,7 @@ def test_workbench_session_end_to_end(make_workbench, qtbot):
     window.threshold_panel.spin.setValue(6.0)
 
     # run two methods; the table shows the engine's numbers
-    workbench.run_methods(["weight-only", "llm-int8"], {"tokens": 512, "window": 256})
+    assert workbench.run_methods(["weight-only", "llm-int8"], {"tokens": 512, "window": 256}) is not None
     qtbot.waitUntil(lambda: "plan_memory" in finished and not workbench.running, timeout=600_000)
     assert window.step_bar.current is Step.EXPORT
     rows = {row["method"]: row for row in finished["evaluate"]["rows"]}
@@ -87,11 +88,13 @@ def test_workbench_session_end_to_end(make_workbench, qtbot):
         table.item(r, 0).text(): [table.item(r, c).text() for c in range(table.columnCount())]
         for r in range(table.rowCount())
     }
+    column = {c.header: i for i, c in enumerate(shown_columns())}
     for method, row in rows.items():
-        assert shown[method][1] == f"{row['perplexity']:.3f}"
-        assert shown[method][2] == f"{row['relative_change']:+.2%}"
-        assert shown[method][5] == f"{row['total_bytes'] / 1e6:,.1f}"
-    assert shown["llm-int8"][6] == f"{rows['llm-int8']['outlier_dims']:,}" != "0"
+        assert shown[method][column["perplexity"]] == f"{row['perplexity']:.3f}"
+        assert shown[method][column["change"]] == f"{row['relative_change']:+.2%}"
+        assert shown[method][column["model MB"]] == f"{row['total_bytes'] / 1e6:,.1f}"
+    assert shown["llm-int8"][column["outlier cols"]] == f"{rows['llm-int8']['outlier_dims']:,}" != "0"
+    assert f"{abs(rows['llm-int8']['relative_change']):.2%}" in window.results_view.sentence.text()
     assert window.results.chart_data()[0] == list(rows)
 
     # kill the engine: the window stays, keeps its state, and recovers

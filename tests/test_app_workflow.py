@@ -190,6 +190,7 @@ def test_the_first_ready_loads_the_chosen_model_once():
     workbench.load_when_ready = {"model": "/models/last"}
     workbench.on_state(EngineState.READY)
     assert workbench.client.sent == [("load_model", {"model": "/models/last"})]
+    assert workbench.model_note.startswith("Loading /models/last…")
     finish(workbench, MODEL)
     workbench.on_state(EngineState.BUSY)
     workbench.on_state(EngineState.READY)

@@ -122,7 +122,7 @@ COLUMNS: tuple[Column, ...] = (
         )
         for card in RESULT_GPUS
     ),
-    Column("eval s", "Seconds the evaluation of this method took.", lambda r: r.seconds, _one_decimal),
+    Column("eval s", "Seconds the evaluation of this method took.", lambda r: r.seconds, _one_decimal, shown=False),
 )
 
 

@@ -88,14 +88,15 @@ def _model_part(info: dict[str, Any] | None) -> str:
         return "Load a model (step 1) to see its numbers here."
     parameters = info.get("parameters")
     size = f"{parameters / 1e6:,.1f} M parameters, " if parameters else ""
+    notes = "".join(f" {html.escape(note[:1].upper() + note[1:])}." for note in info.get("notes", []))
     return (
         f"<b>{html.escape(str(info.get('name', '?')))}</b>: {size}{info.get('layers', '?')} decoder layers, "
         f"{info.get('hidden_size', '?')} feature dimensions, computed in {info.get('dtype', '?')} on "
-        f"{info.get('device', '?')}."
+        f"{info.get('device', '?')}.{notes}"
     )
 
 
-def _recurring_dimension(stats: ScanStatistics, threshold: float) -> tuple[int, int, int] | None:
+def recurring_dimension(stats: ScanStatistics, threshold: float) -> tuple[int, int, int] | None:
     """(dimension, layers it is over the threshold in, layers) for the attention input's most frequent outlier."""
     for kind, start, stop in stats.kind_spans():
         filled = stats.row_filled[start:stop]
@@ -127,7 +128,7 @@ def _outlier_part(stats: ScanStatistics, threshold: ThresholdModel) -> str:
         f"At the threshold {summary.threshold:g}, {summary.outlier_columns:,} of {summary.total_columns:,} "
         f"Linear input columns ({summary.fraction:.2%}) are outliers"
     )
-    recurring = _recurring_dimension(stats, summary.threshold)
+    recurring = recurring_dimension(stats, summary.threshold)
     if recurring is not None:
         text += (
             f"; in the {KIND_LABELS[KIND_ATTN_IN]}, dimension {recurring[0]} is over it in {recurring[1]} of "

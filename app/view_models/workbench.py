@@ -40,6 +40,7 @@ REQUEST_LABELS = {
     "export": "Exporting",
 }
 NO_MODEL = "No model loaded."
+LOADING_DEFAULT = "the embedded default model (its first load converts it, about 30 s)"
 RESTARTED = "No model loaded (the engine was restarted): load it again."
 CRASHED = "The engine stopped: restart it and load the model again. The scan and results shown stay as they were."
 
@@ -277,6 +278,8 @@ class Workbench:
         if job:
             request, self.job = self.job.request, None
         self.pending = []  # a failed step ends the Run
+        if request == "load_model":
+            self.model_note = NO_MODEL
         if request == "plan_memory":
             self.results.set_plan_unavailable(message)
             self._log(f"plan_memory failed ({kind}): {message}", "warning")
@@ -302,6 +305,8 @@ class Workbench:
             self.pending = []
             return self.refuse(as_sentence(str(exc)))
         self.job = Job(job, request)
+        if request == "load_model":
+            self.model_note = f"Loading {params.get('model') or LOADING_DEFAULT}…"
         self._emit("progress", (REQUEST_LABELS[request], 0.0, ""))
         self._log(f"{request} " + ", ".join(f"{k}={v}" for k, v in params.items() if v is not None))
         self._changed()

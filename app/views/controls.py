@@ -7,6 +7,8 @@ the button of the current step as the one to press (`mark_current`).
 
 from __future__ import annotations
 
+import html
+
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -18,11 +20,11 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
+from app.views.inputs import spin_box
 from engine.vocabulary import METHOD_DESCRIPTIONS, METHOD_LABELS, METHOD_SHORT_LABELS, METHODS
 
 DEFAULT_MODEL_LABEL = "Embedded default (SmolLM2-135M)"
@@ -53,16 +55,6 @@ def mark_current(button: QPushButton, current: bool) -> None:
         button.setProperty("current", current)
         button.style().unpolish(button)
         button.style().polish(button)
-
-
-def _spin(low: int, high: int, value: int, step: int, suffix: str, tooltip: str) -> QSpinBox:
-    spin = QSpinBox()
-    spin.setRange(low, high)
-    spin.setSingleStep(step)
-    spin.setValue(value)
-    spin.setSuffix(suffix)
-    spin.setToolTip(tooltip)
-    return spin
 
 
 def _row(*widgets: QWidget) -> QHBoxLayout:
@@ -128,15 +120,21 @@ class ModelPanel(QGroupBox):
             self.add_source(path)
 
     def show_info(self, info: dict) -> None:
+        """Two lines (name; size, device, dtype); the architecture and the engine's notes in the tooltip."""
         parameters = info.get("parameters")
-        size = f" · {parameters / 1e6:,.1f} M parameters" if parameters else ""
-        lines = [
-            f"<b>{info.get('name', '?')}</b>{size}",
-            f"{info.get('architecture', '?')} · {info.get('layers', '?')} layers · hidden "
-            f"{info.get('hidden_size', '?')} · {info.get('device', '?')} · {info.get('dtype', '?')}",
-        ]
-        lines += [f"<i>{note}</i>" for note in info.get("notes", [])]
-        self.info.setText("<br>".join(lines))
+        size = f"{parameters / 1e6:,.1f} M params · " if parameters else ""
+        notes = info.get("notes", [])
+        self.info.setText(
+            f"<b>{html.escape(str(info.get('name', '?')))}</b><br>{size}{info.get('layers', '?')} layers × "
+            f"{info.get('hidden_size', '?')} · {info.get('device', '?')} · {info.get('dtype', '?')}"
+            + (" · <u>notes</u>" if notes else "")
+        )
+        self.info.setToolTip("<br>".join([html.escape(str(info.get("architecture", "?"))), *map(html.escape, notes)]))
+
+    def show_note(self, text: str) -> None:
+        """What the panel says while no model is loaded."""
+        self.info.setText(text)
+        self.info.setToolTip("")
 
 
 class ScanPanel(QGroupBox):
@@ -151,8 +149,8 @@ class ScanPanel(QGroupBox):
         self.corpus.addItem("Text file…", "choose")
         self.corpus.setToolTip("Calibration text: the scan runs it through the model (never used for evaluation)")
         self.corpus.activated.connect(self._corpus_chosen)
-        self.tokens = _spin(64, 1 << 20, 4096, 512, " tokens", "How many calibration tokens the scan runs")
-        self.seq_len = _spin(16, 8192, 512, 64, " per sequence", "Tokens per calibration sequence")
+        self.tokens = spin_box(64, 1 << 20, 4096, " tokens", 512, "How many calibration tokens the scan runs")
+        self.seq_len = spin_box(16, 8192, 512, " per sequence", 64, "Tokens per calibration sequence")
         self.scan_button = step_button(
             "Scan", "Record the largest activation of every input dimension of every Linear (Ctrl+R)"
         )
@@ -195,16 +193,16 @@ class RunPanel(QGroupBox):
             box.setToolTip(f"<b>{METHOD_LABELS[name]}</b> ({name}): {METHOD_DESCRIPTIONS[name]}")
             self.method_boxes[name] = box
             boxes.addWidget(box, *CHECKBOX_CELLS[name])
-        self.eval_tokens = _spin(
+        self.eval_tokens = spin_box(
             64,
             1 << 20,
             8192,
-            1024,
             " tokens",
+            1024,
             "Evaluation tokens, never the calibration text. Compare methods on 8,192 or more: one short "
             "window moves W8A8 results by a few percent",
         )
-        self.window = _spin(16, 8192, 512, 64, " per window", "Tokens per evaluation window (the context)")
+        self.window = spin_box(16, 8192, 512, " per window", 64, "Tokens per evaluation window (the context)")
         self.run_button = step_button(
             "Run", "Quantize with the ticked methods, evaluate them and count their GPUs (Ctrl+Return)"
         )

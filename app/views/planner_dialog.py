@@ -27,7 +27,6 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QPushButton,
     QRadioButton,
-    QSpinBox,
     QSplitter,
     QTableWidget,
     QTableWidgetItem,
@@ -52,6 +51,7 @@ from app.view_models.plan import (
     list_presets,
 )
 from app.view_models.workbench import as_sentence
+from app.views.inputs import spin_box
 from engine.client import EngineError, EngineState
 from engine.errors import WorkbenchError
 
@@ -126,8 +126,8 @@ class PlannerDialog(QDialog):
         self.config_edit.textEdited.connect(lambda _: self.radio_config.setChecked(True))
 
         settings_box = QGroupBox("Settings")
-        self.context_spin = _spin(1, MAX_CONTEXT, self.request.context, " tokens")
-        self.batch_spin = _spin(1, MAX_BATCH, self.request.batch, "")
+        self.context_spin = spin_box(1, MAX_CONTEXT, self.request.context, " tokens")
+        self.batch_spin = spin_box(1, MAX_BATCH, self.request.batch)
         self.usable_spin = _double_spin(1, 100, self.request.usable_fraction * 100, 0, 5, " %")
         self.usable_spin.setToolTip(
             "How much of each card's memory the plan may use; the rest is margin "
@@ -411,15 +411,6 @@ def _tree_item(term: Term) -> QTreeWidgetItem:
     for child in term.children:
         item.addChild(_tree_item(child))
     return item
-
-
-def _spin(low: int, high: int, value: int, suffix: str) -> QSpinBox:
-    spin = QSpinBox()
-    spin.setRange(low, high)
-    spin.setValue(value)
-    spin.setSuffix(suffix)
-    spin.setGroupSeparatorShown(True)
-    return spin
 
 
 def _double_spin(low: float, high: float, value: float, decimals: int, step: float, suffix: str) -> QDoubleSpinBox:

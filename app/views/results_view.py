@@ -62,10 +62,9 @@ class ResultsView(QWidget):
         self.sentence.setObjectName("resultSentence")
         self.sentence.setWordWrap(True)
         self.sentence.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.caption = QLabel("")
-        self.caption.setWordWrap(True)
         self.table = self._build_table()
-        self.note = QLabel("")
+        self.note = QLabel("")  # what was measured on what, and the memory plan's notes
+        self.note.setObjectName("info")
         self.note.setWordWrap(True)
         self.chart = self._build_chart()
         self.bars: pg.BarGraphItem | None = None
@@ -74,7 +73,6 @@ class ResultsView(QWidget):
         top = QWidget()
         top_layout = QVBoxLayout(top)
         top_layout.setContentsMargins(0, 0, 0, 0)
-        top_layout.addWidget(self.caption)
         top_layout.addWidget(self.table, 1)
         top_layout.addWidget(self.note)
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
@@ -100,6 +98,7 @@ class ResultsView(QWidget):
         for index, column in enumerate(columns):
             table.horizontalHeaderItem(index).setToolTip(column.tooltip)
         table.verticalHeader().setVisible(False)
+        table.verticalHeader().setDefaultSectionSize(22)
         table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         table.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
@@ -132,14 +131,13 @@ class ResultsView(QWidget):
                 if c:
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 self.table.setItem(r, c, item)
-        self.caption.setText(
-            f"Perplexity on {self.model.eval_tokens:,} evaluation tokens (never the calibration text); "
-            "change is against the floating-point baseline."
+        measured = (
+            f"Perplexity on {self.model.eval_tokens:,} evaluation tokens, never the calibration text."
             if self.model.eval_tokens
             else "Quantized: evaluating next."
         )
         self.sentence.setText(result_sentence(self.model, self.stats, self.threshold))
-        self.note.setText(self.model.plan_note)
+        self.note.setText(" ".join(text for text in (measured, self.model.plan_note) if text))
         self._draw_chart()
 
     def _draw_chart(self) -> None:

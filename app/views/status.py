@@ -43,6 +43,8 @@ class WorkbenchStatusBar(QStatusBar):
         self.state_label.setText(f"<span style='color:{color}'>●</span> {text}{detail}")
         self.state_label.setProperty("state", state.value)
         busy = state is EngineState.BUSY
+        if not busy:
+            self.job_label.clear()  # the last job's progress line
         self.cancel_button.setVisible(busy)
         self.progress.setVisible(busy)
         self.restart_button.setVisible(state in (EngineState.CRASHED, EngineState.STOPPED))
