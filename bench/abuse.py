@@ -131,6 +131,18 @@ class Observer:
             time.sleep(0.2)
 
 
+def refused_row(observer: Observer, before: dict, messages: int, attack: str, sent: str) -> dict:
+    """The report of an attack whose `messages` must all be refused, once the engine has seen them."""
+    after = observer.settled(messages, before)
+    return {
+        "attack": attack,
+        "sent": sent,
+        "wrongly_accepted": accepted_between(before, after),
+        "refused": after["rejected"] - before["rejected"],
+        "handshakes_refused": after["handshakes_refused"] - before["handshakes_refused"],
+    }
+
+
 def accepted_between(before: dict, after: dict) -> int:
     """Messages taken (not refused) between two counter readings, less the readings' own hellos."""
     readings = after["readings"] - before["readings"]
@@ -152,16 +164,13 @@ def unsigned_floods(engine: Engine, observer: Observer, total_mib: int) -> dict:
     messages = total_mib - outsider_mib
     for _ in range(messages):
         holder.send_raw(message)
-    after = observer.settled(messages, before)
-    holder.close()
-    return {
-        "attack": f"{total_mib} MiB of unsigned multipart messages",
-        "sent": f"{outsider_mib} MiB offered by peers without the key ({outsider_bytes / MIB:.1f} MiB got onto "
-        f"the wire before the engine hung up), {messages} x 1 MiB from a peer past the handshake",
-        "wrongly_accepted": accepted_between(before, after),
-        "refused": after["rejected"] - before["rejected"],
-        "handshakes_refused": after["handshakes_refused"] - before["handshakes_refused"],
-    }
+    sent = (
+        f"{outsider_mib} MiB offered by peers without the key ({outsider_bytes / MIB:.1f} MiB got onto "
+        f"the wire before the engine hung up), {messages} x 1 MiB from a peer past the handshake"
+    )
+    row = refused_row(observer, before, messages, f"{total_mib} MiB of unsigned multipart messages", sent)
+    holder.close()  # only now: closing drops what it has not sent yet
+    return row
 
 
 # --- 2. random frames -----------------------------------------------------------------------------
@@ -176,14 +185,15 @@ def random_frames(engine: Engine, observer: Observer, frames_total: int) -> dict
         count = int(min(rng.integers(1, 6), frames_total - sent_frames))
         holder.send_raw([rng.bytes(int(rng.integers(0, 200))) for _ in range(count)])
         sent_frames, messages = sent_frames + count, messages + 1
-    after = observer.settled(messages, before)
+    row = refused_row(
+        observer,
+        before,
+        messages,
+        f"{frames_total:,} random frames",
+        f"{messages:,} messages from a peer past the handshake",
+    )
     holder.close()
-    return {
-        "attack": f"{frames_total:,} random frames",
-        "sent": f"{messages:,} messages from a peer past the handshake",
-        "wrongly_accepted": accepted_between(before, after),
-        "refused": after["rejected"] - before["rejected"],
-    }
+    return row
 
 
 # --- 3. signed but malformed requests -------------------------------------------------------------
@@ -203,14 +213,10 @@ def signed_malformed(engine: Engine, observer: Observer, count: int) -> dict:
             text = [b"\xff\xfe", b"[", b"{" * 100_000, b"null", b'{"v": 2}', b"[" * 5000 + b"]" * 5000]
             header = text[int(rng.integers(0, len(text)))]
             holder.send_raw([sign(holder.key, [header]), header])
-    after = observer.settled(count, before)
+    attack = f"{count} signed requests with malformed envelopes, stamps and array references"
+    row = refused_row(observer, before, count, attack, f"{count} from a peer past the handshake")
     holder.close()
-    return {
-        "attack": f"{count} signed requests with malformed envelopes, stamps and array references",
-        "sent": f"{count} from a peer past the handshake",
-        "wrongly_accepted": accepted_between(before, after),
-        "refused": after["rejected"] - before["rejected"],
-    }
+    return row
 
 
 def wrong_parameters(engine: Engine, count: int) -> dict:
@@ -265,16 +271,14 @@ def replays(engine: Engine, observer: Observer) -> dict:
         holder.send_raw(frames)  # again, on the connection they were signed for
         other.send_raw(frames)  # and on another one
     expected = 2 * recorded_messages + 2 * len(captured)
-    after = observer.settled(expected, before)
+    sent = (
+        f"a recorded client connection replayed twice byte for byte ({2 * recorded_messages} requests), "
+        f"{len(captured)} signed requests re-sent on their own and on another connection"
+    )
+    row = refused_row(observer, before, expected, "replays of captured requests", sent)
     holder.close()
     other.close()
-    return {
-        "attack": "replays of captured requests",
-        "sent": f"a recorded client connection replayed twice byte for byte ({2 * recorded_messages} requests), "
-        f"{len(captured)} signed requests re-sent on their own and on another connection",
-        "wrongly_accepted": accepted_between(before, after),
-        "refused": after["rejected"] - before["rejected"],
-    }
+    return row
 
 
 # --- 5. a reconnect in the middle of a scan -------------------------------------------------------
