@@ -56,9 +56,9 @@ class Session:
         from engine.model import loading
         from engine.model.loaded import pick_device
 
-        device = pick_device(params.get("device"))
+        loading.check_params(params)
         self.release_model()
-        with self._phase("load", device):
+        with self._phase("load", pick_device(params.get("device"))):
             loaded = loading.load(params, task, allow_remote_code=self.allow_remote_code)
         self.loaded = loaded
         return {**loaded.describe(), "memory": self.memory["load"]}

@@ -53,12 +53,50 @@ def raw_zmtp_flood(address: tuple[str, int], total_bytes: int, plain: tuple[byte
     return sent
 
 
-class CuttableProxy:
-    """Relays TCP from `listen_port` (0: any) on loopback to `target`; `cut()` drops every connection
-    and refuses new ones until `restore()`."""
+def _zmtp_units(data: bytes) -> list[bytes]:
+    """A recorded ZMTP stream cut into its greeting and its frames (commands and message frames)."""
+    units, position = [data[:ZMTP_GREETING_BYTES]], ZMTP_GREETING_BYTES
+    while position < len(data):
+        flags = data[position]
+        if flags & 0x02:  # long frame: 8-byte size
+            size, header = struct.unpack(">Q", data[position + 1 : position + 9])[0], 9
+        else:
+            size, header = data[position + 1], 2
+        units.append(data[position : position + header + size])
+        position += header + size
+    return units
 
-    def __init__(self, target: tuple[str, int]) -> None:
+
+def replay(address: tuple[str, int], data: bytes, listen_s: float = 0.5) -> None:
+    """Play a recorded client connection again on a new one, step by step as its handshake wants:
+    greeting, then each handshake command after the engine's answer to the one before, then the rest."""
+    units = _zmtp_units(data)
+    with socket.create_connection(address, timeout=5) as connection:
+        try:
+            connection.sendall(units[0])
+            connection.recv(ZMTP_GREETING_BYTES)
+            rest = 1
+            while rest < len(units) and units[rest][0] & 0x04:  # a command: HELLO, INITIATE
+                connection.sendall(units[rest])
+                connection.recv(1 << 16)
+                rest += 1
+            connection.sendall(b"".join(units[rest:]))
+            connection.settimeout(listen_s)
+            while connection.recv(1 << 16):
+                pass
+        except OSError:
+            pass
+
+
+class CuttableProxy:
+    """Relays TCP from a loopback port to `target`; `cut()` drops every connection and refuses new ones
+    until `restore()`. With `record`, what clients sent is kept, per connection, in `recorded`."""
+
+    def __init__(self, target: tuple[str, int], record: bool = False) -> None:
         self._target = target
+        self._record = record
+        self.recorded: list[bytearray] = []
+        self._recording: dict[socket.socket, bytearray] = {}
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._selector = selectors.DefaultSelector()
@@ -109,6 +147,9 @@ class CuttableProxy:
             client.close()
             return
         self._pairs[client], self._pairs[upstream] = upstream, client
+        if self._record:
+            self._recording[client] = bytearray()
+            self.recorded.append(self._recording[client])
         for sock in (client, upstream):
             self._selector.register(sock, selectors.EVENT_READ, None)
 
@@ -116,6 +157,8 @@ class CuttableProxy:
         try:
             data = source.recv(1 << 16)
             if data:
+                if source in self._recording:
+                    self._recording[source] += data
                 self._pairs[source].sendall(data)
                 return
         except OSError:
@@ -128,6 +171,7 @@ class CuttableProxy:
             if end is None:
                 continue
             self._pairs.pop(end, None)
+            self._recording.pop(end, None)
             try:
                 self._selector.unregister(end)
             except (KeyError, ValueError):

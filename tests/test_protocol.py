@@ -81,6 +81,7 @@ def sample_payload(message_type: str) -> dict:
         "evaluate": {"tokens": 1024, "methods": ["vectorwise", "absmax-tensor"]},
         "plan_memory": {"layers": 80, "hidden": 8192},
         "export": {"path": "/tmp/out", "method": "llm-int8"},
+        "sensitivity": {"method": "vectorwise", "target": 0.01},
         "cancel": {"target": None},
         "job_state": {"job": "0" * 32},
         "shutdown": {},

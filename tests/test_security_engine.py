@@ -25,7 +25,7 @@ from engine.client import ConnectionInfo, EngineClient
 from engine.protocol import CLIENT
 from engine.server import EngineServer, load_session_factory
 from engine.wire import sign
-from tests.net_tools import CuttableProxy, raw_zmtp_flood
+from tests.net_tools import CuttableProxy, raw_zmtp_flood, replay
 
 REPO = Path(__file__).resolve().parent.parent
 SLEEPY = "tests.engine_sessions:SleepySession"
@@ -283,6 +283,25 @@ def test_job_state_answers_for_running_finished_and_unknown_jobs(remote_engine):
             "state": "unknown",
             "event": None,
         }
+
+
+# --- finding 6: a recorded connection replayed byte for byte runs nothing again -------------------
+
+
+def test_a_recorded_connection_replayed_runs_nothing_again(remote_engine):
+    _, info = remote_engine
+    proxy = CuttableProxy(host_port(info.address), record=True)
+    with EngineClient() as client:
+        client.connect(ConnectionInfo(proxy.address, info.key), timeout_s=30)
+        client.call("scan", {"seconds": 0.1}, timeout_s=30)
+    proxy.close()
+    before = hello(info)
+    for _ in range(2):
+        for data in proxy.recorded:
+            replay(host_port(info.address), bytes(data))
+    after = hello(info)
+    assert after["stats"]["jobs"] == before["stats"]["jobs"] == 1
+    assert after["stats"]["rejected"] - before["stats"]["rejected"] == 2 * 2  # its hello and its scan, twice
 
 
 # --- finding 10: the connection file is never written through a planted link ----------------------

@@ -22,13 +22,19 @@ from engine.checkpoint import export, staging, stream_export
 from engine.errors import BadInput, ModelLoadError
 from engine.session import Session
 from engine.task import Task
-from tests.test_export import tiny_dir  # noqa: F401 - the module-scoped fixture, shared
+from tests.tiny_models import save_tiny_llama
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def vectorwise_session(tiny_dir) -> Session:  # noqa: F811 - the imported fixture
+def tiny_dir(tmp_path_factory) -> Path:
+    """A tiny Llama saved as a Hugging Face directory (safetensors, config, tokenizer)."""
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def vectorwise_session(tiny_dir) -> Session:
     session = Session()
     session.load_model({"model": str(tiny_dir), "device": "cpu"}, Task())
     session.quantize({"methods": ["vectorwise"], "threshold": 6.0}, Task())
@@ -59,7 +65,7 @@ def test_overwrite_refuses_a_folder_that_is_not_an_export(vectorwise_session, tm
 
 
 @pytest.mark.parametrize("where", ["same", "inside", "around"])
-def test_an_export_never_goes_over_into_or_around_its_source(vectorwise_session, tiny_dir, tmp_path, where):  # noqa: F811
+def test_an_export_never_goes_over_into_or_around_its_source(vectorwise_session, tiny_dir, tmp_path, where):
     source = tmp_path / "model"
     shutil.copytree(tiny_dir, source)
     session = Session()
@@ -72,7 +78,7 @@ def test_an_export_never_goes_over_into_or_around_its_source(vectorwise_session,
     assert listing(source) == before
 
 
-def test_the_streaming_export_never_replaces_its_source(tiny_dir, tmp_path):  # noqa: F811
+def test_the_streaming_export_never_replaces_its_source(tiny_dir, tmp_path):
     source = tmp_path / "model"
     shutil.copytree(tiny_dir, source)
     before = listing(source)
@@ -234,7 +240,7 @@ print("left:", sorted(p.name for p in out.parent.iterdir()))
 
 @pytest.mark.slow
 @pytest.mark.skipif(not _can_mount_a_small_disk(), reason="cannot mount a small tmpfs in a user namespace here")
-def test_a_disk_that_fills_up_while_exporting_is_said_as_such(tiny_dir, tmp_path):  # noqa: F811
+def test_a_disk_that_fills_up_while_exporting_is_said_as_such(tiny_dir, tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir()
     script = tmp_path / "fill.py"

@@ -23,8 +23,7 @@ from engine.model import corpus, limits
 from engine.model.layers import decoder_layers
 from engine.session import Session
 from engine.task import CallbackTask, Task
-from tests.test_export import tiny_dir  # noqa: F401 - the module-scoped fixture, shared
-from tests.tiny_models import TinyLoaded, WordTokenizer
+from tests.tiny_models import TinyLoaded, WordTokenizer, save_tiny_llama
 
 REPO = Path(__file__).resolve().parent.parent
 SLEEPY = "tests.engine_sessions:SleepySession"
@@ -35,8 +34,14 @@ raise ImportError("this module only shows that it was imported")
 """
 
 
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A tiny Llama saved as a Hugging Face directory (safetensors, config, tokenizer)."""
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
 @pytest.fixture
-def model_with_its_own_code(tiny_dir, tmp_path):  # noqa: F811 - the imported fixture
+def model_with_its_own_code(tiny_dir, tmp_path):
     """A model directory whose config.json points transformers at a module that leaves a marker when imported."""
     import json
 
@@ -96,7 +101,7 @@ def test_torch_releases_whose_weights_only_load_runs_code_are_excluded():
 # --- finding 9: a new model replaces the old one, it does not join it -------------------------------
 
 
-def test_the_old_model_is_released_before_the_next_one_loads(tiny_dir):  # noqa: F811
+def test_the_old_model_is_released_before_the_next_one_loads(tiny_dir):
     session = Session()
     session.load_model({"model": str(tiny_dir), "device": "cpu"}, Task())
     session.quantize({"methods": ["vectorwise"], "threshold": 6.0}, Task())

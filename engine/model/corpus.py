@@ -116,6 +116,8 @@ def load_split(corpus: str | None) -> CorpusSplit:
     """`None` or "default" for the pydoc topics, otherwise a path to a text file."""
     if corpus in (None, "", "default"):
         return default_split()
+    if not isinstance(corpus, (str, Path)):
+        raise BadInput(f"corpus must be the path of a text file (or default), got {corpus!r}")
     return file_split(corpus)
 
 

@@ -120,6 +120,16 @@ def load(params: dict[str, Any], task, allow_remote_code: bool = False) -> Loade
     )
 
 
+def check_params(params: dict[str, Any]) -> None:
+    """What can be refused before anything is released or read: a request for remote code, a model that
+    is not a path or name, a device or dtype this machine lacks."""
+    refuse_remote_code_request(params)
+    model = params.get("model")
+    if model is not None and not isinstance(model, str):
+        raise BadInput(f"model must be a path or a hub id, got {model!r}")
+    pick_dtype(pick_device(params.get("device")), params.get("dtype"))
+
+
 def refuse_remote_code_request(params: dict[str, Any]) -> None:
     """A request that asks to run a model's own code is refused: only whoever starts the engine decides."""
     if "trust_remote_code" in params:
