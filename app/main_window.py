@@ -16,7 +16,6 @@ from PySide6.QtCore import QSettings, Qt
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QFileDialog,
-    QInputDialog,
     QMainWindow,
     QMessageBox,
     QPlainTextEdit,
@@ -37,6 +36,7 @@ from app.view_models.threshold import ThresholdModel
 from app.view_models.workbench import Step, Workbench
 from app.views.controls import ModelPanel, RunPanel, ScanPanel, mark_current
 from app.views.explain_panel import ExplainPanel
+from app.views.export_dialog import ExportDialog
 from app.views.heatmap import HeatmapView
 from app.views.histogram import HistogramView
 from app.views.planner_dialog import PlannerDialog
@@ -250,21 +250,16 @@ class MainWindow(QMainWindow):
         return self.model_panel.source.currentData()
 
     def export(self) -> str | None:
-        """Ask which quantized variant and which empty directory (starting where the last export went)."""
+        """Ask which format, variant and empty directory (starting where the last export went), then export."""
         quantized = self.workbench.quantized_methods()
         if not quantized:
             return self.workbench.refuse("Quantize the model first: export saves one of the quantized variants.")
-        method = quantized[0]
-        if len(quantized) > 1:
-            method, ok = QInputDialog.getItem(self, "Export", "Quantized variant to export:", quantized, 0, False)
-            if not ok:
-                return None
-        folder = str(self.settings.value(window_memory.EXPORT_FOLDER_KEY, ""))
-        path = QFileDialog.getExistingDirectory(self, "Export into an empty directory", folder)
-        if not path:
+        dialog = ExportDialog(quantized, self, str(self.settings.value(window_memory.EXPORT_FOLDER_KEY, "")))
+        if dialog.exec() != ExportDialog.DialogCode.Accepted:
             return None
+        method, fmt, path = dialog.choice()
         self.settings.setValue(window_memory.EXPORT_FOLDER_KEY, path)
-        return self.workbench.export_to(method, path)
+        return self.workbench.export_to(method, path, fmt)
 
     def allow_remote_code(self, allowed: bool) -> None:
         """Whether the local engine may run the code a model ships (transformers' trust_remote_code)."""

@@ -1,8 +1,7 @@
-"""The one factory of tiny models for the tests: random models in memory or saved as model directories.
+"""The one factory of tiny models for the tests: random Llamas in memory or saved as model directories.
 
 `tiny_llama` builds one in memory; `save_tiny_llama` writes one as a Hugging Face directory with a byte-level
-tokenizer (what `int8wb --model DIR` loads); `save_tiny` does so for the other architectures the
-exports write; `tiny_loaded` plants an outlier dimension. Planting: scale dimension `dim` of every `input_layernorm` weight by `factor`
+tokenizer (what `int8wb --model DIR` loads), `save_tiny` a Llama, Qwen2 or Gemma 3 one (for the export formats); `tiny_loaded` plants an outlier dimension. Planting: scale dimension `dim` of every `input_layernorm` weight by `factor`
 and divide column `dim` of the q/k/v weights that read it by the same factor.
 The floating-point model computes exactly the same function (up to float
 rounding), but the attention input now carries a feature that is `factor`

@@ -29,7 +29,7 @@ from app.view_models.results import ResultsModel
 from app.view_models.scan_stats import ScanStatistics
 from app.view_models.threshold import ThresholdModel
 from engine.client import EngineClient, EngineError, EngineState, Job
-from engine.vocabulary import BASELINE, FLOAT_BYTES, KIND_ORDER, NEEDS_SCAN, RESULT_GPUS
+from engine.vocabulary import BASELINE, EXPORT_FORMATS, FLOAT_BYTES, KIND_ORDER, NEEDS_SCAN, RESULT_GPUS
 
 REQUEST_LABELS = {
     "load_model": "Loading the model",
@@ -182,7 +182,8 @@ class Workbench:
             return self.refuse("Tick at least one method.")
         if any(m in NEEDS_SCAN for m in methods) and not self.stats.finished:
             return self.refuse(
-                "Static LLM.int8() takes its outlier dimensions from a scan: scan first, or tick the dynamic variant."
+                "Static LLM.int8() and SmoothQuant take what they need from a scan: scan first, "
+                "or tick the dynamic variant."
             )
         threshold = self.threshold.threshold
         job = self._submit("quantize", {"methods": methods, "threshold": threshold})
@@ -193,8 +194,8 @@ class Workbench:
             ]
         return job
 
-    def export_to(self, method: str, path: str) -> str | None:
-        return self._submit("export", {"method": method, "out": path})
+    def export_to(self, method: str, path: str, fmt: str = EXPORT_FORMATS[0]) -> str | None:
+        return self._submit("export", {"method": method, "out": path, "format": fmt})
 
     def cancel(self) -> None:
         """Cancel whatever job the engine runs (this workbench's or the planner's)."""

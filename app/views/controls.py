@@ -207,7 +207,7 @@ class RunPanel(QGroupBox):
             "Run", "Quantize with the ticked methods, evaluate them and count their GPUs (Ctrl+Return)"
         )
         self.export_button = step_button(
-            "Export…", "Save a quantized model as safetensors that transformers + bitsandbytes load (Ctrl+E)"
+            "Export…", "Save a quantized model for transformers + bitsandbytes, vLLM or llama.cpp (Ctrl+E)"
         )
         layout = QVBoxLayout(self)
         layout.addLayout(boxes)

@@ -26,6 +26,7 @@ from engine.checkpoint.layout import (
 
 EXPORT_FORMAT = "int8wb-export"
 EXPORT_FORMAT_VERSION = 1
+TOOL = "int8-workbench"
 
 
 def split_tensors(model, fmt: str = BITSANDBYTES) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
@@ -100,7 +101,7 @@ def serving_record(fmt: str, method: str, threshold: float, settings: dict[str, 
     """`int8wb_serving.json` of a serving format: what was exported, by what; nothing re-opens it."""
     return {
         "format": fmt,
-        "tool": "int8-workbench",
+        "tool": TOOL,
         "version": tool_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "method": method,
@@ -119,7 +120,7 @@ def export_metadata(method: str, threshold: float, settings: dict[str, Any]) -> 
     """The safetensors metadata every file of an export carries."""
     return {
         "format": "pt",
-        "int8wb.tool": "int8-workbench",
+        "int8wb.tool": TOOL,
         "int8wb.version": tool_version(),
         "int8wb.method": method,
         "int8wb.threshold": repr(threshold),
@@ -170,7 +171,7 @@ def manifest(staging, method, threshold, settings, layers, files, tensors) -> di
     return {
         "format": EXPORT_FORMAT,
         "format_version": EXPORT_FORMAT_VERSION,
-        "tool": "int8-workbench",
+        "tool": TOOL,
         "version": tool_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "method": method,

@@ -1,11 +1,12 @@
-"""Export a quantized model as a checkpoint that transformers + bitsandbytes load as it is.
+"""Export a quantized model: the bitsandbytes checkpoint the workbench re-opens, or a serving format.
 
 What is written is engine.checkpoint.contents' (the tensors in engine.checkpoint.layout's
-bitsandbytes layout, config.json, tokenizer, and the sidecar that re-opening reads:
-`int8wb_export.json` with the method, threshold, scan settings, outlier dimensions
-per layer and every tensor's name, dtype, shape and file; `int8wb_extra.safetensors`
-with what bitsandbytes cannot express). This module writes the files: shards, the
-index, and the staging that makes an export appear whole or not at all.
+layout of the format, config.json, tokenizer, and for bitsandbytes the sidecar that
+re-opening reads: `int8wb_export.json` with the method, threshold, scan settings,
+outlier dimensions per layer and every tensor's name, dtype, shape and file;
+`int8wb_extra.safetensors` with what bitsandbytes cannot express), or for GGUF
+engine.checkpoint.gguf_export's one file. This module writes the files: shards and
+the index, staged so that an export appears whole or not at all.
 
 Everything is written into a staging folder beside the target and renamed when
 complete (engine.checkpoint.staging), so an interrupted export never leaves a
@@ -22,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from engine.checkpoint import contents
-from engine.checkpoint.contents import EXPORT_FORMAT
 from engine.checkpoint.layout import BITSANDBYTES, check_format
 from engine.checkpoint.staging import file_mode, overlaps, write_folder
 from engine.errors import BadInput
@@ -112,25 +112,27 @@ def check_target(out: Any, overwrite: bool, sources: list[str] = ()) -> Path:
 
 
 def is_workbench_export(folder: Path) -> bool:
-    """A flat folder whose sidecar and config.json say it is an export of this workbench (a serving one too)."""
+    """A flat folder that is an export of this workbench: its sidecar and config.json say so (bitsandbytes),
+    or its serving record does (compressed-tensors, GGUF)."""
     try:
         entries = list(folder.iterdir())
-        if (folder / SERVING_RECORD).is_file():
-            record = json.loads((folder / SERVING_RECORD).read_text(encoding="utf-8"))
-            flat = all(entry.is_file() and not entry.is_symlink() for entry in entries)
-            return flat and isinstance(record, dict) and record.get("tool") == "int8-workbench"
-        sidecar = json.loads((folder / SIDECAR_NAME).read_text(encoding="utf-8"))
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except OSError:
         return False
-    flat = all(entry.is_file() and not entry.is_symlink() for entry in entries)
-    return (
-        flat
-        and isinstance(sidecar, dict)
-        and sidecar.get("format") == EXPORT_FORMAT
-        and isinstance(config, dict)
-        and isinstance(config.get("quantization_config"), dict)
-    )
+    if not all(entry.is_file() and not entry.is_symlink() for entry in entries):
+        return False
+    sidecar, config = _json_object(folder / SIDECAR_NAME), _json_object(folder / "config.json")
+    if sidecar.get("format") == contents.EXPORT_FORMAT and isinstance(config.get("quantization_config"), dict):
+        return True
+    return _json_object(folder / SERVING_RECORD).get("tool") == contents.TOOL
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in `path`, or {} if there is none."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def model_sources(loaded) -> list[str]:
@@ -148,8 +150,8 @@ def run(params: dict[str, Any], task, loaded, quantized, scan=None) -> ExportRes
     """
     import torch
 
-    overwrite = bool(params.get("overwrite", False))
     fmt = check_format(params.get("format"), quantized.method)
+    overwrite = bool(params.get("overwrite", False))
     target = check_target(params.get("out"), overwrite, model_sources(loaded))
     settings = contents.quantized_settings(quantized, scan)
     if fmt == GGUF_Q8_0:
