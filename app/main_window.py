@@ -31,6 +31,7 @@ from app import window_memory
 from app.engine_client import QtEngineClient
 from app.view_models.results import ResultsModel
 from app.view_models.scan_stats import ScanStatistics
+from app.view_models.smoothing import SmoothingView
 from app.view_models.story import explanation_html
 from app.view_models.threshold import ThresholdModel
 from app.view_models.workbench import Step, Workbench
@@ -43,6 +44,7 @@ from app.views.planner_dialog import PlannerDialog
 from app.views.profile import DimensionProfileView
 from app.views.results_view import ResultsView
 from app.views.saving import add_save_menu
+from app.views.smoothing_panel import SmoothingPanel
 from app.views.status import WorkbenchStatusBar
 from app.views.step_bar import StepBar
 from app.views.threshold_panel import ThresholdPanel
@@ -94,6 +96,9 @@ class MainWindow(QMainWindow):
         self.sidebar.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
 
         self.heatmap = HeatmapView(self.stats, self.threshold)
+        self.smoothing_panel = SmoothingPanel(SmoothingView(self.stats), self.heatmap)
+        left_layout.insertWidget(3, self.smoothing_panel)  # under the threshold, above Run
+        self.smoothing_panel.sig_alpha.connect(lambda alpha: setattr(self.workbench, "alpha", alpha))
         self.histogram = HistogramView(self.stats, self.threshold)
         self.profile = DimensionProfileView(self.stats, self.threshold)
         self.results_view = ResultsView(self.results, self.stats, self.threshold, self.settings)

@@ -95,8 +95,9 @@ Events (engine -> client), all with `reply_to` set to the request's id:
     progress     {"fraction": 0..1, "message": str}   at most ~20/s, only when it moved
     scan_layer   one Linear layer's statistics: {"index", "name", "layer", "kind",
                  "absmax": f4[in], "count_over": i8[in], "hist": i8[bins],
-                 "n_tokens", "final", and "sqnr_db": {method: dB} when the scan
-                 measures errors (params "error_methods")}
+                 "weight_absmax": f4[in] (over the Linears SmoothQuant smooths together),
+                 "smoothable", "n_tokens", "final", and "sqnr_db": {method: dB} when the
+                 scan measures errors (params "error_methods")}
     log          {"message": str, "level": "info" | "warning" | "error"}
     result       {"request": "<request type>", "result": {...}}
     error        {"kind": str, "message": str, "traceback": str}

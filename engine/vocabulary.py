@@ -89,6 +89,23 @@ def check_threshold(threshold: Any) -> float:
     return float(threshold)
 
 
+SMOOTHING_FLOOR = 1e-5
+"""SmoothQuant's floor on the weight abs-max and on the factors (its reference code's clamp)."""
+
+
+def smoothing_factors(activation_absmax, weight_absmax, alpha: float):
+    """s_j = max|X_j|^alpha / max|W_j|^(1 - alpha), floored, and 1 where a channel never saw a value.
+
+    Written with arithmetic operators only, so it runs on numpy arrays (the GUI's smoothed heatmap) and
+    torch tensors (engine.quant.smoothing) alike and both compute the same factors.
+    """
+    weight = weight_absmax * (weight_absmax > SMOOTHING_FLOOR) + SMOOTHING_FLOOR * (weight_absmax <= SMOOTHING_FLOOR)
+    scale = activation_absmax**alpha / weight ** (1.0 - alpha)
+    scale = scale * (scale > SMOOTHING_FLOOR) + SMOOTHING_FLOOR * (scale <= SMOOTHING_FLOOR)
+    seen = activation_absmax > 0
+    return scale * seen + (1 - seen * 1)
+
+
 def check_alpha(alpha: Any) -> float:
     """SmoothQuant's alpha is a number in [0, 1]; anything else is a clear error."""
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:

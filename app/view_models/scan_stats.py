@@ -37,6 +37,8 @@ class LinearStats:
     hist: np.ndarray  # (bins,) int64, log10|x| histogram
     n_tokens: int
     out_features: int | None = None
+    weight_absmax: np.ndarray | None = None  # (in_features,) max |W[:, j]| of the Linears smoothed together
+    smoothable: bool = False  # whether SmoothQuant folds this input's factors exactly
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> LinearStats:
@@ -55,6 +57,10 @@ class LinearStats:
             hist=np.asarray(payload.get("hist", ()), dtype=np.int64),
             n_tokens=int(payload.get("n_tokens", 0)),
             out_features=payload.get("out_features"),
+            weight_absmax=None
+            if payload.get("weight_absmax") is None
+            else np.asarray(payload["weight_absmax"], np.float32),
+            smoothable=bool(payload.get("smoothable", False)),
         )
 
 

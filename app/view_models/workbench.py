@@ -29,7 +29,7 @@ from app.view_models.results import ResultsModel
 from app.view_models.scan_stats import ScanStatistics
 from app.view_models.threshold import ThresholdModel
 from engine.client import EngineClient, EngineError, EngineState, Job
-from engine.vocabulary import BASELINE, EXPORT_FORMATS, FLOAT_BYTES, KIND_ORDER, NEEDS_SCAN, RESULT_GPUS
+from engine.vocabulary import BASELINE, DEFAULT_ALPHA, EXPORT_FORMATS, FLOAT_BYTES, KIND_ORDER, NEEDS_SCAN, RESULT_GPUS
 
 REQUEST_LABELS = {
     "load_model": "Loading the model",
@@ -97,6 +97,7 @@ class Workbench:
         self.threshold_chosen = False  # the threshold was moved since the last scan
         self.allow_remote_code = False  # the local engine may run the code a model ships (the user's setting)
         self.exported_to: str | None = None
+        self.alpha = DEFAULT_ALPHA  # SmoothQuant's alpha for the next Run (the SmoothQuant panel's slider)
         self._listeners: list[Callable[[str, Any], None]] = []
         threshold.subscribe(self._on_threshold)
 
@@ -186,7 +187,7 @@ class Workbench:
                 "or tick the dynamic variant."
             )
         threshold = self.threshold.threshold
-        job = self._submit("quantize", {"methods": methods, "threshold": threshold})
+        job = self._submit("quantize", {"methods": methods, "threshold": threshold, "alpha": self.alpha})
         if job is not None:
             self.pending = [
                 ("evaluate", {"methods": methods, **eval_params}),

@@ -75,6 +75,7 @@ class HeatmapView(QWidget):
         self._mask = np.zeros((0, 0), dtype=np.uint8)  # (rows, width) 1 where over the threshold, self.overlay
         self._mask_stale = False  # the threshold moved while the overlay was hidden
         self._axes_for: tuple = ()  # the row keys and shape the axes were laid out for
+        self.grid_source = None  # a callable giving another grid of the same shape to show (the smoothed view)
         self._build()
         stats.subscribe(self._on_stats)
         threshold.subscribe(lambda _: self.update_overlay())
@@ -153,7 +154,11 @@ class HeatmapView(QWidget):
         if self.mode == MODE_SHARE:
             low, high = self._levels
             return index_rows(self.stats.share_grid[rows], low / 100.0, high / 100.0)  # levels are in %
-        return index_rows(self.stats.absmax_grid[rows], *self._levels, log10=True)
+        return index_rows(self.values()[rows], *self._levels, log10=True)
+
+    def values(self) -> np.ndarray:
+        """The abs-max grid shown: the scan's, or the one `grid_source` gives (same shape)."""
+        return self.stats.absmax_grid if self.grid_source is None else self.grid_source()
 
     def _absmax_levels(self, levels: tuple[float, float]) -> tuple[float, float]:
         """`levels` widened (in half decades) to hold the largest abs-max seen (kept by the statistics)."""
@@ -194,7 +199,7 @@ class HeatmapView(QWidget):
         self._show_index()
         if self._mask.shape == self._index.shape and not self._mask_stale:
             with np.errstate(invalid="ignore"):
-                np.greater(self.stats.absmax_grid[row], self.threshold.threshold, out=self._mask[row])
+                np.greater(self.values()[row], self.threshold.threshold, out=self._mask[row])
             self._show_mask()
         else:
             self.update_overlay()
@@ -211,7 +216,7 @@ class HeatmapView(QWidget):
         if not self.overlay_box.isChecked():
             self._mask_stale = True
             return
-        grid = self.stats.absmax_grid
+        grid = self.values()
         if self._mask.shape != grid.shape:
             self._mask = np.zeros(grid.shape, dtype=np.uint8)
         with np.errstate(invalid="ignore"):
@@ -282,7 +287,7 @@ class HeatmapView(QWidget):
         return (row, dim) if 0 <= row < rows and 0 <= dim < width else None
 
     def describe_cell(self, row: int, dim: int) -> str:
-        absmax = float(self.stats.absmax_grid[row, dim])
+        absmax = float(self.values()[row, dim])
         if not self.stats.row_filled[row]:
             return f"{self.stats.row_label(row)} · not scanned yet"
         if not math.isfinite(absmax):

@@ -23,6 +23,7 @@ import numpy as np
 
 from engine.errors import BadInput
 from engine.model.layers import decoder_layers, linear_kind, linear_layers
+from engine.quant import smoothing
 from engine.quant.layer_errors import DEFAULT_ERROR_TOKENS, LayerErrorProbe, check_error_methods, error_summary
 from engine.quant.schemes import scheme_of
 from engine.vocabulary import (
@@ -86,6 +87,10 @@ class LayerStats:
     count_over: np.ndarray  # (in_features,) int64
     hist: np.ndarray  # (HIST_BINS,) int64
     sqnr_db: dict[str, float | None] | None = None  # method -> output SQNR, when the scan measured errors
+    # max |W[:, j]| over the Linears that share this input when SmoothQuant can fold into its source
+    # (engine.quant.smoothing), else over this Linear's own weight: what the GUI's "smoothed" view needs
+    weight_absmax: np.ndarray | None = None  # (in_features,) float32
+    smoothable: bool = False
 
     def to_payload(self, n_tokens: int) -> dict[str, Any]:
         errors = {"sqnr_db": self.sqnr_db} if self.sqnr_db is not None else {}
@@ -98,6 +103,8 @@ class LayerStats:
             "absmax": self.absmax,
             "count_over": self.count_over,
             "hist": self.hist,
+            "weight_absmax": self.weight_absmax,
+            "smoothable": self.smoothable,
             "n_tokens": n_tokens,
             "final": True,
             **errors,
@@ -202,6 +209,7 @@ def run(params: dict[str, Any], task, loaded) -> ScanResult:
 
     smooth_groups = _smooth_groups(model, settings)
     with torch.no_grad():
+        weights = smoothing.weight_view(model)
         captured = _capture_first_layer_inputs(model, blocks[0], batches, task.slice(0.0, 0.05))
         for block_index, block in enumerate(blocks):
             members = [(n, m) for n, m in linears if block_of.get(id(m)) == block_index]
@@ -220,6 +228,7 @@ def run(params: dict[str, Any], task, loaded) -> ScanResult:
                 for stats in layer_stats:
                     stats.sqnr_db = errors.get(stats.name)
             for stats in layer_stats:
+                stats.weight_absmax, stats.smoothable = weights.get(stats.name, (None, False))
                 result.layers.append(stats)
                 task.partial("scan_layer", stats.to_payload(result.n_tokens))
             task.progress(0.05 + 0.95 * (block_index + 1) / len(blocks), f"layer {block_index + 1}/{len(blocks)}")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.model.layers import decoder_layers
+from engine.vocabulary import smoothing_factors
 
 ATTENTION_NORMS = ("input_layernorm",)
 # Gemma 2/3 normalise the attention output with post_attention_layernorm and the MLP input with
@@ -34,7 +35,6 @@ MLP_NORMS = ("pre_feedforward_layernorm", "post_attention_layernorm")
 ATTENTION_INPUTS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 MLP_INPUTS = ("mlp.gate_proj", "mlp.up_proj")
 MLP_DOWN, MLP_UP = "mlp.down_proj", "mlp.up_proj"
-FACTOR_FLOOR = 1e-5  # SmoothQuant's clamp of s and of the weight abs-max
 
 
 @dataclass(frozen=True)
@@ -91,13 +91,23 @@ def weight_column_absmax(model, members) -> Any:
     return torch.stack(columns).amax(dim=0)
 
 
-def factors(activation_absmax, weight_absmax, alpha: float):
-    """s_j = max|X_j|^alpha / max|W_j|^(1 - alpha), floored; 1 where the channel never saw a value."""
-    import torch
+def weight_view(model) -> dict[str, tuple[Any, bool]]:
+    """Per Linear: (max |W[:, j]| over its smoothing group, or its own weight's, as numpy; whether it is smoothed)."""
+    import torch.nn as nn
 
-    weight = weight_absmax.clamp(min=FACTOR_FLOOR)
-    scale = (activation_absmax.pow(alpha) / weight.pow(1.0 - alpha)).clamp(min=FACTOR_FLOOR)
-    return torch.where(activation_absmax > 0, scale, torch.ones_like(scale))
+    found, _ = groups(model)
+    group_of = {member: group for group in found for member in group.members}
+    view = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            members = group_of[name].members if name in group_of else (name,)
+            view[name] = (weight_column_absmax(model, members).cpu().numpy(), name in group_of)
+    return view
+
+
+def factors(activation_absmax, weight_absmax, alpha: float):
+    """SmoothQuant's factors (engine.vocabulary.smoothing_factors, which the GUI's smoothed heatmap uses too)."""
+    return smoothing_factors(activation_absmax, weight_absmax, alpha)
 
 
 def smooth(model, scan, alpha: float) -> dict[str, Any]:
