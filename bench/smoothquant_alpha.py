@@ -83,9 +83,10 @@ def run_formats(session: Session, windows) -> list[dict]:
             session.quantize({"methods": [method]}, Task())
             out = Path(folder) / f"{fmt}-{method}"
             session.export({"method": method, "format": fmt, "out": str(out)}, Task())
-            session.quantized.pop(method)
+            summary = session.quantized.pop(method).summary()
             model = _load(fmt, out)
-            cells.append({"format": fmt, "method": method, "perplexity": _ppl(model, windows)})
+            sizes = {key: summary[key] for key in ("int8_bytes", "float_bytes")}
+            cells.append({"format": fmt, "method": method, "perplexity": _ppl(model, windows), **sizes})
             print(cells[-1], flush=True)
             del model
     return cells

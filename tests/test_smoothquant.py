@@ -7,6 +7,7 @@ import torch
 
 from engine.errors import BadInput
 from engine.quant import quantize, scan, smoothing
+from engine.quant.evaluate import smoothing_note
 from engine.session import Session
 from engine.task import Task
 from tests.tiny_models import save_tiny, tiny_loaded
@@ -76,6 +77,7 @@ def test_smoothquant_flattens_the_planted_outlier_that_vectorwise_suffers_from(p
     summary = smoothed.summary()["smoothing"]
     assert summary["alpha"] == 0.5 and summary["smoothed"] == 12 and len(summary["unsmoothed"]) == 2
     assert "smoothing" not in vectorwise.summary()
+    assert smoothing_note("smoothquant", summary).endswith("12 Linears smoothed, 2 unsmoothed (o_proj)")
 
 
 def test_smoothquant_needs_a_scan_and_a_valid_alpha(planted):

@@ -14,6 +14,7 @@ from engine.cli._common import (
     scan_options,
     session_with_model,
 )
+from engine.quant.evaluate import smoothing_note
 from engine.vocabulary import METHODS
 
 
@@ -41,4 +42,7 @@ def cmd_quantize(args) -> int:
                 f"{row['method']:<18}{row['int8_bytes'] / 1e6:>10.1f}{row['float_bytes'] / 1e6:>10.1f}"
                 f"{row['total_bytes'] / 1e6:>10.1f}{row['outlier_dims']:>14,}"
             )
+        for row in result["models"]:
+            if row.get("smoothing"):
+                print(smoothing_note(row["method"], row["smoothing"]))
     return 0

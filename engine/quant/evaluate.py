@@ -145,4 +145,12 @@ def format_table(result: dict[str, Any]) -> str:
             f"{row['method']:<18}{row['perplexity']:>12.3f}{row['relative_change']:>+9.2%}"
             f"{row['int8_bytes'] / 1e6:>10.1f}{row['float_bytes'] / 1e6:>10.1f}{row['outlier_dims']:>14,}"
         )
+    lines += [smoothing_note(row["method"], row["smoothing"]) for row in result["rows"] if row.get("smoothing")]
     return "\n".join(lines)
+
+
+def smoothing_note(method: str, smoothing: dict[str, Any]) -> str:
+    """One line on what SmoothQuant smoothed, and which Linears it had to leave as they were."""
+    kinds = sorted({name.rsplit(".", 1)[-1] for name in smoothing["unsmoothed"]})
+    left = f"{len(smoothing['unsmoothed'])} unsmoothed ({', '.join(kinds)})" if kinds else "none unsmoothed"
+    return f"{method}: alpha {smoothing['alpha']:g}, {smoothing['smoothed']} Linears smoothed, {left}"
