@@ -278,13 +278,13 @@ class MainWindow(QMainWindow):
         if path:
             self.workbench.connect_file(path)
 
-    def _make_room_for_results(self, share: float = 0.4) -> None:
+    def _make_room_for_results(self, share: float = 0.5) -> None:
         """After a Run its rows must show: the results pane gets `share` of the height if it has less."""
         heatmap, plots, results = self.right.sizes()
         total = heatmap + plots + results
         if results < share * total:
             results = int(share * total)
-            plots = min(plots, (total - results) // 3)
+            plots = min(plots, (total - results) * 2 // 5)
             self.right.setSizes([total - results - plots, plots, results])
 
     def show_step(self, step: Step) -> None:

@@ -108,6 +108,7 @@ def default_proportions(window) -> None:
     width, height = window.width(), window.height()
     window.right.setSizes([int(height * share) for share in (0.48, 0.24, 0.28)])
     window.middle.setSizes([width // 2, width // 2])
+    window.results_view.splitter.setSizes([width * 2 // 3, width // 3])
     sidebar = window.sidebar.minimumWidth()
     window.main_splitter.setSizes([sidebar, max(width - sidebar, 1)])
 

@@ -15,7 +15,7 @@ import pytest
 from PySide6.QtGui import QImage
 from PySide6.QtWidgets import QApplication
 
-from app.view_models.results import COLUMNS, shown_columns
+from app.view_models.results import saved_columns, shown_columns
 from app.view_models.workbench import Step
 from app.views.saving import save_plot
 from engine.client import EngineState, Job
@@ -212,7 +212,7 @@ def test_results_csv_round_trips(make_workbench, tmp_path):
     run(window)
     path = window.results_view.save_csv(tmp_path / "results.csv")
     rows = list(csv.DictReader(io.StringIO(path.read_text())))
-    assert list(rows[0]) == [column.header for column in COLUMNS]
+    assert list(rows[0]) == [column.header for column in saved_columns()]
     assert [row["method"] for row in rows] == list(window.results.rows)
     for row in rows:
         kept = window.results.rows[row["method"]]
@@ -230,7 +230,7 @@ def test_results_copy_as_markdown(make_workbench):
     run(window)
     window.act_copy_markdown.trigger()
     lines = QApplication.clipboard().text().splitlines()
-    assert lines[0] == "| " + " | ".join(column.header for column in COLUMNS) + " |"
+    assert lines[0] == "| " + " | ".join(column.header for column in saved_columns()) + " |"
     assert lines[3].startswith("| absmax-tensor | 39.444 | +130.48% |") and len(lines) == 2 + 4
 
 

@@ -141,8 +141,9 @@ def test_results_merge_quantize_evaluate_and_plan():
     assert list(results.rows) == ["baseline", "llm-int8"]
     cells = results.rows["llm-int8"].cells()
     assert cells[:5] == ["llm-int8", "19.700", "+1.03%", "105.0", "1,630"]
-    assert cells[5] == "—" and cells[-1] == "2.0"
-    assert row_tooltip(results.rows["llm-int8"]) == "int8 MB: 100.0\nfloat MB: 5.0"
+    assert cells[5:] == ["—"]
+    tooltip = row_tooltip(results.rows["llm-int8"])
+    assert tooltip.startswith("int8 MB: 100.0\nfloat MB: 5.0\nA100-40GB: —") and tooltip.endswith("eval s: 2.0")
     results.add_plan(
         {
             "methods": [
@@ -153,6 +154,8 @@ def test_results_merge_quantize_evaluate_and_plan():
             ]
         }
     )
-    assert results.rows["llm-int8"].cells()[5:7] == ["1", "does not fit"]
+    assert results.rows["llm-int8"].cells()[5] == "1 / ✗"
+    assert "A100-40GB: 1\nA100-80GB: does not fit" in row_tooltip(results.rows["llm-int8"])
+    assert results.to_csv().splitlines()[2].endswith(",1,does not fit,2.0")
     methods, values, baseline = results.chart_data()
     assert methods == ["baseline", "llm-int8"] and values == [19.5, 19.7] and baseline == 19.5

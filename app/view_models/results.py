@@ -4,7 +4,8 @@ The table's columns are one declarative list (`COLUMNS`): each says its
 header, what it means (the header's tooltip), how to read its value from a row
 and how to show it. A column added there appears in the table, its tooltips,
 the CSV and the Markdown copy. Columns marked `shown=False` stay out of the
-table (so that it fits a small screen) and appear in each row's tooltip.
+table (so that it fits a small screen) and appear in each row's tooltip;
+`saved=False` marks a column that only condenses others for the table.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Column:
     value: Callable[[ResultRow], Any]
     format: Callable[[Any], str] = str
     shown: bool = True  # False: in each row's tooltip, the CSV and the Markdown, not in the table
+    saved: bool = True  # False: in the table only (it repeats other columns)
 
     def text(self, row: ResultRow) -> str:
         value = self.value(row)
@@ -71,6 +73,15 @@ def _gpus_needed(card: str) -> Callable[[ResultRow], Any]:
         return DOES_NOT_FIT if row.gpus[card] is None else row.gpus[card]
 
     return value
+
+
+def _gpus_on_each_card(row: ResultRow) -> str | None:
+    """ "1 / 2" for the result cards in order; ✗ where the model does not fit."""
+    if not row.gpus:
+        return None
+    return " / ".join(
+        UNKNOWN if c not in row.gpus else "✗" if row.gpus[c] is None else str(row.gpus[c]) for c in RESULT_GPUS
+    )
 
 
 COLUMNS: tuple[Column, ...] = (
@@ -113,12 +124,19 @@ COLUMNS: tuple[Column, ...] = (
         lambda r: r.outlier_dims,
         lambda v: f"{v:,}",
     ),
+    Column(
+        "GPUs " + " / ".join(card.split("-")[-1] for card in RESULT_GPUS),
+        f"Cards needed for the weights, the KV cache and the activations: {' / '.join(RESULT_GPUS)}; ✗ where "
+        "no count of them holds the model. The note below the table gives the plan's context and batch.",
+        _gpus_on_each_card,
+        saved=False,
+    ),
     *(
         Column(
             card,
-            f"{card} cards needed for the weights, the KV cache and the activations (the note below the table "
-            "gives the plan's context and batch).",
+            f"{card} cards needed (does not fit: no count of them holds the model).",
             _gpus_needed(card),
+            shown=False,
         )
         for card in RESULT_GPUS
     ),
@@ -128,6 +146,10 @@ COLUMNS: tuple[Column, ...] = (
 
 def shown_columns() -> list[Column]:
     return [column for column in COLUMNS if column.shown]
+
+
+def saved_columns() -> list[Column]:
+    return [column for column in COLUMNS if column.saved]
 
 
 def row_tooltip(row: ResultRow) -> str:
@@ -199,7 +221,13 @@ class ResultsModel:
                 self.rows[entry["method"]].gpus = {
                     card["gpu"]: card.get("needed") for card in entry.get("gpus", []) if "gpu" in card
                 }
-        self.plan_note = "; ".join(result.get("notes", []))
+        settings = result.get("settings", {})
+        planned_for = (
+            [f"GPUs for a context of {settings['context']:,} tokens, batch {settings['batch']}"]
+            if isinstance(settings.get("context"), int) and isinstance(settings.get("batch"), int)
+            else []
+        )
+        self.plan_note = "; ".join([*planned_for, *result.get("notes", [])])
         self._changed()
 
     def set_plan_unavailable(self, reason: str) -> None:
@@ -227,16 +255,18 @@ class ResultsModel:
         """Every column, values as measured (not rounded; empty when unknown), one row per method."""
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow([column.header for column in COLUMNS])
+        columns = saved_columns()
+        writer.writerow([column.header for column in columns])
         for row in self.rows.values():
-            writer.writerow(["" if (v := column.value(row)) is None else v for column in COLUMNS])
+            writer.writerow(["" if (v := column.value(row)) is None else v for column in columns])
         return out.getvalue()
 
     def to_markdown(self) -> str:
         """Every column as the table shows it, as a Markdown table."""
+        columns = saved_columns()
         lines = [
-            "| " + " | ".join(column.header for column in COLUMNS) + " |",
-            "|" + "|".join("---" for _ in COLUMNS) + "|",
+            "| " + " | ".join(column.header for column in columns) + " |",
+            "|" + "|".join("---" for _ in columns) + "|",
         ]
-        lines += ["| " + " | ".join(column.text(row) for column in COLUMNS) + " |" for row in self.rows.values()]
+        lines += ["| " + " | ".join(column.text(row) for column in columns) + " |" for row in self.rows.values()]
         return "\n".join(lines) + "\n"

@@ -16,7 +16,7 @@ import numpy as np
 from app.view_models.results import ResultRow, ResultsModel
 from app.view_models.scan_stats import ScanStatistics
 from app.view_models.threshold import ThresholdModel
-from engine.vocabulary import BASELINE, DEFAULT_THRESHOLD, KIND_ATTN_IN, KIND_LABELS, METHOD_SHORT_LABELS, NEEDS_SCAN
+from engine.vocabulary import BASELINE, DEFAULT_THRESHOLD, KIND_ATTN_IN, KIND_LABELS, METHOD_SHORT_LABELS
 
 INTRO = (
     "A language model's Linear layers multiply activations by weights. INT8 stores each number as one of 255 "
@@ -49,7 +49,7 @@ WORDS = (
 
 def _outlier_clause(row: ResultRow, stats: ScanStatistics, threshold: ThresholdModel) -> str:
     """What static LLM.int8() kept in floating point, from its row and the scan at the row's threshold."""
-    if row.method not in NEEDS_SCAN or row.outlier_dims is None or not stats.linears:
+    if not row.outlier_dims or not stats.linears:  # only what keeps outlier columns in floating point
         return ""
     summary = threshold.summary(row.threshold or threshold.threshold)
     text = f", keeping {row.outlier_dims:,} of {summary.total_columns:,} input columns"
@@ -57,7 +57,7 @@ def _outlier_clause(row: ResultRow, stats: ScanStatistics, threshold: ThresholdM
         text += f" ({row.outlier_dims / summary.total_columns:.2%})"
     text += " in floating point"
     if summary.float_bytes is not None:
-        text += f", {summary.float_bytes / 1e6:,.1f} MB"
+        text += f", {summary.float_bytes / 1e6:,.2f} MB"
     return text
 
 
@@ -135,7 +135,7 @@ def _outlier_part(stats: ScanStatistics, threshold: ThresholdModel) -> str:
             f"{recurring[2]} layers"
         )
     if summary.float_bytes is not None:
-        text += f". Keeping them in floating point costs {summary.float_bytes / 1e6:,.1f} MB"
+        text += f". Keeping them in floating point costs {summary.float_bytes / 1e6:,.2f} MB"
     return text + "."
 
 

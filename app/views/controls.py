@@ -187,6 +187,7 @@ class RunPanel(QGroupBox):
         super().__init__("4  Quantize && evaluate", parent)
         self.method_boxes: dict[str, QCheckBox] = {}
         boxes = QGridLayout()
+        boxes.setVerticalSpacing(0)
         for name in METHODS:
             box = QCheckBox(METHOD_SHORT_LABELS[name])
             box.setChecked(name in DEFAULT_METHODS)

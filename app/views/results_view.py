@@ -36,7 +36,8 @@ EMPTY_TEXT = (
     "Tick methods and press Run: the engine quantizes the model with each, measures its perplexity on text "
     "the scan never saw, and counts the GPUs it needs."
 )
-FOLDER_KEY = "folders/results"  # QSettings: where the last CSV was saved
+FOLDER_KEY = "folders/results"
+CHART_MIN_WIDTH = 260  # QSettings: where the last CSV was saved
 BAR_COLORS = {
     "baseline": "#9a9cab",
     "absmax-tensor": "#e56b6f",
@@ -44,6 +45,8 @@ BAR_COLORS = {
     "llm-int8": "#00e5ff",
     "llm-int8-dynamic": "#5b8def",
     "weight-only": "#8cb369",
+    "smoothquant": "#c77dff",
+    "q8_0": "#ffd166",
 }
 
 
@@ -94,7 +97,8 @@ class ResultsView(QWidget):
     def _build_table(self) -> QTableWidget:
         columns = shown_columns()
         table = QTableWidget(0, len(columns))
-        table.setHorizontalHeaderLabels([column.header for column in columns])
+        # Two-line headers ("model" over "MB") keep the columns as narrow as their numbers.
+        table.setHorizontalHeaderLabels([column.header.replace(" ", "\n", 1) for column in columns])
         for index, column in enumerate(columns):
             table.horizontalHeaderItem(index).setToolTip(column.tooltip)
         table.verticalHeader().setVisible(False)
@@ -115,6 +119,7 @@ class ResultsView(QWidget):
         chart.getViewBox().setLimits(yMin=0)  # perplexity is never negative, nor is its axis
         chart.getAxis("bottom").setHeight(42)  # two staggered rows of method names
         chart.setToolTip("Perplexity per method; the dashed line is the floating-point baseline")
+        chart.setMinimumWidth(CHART_MIN_WIDTH)
         self.baseline_line = pg.InfiniteLine(angle=0, pen=pg.mkPen("#9a9cab", style=Qt.PenStyle.DashLine))
         chart.addItem(self.baseline_line)
         return chart
@@ -137,7 +142,9 @@ class ResultsView(QWidget):
             else "Quantized: evaluating next."
         )
         self.sentence.setText(result_sentence(self.model, self.stats, self.threshold))
-        self.note.setText(" ".join(text for text in (measured, self.model.plan_note) if text))
+        self.note.setText(
+            " ".join(text for text in (measured, self.model.plan_note and f"{self.model.plan_note}.") if text)
+        )
         self._draw_chart()
 
     def _draw_chart(self) -> None:
