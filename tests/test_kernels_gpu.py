@@ -251,7 +251,7 @@ def test_int8_matmul_multiplies_on_the_gpu_even_without_the_kernels(device, monk
 def test_outlier_columns(device, shape, dtype):
     x = activations(shape, dtype, seed_of(shape, dtype) + 5)
     columns = ops.outlier_columns(x.to(device), 6.0)
-    assert columns.device.type == "cuda"
+    assert columns.device.type == device.type
     assert torch.equal(columns.cpu(), reference.outlier_columns(x, 6.0))
 
 
@@ -277,16 +277,49 @@ def test_outlier_detection_waits_for_the_device_once(device):
 
 
 @QUICK
-def test_the_scan_histogram_never_waits_for_the_device(device):
+def test_the_scan_statistics_never_wait_for_the_device(device):
+    """ops.input_stats, what the scan runs on every Linear input: abs-max, counts and histogram, no sync."""
     x = activations((2048, 4096), torch.bfloat16, 22)
     x[0, :4] = torch.tensor([0.0, math.inf, math.nan, 1e-9])
+    absmax, count = torch.zeros(4096, device=device), torch.zeros(4096, dtype=torch.int64, device=device)
     hist = torch.zeros(90, dtype=torch.int64, device=device)
-    assert synchronisations(ops.log_histogram, x.to(device), -4.0, 5.0, hist) == []
-    expected = torch.zeros(90, dtype=torch.int64)
-    reference.log_histogram(x, -4.0, 5.0, expected)
+    assert synchronisations(ops.input_stats, x.to(device), 6.0, absmax, count, hist, (-4.0, 5.0)) == []
+    expected_absmax, expected_count = torch.zeros(4096), torch.zeros(4096, dtype=torch.int64)
+    expected_hist = torch.zeros(90, dtype=torch.int64)
+    reference.input_stats(x, 6.0, expected_absmax, expected_count, expected_hist, (-4.0, 5.0))
+    assert _same_floats(absmax, expected_absmax) and torch.equal(count.cpu(), expected_count)
     assert hist.sum().item() == x.numel()
-    moved = (hist.cpu() - expected).abs().sum().item() // 2  # CUDA's log10 may round a value at an edge the other way
-    assert moved <= x.numel() * 1e-5, (hist.cpu() - expected).nonzero()
+    moved = (
+        hist.cpu() - expected_hist
+    ).abs().sum().item() // 2  # CUDA's log10 may round a value at an edge the other way
+    assert moved <= x.numel() * 1e-5, (hist.cpu() - expected_hist).nonzero()
+
+
+# The whole layer: INT8 parts are exact, the output is rounded to x's dtype and the outlier product is a
+# floating-point GEMM in x's dtype, whose summation order differs between cuBLAS and the CPU.
+LAYER_RTOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+@QUICK
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_the_int8_linear_layer(device, dtype):
+    """ops.int8_linear composed of the kernels on the GPU, against the reference composition on the CPU."""
+    generator = torch.Generator().manual_seed(31)
+    x = activations((33, 1041), dtype, 31)
+    weight_int8, weight_scale = reference.quantize_rowwise(torch.randn(70, 1041, generator=generator))
+    bias = torch.randn(70, generator=generator).to(dtype)
+    columns = reference.outlier_columns(x, 6.0)
+    outlier_weight = reference.dequantize_rowwise(weight_int8.index_select(1, columns), weight_scale, dtype)
+    assert columns.numel() > 0
+    for options in ({}, {"per_tensor": True}, {"outlier_cols": columns, "outlier_weight": outlier_weight}):
+        on_device = {name: value.to(device) if torch.is_tensor(value) else value for name, value in options.items()}
+        got = ops.int8_linear(
+            x.to(device), weight_int8.to(device), weight_scale.to(device), bias.to(device), **on_device
+        )
+        expected = reference.int8_linear(x, weight_int8, weight_scale, bias, **options)
+        assert got.dtype == dtype and got.device.type == device.type
+        error = ((got.cpu().float() - expected.float()).norm() / expected.float().norm()).item()
+        assert error < LAYER_RTOL[dtype], (sorted(options), error)
 
 
 def test_kernels_follow_torch_stream(device):

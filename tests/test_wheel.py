@@ -1,5 +1,6 @@
 """The wheel carries everything the kernels need: built from a copy of the source, installed into a
-fresh virtual environment, and compiled there with NVRTC from the installed files (no GPU).
+fresh virtual environment, and compiled there from the installed files: the CUDA kernels with NVRTC
+(no GPU), the fused CPU passes with the system C compiler where there is one.
 
 Nothing is downloaded: the wheel is built with the setuptools already here (no build isolation) and
 installed without its dependencies; the fresh environment reaches NVRTC and platformdirs through a
@@ -23,7 +24,7 @@ PACKAGES = ["app", "engine", "kernels", "resources"]
 IN_THE_FRESH_ENVIRONMENT = """
 import json, sys
 import kernels
-from kernels import cuda_loader
+from kernels import cpu_loader, cuda_loader
 cubins = cuda_loader.cubins_for(90)
 print(json.dumps({
     "kernels": kernels.__file__,
@@ -31,6 +32,7 @@ print(json.dumps({
     "sources": sorted(cuda_loader.cuda_sources()),
     "headers": sorted(cuda_loader.cuda_headers()),
     "cubins": [path.read_bytes()[:4].hex() for path in cubins.values()],
+    "cpu_passes": cpu_loader.library() is not None or cpu_loader.unavailable_reason(),
 }))
 """
 
@@ -77,3 +79,5 @@ def test_the_installed_wheel_compiles_its_kernels(tmp_path):
     assert found["sources"] == sorted(path.name for path in (ROOT / "kernels").glob("*.cu"))
     assert found["headers"] == sorted(path.name for path in (ROOT / "kernels").glob("*.cuh")) == ["common.cuh"]
     assert found["cubins"] == ["7f454c46"] * len(found["sources"])  # ELF: a cubin for sm_90 per source
+    if shutil.which("cc") or shutil.which("gcc"):
+        assert found["cpu_passes"] is True, found["cpu_passes"]  # cpu_int8.c is in the wheel and compiles
