@@ -8,7 +8,8 @@ from PySide6.QtCore import QPointF
 from app.view_models.layer_errors import LayerErrors
 from app.view_models.scan_stats import ScanStatistics
 from tests.scan_payloads import layer_payload
-from tests.test_app_workflow import MODEL, finish, make_workbench
+from tests.test_app_workflow import MODEL, finish
+from tests.test_app_workflow import make_workbench as offline_workbench
 
 METHODS = ["absmax-tensor", "vectorwise"]
 ATTN_IN = ("q_proj", "k_proj", "v_proj")
@@ -92,7 +93,7 @@ def test_a_linear_not_laid_out_widens_the_grid_and_a_new_scan_starts_empty():
 
 
 def test_the_workbench_feeds_the_error_map_from_the_scan_it_sent():
-    workbench, _ = make_workbench()
+    workbench, _ = offline_workbench()
     workbench.load_model(None)
     finish(workbench, MODEL)
     workbench.start_scan({"tokens": 64, "error_methods": METHODS})

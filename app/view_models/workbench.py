@@ -211,7 +211,8 @@ class Workbench:
         source = f" ({self.skip_source})" if self.skip_source else ""
         return (
             f"The next Run keeps {count} Linear{'' if count == 1 else 's'} in floating point{source}; "
-            "its export writes them in floating point and lists them in llm_int8_skip_modules."
+            f"its export writes {'it' if count == 1 else 'them'} in floating point and lists "
+            f"{'it' if count == 1 else 'them'} in llm_int8_skip_modules."
         )
 
     def run_methods(self, methods: list[str], eval_params: dict[str, Any]) -> str | None:
