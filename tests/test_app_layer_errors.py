@@ -85,9 +85,9 @@ def test_a_linear_not_laid_out_widens_the_grid_and_a_new_scan_starts_empty():
     errors.load_result(
         {"errors": {"vectorwise": {"median_sqnr_db": 25.0, "worst_linear": payload["name"], "loss_vs_outliers": 0.5}}}
     )
-    assert errors.summary_lines() == [
-        "vector-wise INT8: median 25.0 dB, worst model.layers.0.mlp.down_proj, loss vs outlier columns ρ = +0.50"
-    ]
+    assert errors.summary_lines() == ["vector-wise INT8: median 25.0 dB, loss vs outlier columns ρ +0.50"]
+    assert errors.worst_lines() == ["vector-wise INT8: worst model.layers.0.mlp.down_proj"]
+    assert errors.column_key() == "1 naive INT8 · 2 vector-wise INT8"
     errors.begin(["vectorwise"])
     assert not errors.has_errors and np.isnan(errors.grid).all()
 

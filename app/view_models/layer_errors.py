@@ -182,17 +182,28 @@ class LayerErrors:
         return f"{name}\nSQNR: {errors}\n{outliers}"
 
     def summary_lines(self) -> list[str]:
-        """Per method: median SQNR, worst Linear, and how its loss follows the outlier columns."""
+        """Per method: median SQNR and how its loss follows the outlier columns (rank correlation)."""
         lines = []
         for method in self.methods:
             entry = self.summary.get(method) or {}
             median, correlation = entry.get("median_sqnr_db"), entry.get("loss_vs_outliers")
             if median is None:
                 continue
-            follows = f", loss vs outlier columns ρ = {correlation:+.2f}" if correlation is not None else ""
-            worst = entry.get("worst_linear") or "?"
-            lines.append(f"{METHOD_SHORT_LABELS[method]}: median {median:.1f} dB, worst {worst}{follows}")
+            follows = f", loss vs outlier columns ρ {correlation:+.2f}" if correlation is not None else ""
+            lines.append(f"{METHOD_SHORT_LABELS[method]}: median {median:.1f} dB{follows}")
         return lines
+
+    def worst_lines(self) -> list[str]:
+        """Per method: the Linear where it loses most."""
+        return [
+            f"{METHOD_SHORT_LABELS[m]}: worst {self.summary[m]['worst_linear']}"
+            for m in self.methods
+            if (self.summary.get(m) or {}).get("worst_linear")
+        ]
+
+    def column_key(self) -> str:
+        """Which method each numbered column group is."""
+        return " · ".join(f"{i} {METHOD_SHORT_LABELS[m]}" for i, m in enumerate(self.methods, start=1))
 
     def finite_range(self) -> tuple[float, float] | None:
         """(lowest, highest) finite SQNR in the grid, or None before any."""

@@ -1,7 +1,7 @@
 """The error map: each method's output SQNR on every Linear, on the outlier heatmap's rows.
 
 Rows are the heatmap's (Linear input x decoder layer), so the two maps sit side by side and line up; one
-column group per method, within it one column per Linear that reads the row's input (q, k, v; gate, up).
+numbered column group per method, within it one column per Linear that reads the row's input (q, k, v; gate, up).
 Bright is low SQNR (much error), as bright is a large activation on the heatmap: where naive INT8 loses
 its decibels, the outlier columns are. Hover reads a cell (Linear, method, dB, outlier columns at the
 current threshold); a click shows that Linear's error under every method next to its outlier dimensions
@@ -21,7 +21,6 @@ from app.view_models.threshold import ThresholdModel
 from app.views import colors
 from app.views.empty_state import EmptyState
 from app.views.heatmap import index_rows, row_ticks
-from engine.vocabulary import METHOD_SHORT_LABELS
 
 EMPTY_TEXT = (
     "Tick “measure each method's error” in the scan panel and scan: each method's output error (SQNR) on "
@@ -85,9 +84,13 @@ class ErrorMapView(QWidget):
         self.summary.setObjectName("info")
         title = QLabel("Output error per Linear and method")
         title.setObjectName("sectionTitle")
+        self.key = QLabel("")
+        self.key.setWordWrap(True)
+        self.graphics.setMinimumHeight(200)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(title)
+        layout.addWidget(self.key)
         self.empty = EmptyState(self.graphics, EMPTY_TEXT)
         layout.addWidget(self.empty, 1)
         for label in (self.readout, self.detail, self.summary):
@@ -113,7 +116,9 @@ class ErrorMapView(QWidget):
         else:
             self.image.setVisible(False)
         self._update_axes()
+        self.key.setText(f"Columns: {errors.column_key()}" if errors.methods else "")
         self.summary.setText("<br>".join(errors.summary_lines()))
+        self.summary.setToolTip("<br>".join(errors.worst_lines()))
         if self.selected is not None and self.selected not in errors.linears:
             self.selected = None
             self.detail.setText("")
@@ -124,7 +129,7 @@ class ErrorMapView(QWidget):
         slots = errors.slots
         self.plot.getAxis("left").setTicks(row_ticks(errors.stats))
         self.plot.getAxis("bottom").setTicks(
-            [[(group * slots + slots / 2, METHOD_SHORT_LABELS[m]) for group, m in enumerate(errors.methods)], []]
+            [[(group * slots + slots / 2, str(group + 1)) for group in range(len(errors.methods))], []]
         )
         lines = [(0, start) for _, start, _ in errors.stats.kind_spans()[1:]]
         lines += [(90, group * slots) for group in range(1, len(errors.methods))]
