@@ -51,6 +51,7 @@ screenshots: $(STAMP)
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 	xvfb-run -a -s "-screen 0 1920x1080x24" $(BIN)/python docs/screenshots.py
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python docs/planner_screenshot.py
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python docs/errors_screenshot.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

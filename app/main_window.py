@@ -1,4 +1,5 @@
-"""The workbench window: the step bar on top, controls on the left, heatmap / histogram / profile / results right.
+"""The workbench window: the step bar on top, controls on the left, heatmap and error map / histogram / profile /
+results right.
 
 It composes the Qt-free view models (the workflow in `Workbench`, the scan
 statistics, the threshold, the results), the views that observe them, and one
@@ -36,6 +37,7 @@ from app.view_models.story import explanation_html
 from app.view_models.threshold import ThresholdModel
 from app.view_models.workbench import Step, Workbench
 from app.views.controls import ModelPanel, RunPanel, ScanPanel, mark_current
+from app.views.error_map import ErrorMapView
 from app.views.explain_panel import ExplainPanel
 from app.views.export_dialog import ExportDialog
 from app.views.heatmap import HeatmapView
@@ -44,6 +46,7 @@ from app.views.planner_dialog import PlannerDialog
 from app.views.profile import DimensionProfileView
 from app.views.results_view import ResultsView
 from app.views.saving import add_save_menu
+from app.views.sensitivity_panel import SensitivityPanel
 from app.views.smoothing_panel import SmoothingPanel
 from app.views.status import WorkbenchStatusBar
 from app.views.step_bar import StepBar
@@ -65,6 +68,7 @@ class MainWindow(QMainWindow):
         self.workbench = Workbench(self.client, self.stats, self.threshold, self.results)
         self.error_dialog: QMessageBox | None = None
         self.planner: PlannerDialog | None = None
+        self.sensitivity: SensitivityPanel | None = None
         self.needs_proportions = False  # no splitter positions remembered: set them when first shown
         self.explain = ExplainPanel(
             lambda: explanation_html(self.workbench.model_info, self.stats, self.threshold, self.results), self
@@ -99,6 +103,13 @@ class MainWindow(QMainWindow):
         self.smoothing_panel = SmoothingPanel(SmoothingView(self.stats), self.heatmap)
         left_layout.insertWidget(3, self.smoothing_panel)  # under the threshold, above Run
         self.smoothing_panel.sig_alpha.connect(lambda alpha: setattr(self.workbench, "alpha", alpha))
+        self.error_map = ErrorMapView(self.workbench.errors, self.threshold)
+        self.error_map.setMinimumWidth(160)  # narrow windows give their width to the heatmap and the sidebar
+        self.maps = QSplitter(Qt.Orientation.Horizontal)  # the outliers and the error, row for row
+        self.maps.addWidget(self.heatmap)
+        self.maps.addWidget(self.error_map)
+        self.maps.setStretchFactor(0, 3)
+        self.maps.setStretchFactor(1, 1)
         self.histogram = HistogramView(self.stats, self.threshold)
         self.profile = DimensionProfileView(self.stats, self.threshold)
         self.results_view = ResultsView(self.results, self.stats, self.threshold, self.settings)
@@ -112,7 +123,7 @@ class MainWindow(QMainWindow):
         self.bottom_tabs.addTab(self.results_view, "Results")
         self.bottom_tabs.addTab(self.log_view, "Log")
         self.right = QSplitter(Qt.Orientation.Vertical)
-        for widget, stretch in ((self.heatmap, 5), (self.middle, 3), (self.bottom_tabs, 3)):
+        for widget, stretch in ((self.maps, 5), (self.middle, 3), (self.bottom_tabs, 3)):
             self.right.addWidget(widget)
             self.right.setStretchFactor(self.right.count() - 1, stretch)
         self.main_splitter = QSplitter(Qt.Orientation.Horizontal)
@@ -131,6 +142,7 @@ class MainWindow(QMainWindow):
         self.setStatusBar(self.status)
         for widget, item, name in (
             (self.heatmap.graphics, self.heatmap.graphics.scene(), "heatmap"),
+            (self.error_map.graphics, self.error_map.graphics.scene(), "error map"),
             (self.histogram.plot, self.histogram.plot.getPlotItem(), "histogram"),
             (self.profile.plot, self.profile.plot.getPlotItem(), "dimension profile"),
             (self.results_view.chart, self.results_view.chart.getPlotItem(), "perplexity chart"),
@@ -159,6 +171,7 @@ class MainWindow(QMainWindow):
             menu, "Copy results as Markdown", "Ctrl+Shift+C", self.results_view.copy_markdown
         )
         self.act_planner = action(menu, "Memory planner…", "Ctrl+M", self.open_planner)
+        self.act_sensitivity = action(menu, "Which Linears to keep in float…", "Ctrl+K", self.open_sensitivity)
         menu.addSeparator()
         raise_by = 1.25
         action(
@@ -194,10 +207,13 @@ class MainWindow(QMainWindow):
         self.run_panel.sig_run.connect(self.workbench.run_methods)
         self.run_panel.sig_export.connect(self.export)
         self.heatmap.sig_dimension_clicked.connect(self.profile.show_dimension)
+        self.error_map.sig_dimension_clicked.connect(self.profile.show_dimension)
+        self.scan_panel.ticked_methods = self.run_panel.methods
+        self.run_panel.skip_note.linkActivated.connect(lambda _: self.workbench.set_skip_list([]))
         self.status.cancel_button.clicked.connect(self.workbench.cancel)
         self.status.restart_button.clicked.connect(self.workbench.restart_engine)
         self.step_bar.sig_step_clicked.connect(self.show_step)
-        for view in (self.heatmap, self.histogram, self.profile, self.results_view):
+        for view in (self.heatmap, self.error_map, self.histogram, self.profile, self.results_view):
             view.empty.sig_explain.connect(self.show_explanation)
         self.engine.sig_state_changed.connect(self.workbench.on_state)
         self.engine.sig_progress.connect(self.workbench.on_progress)
@@ -316,6 +332,15 @@ class MainWindow(QMainWindow):
         self.planner.activateWindow()
         return self.planner
 
+    def open_sensitivity(self) -> SensitivityPanel:
+        """The sensitivity sweep: rank what keeping each group in floating point buys; the smallest skip list."""
+        if self.sensitivity is None:
+            self.sensitivity = SensitivityPanel(self.workbench, self)
+        self.sensitivity.show()
+        self.sensitivity.raise_()
+        self.sensitivity.activateWindow()
+        return self.sensitivity
+
     def about_text(self) -> str:
         """Versions of this window and of the engine behind it, and whether they differ."""
         engine_version = self.client.engine_info.get("engine")
@@ -371,6 +396,7 @@ class MainWindow(QMainWindow):
             (self.act_copy_markdown, has_rows),
         ):
             widget.setEnabled(enabled)
+        self.run_panel.show_skip_note(workbench.skip_note())
         step = workbench.step()
         self.step_bar.set_step(step)
         for button, steps in (

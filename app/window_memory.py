@@ -50,6 +50,7 @@ def splitters(window) -> dict[str, Any]:
     return {
         "splitter/main": window.main_splitter,
         "splitter/right": window.right,
+        "splitter/maps": window.maps,
         "splitter/middle": window.middle,
         "splitter/results": window.results_view.splitter,
     }
@@ -71,6 +72,7 @@ def restore(window, settings: QSettings) -> None:
     scan = window.scan_panel
     scan.tokens.setValue(as_int(settings.value("scan_tokens"), scan.tokens.value()))
     scan.seq_len.setValue(as_int(settings.value("scan/seq_len"), scan.seq_len.value()))
+    scan.measure_errors.setChecked(as_bool(settings.value("scan/measure_errors"), False))
     run = window.run_panel
     methods = settings.value("run/methods")
     if methods is not None:
@@ -92,6 +94,7 @@ def save(window, settings: QSettings) -> None:
     settings.setValue("load_at_start", window.model_panel.load_at_start.isChecked())
     settings.setValue("scan_tokens", window.scan_panel.tokens.value())
     settings.setValue("scan/seq_len", window.scan_panel.seq_len.value())
+    settings.setValue("scan/measure_errors", window.scan_panel.measure_errors.isChecked())
     settings.setValue("run/methods", window.run_panel.methods())
     settings.setValue("run/eval_tokens", window.run_panel.eval_tokens.value())
     settings.setValue("run/window", window.run_panel.window.value())
@@ -109,6 +112,7 @@ def default_proportions(window) -> None:
     window.right.setSizes([int(height * share) for share in (0.48, 0.24, 0.28)])
     window.middle.setSizes([width // 2, width // 2])
     window.results_view.splitter.setSizes([width * 2 // 3, width // 3])
+    window.maps.setSizes([width * 7 // 10, width * 3 // 10])
     sidebar = window.sidebar.minimumWidth()
     window.main_splitter.setSizes([sidebar, max(width - sidebar, 1)])
 

@@ -252,6 +252,10 @@ class ScanStatistics:
     def rows_filled(self) -> int:
         return int(self.row_filled.sum())
 
+    def row_of(self, key: tuple[str, int]) -> int | None:
+        """The heatmap row of (kind, decoder layer), or None when the grid has no such row."""
+        return self._row_of.get(key)
+
     def row_label(self, row: int) -> str:
         kind, layer = self.row_keys[row]
         return f"layer {layer} · {KIND_LABELS[kind]}"

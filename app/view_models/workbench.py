@@ -17,6 +17,7 @@ window should show goes out to listeners (`subscribe`) as (event, data):
     "error"     (title, message, details)     a failure to show in a dialog
     "progress"  (label, fraction, message)    the running job's progress
     "results"   None                          an evaluation arrived: show the results
+    "sensitivity" result                      a sensitivity sweep finished (engine.quant.sensitivity's result)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import enum
 from collections.abc import Callable
 from typing import Any
 
+from app.view_models.layer_errors import LayerErrors
 from app.view_models.results import ResultsModel
 from app.view_models.scan_stats import ScanStatistics
 from app.view_models.threshold import ThresholdModel
@@ -38,6 +40,7 @@ REQUEST_LABELS = {
     "evaluate": "Evaluating",
     "plan_memory": "Planning GPUs",
     "export": "Exporting",
+    "sensitivity": "Measuring sensitivity",
 }
 NO_MODEL = "No model loaded."
 LOADING_DEFAULT = "the embedded default model (its first load converts it, about 30 s)"
@@ -73,6 +76,7 @@ STEP_OF_REQUEST = {
     "evaluate": Step.RUN,
     "plan_memory": Step.RUN,
     "export": Step.EXPORT,
+    "sensitivity": Step.RUN,
 }
 
 
@@ -86,9 +90,17 @@ class Workbench:
     """Actions (load, scan, run, export, cancel, engine start) and engine events; see the module docstring."""
 
     def __init__(
-        self, client: EngineClient, stats: ScanStatistics, threshold: ThresholdModel, results: ResultsModel
+        self,
+        client: EngineClient,
+        stats: ScanStatistics,
+        threshold: ThresholdModel,
+        results: ResultsModel,
+        errors: LayerErrors | None = None,
     ) -> None:
         self.client, self.stats, self.threshold, self.results = client, stats, threshold, results
+        self.errors = errors or LayerErrors(stats)
+        self.skip_modules: list[str] = []  # Linears the next Run's quantize keeps in floating point
+        self.skip_source = ""  # where that list came from, in words
         self.model_info: dict[str, Any] | None = None
         self.model_note = NO_MODEL  # what the model panel says while no model is loaded
         self.job: Job | None = None  # the job this workbench sent and waits for
@@ -172,8 +184,36 @@ class Workbench:
             return self.refuse("Load a model before scanning it.")
         job = self._submit("scan", {**params, "threshold": self.threshold.threshold})
         if job is not None:
+            self.errors.begin(params.get("error_methods") or ())
             self.lay_out_grid(previous_scan_widths=True)
         return job
+
+    def run_sensitivity(self, params: dict[str, Any]) -> str | None:
+        """The sensitivity sweep (engine.quant.sensitivity) at the current threshold; its result comes as
+        a "sensitivity" event."""
+        if self.model_info is None:
+            return self.refuse("Load a model before measuring which Linears to keep in floating point.")
+        if params.get("method") in NEEDS_SCAN and not self.stats.finished:
+            return self.refuse(f"{params['method']} takes its outlier dimensions from a scan: scan first.")
+        return self._submit("sensitivity", {**params, "threshold": self.threshold.threshold})
+
+    def set_skip_list(self, modules: list[str], source: str = "") -> None:
+        """Keep `modules` in floating point from the next Run on (so in its export too); [] quantizes all."""
+        self.skip_modules, self.skip_source = list(modules), source if modules else ""
+        self._emit("notice", (self.skip_note() or "The next Run quantizes every Linear.", 10000))
+        self._changed()
+
+    def skip_note(self) -> str:
+        """What the window says about the skip list ("" when there is none)."""
+        if not self.skip_modules:
+            return ""
+        count = len(self.skip_modules)
+        source = f" ({self.skip_source})" if self.skip_source else ""
+        return (
+            f"The next Run keeps {count} Linear{'' if count == 1 else 's'} in floating point{source}; "
+            f"its export writes {'it' if count == 1 else 'them'} in floating point and lists "
+            f"{'it' if count == 1 else 'them'} in llm_int8_skip_modules."
+        )
 
     def run_methods(self, methods: list[str], eval_params: dict[str, Any]) -> str | None:
         """Quantize with `methods`, then evaluate them, then plan their GPUs (one job after the other)."""
@@ -187,7 +227,8 @@ class Workbench:
                 "or tick the dynamic variant."
             )
         threshold = self.threshold.threshold
-        job = self._submit("quantize", {"methods": methods, "threshold": threshold, "alpha": self.alpha})
+        skip = {"skip_modules": list(self.skip_modules)} if self.skip_modules else {}
+        job = self._submit("quantize", {"methods": methods, "threshold": threshold, "alpha": self.alpha, **skip})
         if job is not None:
             self.pending = [
                 ("evaluate", {"methods": methods, **eval_params}),
@@ -247,6 +288,7 @@ class Workbench:
     def on_scan_layer(self, job: str, payload: dict[str, Any]) -> None:
         if self._ours(job) and self.job.request == "scan":
             self.stats.add_layer(payload)
+            self.errors.add_layer(payload)
 
     def on_log(self, level: str, text: str) -> None:
         self._log(text, level)
@@ -260,6 +302,7 @@ class Workbench:
             self._loaded(result)
         elif request == "scan":
             self.stats.load_result(result)
+            self.errors.load_result(result)
             self.threshold_chosen = False
         elif request == "quantize":
             self.results.add_quantized(result)
@@ -270,6 +313,8 @@ class Workbench:
             self.results.add_plan(result)
         elif request == "export":
             self._exported(result)
+        elif request == "sensitivity":
+            self._emit("sensitivity", result)
         self._next_step()
         self._changed()
 
@@ -324,6 +369,8 @@ class Workbench:
         self.threshold.float_bytes = FLOAT_BYTES.get(info.get("dtype"), 2)
         self.results.clear()
         self.exported_to = None
+        self.errors.begin(())
+        self.skip_modules, self.skip_source = [], ""
         self.lay_out_grid()
 
     def _exported(self, result: dict[str, Any]) -> None:

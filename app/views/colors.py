@@ -1,4 +1,8 @@
-"""Colours shared by the views: the heatmap colour map, the outlier highlight, one colour per input kind."""
+"""Colours shared by the views: the heatmap colour map, the outlier highlight, one colour per input kind.
+
+The error map uses the heatmap's colour map turned round (bright = low SQNR = much error), so that in
+both maps bright means trouble.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +33,19 @@ def heatmap_lut() -> np.ndarray:
     lut = np.empty((256, 4), dtype=np.uint8)
     lut[0] = MISSING_RGBA
     lut[1:] = colormap().getLookupTable(nPts=255, alpha=True)
+    return lut
+
+
+def error_colormap() -> pg.ColorMap:
+    """The heatmap's colour map reversed: high SQNR dark, low SQNR bright."""
+    positions, rgba = colormap().getStops(mode=pg.ColorMap.BYTE)
+    return pg.ColorMap(1.0 - positions[::-1], rgba[::-1])  # a new map: the shared one stays as it is
+
+
+def error_lut() -> np.ndarray:
+    """(256, 4) uint8 for the error map: entry 0 'missing', 1..255 from low SQNR (bright) to high (dark)."""
+    lut = heatmap_lut()
+    lut[1:] = lut[1:][::-1]
     return lut
 
 

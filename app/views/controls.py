@@ -8,6 +8,7 @@ the button of the current step as the one to press (`mark_current`).
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
@@ -154,8 +155,14 @@ class ScanPanel(QGroupBox):
         self.scan_button = step_button(
             "Scan", "Record the largest activation of every input dimension of every Linear (Ctrl+R)"
         )
+        self.measure_errors = QCheckBox("measure each method's error")
+        self.measure_errors.setToolTip(
+            "Also measure, on every Linear, the output error (SQNR) of each method ticked under Run, with the "
+            "Linear's true floating-point input: the error map beside the heatmap"
+        )
+        self.ticked_methods: Callable[[], list[str]] = list  # the window hands in the Run panel's ticked methods
         layout = QVBoxLayout(self)
-        layout.addWidget(self.corpus)
+        layout.addLayout(_row(self.corpus, self.measure_errors))
         layout.addLayout(_row(self.tokens, self.seq_len, self.scan_button))
         self.scan_button.clicked.connect(lambda: self.sig_scan.emit(self.params()))
 
@@ -170,10 +177,12 @@ class ScanPanel(QGroupBox):
             self.corpus.setCurrentIndex(0)
 
     def params(self) -> dict:
+        errors = {"error_methods": self.ticked_methods()} if self.measure_errors.isChecked() else {}
         return {
             "tokens": self.tokens.value(),
             "seq_len": min(self.seq_len.value(), self.tokens.value()),
             "corpus": self.corpus.currentData(),
+            **errors,
         }
 
 
@@ -216,6 +225,11 @@ class RunPanel(QGroupBox):
         form.addRow("evaluation", _row(self.eval_tokens, self.window))
         layout.addLayout(form)
         layout.addLayout(_row(self.run_button, self.export_button))
+        self.skip_note = QLabel("")
+        self.skip_note.setWordWrap(True)
+        self.skip_note.setObjectName("info")
+        self.skip_note.setVisible(False)
+        layout.addWidget(self.skip_note)
         self.run_button.clicked.connect(lambda: self.sig_run.emit(self.methods(), self.eval_params()))
         self.export_button.clicked.connect(self.sig_export.emit)
 
@@ -225,6 +239,11 @@ class RunPanel(QGroupBox):
     def set_methods(self, methods: list[str]) -> None:
         for name, box in self.method_boxes.items():
             box.setChecked(name in methods)
+
+    def show_skip_note(self, note: str) -> None:
+        """Say which Linears the next Run keeps in floating point, with a link that clears the list."""
+        self.skip_note.setText(f"{note} <a href='clear'>Quantize every Linear</a>" if note else "")
+        self.skip_note.setVisible(bool(note))
 
     def eval_params(self) -> dict:
         return {"tokens": self.eval_tokens.value(), "window": min(self.window.value(), self.eval_tokens.value())}

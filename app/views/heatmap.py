@@ -61,6 +61,13 @@ def index_rows(values: np.ndarray, low: float, high: float, log10: bool = False)
     return index
 
 
+def row_ticks(stats: ScanStatistics) -> list[list[tuple[float, str]]]:
+    """The left axis of a map on the heatmap's rows: kind labels (major) and every tenth layer (minor)."""
+    major = [((start + stop) / 2, KIND_SHORT[kind]) for kind, start, stop in stats.kind_spans()]
+    minor = [(row + 0.5, str(layer)) for row, (_, layer) in enumerate(stats.row_keys) if layer % 10 == 0]
+    return [major, minor]
+
+
 class HeatmapView(QWidget):
     """The heatmap, its colour bar, the mode switch and the hover readout."""
 
@@ -244,9 +251,7 @@ class HeatmapView(QWidget):
             return
         self._axes_for = layout
         spans = self.stats.kind_spans()
-        major = [((start + stop) / 2, KIND_SHORT[kind]) for kind, start, stop in spans]
-        minor = [(row + 0.5, str(layer)) for row, (_, layer) in enumerate(self.stats.row_keys) if layer % 10 == 0]
-        self.plot.getAxis("left").setTicks([major, minor])
+        self.plot.getAxis("left").setTicks(row_ticks(self.stats))
         starts = [start for _, start, _ in spans[1:]]
         while len(self._separators) > len(starts):
             self.plot.removeItem(self._separators.pop())

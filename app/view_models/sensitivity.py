@@ -1,0 +1,98 @@
+"""A sensitivity sweep's result (engine.quant.sensitivity) as the panel shows it, without Qt.
+
+The sweep ranks groups (a decoder layer's Linears, or each Linear) by the perplexity that keeping them
+in floating point buys per megabyte, walks that ranking re-measuring the growing list as a whole (the
+curve "float MB kept -> perplexity"), and checks the chosen list on held-out tokens it never measured on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+MB = 1e6
+
+
+def change_pct(value: float, baseline: float) -> float:
+    return 100.0 * (value / baseline - 1.0)
+
+
+@dataclass
+class RankedGroup:
+    """One group of the ranking: what keeping it alone in floating point costs and gives."""
+
+    rank: int
+    group: str
+    linears: int
+    float_mb: float
+    perplexity: float
+    change_pct: float  # against the baseline
+
+
+def ranking(result: dict[str, Any]) -> list[RankedGroup]:
+    """The groups that help, best value per megabyte first."""
+    by_group = {entry["group"]: entry for entry in result["groups"]}
+    rows = []
+    for rank, name in enumerate(result["ranking"], start=1):
+        entry = by_group[name]
+        rows.append(
+            RankedGroup(
+                rank,
+                name,
+                len(entry["modules"]),
+                entry["float_bytes"] / MB,
+                entry["perplexity"],
+                change_pct(entry["perplexity"], result["baseline"]),
+            )
+        )
+    return rows
+
+
+def curve(result: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(float MB kept, perplexity) at every step of the greedy list, nothing kept first."""
+    points = result["curve"]
+    return (
+        np.array([p["float_bytes"] / MB for p in points], dtype=np.float64),
+        np.array([p["perplexity"] for p in points], dtype=np.float64),
+    )
+
+
+def goal(result: dict[str, Any]) -> float:
+    """The perplexity the target allows."""
+    return result["baseline"] * (1.0 + result["target_pct"] / 100.0)
+
+
+def verdict(result: dict[str, Any]) -> str:
+    """One sentence: whether the list reaches the target, and at what floating-point cost."""
+    base, method = result["baseline"], result["method"]
+    everything = f"{method} alone: {change_pct(result['quantized'], base):+.2f}% perplexity"
+    count, megabytes = len(result["skip_modules"]), result["float_bytes"] / MB
+    if not result["reached"]:
+        return (
+            f"{everything}. The target {result['target_pct']:+g}% is not reached: the best the ranking reaches is "
+            f"{result['best_reachable_pct']:+.2f}% (with {count} Linears, {megabytes:.1f} MB in floating point)."
+        )
+    if not count:
+        return f"{everything}: already within the target {result['target_pct']:+g}%, nothing to keep in float."
+    return (
+        f"{everything}. Keeping {count} Linear{'' if count == 1 else 's'} ({megabytes:.1f} MB) in floating point "
+        f"meets the target {result['target_pct']:+g}% on the sweep's {result['sweep_tokens']:,} tokens."
+    )
+
+
+def held_out(result: dict[str, Any]) -> str:
+    """The check of the chosen list on tokens the sweep never saw."""
+    checked = result["holdout"]
+    within = checked["change_pct"] <= result["target_pct"]
+    return (
+        f"Held-out check on {result['holdout_tokens']:,} other tokens: baseline {checked['baseline']:.3f}, "
+        f"{result['method']} {checked['quantized']:.3f}, with the list {checked['with_skip_list']:.3f} "
+        f"({checked['change_pct']:+.2f}%: {'within' if within else 'outside'} the target)."
+    )
+
+
+def source_of(result: dict[str, Any]) -> str:
+    """Where a skip list came from, for the window's note."""
+    return f"the {result['method']} sweep's list for {result['target_pct']:+g}%"

@@ -1,0 +1,92 @@
+"""The sensitivity panel: a real sweep's result, shown, and "Apply to export" carried by the next Run's quantize."""
+
+from __future__ import annotations
+
+import pytest
+from PySide6.QtCore import Qt
+
+from app.view_models import sensitivity
+from app.views.sensitivity_panel import SensitivityPanel
+from tests.test_app_workflow import MODEL, finish
+from tests.test_app_workflow import make_workbench as offline_workbench
+
+SWEEP = {
+    "method": "absmax-tensor",
+    "target": 0.3,
+    "group": "linear",
+    "tokens": 256,
+    "holdout_tokens": 256,
+    "window": 64,
+}
+
+
+@pytest.fixture(scope="module")
+def sweep_result():
+    """The engine's own sensitivity result on the tiny model with a planted outlier (not written by hand)."""
+    from engine.quant import sensitivity as engine_sensitivity
+    from engine.task import Task
+    from tests.tiny_models import tiny_loaded
+
+    result = engine_sensitivity.run(SWEEP, Task(), tiny_loaded(dim=5, factor=60.0))
+    assert result["skip_modules"], "the sweep must choose something for the panel to apply"
+    return result
+
+
+@pytest.mark.slow
+def test_the_view_model_reads_the_ranking_curve_and_held_out_check(sweep_result):
+    rows = sensitivity.ranking(sweep_result)
+    assert [row.group for row in rows] == sweep_result["ranking"]
+    assert all(row.perplexity < sweep_result["quantized"] for row in rows)  # only groups that help are ranked
+    megabytes, perplexity = sensitivity.curve(sweep_result)
+    assert megabytes[0] == 0 and megabytes[-1] == pytest.approx(sweep_result["float_bytes"] / sensitivity.MB)
+    assert perplexity[-1] <= sensitivity.goal(sweep_result) < perplexity[0]
+    count = len(sweep_result["skip_modules"])
+    assert f"Keeping {count} Linear" in sensitivity.verdict(sweep_result)
+    assert f"{sweep_result['holdout']['change_pct']:+.2f}%" in sensitivity.held_out(sweep_result)
+
+
+@pytest.mark.slow
+def test_apply_to_export_fills_the_skip_list_the_quantize_request_carries(sweep_result, qtbot):
+    workbench, events = offline_workbench()
+    workbench.load_model(None)
+    finish(workbench, MODEL)
+    panel = SensitivityPanel(workbench)
+    qtbot.addWidget(panel)
+    panel.method.setCurrentIndex(panel.method.findData("absmax-tensor"))
+    panel.target.setValue(0.3)
+    panel.group.setCurrentIndex(panel.group.findData("linear"))
+    panel.tokens.setValue(256)
+    assert not panel.apply_button.isEnabled()
+    qtbot.mouseClick(panel.run_button, Qt.MouseButton.LeftButton)
+    request, params = workbench.client.sent[-1]
+    assert request == "sensitivity"
+    assert params == {**SWEEP, "window": 256, "threshold": workbench.threshold.threshold}
+    assert not panel.run_button.isEnabled()  # one job at a time
+    finish(workbench, sweep_result)
+    assert panel.table.rowCount() == len(sweep_result["ranking"])
+    assert panel.chosen.toPlainText().splitlines() == sweep_result["skip_modules"]
+    assert panel.curve.getData()[1][-1] == pytest.approx(sweep_result["curve"][-1]["perplexity"])
+    qtbot.mouseClick(panel.apply_button, Qt.MouseButton.LeftButton)
+    assert workbench.skip_modules == sweep_result["skip_modules"]
+    assert f"keeps {len(sweep_result['skip_modules'])} Linear" in panel.note.text()
+    workbench.run_methods(["absmax-tensor"], {"tokens": 128, "window": 64})
+    assert workbench.client.sent[-1] == (
+        "quantize",
+        {
+            "methods": ["absmax-tensor"],
+            "threshold": workbench.threshold.threshold,
+            "skip_modules": sweep_result["skip_modules"],
+        },
+    )
+
+
+def test_the_window_opens_the_panel_and_says_what_the_next_run_keeps_in_float(make_workbench):
+    window = make_workbench(start_engine=False)
+    assert window.act_sensitivity.shortcut().toString() == "Ctrl+K"
+    panel = window.open_sensitivity()
+    assert panel.isVisible() and window.open_sensitivity() is panel
+    window.workbench.set_skip_list(["model.layers.0.mlp.down_proj"], "a list")
+    assert window.run_panel.skip_note.isVisible()
+    assert "keeps 1 Linear in floating point (a list)" in window.run_panel.skip_note.text()
+    window.run_panel.skip_note.linkActivated.emit("clear")
+    assert window.workbench.skip_modules == [] and not window.run_panel.skip_note.isVisible()
