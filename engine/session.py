@@ -98,7 +98,7 @@ class Session:
         from engine.quant import layer_pass
 
         loaded = self.require_model()
-        request = layer_pass.request_from_params(params, self.scan_result)
+        request = layer_pass.request_from_params(params, loaded.model, self.scan_result)
         if variants is not None:
             request.variants = variants
         with self._phase("layer-by-layer pass", loaded.device):
@@ -171,6 +171,11 @@ class Session:
         from engine.quant import sensitivity
 
         loaded = self.require_model()
+        if self.layerwise:
+            raise BadInput(
+                "the sensitivity sweep evaluates the model once per candidate skip list: load it in memory "
+                "(--offload none) to run it"
+            )
         with self._phase("sensitivity", loaded.device):
             return sensitivity.run(params, task, loaded, self.scan_result)
 

@@ -138,7 +138,10 @@ class ModelPanel(QGroupBox):
         parameters = info.get("parameters")
         size = f"{parameters / 1e6:,.1f} M params · " if parameters else ""
         offload = info.get("offload") or {}
-        notes = [*info.get("notes", []), *([offload["reason"]] if offload.get("reason", "").startswith("offload") else [])]
+        notes = [
+            *info.get("notes", []),
+            *([offload["reason"]] if offload.get("reason", "").startswith("offload") else []),
+        ]
         layer_by_layer = offload_line(offload)
         self.info.setText(
             f"<b>{html.escape(str(info.get('name', '?')))}</b><br>{size}{info.get('layers', '?')} layers × "

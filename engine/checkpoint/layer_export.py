@@ -1,13 +1,15 @@
 """Export written as the layer-by-layer pass makes it: each decoder layer's tensors go to disk before the next.
 
-The result is the export `engine.checkpoint.export` writes from a model quantized in memory: the
-same tensor names and bits, the same files (the same shard plan over the same tensor order),
-config.json, metadata and sidecar. What differs is when each tensor exists: the plan of every
-output tensor (name, dtype, shape: `plan`) is made from the model's skeleton before any weight is
-read, the files are laid out from it (engine.checkpoint.tensor_files), and each tensor is written
-when its part of the model is placed: the embeddings first, each decoder layer as it is quantized,
-the final norm and an untied head last. Static llm-int8's outlier columns are known only once the
-scan has seen their layer; they go to the sidecar tensors, written at the end.
+The result is the export `engine.checkpoint.export` writes from a model quantized in memory, in the
+bitsandbytes or the compressed-tensors layout: the same tensor names and bits, the same files (the same
+shard plan over the same tensor order), config.json, metadata and sidecar. What differs is when each
+tensor exists: every output tensor is planned (name, dtype, shape: engine.checkpoint.layout applied to
+an empty layer of the method, engine.checkpoint.contents' order) from the model's skeleton before any
+weight is read, the files are laid out from that plan (engine.checkpoint.tensor_files), and each tensor
+is written when its part of the model is placed: the embeddings first, each decoder layer as it is
+quantized, the final norm and an untied head last. Static llm-int8's outlier columns are known only
+once the scan has seen their layer; they go to the sidecar tensors, written at the end. GGUF files are
+written from a model in memory (engine.checkpoint.gguf_export).
 """
 
 from __future__ import annotations
@@ -15,52 +17,36 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine.checkpoint import export
+from engine.checkpoint import contents, export
+from engine.checkpoint.layout import BITSANDBYTES, check_format, layer_record, linear_tensors
 from engine.checkpoint.tensor_files import PlannedFiles
+from engine.errors import BadInput
 from engine.model.layerwise import LayerWork
 
 
-def plan(skeleton, method: str, skipped: list[str], dtype) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(meta tensor of every tensor the export writes, in export.split_tensors' order; per-Linear facts).
+def plan(skeleton, method: str, skipped: list[str], dtype, fmt: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(meta tensor of every tensor the export writes, in contents.split_tensors' order; per-Linear records).
 
-    The facts' outlier dimensions are filled in by the pass for static llm-int8.
+    The records' outlier dimensions are filled in by the pass for static llm-int8.
     """
     import torch
 
     from engine.model.layers import linear_layers
-
-    def meta(shape, tensor_dtype):
-        return torch.empty(tuple(shape), dtype=tensor_dtype, device="meta")
+    from engine.quant.int8_linear import Int8Linear
 
     specs: dict[str, Any] = {}
     layers: list[dict[str, Any]] = []
     quantized = [(name, linear) for name, linear in linear_layers(skeleton) if name not in skipped]
     for name, linear in quantized:
         out_features, in_features = linear.weight.shape
-        specs[f"{name}.weight"] = meta((out_features, in_features), torch.int8)
-        specs[f"{name}.SCB"] = meta((out_features,), torch.float32)
-        specs[f"{name}.weight_format"] = meta((), torch.uint8)
-        if linear.bias is not None:
-            specs[f"{name}.bias"] = meta(linear.bias.shape, dtype)
-        layers.append(
-            {
-                "name": name,
-                "method": method,
-                "in_features": in_features,
-                "out_features": out_features,
-                "scale": "tensor" if method == "absmax-tensor" else "row",
-                "bias": linear.bias is not None,
-                "outlier_dims": [],
-            }
-        )
-    prefixes = {name for name, _ in quantized}
-    tied = set(getattr(skeleton, "all_tied_weights_keys", None) or {})
-    seen: set[int] = set()
-    for key, tensor in skeleton.state_dict(keep_vars=True).items():
-        if key.rpartition(".")[0] in prefixes or key in tied or id(tensor) in seen:
-            continue
-        seen.add(id(tensor))
-        specs[key] = meta(tensor.shape, dtype if tensor.dtype.is_floating_point else tensor.dtype)
+        empty = Int8Linear.empty(method, out_features, in_features, linear.bias is not None, dtype)
+        stored, _ = linear_tensors(name, empty, fmt)
+        specs.update(stored)
+        if empty.scheme.outliers == "static":
+            empty.outlier_cols = torch.empty(0, dtype=torch.long)  # none known yet: the record starts empty
+        layers.append(layer_record(name, empty))
+    for key, tensor in contents.unquantized_tensors(skeleton, {name for name, _ in quantized}).items():
+        specs[key] = tensor.to(dtype) if tensor.dtype.is_floating_point else tensor
     return specs, layers
 
 
@@ -72,18 +58,22 @@ class LayerExport(LayerWork):
     """
 
     def __init__(self, params: dict[str, Any], loaded, recipe, variants, settings: dict[str, Any]) -> None:
-        self.target = export.check_target(params.get("out"), bool(params.get("overwrite", False)))
+        self.fmt = check_format(params.get("format"), recipe.method)
+        if self.fmt == export.GGUF_Q8_0:
+            raise BadInput(
+                "the GGUF export is written from a model in memory; layer by layer the workbench writes "
+                "bitsandbytes or compressed-tensors safetensors (load the model with --offload none for GGUF)"
+            )
+        self.overwrite = bool(params.get("overwrite", False))
+        self.target = export.check_target(params.get("out"), self.overwrite, export.model_sources(loaded))
         max_shard_size = export.parse_size(params.get("max_shard_size") or export.DEFAULT_MAX_SHARD_SIZE)
         self.loaded, self.recipe, self.variants, self.settings = loaded, recipe, variants, settings
         self.skeleton = loaded.model
-        self.skipped = variants.skipped_names(recipe.method)
-        self.specs, self.layers = plan(
-            self.skeleton, recipe.method, self.skipped, next(self.skeleton.parameters()).dtype
-        )
+        dtype = next(self.skeleton.parameters()).dtype
+        self.specs, self.layers = plan(self.skeleton, recipe.method, recipe.skipped, dtype, self.fmt)
         self.split = export.plan_shards(self.specs, max_shard_size)
         self.needed = sum(t.numel() * t.element_size() for t in self.specs.values())
-        export.check_free_space(self.target.parent, self.needed)
-        self.metadata = export.export_metadata(recipe.method, recipe.threshold, settings)
+        self.metadata = contents.export_metadata(recipe.method, recipe.threshold, settings)
         self.extra: dict[str, Any] = {}
         self.files: PlannedFiles | None = None
         self.staging: Path | None = None
@@ -97,7 +87,7 @@ class LayerExport(LayerWork):
 
     def layer(self, index: int, prefix: str, block) -> None:
         module = self.variants.block(self.recipe.method, index, prefix, block)
-        main, extra, layers = export.split_tensors(module)
+        main, extra, layers = contents.split_tensors(module, self.fmt)
         for name, tensor in main.items():
             self.files.write(f"{prefix}.{name}", tensor)
         self.extra.update({f"{prefix}.{name}": tensor.clone() for name, tensor in extra.items()})
@@ -119,27 +109,29 @@ class LayerExport(LayerWork):
         self.files.close()
         files = dict(self.split.filename_to_tensors)
         if self.split.is_sharded:
-            export.write_json(
-                self.staging / export.WEIGHTS_INDEX_NAME,
-                {
-                    "metadata": {"total_size": self.needed, **self.metadata},
-                    "weight_map": dict(self.split.tensor_to_filename),
-                },
-            )
+            index = {
+                "metadata": {"total_size": self.needed, **self.metadata},
+                "weight_map": self.split.tensor_to_filename,
+            }
+            export.write_json(self.staging / export.WEIGHTS_INDEX_NAME, index)
         if self.extra:
             export.save_tensors(self.staging / export.SIDECAR_TENSORS, self.extra, self.metadata)
             files[export.SIDECAR_TENSORS] = list(self.extra)
-        skipped = self.skipped + [name for name in _outside_linears(self.skeleton)]
-        export.write_configs(
+        contents.write_configs(
             self.staging,
             self.skeleton.config,
             _generation_config(Path(self.loaded.weights.directory)),
             self.loaded.tokenizer,
             self.recipe.method,
             self.recipe.threshold,
-            skipped,
+            self.recipe.skipped + _outside_linears(self.skeleton),
+            self.fmt,
         )
-        manifest = export.manifest(
+        if self.fmt != BITSANDBYTES:
+            record = contents.serving_record(self.fmt, self.recipe.method, self.recipe.threshold, self.settings)
+            export.write_json(self.staging / export.SERVING_RECORD, record)
+            return
+        manifest = contents.manifest(
             self.staging,
             self.recipe.method,
             self.recipe.threshold,
@@ -152,12 +144,12 @@ class LayerExport(LayerWork):
 
     def result(self) -> export.ExportResult:
         return export.result(
-            self.target, self.recipe.method, self.recipe.threshold, self.skeleton, self.specs, self.extra
+            self.target, self.recipe.method, self.recipe.threshold, self.skeleton, self.specs, self.extra, self.fmt
         )
 
 
 def _outside_linears(skeleton) -> list[str]:
-    """The Linears the export keeps in floating point besides the skipped ones: those outside the decoder layers."""
+    """The Linears outside the decoder layers (the head): kept in floating point, listed with the skipped."""
     import torch.nn as nn
 
     from engine.model.layers import decoder_layers

@@ -25,7 +25,7 @@ import numpy as np
 from engine.model.layers import decoder_layers, linear_layers
 from engine.model.layerwise import LayerWork, Stream, run_layers
 from engine.quant import evaluate, scan
-from engine.quant.quantize import QuantizedModel, quantize_block, tensor_bytes, tensor_bytes_of
+from engine.quant.quantize import QuantizedModel, quantize_block, smoothing_summary, tensor_bytes, tensor_bytes_of
 from engine.task import CancelOnly
 
 
@@ -56,21 +56,16 @@ class LayerVariants(LayerWork):
         self.model = model
         self.task = CancelOnly(task)
         self.current: dict[str, Any] = {}
-        self.skipped: dict[str, list[str]] = {method: [] for method in self.recipes}
+        self.smoothed: dict[str, dict[str, str]] = {method: {} for method in self.recipes}
         self.sizes = {method: outside_bytes(model) for method in self.recipes}
 
     def block(self, method: str, index: int, prefix: str, block):
         """The quantized copy of decoder layer `index` for `method`."""
         if method not in self.current:
-            module, skipped = quantize_block(block, prefix, self.recipes[method], self.task)
+            module, _, smoothed = quantize_block(block, prefix, self.recipes[method], self.task)
             self.current[method] = module
-            self.skipped[method] += skipped
+            self.smoothed[method].update(smoothed)
         return self.current[method]
-
-    def skipped_names(self, method: str) -> list[str]:
-        """The Linears `method` leaves in floating point, known from the skeleton before the pass."""
-        suffixes = self.recipes[method].skip_modules
-        return [name for name, _ in linear_layers(self.model) if suffixes and name.endswith(suffixes)]
 
     def layer(self, index: int, prefix: str, block) -> None:
         for method in self.recipes:
@@ -79,15 +74,35 @@ class LayerVariants(LayerWork):
         self.current.clear()
 
     def results(self) -> list[QuantizedModel]:
+        """Each recipe with what the pass measured: its sizes, the outlier dimensions it used, its smoothing."""
         return [
             replace(
                 recipe,
-                outlier_dims={n: d for n, d in recipe.outlier_dims.items() if n not in self.skipped[method]},
-                skipped=list(self.skipped[method]),
+                outlier_dims={n: d for n, d in recipe.outlier_dims.items() if n not in recipe.skipped},
                 sizes=self.sizes[method],
+                smoothing=self._smoothing_summary(recipe),
             )
             for method, recipe in self.recipes.items()
         ]
+
+    def _smoothing_summary(self, recipe: QuantizedModel) -> dict[str, Any] | None:
+        """engine.quant.quantize.smoothing_summary of what the pass smoothed, layer by layer."""
+        if recipe.alpha is None:
+            return None
+        smoothed = self.smoothed[recipe.method]
+        unsmoothed = [name for name, _ in linear_layers(self.model) if name not in smoothed]
+        return smoothing_summary({"alpha": recipe.alpha, "smoothed": smoothed, "unsmoothed": unsmoothed})
+
+    def expected_smoothing(self, recipe: QuantizedModel) -> dict[str, Any] | None:
+        """What the pass will smooth, known from the skeleton (for files whose metadata is written first)."""
+        if recipe.alpha is None:
+            return None
+        from engine.quant import smoothing
+
+        found, _ = smoothing.groups(self.model)
+        smoothed = {member: group.source for group in found for member in group.members}
+        unsmoothed = [name for name, _ in linear_layers(self.model) if name not in smoothed]
+        return smoothing_summary({"alpha": recipe.alpha, "smoothed": smoothed, "unsmoothed": unsmoothed})
 
 
 def outside_bytes(model) -> dict[str, int]:
@@ -101,8 +116,10 @@ class _Evaluation:
     """The evaluation streams: the baseline and each method over the same windows, and their perplexity rows."""
 
     def __init__(self, settings: evaluate.EvalSettings, loaded, variants: LayerVariants) -> None:
+        from engine.model.limits import check_sequence_length
         from engine.planning.layer_by_layer import head_chunk_tokens
 
+        check_sequence_length(loaded.model, settings.window, "an evaluation window")
         self.settings = settings
         self.windows, self.source = evaluate.evaluation_windows(settings, loaded.tokenizer)
         batches = list(self.windows.split(settings.batch_size))
@@ -132,7 +149,7 @@ class _Evaluation:
             row.update(evaluate.perplexity_numbers(*self.nll[stream.name], stream.seconds))
             row["memory"] = memory
             rows.append(row)
-        return evaluate.comparison(rows, self.windows, self.settings, self.source)
+        return evaluate.comparison(rows, self.windows, self.settings, self.source, loaded.device)
 
 
 def _variant_entry(variants: LayerVariants, method: str):
@@ -142,15 +159,20 @@ def _variant_entry(variants: LayerVariants, method: str):
     return enter
 
 
-def _take_outlier_dims(recipes: list[QuantizedModel]):
-    """The scan's per-layer callback: static llm-int8 recipes take the layer's outlier dimensions at their threshold."""
-    static = [r for r in recipes if r.method == "llm-int8"]
+def _take_from_scan(recipes: list[QuantizedModel]):
+    """The scan's per-layer callback: static llm-int8 takes the layer's outlier dimensions at its threshold,
+    smoothquant the layer's activation abs-max, before the layer is quantized."""
+    from engine.quant.schemes import scheme_of
 
     def on_layer(index: int, stats: list) -> None:
-        for recipe in static:
+        for recipe in recipes:
+            scheme = scheme_of(recipe.method)
             for input_stats in stats:  # one array per Linear, as ScanResult.outlier_dims gives them
-                over = input_stats.absmax > recipe.threshold
-                recipe.outlier_dims.update({name: np.flatnonzero(over) for name in input_stats.names})
+                if scheme.outliers == "static":
+                    over = input_stats.absmax > recipe.threshold
+                    recipe.outlier_dims.update({name: np.flatnonzero(over) for name in input_stats.names})
+                if scheme.smoothed:
+                    recipe.activation_absmax.update({name: input_stats.absmax for name in input_stats.names})
 
     return on_layer
 
@@ -164,9 +186,10 @@ def run(loaded, request: PassRequest, task) -> PassResult:
     streams: list[Stream] = []
     variants = LayerVariants(request.variants, model, task)
     if request.scan is not None:
-        batches, n_tokens, source = scan.calibration_batches(request.scan, loaded.tokenizer)
+        batches, n_tokens, source = scan.calibration_batches(request.scan, model, loaded.tokenizer, loaded.device)
         result.scan = scan.ScanResult(request.scan, n_tokens, source)
-        streams.append(scan.scan_stream(request.scan, batches, result.scan, task, _take_outlier_dims(request.variants)))
+        on_layer = _take_from_scan(request.variants)
+        streams.append(scan.scan_stream(request.scan, model, batches, result.scan, task, on_layer))
     evaluation = _Evaluation(request.evaluate, loaded, variants) if request.evaluate is not None else None
     streams += evaluation.streams if evaluation else []
     exporter = _exporter(loaded, request, variants, result)
@@ -186,7 +209,7 @@ def run(loaded, request: PassRequest, task) -> PassResult:
         else:
             from engine.checkpoint.export import write_staged
 
-            write_staged(exporter.target, exporter.needed, body, task)
+            write_staged(exporter.target, exporter.needed, body, task, exporter.overwrite)
     result.variants = variants.results()
     if evaluation is not None:
         result.evaluation = evaluation.result(loaded, result.variants, asdict(phase))
@@ -200,30 +223,30 @@ def _exporter(loaded, request: PassRequest, variants: LayerVariants, result: Pas
     """The export work of the pass, planned and checked (target, free space) before any layer is read."""
     if request.export is None:
         return None
-    from engine.checkpoint import export
+    from engine.checkpoint import contents
     from engine.checkpoint.layer_export import LayerExport
 
     recipe = request.variants[0]
-    sidecar = replace(recipe, skipped=variants.skipped_names(recipe.method))
-    settings = export.settings_of(sidecar, result.scan or request.scan_for_export)
+    sidecar = replace(recipe, smoothing=variants.expected_smoothing(recipe))
+    settings = contents.quantized_settings(sidecar, result.scan or request.scan_for_export)
     return LayerExport(request.export, loaded, recipe, variants, settings)
 
 
-def request_from_params(params: dict[str, Any], earlier_scan=None) -> PassRequest:
-    """A PassRequest from a job's params: scan ({...} or None), methods, threshold, skip_modules,
-    evaluate ({...} or None), export ({out, overwrite, max_shard_size} or None, for the first method).
+def request_from_params(params: dict[str, Any], model, earlier_scan=None) -> PassRequest:
+    """A PassRequest from a job's params: scan ({...} or None), methods, threshold, alpha, skip_modules,
+    evaluate ({...} or None), export ({out, overwrite, max_shard_size, format} or None, for the first method).
 
-    Static llm-int8 takes its outlier dimensions from this pass's scan when there is one, else from
-    `earlier_scan`.
+    Static llm-int8 and smoothquant take their numbers from this pass's scan when there is one, else
+    from `earlier_scan`.
     """
     from engine.quant.quantize import check_methods, recipe_from_params
 
     scan_settings = scan.ScanSettings.from_params(params["scan"]) if params.get("scan") is not None else None
     methods = check_methods(params["methods"]) if params.get("methods") else []
-    shared = {k: params[k] for k in ("threshold", "skip_modules") if params.get(k) is not None}
+    shared = {k: params[k] for k in ("threshold", "alpha", "skip_modules") if params.get(k) is not None}
+    scan_for_recipes = None if scan_settings else earlier_scan
     recipes = [
-        recipe_from_params({**shared, "method": m}, None if scan_settings else earlier_scan, scan_settings is not None)
-        for m in methods
+        recipe_from_params({**shared, "method": m}, model, scan_for_recipes, scan_settings is not None) for m in methods
     ]
     eval_settings = (
         evaluate.EvalSettings.from_params(params["evaluate"]) if params.get("evaluate") is not None else None

@@ -193,7 +193,6 @@ def dimension_report(scan: ScanResult, top: int = 5) -> dict[str, Any]:
     return report
 
 
-
 def calibration_batches(settings: ScanSettings, model, tokenizer, device: str) -> tuple[list, int, str]:
     """(batches of (B, seq_len) token ids, tokens in all, corpus source), checked against what the model holds."""
     from engine.model import corpus as corpus_mod
