@@ -23,7 +23,7 @@ from engine.errors import BadInput, Cancelled, ModelLoadError
 from engine.model.disk_weights import DiskWeights
 from engine.session import Session
 from engine.task import CallbackTask, Task
-from engine.vocabulary import METHODS
+from engine.vocabulary import FORMAT_METHODS, METHODS
 from tests.tiny_models import read_tensors, save_tiny_llama
 
 THRESHOLD = 4.0
@@ -109,24 +109,35 @@ def test_perplexity_of_every_method_is_equal_to_one_in_a_million(sessions):
         assert (a["int8_bytes"], a["float_bytes"], a["tokens"]) == (b["int8_bytes"], b["float_bytes"], b["tokens"])
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_every_exported_tensor_is_identical(sessions, tmp_path, method):
+SAFETENSORS_EXPORTS = [(m, f) for f in ("bitsandbytes", "compressed-tensors") for m in FORMAT_METHODS[f]]
+
+
+@pytest.mark.parametrize(("method", "fmt"), SAFETENSORS_EXPORTS)
+def test_every_exported_tensor_is_identical(sessions, tmp_path, method, fmt):
     outs = [tmp_path / "memory", tmp_path / "disk"]
     for session, out in zip(sessions, outs):
-        session.export({"method": method, "out": str(out), "max_shard_size": 3_000_000}, Task())
+        session.export({"method": method, "format": fmt, "out": str(out), "max_shard_size": 3_000_000}, Task())
     expected, actual = read_tensors(outs[0]), read_tensors(outs[1])
     assert expected.keys() == actual.keys()
     for name in expected:
         assert expected[name].dtype == actual[name].dtype and torch.equal(expected[name], actual[name]), name
+    configs = [json.loads((out / "config.json").read_text())["quantization_config"] for out in outs]
+    assert configs[0] == configs[1]
+    assert sorted(p.name for p in outs[0].iterdir()) == sorted(p.name for p in outs[1].iterdir())
+    if fmt != "bitsandbytes":
+        return
     manifests = [json.loads((out / export.SIDECAR_NAME).read_text()) for out in outs]
     for manifest in manifests:
         manifest.pop("created")
         for entry in manifest["files"].values():
             entry.pop("bytes")  # the header's layout may differ; the tensors may not
     assert manifests[0] == manifests[1]
-    assert sorted(p.name for p in outs[0].iterdir()) == sorted(p.name for p in outs[1].iterdir())
-    configs = [json.loads((out / "config.json").read_text())["quantization_config"] for out in outs]
-    assert configs[0] == configs[1]
+
+
+def test_gguf_is_written_from_a_model_in_memory(sessions, tmp_path):
+    with pytest.raises(BadInput, match="GGUF export is written from a model in memory"):
+        sessions[1].export({"method": "q8_0", "format": "gguf-q8_0", "out": str(tmp_path / "gguf")}, Task())
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_one_pass_scans_quantizes_evaluates_and_exports_reading_each_part_once(

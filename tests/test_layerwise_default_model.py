@@ -12,7 +12,7 @@ from engine.checkpoint import export
 from engine.quant import evaluate, quantize
 from engine.session import Session
 from engine.task import Task
-from engine.vocabulary import METHODS
+from engine.vocabulary import FORMAT_METHODS, METHODS
 from tests.tiny_models import read_tensors
 
 pytestmark = pytest.mark.slow
@@ -54,7 +54,7 @@ def test_perplexity_of_every_method_equals_the_in_memory_value(disk_session, def
         assert abs(b["perplexity"] / a["perplexity"] - 1) < 1e-6, (a["method"], a["perplexity"], b["perplexity"])
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", FORMAT_METHODS["bitsandbytes"])
 def test_every_exported_tensor_is_byte_identical(disk_session, default_model, in_memory_variants, tmp_path, method):
     memory_out, disk_out = tmp_path / "memory", tmp_path / "disk"
     export.run({"out": str(memory_out)}, Task(), default_model, in_memory_variants[method], None)
