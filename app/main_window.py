@@ -159,7 +159,7 @@ class MainWindow(QMainWindow):
 
         workbench, run = self.workbench, self.run_panel
         menu = self.menuBar().addMenu("&Workbench")
-        self.act_load = action(menu, "Load model", "Ctrl+L", lambda: workbench.load_model(self._chosen_model()))
+        self.act_load = action(menu, "Load model", "Ctrl+L", lambda: self._load(self._chosen_model()))
         self.act_scan = action(menu, "Scan", "Ctrl+R", lambda: workbench.start_scan(self.scan_panel.params()))
         self.act_run = action(
             menu, "Quantize && evaluate", "Ctrl+Return", lambda: workbench.run_methods(run.methods(), run.eval_params())
@@ -202,7 +202,7 @@ class MainWindow(QMainWindow):
 
     def _connect(self) -> None:
         """Widgets to the workflow, engine signals to the workflow, what the workflow says to the widgets."""
-        self.model_panel.sig_load.connect(self.workbench.load_model)
+        self.model_panel.sig_load.connect(self._load)
         self.scan_panel.sig_scan.connect(self.workbench.start_scan)
         self.run_panel.sig_run.connect(self.workbench.run_methods)
         self.run_panel.sig_export.connect(self.export)
@@ -266,6 +266,9 @@ class MainWindow(QMainWindow):
             model = self._chosen_model()
             self.workbench.load_when_ready = {"model": model} if model else {}
         self.workbench.start_engine()
+
+    def _load(self, path: str | None) -> str | None:
+        return self.workbench.load_model(path, self.model_panel.offload.currentData())
 
     def _chosen_model(self) -> str | None:
         return self.model_panel.source.currentData()

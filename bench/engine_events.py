@@ -45,7 +45,7 @@ class SyntheticSession:
                 "scan_layer",
                 {
                     "index": index,
-                    "name": f"model.layers.{layer}.{KINDS[kind]}",
+                    "names": [f"model.layers.{layer}.{KINDS[kind]}"],
                     "layer": layer,
                     "kind": KINDS[kind],
                     "absmax": absmax,

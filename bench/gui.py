@@ -37,7 +37,7 @@ def payload(index: int, layer: int, kind: str, rng: np.random.Generator) -> dict
     absmax = rng.lognormal(0.0, 1.0, DIMS).astype(np.float32)
     return {
         "index": index,
-        "name": f"model.layers.{layer}.{kind}",
+        "names": [f"model.layers.{layer}.{kind}"],
         "layer": layer,
         "kind": kind,
         "absmax": absmax,
@@ -45,7 +45,7 @@ def payload(index: int, layer: int, kind: str, rng: np.random.Generator) -> dict
         "hist": np.ones(90, np.int64),
         "n_tokens": 4096,
         "final": True,
-        "out_features": DIMS,
+        "out_features": [DIMS],
     }
 
 

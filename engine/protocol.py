@@ -93,11 +93,13 @@ the engine can allow that (`int8wb engine --allow-remote-code`).
 Events (engine -> client), all with `reply_to` set to the request's id:
 
     progress     {"fraction": 0..1, "message": str}   at most ~20/s, only when it moved
-    scan_layer   one Linear layer's statistics: {"index", "name", "layer", "kind",
-                 "absmax": f4[in], "count_over": i8[in], "hist": i8[bins],
-                 "weight_absmax": f4[in] (over the Linears SmoothQuant smooths together),
-                 "smoothable", "n_tokens", "final", and "sqnr_db": {method: dB} when the
-                 scan measures errors (params "error_methods")}
+    scan_layer   one distinct Linear input's statistics, sent once for all the Linears
+                 that read it (q/k/v, gate/up): {"index", "names": [Linear names],
+                 "out_features": [one per name], "layer", "kind", "absmax": f4[in],
+                 "count_over": i8[in], "hist": i8[bins], "weight_absmax": f4[in] (over
+                 the Linears SmoothQuant smooths together), "smoothable", "n_tokens",
+                 "final", and "sqnr_db": {name: {method: dB}} when the scan measures
+                 errors (params "error_methods")}
     log          {"message": str, "level": "info" | "warning" | "error"}
     result       {"request": "<request type>", "result": {...}}
     error        {"kind": str, "message": str, "traceback": str}
@@ -134,7 +136,7 @@ REQUIRED_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
     "hello": {"protocol": (int,)},
     "job_state": {"job": (str,)},
     "progress": {"fraction": (int, float), "message": (str,)},
-    "scan_layer": {"index": (int,), "name": (str,)},
+    "scan_layer": {"index": (int,), "names": (list,)},
     "log": {"message": (str,)},
     "result": {"request": (str,), "result": (dict,)},
     "error": {"kind": (str,), "message": (str,), "traceback": (str,)},

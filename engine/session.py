@@ -77,8 +77,43 @@ class Session:
     def scan(self, params: dict[str, Any], task) -> dict[str, Any]:
         from engine.quant import scan
 
+        if self.layerwise:
+            return self.run_pass({"scan": params}, task)["scan"]
         self.scan_result = scan.run(params, task, self.require_model())
         return self.scan_result.to_payload()
+
+    @property
+    def layerwise(self) -> bool:
+        """Whether the loaded model's weights stay on disk (engine.model.on_disk): every job is one pass."""
+        from engine.model.on_disk import LayerwiseModel
+
+        return isinstance(self.loaded, LayerwiseModel)
+
+    def run_pass(self, params: dict[str, Any], task, variants: list | None = None) -> dict[str, Any]:
+        """One layer-by-layer pass over a model on disk (engine.quant.layer_pass): scan, quantize, evaluate
+        and export, each when its params are given; `variants` (recipes already quantized) replace `methods`.
+
+        Returns {"scan", "quantize", "evaluate", "export"}: each part's payload, None where not asked.
+        """
+        from engine.quant import layer_pass
+
+        loaded = self.require_model()
+        request = layer_pass.request_from_params(params, loaded.model, self.scan_result)
+        if variants is not None:
+            request.variants = variants
+        with self._phase("layer-by-layer pass", loaded.device):
+            result = layer_pass.run(loaded, request, task)
+        memory = self.memory["layer-by-layer pass"]
+        if result.scan is not None:
+            self.scan_result = result.scan
+        if variants is None:
+            self.quantized.update({variant.method: variant for variant in result.variants})
+        return {
+            "scan": result.scan.to_payload() if result.scan is not None else None,
+            "quantize": {"models": [{**v.summary(), "memory": memory} for v in result.variants]},
+            "evaluate": result.evaluation,
+            "export": result.export.to_payload() if result.export is not None else None,
+        }
 
     def quantize(self, params: dict[str, Any], task) -> dict[str, Any]:
         """Quantize with each of `params["methods"]`; a method quantized again replaces its old variant."""
@@ -86,6 +121,8 @@ class Session:
 
         loaded = self.require_model()
         methods = quantize.check_methods(params.get("methods"))
+        if self.layerwise:
+            return self.run_pass({**params, "methods": methods}, task)["quantize"]
         summaries = []
         for i, method in enumerate(methods):
             step = task.slice(i / len(methods), (i + 1) / len(methods))
@@ -105,6 +142,8 @@ class Session:
         missing = [m for m in methods if m not in self.quantized]
         if missing:
             raise BadInput(f"not quantized yet: {', '.join(missing)}; quantize before evaluating")
+        if self.layerwise:
+            return self.run_pass({"evaluate": params}, task, [self.quantized[m] for m in methods])["evaluate"]
         return evaluate.run(params, task, loaded, {m: self.quantized[m] for m in methods})
 
     def export(self, params: dict[str, Any], task) -> dict[str, Any]:
@@ -123,6 +162,8 @@ class Session:
             variant = reopened
         if variant is None:
             raise BadInput(f"not quantized yet: {method}; quantize with it before exporting")
+        if self.layerwise:
+            return self.run_pass({"export": params}, task, [variant])["export"]
         return export.run(params, task, loaded, variant, self.scan_result).to_payload()
 
     def sensitivity(self, params: dict[str, Any], task) -> dict[str, Any]:
@@ -130,6 +171,11 @@ class Session:
         from engine.quant import sensitivity
 
         loaded = self.require_model()
+        if self.layerwise:
+            raise BadInput(
+                "the sensitivity sweep evaluates the model once per candidate skip list: load it in memory "
+                "(--offload none) to run it"
+            )
         with self._phase("sensitivity", loaded.device):
             return sensitivity.run(params, task, loaded, self.scan_result)
 

@@ -131,3 +131,32 @@ class CallbackTask(Task):
     def _emit_log(self, message: str) -> None:
         if self._on_log:
             self._on_log(message)
+
+
+class CancelOnly:
+    """A view of a task that answers cancellation and drops everything else.
+
+    For a sub-step that runs many times within one reported step (quantizing each decoder layer of a
+    layer-by-layer pass, whose progress the loop reports): its own progress would jump back and forth.
+    """
+
+    def __init__(self, parent: Task | TaskSlice) -> None:
+        self._parent = parent
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        pass
+
+    def partial(self, kind: str, payload: dict[str, Any]) -> None:
+        pass
+
+    def log(self, message: str) -> None:
+        pass
+
+    def cancelled(self) -> bool:
+        return self._parent.cancelled()
+
+    def check_cancelled(self) -> None:
+        self._parent.check_cancelled()
+
+    def slice(self, start: float, end: float) -> CancelOnly:
+        return self

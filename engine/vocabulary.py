@@ -146,6 +146,13 @@ BF16_MIN_CAPABILITY = (8, 0)
 """bfloat16 is native from compute capability 8.0 (Ampere); older GPUs only emulate it, and the kernels'
 bfloat16 conversion (`cvt.rn.bf16.f32`) does not compile for them."""
 
+# --- where a model runs ----------------------------------------------------------------------------
+
+OFFLOAD_MODES = ("auto", "none", "disk")
+"""`none`: the whole model in memory; `disk`: one decoder layer at a time, read from disk (DESIGN.md, "Scale");
+`auto`: whichever the planner's estimate calls for against the compute device's free memory."""
+
+OFFLOAD_LABELS = {"auto": "auto (by free memory)", "none": "in memory", "disk": "layer by layer from disk"}
 
 # --- what feeds a Linear ----------------------------------------------------------------------------
 

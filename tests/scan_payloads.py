@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 
-def layer_payload(index, layer, kind, absmax, name=None, out_features=None, n_tokens=100):
+def layer_payload(index, layer, kind, absmax, name=None, out_features=None, n_tokens=100, names=None):
+    """One input's statistics, read by the Linear `name` (or by every Linear of `names`)."""
     absmax = np.asarray(absmax, dtype=np.float32)
+    names = names or [name or f"model.layers.{layer}.{kind}.{index}"]
     return {
         "index": index,
-        "name": name or f"model.layers.{layer}.{kind}.{index}",
+        "names": names,
         "layer": layer,
         "kind": kind,
         "absmax": absmax,
@@ -17,5 +19,5 @@ def layer_payload(index, layer, kind, absmax, name=None, out_features=None, n_to
         "hist": np.ones(90, np.int64),
         "n_tokens": n_tokens,
         "final": True,
-        "out_features": out_features,
+        "out_features": [out_features] * len(names) if out_features is not None else None,
     }

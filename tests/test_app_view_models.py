@@ -35,8 +35,8 @@ def test_rows_group_by_kind_and_shared_inputs_fill_one_row():
     stats.configure(2, {"attn_in": 4, "attn_out": 4, "mlp_in": 4, "mlp_down": 4})
     events = []
     stats.subscribe(lambda event, data: events.append((event, data)))
-    assert stats.add_layer(layer_payload(0, 0, "attn_in", [1, 2, 3, 4], name="l0.q")) == 0
-    assert stats.add_layer(layer_payload(1, 0, "attn_in", [1, 2, 3, 4], name="l0.k")) is None  # same input as q
+    assert stats.add_layer(layer_payload(0, 0, "attn_in", [1, 2, 3, 4], names=["l0.q", "l0.k"])) == 0
+    assert stats.add_layer(layer_payload(1, 0, "attn_in", [1, 2, 3, 4], name="l0.x")) is None  # row already filled
     assert stats.add_layer(layer_payload(2, 1, "mlp_down", [9, 1, 1, 1, 1, 1, 1, 20], name="l1.down")) == 7
     assert stats.row_keys[7] == ("mlp_down", 1)
     assert stats.absmax_grid.shape == (8, 8)  # widened for the down projection's 8 inputs
@@ -44,7 +44,7 @@ def test_rows_group_by_kind_and_shared_inputs_fill_one_row():
     assert stats.rows_filled == 2
     assert [k for k, _, _ in stats.kind_spans()] == ["attn_in", "attn_out", "mlp_in", "mlp_down"]
     assert ("row", 7) in events
-    assert len(stats.linears) == 3  # every Linear kept: memory is paid per Linear
+    assert len(stats.linears) == 4  # every Linear kept: memory is paid per Linear
     profile = stats.dimension_profile(0)
     assert list(profile) == ["attn_in", "mlp_down"]
     assert profile["mlp_down"][1].tolist() == [9.0]

@@ -90,3 +90,11 @@ def test_actions_refuse_without_engine_and_model(make_workbench):
     window.workbench.model_info = {"layers": 1, "hidden_size": 4}
     assert window.workbench.run_methods(["llm-int8"], {}) is None
     assert "scan first" in window.statusBar().currentMessage()
+
+
+def test_the_load_panel_says_layer_by_layer():
+    from app.views.controls import offload_line
+
+    disk = {"mode": "disk", "layers": 32, "peak_bytes": 2.4e9, "reason": "offload auto: layer by layer from disk: x"}
+    assert offload_line(disk) == "layer by layer from disk: 32 layers, peak about 2.4 GB"
+    assert offload_line({"mode": "none", "reason": "asked for"}) is None

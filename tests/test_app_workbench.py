@@ -62,7 +62,8 @@ def test_workbench_session_end_to_end(make_workbench, qtbot):
     live_rows = [drawn for event, done, drawn in seen_live if event == "row" and not done]
     assert live_rows and live_rows[0] >= 1 and max(live_rows) > live_rows[0], "rows did not arrive one by one"
     assert window.stats.rows_filled == 120  # 30 layers x 4 inputs
-    assert len(window.stats.linears) == len(finished["scan"]["layers"]) == 210
+    assert len(finished["scan"]["layers"]) == 120  # each distinct input once, with the names of its Linears
+    assert len(window.stats.linears) == sum(len(layer["names"]) for layer in finished["scan"]["layers"]) == 210
 
     # move the threshold: more outliers below 6, fewer above, no engine round trip
     window.threshold_panel.spin.setValue(6.0)

@@ -28,7 +28,7 @@ def test_every_method_has_one_scheme_in_the_vocabulary_order():
 @pytest.mark.parametrize(("fmt", "method"), SAFETENSORS_LAYOUTS)
 @pytest.mark.parametrize("bias", [True, False])
 def test_the_planned_layout_is_the_written_one(fmt, method, bias):
-    """An empty layer (what the streaming export plans with) stores the names, dtypes and shapes a real one does."""
+    """An empty layer (what the layer-by-layer export plans with) stores the names, dtypes and shapes a real one does."""
     real_main, real_sidecar = linear_tensors("layer", _quantized(method, bias), fmt)
     planned_main, _ = linear_tensors("layer", Int8Linear.empty(method, 48, 64, bias, torch.float32), fmt)
 

@@ -303,3 +303,29 @@ def test_cli_text_shows_the_terms(capsys):
     text = capsys.readouterr().out
     for term in ("int8 weight", "scales", "KV cache", "workspace", "budget", "2 GPUs"):
         assert term in text
+
+
+def test_one_machine_layer_by_layer_holds_one_layer_and_reads_the_checkpoint_once():
+    from engine.planning import layer_by_layer
+
+    result = plan_memory.run({"preset": "llama-2-70b", "context": 4096, "methods": ["baseline", "llm-int8"]}, Task())
+    line = result["layer_by_layer"]
+    arch, inventory, _ = presets.from_config_dict(presets.preset_config("llama-2-70b"), "llama-2-70b")
+    largest_layer = max(planner.layer_weight_bytes(inventory, "baseline", Settings()))
+    assert line["terms"]["largest part"] == largest_layer  # 1.6 GiB of a 128 GiB model in fp16
+    assert line["streams"] == 3  # the calibration tokens, the baseline, llm-int8
+    assert line["peak_bytes"] < 24 * GIB  # a 70B model scans on one 24 GB GPU
+    assert line["read_bytes"] == planner.weight_bytes(inventory, "baseline", Settings())
+    assert line["read_seconds"] == line["read_bytes"] / layer_by_layer.DEFAULT_DISK_BYTES_PER_S
+    assert line["line"].startswith("one machine, layer by layer: peak about")
+
+
+def test_offload_auto_says_which_way_and_why():
+    from engine.planning.layer_by_layer import choose_offload
+
+    assert choose_offload("auto", 5 * GIB, 20 * GIB, "of RAM available")[0] == "none"
+    mode, reason = choose_offload("auto", 27 * GIB, 20 * GIB, "of RAM available")
+    assert mode == "disk" and "27.0 GiB exceeds the 20.0 GiB of RAM available" in reason
+    assert choose_offload("none", 27 * GIB, 1, "")[0] == "none" and choose_offload("disk", 1, 27 * GIB, "")[0] == "disk"
+    with pytest.raises(BadInput, match="offload must be one of"):
+        choose_offload("cloud", 1, 1, "")

@@ -44,7 +44,9 @@ def test_planting_leaves_the_float_model_unchanged():
 
 def test_scan_finds_the_planted_dimension_in_every_attention_input(planted_scan):
     attention_inputs = [s for s in planted_scan.layers if s.kind == "attn_in"]
-    assert len(attention_inputs) == 2 * 3  # q, k, v in two layers
+    assert len(attention_inputs) == 2  # one input per layer, read by q, k and v
+    assert [s.names[0].rsplit(".", 1)[1] for s in attention_inputs] == ["q_proj", "q_proj"]
+    assert all(len(s.names) == 3 and s.out_features == [64, 32, 32] for s in attention_inputs)
     for stats in attention_inputs:
         assert np.flatnonzero(stats.absmax > 6.0).tolist() == [OUTLIER_DIM]
         assert stats.count_over[OUTLIER_DIM] > 0.9 * planted_scan.n_tokens
@@ -52,12 +54,14 @@ def test_scan_finds_the_planted_dimension_in_every_attention_input(planted_scan)
     assert all(OUTLIER_DIM not in np.flatnonzero(s.absmax > 6.0) for s in others)
 
 
-def test_scan_streams_one_partial_per_linear_in_order(planted):
+def test_scan_streams_one_partial_per_distinct_input_in_order(planted):
     seen = []
     task = CallbackTask(on_partial=lambda kind, payload: seen.append((kind, payload["index"], payload["layer"])))
     result = scan.run(TEXT_PARAMS, task, planted)
-    assert [s[1] for s in seen] == list(range(len(result.layers))) == list(range(14))
-    assert [s[2] for s in seen] == [0] * 7 + [1] * 7
+    assert [s[1] for s in seen] == list(range(len(result.layers))) == list(range(8))  # 14 Linears, 8 inputs
+    assert [s[2] for s in seen] == [0] * 4 + [1] * 4
+    assert sum(len(s.names) for s in result.layers) == 14
+    assert set(result.outlier_dims(6.0)) == {name for s in result.layers for name in s.names}
     assert {s[0] for s in seen} == {"scan_layer"}
 
 
@@ -136,5 +140,7 @@ def test_nan_weights_are_refused(planted_scan):
 
 
 def test_the_next_layer_gets_the_hidden_states_by_position_or_by_keyword():
-    assert scan._with_hidden_states(("h0", "mask"), {"a": 1}, "h1") == (("h1", "mask"), {"a": 1})
-    assert scan._with_hidden_states((), {"hidden_states": "h0", "a": 1}, "h1") == ((), {"hidden_states": "h1", "a": 1})
+    from engine.model.layerwise import next_layer_call
+
+    assert next_layer_call(("h0", "mask"), {"a": 1}, "h1") == (("h1", "mask"), {"a": 1})
+    assert next_layer_call((), {"hidden_states": "h0", "a": 1}, "h1") == ((), {"hidden_states": "h1", "a": 1})

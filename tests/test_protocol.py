@@ -64,7 +64,7 @@ def endpoints():
 def sample_payload(message_type: str) -> dict:
     layer = {
         "index": 3,
-        "name": "model.layers.0.mlp.down_proj",
+        "names": ["model.layers.0.mlp.down_proj"],
         "layer": 0,
         "kind": "down_proj",
         "absmax": np.linspace(0, 7, 1536, dtype=np.float32),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.checkpoint import export, staging, stream_export
+from engine.checkpoint import export, staging
 from engine.errors import BadInput, ModelLoadError
 from engine.session import Session
 from engine.task import Task
@@ -78,13 +78,15 @@ def test_an_export_never_goes_over_into_or_around_its_source(vectorwise_session,
     assert listing(source) == before
 
 
-def test_the_streaming_export_never_replaces_its_source(tiny_dir, tmp_path):
+def test_the_layer_by_layer_export_never_replaces_its_source(tiny_dir, tmp_path):
     source = tmp_path / "model"
     shutil.copytree(tiny_dir, source)
     before = listing(source)
-    params = {"model": str(source), "method": "vectorwise", "out": str(source), "overwrite": True}
+    session = Session()
+    session.load_model({"model": str(source), "device": "cpu", "offload": "disk"}, Task())
+    params = {"methods": ["vectorwise"], "export": {"out": str(source), "overwrite": True}}
     with pytest.raises(BadInput, match="source model"):
-        stream_export.run(params, Task())
+        session.run_pass(params, Task())
     assert listing(source) == before
 
 

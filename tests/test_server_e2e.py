@@ -64,7 +64,7 @@ def loaded_engine():
 
 
 @pytest.mark.slow
-def test_scan_streams_one_scan_layer_per_linear_before_the_result(loaded_engine):
+def test_scan_streams_one_scan_layer_per_linear_input_before_the_result(loaded_engine):
     client, recorder = loaded_engine
     job = client.send("scan", {"tokens": 512, "seq_len": 256, "batch_size": 2})
     assert client.state is EngineState.BUSY
@@ -73,9 +73,10 @@ def test_scan_streams_one_scan_layer_per_linear_before_the_result(loaded_engine)
     assert events[-1].type == "result", events[-1].payload
     layers = [m.payload for m in events if m.type == "scan_layer"]
     result_layers = events[-1].payload["result"]["layers"]
-    assert len(layers) == len(result_layers) == 30 * 7
+    assert len(layers) == len(result_layers) == 30 * 4  # each distinct Linear input once
     assert [p["index"] for p in layers] == list(range(len(layers)))
-    assert [p["name"] for p in layers] == [p["name"] for p in result_layers]
+    assert [p["names"] for p in layers] == [p["names"] for p in result_layers]
+    assert sum(len(p["names"]) for p in layers) == 30 * 7
     assert layers[0]["absmax"].shape == (576,) and layers[0]["absmax"].dtype.str == "<f4"
     assert (layers[5]["absmax"] == result_layers[5]["absmax"]).all()
     fractions = [m.payload["fraction"] for m in events if m.type == "progress"]

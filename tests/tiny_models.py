@@ -78,11 +78,21 @@ def byte_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|eos|>")
 
 
-def save_tiny_llama(path, seed: int = 0, tie: bool = True, random_biases: bool = False, max_shard_size=None, **shape):
+def save_tiny_llama(
+    path,
+    seed: int = 0,
+    tie: bool = True,
+    random_biases: bool = False,
+    max_shard_size=None,
+    dtype: str | None = None,
+    outlier_dim: int | None = None,
+    **shape,
+):
     """A tiny Llama saved as a Hugging Face model directory (safetensors, config, tokenizer); returns the path.
 
     `random_biases` adds attention biases drawn at random: zero biases would not tell a copied bias from a
-    missing one. `shape` takes `tiny_llama`'s size arguments.
+    missing one. `dtype` stores the weights in that dtype; `outlier_dim` is planted in every attention
+    input (`plant_outlier`). `shape` takes `tiny_llama`'s size arguments.
     """
     import torch
     from transformers import GenerationConfig
@@ -96,6 +106,10 @@ def save_tiny_llama(path, seed: int = 0, tie: bool = True, random_biases: bool =
             for name, param in model.named_parameters():
                 if name.endswith("bias"):
                     param.normal_(0.0, 0.02)
+    if outlier_dim is not None:
+        plant_outlier(model, outlier_dim, 60.0)
+    if dtype is not None:
+        model.to(getattr(torch, dtype))
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(path, **kwargs)
     tokenizer.save_pretrained(path)
@@ -147,3 +161,16 @@ def save_tiny(path, architecture: str = "llama", seed: int = 0):
     getattr(transformers, model_class)(config).eval().save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def read_tensors(directory):
+    """Every tensor of every safetensors file in `directory`, by name."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    tensors = {}
+    for path in sorted(Path(directory).glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as handle:
+            tensors.update({key: handle.get_tensor(key) for key in handle.keys()})
+    return tensors

@@ -256,7 +256,9 @@ class PlanView:
         )
 
     def notes(self) -> list[str]:
-        return [str(note) for note in self.result.get("notes", [])]
+        """The plan's notes, then its "one machine, layer by layer" line."""
+        line = (self.result.get("layer_by_layer") or {}).get("line")
+        return [str(note) for note in self.result.get("notes", [])] + ([str(line)] if line else [])
 
     def card(self, method: str, gpu: str) -> dict[str, Any]:
         for card in self._method(method)["gpus"]:

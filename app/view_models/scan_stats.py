@@ -1,10 +1,11 @@
 """The scan statistics the GUI holds: one heatmap row per (decoder layer, Linear input).
 
-The engine streams one `scan_layer` event per Linear. Linears that read the same
-input (q/k/v, gate/up) carry identical statistics, so the heatmap shows one row
-per decoder layer and input kind, grouped by kind (attention input, attention
-output, MLP input, MLP down input). Every Linear is still kept, because the
-memory cost of an outlier column is paid once per Linear that reads it.
+The engine streams one `scan_layer` event per distinct Linear input, with the
+names of the Linears that read it (q/k/v share one input, gate/up another). The
+heatmap shows one row per decoder layer and input kind, grouped by kind
+(attention input, attention output, MLP input, MLP down input). Every Linear is
+still kept, because the memory cost of an outlier column is paid once per Linear
+that reads it.
 
 A scan streams a few hundred Linears into the window while it must stay
 responsive, so everything the views read per event is kept incrementally:
@@ -41,22 +42,23 @@ class LinearStats:
     smoothable: bool = False  # whether SmoothQuant folds this input's factors exactly
 
     @classmethod
-    def from_payload(cls, payload: dict[str, Any]) -> LinearStats:
+    def from_payload(cls, payload: dict[str, Any], name: str, out_features: int | None) -> LinearStats:
+        """The statistics of the Linear `name`, one of those that read the payload's input."""
         absmax = np.asarray(payload["absmax"], dtype=np.float32)
         count = np.asarray(payload.get("count_over", np.zeros(absmax.shape, np.int64)), dtype=np.int64)
         if absmax.ndim != 1 or count.shape != absmax.shape:
-            raise ValueError(f"scan_layer {payload.get('name')!r}: absmax and count_over must be 1-D of one length")
+            raise ValueError(f"scan_layer {name!r}: absmax and count_over must be 1-D of one length")
         kind = payload.get("kind", "other")
         return cls(
             index=int(payload["index"]),
-            name=str(payload["name"]),
+            name=str(name),
             layer=int(payload.get("layer", -1)),
             kind=kind if kind in KIND_LABELS else "other",
             absmax=absmax,
             count_over=count,
             hist=np.asarray(payload.get("hist", ()), dtype=np.int64),
             n_tokens=int(payload.get("n_tokens", 0)),
-            out_features=payload.get("out_features"),
+            out_features=out_features,
             weight_absmax=None
             if payload.get("weight_absmax") is None
             else np.asarray(payload["weight_absmax"], np.float32),
@@ -138,12 +140,16 @@ class ScanStatistics:
         Emits "row"; a "reset" before it when the grid had to change its layout
         (a row not laid out, or a Linear wider than the grid).
         """
-        stats = LinearStats.from_payload(payload)
-        self.linears.append(stats)
+        names = list(payload["names"])
+        out_features = payload.get("out_features") or [None] * len(names)
+        readers = [LinearStats.from_payload(payload, name, out) for name, out in zip(names, out_features)]
+        stats = readers[0]
         self.n_tokens = max(self.n_tokens, stats.n_tokens)
         if stats.hist.size:
             self.hist_total = stats.hist.copy() if self.hist_total is None else self.hist_total + stats.hist
-        self._append_values(stats.absmax)
+        for reader in readers:  # each Linear that reads the input pays for its outlier columns
+            self.linears.append(reader)
+            self._append_values(reader.absmax)
         key = (stats.kind, stats.layer)
         row = self._row_of.get(key)
         relaid = False
@@ -151,7 +157,7 @@ class ScanStatistics:
             row = self._add_row_key(key)
             relaid = True
         elif self.row_filled[row]:
-            return None  # q/k/v after q: the same input, the row already shows it
+            return None  # this layer's row of this kind is already filled
         relaid = self._resize(len(self.row_keys), max(self.absmax_grid.shape[1], stats.absmax.size)) or relaid
         if relaid:
             self._emit("reset")
@@ -170,7 +176,7 @@ class ScanStatistics:
         self.set_scan_info(result.get("threshold"), result.get("hist_edges"))
         seen = {s.name for s in self.linears}
         for payload in result.get("layers", []):
-            if payload["name"] not in seen:
+            if not seen.issuperset(payload["names"]):
                 self.add_layer(payload)
         self.finished = True
         self._emit("finished")

@@ -175,9 +175,12 @@ class Workbench:
         else:  # a local engine starts with the current remote-code setting
             self.start_engine()
 
-    def load_model(self, path: str | None) -> str | None:
-        """Load a model directory, GGUF file or hub id; None loads the embedded default model."""
-        return self._submit("load_model", {"model": path} if path else {})
+    def load_model(self, path: str | None, offload: str = "auto") -> str | None:
+        """Load a model directory, GGUF file or hub id; None loads the embedded default model.
+
+        `offload` (engine.vocabulary.OFFLOAD_MODES): in memory, layer by layer from disk, or as the engine judges.
+        """
+        return self._submit("load_model", {**({"model": path} if path else {}), "offload": offload})
 
     def start_scan(self, params: dict[str, Any]) -> str | None:
         if self.model_info is None:

@@ -26,7 +26,14 @@ from PySide6.QtWidgets import (
 )
 
 from app.views.inputs import spin_box
-from engine.vocabulary import METHOD_DESCRIPTIONS, METHOD_LABELS, METHOD_SHORT_LABELS, METHODS
+from engine.vocabulary import (
+    METHOD_DESCRIPTIONS,
+    METHOD_LABELS,
+    METHOD_SHORT_LABELS,
+    METHODS,
+    OFFLOAD_LABELS,
+    OFFLOAD_MODES,
+)
 
 DEFAULT_MODEL_LABEL = "Embedded default (SmolLM2-135M)"
 DEFAULT_METHODS = ("absmax-tensor", "vectorwise", "llm-int8", "weight-only")
@@ -82,12 +89,19 @@ class ModelPanel(QGroupBox):
         self.load_at_start = QCheckBox("Load at start")
         self.load_at_start.setToolTip("Load the model chosen here as soon as the engine is up, next time too")
         self.load_button = step_button("Load", "Load the chosen model into the engine (Ctrl+L)")
+        self.offload = QComboBox()
+        for mode in OFFLOAD_MODES:
+            self.offload.addItem(OFFLOAD_LABELS[mode], mode)
+        self.offload.setToolTip(
+            "Layer by layer reads one decoder layer at a time from disk: for models bigger than memory"
+        )
         self.info = QLabel("No model loaded.")
         self.info.setWordWrap(True)
         self.info.setObjectName("info")
         layout = QVBoxLayout(self)
         layout.addLayout(_row(self.source, self.load_button))
         layout.addLayout(_row(self.open_dir, self.open_gguf, self.load_at_start))
+        layout.addWidget(self.offload)
         layout.addWidget(self.info)
         self.source.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.source.setMinimumContentsLength(16)
@@ -124,11 +138,17 @@ class ModelPanel(QGroupBox):
         """Two lines (name; size, device, dtype); the architecture and the engine's notes in the tooltip."""
         parameters = info.get("parameters")
         size = f"{parameters / 1e6:,.1f} M params · " if parameters else ""
-        notes = info.get("notes", [])
+        offload = info.get("offload") or {}
+        notes = [
+            *info.get("notes", []),
+            *([offload["reason"]] if offload.get("reason", "").startswith("offload") else []),
+        ]
+        layer_by_layer = offload_line(offload)
         self.info.setText(
             f"<b>{html.escape(str(info.get('name', '?')))}</b><br>{size}{info.get('layers', '?')} layers × "
             f"{info.get('hidden_size', '?')} · {info.get('device', '?')} · {info.get('dtype', '?')}"
             + (" · <u>notes</u>" if notes else "")
+            + (f"<br>{layer_by_layer}" if layer_by_layer else "")
         )
         self.info.setToolTip("<br>".join([html.escape(str(info.get("architecture", "?"))), *map(html.escape, notes)]))
 
@@ -136,6 +156,13 @@ class ModelPanel(QGroupBox):
         """What the panel says while no model is loaded."""
         self.info.setText(text)
         self.info.setToolTip("")
+
+
+def offload_line(offload: dict) -> str | None:
+    """How a model that stays on disk runs: its layer count and the estimated peak memory."""
+    if offload.get("mode") != "disk" or not offload.get("peak_bytes"):
+        return None
+    return f"layer by layer from disk: {offload.get('layers')} layers, peak about {offload['peak_bytes'] / 1e9:.1f} GB"
 
 
 class ScanPanel(QGroupBox):

@@ -171,7 +171,7 @@ def run(params: dict[str, Any], task, loaded, quantized, scan=None) -> ExportRes
                 task.slice(0.0, 0.9),
             )
             if extra:
-                _save(staging / SIDECAR_TENSORS, extra, metadata)
+                save_tensors(staging / SIDECAR_TENSORS, extra, metadata)
                 files[SIDECAR_TENSORS] = list(extra)
         contents.write_configs(
             staging,
@@ -227,7 +227,7 @@ def write_staged(target: Path, needed: int, write, task, overwrite: bool) -> Non
     task.progress(1.0, f"exported to {target}")
 
 
-def _save(path: Path, tensors: dict[str, Any], metadata: dict[str, str]) -> None:
+def save_tensors(path: Path, tensors: dict[str, Any], metadata: dict[str, str]) -> None:
     """One safetensors file, flushed to disk before the directory is renamed."""
     from safetensors.torch import save_file
 
@@ -260,7 +260,7 @@ def write_weights(staging: Path, split, produce, metadata, task) -> dict[str, li
         task.check_cancelled()
         shard = produce(names)
         total += sum(t.numel() * t.element_size() for t in shard.values())
-        _save(staging / filename, shard, metadata)
+        save_tensors(staging / filename, shard, metadata)
         del shard
         files[filename] = list(names)
         task.progress((i + 1) / len(shards), f"wrote {filename}")

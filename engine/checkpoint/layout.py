@@ -1,6 +1,6 @@
 """The stored tensors of a quantized Linear in each safetensors format, declared once.
 
-Export, streaming export and re-open all read this module; a format or a method
+Export (in memory and layer by layer) and re-open read this module; a format or a method
 is added here (and in engine.quant.schemes), nowhere else.
 
 bitsandbytes (the default; what transformers + bitsandbytes load, and the workbench re-opens):
@@ -28,7 +28,7 @@ four to an int32 along the row (`name.weight_packed` (out, ceil(in / 4)),
 
 `linear_tensors` gives the stored tensors of one quantized Linear by name (a caller
 that writes one layer at a time uses it alone); run on an `Int8Linear.empty` layer it
-gives the same names with meta tensors, which is how the streaming export plans its
+gives the same names with meta tensors, which is how the layer-by-layer export plans its
 shards before reading any weight. `rebuild_linear` is its inverse (bitsandbytes).
 """
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from engine.cli._progress import ProgressBarTask
-from engine.vocabulary import ALL_GPUS, DEFAULT_ALPHA, DEFAULT_THRESHOLD, NEEDS_SCAN
+from engine.vocabulary import ALL_GPUS, DEFAULT_ALPHA, DEFAULT_THRESHOLD, NEEDS_SCAN, OFFLOAD_MODES
 
 DEFAULT_METHODS = "absmax-tensor,vectorwise,llm-int8,weight-only"
 
@@ -28,6 +28,13 @@ def model_options(parser) -> None:
     parser.add_argument("--corpus", default=None, help="UTF-8 text file (default: Python's pydoc topics)")
     parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--offload",
+        choices=OFFLOAD_MODES,
+        default="auto",
+        help="none: load the whole model; disk: run it one decoder layer at a time, reading each from disk; "
+        "auto (default): disk when the planner's estimate exceeds the free memory, and say why",
+    )
 
 
 def scan_options(parser, tokens_flag: str) -> None:
@@ -70,7 +77,7 @@ def session_with_model(args):
         parse_methods(args.methods)
     session = Session()
     task = ProgressBarTask("load", enabled=not args.quiet)
-    info = session.load_model({"model": args.model, "device": args.device}, task)
+    info = session.load_model({"model": args.model, "device": args.device, "offload": args.offload}, task)
     task.finish()
     if not args.json:
         print(
@@ -81,36 +88,53 @@ def session_with_model(args):
         print(f"INT8 product: {info['int8_path']}", file=sys.stderr)
         for note in info["notes"]:
             print(f"note: {note}", file=sys.stderr)
+        if info["offload"]["reason"] not in ("", "asked for"):
+            print(f"note: {info['offload']['reason']}", file=sys.stderr)
     return session
+
+
+def scan_params(args) -> dict[str, Any]:
+    return {
+        "tokens": args.calibration_tokens,
+        "seq_len": args.seq_len,
+        "threshold": args.threshold,
+        "corpus": args.corpus,
+        "error_methods": args.methods if getattr(args, "errors", False) else None,
+        "error_tokens": getattr(args, "error_tokens", None),
+        "alpha": getattr(args, "alpha", None),
+    }
+
+
+def quantize_params(args, methods: list[str]) -> dict[str, Any]:
+    return {
+        "methods": methods,
+        "threshold": args.threshold,
+        "alpha": args.alpha,
+        "skip_modules": getattr(args, "skip_modules", None),
+    }
 
 
 def run_scan(session, args) -> dict[str, Any]:
     task = ProgressBarTask("scan", enabled=not args.quiet)
-    result = session.scan(
-        {
-            "tokens": args.calibration_tokens,
-            "seq_len": args.seq_len,
-            "threshold": args.threshold,
-            "corpus": args.corpus,
-            "error_methods": args.methods if getattr(args, "errors", False) else None,
-            "error_tokens": getattr(args, "error_tokens", None),
-            "alpha": getattr(args, "alpha", None),
-        },
-        task,
-    )
+    result = session.scan(scan_params(args), task)
     task.finish()
     return result
 
 
 def run_quantize(session, args, methods: list[str]) -> dict[str, Any]:
     task = ProgressBarTask("quantize", enabled=not args.quiet)
-    params = {
-        "methods": methods,
-        "threshold": args.threshold,
-        "alpha": args.alpha,
-        "skip_modules": getattr(args, "skip_modules", None),
-    }
-    result = session.quantize(params, task)
+    result = session.quantize(quantize_params(args, methods), task)
+    task.finish()
+    return result
+
+
+def run_one_pass(session, args, methods: list[str], **parts: Any) -> dict[str, Any]:
+    """Scan (when a method needs it, or `scan=True`), quantize `methods` and the given `parts` (evaluate,
+    export params) in one layer-by-layer pass over a model whose weights stay on disk."""
+    wants_scan = parts.pop("scan", False) or needs_scan(methods)
+    task = ProgressBarTask("layer by layer", enabled=not args.quiet)
+    params = {**quantize_params(args, methods), "scan": scan_params(args) if wants_scan else None}
+    result = session.run_pass({**params, **parts}, task)
     task.finish()
     return result
 

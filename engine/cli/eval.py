@@ -9,6 +9,7 @@ from engine.cli._common import (
     needs_scan,
     parse_methods,
     print_json,
+    run_one_pass,
     run_quantize,
     run_scan,
     scan_options,
@@ -39,11 +40,16 @@ def cmd_eval(args, show_scan: bool = False) -> int:
 
     session = session_with_model(args)
     methods = parse_methods(args.methods)
-    scan_payload = run_scan(session, args) if (needs_scan(methods) or show_scan) else None
-    run_quantize(session, args, methods)
-    task = ProgressBarTask("evaluate", enabled=not args.quiet)
-    result = session.evaluate({"tokens": args.tokens, "window": args.window, "corpus": args.corpus}, task)
-    task.finish()
+    eval_params = {"tokens": args.tokens, "window": args.window, "corpus": args.corpus}
+    if session.layerwise:
+        one_pass = run_one_pass(session, args, methods, scan=show_scan, evaluate=eval_params)
+        scan_payload, result = one_pass["scan"], one_pass["evaluate"]
+    else:
+        scan_payload = run_scan(session, args) if (needs_scan(methods) or show_scan) else None
+        run_quantize(session, args, methods)
+        task = ProgressBarTask("evaluate", enabled=not args.quiet)
+        result = session.evaluate(eval_params, task)
+        task.finish()
     if args.json:
         print_json({"scan_report": scan_payload["report"] if scan_payload else None, **result})
         return 0

@@ -4,9 +4,9 @@
 format cannot carry is refused before the model is loaded, with the reason and
 the format to use. Static `llm-int8` and `smoothquant` scan first. A
 model re-opened from an export (`--model DIR`) is written again as it is.
-`--streaming` quantizes a model directory's safetensors one output shard at a
-time without loading the model (engine.checkpoint.stream_export), for the methods that
-need no scan.
+With `--offload disk` (or `auto` when the model does not fit) the model is read
+one decoder layer at a time, and the scan, the quantization and the writing of
+each layer happen in one pass (engine.checkpoint.layer_export).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from engine.cli._common import (
     model_options,
     needs_scan,
     print_json,
+    run_one_pass,
     run_quantize,
     run_scan,
     scan_options,
@@ -51,14 +52,7 @@ def add_parser(subparsers) -> None:
     command.add_argument(
         "--max-shard-size",
         default=None,
-        help="split the weights into shards past this size, as transformers does (default 50GB; "
-        "2GB with --streaming, where it bounds peak memory)",
-    )
-    command.add_argument(
-        "--streaming",
-        action="store_true",
-        help="read the safetensors of --model DIR and write one shard at a time, without loading "
-        "the model (absmax-tensor, vectorwise, llm-int8-dynamic, weight-only)",
+        help="split the weights into shards past this size, as transformers does (default 50GB)",
     )
     command.add_argument(
         "--skip-modules",
@@ -77,11 +71,17 @@ def cmd_export(args) -> int:
     check_target(args.out, args.overwrite)
     if args.max_shard_size is not None:
         parse_size(args.max_shard_size)
-    if args.streaming:
-        if args.skip_modules:
-            raise BadInput("--skip-modules needs the model loaded: export without --streaming")
-        return _export_streaming(args)
     session = session_with_model(args)
+    export_params = {
+        "method": args.method,
+        "format": args.format,
+        "out": args.out,
+        "overwrite": args.overwrite,
+        "max_shard_size": args.max_shard_size,
+    }
+    if session.layerwise:
+        result = run_one_pass(session, args, [args.method], export=export_params)["export"]
+        return _report(args, _with_skip_forms(args, session, result))
     reopened = getattr(session.loaded, "quantized", None)
     if reopened is not None:
         if reopened.method != args.method:
@@ -97,46 +97,16 @@ def cmd_export(args) -> int:
             run_scan(session, args)
         run_quantize(session, args, [args.method])
     task = ProgressBarTask("export", enabled=not args.quiet)
-    result = session.export(
-        {
-            "method": args.method,
-            "format": args.format,
-            "out": args.out,
-            "overwrite": args.overwrite,
-            "max_shard_size": args.max_shard_size,
-        },
-        task,
-    )
+    result = session.export(export_params, task)
     task.finish()
+    return _report(args, _with_skip_forms(args, session, result))
+
+
+def _with_skip_forms(args, session, result: dict[str, Any]) -> dict[str, Any]:
+    """With --skip-modules, the same list in the forms other tools take."""
     if args.skip_modules:
         result["skip_forms"] = skip_list.tool_forms(session.quantized[args.method].skipped)
-    return _report(args, result)
-
-
-def _export_streaming(args) -> int:
-    """`--streaming`: quantize the safetensors of `--model DIR` straight into the export."""
-    from engine.checkpoint import stream_export
-
-    if not args.model:
-        raise BadInput(
-            "--streaming reads a model directory: pass --model DIR (the embedded default model "
-            "is exported without --streaming)"
-        )
-    task = ProgressBarTask("export", enabled=not args.quiet)
-    result = stream_export.run(
-        {
-            "model": args.model,
-            "method": args.method,
-            "format": args.format,
-            "threshold": args.threshold,
-            "out": args.out,
-            "overwrite": args.overwrite,
-            "max_shard_size": args.max_shard_size,
-        },
-        task,
-    ).to_payload()
-    task.finish()
-    return _report(args, result)
+    return result
 
 
 def _report(args, result: dict[str, Any]) -> int:

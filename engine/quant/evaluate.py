@@ -62,19 +62,60 @@ def perplexity(model, windows, batch_size: int, task) -> dict[str, float]:
             total_nll += float(nll)
             total_tokens += batch[:, 1:].numel()
             task.progress((i + 1) / len(batches))
+    return perplexity_numbers(total_nll, total_tokens, time.perf_counter() - started)
+
+
+def perplexity_numbers(total_nll: float, total_tokens: int, seconds: float) -> dict[str, float]:
+    """The perplexity row's measured part from a summed NLL (infinite when the NLL is not finite)."""
     mean_nll = total_nll / total_tokens
-    if not math.isfinite(mean_nll):
-        return {
-            "perplexity": float("inf"),
-            "mean_nll": mean_nll,
-            "tokens": total_tokens,
-            "seconds": time.perf_counter() - started,
-        }
+    ppl = math.exp(mean_nll) if math.isfinite(mean_nll) else float("inf")
+    return {"perplexity": ppl, "mean_nll": mean_nll, "tokens": total_tokens, "seconds": seconds}
+
+
+def head_nll(hidden, batch, norm, head, chunk_tokens: int) -> tuple[float, int]:
+    """(summed NLL, tokens) of one batch from the last layer's hidden states (B, W, hidden).
+
+    The final norm and the head run on `chunk_tokens` positions at a time, so the logits of a
+    long evaluation over a large vocabulary are never whole in memory.
+    """
+    import torch.nn.functional as F
+
+    states = hidden[:, :-1].reshape(-1, hidden.shape[-1])  # (B * (W-1), hidden)
+    targets = batch[:, 1:].reshape(-1).to(states.device)
+    total = 0.0
+    for start in range(0, states.shape[0], chunk_tokens):
+        logits = head(norm(states[start : start + chunk_tokens]))  # (chunk, V)
+        total += float(F.cross_entropy(logits.float(), targets[start : start + chunk_tokens], reduction="sum"))
+    return total, int(targets.numel())
+
+
+def model_row(name: str, sizes: dict[str, int], quantized=None) -> dict[str, Any]:
+    """The sizes part of a results row: a quantized model's summary, or the floating-point model's bytes."""
+    if quantized is not None:
+        return {**quantized.summary(), "method": name}
     return {
-        "perplexity": math.exp(mean_nll),
-        "mean_nll": mean_nll,
-        "tokens": total_tokens,
-        "seconds": time.perf_counter() - started,
+        "method": name,
+        "threshold": None,
+        "int8_bytes": sizes["int8"],
+        "float_bytes": sizes["float"],
+        "total_bytes": sum(sizes.values()),
+        "outlier_dims": 0,
+        "skipped_modules": [],
+    }
+
+
+def comparison(rows: list[dict[str, Any]], windows, settings: EvalSettings, source: str, device) -> dict[str, Any]:
+    """The evaluation result: every row with its change against the first (the baseline)."""
+    from kernels.ops import int8_product_path
+
+    baseline = rows[0]["perplexity"]
+    for row in rows:
+        row["relative_change"] = row["perplexity"] / baseline - 1.0
+    return {
+        "settings": {"tokens": int(windows.numel()), "window": settings.window, "batch_size": settings.batch_size},
+        "corpus": source,
+        "int8_path": int8_product_path(device),
+        "rows": rows,
     }
 
 
@@ -87,7 +128,6 @@ def run(params: dict[str, Any], task, loaded, quantized: dict[str, Any]) -> dict
     from engine.model.limits import check_evaluation, check_sequence_length
     from engine.planning.memory import MemoryRecorder
     from engine.quant.quantize import tensor_bytes
-    from kernels.ops import int8_product_path
 
     settings = EvalSettings.from_params(params)
     check_sequence_length(loaded.model, settings.window, "an evaluation window")
@@ -104,31 +144,11 @@ def run(params: dict[str, Any], task, loaded, quantized: dict[str, Any]) -> dict
         step.log(f"evaluating {name} on {windows.numel()} tokens")
         with recorder.phase(f"evaluate {name}", loaded.device) as phase:
             measured = perplexity(model, windows, settings.batch_size, step)
-        if q is None:
-            sizes = tensor_bytes(model)
-            row = {
-                "method": name,
-                "threshold": None,
-                "int8_bytes": sizes["int8"],
-                "float_bytes": sizes["float"],
-                "total_bytes": sum(sizes.values()),
-                "outlier_dims": 0,
-                "skipped_modules": [],
-            }
-        else:
-            row = {**q.summary(), "method": name}
+        row = model_row(name, tensor_bytes(model) if q is None else {}, q)
         row.update(measured)
         row["memory"] = asdict(phase)
         rows.append(row)
-    baseline = rows[0]["perplexity"]
-    for row in rows:
-        row["relative_change"] = row["perplexity"] / baseline - 1.0
-    return {
-        "settings": {"tokens": int(windows.numel()), "window": settings.window, "batch_size": settings.batch_size},
-        "corpus": source,
-        "int8_path": int8_product_path(loaded.device),
-        "rows": rows,
-    }
+    return comparison(rows, windows, settings, source, loaded.device)
 
 
 def format_table(result: dict[str, Any]) -> str:

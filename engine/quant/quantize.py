@@ -27,14 +27,17 @@ class QuantizedModel:
 
     method: str
     threshold: float
-    model: Any  # the model with Int8Linear modules in place of nn.Linear
+    model: Any  # the model with Int8Linear modules in place of nn.Linear; None when run layer by layer
     outlier_dims: dict[str, np.ndarray] = field(default_factory=dict)  # static llm-int8 only
     skipped: list[str] = field(default_factory=list)  # Linears left in floating point
     smoothing: dict[str, Any] | None = None  # smoothquant: alpha, how many Linears smoothed, which not
+    sizes: dict[str, int] | None = None  # tensor_bytes of the quantized model, measured layer by layer
+    alpha: float | None = None  # smoothquant's strength
+    activation_absmax: dict[str, np.ndarray] = field(default_factory=dict)  # smoothquant: per Linear, from the scan
 
     def summary(self) -> dict[str, Any]:
         """JSON-able facts for the results table."""
-        sizes = tensor_bytes(self.model)
+        sizes = self.sizes if self.sizes is not None else tensor_bytes(self.model)
         return {
             "method": self.method,
             "threshold": self.threshold,
@@ -74,34 +77,72 @@ def run(params: dict[str, Any], task, loaded, scan=None) -> QuantizedModel:
     leave in floating point (engine.quant.skip_list); q8_0 leaves those whose input is not whole
     blocks of 32 there too.
     """
-    import torch
+    recipe = recipe_from_params(params, loaded.model, scan)
+    model = share_tensors_copy(loaded.model)
+    smoothed = None
+    if recipe.alpha is not None:
+        smoothed = smoothing_summary(smoothing.smooth(model, scan, recipe.alpha))
+    skipped = quantize_linears(model, "", recipe, task)
+    used_dims = {n: d for n, d in recipe.outlier_dims.items() if n not in skipped}
+    return QuantizedModel(recipe.method, recipe.threshold, model, used_dims, skipped, smoothed)
 
+
+def recipe_from_params(params: dict[str, Any], model, scan=None, scan_in_pass: bool = False) -> QuantizedModel:
+    """What to quantize `model` with, checked before any weight is touched: a QuantizedModel without its model.
+
+    `skipped` holds the Linears left in floating point (the resolved skip list; q8_0's misfits). Static
+    `llm-int8` and `smoothquant` take their numbers from `scan`, or, with `scan_in_pass`, from the scan
+    of the same layer-by-layer pass, which fills them in layer by layer.
+    """
     (method,) = check_methods([params.get("method")])
     scheme = scheme_of(method)
     threshold = check_threshold(params.get("threshold", DEFAULT_THRESHOLD))
     alpha = check_alpha(params.get("alpha", DEFAULT_ALPHA)) if scheme.smoothed else None
-    if scheme.needs_scan and scan is None:
+    if scheme.needs_scan and scan is None and not scan_in_pass:
         raise BadInput(_NEEDS_SCAN[method])
-    outlier_dims = scan.outlier_dims(threshold) if scheme.outliers == "static" else {}
-
-    model = share_tensors_copy(loaded.model)
-    smoothed = smoothing_summary(smoothing.smooth(model, scan, alpha)) if scheme.smoothed else None
-    targets = linear_layers(model)
+    outlier_dims = scan.outlier_dims(threshold) if scheme.outliers == "static" and scan is not None else {}
+    absmax = scan.absmax_of() if scheme.smoothed and scan is not None else {}
     chosen = set(skip_list.resolve(model, params.get("skip_modules")))
-    skipped = [name for name, linear in targets if name in chosen or not scheme.fits(linear.in_features)]
+    skipped = [n for n, linear in linear_layers(model) if n in chosen or not scheme.fits(linear.in_features)]
+    return QuantizedModel(method, threshold, None, outlier_dims, skipped, alpha=alpha, activation_absmax=absmax)
+
+
+def quantize_linears(root, prefix: str, recipe: QuantizedModel, task) -> list[str]:
+    """Replace the quantizable Linears of `root` (a model, or a decoder layer called `prefix`) with Int8Linears.
+
+    Names are full module paths (`prefix` + the name inside `root`), as the scan and the skip list
+    use them. Returns the names of `root`'s Linears left in floating point.
+    """
+    import torch
+
+    scheme = scheme_of(recipe.method)
+    targets = linear_layers(root)
+    skipped = []
     with torch.no_grad():
-        for i, (name, linear) in enumerate(targets):
+        for i, (local, linear) in enumerate(targets):
             task.check_cancelled()
-            if name in skipped:
+            name = f"{prefix}.{local}" if prefix else local
+            if name in recipe.skipped:
+                skipped.append(name)
                 continue
             check_finite(name, linear.weight)
             cols = None
             if scheme.outliers == "static":
-                cols = torch.as_tensor(outlier_dims.get(name, np.empty(0, dtype=np.int64)), dtype=torch.long)
-            replace_module(model, name, Int8Linear.from_linear(linear, method, threshold, cols))
+                cols = torch.as_tensor(recipe.outlier_dims.get(name, np.empty(0, dtype=np.int64)), dtype=torch.long)
+            replace_module(root, local, Int8Linear.from_linear(linear, recipe.method, recipe.threshold, cols))
             task.progress((i + 1) / len(targets), f"quantized {name}")
-    used_dims = {n: d for n, d in outlier_dims.items() if n not in skipped}
-    return QuantizedModel(method, threshold, model, used_dims, skipped, smoothed)
+    return skipped
+
+
+def quantize_block(block, prefix: str, recipe: QuantizedModel, task):
+    """A quantized copy of one decoder layer (sharing its unchanged tensors): (copy, names left in float,
+    {smoothed Linear: its source} for smoothquant)."""
+    copy_of_block = share_tensors_copy(block)
+    smoothed = {}
+    if recipe.alpha is not None:
+        found = smoothing.block_groups(block, prefix)
+        smoothed, _ = smoothing.smooth_groups(copy_of_block, prefix, found, recipe.activation_absmax, recipe.alpha)
+    return copy_of_block, quantize_linears(copy_of_block, prefix, recipe, task), smoothed
 
 
 _NEEDS_SCAN = {
@@ -111,13 +152,22 @@ _NEEDS_SCAN = {
 
 
 def tensor_bytes(model) -> dict[str, int]:
-    """Bytes of the model's own tensors (each shared tensor counted once): int8, float, other."""
+    """Bytes of the model's own tensors (each shared tensor counted once): int8, float, other.
+
+    A tensor on the meta device (a skeleton whose weights stay on disk) counts for what it will hold.
+    """
+    return tensor_bytes_of(list(model.parameters()) + list(model.buffers()))
+
+
+def tensor_bytes_of(tensors) -> dict[str, int]:
+    """tensor_bytes of a list of tensors."""
     sizes = {"int8": 0, "float": 0, "other": 0}
     seen: set[int] = set()
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        if tensor.data_ptr() in seen or tensor.device.type == "meta":
+    for tensor in tensors:
+        key = id(tensor) if tensor.device.type == "meta" else tensor.data_ptr()
+        if key in seen:
             continue
-        seen.add(tensor.data_ptr())
+        seen.add(key)
         nbytes = tensor.numel() * tensor.element_size()
         if tensor.dtype.is_floating_point:
             sizes["float"] += nbytes

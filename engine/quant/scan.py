@@ -1,14 +1,14 @@
-"""Calibration scan: per Linear layer and per input feature dimension, how large the activations get.
+"""Calibration scan: per Linear input and per feature dimension, how large the activations get.
 
 The scan runs the calibration tokens through the model one decoder layer at a
-time (all tokens through layer i, keep its outputs, then layer i+1), so each
-layer's statistics are complete, and streamed to the GUI, as soon as that layer
-is done, and peak memory is one layer plus the cached hidden states. Inputs of
-the first layer are captured by running the model until it reaches that layer
-(the positional embeddings and masks come along as the layer's keyword
-arguments), which keeps the scan independent of the architecture.
+time (engine.model.layerwise: all tokens through layer i, keep its outputs, then
+layer i+1), so each layer's statistics are complete, and streamed to the GUI, as
+soon as that layer is done. A model held in memory and one read from disk layer
+by layer (engine.quant.layer_pass) run the same loop and the same hooks.
 
-For every Linear input x (tokens, features) the scan keeps:
+Linears that read the same tensor (q/k/v, gate/up) are measured once: one set of
+statistics per distinct input, carrying the names of the Linears it feeds.
+For every distinct input x (tokens, features) the scan keeps:
 - `absmax[d]`: max |x[:, d]| over all calibration tokens,
 - `count_over[d]`: the number of tokens with |x[t, d]| > threshold,
 - `hist`: a histogram of log10|x| over all values, on fixed edges `HIST_EDGES`.
@@ -75,20 +75,25 @@ class ScanSettings:
 
 
 @dataclass
-class LayerStats:
-    """One Linear layer's input statistics."""
+class InputStats:
+    """The statistics of one distinct Linear input, and the Linears that read it.
+
+    q/k/v read the same tensor, and so do gate/up: their statistics are computed once and carry the
+    names of every Linear they feed, with each one's output size (what one floating-point input column
+    costs in that Linear's weights) and, when the scan measured errors, each one's SQNR.
+    """
 
     index: int  # position in forward order
-    name: str  # full module path
+    names: list[str]  # full module paths of the Linears that read this input
     layer: int  # decoder layer number (-1 outside the decoder stack)
     kind: str  # see engine.model.layers
-    out_features: int  # the Linear's output size: what one floating-point input column costs in weights
+    out_features: list[int]  # each Linear's output size, in the order of `names`
     absmax: np.ndarray  # (in_features,) float32
     count_over: np.ndarray  # (in_features,) int64
     hist: np.ndarray  # (HIST_BINS,) int64
-    sqnr_db: dict[str, float | None] | None = None  # method -> output SQNR, when the scan measured errors
-    # max |W[:, j]| over the Linears that share this input when SmoothQuant can fold into its source
-    # (engine.quant.smoothing), else over this Linear's own weight: what the GUI's "smoothed" view needs
+    sqnr_db: dict[str, dict[str, float | None]] | None = None  # Linear -> method -> output SQNR, when measured
+    # max |W[:, j]| over the Linears that SmoothQuant smooths together with these (engine.quant.smoothing),
+    # else over these Linears' own weights: what the GUI's "smoothed" view needs
     weight_absmax: np.ndarray | None = None  # (in_features,) float32
     smoothable: bool = False
 
@@ -96,10 +101,10 @@ class LayerStats:
         errors = {"sqnr_db": self.sqnr_db} if self.sqnr_db is not None else {}
         return {
             "index": self.index,
-            "name": self.name,
+            "names": list(self.names),
             "layer": self.layer,
             "kind": self.kind,
-            "out_features": self.out_features,
+            "out_features": list(self.out_features),
             "absmax": self.absmax,
             "count_over": self.count_over,
             "hist": self.hist,
@@ -116,11 +121,15 @@ class ScanResult:
     settings: ScanSettings
     n_tokens: int
     corpus_source: str
-    layers: list[LayerStats] = field(default_factory=list)
+    layers: list[InputStats] = field(default_factory=list)  # one per distinct Linear input
 
     def outlier_dims(self, threshold: float) -> dict[str, np.ndarray]:
         """Per Linear name, the input dimensions whose abs-max exceeds `threshold`."""
-        return {s.name: np.flatnonzero(s.absmax > threshold) for s in self.layers}
+        return {name: np.flatnonzero(s.absmax > threshold) for s in self.layers for name in s.names}
+
+    def absmax_of(self) -> dict[str, np.ndarray]:
+        """Per Linear name, its input's per-dimension abs-max."""
+        return {name: s.absmax for s in self.layers for name in s.names}
 
     def to_payload(self) -> dict[str, Any]:
         return {
@@ -138,7 +147,11 @@ class ScanResult:
         """The per-method error summary, when the scan measured errors."""
         if not self.settings.error_methods:
             return {}
-        layers = [{"name": s.name, "absmax": s.absmax, "sqnr_db": s.sqnr_db} for s in self.layers]
+        layers = [
+            {"name": name, "absmax": s.absmax, "sqnr_db": (s.sqnr_db or {}).get(name)}
+            for s in self.layers
+            for name in s.names
+        ]
         return {
             "error_methods": list(self.settings.error_methods),
             "errors": error_summary(layers, self.settings.threshold),
@@ -157,7 +170,6 @@ def dimension_report(scan: ScanResult, top: int = 5) -> dict[str, Any]:
         members = [s for s in scan.layers if s.kind == kind]
         if not members:
             continue
-        # q/k/v (and gate/up) read the same input: count each decoder layer once.
         by_layer = {s.layer: s for s in members}
         over = np.stack([s.absmax > threshold for s in by_layer.values()])  # (layers, dims)
         token_share = np.stack([s.count_over / max(scan.n_tokens, 1) for s in by_layer.values()])
@@ -181,62 +193,92 @@ def dimension_report(scan: ScanResult, top: int = 5) -> dict[str, Any]:
     return report
 
 
-class _StopForward(Exception):
-    """Raised by the capture hook once the first decoder layer's inputs are known."""
-
-
-def run(params: dict[str, Any], task, loaded) -> ScanResult:
-    """Scan `loaded` (an engine.model.loaded.LoadedModel) on calibration text; see the module docstring."""
-    import torch
-
+def calibration_batches(settings: ScanSettings, model, tokenizer, device: str) -> tuple[list, int, str]:
+    """(batches of (B, seq_len) token ids, tokens in all, corpus source), checked against what the model holds."""
     from engine.model import corpus as corpus_mod
     from engine.model.limits import check_scan, check_sequence_length
 
-    settings = ScanSettings.from_params(params)
-    check_sequence_length(loaded.model, settings.seq_len, "a calibration sequence")
+    check_sequence_length(model, settings.seq_len, "a calibration sequence")
     split = corpus_mod.load_split(settings.corpus)
-    ids = corpus_mod.tokenize(loaded.tokenizer, split.calibration, settings.tokens)
+    ids = corpus_mod.tokenize(tokenizer, split.calibration, settings.tokens)
     sequences = corpus_mod.windows(ids, min(settings.seq_len, len(ids)), settings.tokens)  # (n, seq)
     batch = min(settings.batch_size, sequences.shape[0])
-    check_scan(loaded.model, sequences.shape[1], batch, int(sequences.numel()), loaded.device)
+    check_scan(model, sequences.shape[1], batch, int(sequences.numel()), device)
+    return list(sequences.split(settings.batch_size)), int(sequences.numel()), split.source
+
+
+def run(params: dict[str, Any], task, loaded) -> ScanResult:
+    """Scan `loaded` (an engine.model.loaded.LoadedModel held in memory) on calibration text.
+
+    The model runs the layer-by-layer loop (engine.model.layerwise) with its weights where they
+    are; a model whose weights stay on disk is scanned by engine.quant.layer_pass, with this same stream.
+    """
+    from engine.model.disk_weights import ResidentWeights
+    from engine.model.layerwise import run_layers
+
+    settings = ScanSettings.from_params(params)
     model = loaded.model
-    result = ScanResult(settings, int(sequences.numel()), split.source)
-
+    batches, n_tokens, source = calibration_batches(settings, model, loaded.tokenizer, loaded.device)
+    result = ScanResult(settings, n_tokens, source)
+    device = str(next(model.parameters()).device)
+    run_layers(model, ResidentWeights(), [scan_stream(settings, model, batches, result, task)], [], task, device, None)
     _, blocks = decoder_layers(model)
-    linears = linear_layers(model, settings.include_lm_head)
-    block_of = {id(m): i for i, block in enumerate(blocks) for m in block.modules()}
-    batches = list(sequences.split(settings.batch_size))
-
-    smooth_groups = _smooth_groups(model, settings)
-    with torch.no_grad():
-        weights = smoothing.weight_view(model)
-        captured = _capture_first_layer_inputs(model, blocks[0], batches, task.slice(0.0, 0.05))
-        for block_index, block in enumerate(blocks):
-            members = [(n, m) for n, m in linears if block_of.get(id(m)) == block_index]
-            probe = _error_probe(settings, smooth_groups)
-            if probe is not None:
-                probe.spread_over(len(captured))
-            with _StatsHooks(members, settings.threshold, task, probe) as hooks:
-                for b, (args, kwargs) in enumerate(captured):
-                    task.check_cancelled()
-                    output = block(*args, **kwargs)
-                    hidden = output[0] if isinstance(output, tuple) else output
-                    captured[b] = _with_hidden_states(args, kwargs, hidden)
-            layer_stats = hooks.collect(block_index, start_index=len(result.layers))
-            if probe is not None:
-                errors = probe.measure({s.name: s.absmax for s in layer_stats})
-                for stats in layer_stats:
-                    stats.sqnr_db = errors.get(stats.name)
-            for stats in layer_stats:
-                stats.weight_absmax, stats.smoothable = weights.get(stats.name, (None, False))
-                result.layers.append(stats)
-                task.partial("scan_layer", stats.to_payload(result.n_tokens))
-            task.progress(0.05 + 0.95 * (block_index + 1) / len(blocks), f"layer {block_index + 1}/{len(blocks)}")
-        outside = [(n, m) for n, m in linears if id(m) not in block_of]
-        if outside:
-            _scan_outside_blocks(model, outside, batches, settings.threshold, result, task)
+    inside = {id(m) for block in blocks for m in block.modules()}
+    outside = [(n, m) for n, m in linear_layers(model, settings.include_lm_head) if id(m) not in inside]
+    if outside:
+        _scan_outside_blocks(model, outside, batches, settings.threshold, result, task)
     task.progress(1.0, "scan complete")
     return result
+
+
+def scan_stream(settings: ScanSettings, model, batches: list, result: ScanResult, task, on_layer=None):
+    """The calibration stream of the layer-by-layer loop: statistics of every Linear input, layer by layer.
+
+    Each layer's statistics are complete when the stream leaves it: its errors are measured (with
+    `error_methods`), its weights' column abs-max read, and the statistics appended to `result`, sent
+    as `scan_layer` events and handed to `on_layer(index, stats)` (static llm-int8 and smoothquant
+    quantize that layer from them in the same pass).
+    """
+    from engine.model.layerwise import Stream
+
+    smooth_groups = _smooth_groups(model, settings)
+    hooks: dict[int, StatsHooks] = {}
+    prefixes: dict[int, str] = {}
+
+    def enter(index: int, prefix: str, block):
+        prefixes[index] = prefix
+        members = [(f"{prefix}.{name}", module) for name, module in linear_layers(block)]
+        probe = _error_probe(settings, smooth_groups)
+        if probe is not None:
+            probe.spread_over(len(batches))
+        hooks[index] = StatsHooks(members, settings.threshold, task, probe).attach()
+        return block
+
+    def leave(index: int, block) -> None:
+        layer_hooks = hooks.pop(index)
+        layer_hooks.detach()
+        collected = layer_hooks.collect(index, start_index=len(result.layers))
+        weights = smoothing.block_weight_view(block, prefixes.pop(index))
+        if layer_hooks.probe is not None:
+            errors = layer_hooks.probe.measure(result_absmax(collected))
+            for stats in collected:
+                stats.sqnr_db = {name: errors.get(name) for name in stats.names}
+        for stats in collected:
+            views = [weights.get(name, (None, False)) for name in stats.names]
+            stats.smoothable = all(smoothable for _, smoothable in views)
+            arrays = [view for view, _ in views if view is not None]
+            stats.weight_absmax = np.max(arrays, axis=0) if arrays else None
+            result.layers.append(stats)
+            task.partial("scan_layer", stats.to_payload(result.n_tokens))
+        if on_layer is not None:
+            on_layer(index, collected)
+
+    return Stream("calibration", batches, enter, leave)
+
+
+def result_absmax(stats: list[InputStats]) -> dict[str, np.ndarray]:
+    """Per Linear name, the abs-max of its input, from one layer's statistics."""
+    return {name: s.absmax for s in stats for name in s.names}
 
 
 def _error_probe(settings: ScanSettings, smooth_groups: dict[str, tuple[str, ...]]) -> LayerErrorProbe | None:
@@ -251,105 +293,123 @@ def _smooth_groups(model, settings: ScanSettings) -> dict[str, tuple[str, ...]]:
     """For the error pass of smoothquant: each smoothable Linear -> the Linears that share its factors."""
     if not any(scheme_of(m).smoothed for m in settings.error_methods):
         return {}
-    from engine.quant.smoothing import groups
-
-    return {member: group.members for group in groups(model)[0] for member in group.members}
-
-
-def _with_hidden_states(args: tuple, kwargs: dict, hidden) -> tuple[tuple, dict]:
-    """The next layer's call: the same arguments with the hidden states replaced (positional or keyword)."""
-    if args:
-        return (hidden,) + tuple(args[1:]), kwargs
-    return args, {**kwargs, "hidden_states": hidden}
-
-
-def _capture_first_layer_inputs(model, first_block, batches, task) -> list[tuple[tuple, dict]]:
-    """Run the model up to its first decoder layer for every batch; keep that layer's (args, kwargs)."""
-    captured: list[tuple[tuple, dict]] = []
-
-    def grab(module, args, kwargs):
-        captured.append((args, kwargs))
-        raise _StopForward
-
-    handle = first_block.register_forward_pre_hook(grab, with_kwargs=True)
-    device = next(model.parameters()).device
-    try:
-        for i, batch in enumerate(batches):
-            task.check_cancelled()
-            try:
-                model(input_ids=batch.to(device), use_cache=False)
-            except _StopForward:
-                pass
-            task.progress((i + 1) / len(batches))
-    finally:
-        handle.remove()
-    return captured
+    return {member: group.members for group in smoothing.groups(model)[0] for member in group.members}
 
 
 def _scan_outside_blocks(model, members, batches, threshold, result, task) -> None:
     """Linears outside the decoder stack (the LM head when asked for): one full forward per batch."""
+    import torch
+
     device = next(model.parameters()).device
-    with _StatsHooks(members, threshold, task) as hooks:
+    with torch.no_grad(), StatsHooks(members, threshold, task) as hooks:
         for batch in batches:
             task.check_cancelled()
             model(input_ids=batch.to(device), use_cache=False)
+    weights = smoothing.weight_view(model)
     for stats in hooks.collect(-1, start_index=len(result.layers)):
+        stats.weight_absmax, stats.smoothable = weights.get(stats.names[0], (None, False))
         result.layers.append(stats)
         task.partial("scan_layer", stats.to_payload(result.n_tokens))
 
 
-class _StatsHooks:
-    """Forward pre-hooks that fold every input of the given Linears into running statistics.
+@dataclass
+class _Group:
+    """Linears that read one input tensor: the first of them computes the statistics for all."""
 
-    Each hook also asks the task whether to stop, so a cancel lands within one
-    Linear's work rather than one decoder layer's.
+    names: list[str]
+    kind: str
+    state: tuple  # (absmax, count, hist) running tensors
+
+
+class StatsHooks:
+    """Forward pre-hooks that fold every distinct input of the given Linears into running statistics.
+
+    Linears of one kind that are handed the very same tensor in a forward call (q/k/v, gate/up)
+    form one group, found on the first batch; only the group's first Linear computes, so each
+    input is measured once (the error probe still sees every Linear, each with its own weight).
+    Each hook also asks the task whether to stop, so a cancel lands within one Linear's work
+    rather than one decoder layer's.
     """
 
     def __init__(self, members, threshold: float, task, probe: LayerErrorProbe | None = None) -> None:
         self.members, self.threshold, self.task, self.probe = members, threshold, task, probe
         self.handles: list = []
-        self.state: dict[str, tuple] = {}
+        self.group_of: dict[str, _Group] = {}
+        self.first_batch_inputs: list[tuple[Any, _Group]] = []  # held until every member has been seen
         self.out_features = {name: module.out_features for name, module in members}
 
-    def __enter__(self) -> _StatsHooks:
-        import torch
-
-        from kernels import ops
-
-        name_of = {id(module): name for name, module in self.members}
-        log10_range = (HIST_LOG10_MIN, HIST_LOG10_MAX)
+    def attach(self) -> StatsHooks:
         for name, module in self.members:
-            device = module.weight.device
-            absmax = torch.zeros(module.in_features, dtype=torch.float32, device=device)
-            count = torch.zeros(module.in_features, dtype=torch.int64, device=device)
-            hist = torch.zeros(HIST_BINS, dtype=torch.int64, device=device)
-            self.state[name] = (absmax, count, hist)
-
-            def hook(mod, args, absmax=absmax, count=count, hist=hist):
-                self.task.check_cancelled()
-                x = args[0].reshape(-1, mod.in_features)  # (tokens, in_features)
-                ops.input_stats(x, self.threshold, absmax, count, hist, log10_range)
-                if self.probe is not None:
-                    self.probe.observe(name_of[id(mod)], mod, x)
-
-            self.handles.append(module.register_forward_pre_hook(hook))
+            self.handles.append(module.register_forward_pre_hook(self._hook(name)))
         return self
 
-    def __exit__(self, *exc) -> None:
+    def detach(self) -> None:
         for handle in self.handles:
             handle.remove()
+        self.first_batch_inputs.clear()
 
-    def collect(self, block_index: int, start_index: int) -> list[LayerStats]:
-        return [
-            LayerStats(
-                index=start_index + i,
-                name=name,
-                layer=block_index,
-                kind=linear_kind(name),
-                out_features=self.out_features[name],
-                absmax=absmax.cpu().numpy(),
-                count_over=count.cpu().numpy(),
-                hist=hist.cpu().numpy(),
+    def __enter__(self) -> StatsHooks:
+        return self.attach()
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+    def _hook(self, name: str):
+        from kernels import ops
+
+        log10_range = (HIST_LOG10_MIN, HIST_LOG10_MAX)
+
+        def hook(module, args):
+            self.task.check_cancelled()
+            group = self.group_of.get(name) or self._join(name, module, args[0])
+            x = args[0].reshape(-1, module.in_features)  # (tokens, in_features)
+            if group.names[0] == name:
+                absmax, count, hist = group.state
+                ops.input_stats(x, self.threshold, absmax, count, hist, log10_range)
+            if self.probe is not None:
+                self.probe.observe(name, module, x)
+
+        return hook
+
+    def _join(self, name: str, module, x) -> _Group:
+        """The group of `name` on its first call: the group of a Linear of its kind that read `x`, or a new one."""
+        import torch
+
+        kind = linear_kind(name)
+        group = next((g for seen, g in self.first_batch_inputs if seen is x and g.kind == kind), None)
+        if group is None:
+            device = module.weight.device
+            state = (
+                torch.zeros(module.in_features, dtype=torch.float32, device=device),
+                torch.zeros(module.in_features, dtype=torch.int64, device=device),
+                torch.zeros(HIST_BINS, dtype=torch.int64, device=device),
             )
-            for i, (name, (absmax, count, hist)) in enumerate(self.state.items())
-        ]
+            group = _Group([], kind, state)
+            self.first_batch_inputs.append((x, group))
+        group.names.append(name)
+        self.group_of[name] = group
+        if len(self.group_of) == len(self.members):
+            self.first_batch_inputs.clear()
+        return group
+
+    def collect(self, block_index: int, start_index: int) -> list[InputStats]:
+        """One InputStats per group, in the order of each group's first Linear among the members."""
+        order = [name for name, _ in self.members]
+        groups = sorted({id(g): g for g in self.group_of.values()}.values(), key=lambda g: order.index(g.names[0]))
+        stats = []
+        for i, group in enumerate(groups):
+            names = sorted(group.names, key=order.index)
+            absmax, count, hist = group.state
+            stats.append(
+                InputStats(
+                    index=start_index + i,
+                    names=names,
+                    layer=block_index,
+                    kind=group.kind,
+                    out_features=[self.out_features[n] for n in names],
+                    absmax=absmax.cpu().numpy(),
+                    count_over=count.cpu().numpy(),
+                    hist=hist.cpu().numpy(),
+                )
+            )
+        return stats

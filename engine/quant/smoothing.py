@@ -51,23 +51,29 @@ def groups(model) -> tuple[list[Group], list[str]]:
     import torch.nn as nn
 
     path, blocks = decoder_layers(model)
-    found: list[Group] = []
-    for index, block in enumerate(blocks):
-        prefix = f"{path}.{index}"
-        names = {name for name, module in block.named_modules() if isinstance(module, nn.Linear)}
-        attention_norm = _first_present(block, ATTENTION_NORMS)
-        if attention_norm and all(n in names for n in ATTENTION_INPUTS):
-            found.append(Group(f"{prefix}.{attention_norm}", "norm", _full(prefix, ATTENTION_INPUTS)))
-        mlp_norm = _first_present(block, MLP_NORMS)
-        if mlp_norm and all(n in names for n in MLP_INPUTS):
-            found.append(Group(f"{prefix}.{mlp_norm}", "norm", _full(prefix, MLP_INPUTS)))
-        if MLP_DOWN in names and MLP_UP in names and _is_gated_product(block.get_submodule("mlp")):
-            found.append(Group(f"{prefix}.{MLP_UP}", "linear", (f"{prefix}.{MLP_DOWN}",)))
+    found = [group for index, block in enumerate(blocks) for group in block_groups(block, f"{path}.{index}")]
     smoothed = {member for group in found for member in group.members}
     rest = [name for name, module in model.named_modules() if isinstance(module, nn.Linear) and name not in smoothed]
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     rest = [name for name in rest if model.get_submodule(name) is not head]
     return found, rest
+
+
+def block_groups(block, prefix: str) -> list[Group]:
+    """The smoothable groups of one decoder layer called `prefix`, in forward order (full names)."""
+    import torch.nn as nn
+
+    names = {name for name, module in block.named_modules() if isinstance(module, nn.Linear)}
+    found: list[Group] = []
+    attention_norm = _first_present(block, ATTENTION_NORMS)
+    if attention_norm and all(n in names for n in ATTENTION_INPUTS):
+        found.append(Group(f"{prefix}.{attention_norm}", "norm", _full(prefix, ATTENTION_INPUTS)))
+    mlp_norm = _first_present(block, MLP_NORMS)
+    if mlp_norm and all(n in names for n in MLP_INPUTS):
+        found.append(Group(f"{prefix}.{mlp_norm}", "norm", _full(prefix, MLP_INPUTS)))
+    if MLP_DOWN in names and MLP_UP in names and _is_gated_product(block.get_submodule("mlp")):
+        found.append(Group(f"{prefix}.{MLP_UP}", "linear", (f"{prefix}.{MLP_DOWN}",)))
+    return found
 
 
 def _first_present(block, names: tuple[str, ...]) -> str | None:
@@ -83,25 +89,44 @@ def _is_gated_product(mlp) -> bool:
     return all(hasattr(mlp, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn"))
 
 
-def weight_column_absmax(model, members) -> Any:
-    """max |W[:, j]| over the Linears `members` (in_features,) float32."""
+def weight_column_absmax(root, members, prefix: str = "") -> Any:
+    """max |W[:, j]| over the Linears `members` (full names; `root` is the module called `prefix`), float32."""
     import torch
 
-    columns = [model.get_submodule(name).weight.detach().abs().amax(dim=0).float() for name in members]
+    columns = [_module(root, prefix, name).weight.detach().abs().amax(dim=0).float() for name in members]
     return torch.stack(columns).amax(dim=0)
+
+
+def _module(root, prefix: str, name: str):
+    """The module `name` (a full name) of `root`, the module called `prefix` ("" for the model)."""
+    return root.get_submodule(name[len(prefix) + 1 :] if prefix else name)
 
 
 def weight_view(model) -> dict[str, tuple[Any, bool]]:
     """Per Linear: (max |W[:, j]| over its smoothing group, or its own weight's, as numpy; whether it is smoothed)."""
     import torch.nn as nn
 
-    found, _ = groups(model)
-    group_of = {member: group for group in found for member in group.members}
+    path, blocks = decoder_layers(model)
     view = {}
+    for index, block in enumerate(blocks):
+        view.update(block_weight_view(block, f"{path}.{index}"))
     for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and name not in view:
+            view[name] = (weight_column_absmax(model, (name,)).cpu().numpy(), False)
+    return view
+
+
+def block_weight_view(block, prefix: str) -> dict[str, tuple[Any, bool]]:
+    """weight_view of the Linears of one decoder layer called `prefix` (its weights placed), by full name."""
+    import torch.nn as nn
+
+    group_of = {member: group for group in block_groups(block, prefix) for member in group.members}
+    view = {}
+    for local, module in block.named_modules():
         if isinstance(module, nn.Linear):
+            name = f"{prefix}.{local}"
             members = group_of[name].members if name in group_of else (name,)
-            view[name] = (weight_column_absmax(model, members).cpu().numpy(), name in group_of)
+            view[name] = (weight_column_absmax(block, members, prefix).cpu().numpy(), name in group_of)
     return view
 
 
@@ -112,30 +137,36 @@ def factors(activation_absmax, weight_absmax, alpha: float):
 
 def smooth(model, scan, alpha: float) -> dict[str, Any]:
     """Smooth `model` in place (new tensors for every changed one) with the scan's abs-max; the report."""
-    import torch
-
-    absmax = {stats.name: torch.as_tensor(stats.absmax) for stats in scan.layers}
     found, rest = groups(model)
-    smoothed: dict[str, str] = {}
-    with torch.no_grad():
-        for group in found:
-            if not all(name in absmax for name in group.members):
-                rest.extend(group.members)
-                continue
-            activation = torch.stack([absmax[name] for name in group.members]).amax(dim=0).float()
-            scale = factors(activation, weight_column_absmax(model, group.members), alpha)
-            _divide_source(model, group, scale)
-            for name in group.members:
-                linear = model.get_submodule(name)
-                linear.weight = _parameter(linear.weight.float() * scale[None, :], linear.weight)
-                smoothed[name] = group.source
-    unsmoothed = [name for name in _forward_order(model) if name in set(rest)]
+    smoothed, missing = smooth_groups(model, "", found, scan.absmax_of(), alpha)
+    unsmoothed = [name for name in _forward_order(model) if name in set(rest) | set(missing)]
     return {"alpha": alpha, "smoothed": smoothed, "unsmoothed": unsmoothed}
 
 
-def _divide_source(model, group: Group, scale) -> None:
-    """Divide the output channels of the group's source by `scale` (a new tensor for each)."""
-    module = model.get_submodule(group.source)
+def smooth_groups(root, prefix: str, found: list[Group], absmax: dict[str, Any], alpha: float):
+    """Smooth `found` in `root` (the module called `prefix`; "" for the model) with the activation `absmax`
+    per Linear name: ({smoothed Linear: its source}, the members of groups the absmax did not cover)."""
+    import torch
+
+    smoothed: dict[str, str] = {}
+    missing: list[str] = []
+    with torch.no_grad():
+        for group in found:
+            if not all(name in absmax for name in group.members):
+                missing.extend(group.members)
+                continue
+            activation = torch.stack([torch.as_tensor(absmax[name]) for name in group.members]).amax(dim=0).float()
+            scale = factors(activation, weight_column_absmax(root, group.members, prefix), alpha)
+            _divide_source(_module(root, prefix, group.source), group, scale)
+            for name in group.members:
+                linear = _module(root, prefix, name)
+                linear.weight = _parameter(linear.weight.float() * scale[None, :], linear.weight)
+                smoothed[name] = group.source
+    return smoothed, missing
+
+
+def _divide_source(module, group: Group, scale) -> None:
+    """Divide the output channels of the group's source (`module`) by `scale` (a new tensor for each)."""
     if group.source_kind == "linear":
         module.weight = _parameter(module.weight.float() / scale[:, None], module.weight)
     elif _scales_by_one_plus_weight(module):
