@@ -176,3 +176,23 @@ def test_compressed_tensors_holds_fused_experts_in_float_and_refuses_nothing_in_
     with pytest.raises(BadInput, match=r"none of the decoder's matrix weights could be stored as INT8.*\(Conv1D\)"):
         gpt2.export({"method": "vectorwise", "format": "compressed-tensors", "out": str(tmp_path / "g")}, Task())
     assert not (tmp_path / "g").exists()
+
+
+@pytest.mark.slow
+def test_gpt2_layer_by_layer_equals_in_memory(tmp_path):
+    """Conv1D from disk, one decoder layer at a time: the same summaries and the same exported tensors."""
+    from tests.tiny_models import read_tensors
+
+    source = save_tiny(tmp_path / "gpt2", "gpt2")
+    exported = {}
+    for offload in ("none", "disk"):
+        session = Session()
+        session.load_model({"model": str(source), "device": "cpu", "offload": offload}, Task())
+        summary = session.quantize({"methods": ["vectorwise"]}, Task())["models"][0]
+        out = tmp_path / offload
+        result = session.export({"method": "vectorwise", "out": str(out)}, Task())
+        assert summary["int8_share"] == result["int8_share"] == 1.0
+        exported[offload] = read_tensors(out)
+    memory, disk = exported["none"], exported["disk"]
+    assert memory.keys() == disk.keys() and "transformer.h.1.attn.c_attn.SCB" in memory
+    assert all(torch.equal(memory[k], disk[k]) for k in memory)
