@@ -160,13 +160,17 @@ KIND_ATTN_IN = "attn_in"
 KIND_ATTN_OUT = "attn_out"
 KIND_MLP_IN = "mlp_in"
 KIND_MLP_DOWN = "mlp_down"
+KIND_EXPERT_IN = "expert_in"
+KIND_EXPERT_DOWN = "expert_down"
 KIND_OTHER = "other"
-KIND_ORDER = (KIND_ATTN_IN, KIND_ATTN_OUT, KIND_MLP_IN, KIND_MLP_DOWN, KIND_OTHER)
+KIND_ORDER = (KIND_ATTN_IN, KIND_ATTN_OUT, KIND_MLP_IN, KIND_MLP_DOWN, KIND_EXPERT_IN, KIND_EXPERT_DOWN, KIND_OTHER)
 KIND_LABELS = {
     KIND_ATTN_IN: "attention input (q/k/v)",
     KIND_ATTN_OUT: "attention output (o)",
     KIND_MLP_IN: "MLP input (gate/up)",
     KIND_MLP_DOWN: "MLP down input",
+    KIND_EXPERT_IN: "experts' input (gate/up)",
+    KIND_EXPERT_DOWN: "experts' down input",
     KIND_OTHER: "other",
 }
 KIND_SHORT = {
@@ -174,8 +178,34 @@ KIND_SHORT = {
     KIND_ATTN_OUT: "attn out",
     KIND_MLP_IN: "MLP in",
     KIND_MLP_DOWN: "MLP down",
+    KIND_EXPERT_IN: "experts in",
+    KIND_EXPERT_DOWN: "experts down",
     KIND_OTHER: "other",
 }
+EXPERT_KINDS = (KIND_EXPERT_IN, KIND_EXPERT_DOWN)
+"""Inputs that differ per expert: each expert sees only the tokens routed to it; a heatmap row aggregates them."""
+
+FEW_EXPERT_TOKENS = 64
+"""An expert that saw fewer calibration tokens than this has unreliable statistics (the GUI and the scan say so)."""
+
+# --- what stayed in floating point, and why ------------------------------------------------------------
+
+FLOAT_SKIPPED = "skipped"
+FLOAT_ROUTER = "router"
+FLOAT_UNSUPPORTED = "unsupported"
+FLOAT_FORMAT = "format"
+FLOAT_METHOD = "method"
+FLOAT_REASONS = {
+    FLOAT_SKIPPED: "skipped by the user",
+    FLOAT_METHOD: "the method cannot hold it (q8_0 needs inputs in whole blocks of 32)",
+    FLOAT_ROUTER: "router: it picks the experts, kept in floating point as peers keep it",
+    FLOAT_UNSUPPORTED: "not supported",
+    FLOAT_FORMAT: "the export format has no INT8 layout for it",
+}
+"""Why a matrix weight of the decoder stays in floating point, as every result states it."""
+
+LOW_INT8_SHARE = 0.5
+"""Under this share of the decoder's matrix weights in INT8, a result carries a warning."""
 
 # --- sizes and cards ---------------------------------------------------------------------------------
 

@@ -233,6 +233,11 @@ class PlanView:
             if parameters and parameters >= 1e9
             else f"{(parameters or 0) / 1e6:,.1f} M parameters"
         )
+        if arch.get("num_experts"):
+            size += (
+                f" ({arch.get('active_parameters', 0) / 1e9:,.2f} B active: {arch['experts_per_token']} of "
+                f"{arch['num_experts']} experts per token; all experts in memory)"
+            )
         shape = (
             (
                 f"{arch.get('num_layers')} layers, hidden {arch.get('hidden_size'):,}, "

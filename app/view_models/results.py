@@ -35,6 +35,9 @@ class ResultRow:
     seconds: float | None = None
     threshold: float | None = None  # the threshold the method was quantized at
     gpus: dict[str, int | None] = field(default_factory=dict)  # card -> GPUs needed (None: does not fit)
+    int8_share: float | None = None  # of the decoder's matrix weights (engine.quant.coverage)
+    kept_float: list[dict[str, Any]] = field(default_factory=list)  # what stayed in floating point, and why
+    warnings: list[str] = field(default_factory=list)  # a decoder mostly left in floating point
 
     def cells(self) -> list[str]:
         """The row as the table shows it, in `shown_columns()` order."""
@@ -125,6 +128,13 @@ COLUMNS: tuple[Column, ...] = (
         lambda v: f"{v:,}",
     ),
     Column(
+        "INT8 share",
+        "The share of the decoder's matrix weights stored as INT8 (embeddings and output head are outside it); "
+        "the note below the table says what stayed in floating point and why.",
+        lambda r: r.int8_share,
+        lambda v: f"{v:.1%}",
+    ),
+    Column(
         "GPUs " + " / ".join(card.split("-")[-1] for card in RESULT_GPUS),
         f"Cards needed for the weights, the KV cache and the activations: {' / '.join(RESULT_GPUS)}; ✗ where "
         "no count of them holds the model. The note below the table gives the plan's context and batch.",
@@ -194,6 +204,7 @@ class ResultsModel:
             row.total_bytes, row.outlier_dims = summary.get("total_bytes"), summary.get("outlier_dims")
             row.threshold = summary.get("threshold")
             row.perplexity = row.relative_change = row.seconds = None  # stale until evaluated again
+            self._take_coverage(row, summary)
         self._changed()
 
     def add_evaluation(self, result: dict[str, Any]) -> None:
@@ -212,7 +223,32 @@ class ResultsModel:
             ):
                 if entry.get(name) is not None:
                     setattr(row, name, entry[name])
+            self._take_coverage(row, entry)
         self._changed()
+
+    @staticmethod
+    def _take_coverage(row: ResultRow, entry: dict[str, Any]) -> None:
+        """The share of the decoder in INT8 and what stayed in floating point (engine.quant.coverage)."""
+        if entry.get("int8_share") is not None:
+            row.int8_share = float(entry["int8_share"])
+            row.kept_float = list(entry.get("kept_float") or [])
+            row.warnings = list(entry.get("warnings") or [])
+
+    def coverage_note(self) -> str:
+        """Under the table: what the INT8 share counts, warnings, and what each method kept in floating point."""
+        quantized = [row for row in self.rows.values() if row.method != BASELINE and row.int8_share is not None]
+        if not quantized:
+            return ""
+        lines = ["INT8 share: of the decoder's matrix weights (embeddings and output head are outside it)."]
+        lines += [f"Warning: {warning}" for row in quantized for warning in row.warnings]
+        lines += [
+            f"{row.method}: {group['modules']} ({group['count']}x, {group['weights']:,} weights) in floating "
+            f"point: {group['why']}"
+            for row in quantized
+            if not row.warnings
+            for group in row.kept_float
+        ]
+        return "\n".join(lines)
 
     def add_plan(self, result: dict[str, Any]) -> None:
         """The `plan_memory` job's reply: GPUs needed per method and card."""

@@ -7,6 +7,13 @@ heatmap shows one row per decoder layer and input kind, grouped by kind
 still kept, because the memory cost of an outlier column is paid once per Linear
 that reads it.
 
+The experts of a mixture-of-experts layer each see only the tokens routed to
+them, so their inputs differ: one heatmap row per layer aggregates them (the
+largest abs-max of any expert, the share of routed tokens over the threshold),
+and `experts_at(row)` gives the drill-down, one row per expert with the tokens
+it saw; an expert that saw fewer than FEW_EXPERT_TOKENS has unreliable
+statistics.
+
 A scan streams a few hundred Linears into the window while it must stay
 responsive, so everything the views read per event is kept incrementally:
 every abs-max value in one growing buffer (no concatenation per read), the
@@ -22,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.vocabulary import HIST_LOG10_MAX, HIST_LOG10_MIN, KIND_LABELS, KIND_ORDER
+from engine.vocabulary import EXPERT_KINDS, FEW_EXPERT_TOKENS, HIST_LOG10_MAX, HIST_LOG10_MIN, KIND_LABELS, KIND_ORDER
 
 
 @dataclass
@@ -40,6 +47,8 @@ class LinearStats:
     out_features: int | None = None
     weight_absmax: np.ndarray | None = None  # (in_features,) max |W[:, j]| of the Linears smoothed together
     smoothable: bool = False  # whether SmoothQuant folds this input's factors exactly
+    tokens: int | None = None  # calibration tokens that reached it (fewer than n_tokens for an expert)
+    expert: int | None = None  # its expert in a mixture-of-experts layer
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any], name: str, out_features: int | None) -> LinearStats:
@@ -63,7 +72,26 @@ class LinearStats:
             if payload.get("weight_absmax") is None
             else np.asarray(payload["weight_absmax"], np.float32),
             smoothable=bool(payload.get("smoothable", False)),
+            tokens=payload.get("tokens"),
+            expert=payload.get("expert"),
         )
+
+
+@dataclass
+class ExpertRows:
+    """The drill-down of one aggregated heatmap row: one row per expert of that layer and input kind."""
+
+    kind: str
+    layer: int
+    experts: np.ndarray  # (n,) expert numbers
+    tokens: np.ndarray  # (n,) calibration tokens each saw
+    absmax: np.ndarray  # (n, width) float32, NaN past an expert's width
+    share: np.ndarray  # (n, width) share of its tokens over the scan threshold
+
+    @property
+    def few(self) -> np.ndarray:
+        """(n,) bool: experts whose statistics are unreliable, for too few tokens."""
+        return self.tokens < FEW_EXPERT_TOKENS
 
 
 class ScanStatistics:
@@ -100,6 +128,7 @@ class ScanStatistics:
         self.row_keys: list[tuple[str, int]] = []  # (kind, layer) per heatmap row
         self.row_names: list[str] = []  # the first Linear that filled each row
         self._row_of: dict[tuple[str, int], int] = {}
+        self._routed: dict[tuple[str, int], tuple[np.ndarray, int]] = {}  # experts' (count over, tokens) per row
         self.absmax_grid = np.full((0, 0), np.nan, dtype=np.float32)  # (rows, max in_features)
         self.share_grid = np.full((0, 0), np.nan, dtype=np.float32)  # fraction of tokens over scan threshold
         self.row_filled = np.zeros(0, dtype=bool)
@@ -156,20 +185,35 @@ class ScanStatistics:
         if row is None:
             row = self._add_row_key(key)
             relaid = True
-        elif self.row_filled[row]:
-            return None  # this layer's row of this kind is already filled
+        elif self.row_filled[row] and stats.kind not in EXPERT_KINDS:
+            return None  # this layer's row of this kind is already filled (experts add to theirs)
         relaid = self._resize(len(self.row_keys), max(self.absmax_grid.shape[1], stats.absmax.size)) or relaid
         if relaid:
             self._emit("reset")
         width = stats.absmax.size
-        self.absmax_grid[row, :width] = stats.absmax
-        self.share_grid[row, :width] = stats.count_over / max(stats.n_tokens, 1)
+        if stats.kind in EXPERT_KINDS:
+            self._merge_expert(row, key, stats)
+        else:
+            self.absmax_grid[row, :width] = stats.absmax
+            self.share_grid[row, :width] = stats.count_over / max(stats.n_tokens, 1)
         self.row_filled[row] = True
         while len(self.row_names) < len(self.row_keys):
             self.row_names.append("")
         self.row_names[row] = stats.name
         self._emit("row", row)
         return row
+
+    def _merge_expert(self, row: int, key: tuple[str, int], stats: LinearStats) -> None:
+        """Fold one expert into its layer's row: the largest abs-max, the share over all routed tokens."""
+        width = stats.absmax.size
+        counts, tokens = self._routed.get(key, (np.zeros(0, np.int64), 0))
+        if counts.size < width:
+            counts = np.concatenate([counts, np.zeros(width - counts.size, np.int64)])
+        counts[:width] += stats.count_over
+        tokens += stats.n_tokens if stats.tokens is None else int(stats.tokens)
+        self._routed[key] = (counts, tokens)
+        self.absmax_grid[row, :width] = np.fmax(self.absmax_grid[row, :width], stats.absmax)
+        self.share_grid[row, : counts.size] = counts / max(tokens, 1)
 
     def load_result(self, result: dict[str, Any]) -> None:
         """A whole scan result (the `scan` job's reply): fills whatever rows did not stream in."""
@@ -264,7 +308,26 @@ class ScanStatistics:
 
     def row_label(self, row: int) -> str:
         kind, layer = self.row_keys[row]
+        if kind in EXPERT_KINDS:
+            return f"layer {layer} · {KIND_LABELS[kind]} · largest of its experts (click for each)"
         return f"layer {layer} · {KIND_LABELS[kind]}"
+
+    def experts_at(self, row: int) -> ExpertRows | None:
+        """The experts behind an aggregated row, in expert order; None for a row that is not one."""
+        kind, layer = self.row_keys[row]
+        by_expert = {s.expert: s for s in self.linears if s.kind == kind and s.layer == layer and s.expert is not None}
+        members = [by_expert[e] for e in sorted(by_expert)]  # one per expert (w1 and w3 read the same input)
+        if kind not in EXPERT_KINDS or not members:
+            return None
+        width = max(s.absmax.size for s in members)
+        absmax = np.full((len(members), width), np.nan, dtype=np.float32)
+        share = np.full((len(members), width), np.nan, dtype=np.float32)
+        tokens = np.array([s.n_tokens if s.tokens is None else s.tokens for s in members], dtype=np.int64)
+        for i, s in enumerate(members):
+            absmax[i, : s.absmax.size] = s.absmax
+            share[i, : s.absmax.size] = s.count_over / max(tokens[i], 1)
+        experts = np.array([s.expert for s in members], dtype=np.int64)
+        return ExpertRows(kind, layer, experts, tokens, absmax, share)
 
     def kind_spans(self) -> list[tuple[str, int, int]]:
         """(kind, first row, last row + 1) for each kind present, in heatmap order."""

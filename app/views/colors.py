@@ -6,6 +6,8 @@ both maps bright means trouble.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pyqtgraph as pg
 
@@ -19,6 +21,8 @@ KIND_COLORS = {
     "attn_out": "#8cb369",
     "mlp_in": "#5b8def",
     "mlp_down": "#e56b6f",
+    "expert_in": "#b48ead",
+    "expert_down": "#d08770",
     "other": "#b0b0b0",
 }
 COLORMAP_NAME = "inferno"
@@ -52,3 +56,37 @@ def error_lut() -> np.ndarray:
 def outlier_lut() -> np.ndarray:
     """(2, 4) uint8: 0 transparent, 1 the outlier highlight."""
     return np.array([(0, 0, 0, 0), OUTLIER_RGBA], dtype=np.uint8)
+
+
+def heatmap_images(plot) -> tuple[pg.ImageItem, pg.ImageItem]:
+    """(colour image, outlier highlight) added to `plot`: uint8 indices drawn through the two lookup tables."""
+    image = pg.ImageItem(axisOrder="row-major")
+    image.setLookupTable(heatmap_lut())
+    overlay = pg.ImageItem(axisOrder="row-major")
+    overlay.setLookupTable(outlier_lut())
+    plot.addItem(image)
+    plot.addItem(overlay)
+    return image, overlay
+
+
+def index_rows(values: np.ndarray, low: float, high: float, log10: bool = False) -> np.ndarray:
+    """Values (or their log10) -> uint8 colour indices 1..255 (0 for NaN); one row or many.
+
+    float32 arithmetic in place, one temporary for the whole grid; the log10 is
+    taken as a natural log (vectorized for float32, log10 is not) folded into
+    the scale.
+    """
+    step = 254.0 / (high - low)
+    if log10:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scaled = np.log(values, dtype=np.float32)
+        scaled *= np.float32(step / math.log(10.0))
+    else:
+        scaled = np.multiply(values, np.float32(step), dtype=np.float32)
+    scaled -= np.float32(low * step)
+    np.clip(scaled, 0.0, 254.0, out=scaled)  # NaN stays NaN
+    scaled += 1.0
+    scaled[np.isnan(scaled)] = 0.0
+    index = np.empty(scaled.shape, dtype=np.uint8)
+    np.copyto(index, scaled, casting="unsafe")
+    return index

@@ -5,7 +5,8 @@ scan's threshold). The image is a uint8 index array drawn through a 256-colour
 lookup table, so a new layer costs one row of numpy arithmetic and an indexed
 QImage, never a Python loop over cells. Cells over the current threshold are
 drawn on top in the highlight colour. Hover reads a cell out; a click asks for
-that dimension's profile across layers.
+that dimension's profile across layers, and on a row that aggregates the
+experts of a mixture-of-experts layer, opens their drill-down (ExpertsPanel).
 
 The index and overlay arrays are allocated once per grid shape and handed to
 the image items by reference: a new row is written in place and the items only
@@ -26,7 +27,9 @@ from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QVBoxLa
 from app.view_models.scan_stats import ScanStatistics
 from app.view_models.threshold import ThresholdModel
 from app.views import colors
+from app.views.colors import index_rows
 from app.views.empty_state import EmptyState
+from app.views.experts_panel import ExpertsPanel
 from engine.vocabulary import KIND_SHORT
 
 EMPTY_TEXT = (
@@ -36,29 +39,6 @@ EMPTY_TEXT = (
 MODE_ABSMAX = "absmax"
 MODE_SHARE = "share"
 ABSMAX_LOG_RANGE = (-1.0, 2.0)  # initial colour range, log10 abs-max; widened when the data need it
-
-
-def index_rows(values: np.ndarray, low: float, high: float, log10: bool = False) -> np.ndarray:
-    """Values (or their log10) -> uint8 colour indices 1..255 (0 for NaN); one row or many.
-
-    float32 arithmetic in place, one temporary for the whole grid; the log10 is
-    taken as a natural log (vectorized for float32, log10 is not) folded into
-    the scale.
-    """
-    step = 254.0 / (high - low)
-    if log10:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            scaled = np.log(values, dtype=np.float32)
-        scaled *= np.float32(step / math.log(10.0))
-    else:
-        scaled = np.multiply(values, np.float32(step), dtype=np.float32)
-    scaled -= np.float32(low * step)
-    np.clip(scaled, 0.0, 254.0, out=scaled)  # NaN stays NaN
-    scaled += 1.0
-    scaled[np.isnan(scaled)] = 0.0
-    index = np.empty(scaled.shape, dtype=np.uint8)
-    np.copyto(index, scaled, casting="unsafe")
-    return index
 
 
 def row_ticks(stats: ScanStatistics) -> list[list[tuple[float, str]]]:
@@ -110,12 +90,7 @@ class HeatmapView(QWidget):
         self.plot.setLabel("bottom", "feature dimension")
         self.plot.setMenuEnabled(False)
         self.plot.getViewBox().setLimits(xMin=0, yMin=0)
-        self.image = pg.ImageItem(axisOrder="row-major")
-        self.image.setLookupTable(colors.heatmap_lut())
-        self.overlay = pg.ImageItem(axisOrder="row-major")
-        self.overlay.setLookupTable(colors.outlier_lut())
-        self.plot.addItem(self.image)
-        self.plot.addItem(self.overlay)
+        self.image, self.overlay = colors.heatmap_images(self.plot)
         self._separators: list[pg.InfiniteLine] = []
         self.color_bar = pg.ColorBarItem(
             values=self._levels,
@@ -140,6 +115,8 @@ class HeatmapView(QWidget):
         layout.addWidget(self.empty, 1)
         layout.addWidget(self.readout)
         self.readout.setVisible(False)
+        self.experts = ExpertsPanel(self.stats, self.threshold)  # drill-down of a mixture-of-experts row
+        layout.addWidget(self.experts)
 
     # --- drawing ---------------------------------------------------------------------------------
 
@@ -310,4 +287,5 @@ class HeatmapView(QWidget):
     def _on_mouse_clicked(self, event) -> None:
         cell = self.cell_at(event.scenePos())
         if cell is not None and event.button() == Qt.MouseButton.LeftButton:
+            self.experts.show_row(cell[0], self._absmax_levels(ABSMAX_LOG_RANGE))
             self.sig_dimension_clicked.emit(cell[1])

@@ -69,6 +69,8 @@ class ResultsView(QWidget):
         self.note = QLabel("")  # what was measured on what, and the memory plan's notes
         self.note.setObjectName("info")
         self.note.setWordWrap(True)
+        self.coverage = QLabel("")  # what the INT8 share counts, what stayed in floating point and why, warnings
+        self.coverage.setWordWrap(True)
         self.chart = self._build_chart()
         self.bars: pg.BarGraphItem | None = None
         self.labels: list[pg.TextItem] = []
@@ -77,6 +79,7 @@ class ResultsView(QWidget):
         top_layout = QVBoxLayout(top)
         top_layout.setContentsMargins(0, 0, 0, 0)
         top_layout.addWidget(self.table, 1)
+        top_layout.addWidget(self.coverage)
         top_layout.addWidget(self.note)
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(top)
@@ -142,6 +145,11 @@ class ResultsView(QWidget):
             else "Quantized: evaluating next."
         )
         self.sentence.setText(result_sentence(self.model, self.stats, self.threshold))
+        coverage = self.model.coverage_note()
+        self.coverage.setText(coverage)
+        self.coverage.setObjectName("warning" if any(row.warnings for row in rows) else "info")
+        self.coverage.style().polish(self.coverage)
+        self.coverage.setVisible(bool(coverage))
         self.note.setText(
             " ".join(text for text in (measured, self.model.plan_note and f"{self.model.plan_note}.") if text)
         )

@@ -15,8 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engine.checkpoint import fallback
 from engine.checkpoint.layout import (
     BITSANDBYTES,
+    HELD_PREFIX,
     bitsandbytes_threshold,
     is_scale,
     layer_record,
@@ -30,32 +32,43 @@ TOOL = "int8-workbench"
 
 
 def split_tensors(model, fmt: str = BITSANDBYTES) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
-    """(main tensors, sidecar tensors, per-layer facts) of a model holding Int8Linear modules, in format `fmt`."""
+    """(main tensors, sidecar tensors, per-layer facts) of a model holding Int8Linear modules, in format `fmt`.
+
+    What `fmt` cannot hold goes to the main file in floating point (engine.checkpoint.fallback); in the
+    bitsandbytes layout its INT8 tensors go to the sidecar under HELD_PREFIX, for re-opening.
+    """
     from engine.quant.int8_linear import Int8Linear
 
     main: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     layers: list[dict[str, Any]] = []
     quantized_prefixes = set()
+    unheld = fallback.unheld_modules(model, fmt)
     for name, module in model.named_modules():
         if not isinstance(module, Int8Linear):
             continue
         quantized_prefixes.add(name)
         stored, sidecar = linear_tensors(name, module, fmt)
-        main.update(stored)
+        held = fallback.is_held(name, unheld)
+        if not held:
+            main.update(stored)
+        elif fmt == BITSANDBYTES:
+            extra.update({f"{HELD_PREFIX}{key}": tensor for key, tensor in stored.items()})
         extra.update(sidecar)
-        layers.append(layer_record(name, module))
-    main.update(unquantized_tensors(model, quantized_prefixes))
+        layers.append(layer_record(name, module, held))
+    main.update(fallback.float_tensors(unheld))
+    main.update(unquantized_tensors(model, quantized_prefixes, unheld))
     return main, extra, layers
 
 
-def unquantized_tensors(model, quantized_prefixes: set[str]) -> dict[str, Any]:
-    """Every state-dict tensor outside the quantized Linears, each shared tensor once (as safetensors wants)."""
+def unquantized_tensors(model, quantized_prefixes: set[str], unheld=()) -> dict[str, Any]:
+    """Every state-dict tensor outside the quantized Linears and the `unheld` modules, each shared tensor
+    once (as safetensors wants)."""
     tied = set(getattr(model, "all_tied_weights_keys", None) or {})
     tensors: dict[str, Any] = {}
     seen: set[int] = set()
     for key, tensor in model.state_dict().items():
-        if key.rpartition(".")[0] in quantized_prefixes or key in tied:
+        if key.rpartition(".")[0] in quantized_prefixes or key in tied or fallback.is_held(key, unheld):
             continue
         if tensor.device.type != "meta":  # a meta tensor (a layout being planned) has no storage to share
             if tensor.data_ptr() in seen:  # a tie the model did not declare: one copy
@@ -65,11 +78,21 @@ def unquantized_tensors(model, quantized_prefixes: set[str]) -> dict[str, Any]:
     return tensors
 
 
-def skipped_linears(model) -> list[str]:
-    """Names of the Linears left in floating point (bitsandbytes' llm_int8_skip_modules)."""
-    import torch.nn as nn
+def skipped_linears(model, fmt: str = BITSANDBYTES) -> list[str]:
+    """Names of the modules the format's loader must leave in floating point (its skip or ignore list).
 
-    return [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    The Linears (and Conv1Ds) the model kept in floating point, routers of any type, and the
+    modules `fmt` cannot hold (engine.checkpoint.fallback).
+    """
+    from engine.model.layers import is_linear, is_router
+
+    unheld = fallback.unheld_modules(model, fmt)
+    kept = [
+        name
+        for name, module in model.named_modules()
+        if (is_linear(module) or is_router(model, name)) and not fallback.is_held(name, unheld)
+    ]
+    return kept + list(unheld)
 
 
 def base_settings(method: str, threshold: float, skip_modules: list[str]) -> dict[str, Any]:

@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.checkpoint import contents
+from engine.checkpoint import contents, fallback
 from engine.checkpoint.layout import BITSANDBYTES, check_format
 from engine.checkpoint.staging import file_mode, overlaps, write_folder
 from engine.errors import BadInput
+from engine.quant import coverage
 
 SIDECAR_NAME = "int8wb_export.json"
 SIDECAR_TENSORS = "int8wb_extra.safetensors"
@@ -46,6 +47,7 @@ class ExportResult:
     total_bytes: int = 0
     breakdown: dict[str, int] = field(default_factory=dict)
     format: str = BITSANDBYTES
+    coverage: dict[str, Any] = field(default_factory=dict)  # the INT8 share as the format holds it, and notes
 
     def to_payload(self) -> dict[str, Any]:
         return {
@@ -56,7 +58,22 @@ class ExportResult:
             "files": self.files,
             "total_bytes": self.total_bytes,
             "breakdown": self.breakdown,
+            **self.coverage,
         }
+
+
+def held_coverage(model, method: str, fmt: str, unfit=()) -> dict[str, Any]:
+    """engine.quant.coverage of what `fmt` holds of `model`: its INT8 share, what is in floating point and why.
+
+    A serving format that would hold nothing in INT8 is refused; the bitsandbytes export is still written
+    (with its warning), since the workbench re-opens the INT8 from its sidecar.
+    """
+    unheld = fallback.unheld_modules(model, fmt)
+    held = coverage.measure(model, held_float=fallback.layer_types(unheld), unfit=unfit)
+    what = f"{method} export ({fmt})"
+    if fmt != BITSANDBYTES:
+        coverage.require_int8(held, what)
+    return {**held.to_payload(what), "notes": fallback.notes(unheld, fmt)}
 
 
 def parse_size(value: Any) -> int:
@@ -156,6 +173,7 @@ def run(params: dict[str, Any], task, loaded, quantized, scan=None) -> ExportRes
     settings = contents.quantized_settings(quantized, scan)
     if fmt == GGUF_Q8_0:
         return _run_gguf(target, task, loaded, quantized, settings, overwrite)
+    held = held_coverage(quantized.model, quantized.method, fmt, quantized.unfit)
     max_shard_size = parse_size(params.get("max_shard_size") or DEFAULT_MAX_SHARD_SIZE)
     main, extra, layers = contents.split_tensors(quantized.model, fmt)
     needed = sum(t.numel() * t.element_size() for t in list(main.values()) + list(extra.values()))
@@ -180,7 +198,7 @@ def run(params: dict[str, Any], task, loaded, quantized, scan=None) -> ExportRes
             loaded.tokenizer,
             quantized.method,
             quantized.threshold,
-            contents.skipped_linears(quantized.model),
+            contents.skipped_linears(quantized.model, fmt),
             fmt,
         )
         if fmt != BITSANDBYTES:
@@ -189,13 +207,16 @@ def run(params: dict[str, Any], task, loaded, quantized, scan=None) -> ExportRes
             return
         write_json(
             staging / SIDECAR_NAME,
-            contents.manifest(
-                staging, quantized.method, quantized.threshold, settings, layers, files, {**main, **extra}
-            ),
+            {
+                **contents.manifest(
+                    staging, quantized.method, quantized.threshold, settings, layers, files, {**main, **extra}
+                ),
+                "coverage": held,
+            },
         )
 
     write_staged(target, needed, write, task, overwrite)
-    return result(target, quantized.method, quantized.threshold, quantized.model, main, extra, fmt)
+    return result(target, quantized.method, quantized.threshold, quantized.model, main, extra, fmt, held)
 
 
 def _run_gguf(target: Path, task, loaded, quantized, settings: dict[str, Any], overwrite: bool) -> ExportResult:
@@ -213,8 +234,9 @@ def _run_gguf(target: Path, task, loaded, quantized, settings: dict[str, Any], o
     write_staged(target, needed, write, task, overwrite)
     files = files_on_disk(target)
     total = sum(f["bytes"] for f in files)
+    held = held_coverage(quantized.model, quantized.method, GGUF_Q8_0, quantized.unfit)
     return ExportResult(
-        str(target), quantized.method, quantized.threshold, files, total, plan.breakdown(files), GGUF_Q8_0
+        str(target), quantized.method, quantized.threshold, files, total, plan.breakdown(files), GGUF_Q8_0, held
     )
 
 
@@ -280,13 +302,15 @@ def write_json(path: Path, value: dict[str, Any]) -> None:
         os.fsync(handle.fileno())
 
 
-def result(target: Path, method: str, threshold: float, model, main, extra, fmt: str = BITSANDBYTES) -> ExportResult:
-    """What was written, measured on disk; `main`/`extra` may hold meta tensors (sizes only)."""
+def result(target: Path, method: str, threshold: float, model, main, extra, fmt: str, held) -> ExportResult:
+    """What was written, measured on disk; `main`/`extra` may hold meta tensors (sizes only).
+
+    `held`: the coverage of what the format holds (`held_coverage`).
+    """
     files = files_on_disk(target)
     total = sum(f["bytes"] for f in files)
-    return ExportResult(
-        str(target), method, threshold, files, total, contents.size_breakdown(model, main, extra, files), fmt
-    )
+    breakdown = contents.size_breakdown(model, main, extra, files)
+    return ExportResult(str(target), method, threshold, files, total, breakdown, fmt, held)
 
 
 def files_on_disk(target: Path) -> list[dict[str, Any]]:

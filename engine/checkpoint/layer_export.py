@@ -31,14 +31,20 @@ def plan(skeleton, method: str, skipped: list[str], dtype, fmt: str) -> tuple[di
     """
     import torch
 
-    from engine.model.layers import linear_layers
+    from engine.checkpoint.fallback import format_takes
+    from engine.model.layers import features, linear_layers
     from engine.quant.int8_linear import Int8Linear
 
     specs: dict[str, Any] = {}
     layers: list[dict[str, Any]] = []
     quantized = [(name, linear) for name, linear in linear_layers(skeleton) if name not in skipped]
     for name, linear in quantized:
-        out_features, in_features = linear.weight.shape
+        if not format_takes(fmt, type(linear)):  # engine.checkpoint.fallback writes those from a model in memory
+            raise BadInput(
+                f"not supported layer by layer: {type(linear).__name__} in {name}, which {fmt} cannot hold in "
+                "INT8; export this model in memory (--offload none)"
+            )
+        in_features, out_features = features(linear)
         empty = Int8Linear.empty(method, out_features, in_features, linear.bias is not None, dtype)
         stored, _ = linear_tensors(name, empty, fmt)
         specs.update(stored)
@@ -124,7 +130,7 @@ class LayerExport(LayerWork):
             self.loaded.tokenizer,
             self.recipe.method,
             self.recipe.threshold,
-            self.recipe.skipped + _outside_linears(self.skeleton),
+            self.recipe.skipped + _outside_linears(self.skeleton) + _routers(self.skeleton),
             self.fmt,
         )
         if self.fmt != BITSANDBYTES:
@@ -140,11 +146,23 @@ class LayerExport(LayerWork):
             files,
             {**self.specs, **self.extra},
         )
-        export.write_json(self.staging / export.SIDECAR_NAME, manifest)
+        export.write_json(self.staging / export.SIDECAR_NAME, {**manifest, "coverage": self.coverage()})
+
+    def coverage(self) -> dict[str, Any]:
+        """The INT8 share the files hold: the pass's own (no layer type is held in floating point here)."""
+        measured = self.variants.coverage[self.recipe.method]
+        return {**measured.to_payload(f"{self.recipe.method} export ({self.fmt})"), "notes": []}
 
     def result(self) -> export.ExportResult:
         return export.result(
-            self.target, self.recipe.method, self.recipe.threshold, self.skeleton, self.specs, self.extra, self.fmt
+            self.target,
+            self.recipe.method,
+            self.recipe.threshold,
+            self.skeleton,
+            self.specs,
+            self.extra,
+            self.fmt,
+            self.coverage(),
         )
 
 
@@ -160,6 +178,13 @@ def _outside_linears(skeleton) -> list[str]:
         for name, module in skeleton.named_modules()
         if isinstance(module, nn.Linear) and not name.startswith(f"{stack_path}.")
     ]
+
+
+def _routers(skeleton) -> list[str]:
+    """The routers of mixture-of-experts layers: kept in floating point, listed with the skipped."""
+    from engine.model.layers import is_router
+
+    return [name for name, _ in skeleton.named_modules() if name and is_router(skeleton, name)]
 
 
 def _generation_config(directory: Path):

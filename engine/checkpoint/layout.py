@@ -39,6 +39,8 @@ from typing import Any
 from engine.errors import ModelLoadError
 
 INT8_MAX = 127.0
+HELD_PREFIX = "int8wb_held."
+"""Sidecar names of the INT8 tensors of layers a format holds in floating point (engine.checkpoint.fallback)."""
 ROW_FORMAT = 0  # bitsandbytes' weight_format code of a row-major INT8 weight
 SCALE_SUFFIXES = (".SCB", ".weight_format", ".weight_scale", ".weight_shape")
 """Stored names that hold quantization scales and format codes, not weights of the model."""
@@ -156,8 +158,8 @@ def _format_device(tensor):
     return tensor.device if tensor.device.type == "meta" else "cpu"
 
 
-def layer_record(name: str, module) -> dict[str, Any]:
-    """The sidecar's facts about one quantized Linear (JSON)."""
+def layer_record(name: str, module, held_in_float: bool = False) -> dict[str, Any]:
+    """The sidecar's facts about one quantized Linear (JSON); `held_in_float`: its INT8 is under HELD_PREFIX."""
     static = module.scheme.outliers == "static"
     return {
         "name": name,
@@ -166,6 +168,7 @@ def layer_record(name: str, module) -> dict[str, Any]:
         "out_features": module.out_features,
         "scale": module.scheme.weight_scale,
         "bias": module.bias is not None,
+        "held_in_float": held_in_float,
         "outlier_dims": module.outlier_cols.tolist() if static else [],
     }
 
@@ -176,10 +179,11 @@ def rebuild_linear(layer: dict[str, Any], remaining: dict[str, Any], threshold: 
     from engine.quant.schemes import scheme_of
 
     name = layer["name"]
-    weight = remaining.pop(f"{name}.weight")
-    scb = remaining.pop(f"{name}.SCB")
-    weight_format = remaining.pop(f"{name}.weight_format")
-    bias = remaining.pop(f"{name}.bias", None)
+    stored = f"{HELD_PREFIX}{name}" if layer.get("held_in_float") else name
+    weight = remaining.pop(f"{stored}.weight")
+    scb = remaining.pop(f"{stored}.SCB")
+    weight_format = remaining.pop(f"{stored}.weight_format")
+    bias = remaining.pop(f"{stored}.bias", None)
     if weight.dtype.itemsize != 1 or not weight.dtype.is_signed or int(weight_format) != ROW_FORMAT:
         raise ModelLoadError(f"{name}: expected an int8 row-major weight (weight_format 0)")
     scale = scb

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.checkpoint import fallback
 from engine.checkpoint.contents import EXPORT_FORMAT, EXPORT_FORMAT_VERSION
 from engine.checkpoint.export import SIDECAR_NAME
 from engine.checkpoint.layout import is_scale, rebuild_linear
@@ -178,6 +179,8 @@ def _build(directory: Path, manifest: dict[str, Any], tensors: dict[str, Any]):
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from engine.model.experts import unfuse_experts
+    from engine.model.layers import features
     from engine.quant.quantize import QuantizedModel, replace_module
 
     try:
@@ -189,6 +192,7 @@ def _build(directory: Path, manifest: dict[str, Any], tensors: dict[str, Any]):
     dtype = _stored_float_dtype(tensors)
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    unfuse_experts(model)  # as engine.model.loading holds them: one Linear per expert
 
     remaining = dict(tensors)
     outlier_dims: dict[str, np.ndarray] = {}
@@ -200,14 +204,18 @@ def _build(directory: Path, manifest: dict[str, Any], tensors: dict[str, Any]):
             except AttributeError as exc:
                 raise ModelLoadError(f"the export quantized {name}, which the model in config.json lacks") from exc
             module = rebuild_linear(layer, remaining, float(manifest["threshold"]), dtype)
-            if (module.out_features, module.in_features) != tuple(linear.weight.shape):
+            expected = features(linear)[::-1]
+            if (module.out_features, module.in_features) != expected:
                 raise ModelLoadError(
-                    f"{name}.weight is {module.out_features}x{module.in_features}, the model "
-                    f"expects {tuple(linear.weight.shape)}"
+                    f"{name}.weight is {module.out_features}x{module.in_features}, the model expects {expected}"
                 )
+            module.source_type = type(linear)
             replace_module(model, name, module)
             if module.scheme.outliers == "static":
                 outlier_dims[name] = module.outlier_cols.cpu().numpy()
+        fallback.restore(
+            model, remaining, [layer["name"] for layer in manifest["layers"] if layer.get("held_in_float")]
+        )
         result = model.load_state_dict(remaining, strict=False, assign=True)
     if result.unexpected_keys:
         raise ModelLoadError(f"tensors the model does not have: {', '.join(sorted(result.unexpected_keys)[:5])}")

@@ -139,6 +139,13 @@ def run_one_pass(session, args, methods: list[str], **parts: Any) -> dict[str, A
     return result
 
 
+def print_warnings(rows: list[dict[str, Any]]) -> None:
+    """Each result's warnings (a decoder mostly left in floating point) on stderr, also under --json."""
+    for row in rows:
+        for warning in row.get("warnings", []):
+            print(f"warning: {warning}", file=sys.stderr)
+
+
 def parse_methods(text: str) -> list[str]:
     from engine.quant.quantize import check_methods
 

@@ -9,6 +9,7 @@ from engine.cli._common import (
     needs_scan,
     parse_methods,
     print_json,
+    print_warnings,
     run_one_pass,
     run_quantize,
     run_scan,
@@ -50,6 +51,7 @@ def cmd_eval(args, show_scan: bool = False) -> int:
         task = ProgressBarTask("evaluate", enabled=not args.quiet)
         result = session.evaluate(eval_params, task)
         task.finish()
+    print_warnings(result["rows"])
     if args.json:
         print_json({"scan_report": scan_payload["report"] if scan_payload else None, **result})
         return 0

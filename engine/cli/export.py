@@ -18,6 +18,7 @@ from engine.cli._common import (
     model_options,
     needs_scan,
     print_json,
+    print_warnings,
     run_one_pass,
     run_quantize,
     run_scan,
@@ -27,6 +28,7 @@ from engine.cli._common import (
 from engine.cli._progress import ProgressBarTask
 from engine.errors import BadInput
 from engine.quant import skip_list
+from engine.quant.evaluate import coverage_lines
 from engine.vocabulary import EXPORT_FORMATS, FORMAT_LOADERS, METHODS
 
 
@@ -110,6 +112,7 @@ def _with_skip_forms(args, session, result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _report(args, result: dict[str, Any]) -> int:
+    print_warnings([result])
     if args.json:
         print_json(result)
     else:
@@ -130,4 +133,7 @@ def format_export(result: dict[str, Any]) -> str:
     lines.append("size breakdown:")
     for key, value in result["breakdown"].items():
         lines.append(f"  {key:<40}{value / 1e6:>12.3f} MB")
+    lines.append(f"INT8 share of the decoder's matrix weights in these files: {result['int8_share']:.1%}")
+    lines += coverage_lines([result])
+    lines += [f"note: {note}" for note in result.get("notes", [])]
     return "\n".join(lines)

@@ -162,6 +162,11 @@ def render(result: dict[str, Any]) -> str:
         f"batch {s['batch']} x context {s['context']}, {s['dtype']}, outlier fraction {s['outlier_fraction']}, "
         f"usable fraction {s['usable_fraction']}, runtime overhead {_gib(s['overhead_bytes'])} per GPU",
     ]
+    if arch.get("num_experts"):
+        lines.append(
+            f"mixture of experts: {arch['num_experts']} experts per layer, {arch['experts_per_token']} per token; "
+            f"{arch['active_parameters']:,} parameters active per token, all {arch['parameters']:,} in memory"
+        )
     lines += [f"note: {note}" for note in result["notes"]]
     lines.append(result["layer_by_layer"]["line"])
     for method in result["methods"]:

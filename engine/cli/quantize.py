@@ -9,13 +9,14 @@ from engine.cli._common import (
     needs_scan,
     parse_methods,
     print_json,
+    print_warnings,
     run_one_pass,
     run_quantize,
     run_scan,
     scan_options,
     session_with_model,
 )
-from engine.quant.evaluate import smoothing_note
+from engine.quant.evaluate import coverage_lines, smoothing_note
 from engine.vocabulary import METHODS
 
 
@@ -37,16 +38,20 @@ def cmd_quantize(args) -> int:
         if needs_scan(methods):
             run_scan(session, args)
         result = run_quantize(session, args, methods)
+    print_warnings(result["models"])
     if args.json:
         print_json(result)
     else:
-        print(f"{'method':<18}{'INT8 MB':>10}{'float MB':>10}{'total MB':>10}{'outlier dims':>14}")
+        print(f"{'method':<18}{'INT8 MB':>10}{'float MB':>10}{'total MB':>10}{'outlier dims':>14}{'INT8 share':>12}")
         for row in result["models"]:
             print(
                 f"{row['method']:<18}{row['int8_bytes'] / 1e6:>10.1f}{row['float_bytes'] / 1e6:>10.1f}"
-                f"{row['total_bytes'] / 1e6:>10.1f}{row['outlier_dims']:>14,}"
+                f"{row['total_bytes'] / 1e6:>10.1f}{row['outlier_dims']:>14,}{row['int8_share']:>12.1%}"
             )
         for row in result["models"]:
             if row.get("smoothing"):
                 print(smoothing_note(row["method"], row["smoothing"]))
+        print("INT8 share: of the decoder's matrix weights (embeddings and output head are outside it)")
+        for line in coverage_lines(result["models"]):
+            print(line)
     return 0

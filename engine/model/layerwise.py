@@ -113,6 +113,8 @@ def model_parts(model) -> ModelParts:
 
 def check_supported(model) -> ModelParts:
     """The parts of `model`, or a BadInput that says which limit of the loop (module docstring) it breaks."""
+    from engine.model.experts import is_fused_experts
+
     config = model.config
     why = None
     if len(set(getattr(config, "layer_types", None) or ())) > 1:
@@ -125,6 +127,12 @@ def check_supported(model) -> ModelParts:
     outside = [name for name, _ in linear_layers(model) if not name.startswith(f"{parts.stack_path}.")]
     if why is None and outside:
         why = f"it has Linears outside its decoder layers ({outside[0]})"
+    fused = next(((n, m) for n, m in model.named_modules() if is_fused_experts(m)), None)
+    if why is None and fused is not None:
+        why = (
+            f"not supported: {type(fused[1]).__name__} (experts fused into 3-D tensors, which checkpoints "
+            f"store per expert under other names) in {fused[0]}"
+        )
     if why is not None:
         raise BadInput(f"{type(model).__name__} cannot run layer by layer: {why}; load it in memory (--offload none)")
     return parts

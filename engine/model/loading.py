@@ -123,6 +123,9 @@ def load(params: dict[str, Any], task, allow_remote_code: bool = False) -> Loade
         )
     task.progress(0.5, "loading weights")
     model, tokenizer = _from_pretrained(directory, device, dtype, trust_remote_code)
+    from engine.model.experts import unfuse_experts
+
+    notes += unfuse_experts(model)
     task.progress(1.0, "model loaded")
     return LoadedModel(
         model=model,

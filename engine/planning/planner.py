@@ -17,12 +17,17 @@ embeddings, norms and `lm_head` stay floating point. The KV cache and activation
 dtype for every method. The activation workspace is an estimate of the transient tensors at the
 peak of one forward pass over batch x context tokens (see `workspace_terms`).
 
+A mixture-of-experts model holds every expert in memory whichever a token is routed to, so the
+weights of all experts are counted (each expert a Linear of its own); `active_parameters` is the
+smaller count one token uses.
+
 The architecture numbers come from a preset, a `config.json` (engine/presets.py) or a loaded
 model; everything here is pure functions over the two dataclasses below.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -52,6 +57,8 @@ class Architecture:
     gated_mlp: bool = True  # gate/up/down (Llama) rather than fc1/fc2 (OPT, BLOOM)
     tie_word_embeddings: bool = False
     max_positions: int | None = None  # the context it was trained for, if the config says
+    num_experts: int = 0  # experts per mixture-of-experts layer (0: a dense model)
+    experts_per_token: int = 0  # experts each token is routed to
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,11 @@ class LinearShape:
     bias: bool
     layer: int | None  # decoder layer index, None outside the stack
     outlier_cols: int | None = None  # the real count on a quantized model; else from the fraction
+    expert: int | None = None  # the expert it belongs to in a mixture-of-experts layer
+
+    @property
+    def parameters(self) -> int:
+        return self.out_features * self.in_features + (self.out_features if self.bias else 0)
 
 
 @dataclass(frozen=True)
@@ -77,8 +89,27 @@ class WeightInventory:
 
     @property
     def parameters(self) -> int:
-        linear = sum(s.out_features * s.in_features + (s.out_features if s.bias else 0) for s in self.linears)
+        linear = sum(s.parameters for s in self.linears)
         return linear + sum(self.float_elements_per_layer) + self.float_elements_first + self.float_elements_last
+
+    @functools.cached_property
+    def widest(self) -> tuple[int, int, int]:
+        """(largest in_features, largest out_features, largest weight) over the Linears; zeros without any."""
+        if not self.linears:
+            return 0, 0, 0
+        return (
+            max(s.in_features for s in self.linears),
+            max(s.out_features for s in self.linears),
+            max(s.out_features * s.in_features for s in self.linears),
+        )
+
+
+def active_parameters(arch: Architecture, inventory: WeightInventory) -> int:
+    """Parameters one token uses: all but the experts it is not routed to (every expert is still in memory)."""
+    if not arch.num_experts:
+        return inventory.parameters
+    experts = sum(s.parameters for s in inventory.linears if s.expert is not None)
+    return inventory.parameters - experts + experts * arch.experts_per_token // arch.num_experts
 
 
 @dataclass(frozen=True)
@@ -226,14 +257,13 @@ def workspace_terms(arch: Architecture, inventory: WeightInventory, method: str,
     logit_positions = settings.context if settings.logits == "all" else 1
     logits = settings.batch * logit_positions * arch.vocab_size * fb
     terms = {"residual": 2 * tokens * arch.hidden_size * fb, "block": max(attention, mlp, logits)}
+    max_in, max_out, max_weight = inventory.widest
     if inventory.linears and method in W8A8_METHODS:
-        max_in = max(s.in_features for s in inventory.linears)
-        max_out = max(s.out_features for s in inventory.linears)
         terms["int8"] = tokens * max_in + tokens * max_out * 4
         if method == "llm-int8-dynamic":
             terms["outliers"] = max_out * math.ceil(settings.outlier_fraction * max_in - 1e-9) * fb
     if inventory.linears and method in WEIGHT_ONLY_METHODS:
-        terms["dequant"] = max(s.out_features * s.in_features for s in inventory.linears) * fb
+        terms["dequant"] = max_weight * fb
     return terms
 
 
@@ -392,6 +422,7 @@ def plan(
         "architecture": {
             **asdict(arch),
             "parameters": inventory.parameters,
+            "active_parameters": active_parameters(arch, inventory),
             "quantizable_linears": len(inventory.linears),
         },
         "settings": {k: v for k, v in asdict(settings).items() if k != "extra"} | {"float_bytes": settings.float_bytes},

@@ -29,6 +29,10 @@ _ALIASES = {
     "vocab_size": ("vocab_size",),
     "intermediate_size": ("intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size"),
 }
+_EXPERT_ALIASES = {
+    "num_experts": ("num_local_experts", "num_experts", "n_routed_experts"),
+    "experts_per_token": ("num_experts_per_tok", "moe_top_k"),
+}
 _MLP_4X_FAMILIES = {"bloom", "gpt2", "falcon", "gpt_bigcode"}  # MLP width is 4 x hidden by design
 _GATED_SUFFIXES = ("gate_proj", "gate_up_proj", "w1", "w3")
 
@@ -111,11 +115,15 @@ def _meta_model(raw: dict[str, Any], notes: list[str]):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from engine.model.experts import unfuse_experts
+
     fields = {k: v for k, v in raw.items() if k not in ("model_type", "architectures", "auto_map")}
     try:
         config = AutoConfig.for_model(model_type, **fields)
         with torch.device("meta"):
-            return AutoModelForCausalLM.from_config(config)
+            model = AutoModelForCausalLM.from_config(config)
+        notes.extend(note for note in unfuse_experts(model) if note.startswith("not supported"))
+        return model
     except Exception as exc:  # an unknown or malformed family: fall back to the numbers, say so
         notes.append(
             f"transformers could not build model_type {model_type!r} ({str(exc).splitlines()[0][:200]}): "
@@ -143,7 +151,11 @@ def _architecture(name: str, config: Any, numbers: dict[str, Any], gated: bool) 
     for key, value in values.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise BadInput(f"the config of {name} has {key} = {value!r}; it must be a positive whole number")
+    experts = {key: next((get(k) for k in keys if get(k)), 0) for key, keys in _EXPERT_ALIASES.items()}
+    if experts["num_experts"] and not 0 < experts["experts_per_token"] <= experts["num_experts"]:
+        raise BadInput(f"the config of {name} has {experts['num_experts']} experts but no valid experts per token")
     return Architecture(
+        **experts,
         name=name,
         gated_mlp=gated,
         tie_word_embeddings=bool(get("tie_word_embeddings", False)),
@@ -200,35 +212,35 @@ def is_quantized_linear(module: Any) -> bool:
 
 
 def model_inventory(model: Any) -> WeightInventory:
-    """The quantizable Linears (every nn.Linear but lm_head) and every other state tensor, by placement.
+    """The quantizable Linears (engine.model.layers.linear_layers) and every other state tensor, by placement.
 
     Counts parameters and persistent buffers once each (a tied lm_head shares the embedding);
     non-persistent buffers such as rotary `inv_freq` tables are rebuilt at load time, are not
-    weights, and are left out.
+    weights, and are left out. Routers stay floating point and count with their layer.
     """
-    import torch.nn as nn
-
-    from engine.model.layers import decoder_layers
+    from engine.model.layers import decoder_layers, expert_index, features, linear_layers
 
     layers_path, layers = decoder_layers(model)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    quantizable = {name for name, _ in linear_layers(model)}
     owners = {
         name: m
         for name, m in model.named_modules()
-        if m is not head and (is_quantized_linear(m) or isinstance(m, nn.Linear))
+        if name in quantizable or (m is not head and is_quantized_linear(m))
     }
     linears = []
     for name, module in owners.items():
-        weight = module.weight_int8 if is_quantized_linear(module) else module.weight
+        in_features, out_features = features(module)
         cols = getattr(module, "outlier_cols", None) if is_quantized_linear(module) else None
         linears.append(
             LinearShape(
                 name,
-                int(weight.shape[0]),
-                int(weight.shape[1]),
+                int(out_features),
+                int(in_features),
                 getattr(module, "bias", None) is not None,
                 _layer_index(name, layers_path),
                 int(cols.numel()) if cols is not None else None,
+                expert_index(name),
             )
         )
     per_layer, first, last, seen_layers = [0] * len(layers), 0, 0, False

@@ -101,6 +101,9 @@ def model_row(name: str, sizes: dict[str, int], quantized=None) -> dict[str, Any
         "total_bytes": sum(sizes.values()),
         "outlier_dims": 0,
         "skipped_modules": [],
+        "int8_share": 0.0,
+        "kept_float": [],
+        "warnings": [],
     }
 
 
@@ -152,8 +155,11 @@ def run(params: dict[str, Any], task, loaded, quantized: dict[str, Any]) -> dict
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """The comparison table as text, for the CLI."""
-    header = f"{'method':<18}{'perplexity':>12}{'change':>9}{'INT8 MB':>10}{'float MB':>10}{'outlier dims':>14}"
+    """The comparison table as text, for the CLI, and below it what each method kept in floating point."""
+    header = (
+        f"{'method':<18}{'perplexity':>12}{'change':>9}{'INT8 MB':>10}{'float MB':>10}{'outlier dims':>14}"
+        f"{'INT8 share':>12}"
+    )
     lines = [
         f"perplexity on {result['settings']['tokens']:,} tokens of {result['corpus']} "
         f"(windows of {result['settings']['window']})",
@@ -164,8 +170,11 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(
             f"{row['method']:<18}{row['perplexity']:>12.3f}{row['relative_change']:>+9.2%}"
             f"{row['int8_bytes'] / 1e6:>10.1f}{row['float_bytes'] / 1e6:>10.1f}{row['outlier_dims']:>14,}"
+            f"{row['int8_share']:>12.1%}"
         )
     lines += [smoothing_note(row["method"], row["smoothing"]) for row in result["rows"] if row.get("smoothing")]
+    lines.append("INT8 share: of the decoder's matrix weights (embeddings and output head are outside it)")
+    lines += coverage_lines(result["rows"])
     return "\n".join(lines)
 
 
@@ -174,3 +183,15 @@ def smoothing_note(method: str, smoothing: dict[str, Any]) -> str:
     kinds = sorted({name.rsplit(".", 1)[-1] for name in smoothing["unsmoothed"]})
     left = f"{len(smoothing['unsmoothed'])} unsmoothed ({', '.join(kinds)})" if kinds else "none unsmoothed"
     return f"{method}: alpha {smoothing['alpha']:g}, {smoothing['smoothed']} Linears smoothed, {left}"
+
+
+def coverage_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Per quantized row, what stayed in floating point and why (one line per group), for the CLI."""
+    lines = []
+    for row in rows:
+        for group in row.get("kept_float", []):
+            lines.append(
+                f"  {row['method']}: {group['modules']} (x{group['count']}, {group['weights']:,} weights) "
+                f"in floating point: {group['why']}"
+            )
+    return lines

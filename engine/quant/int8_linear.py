@@ -32,6 +32,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from engine.model.layers import weight_matrix
 from engine.quant.schemes import scheme_of
 from engine.vocabulary import DEFAULT_THRESHOLD
 from kernels import ops
@@ -55,6 +56,7 @@ class Int8Linear(nn.Module):
         self.out_features, self.in_features = weight_int8.shape
         self.compute_dtype = compute_dtype
         self.threshold = threshold
+        self.source_type: type = nn.Linear  # the class it stands in for (nn.Linear, Conv1D, FalconLinear, ...)
         given = {
             "weight_int8": weight_int8,
             "weight_scale": weight_scale,
@@ -73,9 +75,11 @@ class Int8Linear(nn.Module):
         threshold: float = DEFAULT_THRESHOLD,
         outlier_cols: torch.Tensor | None = None,
     ) -> Int8Linear:
-        """Quantize `linear`'s weight for `method`; static llm-int8 needs the outlier columns."""
+        """Quantize `linear` (an nn.Linear or a Conv1D) for `method`; static llm-int8 needs the outlier columns."""
         bias = None if linear.bias is None else linear.bias.detach()
-        return cls.from_weight(linear.weight.detach(), bias, method, threshold, outlier_cols)
+        int8 = cls.from_weight(weight_matrix(linear).detach(), bias, method, threshold, outlier_cols)
+        int8.source_type = type(linear)
+        return int8
 
     @classmethod
     def from_weight(
@@ -123,6 +127,14 @@ class Int8Linear(nn.Module):
     def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
         """The floating-point weight (out, in) that the INT8 weight and its scales stand for."""
         return self.scheme.dequantize_weight(self.weight_int8, self.weight_scale, dtype)
+
+    def float_weight(self) -> torch.Tensor:
+        """The weight (out, in) this layer computes with, for a format that must hold it in floating point:
+        dequantized, and for static llm-int8 with its outlier columns as it keeps them, in true floating point."""
+        weight = self.dequantized_weight(self.compute_dtype)
+        if self.scheme.outliers == "static" and self.outlier_cols.numel():
+            weight[:, self.outlier_cols] = self.outlier_weight.to(weight.dtype)
+        return weight
 
     def _forward_with_outliers(self, x2: torch.Tensor) -> torch.Tensor:
         """LLM.int8(): outlier feature columns in floating point, the rest in INT8."""

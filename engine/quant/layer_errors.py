@@ -113,14 +113,15 @@ class LayerErrorProbe:
         """`method`'s output of this Linear on `x`, or None where the method leaves it in floating point."""
         import torch
 
+        from engine.model.layers import features, weight_matrix
         from engine.quant import smoothing
         from engine.quant.int8_linear import Int8Linear
         from engine.quant.schemes import scheme_of
 
         scheme = scheme_of(method)
-        if not scheme.fits(linear.in_features):
+        if not scheme.fits(features(linear)[0]):
             return None
-        weight, cols = linear.weight.detach(), None
+        weight, cols = weight_matrix(linear).detach(), None  # (out, in), a Conv1D's transposed
         if scheme.outliers == "static":
             dims = np.flatnonzero(absmax[name] > self.threshold)
             cols = torch.as_tensor(dims, dtype=torch.long, device=weight.device)

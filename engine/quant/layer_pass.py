@@ -24,7 +24,7 @@ import numpy as np
 
 from engine.model.layers import decoder_layers, linear_layers
 from engine.model.layerwise import LayerWork, Stream, run_layers
-from engine.quant import evaluate, scan
+from engine.quant import coverage, evaluate, scan
 from engine.quant.quantize import QuantizedModel, quantize_block, smoothing_summary, tensor_bytes, tensor_bytes_of
 from engine.task import CancelOnly
 
@@ -58,6 +58,7 @@ class LayerVariants(LayerWork):
         self.current: dict[str, Any] = {}
         self.smoothed: dict[str, dict[str, str]] = {method: {} for method in self.recipes}
         self.sizes = {method: outside_bytes(model) for method in self.recipes}
+        self.coverage = {method: coverage.Coverage() for method in self.recipes}
 
     def block(self, method: str, index: int, prefix: str, block):
         """The quantized copy of decoder layer `index` for `method`."""
@@ -68,9 +69,11 @@ class LayerVariants(LayerWork):
         return self.current[method]
 
     def layer(self, index: int, prefix: str, block) -> None:
-        for method in self.recipes:
-            for kind, value in tensor_bytes(self.block(method, index, prefix, block)).items():
+        for method, recipe in self.recipes.items():
+            quantized = self.block(method, index, prefix, block)
+            for kind, value in tensor_bytes(quantized).items():
                 self.sizes[method][kind] += value
+            self.coverage[method].add(coverage.measure_block(quantized, prefix, unfit=recipe.unfit))
         self.current.clear()
 
     def results(self) -> list[QuantizedModel]:
@@ -80,6 +83,7 @@ class LayerVariants(LayerWork):
                 recipe,
                 outlier_dims={n: d for n, d in recipe.outlier_dims.items() if n not in recipe.skipped},
                 sizes=self.sizes[method],
+                coverage=self.coverage[method],
                 smoothing=self._smoothing_summary(recipe),
             )
             for method, recipe in self.recipes.items()

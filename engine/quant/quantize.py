@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from engine.errors import BadInput
-from engine.model.layers import linear_layers
-from engine.quant import skip_list, smoothing
+from engine.model.layers import features, linear_layers
+from engine.quant import coverage, skip_list, smoothing
 from engine.quant.int8_linear import Int8Linear
 from engine.quant.schemes import scheme_of
 from engine.vocabulary import DEFAULT_ALPHA, DEFAULT_THRESHOLD, METHODS, check_alpha, check_threshold
@@ -34,11 +34,15 @@ class QuantizedModel:
     sizes: dict[str, int] | None = None  # tensor_bytes of the quantized model, measured layer by layer
     alpha: float | None = None  # smoothquant's strength
     activation_absmax: dict[str, np.ndarray] = field(default_factory=dict)  # smoothquant: per Linear, from the scan
+    unfit: list[str] = field(default_factory=list)  # of `skipped`, those the method cannot hold (q8_0's blocks)
+    coverage: Any = None  # engine.quant.coverage.Coverage, measured layer by layer when `model` is None
 
     def summary(self) -> dict[str, Any]:
-        """JSON-able facts for the results table."""
+        """JSON-able facts for the results table, with the share of the decoder in INT8 (engine.quant.coverage)."""
         sizes = self.sizes if self.sizes is not None else tensor_bytes(self.model)
+        held = self.coverage if self.coverage is not None else coverage.measure(self.model, unfit=self.unfit)
         return {
+            **held.to_payload(self.method),
             "method": self.method,
             "threshold": self.threshold,
             "int8_bytes": sizes["int8"],
@@ -84,7 +88,7 @@ def run(params: dict[str, Any], task, loaded, scan=None) -> QuantizedModel:
         smoothed = smoothing_summary(smoothing.smooth(model, scan, recipe.alpha))
     skipped = quantize_linears(model, "", recipe, task)
     used_dims = {n: d for n, d in recipe.outlier_dims.items() if n not in skipped}
-    return QuantizedModel(recipe.method, recipe.threshold, model, used_dims, skipped, smoothed)
+    return QuantizedModel(recipe.method, recipe.threshold, model, used_dims, skipped, smoothed, unfit=recipe.unfit)
 
 
 def recipe_from_params(params: dict[str, Any], model, scan=None, scan_in_pass: bool = False) -> QuantizedModel:
@@ -92,7 +96,8 @@ def recipe_from_params(params: dict[str, Any], model, scan=None, scan_in_pass: b
 
     `skipped` holds the Linears left in floating point (the resolved skip list; q8_0's misfits). Static
     `llm-int8` and `smoothquant` take their numbers from `scan`, or, with `scan_in_pass`, from the scan
-    of the same layer-by-layer pass, which fills them in layer by layer.
+    of the same layer-by-layer pass, which fills them in layer by layer. A recipe that would store none
+    of the decoder's matrix weights as INT8 is refused here (engine.quant.coverage), before any work.
     """
     (method,) = check_methods([params.get("method")])
     scheme = scheme_of(method)
@@ -103,8 +108,14 @@ def recipe_from_params(params: dict[str, Any], model, scan=None, scan_in_pass: b
     outlier_dims = scan.outlier_dims(threshold) if scheme.outliers == "static" and scan is not None else {}
     absmax = scan.absmax_of() if scheme.smoothed and scan is not None else {}
     chosen = set(skip_list.resolve(model, params.get("skip_modules")))
-    skipped = [n for n, linear in linear_layers(model) if n in chosen or not scheme.fits(linear.in_features)]
-    return QuantizedModel(method, threshold, None, outlier_dims, skipped, alpha=alpha, activation_absmax=absmax)
+    targets = linear_layers(model)
+    unfit = [n for n, linear in targets if n not in chosen and not scheme.fits(features(linear)[0])]
+    skipped = [n for n, _ in targets if n in chosen or n in unfit]
+    planned = [n for n, _ in targets if n not in skipped]
+    coverage.require_int8(coverage.measure(model, int8_names=planned, unfit=unfit), method)
+    return QuantizedModel(
+        method, threshold, None, outlier_dims, skipped, alpha=alpha, activation_absmax=absmax, unfit=unfit
+    )
 
 
 def quantize_linears(root, prefix: str, recipe: QuantizedModel, task) -> list[str]:

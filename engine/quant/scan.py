@@ -11,7 +11,10 @@ statistics per distinct input, carrying the names of the Linears it feeds.
 For every distinct input x (tokens, features) the scan keeps:
 - `absmax[d]`: max |x[:, d]| over all calibration tokens,
 - `count_over[d]`: the number of tokens with |x[t, d]| > threshold,
-- `hist`: a histogram of log10|x| over all values, on fixed edges `HIST_EDGES`.
+- `hist`: a histogram of log10|x| over all values, on fixed edges `HIST_EDGES`,
+- `tokens`: how many tokens reached it: all of them, except for an expert of a
+  mixture-of-experts block, which sees only the tokens routed to it (an expert
+  that saw few, or none, has unreliable statistics, and is reported all the same).
 """
 
 from __future__ import annotations
@@ -22,13 +25,14 @@ from typing import Any
 import numpy as np
 
 from engine.errors import BadInput
-from engine.model.layers import decoder_layers, linear_kind, linear_layers
+from engine.model.layers import decoder_layers, expert_index, features, linear_kind, linear_layers
 from engine.quant import smoothing
 from engine.quant.layer_errors import DEFAULT_ERROR_TOKENS, LayerErrorProbe, check_error_methods, error_summary
 from engine.quant.schemes import scheme_of
 from engine.vocabulary import (
     DEFAULT_ALPHA,
     DEFAULT_THRESHOLD,
+    EXPERT_KINDS,
     HIST_BINS,
     HIST_LOG10_MAX,
     HIST_LOG10_MIN,
@@ -96,6 +100,8 @@ class InputStats:
     # else over these Linears' own weights: what the GUI's "smoothed" view needs
     weight_absmax: np.ndarray | None = None  # (in_features,) float32
     smoothable: bool = False
+    tokens: int = 0  # calibration tokens that reached this input (fewer than all for an expert)
+    expert: int | None = None  # the expert these Linears belong to, None outside the experts
 
     def to_payload(self, n_tokens: int) -> dict[str, Any]:
         errors = {"sqnr_db": self.sqnr_db} if self.sqnr_db is not None else {}
@@ -111,6 +117,8 @@ class InputStats:
             "weight_absmax": self.weight_absmax,
             "smoothable": self.smoothable,
             "n_tokens": n_tokens,
+            "tokens": self.tokens,
+            "expert": self.expert,
             "final": True,
             **errors,
         }
@@ -170,9 +178,9 @@ def dimension_report(scan: ScanResult, top: int = 5) -> dict[str, Any]:
         members = [s for s in scan.layers if s.kind == kind]
         if not members:
             continue
-        by_layer = {s.layer: s for s in members}
-        over = np.stack([s.absmax > threshold for s in by_layer.values()])  # (layers, dims)
-        token_share = np.stack([s.count_over / max(scan.n_tokens, 1) for s in by_layer.values()])
+        by_layer = _per_layer(members, kind in EXPERT_KINDS)
+        over = np.stack([absmax > threshold for absmax, _ in by_layer.values()])  # (layers, dims)
+        token_share = np.stack([share for _, share in by_layer.values()])
         layer_share = over.mean(axis=0)
         ranked = np.argsort(-layer_share, kind="stable")[:top]
         report[kind] = {
@@ -191,6 +199,28 @@ def dimension_report(scan: ScanResult, top: int = 5) -> dict[str, Any]:
             ],
         }
     return report
+
+
+def _per_layer(members: list[InputStats], experts: bool) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per decoder layer, (abs-max, share of tokens over the threshold) of one input kind.
+
+    The experts of a layer read different tokens: their abs-max is the largest, their share is over
+    the tokens routed to them all. Any other kind has one input per layer.
+    """
+    groups: dict[int, list[InputStats]] = {}
+    for stats in members:
+        groups.setdefault(stats.layer, []).append(stats)
+    result = {}
+    for layer, group in groups.items():
+        if not experts:
+            group = group[-1:]
+        width = max(s.absmax.size for s in group)
+        absmax, count = np.zeros(width, np.float32), np.zeros(width, np.int64)
+        for s in group:
+            np.maximum(absmax[: s.absmax.size], s.absmax, out=absmax[: s.absmax.size])
+            count[: s.count_over.size] += s.count_over
+        result[layer] = (absmax, count / max(sum(s.tokens for s in group), 1))
+    return result
 
 
 def calibration_batches(settings: ScanSettings, model, tokenizer, device: str) -> tuple[list, int, str]:
@@ -319,6 +349,7 @@ class _Group:
     names: list[str]
     kind: str
     state: tuple  # (absmax, count, hist) running tensors
+    tokens: int = 0  # rows of input seen: fewer than all calibration tokens for an expert
 
 
 class StatsHooks:
@@ -328,7 +359,8 @@ class StatsHooks:
     form one group, found on the first batch; only the group's first Linear computes, so each
     input is measured once (the error probe still sees every Linear, each with its own weight).
     Each hook also asks the task whether to stop, so a cancel lands within one Linear's work
-    rather than one decoder layer's.
+    rather than one decoder layer's. A Linear no token reached (an expert never routed to) is
+    reported with zero statistics and zero tokens.
     """
 
     def __init__(self, members, threshold: float, task, probe: LayerErrorProbe | None = None) -> None:
@@ -336,7 +368,7 @@ class StatsHooks:
         self.handles: list = []
         self.group_of: dict[str, _Group] = {}
         self.first_batch_inputs: list[tuple[Any, _Group]] = []  # held until every member has been seen
-        self.out_features = {name: module.out_features for name, module in members}
+        self.out_features = {name: features(module)[1] for name, module in members}
 
     def attach(self) -> StatsHooks:
         for name, module in self.members:
@@ -362,8 +394,9 @@ class StatsHooks:
         def hook(module, args):
             self.task.check_cancelled()
             group = self.group_of.get(name) or self._join(name, module, args[0])
-            x = args[0].reshape(-1, module.in_features)  # (tokens, in_features)
+            x = args[0].reshape(-1, features(module)[0])  # (tokens, in_features)
             if group.names[0] == name:
+                group.tokens += x.shape[0]
                 absmax, count, hist = group.state
                 ops.input_stats(x, self.threshold, absmax, count, hist, log10_range)
             if self.probe is not None:
@@ -373,18 +406,11 @@ class StatsHooks:
 
     def _join(self, name: str, module, x) -> _Group:
         """The group of `name` on its first call: the group of a Linear of its kind that read `x`, or a new one."""
-        import torch
 
         kind = linear_kind(name)
         group = next((g for seen, g in self.first_batch_inputs if seen is x and g.kind == kind), None)
         if group is None:
-            device = module.weight.device
-            state = (
-                torch.zeros(module.in_features, dtype=torch.float32, device=device),
-                torch.zeros(module.in_features, dtype=torch.int64, device=device),
-                torch.zeros(HIST_BINS, dtype=torch.int64, device=device),
-            )
-            group = _Group([], kind, state)
+            group = _new_group(module, kind)
             self.first_batch_inputs.append((x, group))
         group.names.append(name)
         self.group_of[name] = group
@@ -394,6 +420,9 @@ class StatsHooks:
 
     def collect(self, block_index: int, start_index: int) -> list[InputStats]:
         """One InputStats per group, in the order of each group's first Linear among the members."""
+        for name, module in self.members:  # never called: an expert no token was routed to
+            if name not in self.group_of:
+                self.group_of[name] = _new_group(module, linear_kind(name), [name])
         order = [name for name, _ in self.members]
         groups = sorted({id(g): g for g in self.group_of.values()}.values(), key=lambda g: order.index(g.names[0]))
         stats = []
@@ -410,6 +439,21 @@ class StatsHooks:
                     absmax=absmax.cpu().numpy(),
                     count_over=count.cpu().numpy(),
                     hist=hist.cpu().numpy(),
+                    tokens=group.tokens,
+                    expert=expert_index(names[0]),
                 )
             )
         return stats
+
+
+def _new_group(module, kind: str, names: list[str] | None = None) -> _Group:
+    """A group with zeroed running statistics for the input of `module` (a Linear or a Conv1D)."""
+    import torch
+
+    device, in_features = module.weight.device, features(module)[0]
+    state = (
+        torch.zeros(in_features, dtype=torch.float32, device=device),
+        torch.zeros(in_features, dtype=torch.int64, device=device),
+        torch.zeros(HIST_BINS, dtype=torch.int64, device=device),
+    )
+    return _Group(names or [], kind, state)

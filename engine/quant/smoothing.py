@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from engine.model.layers import decoder_layers
+from engine.model.layers import decoder_layers, is_linear, linear_layers, weight_matrix
 from engine.vocabulary import smoothing_factors
 
 ATTENTION_NORMS = ("input_layernorm",)
@@ -47,16 +47,11 @@ class Group:
 
 
 def groups(model) -> tuple[list[Group], list[str]]:
-    """(the smoothable groups in forward order, the Linears no exact fold exists for)."""
-    import torch.nn as nn
-
+    """(the smoothable groups in forward order, the Linears no exact fold exists for: Conv1Ds and experts too)."""
     path, blocks = decoder_layers(model)
     found = [group for index, block in enumerate(blocks) for group in block_groups(block, f"{path}.{index}")]
     smoothed = {member for group in found for member in group.members}
-    rest = [name for name, module in model.named_modules() if isinstance(module, nn.Linear) and name not in smoothed]
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    rest = [name for name in rest if model.get_submodule(name) is not head]
-    return found, rest
+    return found, [name for name in _forward_order(model) if name not in smoothed]
 
 
 def block_groups(block, prefix: str) -> list[Group]:
@@ -93,7 +88,7 @@ def weight_column_absmax(root, members, prefix: str = "") -> Any:
     """max |W[:, j]| over the Linears `members` (full names; `root` is the module called `prefix`), float32."""
     import torch
 
-    columns = [_module(root, prefix, name).weight.detach().abs().amax(dim=0).float() for name in members]
+    columns = [weight_matrix(_module(root, prefix, name)).detach().abs().amax(dim=0).float() for name in members]
     return torch.stack(columns).amax(dim=0)
 
 
@@ -104,26 +99,22 @@ def _module(root, prefix: str, name: str):
 
 def weight_view(model) -> dict[str, tuple[Any, bool]]:
     """Per Linear: (max |W[:, j]| over its smoothing group, or its own weight's, as numpy; whether it is smoothed)."""
-    import torch.nn as nn
-
     path, blocks = decoder_layers(model)
     view = {}
     for index, block in enumerate(blocks):
         view.update(block_weight_view(block, f"{path}.{index}"))
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and name not in view:
+        if is_linear(module) and name not in view:
             view[name] = (weight_column_absmax(model, (name,)).cpu().numpy(), False)
     return view
 
 
 def block_weight_view(block, prefix: str) -> dict[str, tuple[Any, bool]]:
-    """weight_view of the Linears of one decoder layer called `prefix` (its weights placed), by full name."""
-    import torch.nn as nn
-
+    """weight_view of the Linears (and Conv1Ds) of one decoder layer called `prefix` (placed), by full name."""
     group_of = {member: group for group in block_groups(block, prefix) for member in group.members}
     view = {}
     for local, module in block.named_modules():
-        if isinstance(module, nn.Linear):
+        if is_linear(module):
             name = f"{prefix}.{local}"
             members = group_of[name].members if name in group_of else (name,)
             view[name] = (weight_column_absmax(block, members, prefix).cpu().numpy(), name in group_of)
@@ -198,6 +189,5 @@ def _scales_by_one_plus_weight(norm) -> bool:
 
 
 def _forward_order(model) -> list[str]:
-    import torch.nn as nn
-
-    return [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    """Every quantizable Linear (Conv1Ds and experts too; not the head, not routers), in forward order."""
+    return [name for name, _ in linear_layers(model)]
