@@ -104,22 +104,8 @@ def test_generated_text_tab_shows_each_methods_tokens(qtbot, measured):
     assert "copy moved" in view.caption.text() and view.prompt.text().startswith("Prompt: ")
 
 
-@pytest.fixture
-def dialog(qtbot):
-    from app.engine_client import QtEngineClient
-    from app.main import create_app
-    from app.views.planner_dialog import PlannerDialog
-
-    create_app([])
-    client = QtEngineClient()
-    dialog = PlannerDialog(client, has_model=False)
-    qtbot.addWidget(dialog)
-    dialog.show()
-    yield dialog
-    client.close()
-
-
-def test_planner_dialog_has_a_throughput_section_that_follows_the_selection(dialog, plan_70b):
+def test_planner_dialog_has_a_throughput_section_that_follows_the_selection(planner_dialog, plan_70b):
+    dialog = planner_dialog
     dialog.show_result(plan_70b)
     section = dialog.throughput
     assert section.table.rowCount() == 6 and section.table.columnCount() == 2 + 4

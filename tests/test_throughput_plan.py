@@ -1,6 +1,6 @@
 """Planned decode throughput: bytes per step by hand, tokens/s per card, the bound batch, the 70B figures.
 
-The small architecture is test_planner's (hidden 8, 2 layers, 2 heads / 1 KV head of 4, MLP 16,
+The small architecture is test_planner's TINY (hidden 8, 2 layers, 2 heads / 1 KV head of 4, MLP 16,
 vocabulary 10, untied): 576 Linear weights per layer, 1152 in all; 200 floating-point elements
 (norms 32, embedding 80, final norm 8, lm_head 80).
 """
@@ -14,21 +14,11 @@ import pytest
 
 from engine.cli import plan as plan_command
 from engine.planning import plan_memory, presets, throughput
-from engine.planning.planner import Architecture, Settings
+from engine.planning.planner import Settings
 from engine.task import Task
 from engine.vocabulary import GPU_BANDWIDTH, GPU_PEAK_OPS, GPUS
+from tests.test_planner import TINY, TINY_INVENTORY
 
-TINY = Architecture(
-    name="tiny",
-    hidden_size=8,
-    num_layers=2,
-    num_heads=2,
-    num_kv_heads=1,
-    head_dim=4,
-    intermediate_size=16,
-    vocab_size=10,
-)
-TINY_INVENTORY = presets.llama_inventory(TINY)
 FP16 = Settings(context=5, batch=3, dtype="float16")
 
 
