@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from engine.model import loading
 from engine.planning import presets, throughput
 from engine.planning.planner import Settings
-from engine.quant.decode import copy_bandwidth
+from engine.quant.decode import cache_keyword, copy_bandwidth
 from engine.task import Task
 from engine.vocabulary import MIB
 
@@ -30,14 +30,14 @@ PROMPT_TOKENS = 32
 
 def step_seconds(model, repeats: int) -> float:
     """Median time of one decode step after a PROMPT_TOKENS-token prompt (the cache grows by one per step)."""
-    ids = torch.arange(PROMPT_TOKENS).reshape(1, -1)
+    ids, keyword = torch.arange(PROMPT_TOKENS).reshape(1, -1), cache_keyword(model)
     times = []
     with torch.inference_mode():
         output = model(input_ids=ids, use_cache=True)
         token = output.logits[:, -1].argmax(dim=-1)
         for _ in range(repeats):
             started = time.perf_counter()
-            output = model(input_ids=token[:, None], cache=output.cache, use_cache=True)
+            output = model(input_ids=token[:, None], use_cache=True, **{keyword: getattr(output, keyword)})
             token = output.logits[:, -1].argmax(dim=-1)
             times.append(time.perf_counter() - started)
     return statistics.median(times)

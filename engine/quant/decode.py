@@ -70,14 +70,26 @@ class Generation:
 
 def prompt_ids(settings: DecodeSettings, tokenizer):
     """(batch, prompt) token ids: the given prompt, or the evaluation text's first tokens; and the text's source."""
+    import torch
+
     from engine.model import corpus
 
     if settings.prompt is not None:
-        ids, source = corpus.tokenize(tokenizer, settings.prompt, settings.prompt_tokens), "prompt"
+        ids = tokenizer(settings.prompt, add_special_tokens=False)["input_ids"][: settings.prompt_tokens]
+        if not ids:
+            raise BadInput("the prompt has no tokens")
+        ids, source = torch.tensor(ids, dtype=torch.long), "prompt"
     else:
         split = corpus.load_split(settings.corpus)
         ids, source = corpus.tokenize(tokenizer, split.evaluation, settings.prompt_tokens), split.source
     return ids.reshape(1, -1).repeat(settings.batch, 1), source
+
+
+def cache_keyword(model) -> str:
+    """The name of the KV cache argument and output: `cache` in transformers 5, `past_key_values` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def synchronize(device: str) -> None:
@@ -106,7 +118,7 @@ def greedy(model, ids, new_tokens: int, device: str, task) -> Generation:
     """Generate `new_tokens` by argmax with the KV cache: one prefill, then one step per token."""
     import torch
 
-    ids = ids.to(device)
+    ids, keyword = ids.to(device), cache_keyword(model)
     with torch.inference_mode():
         synchronize(device)
         started = time.perf_counter()
@@ -117,7 +129,7 @@ def greedy(model, ids, new_tokens: int, device: str, task) -> Generation:
         generated = [token]
         for step in range(new_tokens - 1):
             task.check_cancelled()
-            output = model(input_ids=token[:, None], cache=output.cache, use_cache=True)
+            output = model(input_ids=token[:, None], use_cache=True, **{keyword: getattr(output, keyword)})
             token = output.logits[:, -1].argmax(dim=-1)
             generated.append(token)
             task.progress((step + 1) / (new_tokens - 1))
