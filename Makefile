@@ -41,6 +41,7 @@ test-fast: $(STAMP) os-deps
 bench: $(STAMP)
 	$(BIN)/python bench/int8_matmul.py
 	$(BIN)/python bench/engine_events.py
+	$(BIN)/python bench/decode_step.py
 	QT_QPA_PLATFORM=offscreen $(BIN)/python bench/gui.py --tokens 512
 
 # The README's screenshots, drawn by the real window under a virtual X display.

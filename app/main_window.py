@@ -40,6 +40,7 @@ from app.views.controls import ModelPanel, RunPanel, ScanPanel, mark_current
 from app.views.error_map import ErrorMapView
 from app.views.explain_panel import ExplainPanel
 from app.views.export_dialog import ExportDialog
+from app.views.generated_text import GeneratedTextView
 from app.views.heatmap import HeatmapView
 from app.views.histogram import HistogramView
 from app.views.planner_dialog import PlannerDialog
@@ -121,6 +122,8 @@ class MainWindow(QMainWindow):
         self.middle.addWidget(self.profile)
         self.bottom_tabs = QTabWidget()
         self.bottom_tabs.addTab(self.results_view, "Results")
+        self.generated_view = GeneratedTextView(self.results)
+        self.bottom_tabs.addTab(self.generated_view, "Generated text")
         self.bottom_tabs.addTab(self.log_view, "Log")
         self.right = QSplitter(Qt.Orientation.Vertical)
         for widget, stretch in ((self.maps, 5), (self.middle, 3), (self.bottom_tabs, 3)):

@@ -13,6 +13,8 @@ Steps, in order:
                  per kernel, and the VRAM checks), except the slow perplexity test.
   perplexity     (full run) the default model on the GPU against the CPU: the `gpu` tests marked `slow`.
   benchmark      bench/kernels.py (quick: its main rows).
+  decoding       (full run) `int8wb bench-decode` on the GPU: tokens/s of greedy decoding per method, the
+                 bytes each step reads as planned, and the card's own copy bandwidth measured alongside.
 pytest runs with no third-party plugin (PYTEST_DISABLE_PLUGIN_AUTOLOAD: pytest-qt would import
 PySide6.QtGui at start-up, which needs libEGL and libxkbcommon) and without the suite's conftest
 (which needs pyzmq): the GPU tests need neither, and a headless CUDA image may lack all three. Warnings
@@ -208,6 +210,16 @@ def run_benchmark(machine: Machine, timeout: float) -> Outcome:
     return run_command([sys.executable, "bench/kernels.py", *(["--quick"] if machine.quick else [])], timeout)
 
 
+def run_decode(machine: Machine, timeout: float) -> Outcome:
+    if machine.device is None:
+        return Outcome("skipped", NO_DEVICE)
+    if machine.model_missing:
+        return Outcome("skipped", machine.model_missing)
+    methods = "absmax-tensor,vectorwise,llm-int8,llm-int8-dynamic,weight-only"
+    command = [sys.executable, "-m", "engine.cli", "bench-decode", "--device", "cuda", "--methods", methods]
+    return run_command([*command, "--repeats", "3", "--copy-mib", "1024", "--quiet"], timeout)
+
+
 def run_command(command: list[str], timeout: float, env: dict[str, str] | None = None) -> Outcome:
     """Run `command` in the repository with its output shown as it comes; stopped after `timeout` s."""
     process = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
@@ -232,8 +244,13 @@ def steps(machine: Machine) -> list[tuple[str, float, Callable[[float], Outcome]
         ("GPU tests", 100, lambda limit: run_tests(machine, "gpu and quick" if quick else "gpu and not slow", limit)),
         ("perplexity, GPU against CPU", 150, lambda limit: run_tests(machine, "gpu and slow", limit)),
         ("benchmark", 90 if quick else 120, lambda limit: run_benchmark(machine, limit)),
+        ("decoding: tokens/s per method against the copy bandwidth", 90, lambda limit: run_decode(machine, limit)),
     ]
-    skipped_in_quick = {"default model: load (GGUF conversion on first use)", "perplexity, GPU against CPU"}
+    skipped_in_quick = {
+        "default model: load (GGUF conversion on first use)",
+        "perplexity, GPU against CPU",
+        "decoding: tokens/s per method against the copy bandwidth",
+    }
     return [step for step in plan if not (quick and step[0] in skipped_in_quick)]
 
 

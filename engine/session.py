@@ -32,6 +32,7 @@ class Session:
             "scan": self.scan,
             "quantize": self.quantize,
             "evaluate": self.evaluate,
+            "bench_decode": self.bench_decode,
             "export": self.export,
             "plan_memory": self.plan_memory,
             "sensitivity": self.sensitivity,
@@ -134,17 +135,30 @@ class Session:
 
     def evaluate(self, params: dict[str, Any], task) -> dict[str, Any]:
         """Perplexity of the baseline and of `params["methods"]` (default: every quantized variant)."""
-        from engine.quant import evaluate, quantize
+        from engine.quant import evaluate
 
         loaded = self.require_model()
-        methods = params.get("methods")
+        variants = self._variants(params.get("methods"), "evaluating")
+        if self.layerwise:
+            return self.run_pass({"evaluate": params}, task, list(variants.values()))["evaluate"]
+        return evaluate.run(params, task, loaded, variants)
+
+    def _variants(self, methods: Any, purpose: str) -> dict[str, Any]:
+        """The quantized variants named by `methods` (all of them when None); BadInput names any not quantized yet."""
+        from engine.quant import quantize
+
         methods = list(self.quantized) if methods is None else quantize.check_methods(methods)
         missing = [m for m in methods if m not in self.quantized]
         if missing:
-            raise BadInput(f"not quantized yet: {', '.join(missing)}; quantize before evaluating")
-        if self.layerwise:
-            return self.run_pass({"evaluate": params}, task, [self.quantized[m] for m in methods])["evaluate"]
-        return evaluate.run(params, task, loaded, {m: self.quantized[m] for m in methods})
+            raise BadInput(f"not quantized yet: {', '.join(missing)}; quantize before {purpose}")
+        return {m: self.quantized[m] for m in methods}
+
+    def bench_decode(self, params: dict[str, Any], task) -> dict[str, Any]:
+        """Greedy decoding speed of the baseline and of `params["methods"]` (default: every quantized variant)."""
+        from engine.quant import decode
+
+        loaded = self.require_model()
+        return decode.run(params, task, loaded, self._variants(params.get("methods"), "timing their decoding"))
 
     def export(self, params: dict[str, Any], task) -> dict[str, Any]:
         """Write the quantized variant `params["method"]` to `params["out"]` (see engine.checkpoint.export).

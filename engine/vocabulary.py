@@ -222,6 +222,23 @@ GPUS = {
 }
 """Total memory of one card as the driver reports it (nvidia-smi "memory.total")."""
 
+GPU_BANDWIDTH = {
+    "A100-40GB": 1555e9,
+    "A100-80GB": 2039e9,
+    "H100-80GB": 3350e9,
+    "H200-141GB": 4800e9,
+}
+"""Published memory bandwidth of one card (SXM form factor), bytes per second: what bounds decoding."""
+
+GPU_PEAK_OPS = {
+    "A100-40GB": {"float16": 312e12, "bfloat16": 312e12, "float32": 19.5e12, "int8": 624e12},
+    "A100-80GB": {"float16": 312e12, "bfloat16": 312e12, "float32": 19.5e12, "int8": 624e12},
+    "H100-80GB": {"float16": 989e12, "bfloat16": 989e12, "float32": 67e12, "int8": 1979e12},
+    "H200-141GB": {"float16": 989e12, "bfloat16": 989e12, "float32": 67e12, "int8": 1979e12},
+}
+"""Published dense peak of one card (SXM) per operand type, operations per second: tensor cores for
+16-bit floats and INT8 (without sparsity), the plain FP32 units for float32 (torch's default matmul)."""
+
 RESULT_GPUS = ("A100-40GB", "A100-80GB")
 """The cards the results table counts GPUs for (LLM.int8()'s own comparison)."""
 

@@ -75,3 +75,19 @@ def make_workbench(qtbot, tmp_path):
     leftover_threads = [t.name for t in set(threading.enumerate()) - threads_before if t.is_alive()]
     assert not leftover_pids, f"engine processes outlived the test: {leftover_pids}"
     assert not leftover_threads, f"threads outlived the test: {leftover_threads}"
+
+
+@pytest.fixture
+def planner_dialog(qtbot):
+    """The memory planner dialog, shown offscreen, with an engine client that is not started."""
+    from app.engine_client import QtEngineClient
+    from app.main import create_app
+    from app.views.planner_dialog import PlannerDialog
+
+    create_app([])
+    engine = QtEngineClient()
+    dialog = PlannerDialog(engine, has_model=False)
+    qtbot.addWidget(dialog)
+    dialog.show()
+    yield dialog
+    engine.client.close()

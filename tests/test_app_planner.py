@@ -160,18 +160,9 @@ def test_bytes_are_shown_in_binary_units():
 
 
 @pytest.fixture
-def dialog(qtbot):
-    from app.engine_client import QtEngineClient
-    from app.main import create_app
-    from app.views.planner_dialog import PlannerDialog
-
-    create_app([])
-    engine = QtEngineClient()
-    dialog = PlannerDialog(engine, has_model=False)
-    qtbot.addWidget(dialog)
-    dialog.show()
-    yield dialog
-    engine.client.close()
+def dialog(planner_dialog):
+    """The planner dialog offscreen, with an engine client that is not started (tests/conftest.py)."""
+    return planner_dialog
 
 
 def test_dialog_shows_the_table_and_the_terms_of_the_selected_cell(dialog, plan_70b):

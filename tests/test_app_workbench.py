@@ -2,7 +2,7 @@
 
 One session, in the order a user works: the window is up before the engine,
 loads the default model without a click, cancel a scan, scan (rows arrive before the scan ends), move
-the threshold, quantize and evaluate two methods, read the engine's numbers in
+the threshold, quantize, evaluate and time the decoding of two methods, read the engine's numbers in
 the table, kill the engine and recover. Token budgets are small (512
 calibration, 512 evaluation) to keep it near a minute and a half on two cores.
 """
@@ -80,7 +80,7 @@ def test_workbench_session_end_to_end(make_workbench, qtbot):
 
     # run two methods; the table shows the engine's numbers
     assert workbench.run_methods(["weight-only", "llm-int8"], {"tokens": 512, "window": 256}) is not None
-    qtbot.waitUntil(lambda: "plan_memory" in finished and not workbench.running, timeout=600_000)
+    qtbot.waitUntil(lambda: "bench_decode" in finished and not workbench.running, timeout=600_000)
     assert window.step_bar.current is Step.EXPORT
     rows = {row["method"]: row for row in finished["evaluate"]["rows"]}
     assert set(rows) == {"baseline", "weight-only", "llm-int8"}
@@ -96,6 +96,10 @@ def test_workbench_session_end_to_end(make_workbench, qtbot):
         assert shown[method][column["model MB"]] == f"{row['total_bytes'] / 1e6:,.1f}"
     assert shown["llm-int8"][column["outlier cols"]] == f"{rows['llm-int8']['outlier_dims']:,}" != "0"
     assert f"{abs(rows['llm-int8']['relative_change']):.2%}" in window.results_view.sentence.text()
+    for decoded in finished["bench_decode"]["rows"]:  # measured decoding: tokens/s and bound, and the text tab
+        measured = [f"{decoded[key]:,.1f}" for key in ("tokens_per_s", "bound_tokens_per_s")]
+        assert [shown[decoded["method"]][column[name]] for name in ("tokens/s", "bound")] == measured
+    assert window.generated_view.table.rowCount() == 3
     assert window.results.chart_data()[0] == list(rows)
 
     # kill the engine: the window stays, keeps its state, and recovers

@@ -24,6 +24,7 @@ class TinyLoaded:
     tokenizer: object
     name: str = "tiny-llama"
     device: str = "cpu"
+    dtype: str = "float32"
 
 
 class WordTokenizer:
@@ -34,6 +35,10 @@ class WordTokenizer:
 
     def __call__(self, text: str, add_special_tokens: bool = False):
         return {"input_ids": [b % self.vocab_size for b in text.encode("utf-8")]}
+
+    def decode(self, ids) -> str:
+        """Token ids back to text, one byte each (ids of a vocabulary over 256 wrap)."""
+        return bytes(int(i) % 256 for i in ids).decode("utf-8", errors="replace")
 
 
 def tiny_llama(

@@ -164,7 +164,10 @@ def short_name(name: str) -> str:
 
 @dataclass(frozen=True)
 class Term:
-    """One line of the breakdown: a label, its bytes (None for a line of text), a note, its depth."""
+    """One line of the breakdown: a label, its bytes (None for a line of text), a note, its depth.
+
+    `text` is the value shown when there are no bytes (a rate, a time, a ratio).
+    """
 
     label: str
     bytes: int | None
@@ -172,10 +175,11 @@ class Term:
     level: int = 0
     children: tuple[Term, ...] = ()
     help: str = ""  # what the term is, for its tooltip (the note says how it was computed)
+    text: str = ""
 
     @property
     def value_text(self) -> str:
-        return format_bytes(self.bytes) if self.bytes is not None else ""
+        return format_bytes(self.bytes) if self.bytes is not None else self.text
 
 
 @dataclass(frozen=True)
@@ -288,7 +292,7 @@ class PlanView:
         weights = entry["weights"]
         weight_children = tuple(
             Term(key, int(value), WEIGHT_TERM_NOTES.get(key, ""), 1)
-            for key, value in _ordered(weights["terms"], WEIGHT_TERM_NOTES)
+            for key, value in ordered_terms(weights["terms"], WEIGHT_TERM_NOTES)
         )
         kv_note = (
             f"2 × {arch.get('num_layers')} layers × {settings.get('batch')} × {settings.get('context'):,} tokens × "
@@ -299,7 +303,7 @@ class PlanView:
         workspace = entry["workspace"]
         workspace_children = tuple(
             Term(key, -int(value), WORKSPACE_TERM_NOTES.get(key, ""), 2)
-            for key, value in _ordered(workspace["terms"], WORKSPACE_TERM_NOTES)
+            for key, value in ordered_terms(workspace["terms"], WORKSPACE_TERM_NOTES)
         )
         usable_fraction = settings.get("usable_fraction", 0)
         budget = card["budget_per_gpu_bytes"]
@@ -387,7 +391,7 @@ class PlanView:
         )
 
 
-def _ordered(terms: dict[str, Any], order: dict[str, str]) -> list[tuple[str, Any]]:
+def ordered_terms(terms: dict[str, Any], order: dict[str, str]) -> list[tuple[str, Any]]:
     """Terms in the planner's order (the protocol sorts keys): known ones as listed, others after."""
     rank = {key: index for index, key in enumerate(order)}
     return sorted(terms.items(), key=lambda item: (rank.get(item[0], len(rank)), item[0]))

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.view_models.decode import DecodeRun
 from engine.vocabulary import BASELINE, RESULT_GPUS
 
 MB = 1e6
@@ -38,6 +39,8 @@ class ResultRow:
     int8_share: float | None = None  # of the decoder's matrix weights (engine.quant.coverage)
     kept_float: list[dict[str, Any]] = field(default_factory=list)  # what stayed in floating point, and why
     warnings: list[str] = field(default_factory=list)  # a decoder mostly left in floating point
+    tokens_per_s: float | None = None  # measured greedy decoding, batch 1
+    bound_tokens_per_s: float | None = None  # the machine's copy bandwidth / planned bytes per token
 
     def cells(self) -> list[str]:
         """The row as the table shows it, in `shown_columns()` order."""
@@ -151,6 +154,19 @@ COLUMNS: tuple[Column, ...] = (
         for card in RESULT_GPUS
     ),
     Column("eval s", "Seconds the evaluation of this method took.", lambda r: r.seconds, _one_decimal, shown=False),
+    Column(
+        "tokens/s",
+        "Tokens per second of greedy decoding with the KV cache, measured on the engine's device.",
+        lambda r: r.tokens_per_s,
+        _one_decimal,
+    ),
+    Column(
+        "bound",
+        "The tokens/s a step would reach if it only read its planned bytes (weights as stored, KV cache) "
+        "at the bandwidth of a large copy measured in the same run; the Generated text tab says more.",
+        lambda r: r.bound_tokens_per_s,
+        _one_decimal,
+    ),
 )
 
 
@@ -174,6 +190,7 @@ class ResultsModel:
         self.rows: dict[str, ResultRow] = {}
         self.eval_tokens: int | None = None
         self.plan_note: str = ""
+        self.decode: DecodeRun | None = None
         self._listeners: list[Callable[[], None]] = []
 
     def subscribe(self, listener: Callable[[], None]) -> None:
@@ -187,6 +204,7 @@ class ResultsModel:
         self.rows.clear()
         self.eval_tokens = None
         self.plan_note = ""
+        self.decode = None
         self._changed()
 
     def _row(self, method: str) -> ResultRow:
@@ -205,6 +223,7 @@ class ResultsModel:
             row.threshold = summary.get("threshold")
             row.perplexity = row.relative_change = row.seconds = None  # stale until evaluated again
             self._take_coverage(row, summary)
+            row.tokens_per_s = row.bound_tokens_per_s = None
         self._changed()
 
     def add_evaluation(self, result: dict[str, Any]) -> None:
@@ -264,6 +283,14 @@ class ResultsModel:
             else []
         )
         self.plan_note = "; ".join([*planned_for, *result.get("notes", [])])
+        self._changed()
+
+    def add_decode(self, result: dict[str, Any]) -> None:
+        """The `bench_decode` job's reply: tokens/s and bound per method, and the generated text."""
+        self.decode = DecodeRun.from_result(result)
+        for measured in self.decode.rows:
+            row = self._row(measured.method)
+            row.tokens_per_s, row.bound_tokens_per_s = measured.tokens_per_s, measured.bound_tokens_per_s
         self._changed()
 
     def set_plan_unavailable(self, reason: str) -> None:

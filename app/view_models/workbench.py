@@ -2,7 +2,8 @@
 
 It owns what belongs to the workflow: the loaded model's description, the job
 it sent and waits for, and the rest of a Run (quantize, then evaluate, then
-plan the GPUs: one job after the other, as the engine runs one at a time).
+plan the GPUs, then time greedy decoding: one job after the other, as the
+engine runs one at a time).
 The engine's own state and its running job belong to the `EngineClient`: this
 model asks it, and `EngineClient.submit` alone decides whether a job may start.
 
@@ -26,6 +27,7 @@ import enum
 from collections.abc import Callable
 from typing import Any
 
+from app.view_models.decode import RUN_DECODE_PARAMS
 from app.view_models.layer_errors import LayerErrors
 from app.view_models.results import ResultsModel
 from app.view_models.scan_stats import ScanStatistics
@@ -39,6 +41,7 @@ REQUEST_LABELS = {
     "quantize": "Quantizing",
     "evaluate": "Evaluating",
     "plan_memory": "Planning GPUs",
+    "bench_decode": "Timing decoding",
     "export": "Exporting",
     "sensitivity": "Measuring sensitivity",
 }
@@ -65,7 +68,7 @@ STEP_HELP = {
     Step.THRESHOLD: "Choose which dimensions count as outliers: those over the threshold stay in floating point. "
     "The heatmap and the summary follow at once.",
     Step.RUN: "Quantize with the ticked methods, measure perplexity against the floating-point baseline and "
-    "count the GPUs each needs.",
+    "count the GPUs each needs, then time their greedy decoding.",
     Step.EXPORT: "Save a quantized model as safetensors that transformers + bitsandbytes load.",
 }
 
@@ -75,6 +78,7 @@ STEP_OF_REQUEST = {
     "quantize": Step.RUN,
     "evaluate": Step.RUN,
     "plan_memory": Step.RUN,
+    "bench_decode": Step.RUN,
     "export": Step.EXPORT,
     "sensitivity": Step.RUN,
 }
@@ -219,7 +223,7 @@ class Workbench:
         )
 
     def run_methods(self, methods: list[str], eval_params: dict[str, Any]) -> str | None:
-        """Quantize with `methods`, then evaluate them, then plan their GPUs (one job after the other)."""
+        """Quantize with `methods`, evaluate them, plan their GPUs, time their decoding (one job after the other)."""
         if self.model_info is None:
             return self.refuse("Load a model before quantizing it.")
         if not methods:
@@ -236,6 +240,7 @@ class Workbench:
             self.pending = [
                 ("evaluate", {"methods": methods, **eval_params}),
                 ("plan_memory", {"methods": [BASELINE, *methods], "gpus": list(RESULT_GPUS), "threshold": threshold}),
+                ("bench_decode", {"methods": methods, **RUN_DECODE_PARAMS}),
             ]
         return job
 
@@ -314,6 +319,8 @@ class Workbench:
             self._emit("results")
         elif request == "plan_memory":
             self.results.add_plan(result)
+        elif request == "bench_decode":
+            self.results.add_decode(result)
         elif request == "export":
             self._exported(result)
         elif request == "sensitivity":

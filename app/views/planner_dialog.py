@@ -30,8 +30,6 @@ from PySide6.QtWidgets import (
     QSplitter,
     QTableWidget,
     QTableWidgetItem,
-    QTreeWidget,
-    QTreeWidgetItem,
     QVBoxLayout,
     QWidget,
 )
@@ -46,12 +44,13 @@ from app.view_models.plan import (
     SOURCE_PRESET,
     PlanRequest,
     PlanView,
-    Term,
     format_bytes,
     list_presets,
 )
 from app.view_models.workbench import as_sentence
 from app.views.inputs import spin_box
+from app.views.term_tree import show_terms, term_tree
+from app.views.throughput_section import ThroughputSection
 from engine.client import EngineError, EngineState
 from engine.errors import WorkbenchError
 
@@ -181,23 +180,15 @@ class PlannerDialog(QDialog):
 
         self.breakdown_caption = QLabel("")
         self.breakdown_caption.setObjectName("sectionTitle")
-        self.tree = QTreeWidget()
-        self.tree.setColumnCount(3)
-        self.tree.setHeaderLabels(["term", "bytes", "what it is"])
-        self.tree.setRootIsDecorated(True)
-        self.tree.setUniformRowHeights(True)
-        header = self.tree.header()
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
-        header.setStretchLastSection(True)
+        self.tree = term_tree(("term", "bytes", "what it is"))
 
         top = _column(self.title, self.settings_line, self.table, self.notes)
         bottom = _column(self.breakdown_caption, self.tree)
+        self.throughput = ThroughputSection()
         splitter = QSplitter(Qt.Orientation.Vertical)
-        splitter.addWidget(top)
-        splitter.addWidget(bottom)
-        splitter.setStretchFactor(0, 2)
-        splitter.setStretchFactor(1, 3)
+        for index, (part, stretch) in enumerate(((top, 2), (bottom, 3), (self.throughput, 3))):
+            splitter.addWidget(part)
+            splitter.setStretchFactor(index, stretch)
         splitter.setChildrenCollapsible(False)
 
         close = QPushButton("Close")
@@ -309,6 +300,7 @@ class PlannerDialog(QDialog):
         """Fill the table and breakdown from a `plan_memory` result (also usable without an engine)."""
         view = PlanView(result)
         self.view = view
+        self.throughput.show_plan(result)
         self.title.setText(view.title())
         self.title.setToolTip(view.source_name())
         self.settings_line.setText(view.settings_line())
@@ -373,10 +365,8 @@ class PlannerDialog(QDialog):
         self.selected = (method, gpu)
         row = self.view.rows[self.view.methods.index(method)]
         self.breakdown_caption.setText(f"Why {row.cell(gpu)} × {gpu} for {row.label}")
-        self.tree.clear()
-        for term in self.view.breakdown(method, gpu):
-            self.tree.addTopLevelItem(_tree_item(term))
-        self.tree.expandAll()
+        show_terms(self.tree, self.view.breakdown(method, gpu))
+        self.throughput.select(method, gpu)
 
     def _set(self, row: int, column: int, text: str, data: str, centered: bool = True) -> QTableWidgetItem:
         item = QTableWidgetItem(text)
@@ -396,21 +386,6 @@ class PlannerDialog(QDialog):
         self.status.setToolTip(details)
         self.status.setText(text)
         return None
-
-
-def _tree_item(term: Term) -> QTreeWidgetItem:
-    item = QTreeWidgetItem([term.label, term.value_text, term.note])
-    item.setTextAlignment(1, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-    for column in range(3):
-        item.setToolTip(column, term.help or term.note)
-    if term.level == 0:
-        font = item.font(0)
-        font.setBold(True)
-        item.setFont(0, font)
-        item.setFont(1, font)
-    for child in term.children:
-        item.addChild(_tree_item(child))
-    return item
 
 
 def _double_spin(low: float, high: float, value: float, decimals: int, step: float, suffix: str) -> QDoubleSpinBox:

@@ -188,7 +188,45 @@ def render(result: dict[str, Any]) -> str:
                     f"{card['needed_if_divisible']} if layers could be split; holds up to context "
                     f"{card['largest_context_on_needed']} at batch {s['batch']})"
                 )
+        lines += render_decode(method)
     return "\n".join(lines)
+
+
+def _gb(value: float) -> str:
+    """Bytes in decimal GB (as bandwidths are quoted), or MB / KB / bytes when smaller."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:.2f} {unit}"
+    return f"{value:.0f} bytes"
+
+
+def render_decode(method: dict[str, Any]) -> list[str]:
+    """One method's decode throughput: bytes per step by term, tokens/s per card, the ratio to the baseline."""
+    decode = method.get("decode")
+    if not decode:
+        return []
+    lines = [
+        f"  decode at batch {decode['batch']}, context {decode['context']}: {_gb(decode['bytes_per_step'])} read per step, "
+        f"{_gb(decode['bytes_per_token'])} per generated token"
+    ]
+    lines += [f"    {key:22s} {_gb(value)}" for key, value in decode["terms"].items()]
+    for card in decode["gpus"]:
+        bound = card["bound_batch"]
+        lines.append(
+            f"  {card['gpu']:11s} {card['bandwidth_bytes_per_s'] / 1e9:,.0f} GB/s: "
+            f"{card['tokens_per_s_per_sequence']:,.1f} tokens/s per sequence, {card['tokens_per_s_batch']:,.1f} for the batch; "
+            + (
+                f"compute-bound from batch {bound}"
+                if bound
+                else "bandwidth-bound at any batch (KV reads outlast compute)"
+            )
+            + f" (weights alone: from batch {card['bound_batch_without_kv']})"
+        )
+    against = decode.get("against_baseline")
+    if against:
+        steps = ", ".join(f"{step['term']} {step['speedup_so_far']:.2f}x" for step in against["steps"])
+        lines.append(f"  {against['speedup']:.2f}x fewer bytes per token than the baseline; adding terms: {steps}")
+    return lines
 
 
 def _render_largest(result: dict[str, Any]) -> str:

@@ -1,7 +1,8 @@
 """The `plan_memory` capability: a memory plan for a preset, a user's config.json or a loaded model.
 
-The arithmetic lives in engine.planning.planner (pure functions over dataclasses); where the
-architecture numbers come from lives in engine.planning.presets. This module reads a request's
+The arithmetic lives in engine.planning.planner (pure functions over dataclasses), the decode
+throughput of each method (bytes per token, tokens/s per card) in engine.planning.throughput;
+where the architecture numbers come from lives in engine.planning.presets. This module reads a request's
 parameters, picks the source and hands the numbers to the planner.
 """
 
@@ -12,7 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from engine.errors import BadInput
-from engine.planning import layer_by_layer, presets
+from engine.planning import layer_by_layer, presets, throughput
 from engine.planning.planner import (
     PLAN_METHODS,
     Settings,
@@ -85,6 +86,7 @@ def run(params: dict[str, Any], task) -> dict[str, Any]:
     streamed = tuple(m for m in methods if m != "baseline")
     one_machine = layer_by_layer.layer_by_layer(arch, inventory, settings, streamed)
     result["layer_by_layer"] = {**one_machine, "line": layer_by_layer.format_line(one_machine)}
+    throughput.add_decode(result, arch, inventory, settings, tuple(gpus))
     result["source"] = {"kind": source, "name": arch.name}
     result["notes"] = notes + result["notes"]
     task.progress(1.0, "planned")

@@ -1,0 +1,92 @@
+"""Where a baseline decode step's time goes: its weight products alone, the whole step, a large copy.
+
+The default model's decode step (batch 1, KV cache) is timed whole; then only its matrix-vector
+products (every Linear and the LM head on one token: each weight read once and nothing else);
+then a large copy. All in one run, medians of --repeats, printed with the bandwidth each implies
+and as ratios to the whole step, so that the distance between `int8wb bench-decode`'s achieved
+bandwidth and the copy's can be split into "reading weights" and "everything else".
+
+    python bench/decode_step.py --repeats 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from engine.model import loading
+from engine.planning import presets, throughput
+from engine.planning.planner import Settings
+from engine.quant.decode import cache_keyword, copy_bandwidth
+from engine.task import Task
+from engine.vocabulary import MIB
+
+PROMPT_TOKENS = 32
+
+
+def step_seconds(model, repeats: int) -> float:
+    """Median time of one decode step after a PROMPT_TOKENS-token prompt (the cache grows by one per step)."""
+    ids, keyword = torch.arange(PROMPT_TOKENS).reshape(1, -1), cache_keyword(model)
+    times = []
+    with torch.inference_mode():
+        output = model(input_ids=ids, use_cache=True)
+        token = output.logits[:, -1].argmax(dim=-1)
+        for _ in range(repeats):
+            started = time.perf_counter()
+            output = model(input_ids=token[:, None], use_cache=True, **{keyword: getattr(output, keyword)})
+            token = output.logits[:, -1].argmax(dim=-1)
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def products_seconds(model, repeats: int) -> float:
+    """Median time of every Linear's (and the LM head's) product with one token, back to back."""
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = [torch.randn(1, w.shape[1], dtype=w.dtype) for w in weights]
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for x, weight in zip(inputs, weights):
+                F.linear(x, weight)
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--copy-mib", type=int, default=256)
+    args = parser.parse_args()
+    loaded = loading.load({"device": "cpu"}, Task())
+    arch, inventory = presets.from_model(loaded.model)
+    settings = Settings(context=PROMPT_TOKENS + args.repeats // 2, batch=1, dtype=loaded.dtype)
+    planned = throughput.decode_read(arch, inventory, "baseline", settings).step_bytes(1)
+    weight_bytes = sum(
+        m.weight.numel() * m.weight.element_size() for m in loaded.model.modules() if isinstance(m, torch.nn.Linear)
+    )
+    step = step_seconds(loaded.model, args.repeats)
+    products = products_seconds(loaded.model, args.repeats)
+    copy = statistics.median(copy_bandwidth("cpu", args.copy_mib * MIB) for _ in range(5))
+    print(f"{loaded.name}, {loaded.dtype}, {torch.get_num_threads()} threads, median of {args.repeats}")
+    print(
+        f"whole decode step  {step * 1e3:8.2f} ms  {planned / 1e6:7.1f} MB planned   {planned / step / 1e9:6.2f} GB/s  1.00"
+    )
+    print(
+        f"weight products    {products * 1e3:8.2f} ms  {weight_bytes / 1e6:7.1f} MB of weights {weight_bytes / products / 1e9:6.2f} GB/s"
+        f"  {products / step:.2f}"
+    )
+    print(
+        f"the rest of a step {(step - products) * 1e3:8.2f} ms  attention, norms, rotary, argmax, Python and dispatch  {(step - products) / step:.2f}"
+    )
+    print(
+        f"copy ({args.copy_mib} MiB)     read + write {copy / 1e9:6.2f} GB/s; planned bytes at that rate: {planned / copy * 1e3:.2f} ms  {planned / copy / step:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Measured decoding (`bench_decode`): tokens/s against the planned bytes, greedy tokens, bad input.
+
+The tiny planted-outlier Llama runs in a second; the default model's divergence test is slow.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.cli import EXIT_USER_ERROR, main
+from engine.errors import BadInput
+from engine.planning import memory
+from engine.quant import decode, quantize
+from engine.session import Session
+from engine.task import Task
+from tests.tiny_models import tiny_loaded
+
+FAST = {"new_tokens": 6, "prompt_tokens": 8, "repeats": 2, "copy_mib": 8}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    loaded = tiny_loaded()
+    variants = {m: quantize.run({"method": m}, Task(), loaded) for m in ("absmax-tensor", "weight-only")}
+    return loaded, variants
+
+
+def kv_bytes_per_position(model) -> int:
+    """K and V of one position in every layer, float32: 2 x layers x KV heads x head_dim x 4."""
+    config = model.config
+    head_dim = config.hidden_size // config.num_attention_heads
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * 4
+
+
+def test_rows_hold_the_planned_bytes_and_what_they_imply(tiny):
+    loaded, variants = tiny
+    result = decode.run(FAST, Task(), loaded, variants)
+    rows = {row["method"]: row for row in result["rows"]}
+    assert list(rows) == ["baseline", "absmax-tensor", "weight-only"]
+    # the steps attend to 9..13 positions (prompt of 8, 5 timed steps): 11 on average
+    kv = kv_bytes_per_position(loaded.model) * 11
+    assert rows["baseline"]["bytes_per_step"] == memory.tensor_bytes(loaded.model)["state_bytes"] + kv
+    for method, variant in variants.items():
+        assert rows[method]["bytes_per_step"] == memory.tensor_bytes(variant.model)["state_bytes"] + kv
+        assert rows[method]["read_terms"]["KV cache read"] == kv
+    bandwidth = result["copy_bandwidth"]["bytes_per_s"]
+    assert bandwidth > 0 and len(result["copy_bandwidth"]["runs"]) == 2
+    for row in rows.values():
+        assert len(row["tokens"]) == 6 and row["deterministic"]
+        assert row["achieved_bytes_per_s"] == pytest.approx(row["bytes_per_step"] * row["tokens_per_s"])
+        assert row["bound_tokens_per_s"] == pytest.approx(bandwidth / row["bytes_per_step"])
+        assert row["fraction_of_bound"] == pytest.approx(row["tokens_per_s"] / row["bound_tokens_per_s"])
+    assert rows["baseline"]["diverges_at"] is None
+    assert rows["baseline"]["text"] == loaded.tokenizer.decode(rows["baseline"]["tokens"])
+    assert result["settings"]["prompt_tokens"] == 8 and result["settings"]["shown_tokens"] == decode.SHOWN_TOKENS
+
+
+def test_a_batch_reads_the_weights_once_and_a_kv_cache_per_sequence(tiny):
+    loaded, _ = tiny
+    one = decode.run(FAST, Task(), loaded, {})["rows"][0]
+    three = decode.run({**FAST, "batch": 3}, Task(), loaded, {})["rows"][0]
+    kv = kv_bytes_per_position(loaded.model) * 11
+    assert three["bytes_per_step"] - one["bytes_per_step"] == 2 * kv
+    assert three["bytes_per_token"] == pytest.approx(three["bytes_per_step"] / 3)
+    assert three["tokens"] == one["tokens"]  # the same prompt in every row, row 0 reported
+
+
+def test_first_difference():
+    assert decode.first_difference([1, 2, 3], [1, 2, 3]) is None
+    assert decode.first_difference([1, 5, 3], [1, 2, 3]) == 1
+    assert decode.first_difference([9], [1]) == 0
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"new_tokens": 1}, "new_tokens must be at least 2"),
+        ({"repeats": 0}, "repeats must be a positive integer"),
+        ({"batch": "2"}, "batch must be a positive integer"),
+        ({"copy_mib": True}, "copy_mib must be a positive integer"),
+        ({"prompt": "   "}, "prompt must be a non-empty text"),
+        ({"prompt_tokens": 250, "new_tokens": 10, "prompt": "x" * 300}, "exceed the model's 256 positions"),
+    ],
+)
+def test_bad_settings_are_refused(tiny, params, message):
+    loaded, _ = tiny
+    with pytest.raises(BadInput, match=message):
+        decode.run({**FAST, **params}, Task(), loaded, {})
+
+
+def test_the_session_serves_it_for_quantized_variants_only(tiny):
+    loaded, variants = tiny
+    session = Session()
+    session.loaded, session.quantized = loaded, dict(variants)
+    result = session.handle("bench_decode", {**FAST, "repeats": 1, "methods": ["weight-only"]}, Task())
+    assert [row["method"] for row in result["rows"]] == ["baseline", "weight-only"]
+    with pytest.raises(BadInput, match="not quantized yet: vectorwise"):
+        session.handle("bench_decode", {"methods": ["vectorwise"]}, Task())
+
+
+def test_cli_refuses_bad_numbers_before_loading(capsys):
+    code = main(["bench-decode", "--new-tokens", "1", "--model", "/no/such/model", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == EXIT_USER_ERROR and "new_tokens must be at least 2" in err and "Traceback" not in err
