@@ -18,6 +18,7 @@ from app.view_models.plan import (
 )
 from engine.client import EngineState
 from engine.errors import BadInput
+from engine.vocabulary import METHODS
 
 GIB = 1024**3
 
@@ -168,7 +169,7 @@ def dialog(planner_dialog):
 def test_dialog_shows_the_table_and_the_terms_of_the_selected_cell(dialog, plan_70b):
     dialog.show_result(qt_shaped(plan_70b))
     table = dialog.table
-    assert table.rowCount() == 6 and table.columnCount() == 2 + 4
+    assert table.rowCount() == 1 + len(METHODS) and table.columnCount() == 2 + 4  # the baseline and each method
     assert table.horizontalHeaderItem(2).text() == "A100-40GB\nGPUs needed"
     assert table.item(0, 0).text() == "FP16 (baseline)" and table.item(0, 2).text() == "4"
     assert dialog.breakdown_caption.text() == "Why 4 × A100-40GB for FP16 (baseline)"

@@ -91,7 +91,7 @@ def test_a_run_is_quantize_then_evaluate_then_plan_one_job_after_the_other():
     workbench.threshold.set_threshold(3.0)
     assert workbench.step() is Step.RUN
     assert workbench.run_methods(["absmax-tensor", "llm-int8"], {"tokens": 128, "window": 64}) is not None
-    assert engine.sent[-1] == ("quantize", {"methods": ["absmax-tensor", "llm-int8"], "threshold": 3.0})
+    assert engine.sent[-1] == ("quantize", {"methods": ["absmax-tensor", "llm-int8"], "threshold": 3.0, "alpha": 0.5})
     assert workbench.step() is Step.RUN and workbench.running
     finish(workbench, {"models": [{"method": "llm-int8", "int8_bytes": 10, "float_bytes": 5, "outlier_dims": 3}]})
     assert engine.sent[-1] == ("evaluate", {"methods": ["absmax-tensor", "llm-int8"], "tokens": 128, "window": 64})
