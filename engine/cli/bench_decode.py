@@ -9,16 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from engine.cli._common import (
-    DEFAULT_METHODS,
-    model_options,
-    parse_methods,
-    print_json,
-    run_quantize,
-    run_scan,
-    scan_options,
-    session_with_model,
-)
+from engine.cli import _common
 from engine.cli._progress import ProgressBarTask
 from engine.vocabulary import METHODS
 
@@ -30,9 +21,11 @@ def add_parser(subparsers) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    model_options(command)
-    scan_options(command, tokens_flag="--calibration-tokens")
-    command.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, from: {', '.join(METHODS)}")
+    _common.model_options(command)
+    _common.scan_options(command, tokens_flag="--calibration-tokens")
+    command.add_argument(
+        "--methods", default=_common.DEFAULT_METHODS, help=f"comma-separated, from: {', '.join(METHODS)}"
+    )
     command.add_argument("--new-tokens", type=int, default=32, help="tokens generated per run (default 32)")
     command.add_argument(
         "--prompt-tokens", type=int, default=32, help="prompt length: the evaluation text's first tokens (default 32)"
@@ -59,16 +52,16 @@ def cmd_bench_decode(args) -> int:
         "corpus": args.corpus,
     }
     DecodeSettings.from_params(params)  # a typo is refused before the model loads
-    session = session_with_model(args)
-    methods = parse_methods(args.methods)
+    session = _common.session_with_model(args)
+    methods = _common.parse_methods(args.methods)
     if "llm-int8" in methods:
-        run_scan(session, args)
-    run_quantize(session, args, methods)
+        _common.run_scan(session, args)
+    _common.run_quantize(session, args, methods)
     task = ProgressBarTask("decode", enabled=not args.quiet)
     result = session.bench_decode({**params, "methods": methods}, task)
     task.finish()
     if args.json:
-        print_json(result)
+        _common.print_json(result)
     else:
         print(format_report(result))
     return 0

@@ -2,20 +2,7 @@
 
 from __future__ import annotations
 
-from engine.cli._common import (
-    DEFAULT_METHODS,
-    alpha_option,
-    model_options,
-    needs_scan,
-    parse_methods,
-    print_json,
-    print_warnings,
-    run_one_pass,
-    run_quantize,
-    run_scan,
-    scan_options,
-    session_with_model,
-)
+from engine.cli import _common
 from engine.cli._progress import ProgressBarTask
 from engine.cli.scan import format_scan_report
 from engine.vocabulary import METHODS
@@ -27,10 +14,12 @@ def add_parser(subparsers) -> None:
         ("demo", "the whole workflow on the default model: scan report and the comparison table"),
     ):
         command = subparsers.add_parser(name, help=help_text)
-        model_options(command)
-        scan_options(command, tokens_flag="--calibration-tokens")
-        alpha_option(command)
-        command.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, from: {', '.join(METHODS)}")
+        _common.model_options(command)
+        _common.scan_options(command, tokens_flag="--calibration-tokens")
+        _common.alpha_option(command)
+        command.add_argument(
+            "--methods", default=_common.DEFAULT_METHODS, help=f"comma-separated, from: {', '.join(METHODS)}"
+        )
         command.add_argument("--tokens", type=int, default=8192, help="evaluation tokens (default 8192)")
         command.add_argument("--window", type=int, default=512, help="tokens per evaluation window (default 512)")
         command.set_defaults(func=cmd_eval if name == "eval" else cmd_demo)
@@ -39,21 +28,21 @@ def add_parser(subparsers) -> None:
 def cmd_eval(args, show_scan: bool = False) -> int:
     from engine.quant.evaluate import format_table
 
-    session = session_with_model(args)
-    methods = parse_methods(args.methods)
+    session = _common.session_with_model(args)
+    methods = _common.parse_methods(args.methods)
     eval_params = {"tokens": args.tokens, "window": args.window, "corpus": args.corpus}
     if session.layerwise:
-        one_pass = run_one_pass(session, args, methods, scan=show_scan, evaluate=eval_params)
+        one_pass = _common.run_one_pass(session, args, methods, scan=show_scan, evaluate=eval_params)
         scan_payload, result = one_pass["scan"], one_pass["evaluate"]
     else:
-        scan_payload = run_scan(session, args) if (needs_scan(methods) or show_scan) else None
-        run_quantize(session, args, methods)
+        scan_payload = _common.run_scan(session, args) if (_common.needs_scan(methods) or show_scan) else None
+        _common.run_quantize(session, args, methods)
         task = ProgressBarTask("evaluate", enabled=not args.quiet)
         result = session.evaluate(eval_params, task)
         task.finish()
-    print_warnings(result["rows"])
+    _common.print_warnings(result["rows"])
     if args.json:
-        print_json({"scan_report": scan_payload["report"] if scan_payload else None, **result})
+        _common.print_json({"scan_report": scan_payload["report"] if scan_payload else None, **result})
         return 0
     if show_scan and scan_payload:
         print(format_scan_report(scan_payload))

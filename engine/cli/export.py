@@ -13,18 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.cli._common import (
-    alpha_option,
-    model_options,
-    needs_scan,
-    print_json,
-    print_warnings,
-    run_one_pass,
-    run_quantize,
-    run_scan,
-    scan_options,
-    session_with_model,
-)
+from engine.cli import _common
 from engine.cli._progress import ProgressBarTask
 from engine.errors import BadInput
 from engine.quant import skip_list
@@ -38,9 +27,9 @@ def add_parser(subparsers) -> None:
         help="quantize and write a checkpoint: bitsandbytes safetensors (transformers; the workbench re-opens "
         "them), compressed-tensors (vLLM) or GGUF Q8_0 (llama.cpp)",
     )
-    model_options(command)
-    scan_options(command, tokens_flag="--calibration-tokens")
-    alpha_option(command)
+    _common.model_options(command)
+    _common.scan_options(command, tokens_flag="--calibration-tokens")
+    _common.alpha_option(command)
     command.add_argument("--method", default="llm-int8", choices=METHODS, help="quantization method (default llm-int8)")
     command.add_argument(
         "--format",
@@ -73,7 +62,7 @@ def cmd_export(args) -> int:
     check_target(args.out, args.overwrite)
     if args.max_shard_size is not None:
         parse_size(args.max_shard_size)
-    session = session_with_model(args)
+    session = _common.session_with_model(args)
     export_params = {
         "method": args.method,
         "format": args.format,
@@ -82,7 +71,7 @@ def cmd_export(args) -> int:
         "max_shard_size": args.max_shard_size,
     }
     if session.layerwise:
-        result = run_one_pass(session, args, [args.method], export=export_params)["export"]
+        result = _common.run_one_pass(session, args, [args.method], export=export_params)["export"]
         return _report(args, _with_skip_forms(args, session, result))
     reopened = getattr(session.loaded, "quantized", None)
     if reopened is not None:
@@ -95,9 +84,9 @@ def cmd_export(args) -> int:
             raise BadInput(f"{args.model} is already quantized: --skip-modules starts from the floating-point model")
     else:
         skip_list.resolve(session.loaded.model, args.skip_modules)  # a typo is refused before the scan
-        if needs_scan([args.method]):
-            run_scan(session, args)
-        run_quantize(session, args, [args.method])
+        if _common.needs_scan([args.method]):
+            _common.run_scan(session, args)
+        _common.run_quantize(session, args, [args.method])
     task = ProgressBarTask("export", enabled=not args.quiet)
     result = session.export(export_params, task)
     task.finish()
@@ -112,9 +101,9 @@ def _with_skip_forms(args, session, result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _report(args, result: dict[str, Any]) -> int:
-    print_warnings([result])
+    _common.print_warnings([result])
     if args.json:
-        print_json(result)
+        _common.print_json(result)
     else:
         print(format_export(result))
     return 0

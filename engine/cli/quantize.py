@@ -2,45 +2,34 @@
 
 from __future__ import annotations
 
-from engine.cli._common import (
-    DEFAULT_METHODS,
-    alpha_option,
-    model_options,
-    needs_scan,
-    parse_methods,
-    print_json,
-    print_warnings,
-    run_one_pass,
-    run_quantize,
-    run_scan,
-    scan_options,
-    session_with_model,
-)
+from engine.cli import _common
 from engine.quant.evaluate import coverage_lines, smoothing_note
 from engine.vocabulary import METHODS
 
 
 def add_parser(subparsers) -> None:
     quantize = subparsers.add_parser("quantize", help="quantize with one or more methods and report sizes")
-    model_options(quantize)
-    scan_options(quantize, tokens_flag="--calibration-tokens")
-    alpha_option(quantize)
-    quantize.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, from: {', '.join(METHODS)}")
+    _common.model_options(quantize)
+    _common.scan_options(quantize, tokens_flag="--calibration-tokens")
+    _common.alpha_option(quantize)
+    quantize.add_argument(
+        "--methods", default=_common.DEFAULT_METHODS, help=f"comma-separated, from: {', '.join(METHODS)}"
+    )
     quantize.set_defaults(func=cmd_quantize)
 
 
 def cmd_quantize(args) -> int:
-    session = session_with_model(args)
-    methods = parse_methods(args.methods)
+    session = _common.session_with_model(args)
+    methods = _common.parse_methods(args.methods)
     if session.layerwise:
-        result = run_one_pass(session, args, methods)["quantize"]
+        result = _common.run_one_pass(session, args, methods)["quantize"]
     else:
-        if needs_scan(methods):
-            run_scan(session, args)
-        result = run_quantize(session, args, methods)
-    print_warnings(result["models"])
+        if _common.needs_scan(methods):
+            _common.run_scan(session, args)
+        result = _common.run_quantize(session, args, methods)
+    _common.print_warnings(result["models"])
     if args.json:
-        print_json(result)
+        _common.print_json(result)
     else:
         print(f"{'method':<18}{'INT8 MB':>10}{'float MB':>10}{'total MB':>10}{'outlier dims':>14}{'INT8 share':>12}")
         for row in result["models"]:

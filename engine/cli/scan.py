@@ -6,15 +6,15 @@ from typing import Any
 
 import numpy as np
 
-from engine.cli._common import alpha_option, model_options, print_json, run_scan, scan_options, session_with_model
+from engine.cli import _common
 from engine.quant.layer_errors import DEFAULT_ERROR_TOKENS
 from engine.vocabulary import KIND_LABELS, METHODS
 
 
 def add_parser(subparsers) -> None:
     scan = subparsers.add_parser("scan", help="find the outlier feature dimensions of every Linear input")
-    model_options(scan)
-    scan_options(scan, tokens_flag="--tokens")
+    _common.model_options(scan)
+    _common.scan_options(scan, tokens_flag="--tokens")
     scan.add_argument(
         "--errors", action="store_true", help="also measure each method's output error (SQNR) on every Linear"
     )
@@ -27,15 +27,15 @@ def add_parser(subparsers) -> None:
         default=DEFAULT_ERROR_TOKENS,
         help=f"with --errors: calibration tokens per Linear the error pass uses (default {DEFAULT_ERROR_TOKENS})",
     )
-    alpha_option(scan)
+    _common.alpha_option(scan)
     scan.set_defaults(func=cmd_scan)
 
 
 def cmd_scan(args) -> int:
-    session = session_with_model(args)
-    payload = run_scan(session, args)
+    session = _common.session_with_model(args)
+    payload = _common.run_scan(session, args)
     if args.json:
-        print_json(
+        _common.print_json(
             {
                 "threshold": payload["threshold"],
                 "tokens": payload["tokens"],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.cli._common import model_options, print_json, run_scan, scan_options, session_with_model
+from engine.cli import _common
 from engine.cli._progress import ProgressBarTask
 from engine.quant.sensitivity import GROUPS
 from engine.vocabulary import METHODS
@@ -16,8 +16,8 @@ def add_parser(subparsers) -> None:
     command = subparsers.add_parser(
         "sensitivity", help="rank layers by what keeping them in floating point buys; the smallest skip list"
     )
-    model_options(command)
-    scan_options(command, tokens_flag="--calibration-tokens")
+    _common.model_options(command)
+    _common.scan_options(command, tokens_flag="--calibration-tokens")
     command.add_argument(
         "--method", default="vectorwise", choices=METHODS, help="method to repair (default vectorwise)"
     )
@@ -32,9 +32,9 @@ def add_parser(subparsers) -> None:
 
 
 def cmd_sensitivity(args) -> int:
-    session = session_with_model(args)
+    session = _common.session_with_model(args)
     if args.method == "llm-int8":
-        run_scan(session, args)
+        _common.run_scan(session, args)
     task = ProgressBarTask("sensitivity", enabled=not args.quiet)
     result = session.sensitivity(
         {
@@ -51,7 +51,7 @@ def cmd_sensitivity(args) -> int:
     )
     task.finish()
     if args.json:
-        print_json(result)
+        _common.print_json(result)
     else:
         print(format_sensitivity(result))
     return 0
