@@ -162,6 +162,7 @@ def test_engine_exits_when_its_parent_is_killed(tmp_path):
     finally:
         parent.kill()
         parent.wait()
+        parent.stdout.close()
     assert wait_dead(engine_pid, 10), "the engine outlived its killed parent"
 
 
@@ -215,6 +216,7 @@ def test_remote_engine_serves_clients_with_the_connection_file_key_only(tmp_path
         if server.poll() is None:
             server.kill()
             server.wait()
+        server.stderr.close()
 
 
 def test_bad_listen_address_and_connection_files_are_explained(tmp_path):
