@@ -104,6 +104,9 @@ class MainWindow(QMainWindow):
         self.smoothing_panel = SmoothingPanel(SmoothingView(self.stats), self.heatmap)
         left_layout.insertWidget(3, self.smoothing_panel)  # under the threshold, above Run
         self.smoothing_panel.sig_alpha.connect(lambda alpha: setattr(self.workbench, "alpha", alpha))
+        smoothquant = self.run_panel.method_boxes["smoothquant"]  # the alpha slider shows while SmoothQuant is ticked
+        self.smoothing_panel.setVisible(smoothquant.isChecked())
+        smoothquant.toggled.connect(self.smoothing_panel.setVisible)
         self.error_map = ErrorMapView(self.workbench.errors, self.threshold)
         self.error_map.setMinimumWidth(160)  # narrow windows give their width to the heatmap and the sidebar
         self.maps = QSplitter(Qt.Orientation.Horizontal)  # the outliers and the error, row for row

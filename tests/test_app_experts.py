@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.view_models.results import COLUMNS, ResultsModel
+from app.view_models.results import ResultsModel, shown_columns
 from app.view_models.scan_stats import ScanStatistics
 from engine.vocabulary import FEW_EXPERT_TOKENS
 
@@ -14,7 +14,7 @@ def expert_payload(index, layer, expert, absmax, tokens, over):
     absmax = np.asarray(absmax, dtype=np.float32)
     return {
         "index": index,
-        "name": f"model.layers.{layer}.mlp.experts.{expert}.gate_up_proj",
+        "names": [f"model.layers.{layer}.mlp.experts.{expert}.gate_up_proj"],
         "layer": layer,
         "kind": "expert_in",
         "absmax": absmax,
@@ -23,7 +23,7 @@ def expert_payload(index, layer, expert, absmax, tokens, over):
         "n_tokens": 1000,
         "tokens": tokens,
         "expert": expert,
-        "out_features": 16,
+        "out_features": [16],
         "final": True,
     }
 
@@ -103,7 +103,8 @@ def test_results_state_the_share_and_warn():
         }
     )
     row = model.rows["vectorwise"]
-    assert row.cells()[COLUMNS.index("INT8 share")] == "33.1%"
+    headers = [column.header for column in shown_columns()]
+    assert row.cells()[headers.index("INT8 share")] == "33.1%"
     note = model.coverage_note()
     assert note.startswith("INT8 share: of the decoder's matrix weights")
     assert "Warning: vectorwise: only 33.1%" in note
