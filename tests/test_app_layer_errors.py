@@ -16,7 +16,8 @@ ATTN_IN = ("q_proj", "k_proj", "v_proj")
 
 
 def error_payload(index, layer, kind, name, absmax, sqnr):
-    return {**layer_payload(index, layer, kind, absmax, name=name, out_features=8), "sqnr_db": sqnr}
+    payload = layer_payload(index, layer, kind, absmax, name=name, out_features=8)
+    return {**payload, "sqnr_db": {linear: sqnr for linear in payload["names"]}}
 
 
 def attention_inputs(layer: int, outliers: int) -> list[dict]:
@@ -83,7 +84,11 @@ def test_a_linear_not_laid_out_widens_the_grid_and_a_new_scan_starts_empty():
     errors.add_layer(payload)
     assert errors.grid.shape == (len(stats.row_keys), 2) and errors.grid[stats.row_of(("mlp_down", 0)), 1] == 25
     errors.load_result(
-        {"errors": {"vectorwise": {"median_sqnr_db": 25.0, "worst_linear": payload["name"], "loss_vs_outliers": 0.5}}}
+        {
+            "errors": {
+                "vectorwise": {"median_sqnr_db": 25.0, "worst_linear": payload["names"][0], "loss_vs_outliers": 0.5}
+            }
+        }
     )
     assert errors.summary_lines() == ["vector-wise INT8: median 25.0 dB, loss vs outlier columns ρ +0.50"]
     assert errors.worst_lines() == ["vector-wise INT8: worst model.layers.0.mlp.down_proj"]

@@ -78,15 +78,24 @@ class LayerErrors:
         self._rebuild()
 
     def add_layer(self, payload: dict[str, Any]) -> int | None:
-        """Take one `scan_layer` payload; returns the grid row it filled (None when it carries no errors)."""
+        """Take one `scan_layer` payload (one input, read by the Linears of `names`, each with its own
+        figures in `sqnr_db`: {Linear: {method: dB}}); returns the grid row it filled (None without errors)."""
         sqnr = payload.get("sqnr_db")
         if not isinstance(sqnr, dict):
             return None
+        row = None
+        for name in payload["names"]:
+            figures = sqnr.get(name)
+            if isinstance(figures, dict):
+                row = self._add_linear(payload, str(name), figures)
+        return row
+
+    def _add_linear(self, payload: dict[str, Any], name: str, figures: dict[str, Any]) -> int | None:
         record = LinearError(
-            name=str(payload["name"]),
+            name=name,
             layer=int(payload.get("layer", -1)),
             kind=str(payload.get("kind", "other")),
-            sqnr_db={m: (None if v is None else float(v)) for m, v in sqnr.items() if m in METHODS},
+            sqnr_db={m: (None if v is None else float(v)) for m, v in figures.items() if m in METHODS},
             absmax=np.asarray(payload["absmax"], dtype=np.float32),
         )
         self.linears[record.name] = record
