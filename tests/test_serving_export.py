@@ -146,6 +146,21 @@ def test_gguf_q8_0_reads_back_as_the_workbench_q8_0_model(tmp_path, architecture
         assert torch.equal(model(ids).logits, session.quantized["q8_0"].model(ids).logits)
 
 
+def test_a_serving_export_can_be_overwritten_but_not_a_stranger(tiny_llama_session, tmp_path):
+    out = tmp_path / "w8a8"
+    params = {"method": "vectorwise", "format": "compressed-tensors", "out": str(out)}
+    tiny_llama_session.export(params, Task())
+    assert json.loads((out / "int8wb_serving.json").read_text())["method"] == "vectorwise"
+    tiny_llama_session.export({**params, "method": "smoothquant", "overwrite": True}, Task())
+    assert json.loads((out / "int8wb_serving.json").read_text())["method"] == "smoothquant"
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    with pytest.raises(BadInput, match="not an export of this workbench"):
+        tiny_llama_session.export({**params, "out": str(stranger), "overwrite": True}, Task())
+    assert (stranger / "notes.txt").read_text() == "mine"
+
+
 def _is_linear(gguf_name: str) -> bool:
     return gguf_name.endswith(
         tuple(f"{n}.weight" for n in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"))

@@ -120,7 +120,7 @@ def check_target(out: Any, overwrite: bool, sources: list[str] = ()) -> Path:
             raise BadInput(f"{target} already exists and is not empty: choose another directory or pass --overwrite")
         if not is_workbench_export(target):
             raise BadInput(
-                f"{target} is not an export of this workbench (no {SIDECAR_NAME} and bitsandbytes config.json): "
+                f"{target} is not an export of this workbench (no {SIDECAR_NAME} with its config.json, nor {SERVING_RECORD}): "
                 "--overwrite replaces only an earlier export; choose another directory"
             )
     if not target.parent.is_dir():
