@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.view_models.results import ResultsModel, row_tooltip
+from app.view_models.results import ResultsModel, row_tooltip, shown_columns
 from app.view_models.scan_stats import ScanStatistics
 from app.view_models.threshold import INDEX_BYTES, ThresholdModel
 from tests.scan_payloads import layer_payload
@@ -141,7 +141,7 @@ def test_results_merge_quantize_evaluate_and_plan():
     assert list(results.rows) == ["baseline", "llm-int8"]
     cells = results.rows["llm-int8"].cells()
     assert cells[:5] == ["llm-int8", "19.700", "+1.03%", "105.0", "1,630"]
-    assert cells[5:] == ["—"]
+    assert cells[5:] == ["—"] * 4  # INT8 share, GPUs, tokens/s and bound: not known yet
     tooltip = row_tooltip(results.rows["llm-int8"])
     assert tooltip.startswith("int8 MB: 100.0\nfloat MB: 5.0\nA100-40GB: —") and tooltip.endswith("eval s: 2.0")
     results.add_plan(
@@ -154,8 +154,9 @@ def test_results_merge_quantize_evaluate_and_plan():
             ]
         }
     )
-    assert results.rows["llm-int8"].cells()[5] == "1 / ✗"
+    headers = [column.header for column in shown_columns()]
+    assert results.rows["llm-int8"].cells()[headers.index("GPUs 40GB / 80GB")] == "1 / ✗"
     assert "A100-40GB: 1\nA100-80GB: does not fit" in row_tooltip(results.rows["llm-int8"])
-    assert results.to_csv().splitlines()[2].endswith(",1,does not fit,2.0")
+    assert results.to_csv().splitlines()[2] == "llm-int8,19.7,0.0103,100.0,5.0,105.0,1630,,1,does not fit,2.0,,"
     methods, values, baseline = results.chart_data()
     assert methods == ["baseline", "llm-int8"] and values == [19.5, 19.7] and baseline == 19.5
