@@ -28,6 +28,11 @@ def scanned(planted):
     return scan.run({**PARAMS, "error_methods": list(METHODS)}, Task(), planted)
 
 
+def per_linear(result):
+    """(Linear name, input kind, {method: dB}) for every Linear: a scanned input carries each reader's figures."""
+    return [(name, s.kind, s.sqnr_db[name]) for s in result.layers for name in s.names]
+
+
 def test_sqnr_of_a_known_noise():
     reference = torch.ones(100)
     assert layer_errors.sqnr_db(reference, reference.clone()) is None
@@ -44,28 +49,27 @@ def test_rank_correlation():
 
 
 def test_every_linear_gets_every_methods_sqnr(scanned):
-    for stats in scanned.layers:
-        assert set(stats.sqnr_db) == set(METHODS)
-        assert all(value is not None and math.isfinite(value) for value in stats.sqnr_db.values())
+    for _, _, figures in per_linear(scanned):
+        assert set(figures) == set(METHODS)
+        assert all(value is not None and math.isfinite(value) for value in figures.values())
 
 
 def test_naive_int8_loses_most_where_the_outlier_is_and_llm_int8_keeps_it(scanned):
     """The attention inputs carry the planted dimension: per-tensor scales waste the range there."""
-    for stats in (s for s in scanned.layers if s.kind == "attn_in"):
-        errors = stats.sqnr_db
+    for errors in (figures for _, kind, figures in per_linear(scanned) if kind == "attn_in"):
         assert errors["absmax-tensor"] < errors["vectorwise"] - 3.0
         assert errors["vectorwise"] < errors["llm-int8"]
-    others = [s.sqnr_db for s in scanned.layers if s.kind != "attn_in"]
-    planted_loss = np.mean([s.sqnr_db["vectorwise"] for s in scanned.layers if s.kind == "attn_in"])
+    others = [figures for _, kind, figures in per_linear(scanned) if kind != "attn_in"]
+    planted_loss = np.mean([f["vectorwise"] for _, kind, f in per_linear(scanned) if kind == "attn_in"])
     assert planted_loss < np.mean([e["vectorwise"] for e in others])
 
 
 def test_smoothquant_moves_the_outlier_into_the_weights(scanned):
     """Smoothing divides the planted channel before INT8: the attention inputs gain over vector-wise."""
-    for stats in (s for s in scanned.layers if s.kind == "attn_in"):
-        assert stats.sqnr_db["smoothquant"] > stats.sqnr_db["vectorwise"]
-    o_proj = [s for s in scanned.layers if s.name.endswith("o_proj")]  # its input cannot be smoothed exactly
-    assert all(s.sqnr_db["smoothquant"] == pytest.approx(s.sqnr_db["vectorwise"]) for s in o_proj)
+    for figures in (f for _, kind, f in per_linear(scanned) if kind == "attn_in"):
+        assert figures["smoothquant"] > figures["vectorwise"]
+    o_proj = [f for name, _, f in per_linear(scanned) if name.endswith("o_proj")]  # cannot be smoothed exactly
+    assert o_proj and all(f["smoothquant"] == pytest.approx(f["vectorwise"]) for f in o_proj)
 
 
 def test_the_error_is_that_linears_own_not_inherited(planted, scanned):
@@ -73,7 +77,7 @@ def test_the_error_is_that_linears_own_not_inherited(planted, scanned):
     rows of every calibration batch), the figure is the same."""
     from engine.quant.int8_linear import Int8Linear
 
-    first = next(s for s in scanned.layers if s.name.endswith("layers.0.self_attn.q_proj"))
+    first = next(f for name, _, f in per_linear(scanned) if name.endswith("layers.0.self_attn.q_proj"))
     captured = []
     q_proj = planted.model.model.layers[0].self_attn.q_proj
     handle = q_proj.register_forward_pre_hook(lambda m, args: captured.append(args[0].reshape(-1, m.in_features)))
@@ -90,13 +94,13 @@ def test_the_error_is_that_linears_own_not_inherited(planted, scanned):
     x = torch.cat([batch[:: max(1, batch.shape[0] // per_call)][:per_call] for batch in captured])
     quantized = Int8Linear.from_linear(q_proj, "vectorwise", 6.0)
     expected = layer_errors.sqnr_db(q_proj(x), quantized(x))
-    assert first.sqnr_db["vectorwise"] == pytest.approx(expected, rel=1e-6)
+    assert first["vectorwise"] == pytest.approx(expected, rel=1e-6)
 
 
 def test_payload_and_summary_carry_the_errors(scanned):
     payload = scanned.to_payload()
     assert payload["error_methods"] == list(METHODS)
-    assert all(set(layer["sqnr_db"]) == set(METHODS) for layer in payload["layers"])
+    assert all(set(layer["sqnr_db"][name]) == set(METHODS) for layer in payload["layers"] for name in layer["names"])
     summary = payload["errors"]
     assert summary["absmax-tensor"]["median_sqnr_db"] < summary["weight-only"]["median_sqnr_db"]
     assert summary["vectorwise"]["worst_linear"].split(".")[-1] in ("q_proj", "k_proj", "v_proj")
@@ -106,7 +110,9 @@ def test_errors_stream_with_the_scan_statistics(planted):
     seen = []
     task = CallbackTask(on_partial=lambda kind, payload: seen.append(payload))
     scan.run({**PARAMS, "error_methods": "vectorwise,llm-int8"}, task, planted)
-    assert seen and all(set(payload["sqnr_db"]) == {"vectorwise", "llm-int8"} for payload in seen)
+    assert seen and all(
+        set(payload["sqnr_db"][name]) == {"vectorwise", "llm-int8"} for payload in seen for name in payload["names"]
+    )
 
 
 def test_a_scan_without_errors_sends_none(planted):
