@@ -19,10 +19,13 @@ class PickedOutliers:
 
     def __init__(self, dims: dict[str, np.ndarray]) -> None:
         self.dims = dims
-        self.layers = []  # no activation statistics: smoothquant leaves every Linear unsmoothed
 
     def outlier_dims(self, threshold: float) -> dict[str, np.ndarray]:
         return self.dims
+
+    def absmax_of(self) -> dict[str, np.ndarray]:
+        """No activation statistics: smoothquant leaves every Linear unsmoothed."""
+        return {}
 
 
 class Loaded:
