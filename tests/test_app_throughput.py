@@ -74,7 +74,7 @@ def test_decimal_units():
 
 
 def test_results_table_gains_tokens_per_s_and_bound(measured):
-    assert COLUMNS[-2:] == ("tokens/s", "bound")
+    assert [column.header for column in COLUMNS[-2:]] == ["tokens/s", "bound"]
     results = ResultsModel()
     results.add_decode(measured)
     rows = {row["method"]: row for row in measured["rows"]}
@@ -108,7 +108,7 @@ def test_planner_dialog_has_a_throughput_section_that_follows_the_selection(plan
     dialog = planner_dialog
     dialog.show_result(plan_70b)
     section = dialog.throughput
-    assert section.table.rowCount() == 6 and section.table.columnCount() == 2 + 4
+    assert section.table.rowCount() == len(plan_70b["methods"]) and section.table.columnCount() == 2 + 4
     assert section.table.horizontalHeaderItem(4).text() == "H100-80GB\ntokens/s"
     assert section.table.item(0, 4).text() == "24.1"
     assert section.terms_caption.text() == "Why 11.2 tokens/s on A100-40GB for FP16 (baseline)"

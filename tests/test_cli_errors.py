@@ -13,11 +13,9 @@ from engine.cli import EXIT_USER_ERROR, main
 
 @pytest.fixture
 def tiny_model_dir(tmp_path):
-    from tests.tiny_models import tiny_llama
+    from tests.tiny_models import save_tiny_llama
 
-    directory = tmp_path / "tiny"
-    tiny_llama().save_pretrained(directory)
-    return directory
+    return save_tiny_llama(tmp_path / "tiny")
 
 
 def _run(capsys, *argv):

@@ -76,6 +76,7 @@ def test_full_run_without_a_gpu(tmp_path):
         "GPU tests",
         "perplexity, GPU against CPU",
         "benchmark",
+        "decoding: tokens/s per method against the copy bandwidth",
     ], output
     assert steps["default model: load (GGUF conversion on first use)"].startswith("ok")
     assert "134,515,008 parameters" in output

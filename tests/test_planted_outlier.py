@@ -114,12 +114,26 @@ def test_skip_modules_leave_those_linears_in_float(planted, planted_scan):
     assert len(variant.skipped) == 2
 
 
-def test_cancel_stops_the_scan_between_layers(planted):
-    task = CallbackTask(on_partial=lambda kind, payload: task.cancel())
+def test_cancel_stops_the_scan_and_leaves_no_hook_behind(planted):
     from engine.errors import Cancelled
 
+    class CancelledInsideALayer(Task):
+        """Asks to stop at the 8th check: past the capture, while the first layer's hooks are attached."""
+
+        checks = 0
+
+        def check_cancelled(self) -> None:
+            self.checks += 1
+            if self.checks == 8:
+                self.cancel()
+            super().check_cancelled()
+
+    task = CancelledInsideALayer()
     with pytest.raises(Cancelled):
         scan.run(TEXT_PARAMS, task, planted)
+    # a hook left attached would run the cancelled task's check and so cancel the next scan
+    assert not any(module._forward_pre_hooks for module in planted.model.modules())
+    assert len(scan.run(TEXT_PARAMS, Task(), planted).layers) == 2 * 4
 
 
 def test_static_llm_int8_without_a_scan_is_refused(planted):

@@ -167,12 +167,12 @@ def test_two_engines_converting_the_same_gguf_at_once_share_one_conversion(tmp_p
     gguf.write_bytes(b"GGUF" + bytes(1000))
     conversions = []
 
-    def slow_conversion(source, out_dir):
+    def slow_conversion(source, out_dir, task):
         conversions.append(out_dir)
         time.sleep(0.5)
         (out_dir / "config.json").write_text("{}")
 
-    monkeypatch.setattr(loading, "_convert_gguf", slow_conversion)
+    monkeypatch.setattr(loading, "_convert", slow_conversion)
     results, errors = [], []
 
     def load():

@@ -19,6 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from engine.errors import ModelLoadError
+
 MAX_SHARD_SIZE = "50GB"
 
 
@@ -31,12 +33,16 @@ def convert(gguf: Path, out_dir: Path, task) -> None:
     import torch
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
-    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    try:
+        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        reader, processor = _reader(gguf, config)
+    except Exception as exc:  # a damaged header fails in many ways; the file is what the user must hear about
+        first_line = (str(exc).strip() or type(exc).__name__).splitlines()[0][:500]
+        raise ModelLoadError(f"could not read the GGUF file {gguf}: {first_line}") from exc
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the tensors are written dequantized
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = _skeleton(config)
-    reader, processor = _reader(gguf, config)
     sources = _plan(reader, processor, model)
     _write(sources, processor, out_dir, task)
     config.dtype = torch.float32  # what transformers' save_pretrained of the loaded model records

@@ -50,14 +50,17 @@ class Stream:
     """One set of token batches moving through the layers with its own hidden states.
 
     `enter(index, prefix, block)` returns the module this stream runs at a layer (the float block,
-    or a quantized copy of it); `leave(index, module)` follows its last batch there; `finish(hidden,
-    norm, head)` gets the last layer's hidden states per batch, with the final norm and head placed.
+    or a quantized copy of it); `leave(index, module)` follows its last batch there; `abandon(index,
+    module)` replaces `leave` when the layer's batches stopped early (a cancel, an error), so that what
+    `enter` attached (the scan's hooks) never outlives the job; `finish(hidden, norm, head)` gets the
+    last layer's hidden states per batch, with the final norm and head placed.
     """
 
     name: str
     batches: list  # (B, T) token ids per forward call
     enter: Callable[[int, str, Any], Any]
     leave: Callable[[int, Any], None] = lambda index, module: None
+    abandon: Callable[[int, Any], None] = lambda index, module: None
     finish: Callable[[list, Any, Any], None] | None = None
     calls: list[tuple[tuple, dict]] = field(default_factory=list)  # each batch's call of the next layer
     seconds: float = 0.0  # time spent in this stream's forward passes
@@ -241,7 +244,11 @@ def _capture(model, first_block, streams: list[Stream], device: str, task) -> No
 def _through_layer(index: int, prefix: str, block, streams: list[Stream], work: list[LayerWork], task) -> None:
     for stream in streams:
         module = stream.enter(index, prefix, block)
-        run_stream(stream, module, task)
+        try:
+            run_stream(stream, module, task)
+        except BaseException:
+            stream.abandon(index, module)
+            raise
         stream.leave(index, module)
     for w in work:
         w.layer(index, prefix, block)

@@ -303,7 +303,10 @@ def scan_stream(settings: ScanSettings, model, batches: list, result: ScanResult
         if on_layer is not None:
             on_layer(index, collected)
 
-    return Stream("calibration", batches, enter, leave)
+    def abandon(index: int, block) -> None:
+        hooks.pop(index).detach()
+
+    return Stream("calibration", batches, enter, leave, abandon)
 
 
 def result_absmax(stats: list[InputStats]) -> dict[str, np.ndarray]:
