@@ -108,7 +108,10 @@ class MainWindow(QMainWindow):
         self.smoothing_panel.setVisible(smoothquant.isChecked())
         smoothquant.toggled.connect(self.smoothing_panel.setVisible)
         self.error_map = ErrorMapView(self.workbench.errors, self.threshold)
-        self.error_map.setMinimumWidth(160)  # narrow windows give their width to the heatmap and the sidebar
+        # Both maps may shrink below what their captions ask for, so the window still fits an 800 x 600 screen;
+        # narrow windows give their width to the sidebar, whose panels never clip.
+        self.heatmap.setMinimumSize(160, 120)
+        self.error_map.setMinimumSize(100, 120)
         self.maps = QSplitter(Qt.Orientation.Horizontal)  # the outliers and the error, row for row
         self.maps.addWidget(self.heatmap)
         self.maps.addWidget(self.error_map)

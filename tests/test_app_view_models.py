@@ -155,7 +155,7 @@ def test_results_merge_quantize_evaluate_and_plan():
         }
     )
     headers = [column.header for column in shown_columns()]
-    assert results.rows["llm-int8"].cells()[headers.index("GPUs 40GB / 80GB")] == "1 / ✗"
+    assert results.rows["llm-int8"].cells()[headers.index("A100s 40/80 GB")] == "1 / ✗"
     assert "A100-40GB: 1\nA100-80GB: does not fit" in row_tooltip(results.rows["llm-int8"])
     assert results.to_csv().splitlines()[2] == "llm-int8,19.7,0.0103,100.0,5.0,105.0,1630,,1,does not fit,2.0,,"
     methods, values, baseline = results.chart_data()

@@ -81,6 +81,14 @@ def _gpus_needed(card: str) -> Callable[[ResultRow], Any]:
     return value
 
 
+def _cards_header(cards: tuple[str, ...]) -> str:
+    """ "A100s 40/80 GB" for cards of one family (the table's narrowest honest header), else every name."""
+    families = {card.split("-")[0] for card in cards}
+    if len(families) > 1 or not all(card.endswith("GB") for card in cards):
+        return "GPUs " + " / ".join(cards)
+    return f"{families.pop()}s " + "/".join(card.split("-")[-1].removesuffix("GB") for card in cards) + " GB"
+
+
 def _gpus_on_each_card(row: ResultRow) -> str | None:
     """ "1 / 2" for the result cards in order; ✗ where the model does not fit."""
     if not row.gpus:
@@ -138,7 +146,7 @@ COLUMNS: tuple[Column, ...] = (
         lambda v: f"{v:.1%}",
     ),
     Column(
-        "GPUs " + " / ".join(card.split("-")[-1] for card in RESULT_GPUS),
+        _cards_header(RESULT_GPUS),
         f"Cards needed for the weights, the KV cache and the activations: {' / '.join(RESULT_GPUS)}; ✗ where "
         "no count of them holds the model. The note below the table gives the plan's context and batch.",
         _gpus_on_each_card,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QPoint, QSettings, Qt
+from PySide6.QtCore import QPoint, QSettings, Qt, QTimer
 from PySide6.QtWidgets import (
     QApplication,
     QHeaderView,
@@ -37,7 +37,7 @@ EMPTY_TEXT = (
     "the scan never saw, and counts the GPUs it needs."
 )
 FOLDER_KEY = "folders/results"
-CHART_MIN_WIDTH = 260  # QSettings: where the last CSV was saved
+CHART_MIN_WIDTH = 160  # narrower and its bars' labels collide; the table takes the rest first
 BAR_COLORS = {
     "baseline": "#9a9cab",
     "absmax-tensor": "#e56b6f",
@@ -154,6 +154,18 @@ class ResultsView(QWidget):
             " ".join(text for text in (measured, self.model.plan_note and f"{self.model.plan_note}.") if text)
         )
         self._draw_chart()
+        QTimer.singleShot(0, self._fit_table_width)  # once the rows are laid out and the table is shown
+
+    def _fit_table_width(self) -> None:
+        """Give the table the width its columns need, taken from the chart while the chart keeps its minimum."""
+        table = self.table
+        scroll_bar = table.verticalScrollBar()
+        needed = table.horizontalHeader().length() + 2 * table.frameWidth()
+        needed += scroll_bar.sizeHint().width() if scroll_bar.maximum() > 0 else 0
+        table_width, chart_width = self.splitter.sizes()
+        total = table_width + chart_width
+        if table_width < needed <= total - CHART_MIN_WIDTH:
+            self.splitter.setSizes([needed, total - needed])
 
     def _draw_chart(self) -> None:
         methods, values, baseline = self.model.chart_data()
@@ -171,7 +183,7 @@ class ResultsView(QWidget):
         self.bars = pg.BarGraphItem(x=x, height=values, width=0.6, brushes=brushes)
         self.chart.addItem(self.bars)
         for i, value in enumerate(values):
-            label = pg.TextItem(f"{value:.2f}", anchor=(0.5, 1.0), color="#d6d7dc")
+            label = pg.TextItem(f"{value:.1f}", anchor=(0.5, 1.0), color="#d6d7dc")  # the table has the digits
             label.setPos(i, value)
             self.chart.addItem(label)
             self.labels.append(label)
