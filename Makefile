@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint bench clean package test-package os-deps screenshots
+.PHONY: run test test-all test-fast lint bench clean package test-package os-deps screenshots
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -32,11 +32,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The suite CI runs (about ten minutes on two cores); `test-all` adds the tests marked heavy.
 test: $(STAMP) os-deps
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -m "not heavy and not package"
+
+test-all: $(STAMP) os-deps
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q
 
 test-fast: $(STAMP) os-deps
-	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -m "not slow"
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -m "not slow and not heavy and not package"
 
 bench: $(STAMP)
 	$(BIN)/python bench/int8_matmul.py

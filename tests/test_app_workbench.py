@@ -68,7 +68,8 @@ def test_workbench_session_end_to_end(make_workbench, qtbot):
     # move the threshold: more outliers below 6, fewer above, no engine round trip
     window.threshold_panel.spin.setValue(6.0)
     at_6 = window.threshold.summary().outlier_columns
-    expected = sum(int((layer["absmax"] > 6.0).sum()) for layer in finished["scan"]["layers"])
+    # (Linear, dimension) pairs: an input read by q, k and v counts for each of them
+    expected = sum(len(layer["names"]) * int((layer["absmax"] > 6.0).sum()) for layer in finished["scan"]["layers"])
     assert at_6 == expected > 0
     window.threshold_panel.spin.setValue(3.0)
     assert window.threshold.summary().outlier_columns > at_6

@@ -233,6 +233,7 @@ def pump(client: EngineClient, workbench: Workbench, done, timeout_s: float) -> 
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_the_workflow_runs_through_a_real_engine_without_a_window():
     client = EngineClient()
     workbench, events = make_workbench(client)

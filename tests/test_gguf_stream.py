@@ -14,6 +14,7 @@ from tests.tiny_models import read_tensors
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.heavy
 def test_the_default_model_converts_to_the_same_files(tmp_path):
     gguf = loading.default_gguf_path()
     streamed, whole = tmp_path / "streamed", tmp_path / "whole"

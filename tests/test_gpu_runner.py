@@ -64,6 +64,7 @@ def test_quick_run_without_a_gpu(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_full_run_without_a_gpu(tmp_path):
     result = run_without_gpu(tmp_path)
     output = result.stdout

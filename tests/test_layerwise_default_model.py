@@ -46,6 +46,7 @@ def test_scan_statistics_equal_the_in_memory_scan(disk_session, default_scan):
         assert np.array_equal(stats.hist, payload["hist"])
 
 
+@pytest.mark.heavy
 def test_perplexity_of_every_method_equals_the_in_memory_value(disk_session, default_model, in_memory_variants):
     memory = evaluate.run(EVAL, Task(), default_model, in_memory_variants)
     disk = disk_session.evaluate(EVAL, Task())

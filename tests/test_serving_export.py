@@ -223,6 +223,7 @@ def test_default_model_compressed_tensors_perplexity_is_weight_only(default_sess
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_default_model_gguf_q8_0_perplexity_is_the_q8_0_method(default_session, eval_windows, tmp_path):
     import gguf
     from transformers import AutoModelForCausalLM
