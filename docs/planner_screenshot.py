@@ -4,7 +4,8 @@ Run under a virtual display (see docs/screenshots.py for the system packages Qt 
 
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/planner_screenshot.py
 
-Writes docs/planner.png: FP16 on A100-40GB selected, with the terms behind its GPU count.
+Writes docs/planner.png: FP16 on A100-40GB selected, with the terms behind its GPU count; and
+docs/planner_throughput.png: the throughput tab, LLM.int8() on an H100 selected.
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ def main() -> int:
         settle()
         dialog.grab().save(str(DOCS / "planner.png"))
         print("wrote", DOCS / "planner.png")
+        dialog.lower_tabs.setCurrentWidget(dialog.throughput)
+        dialog.resize(dialog.width(), 990)  # the whole screen's height, for the section's terms
+        dialog.select("llm-int8", "H100-80GB")
+        settle()
+        dialog.grab().save(str(DOCS / "planner_throughput.png"))
+        print("wrote", DOCS / "planner_throughput.png")
         dialog.close()
     finally:
         client.client.close()

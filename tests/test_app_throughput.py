@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from app.view_models.results import COLUMNS, ResultsModel
+from app.view_models.results import ResultsModel, shown_columns
 from app.view_models.throughput import ThroughputView, format_gb
 
 
@@ -74,16 +74,18 @@ def test_decimal_units():
 
 
 def test_results_table_gains_tokens_per_s_and_bound(measured):
-    assert [column.header for column in COLUMNS[-2:]] == ["tokens/s", "bound"]
+    column = {c.header: i for i, c in enumerate(shown_columns())}  # both are in the table, not only the tooltip
     results = ResultsModel()
     results.add_decode(measured)
     rows = {row["method"]: row for row in measured["rows"]}
     for method, row in rows.items():
         cells = results.rows[method].cells()
-        assert cells[-2] == f"{row['tokens_per_s']:,.1f}" and cells[-1] == f"{row['bound_tokens_per_s']:,.1f}"
+        assert cells[column["tokens/s"]] == f"{row['tokens_per_s']:,.1f}"
+        assert cells[column["bound"]] == f"{row['bound_tokens_per_s']:,.1f}"
     assert list(results.rows) == ["baseline", "absmax-tensor"]
     results.add_quantized({"models": [{"method": "absmax-tensor", "int8_bytes": 1}]})
-    assert results.rows["absmax-tensor"].cells()[-2:] == ["—", "—"]  # stale after quantizing again
+    cells = results.rows["absmax-tensor"].cells()
+    assert cells[column["tokens/s"]] == cells[column["bound"]] == "—"  # stale after quantizing again
     results.clear()
     assert results.decode is None
 
@@ -108,7 +110,7 @@ def test_planner_dialog_has_a_throughput_section_that_follows_the_selection(plan
     dialog = planner_dialog
     dialog.show_result(plan_70b)
     section = dialog.throughput
-    assert section.table.rowCount() == len(plan_70b["methods"]) and section.table.columnCount() == 2 + 4
+    assert section.table.rowCount() == len(dialog.view.methods) and section.table.columnCount() == 2 + 4
     assert section.table.horizontalHeaderItem(4).text() == "H100-80GB\ntokens/s"
     assert section.table.item(0, 4).text() == "24.1"
     assert section.terms_caption.text() == "Why 11.2 tokens/s on A100-40GB for FP16 (baseline)"

@@ -85,7 +85,7 @@ def loaded_and_scanned() -> tuple[Workbench, list]:
     return workbench, events
 
 
-def test_a_run_is_quantize_then_evaluate_then_plan_one_job_after_the_other():
+def test_a_run_is_quantize_then_evaluate_then_plan_then_time_decoding_one_job_after_the_other():
     workbench, events = loaded_and_scanned()
     engine = workbench.client
     assert workbench.step() is Step.THRESHOLD
@@ -107,15 +107,13 @@ def test_a_run_is_quantize_then_evaluate_then_plan_one_job_after_the_other():
         {"methods": ["baseline", "absmax-tensor", "llm-int8"], "gpus": ["A100-40GB", "A100-80GB"], "threshold": 3.0},
     )
     finish(workbench, {"methods": [{"method": "llm-int8", "gpus": [{"gpu": "A100-40GB", "needed": 1}]}]})
-    assert workbench.running and engine.sent[-1] == (
-        "bench_decode",
-        {"methods": ["absmax-tensor", "llm-int8"], **RUN_DECODE_PARAMS},
-    )
-    decoded = {"method": "llm-int8", "tokens_per_s": 12.5, "bound_tokens_per_s": 40.0, "text": "It"}
-    finish(workbench, {"settings": {"new_tokens": 32}, "rows": [decoded]})
+    assert engine.sent[-1] == ("bench_decode", {"methods": ["absmax-tensor", "llm-int8"], **RUN_DECODE_PARAMS})
+    decoded = {"method": "llm-int8", "tokens_per_s": 12.5, "bound_tokens_per_s": 40.0, "text": " the", "diverges_at": 3}
+    finish(workbench, {"settings": {"new_tokens": 32}, "copy_bandwidth": {}, "rows": [decoded]})
     assert not workbench.running and engine.active_job is None and len(engine.sent) == 6
     assert workbench.results.rows["llm-int8"].gpus == {"A100-40GB": 1}
     assert workbench.results.rows["llm-int8"].tokens_per_s == 12.5
+    assert workbench.results.decode.rows[0].differs_text == "from token 4"
     assert workbench.step() is Step.EXPORT and workbench.quantized_methods() == ["llm-int8"]
 
 

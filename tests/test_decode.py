@@ -102,3 +102,16 @@ def test_cli_refuses_bad_numbers_before_loading(capsys):
     code = main(["bench-decode", "--new-tokens", "1", "--model", "/no/such/model", "--quiet"])
     err = capsys.readouterr().err
     assert code == EXIT_USER_ERROR and "new_tokens must be at least 2" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_default_model_is_deterministic_and_naive_int8_leaves_the_baseline_first(default_model, default_scan):
+    """Greedy continuations of the evaluation text's first 32 tokens on SmolLM2-135M (docs/throughput.md)."""
+    methods = ("absmax-tensor", "llm-int8")
+    variants = {m: quantize.run({"method": m, "threshold": 6.0}, Task(), default_model, default_scan) for m in methods}
+    result = decode.run({"new_tokens": 32, "repeats": 2, "copy_mib": 64}, Task(), default_model, variants)
+    rows = {row["method"]: row for row in result["rows"]}
+    assert all(row["deterministic"] for row in rows.values())  # two runs of each, the same tokens
+    assert rows["baseline"]["diverges_at"] is None
+    naive, outliers_kept = rows["absmax-tensor"]["diverges_at"], rows["llm-int8"]["diverges_at"]
+    assert naive is not None and (outliers_kept is None or naive < outliers_kept), (naive, outliers_kept)

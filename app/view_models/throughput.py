@@ -66,9 +66,9 @@ class ThroughputView:
     def headline(self) -> str:
         decode = self._decode[self.methods[0]]
         return (
-            f"Decoding at batch {decode['batch']:,}, context {decode['context']:,}: every step reads each weight once "
-            "and each sequence's KV cache, so a card's memory bandwidth bounds the tokens per second. "
-            "Cards holding the model in a row work one after another: one card's bandwidth is the bound."
+            f"Batch {decode['batch']:,}, context {decode['context']:,}: a step reads every weight once and each "
+            "sequence's KV cache, so a card's bandwidth bounds tokens/s (cards in a row take turns: one card's "
+            "bandwidth is the bound). GB = 10⁹ bytes."
         )
 
     def label(self, method: str) -> str:

@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
     QSplitter,
     QTableWidget,
     QTableWidgetItem,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -185,10 +186,14 @@ class PlannerDialog(QDialog):
         top = _column(self.title, self.settings_line, self.table, self.notes)
         bottom = _column(self.breakdown_caption, self.tree)
         self.throughput = ThroughputSection()
+        self.lower_tabs = QTabWidget()
+        self.lower_tabs.addTab(bottom, "Memory terms")
+        self.lower_tabs.addTab(self.throughput, "Throughput")
         splitter = QSplitter(Qt.Orientation.Vertical)
-        for index, (part, stretch) in enumerate(((top, 2), (bottom, 3), (self.throughput, 3))):
-            splitter.addWidget(part)
-            splitter.setStretchFactor(index, stretch)
+        splitter.addWidget(top)
+        splitter.addWidget(self.lower_tabs)
+        splitter.setStretchFactor(0, 2)
+        splitter.setStretchFactor(1, 3)
         splitter.setChildrenCollapsible(False)
 
         close = QPushButton("Close")

@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QHeaderView,
     QLabel,
+    QSplitter,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -42,14 +43,23 @@ class ThroughputSection(QWidget):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.currentCellChanged.connect(self._on_cell)
+        self.table.setMinimumHeight(120)
         self.terms_caption = QLabel("")
         self.tree = term_tree(("term", "value", "what it is"))
+        terms = QWidget()
+        terms_layout = QVBoxLayout(terms)
+        terms_layout.setContentsMargins(0, 0, 0, 0)
+        terms_layout.addWidget(self.terms_caption)
+        terms_layout.addWidget(self.tree)
+        splitter = QSplitter(Qt.Orientation.Vertical)
+        splitter.addWidget(self.table)
+        splitter.addWidget(terms)
+        splitter.setChildrenCollapsible(False)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        for widget in (self.caption, self.headline, self.table, self.terms_caption, self.tree):
-            layout.addWidget(widget)
-        layout.setStretch(2, 2)
-        layout.setStretch(4, 3)
+        layout.addWidget(self.caption)
+        layout.addWidget(self.headline)
+        layout.addWidget(splitter, 1)
 
     def show_plan(self, result: dict) -> None:
         """Fill the table from a `plan_memory` result (its methods' `decode` sections)."""
@@ -81,6 +91,9 @@ class ThroughputSection(QWidget):
         if self.view is None or method not in self.view.methods or gpu not in self.view.gpus:
             return
         self.selected = (method, gpu)
+        row, column = self.view.methods.index(method), len(FIXED_COLUMNS) + self.view.gpus.index(gpu)
+        if (self.table.currentRow(), self.table.currentColumn()) != (row, column):
+            self.table.setCurrentCell(row, column)  # comes back through _on_cell once, then stops here
         self.terms_caption.setText(f"Why {self.view.cell(method, gpu)} tokens/s on {gpu} for {self.view.label(method)}")
         show_terms(self.tree, self.view.terms(method, gpu))
 

@@ -93,11 +93,14 @@ def cache_keyword(model) -> str:
 
 
 def synchronize(device: str) -> None:
-    """Wait for the device's queued work, so that a clock reading covers it."""
+    """Wait for the queued work of every GPU the device stands for, so that a clock reading covers it."""
     import torch
 
+    from engine.model.loaded import cuda_indices
+
     if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
+        for index in cuda_indices(device):
+            torch.cuda.synchronize(index)
 
 
 def copy_bandwidth(device: str, nbytes: int) -> float:
@@ -118,7 +121,7 @@ def greedy(model, ids, new_tokens: int, device: str, task) -> Generation:
     """Generate `new_tokens` by argmax with the KV cache: one prefill, then one step per token."""
     import torch
 
-    ids, keyword = ids.to(device), cache_keyword(model)
+    ids, keyword = ids.to(next(model.parameters()).device), cache_keyword(model)  # the embedding's device
     with torch.inference_mode():
         synchronize(device)
         started = time.perf_counter()
@@ -212,11 +215,16 @@ def run(params: dict[str, Any], task, loaded, quantized: dict[str, Any]) -> dict
 def timed_runs(
     models, ids, settings: DecodeSettings, device: str, task
 ) -> tuple[dict[str, list[Generation]], list[float]]:
-    """Every model's greedy runs, taking turns, with a copy's bandwidth measured before each round."""
+    """Every model's greedy runs, taking turns, with a copy's bandwidth measured before each round.
+
+    The copy runs where the model's embedding is: for a model spread over GPUs (whose cards work
+    one after another) that first card's bandwidth is the bound.
+    """
     runs: dict[str, list[Generation]] = {name: [] for name, _, _ in models}
     copies, share = [], 1 / (settings.repeats * len(models))
+    first_device = str(next(models[0][1].parameters()).device)
     for repeat in range(settings.repeats):
-        copies.append(copy_bandwidth(device, settings.copy_mib * MIB))
+        copies.append(copy_bandwidth(first_device, settings.copy_mib * MIB))
         for i, (name, model, _) in enumerate(models):
             step = task.slice((repeat * len(models) + i) * share, (repeat * len(models) + i + 1) * share)
             step.log(f"decoding {settings.new_tokens} tokens with {name} (run {repeat + 1} of {settings.repeats})")
