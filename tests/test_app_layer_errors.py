@@ -98,6 +98,7 @@ def test_the_workbench_feeds_the_error_map_from_the_scan_it_sent():
     finish(workbench, MODEL)
     workbench.start_scan({"tokens": 64, "error_methods": METHODS})
     assert workbench.client.sent[-1][1]["error_methods"] == METHODS
+    assert workbench.client.sent[-1][1]["alpha"] == workbench.alpha  # smoothquant's error, at the slider's alpha
     job = workbench.client.active_job
     for payload in attention_inputs(0, outliers=1):
         workbench.on_scan_layer(job.id, payload)

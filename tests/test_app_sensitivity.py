@@ -75,6 +75,7 @@ def test_apply_to_export_fills_the_skip_list_the_quantize_request_carries(sweep_
         {
             "methods": ["absmax-tensor"],
             "threshold": workbench.threshold.threshold,
+            "alpha": workbench.alpha,
             "skip_modules": sweep_result["skip_modules"],
         },
     )
