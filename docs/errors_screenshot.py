@@ -35,7 +35,7 @@ def main() -> int:
     process_events_until(lambda: window.workbench.model_info is not None, 600)
     window.run_panel.set_methods(ERROR_METHODS)
     window.scan_panel.measure_errors.setChecked(True)
-    window.scan_panel.tokens.setValue(1024)
+    window.scan_panel.tokens.setValue(512)
     window.workbench.start_scan(window.scan_panel.params())
     process_events_until(lambda: window.stats.finished and window.workbench.ready, 1800)
     for method, entry in finished["scan"]["errors"].items():
@@ -51,7 +51,7 @@ def main() -> int:
     print("wrote", DOCS / "error_map.png")
 
     panel = window.open_sensitivity()
-    panel.tokens.setValue(512)
+    panel.tokens.setValue(256)
     panel.run()
     process_events_until(lambda: "sensitivity" in finished and window.workbench.ready, 3600)
     result = finished["sensitivity"]
