@@ -4,7 +4,8 @@ Run under a virtual display (the Debian packages docs/screenshots.py names):
 
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/errors_screenshot.py
 
-Writes docs/error_map.png and docs/sensitivity.png. Small token counts keep it to a few minutes on a CPU.
+Writes docs/error_map.png and docs/sensitivity.png (`... errors_screenshot.py error_map` writes only the first).
+Small token counts keep it short on a CPU.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ def main() -> int:
     window.grab().save(str(DOCS / "error_map.png"))
     print("wrote", DOCS / "error_map.png")
 
+    if sys.argv[1:] == ["error_map"]:
+        window.close()
+        return 0
     panel = window.open_sensitivity()
     panel.tokens.setValue(256)
     panel.run()
