@@ -15,26 +15,16 @@ METHODS = ["absmax-tensor", "vectorwise"]
 ATTN_IN = ("q_proj", "k_proj", "v_proj")
 
 
-def error_payload(index, layer, kind, name, absmax, sqnr):
-    payload = layer_payload(index, layer, kind, absmax, name=name, out_features=8)
-    return {**payload, "sqnr_db": {linear: sqnr for linear in payload["names"]}}
-
-
-def attention_inputs(layer: int, outliers: int) -> list[dict]:
-    """q, k, v of one layer: `outliers` input dimensions at 40, and the error growing with them."""
+def attention_inputs(layer: int, outliers: int) -> dict:
+    """The input q, k, v of one layer read: `outliers` dimensions at 40, and the error growing with them."""
     absmax = np.full(8, 1.0)
     absmax[:outliers] = 40.0
-    return [
-        error_payload(
-            3 * layer + i,
-            layer,
-            "attn_in",
-            f"model.layers.{layer}.self_attn.{proj}",
-            absmax,
-            {"absmax-tensor": 30.0 - 5 * outliers - i, "vectorwise": None if i == 2 else 35.0 - outliers},
-        )
-        for i, proj in enumerate(ATTN_IN)
-    ]
+    names = [f"model.layers.{layer}.self_attn.{proj}" for proj in ATTN_IN]
+    sqnr = {
+        name: {"absmax-tensor": 30.0 - 5 * outliers - i, "vectorwise": None if i == 2 else 35.0 - outliers}
+        for i, name in enumerate(names)
+    }
+    return {**layer_payload(layer, layer, "attn_in", absmax, names=names, out_features=8), "sqnr_db": sqnr}
 
 
 def configured() -> tuple[ScanStatistics, LayerErrors]:
@@ -49,14 +39,18 @@ def test_each_linear_and_method_fills_its_cell_on_the_heatmaps_rows():
     stats, errors = configured()
     events = []
     errors.subscribe(lambda event, data: events.append((event, data)))
-    for payload in attention_inputs(1, outliers=2):
-        stats.add_layer(payload)
-        errors.add_layer(payload)
+    payload = attention_inputs(1, outliers=2)
+    stats.add_layer(payload)
+    errors.add_layer(payload)
     row = stats.row_of(("attn_in", 1))
     assert errors.grid.shape == (4, 2 * 3)  # rows as the heatmap; per method a group of three Linears
-    assert errors.slots == 3 and ("row", row) in events
+    assert errors.slots == 3 and events[-1] == ("reset", None)  # three Linears in a row: the groups widened
+    payload = attention_inputs(0, outliers=0)
+    stats.add_layer(payload)
+    errors.add_layer(payload)
+    assert events[-1] == ("row", stats.row_of(("attn_in", 0)))  # the next input fits in place
     assert errors.grid[row].tolist() == [20.0, 19.0, 18.0, 33.0, 33.0, np.inf]  # None: the output was exact
-    assert np.isnan(errors.grid[stats.row_of(("attn_in", 0))]).all()
+    assert np.isnan(errors.grid[stats.row_of(("attn_out", 0))]).all()
     record, method = errors.cell(row, 4)
     assert (record.name, method) == ("model.layers.1.self_attn.k_proj", "vectorwise")
     assert errors.cell(stats.row_of(("attn_out", 0)), 0) is None
@@ -64,8 +58,7 @@ def test_each_linear_and_method_fills_its_cell_on_the_heatmaps_rows():
 
 def test_the_hover_text_names_linear_method_decibels_and_outlier_columns_at_the_threshold():
     stats, errors = configured()
-    for payload in attention_inputs(0, outliers=3):
-        errors.add_layer(payload)
+    errors.add_layer(attention_inputs(0, outliers=3))
     row = stats.row_of(("attn_in", 0))
     text = errors.describe_cell(row, 0, threshold=6.0)
     assert (
@@ -79,16 +72,13 @@ def test_the_hover_text_names_linear_method_decibels_and_outlier_columns_at_the_
 
 def test_a_linear_not_laid_out_widens_the_grid_and_a_new_scan_starts_empty():
     stats, errors = configured()
-    payload = error_payload(0, 0, "mlp_down", "model.layers.0.mlp.down_proj", np.ones(16), {"vectorwise": 25.0})
+    name = "model.layers.0.mlp.down_proj"
+    payload = {**layer_payload(0, 0, "mlp_down", np.ones(16), name=name), "sqnr_db": {name: {"vectorwise": 25.0}}}
     stats.add_layer(payload)  # the statistics add the row (a "reset" the error grid follows)
     errors.add_layer(payload)
     assert errors.grid.shape == (len(stats.row_keys), 2) and errors.grid[stats.row_of(("mlp_down", 0)), 1] == 25
     errors.load_result(
-        {
-            "errors": {
-                "vectorwise": {"median_sqnr_db": 25.0, "worst_linear": payload["names"][0], "loss_vs_outliers": 0.5}
-            }
-        }
+        {"errors": {"vectorwise": {"median_sqnr_db": 25.0, "worst_linear": name, "loss_vs_outliers": 0.5}}}
     )
     assert errors.summary_lines() == ["vector-wise INT8: median 25.0 dB, loss vs outlier columns ρ +0.50"]
     assert errors.worst_lines() == ["vector-wise INT8: worst model.layers.0.mlp.down_proj"]
@@ -103,9 +93,9 @@ def test_the_workbench_feeds_the_error_map_from_the_scan_it_sent():
     finish(workbench, MODEL)
     workbench.start_scan({"tokens": 64, "error_methods": METHODS})
     assert workbench.client.sent[-1][1]["error_methods"] == METHODS
+    assert workbench.client.sent[-1][1]["alpha"] == workbench.alpha  # smoothquant's error, at the slider's alpha
     job = workbench.client.active_job
-    for payload in attention_inputs(0, outliers=1):
-        workbench.on_scan_layer(job.id, payload)
+    workbench.on_scan_layer(job.id, attention_inputs(0, outliers=1))
     assert len(workbench.errors.linears) == 3 and workbench.errors.methods == METHODS
     finish(workbench, {"layers": [], "threshold": 6.0, "errors": {}})
     assert workbench.errors.finished
@@ -122,9 +112,9 @@ def test_error_view_hover_and_click(make_workbench, qtbot):
     window.workbench.lay_out_grid()
     window.workbench.errors.begin(METHODS)
     for layer in range(2):
-        for payload in attention_inputs(layer, outliers=layer + 1):
-            window.stats.add_layer(payload)
-            window.workbench.errors.add_layer(payload)
+        payload = attention_inputs(layer, outliers=layer + 1)
+        window.stats.add_layer(payload)
+        window.workbench.errors.add_layer(payload)
     qtbot.waitExposed(window)
     view = window.error_map
     assert not view.empty.is_empty and view.image.image.shape == (8, 6)

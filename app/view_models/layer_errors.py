@@ -1,7 +1,7 @@
 """Where the error is: each method's output SQNR on every Linear, laid out on the heatmap's rows.
 
-A scan asked for `error_methods` sends, in each `scan_layer` event, `sqnr_db` = {method: dB, or None where
-the method's output equals the floating-point one}, measured with the Linear's true floating-point input
+A scan asked for `error_methods` sends, in each `scan_layer` event, `sqnr_db` = {Linear name: {method: dB,
+or None where the method's output equals the floating-point one}} for the Linears that read that input, measured with the Linear's true floating-point input
 (engine.quant.layer_errors). The grid here has the outlier heatmap's rows (decoder layer x Linear input), so
 the two maps line up row for row; the Linears that read one input (q, k, v; gate, up) sit side by side in
 one column group per method. A cell is one (Linear, method).
@@ -78,40 +78,35 @@ class LayerErrors:
         self._rebuild()
 
     def add_layer(self, payload: dict[str, Any]) -> int | None:
-        """Take one `scan_layer` payload (one input, read by the Linears of `names`, each with its own
-        figures in `sqnr_db`: {Linear: {method: dB}}); returns the grid row it filled (None without errors)."""
-        sqnr = payload.get("sqnr_db")
-        if not isinstance(sqnr, dict):
+        """Take one `scan_layer` payload (one input, read by the Linears it names); returns the grid row it
+        filled (None when it carries no errors)."""
+        per_linear = payload.get("sqnr_db")
+        if not isinstance(per_linear, dict):
             return None
-        row = None
-        for name in payload["names"]:
-            figures = sqnr.get(name)
-            if isinstance(figures, dict):
-                row = self._add_linear(payload, str(name), figures)
-        return row
-
-    def _add_linear(self, payload: dict[str, Any], name: str, figures: dict[str, Any]) -> int | None:
-        record = LinearError(
-            name=name,
-            layer=int(payload.get("layer", -1)),
-            kind=str(payload.get("kind", "other")),
-            sqnr_db={m: (None if v is None else float(v)) for m, v in figures.items() if m in METHODS},
-            absmax=np.asarray(payload["absmax"], dtype=np.float32),
-        )
-        self.linears[record.name] = record
-        new_methods = [m for m in record.sqnr_db if m not in self.methods]
-        row = self.stats.row_of((record.kind, record.layer))
-        if new_methods or row is None or not self._place(record, row):
+        absmax = np.asarray(payload["absmax"], dtype=np.float32)
+        layer, kind = int(payload.get("layer", -1)), str(payload.get("kind", "other"))
+        records = [
+            LinearError(name, layer, kind, {m: (None if v is None else float(v)) for m, v in sqnr.items()}, absmax)
+            for name, sqnr in per_linear.items()
+            if isinstance(sqnr, dict)
+        ]
+        new_methods = {m for record in records for m in record.sqnr_db if m not in self.methods}
+        row = self.stats.row_of((kind, layer))
+        placed = row is not None and not new_methods
+        for record in records:
+            self.linears[record.name] = record
+            placed = placed and self._place(record, row)
+        if not placed:
             self.methods = [m for m in METHODS if m in self.methods or m in new_methods]
             self._rebuild()
-            return self.stats.row_of((record.kind, record.layer))
+            return self.stats.row_of((kind, layer))
         self._emit("row", row)
         return row
 
     def load_result(self, result: dict[str, Any]) -> None:
         """The scan's reply: the per-method summary, and any Linear that did not stream in."""
         for payload in result.get("layers", []):
-            if payload.get("name") not in self.linears:
+            if not set(self.linears).issuperset(payload.get("names", ())):
                 self.add_layer(payload)
         self.summary = dict(result.get("errors") or {})
         self.finished = True

@@ -189,7 +189,8 @@ class Workbench:
     def start_scan(self, params: dict[str, Any]) -> str | None:
         if self.model_info is None:
             return self.refuse("Load a model before scanning it.")
-        job = self._submit("scan", {**params, "threshold": self.threshold.threshold})
+        smoothing = {"alpha": self.alpha} if params.get("error_methods") else {}  # the error pass's smoothquant
+        job = self._submit("scan", {**params, "threshold": self.threshold.threshold, **smoothing})
         if job is not None:
             self.errors.begin(params.get("error_methods") or ())
             self.lay_out_grid(previous_scan_widths=True)

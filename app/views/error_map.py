@@ -14,7 +14,7 @@ import math
 
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
 
 from app.view_models.layer_errors import LayerErrors
 from app.view_models.threshold import ThresholdModel
@@ -27,6 +27,7 @@ EMPTY_TEXT = (
     "every Linear appears here, row for row beside the outliers."
 )
 LEVELS_DB = (0.0, 40.0)  # initial colour range; widened in steps of 10 dB when the data need it
+TEXT_HEIGHT = 130  # pixels at most for the readout, the clicked Linear and the summary
 HOVER_HINT = "Hover to read a cell; click one to see its Linear's outlier dimensions next to its error."
 
 
@@ -67,7 +68,7 @@ class ErrorMapView(QWidget):
             values=self._levels,
             colorMap=colors.error_colormap(),
             interactive=False,
-            label="SQNR dB (bright: more error)",
+            label="SQNR dB",
             colorMapMenu=False,
         )
         self.graphics.addItem(self.color_bar, row=0, col=1)
@@ -93,8 +94,18 @@ class ErrorMapView(QWidget):
         layout.addWidget(self.key)
         self.empty = EmptyState(self.graphics, EMPTY_TEXT)
         layout.addWidget(self.empty, 1)
+        texts = QWidget()  # the words scroll, so that the map keeps its height in a short window
+        texts_layout = QVBoxLayout(texts)
+        texts_layout.setContentsMargins(0, 0, 4, 0)
         for label in (self.readout, self.detail, self.summary):
-            layout.addWidget(label)
+            texts_layout.addWidget(label)
+        self.texts = QScrollArea()
+        self.texts.setWidget(texts)
+        self.texts.setWidgetResizable(True)
+        self.texts.setFrameShape(QFrame.Shape.NoFrame)
+        self.texts.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.texts.setMaximumHeight(TEXT_HEIGHT)
+        layout.addWidget(self.texts)
         self.redraw()
 
     # --- drawing ---------------------------------------------------------------------------------
@@ -104,8 +115,7 @@ class ErrorMapView(QWidget):
         errors = self.errors
         empty = not errors.has_errors
         self.empty.set_empty(empty)
-        for label in (self.readout, self.detail, self.summary):
-            label.setVisible(not empty)
+        self.texts.setVisible(not empty)
         levels = levels_for(errors.finite_range())
         if levels != self._levels:
             self._levels = levels
@@ -116,7 +126,7 @@ class ErrorMapView(QWidget):
         else:
             self.image.setVisible(False)
         self._update_axes()
-        self.key.setText(f"Columns: {errors.column_key()}" if errors.methods else "")
+        self.key.setText(f"Columns: {errors.column_key()}. Bright: more error." if errors.methods else "")
         self.summary.setText("<br>".join(errors.summary_lines()))
         self.summary.setToolTip("<br>".join(errors.worst_lines()))
         if self.selected is not None and self.selected not in errors.linears:
