@@ -249,7 +249,7 @@ class MainWindow(QMainWindow):
             self.status.set_progress(*data)
         elif event == "results":
             self.bottom_tabs.setCurrentWidget(self.results_view)
-            self._make_room_for_results()
+            self.make_room_for_results()
 
     def showEvent(self, event) -> None:  # noqa: N802 - Qt's name
         super().showEvent(event)
@@ -306,7 +306,7 @@ class MainWindow(QMainWindow):
         if path:
             self.workbench.connect_file(path)
 
-    def _make_room_for_results(self, share: float = 0.5) -> None:
+    def make_room_for_results(self, share: float = 0.5) -> None:
         """After a Run its rows must show: the results pane gets `share` of the height if it has less."""
         heatmap, plots, results = self.right.sizes()
         total = heatmap + plots + results

@@ -7,7 +7,8 @@ libxcb-keysyms1 libxcb-image0 libxcb-render-util0 libxcb-xinerama0 libxcb-randr0
 
 The window starts as a newcomer's does (fresh settings: the default model loads at start), then
 scans 2,048 calibration tokens and runs four methods on 2,048 evaluation tokens. At each stage it is
-drawn at both sizes, with the splitters laid out as on a first start at that size. Writes
+drawn at both sizes, with the splitters laid out as on a first start at that size (and, after Run,
+with the room the results take when they arrive). Writes
 docs/window-{1366,1920}-{start,scan,run}.png and docs/explain.png (the "What am I looking at?" panel).
 """
 
@@ -21,8 +22,19 @@ DOCS = Path(__file__).resolve().parent
 sys.path.insert(0, str(DOCS.parent))
 
 SIZES = ((1366, 768), (1920, 1080))
+STAGES = ("start", "scan", "run")
+EXPLAIN = "explain.png"
 METHODS = ["absmax-tensor", "vectorwise", "llm-int8", "weight-only"]
 TOKENS = 2048
+
+
+def window_file(width: int, stage: str) -> str:
+    return f"window-{width}-{stage}.png"
+
+
+def file_names() -> list[str]:
+    """Every file this script writes into docs/ (the packaging test checks the metainfo against it)."""
+    return [window_file(width, stage) for stage in STAGES for width, _ in SIZES] + [EXPLAIN]
 
 
 def main() -> int:
@@ -45,9 +57,11 @@ def main() -> int:
         for width, height in SIZES:
             window.resize(width, height)
             settle()
-            window_memory.default_proportions(window)
+            window_memory.default_proportions(window)  # as on a first start at this size
+            if stage == "run":
+                window.make_room_for_results()  # as the Run's results did when they arrived
             settle()
-            path = DOCS / f"window-{width}-{stage}.png"
+            path = DOCS / window_file(width, stage)
             window.grab().save(str(path))
             print("wrote", path, window.size().toTuple())
 
@@ -70,8 +84,8 @@ def main() -> int:
     panel = window.show_explanation()
     panel.resize(620, 760)
     settle()
-    panel.grab().save(str(DOCS / "explain.png"))
-    print("wrote", DOCS / "explain.png")
+    panel.grab().save(str(DOCS / EXPLAIN))
+    print("wrote", DOCS / EXPLAIN)
     window.close()
     return 0
 

@@ -29,6 +29,9 @@ Limits of the approach (checked by `check_supported`, refused with a message tha
 - the cached hidden states of every stream stay on the compute device: streams x tokens x hidden x
   dtype bytes (8 MB per stream for 512 tokens of a 7B model in float32).
 - a tied input embedding and output head is read twice, first and last.
+- the checkpoint's tensor names must be the model's own (engine.model.disk_weights checks them at
+  load): checkpoints that transformers renames or fuses while loading (legacy names, the experts of
+  a mixture of experts stored one by one) are refused and load in memory.
 """
 
 from __future__ import annotations
