@@ -1,10 +1,11 @@
 """Where the error is: each method's output SQNR on every Linear, laid out on the heatmap's rows.
 
 A scan asked for `error_methods` sends, in each `scan_layer` event, `sqnr_db` = {Linear name: {method: dB,
-or None where the method's output equals the floating-point one}} for the Linears that read that input, measured with the Linear's true floating-point input
-(engine.quant.layer_errors). The grid here has the outlier heatmap's rows (decoder layer x Linear input), so
-the two maps line up row for row; the Linears that read one input (q, k, v; gate, up) sit side by side in
-one column group per method. A cell is one (Linear, method).
+or None where the method's output equals the floating-point one}} for the Linears that read that input,
+measured with the Linear's true floating-point input (engine.quant.layer_errors). The grid here has the
+outlier heatmap's rows (decoder layer x Linear input), so the two maps line up row for row; the Linears that
+read one input (q, k, v; gate, up) sit side by side in one column group per method. A cell is one (Linear,
+method).
 
 Every record is kept by Linear name and the grid is rebuilt from them whenever the heatmap's layout
 changes (it has a few hundred cells, so rebuilding costs nothing worth saving).
