@@ -108,7 +108,7 @@ def _weight(name: str, shape, config):
         layer = int(name.split(".")[2]) if name.startswith("model.layers.") else -1
         if layer >= PLANT_FROM_LAYER:
             depth = (layer - PLANT_FROM_LAYER) / max(config.num_hidden_layers - 1 - PLANT_FROM_LAYER, 1)
-            weight[list(PLANTED_DIMS)] = 3.0 + 12.0 * depth
+            weight[planted_dims(shape[0])] = 3.0 + 12.0 * depth
         return weight.to(torch.bfloat16)
     generator = torch.Generator().manual_seed(sum(map(ord, name)) * 7919 + len(name))
     out = torch.empty(shape, dtype=torch.bfloat16)
@@ -117,6 +117,11 @@ def _weight(name: str, shape, config):
         slab = torch.randn((min(rows, shape[0] - start), *shape[1:]), generator=generator)
         out[start : start + rows] = slab.mul_(config.initializer_range)
     return out
+
+
+def planted_dims(hidden: int) -> list[int]:
+    """PLANTED_DIMS, folded into the smaller shapes' hidden size."""
+    return [dim % hidden for dim in PLANTED_DIMS]
 
 
 def _tokenizer():
@@ -176,9 +181,10 @@ def _planted_found(scan_payload: dict) -> dict:
     found = {}
     for layer in scan_payload["layers"]:
         if layer["kind"] in ("attn_in", "mlp_in") and layer["layer"] >= PLANT_FROM_LAYER:
-            over = set(np.flatnonzero(np.asarray(layer["absmax"]) > 6.0).tolist())
+            absmax = np.asarray(layer["absmax"])
+            over = set(np.flatnonzero(absmax > 6.0).tolist())
             found.setdefault(layer["layer"], True)
-            found[layer["layer"]] &= set(PLANTED_DIMS) <= over
+            found[layer["layer"]] &= set(planted_dims(absmax.size)) <= over
     return {"layers": len(found), "all_found": all(found.values()), "missed": [k for k, v in found.items() if not v]}
 
 

@@ -8,8 +8,10 @@ an empty layer of the method, engine.checkpoint.contents' order) from the model'
 weight is read, the files are laid out from that plan (engine.checkpoint.tensor_files), and each tensor
 is written when its part of the model is placed: the embeddings first, each decoder layer as it is
 quantized, the final norm and an untied head last. Static llm-int8's outlier columns are known only
-once the scan has seen their layer; they go to the sidecar tensors, written at the end. GGUF files are
-written from a model in memory (engine.checkpoint.gguf_export).
+once the scan has seen their layer, so the sidecar tensors cannot be laid out in advance: each layer's
+go to a file of their own in the staging folder, and at the end they are copied into the sidecar one
+tensor at a time and those files removed (held in memory, a 7B model's would grow by the columns of
+every layer). GGUF files are written from a model in memory (engine.checkpoint.gguf_export).
 """
 
 from __future__ import annotations
@@ -80,7 +82,8 @@ class LayerExport(LayerWork):
         self.split = export.plan_shards(self.specs, max_shard_size)
         self.needed = sum(t.numel() * t.element_size() for t in self.specs.values())
         self.metadata = contents.export_metadata(recipe.method, recipe.threshold, settings)
-        self.extra: dict[str, Any] = {}
+        self.extra: dict[str, Any] = {}  # sidecar tensor name -> meta tensor of its dtype and shape
+        self.extra_parts: list[Path] = []  # the staging files that hold them, one per decoder layer
         self.files: PlannedFiles | None = None
         self.staging: Path | None = None
 
@@ -96,13 +99,36 @@ class LayerExport(LayerWork):
         main, extra, layers = contents.split_tensors(module, self.fmt)
         for name, tensor in main.items():
             self.files.write(f"{prefix}.{name}", tensor)
-        self.extra.update({f"{prefix}.{name}": tensor.clone() for name, tensor in extra.items()})
+        if extra:
+            self._hold({f"{prefix}.{name}": tensor for name, tensor in extra.items()}, index)
         dims = {f"{prefix}.{layer['name']}": layer["outlier_dims"] for layer in layers}
         for layer in self.layers:
             layer["outlier_dims"] = dims.get(layer["name"], layer["outlier_dims"])
 
     def last(self, model, names: list[str]) -> None:
         self._write_placed(model, names)
+
+    def _hold(self, tensors: dict[str, Any], index: int) -> None:
+        """One layer's sidecar tensors to a staging file of their own; only their dtypes and shapes stay here."""
+        from safetensors.torch import save_file
+
+        part = self.staging / f".held-layer-{index:05d}.part"
+        save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, str(part))
+        self.extra_parts.append(part)
+        self.extra.update({name: tensor.to("meta") for name, tensor in tensors.items()})
+
+    def _write_held(self) -> None:
+        """The sidecar tensors file, filled from the layers' staging files one tensor at a time."""
+        from safetensors import safe_open
+
+        names = sorted(self.extra)
+        sidecar = PlannedFiles(self.staging, {export.SIDECAR_TENSORS: names}, self.extra, self.metadata)
+        for part in self.extra_parts:
+            with safe_open(str(part), framework="pt") as handle:
+                for name in handle.keys():
+                    sidecar.write(name, handle.get_tensor(name))
+            part.unlink()
+        sidecar.close()
 
     def _write_placed(self, model, names: list[str]) -> None:
         state = model.state_dict()
@@ -121,7 +147,7 @@ class LayerExport(LayerWork):
             }
             export.write_json(self.staging / export.WEIGHTS_INDEX_NAME, index)
         if self.extra:
-            export.save_tensors(self.staging / export.SIDECAR_TENSORS, self.extra, self.metadata)
+            self._write_held()
             files[export.SIDECAR_TENSORS] = list(self.extra)
         contents.write_configs(
             self.staging,
