@@ -36,7 +36,8 @@ def sweep_result():
 def test_the_view_model_reads_the_ranking_curve_and_held_out_check(sweep_result):
     rows = sensitivity.ranking(sweep_result)
     assert [row.group for row in rows] == sweep_result["ranking"]
-    assert all(row.perplexity < sweep_result["quantized"] for row in rows)  # only groups that help are ranked
+    kl = {entry["group"]: entry["kl_divergence"] for entry in sweep_result["groups"]}
+    assert all(kl[row.group] < sweep_result["kl_divergence"] for row in rows)  # only groups that help are ranked
     megabytes, perplexity = sensitivity.curve(sweep_result)
     assert megabytes[0] == 0 and megabytes[-1] == pytest.approx(sweep_result["float_bytes"] / sensitivity.MB)
     assert perplexity[-1] <= sensitivity.goal(sweep_result) < perplexity[0]

@@ -104,6 +104,20 @@ def test_cli_refuses_bad_numbers_before_loading(capsys):
     assert code == EXIT_USER_ERROR and "new_tokens must be at least 2" in err and "Traceback" not in err
 
 
+def test_cli_times_every_method_smoothquant_at_its_alpha_included(tmp_path, capsys):
+    import json
+
+    from tests.tiny_models import save_tiny_llama
+
+    model = save_tiny_llama(tmp_path / "tiny")
+    argv = ["bench-decode", "--model", str(model), "--methods", "vectorwise,smoothquant", "--alpha", "0.7"]
+    argv += ["--new-tokens", "3", "--prompt-tokens", "4", "--repeats", "1", "--copy-mib", "1"]
+    code = main([*argv, "--calibration-tokens", "128", "--seq-len", "64", "--json", "--quiet"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert [row["method"] for row in json.loads(out)["rows"]] == ["baseline", "vectorwise", "smoothquant"]
+
+
 @pytest.mark.slow
 def test_default_model_is_deterministic_and_naive_int8_leaves_the_baseline_first(default_model, default_scan):
     """Greedy continuations of the evaluation text's first 32 tokens on SmolLM2-135M (docs/throughput.md)."""

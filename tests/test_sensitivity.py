@@ -66,20 +66,27 @@ def test_kept_in_float_puts_everything_back(planted):
 
 @pytest.fixture(scope="module")
 def sweep(planted):
+    """The sweep on the planted model, and how many evaluations (passes over the sweep or held-out tokens) it ran."""
     calls = []
-    original = evaluate.perplexity
+    originals = [(evaluate, "perplexity"), (sensitivity, "_reference"), (sensitivity, "_against")]
 
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
+    def counting(original):
+        def counted(*args, **kwargs):
+            calls.append(original.__name__)
+            return original(*args, **kwargs)
 
-    evaluate.perplexity = counting
+        return counted
+
+    saved = [(module, name, getattr(module, name)) for module, name in originals]
+    for module, name, original in saved:
+        setattr(module, name, counting(original))
     try:
         result = sensitivity.run(
             {**SWEEP, "method": "absmax-tensor", "group": "linear", "target": TARGET}, Task(), planted
         )
     finally:
-        evaluate.perplexity = original
+        for module, name, original in saved:
+            setattr(module, name, original)
     return result, len(calls)
 
 

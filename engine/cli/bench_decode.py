@@ -23,6 +23,7 @@ def add_parser(subparsers) -> None:
     )
     _common.model_options(command)
     _common.scan_options(command, tokens_flag="--calibration-tokens")
+    _common.alpha_option(command)
     command.add_argument(
         "--methods", default=_common.DEFAULT_METHODS, help=f"comma-separated, from: {', '.join(METHODS)}"
     )
@@ -54,7 +55,7 @@ def cmd_bench_decode(args) -> int:
     DecodeSettings.from_params(params)  # a typo is refused before the model loads
     session = _common.session_with_model(args)
     methods = _common.parse_methods(args.methods)
-    if "llm-int8" in methods:
+    if _common.needs_scan(methods):
         _common.run_scan(session, args)
     _common.run_quantize(session, args, methods)
     task = ProgressBarTask("decode", enabled=not args.quiet)
