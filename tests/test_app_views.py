@@ -67,6 +67,8 @@ def test_hover_readout_and_click_profile(make_workbench, qtbot):
     window.profile.show_dimension(5)
     assert window.profile.title.text().startswith("Dimension 5: over the threshold in 6 of 6 layers")
     assert set(window.profile.curves) == {"attn_in", "attn_out", "mlp_in", "mlp_down"}
+    key = window.profile.key.text()  # the key names this dense model's kinds, not the experts'
+    assert "attention input" in key and "MLP down input" in key and "experts" not in key
 
 
 def test_share_mode_and_settings_round_trip(make_workbench):

@@ -41,14 +41,8 @@ class DimensionProfileView(QWidget):
         content = QWidget()
         layout = QVBoxLayout(content)
         layout.setContentsMargins(0, 0, 0, 0)
-        # The key sits above the plot, where it cannot hide the curves.
-        self.key = QLabel(
-            "   ".join(
-                f"<span style='color:{colors.KIND_COLORS[kind]}'>&#9679; {label}</span>"
-                for kind, label in KIND_LABELS.items()
-                if kind in colors.KIND_COLORS
-            )
-        )
+        # The key sits above the plot, where it cannot hide the curves; it names the kinds the model has.
+        self.key = QLabel(self._key(KIND_LABELS))
         self.key.setWordWrap(True)
         layout.addWidget(self.title)
         layout.addWidget(self.key)
@@ -80,11 +74,20 @@ class DimensionProfileView(QWidget):
                 symbolBrush=colors.KIND_COLORS[kind],
             )
             over_layers.update(int(layer) for layer in layers[values > self.threshold.threshold])
+        self.key.setText(self._key([kind for kind in KIND_LABELS if kind in profile]))
         total_layers = len({layer for layers, _ in profile.values() for layer in layers})
         self.title.setText(
             f"Dimension {dim:,}: over the threshold in {len(over_layers)} of {total_layers} layers"
             if total_layers
             else f"Dimension {dim:,}: not in any scanned layer"
+        )
+
+    @staticmethod
+    def _key(kinds) -> str:
+        return "   ".join(
+            f"<span style='color:{colors.KIND_COLORS[kind]}'>&#9679; {KIND_LABELS[kind]}</span>"
+            for kind in kinds
+            if kind in colors.KIND_COLORS
         )
 
     def _on_stats(self, event: str, data: object) -> None:
