@@ -96,9 +96,9 @@ class HeatmapView(QWidget):
             values=self._levels,
             colorMap=colors.colormap(),
             interactive=False,
-            label="log10 abs-max",
             colorMapMenu=False,
         )
+        self.color_bar.axis.setLabel("log10 abs-max")  # beside its values (the constructor's label goes left)
         self.graphics.addItem(self.color_bar, row=0, col=1)
         self.plot.scene().sigMouseMoved.connect(self._on_mouse_moved)
         self.plot.scene().sigMouseClicked.connect(self._on_mouse_clicked)
