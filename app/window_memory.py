@@ -112,6 +112,7 @@ def default_proportions(window) -> None:
     window.right.setSizes([int(height * share) for share in (0.48, 0.24, 0.28)])
     window.middle.setSizes([width // 2, width // 2])
     window.results_view.splitter.setSizes([width * 2 // 3, width // 3])
+    window.results_view.fit_table_width()  # the table's columns first, when the chart can spare the width
     window.maps.setSizes([width * 7 // 10, width * 3 // 10])
     sidebar = window.sidebar.minimumWidth()
     window.main_splitter.setSizes([sidebar, max(width - sidebar, 1)])

@@ -154,9 +154,9 @@ class ResultsView(QWidget):
             " ".join(text for text in (measured, self.model.plan_note and f"{self.model.plan_note}.") if text)
         )
         self._draw_chart()
-        QTimer.singleShot(0, self._fit_table_width)  # once the rows are laid out and the table is shown
+        QTimer.singleShot(0, self.fit_table_width)  # once the rows are laid out and the table is shown
 
-    def _fit_table_width(self) -> None:
+    def fit_table_width(self) -> None:
         """Give the table the width its columns need, taken from the chart while the chart keeps its minimum."""
         table = self.table
         scroll_bar = table.verticalScrollBar()
