@@ -187,42 +187,38 @@ def run(params: dict[str, Any], task, loaded, scan=None) -> dict[str, Any]:
 
 def _reference(model, batches, task) -> tuple[float, list]:
     """The float model's perplexity on `batches`, and its log-probabilities at every position (float16)."""
-    import torch
-    import torch.nn.functional as F
-
-    device = next(model.parameters()).device
     reference, total_nll, total_tokens = [], 0.0, 0
-    with torch.no_grad():
-        for i, batch in enumerate(batches):
-            task.check_cancelled()
-            batch = batch.to(device)
-            logprobs = F.log_softmax(model(input_ids=batch, use_cache=False).logits.float(), dim=-1)
-            total_nll += float(_nll(logprobs, batch))
-            total_tokens += batch[:, 1:].numel()
-            reference.append(logprobs.half())
-            task.progress((i + 1) / len(batches))
+    for batch, logprobs in _log_probabilities(model, batches, task):
+        total_nll += float(_nll(logprobs, batch))
+        total_tokens += batch[:, 1:].numel()
+        reference.append(logprobs.half())
     return evaluate.perplexity_numbers(total_nll, total_tokens, 0.0)["perplexity"], reference
 
 
 def _against(model, batches, reference, task) -> tuple[float, float]:
     """`model`'s perplexity on `batches` and its KL divergence from the reference, mean per position."""
+    total_nll, total_kl, total_tokens, positions = 0.0, 0.0, 0, 0
+    for (batch, logprobs), expected in zip(_log_probabilities(model, batches, task), reference):
+        total_nll += float(_nll(logprobs, batch))
+        total_tokens += batch[:, 1:].numel()
+        expected = expected.float()
+        total_kl += float((expected.exp() * (expected - logprobs)).sum(dim=-1).sum())
+        positions += batch.numel()
+    return evaluate.perplexity_numbers(total_nll, total_tokens, 0.0)["perplexity"], total_kl / positions
+
+
+def _log_probabilities(model, batches, task):
+    """Each batch on the model's device, with the model's log-probabilities at each of its positions (float32)."""
     import torch
     import torch.nn.functional as F
 
     device = next(model.parameters()).device
-    total_nll, total_kl, total_tokens, positions = 0.0, 0.0, 0, 0
     with torch.no_grad():
-        for i, (batch, expected) in enumerate(zip(batches, reference)):
+        for i, batch in enumerate(batches):
             task.check_cancelled()
             batch = batch.to(device)
-            logprobs = F.log_softmax(model(input_ids=batch, use_cache=False).logits.float(), dim=-1)
-            total_nll += float(_nll(logprobs, batch))
-            total_tokens += batch[:, 1:].numel()
-            expected = expected.float()
-            total_kl += float((expected.exp() * (expected - logprobs)).sum(dim=-1).sum())
-            positions += batch.numel()
+            yield batch, F.log_softmax(model(input_ids=batch, use_cache=False).logits.float(), dim=-1)
             task.progress((i + 1) / len(batches))
-    return evaluate.perplexity_numbers(total_nll, total_tokens, 0.0)["perplexity"], total_kl / positions
 
 
 def _nll(logprobs, batch):
