@@ -34,7 +34,9 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=2048, help="sweep tokens")
     parser.add_argument("--holdout-tokens", type=int, default=2048)
     parser.add_argument("--random-lists", type=int, default=20)
-    parser.add_argument("--scan-tokens", type=int, default=1024, help="tokens of the scan-cost comparison")
+    parser.add_argument(
+        "--scan-tokens", type=int, default=scan.ScanSettings.tokens, help="tokens of the scan-cost comparison"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -51,6 +53,7 @@ def main() -> int:
     report["sweep"] = {
         k: sweep[k] for k in ("baseline", "quantized", "reached", "skip_modules", "float_bytes", "holdout")
     }
+    report["sweep"]["curve"] = [{k: p[k] for k in ("added", "float_bytes", "change_pct", "upper_pct")} for p in sweep["curve"]]
     report["sweep"]["layers"] = [p["added"] for p in sweep["curve"] if p["added"]]
 
     report["random_lists"] = random_lists(loaded, args, sweep)
@@ -112,8 +115,10 @@ def error_pass_cost(loaded, tokens: int) -> dict:
             scan.run({"tokens": tokens, **extra}, Task(), loaded)
             target.append(time.perf_counter() - started)
     return {
+        "tokens": tokens,
         "plain_seconds": min(plain),
         "with_errors_seconds": min(with_errors),
+        "error_pass_seconds": min(with_errors) - min(plain),
         "ratio": min(with_errors) / min(plain),
     }
 
@@ -137,7 +142,7 @@ def print_report(report: dict) -> None:
     )
     errors = report["error_pass_cost"]
     print(
-        f"error pass: scan {errors['plain_seconds']:.1f} s, with errors {errors['with_errors_seconds']:.1f} s, "
+        f"error pass on {errors['tokens']:,} tokens: scan {errors['plain_seconds']:.1f} s, with errors {errors['with_errors_seconds']:.1f} s, "
         f"ratio {errors['ratio']:.2f} (goal: under 1.5)"
     )
 

@@ -47,6 +47,10 @@ def main() -> int:
     column = errors.methods.index("vectorwise") * errors.slots + errors.row_linears[row].index(worst)
     window.error_map.select_cell(row, column)
     window.error_map.readout.setText(errors.describe_cell(row, column, window.threshold.threshold))
+    # The maps side by side at equal width, over most of the height: what a user dragging the splitters sees.
+    width, height = window.maps.width(), window.right.height()
+    window.maps.setSizes([width // 2, width - width // 2])
+    window.right.setSizes([int(height * 0.6), int(height * 0.2), height - int(height * 0.6) - int(height * 0.2)])
     settle()
     window.grab().save(str(DOCS / "error_map.png"))
     print("wrote", DOCS / "error_map.png")
@@ -55,7 +59,7 @@ def main() -> int:
         window.close()
         return 0
     panel = window.open_sensitivity()
-    panel.tokens.setValue(256)
+    panel.tokens.setValue(1024)
     panel.run()
     process_events_until(lambda: "sensitivity" in finished and window.workbench.ready, 3600)
     result = finished["sensitivity"]

@@ -38,9 +38,10 @@ def test_the_view_model_reads_the_ranking_curve_and_held_out_check(sweep_result)
     assert [row.group for row in rows] == sweep_result["ranking"]
     kl = {entry["group"]: entry["kl_divergence"] for entry in sweep_result["groups"]}
     assert all(kl[row.group] < sweep_result["kl_divergence"] for row in rows)  # only groups that help are ranked
-    megabytes, perplexity = sensitivity.curve(sweep_result)
+    megabytes, perplexity, bound = sensitivity.curve(sweep_result)
     assert megabytes[0] == 0 and megabytes[-1] == pytest.approx(sweep_result["float_bytes"] / sensitivity.MB)
-    assert perplexity[-1] <= sensitivity.goal(sweep_result) < perplexity[0]
+    assert (bound >= perplexity - 1e-9).all()
+    assert perplexity[-1] <= bound[-1] <= sensitivity.goal(sweep_result) < bound[0]
     count = len(sweep_result["skip_modules"])
     assert f"Keeping {count} Linear" in sensitivity.verdict(sweep_result)
     assert f"{sweep_result['holdout']['change_pct']:+.2f}%" in sensitivity.held_out(sweep_result)
@@ -67,6 +68,7 @@ def test_apply_to_export_fills_the_skip_list_the_quantize_request_carries(sweep_
     assert panel.table.rowCount() == len(sweep_result["ranking"])
     assert panel.chosen.toPlainText().splitlines() == sweep_result["skip_modules"]
     assert panel.curve.getData()[1][-1] == pytest.approx(sweep_result["curve"][-1]["perplexity"])
+    assert panel.bound.getData()[1][-1] <= sensitivity.goal(sweep_result)
     qtbot.mouseClick(panel.apply_button, Qt.MouseButton.LeftButton)
     assert workbench.skip_modules == sweep_result["skip_modules"]
     assert f"keeps {len(sweep_result['skip_modules'])} Linear" in panel.note.text()

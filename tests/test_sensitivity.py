@@ -64,6 +64,47 @@ def test_kept_in_float_puts_everything_back(planted):
     assert variant.model.get_submodule(name) is before
 
 
+def test_replayed_layers_measure_exactly_what_running_them_measures(planted):
+    """A group in layer 1 measured with layer 0 replayed from the fully quantized pass: same NLL, layer 0 not run."""
+    from engine.model.replay import LayerOutputs
+
+    variant = quantize.run({"method": "vectorwise"}, Task(), planted)
+    windows, _ = evaluate.evaluation_windows(evaluate.EvalSettings(tokens=256, window=64), planted.tokenizer)
+    batches = windows.split(2)
+    reference = sensitivity._reference(planted.model, batches, Task())
+    recorded = LayerOutputs(variant.model)
+    with recorded.recording():
+        sensitivity._against(variant.model, batches, reference, Task())
+    names = ["model.layers.1.mlp.down_proj", "model.layers.1.self_attn.q_proj"]
+    assert recorded.layer_of(names[0]) == 1 and recorded.layer_of("lm_head") == 0
+    with sensitivity.kept_in_float(variant.model, planted.model, names):
+        computed = sensitivity._against(variant.model, batches, reference, Task())
+        first_layer_calls = []
+        handle = recorded.blocks[0].register_forward_pre_hook(lambda *_: first_layer_calls.append(1))
+        with recorded.replaying(1):
+            replayed = sensitivity._against(variant.model, batches, reference, Task())
+        handle.remove()
+    assert first_layer_calls == []
+    assert torch.equal(computed.nll, replayed.nll) and computed.kl_divergence == replayed.kl_divergence
+    assert isinstance(variant.model.model.layers[0], type(planted.model.model.layers[0]))  # put back
+
+
+def test_the_upper_bound_of_a_change_covers_other_texts_95_times_in_100():
+    """Per-token NLL differences of a known mean: the bound is above the truth for about 95% of texts."""
+    true_change = 100 * torch.tensor(0.01).expm1().item()
+    covered = 0
+    for seed in range(400):
+        generator = torch.Generator().manual_seed(seed)
+        difference = 0.01 + 0.3 * torch.randn(2048, generator=generator, dtype=torch.float64)
+        change, upper = sensitivity.change_bounds(difference)
+        assert upper > change
+        covered += true_change <= upper
+    assert 0.90 <= covered / 400 <= 0.99
+    assert sensitivity.change_bounds(torch.full((512,), 0.02, dtype=torch.float64)) == pytest.approx(
+        (100 * torch.tensor(0.02).expm1().item(),) * 2
+    )
+
+
 @pytest.fixture(scope="module")
 def sweep(planted):
     """The sweep on the planted model, and how many evaluations (passes over the sweep or held-out tokens) it ran."""

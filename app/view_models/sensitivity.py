@@ -1,8 +1,10 @@
 """A sensitivity sweep's result (engine.quant.sensitivity) as the panel shows it, without Qt.
 
-The sweep ranks groups (a decoder layer's Linears, or each Linear) by the perplexity that keeping them
-in floating point buys per megabyte, walks that ranking re-measuring the growing list as a whole (the
-curve "float MB kept -> perplexity"), and checks the chosen list on held-out tokens it never measured on.
+The sweep ranks groups (a decoder layer's Linears, or each Linear) by how much of the quantized model's
+divergence from the baseline keeping them in floating point removes per megabyte, walks that ranking
+re-measuring the growing list as a whole (the curve "float MB kept -> perplexity", with the upper
+confidence bound of each point's perplexity), stops once that bound is within the target, and checks the
+chosen list on held-out tokens it never measured on.
 """
 
 from __future__ import annotations
@@ -50,12 +52,13 @@ def ranking(result: dict[str, Any]) -> list[RankedGroup]:
     return rows
 
 
-def curve(result: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(float MB kept, perplexity) at every step of the greedy list, nothing kept first."""
+def curve(result: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(float MB kept, perplexity, its upper confidence bound) at every step of the greedy list, nothing kept first."""
     points = result["curve"]
     return (
         np.array([p["float_bytes"] / MB for p in points], dtype=np.float64),
         np.array([p["perplexity"] for p in points], dtype=np.float64),
+        np.array([result["baseline"] * (1 + p["upper_pct"] / 100) for p in points], dtype=np.float64),
     )
 
 
@@ -78,7 +81,9 @@ def verdict(result: dict[str, Any]) -> str:
         return f"{everything}: already within the target {result['target_pct']:+g}%, nothing to keep in float."
     return (
         f"{everything}. Keeping {count} Linear{'' if count == 1 else 's'} ({megabytes:.1f} MB) in floating point "
-        f"meets the target {result['target_pct']:+g}% on the sweep's {result['sweep_tokens']:,} tokens."
+        f"meets the target {result['target_pct']:+g}% on the sweep's {result['sweep_tokens']:,} tokens, with "
+        f"{result['confidence']:.0%} confidence ({result['curve'][-1]['change_pct']:+.2f}%, at most "
+        f"{result['curve'][-1]['upper_pct']:+.2f}%)."
     )
 
 

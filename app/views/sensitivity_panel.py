@@ -1,8 +1,8 @@
 """The sensitivity panel: which Linears to keep in floating point so a method meets a perplexity target.
 
 The user picks a method, a target and a grouping; Run sends the `sensitivity` request through the
-workflow. The result shows as the ranking of groups, the curve "float MB kept -> perplexity" with the
-target line, and the chosen list with its held-out check. "Apply to export" hands the list to the
+workflow. The result shows as the ranking of groups, the curve "float MB kept -> perplexity" with its
+upper confidence bound (dashed) and the target line, and the chosen list with its held-out check. "Apply to export" hands the list to the
 workflow: the next Run quantizes around it and its export writes those Linears in floating point.
 """
 
@@ -95,6 +95,10 @@ class SensitivityPanel(QDialog):
         self.plot.setLabel("bottom", "float MB kept")
         self.plot.setLabel("left", "perplexity")
         self.curve = self.plot.plot([], [], pen=pg.mkPen(colors.KIND_COLORS["mlp_in"], width=2), symbol="o")
+        self.bound = self.plot.plot(
+            [], [], pen=pg.mkPen(colors.KIND_COLORS["mlp_in"], width=1, style=Qt.PenStyle.DashLine)
+        )
+        self.bound.setToolTip("The upper 95% confidence bound of each point's perplexity: the sweep stops under the target")
         self.goal_line = pg.InfiniteLine(angle=0, pen=colors.THRESHOLD_PEN, label="target", labelOpts={"position": 0.9})
         self.plot.addItem(self.goal_line)
         self.goal_line.setVisible(False)
@@ -172,8 +176,9 @@ class SensitivityPanel(QDialog):
                 if column != 1:
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 self.table.setItem(row, column, item)
-        megabytes, perplexity = sensitivity.curve(result)
+        megabytes, perplexity, bound = sensitivity.curve(result)
         self.curve.setData(megabytes, perplexity)
+        self.bound.setData(megabytes, bound)
         self.goal_line.setValue(sensitivity.goal(result))
         self.goal_line.setVisible(True)
         self.chosen.setPlainText("\n".join(result["skip_modules"]))

@@ -75,13 +75,18 @@ def format_sensitivity(result: dict[str, Any]) -> str:
         lines.append(
             f"{name:<28}{entry['float_bytes'] / MB:>10.1f}{entry['perplexity']:>18.3f} ({change(entry['perplexity'])})"
         )
-    lines.append("float MB kept -> perplexity:")
+    lines.append(f"float MB kept -> perplexity (change, its upper {result['confidence']:.0%} bound):")
     for point in result["curve"]:
         added = f"  + {point['added']}" if point["added"] else "  (nothing kept)"
         lines.append(
-            f"  {point['float_bytes'] / MB:>8.1f} MB  {point['perplexity']:.3f} ({change(point['perplexity'])}){added}"
+            f"  {point['float_bytes'] / MB:>8.1f} MB  {point['perplexity']:.3f} ({point['change_pct']:+.2f}%, "
+            f"at most {point['upper_pct']:+.2f}%){added}"
         )
-    verdict = "reached" if result["reached"] else f"not reached: best {result['best_reachable_pct']:+.2f}%"
+    verdict = (
+        f"reached with {result['confidence']:.0%} confidence"
+        if result["reached"]
+        else f"not reached: best {result['best_reachable_pct']:+.2f}%"
+    )
     holdout = result["holdout"]
     lines += [
         f"target {verdict} with {len(result['skip_modules'])} Linears ({result['float_bytes'] / MB:.1f} MB) in float",

@@ -96,6 +96,8 @@ class StatsHooks:
     def attach(self) -> StatsHooks:
         for name, module in self.members:
             self.handles.append(module.register_forward_pre_hook(self._hook(name)))
+            if self.probe is not None:
+                self.handles.append(module.register_forward_hook(self._output_hook(name)))
         return self
 
     def detach(self) -> None:
@@ -124,6 +126,12 @@ class StatsHooks:
                 ops.input_stats(x, self.threshold, absmax, count, hist, log10_range)
             if self.probe is not None:
                 self.probe.observe(name, module, x)
+
+        return hook
+
+    def _output_hook(self, name: str):
+        def hook(module, args, output):
+            self.probe.observe_output(name, output)
 
         return hook
 

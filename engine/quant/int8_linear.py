@@ -89,10 +89,14 @@ class Int8Linear(nn.Module):
         method: str,
         threshold: float = DEFAULT_THRESHOLD,
         outlier_cols: torch.Tensor | None = None,
+        quantized_weight: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> Int8Linear:
-        """Quantize a floating-point weight (out, in) and keep a copy of `bias`."""
+        """Quantize a floating-point weight (out, in) and keep a copy of `bias`.
+
+        `quantized_weight`: the (INT8 weight, scale) that the method's scheme already made of `weight`.
+        """
         scheme = scheme_of(method)
-        weight_int8, weight_scale = scheme.quantize_weight(weight)
+        weight_int8, weight_scale = quantized_weight or scheme.quantize_weight(weight)
         bias = None if bias is None else bias.clone()
         outlier_weight = None
         if scheme.outliers == "static":

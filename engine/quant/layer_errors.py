@@ -45,9 +45,12 @@ def check_error_methods(methods: Any) -> tuple[str, ...]:
 
 
 def sqnr_db(reference, quantized) -> float | None:
-    """10 log10(signal / noise) of `quantized` against `reference`; None when they are identical."""
-    signal = float(reference.double().pow(2).sum())
-    noise = float((reference.double() - quantized.double()).pow(2).sum())
+    """10 log10(signal / noise) of `quantized` against `reference`; None when they are identical.
+
+    In float32: its sums are pairwise, exact to a few parts in a million, far below what a dB figure shows.
+    """
+    signal = float(reference.float().square().sum())
+    noise = float((reference.float() - quantized.float()).square().sum())
     if noise == 0.0:
         return None
     if signal == 0.0:
@@ -56,7 +59,10 @@ def sqnr_db(reference, quantized) -> float | None:
 
 
 class LayerErrorProbe:
-    """Keeps a bounded sample of each Linear's input in one decoder layer, then measures every method on it."""
+    """Keeps a bounded sample of each Linear's input and output in one decoder layer, then measures every method on it.
+
+    `observe` runs before the Linear's forward (a pre-hook), `observe_output` after it (a forward hook).
+    """
 
     def __init__(
         self,
@@ -73,7 +79,9 @@ class LayerErrorProbe:
         self.alpha, self.smooth_groups = alpha, smooth_groups or {}
         self.per_call = token_budget  # rows kept from one input: set by `spread_over`
         self.inputs: dict[str, list] = {}
+        self.outputs: dict[str, list] = {}  # the floating-point Linear's output on the same rows
         self.modules: dict[str, Any] = {}
+        self._rows: dict[str, tuple[int, int]] = {}  # (stride, count) of the call in progress
 
     def spread_over(self, calls: int) -> None:
         """Each Linear will be called `calls` times: keep an equal share of the budget from each call."""
@@ -87,6 +95,13 @@ class LayerErrorProbe:
             stride = max(1, x.shape[0] // take)
             self.inputs.setdefault(name, []).append(x[::stride][:take].detach().clone())
             self.modules[name] = module
+            self._rows[name] = (stride, take)
+
+    def observe_output(self, name: str, y) -> None:
+        """The same rows of the Linear's output in the call `observe` saw: the reference, without recomputing it."""
+        if name in self._rows:
+            stride, take = self._rows.pop(name)
+            self.outputs.setdefault(name, []).append(y.reshape(-1, y.shape[-1])[::stride][:take].detach().clone())
 
     def measure(self, absmax: dict[str, np.ndarray]) -> dict[str, dict[str, float | None]]:
         """Per Linear name, per method: the SQNR in dB of its output on the kept inputs; the inputs are released.
@@ -99,18 +114,23 @@ class LayerErrorProbe:
         with torch.no_grad():
             for name, parts in self.inputs.items():
                 linear, x = self.modules[name], torch.cat(parts)
-                reference = linear(x)
-                errors[name] = {}
+                reference = torch.cat(self.outputs[name])
+                errors[name], weights = {}, {}
                 for method in self.methods:
-                    output = self._quantized_output(name, linear, x, method, absmax)
+                    output = self._quantized_output(name, linear, x, method, absmax, weights)
                     if output is not None:
                         errors[name][method] = sqnr_db(reference, output)
         self.inputs.clear()
+        self.outputs.clear()
         self.modules.clear()
         return errors
 
-    def _quantized_output(self, name: str, linear, x, method: str, absmax: dict[str, np.ndarray]):
-        """`method`'s output of this Linear on `x`, or None where the method leaves it in floating point."""
+    def _quantized_output(self, name: str, linear, x, method: str, absmax: dict[str, np.ndarray], weights: dict):
+        """`method`'s output of this Linear on `x`, or None where the method leaves it in floating point.
+
+        `weights` keeps this Linear's quantized weight per weight scale, so that the methods that store
+        the same INT8 weight (vectorwise and both llm-int8) quantize it once.
+        """
         import torch
 
         from engine.model.layers import features, weight_matrix
@@ -132,7 +152,11 @@ class LayerErrorProbe:
             scale = smoothing.factors(activation.float(), columns.amax(dim=0), self.alpha)  # (in,)
             weight, x = (weight.float() * scale[None, :]).to(weight.dtype), (x.float() / scale).to(x.dtype)
         bias = None if linear.bias is None else linear.bias.detach()
-        return Int8Linear.from_weight(weight, bias, method, self.threshold, cols)(x)
+        if members:
+            return Int8Linear.from_weight(weight, bias, method, self.threshold, cols)(x)
+        if scheme.weight_scale not in weights:
+            weights[scheme.weight_scale] = scheme.quantize_weight(weight)
+        return Int8Linear.from_weight(weight, bias, method, self.threshold, cols, weights[scheme.weight_scale])(x)
 
 
 def rank_correlation(first: np.ndarray, second: np.ndarray) -> float | None:
