@@ -53,7 +53,9 @@ def main() -> int:
     report["sweep"] = {
         k: sweep[k] for k in ("baseline", "quantized", "reached", "skip_modules", "float_bytes", "holdout")
     }
-    report["sweep"]["curve"] = [{k: p[k] for k in ("added", "float_bytes", "change_pct", "upper_pct")} for p in sweep["curve"]]
+    report["sweep"]["curve"] = [
+        {k: p[k] for k in ("added", "float_bytes", "change_pct", "upper_pct")} for p in sweep["curve"]
+    ]
     report["sweep"]["layers"] = [p["added"] for p in sweep["curve"] if p["added"]]
 
     report["random_lists"] = random_lists(loaded, args, sweep)

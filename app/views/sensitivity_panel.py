@@ -98,7 +98,9 @@ class SensitivityPanel(QDialog):
         self.bound = self.plot.plot(
             [], [], pen=pg.mkPen(colors.KIND_COLORS["mlp_in"], width=1, style=Qt.PenStyle.DashLine)
         )
-        self.bound.setToolTip("The upper 95% confidence bound of each point's perplexity: the sweep stops under the target")
+        self.bound.setToolTip(
+            "The upper 95% confidence bound of each point's perplexity: the sweep stops under the target"
+        )
         self.goal_line = pg.InfiniteLine(angle=0, pen=colors.THRESHOLD_PEN, label="target", labelOpts={"position": 0.9})
         self.plot.addItem(self.goal_line)
         self.goal_line.setVisible(False)
