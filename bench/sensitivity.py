@@ -4,7 +4,8 @@ On the default model (or --model): the sweep for --method at --target (decoder l
 group has the same floating-point size), then 20 random lists of as many layers, each measured on the
 held-out tokens the sweep never saw; the sweep's list should beat the best of them. Then the cost of the
 sweep in evaluations per group, and of a scan with the per-Linear error pass against a plain scan of the
-same tokens, each timed in this run.
+same tokens, each timed in this run. The sweep's list is also exported for transformers + bitsandbytes,
+loaded there and evaluated on the same held-out tokens.
 
     python bench/sensitivity.py [--model M] [--method vectorwise] [--target 1.0] [--json]
 """
@@ -62,6 +63,7 @@ def main() -> int:
     best_random = min(entry["holdout_perplexity"] for entry in report["random_lists"])
     report["sweep_beats_best_random"] = sweep["holdout"]["with_skip_list"] < best_random
 
+    report["bitsandbytes"] = bitsandbytes_check(loaded, args, sweep)
     one_eval = timed_evaluation(loaded, args)
     evaluations = 2 + len(sweep["groups"]) + len(sweep["curve"]) - 1 + 3
     report["sweep_cost"] = {
@@ -84,10 +86,7 @@ def random_lists(loaded, args, sweep) -> list[dict]:
     """As many random decoder layers as the sweep kept, measured on the same held-out tokens."""
     layers = list(sensitivity.groups_of(loaded.model, "layer").items())
     count = len([p for p in sweep["curve"] if p["added"]])
-    windows, _ = evaluate.evaluation_windows(
-        evaluate.EvalSettings(tokens=args.tokens + args.holdout_tokens), loaded.tokenizer
-    )
-    holdout = windows[args.tokens // 512 :]
+    holdout = holdout_windows(loaded, args)
     variant = quantize.run({"method": args.method}, Task(), loaded)
     generator = random.Random(0)
     results = []
@@ -100,28 +99,88 @@ def random_lists(loaded, args, sweep) -> list[dict]:
     return results
 
 
+def holdout_windows(loaded, args):
+    """The held-out evaluation windows of the sweep (the default window of 512 tokens)."""
+    windows, _ = evaluate.evaluation_windows(
+        evaluate.EvalSettings(tokens=args.tokens + args.holdout_tokens), loaded.tokenizer
+    )
+    return windows[args.tokens // 512 :]
+
+
+def bitsandbytes_check(loaded, args, sweep) -> dict:
+    """The sweep's list exported for transformers + bitsandbytes, loaded there, evaluated on the held-out tokens."""
+    import tempfile
+    import warnings
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from engine.session import Session
+
+    session = Session()
+    session.load_model({"model": args.model, "device": "cpu"}, Task())
+    session.quantize({"methods": [args.method], "skip_modules": sweep["skip_modules"]}, Task())
+    with tempfile.TemporaryDirectory() as out:
+        session.export({"method": args.method, "out": out}, Task())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # bitsandbytes warns that it casts float32 inputs to float16
+            model, info = AutoModelForCausalLM.from_pretrained(out, device_map="cpu", output_loading_info=True)
+            perplexity = evaluate.perplexity(model.eval(), holdout_windows(loaded, args), 4, Task())["perplexity"]
+    skipped = set(sweep["skip_modules"])
+    ours = sweep["holdout"]["with_skip_list"]
+    return {
+        "missing_or_unexpected": [*info["missing_keys"], *info["unexpected_keys"], *info["mismatched_keys"]],
+        "skipped_as_torch_linear": sum(type(m) is torch.nn.Linear for n, m in model.named_modules() if n in skipped),
+        "skipped": len(skipped),
+        "lm_head": type(model.get_output_embeddings()).__name__,
+        "holdout_perplexity": perplexity,
+        "workbench_holdout_perplexity": ours,
+        "difference_pct": 100 * (perplexity / ours - 1),
+    }
+
+
 def timed_evaluation(loaded, args) -> float:
+    """One plain evaluation of the quantized model on as many tokens as the sweep's: the median of three."""
     windows, _ = evaluate.evaluation_windows(evaluate.EvalSettings(tokens=args.tokens), loaded.tokenizer)
     variant = quantize.run({"method": args.method}, Task(), loaded)
-    started = time.perf_counter()
-    evaluate.perplexity(variant.model, windows, 4, Task())
-    return time.perf_counter() - started
+    seconds = []
+    for _ in range(3):
+        started = time.perf_counter()
+        evaluate.perplexity(variant.model, windows, 4, Task())
+        seconds.append(time.perf_counter() - started)
+    return sorted(seconds)[1]
 
 
 def error_pass_cost(loaded, tokens: int) -> dict:
-    """A plain scan and a scan with the error pass of every W8A8 method, alternated twice, same tokens."""
+    """A plain scan and a scan with the error pass of every W8A8 method, alternated twice, same tokens;
+    with the errors of the last scan: how the methods order on each Linear, and each one's summary."""
     plain, with_errors = [], []
     for _ in range(2):
         for target, extra in ((plain, {}), (with_errors, {"error_methods": list(W8A8_METHODS)})):
             started = time.perf_counter()
-            scan.run({"tokens": tokens, **extra}, Task(), loaded)
+            result = scan.run({"tokens": tokens, **extra}, Task(), loaded)
             target.append(time.perf_counter() - started)
     return {
+        "ordering": method_ordering(result),
+        "summary": result.error_payload()["errors"],
         "tokens": tokens,
         "plain_seconds": min(plain),
         "with_errors_seconds": min(with_errors),
         "error_pass_seconds": min(with_errors) - min(plain),
         "ratio": min(with_errors) / min(plain),
+    }
+
+
+def method_ordering(result) -> dict:
+    """The share of Linears where naive INT8 loses more than vectorwise, and vectorwise no less than llm-int8."""
+    figures = [s.sqnr_db[name] for s in result.layers for name in s.names]
+    naive_worse = [f["absmax-tensor"] < f["vectorwise"] for f in figures]
+    llm_int8_no_worse = [f["vectorwise"] <= f["llm-int8"] for f in figures]
+    return {
+        "linears": len(figures),
+        "absmax_tensor_below_vectorwise": sum(naive_worse) / len(figures),
+        "vectorwise_at_most_llm_int8": sum(llm_int8_no_worse) / len(figures),
+        "both": sum(a and b for a, b in zip(naive_worse, llm_int8_no_worse)) / len(figures),
     }
 
 
@@ -137,6 +196,13 @@ def print_report(report: dict) -> None:
     for entry in sorted(report["random_lists"], key=lambda e: e["holdout_perplexity"]):
         print(f"    {entry['holdout_perplexity']:.3f}  {entry['layers']}")
     print(f"  the sweep's list beats the best random list: {report['sweep_beats_best_random']}")
+    bnb = report["bitsandbytes"]
+    print(
+        f"  exported and loaded in transformers + bitsandbytes: {bnb['skipped_as_torch_linear']} of {bnb['skipped']} "
+        f"skipped Linears are torch.nn.Linear, lm_head is {bnb['lm_head']}, missing or unexpected: "
+        f"{bnb['missing_or_unexpected'] or 'none'}; held-out perplexity {bnb['holdout_perplexity']:.3f} "
+        f"({bnb['difference_pct']:+.2f}% against the workbench's)"
+    )
     cost = report["sweep_cost"]
     print(
         f"sweep: {cost['seconds']:.0f} s for {cost['groups']} groups = {cost['evaluations_per_group']:.2f} "
@@ -147,6 +213,16 @@ def print_report(report: dict) -> None:
         f"error pass on {errors['tokens']:,} tokens: scan {errors['plain_seconds']:.1f} s, with errors {errors['with_errors_seconds']:.1f} s, "
         f"ratio {errors['ratio']:.2f} (goal: under 1.5)"
     )
+    order = errors["ordering"]
+    print(
+        f"of {order['linears']} Linears: naive INT8 below vectorwise on {order['absmax_tensor_below_vectorwise']:.0%}, "
+        f"vectorwise at most llm-int8 on {order['vectorwise_at_most_llm_int8']:.0%}, both on {order['both']:.0%}"
+    )
+    for method, entry in errors["summary"].items():
+        print(
+            f"  {method}: median {entry['median_sqnr_db']:.1f} dB, worst {entry['worst_linear']}, "
+            f"loss vs outlier columns rho {entry['loss_vs_outliers']:+.2f}"
+        )
 
 
 if __name__ == "__main__":

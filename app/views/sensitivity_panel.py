@@ -88,7 +88,9 @@ class SensitivityPanel(QDialog):
         self.table = QTableWidget(0, len(RANKING_COLUMNS))
         self.table.setHorizontalHeaderLabels(RANKING_COLUMNS)
         self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)  # the group's name takes what is left
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.plot = pg.PlotWidget()
         self.plot.setMenuEnabled(False)
@@ -106,6 +108,7 @@ class SensitivityPanel(QDialog):
         self.goal_line.setVisible(False)
         self.chosen = QPlainTextEdit()
         self.chosen.setReadOnly(True)
+        self.chosen.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)  # one module name per line
         self.chosen.setPlaceholderText("The chosen skip list")
         self.apply_button = QPushButton("Apply to export")
         self.apply_button.setToolTip("The next Run keeps these Linears in floating point, and so does its export")
@@ -133,7 +136,8 @@ class SensitivityPanel(QDialog):
         layout.addWidget(splitter, 1)
         layout.addWidget(self.held_out)
         layout.addWidget(self.note)
-        self.resize(1100, 520)
+        self.resize(1280, 600)
+        splitter.setSizes([560, 440, 280])  # the ranking's columns and the module names fit without scrolling
 
     # --- actions ---------------------------------------------------------------------------------
 
