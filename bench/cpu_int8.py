@@ -178,12 +178,20 @@ def model_table(repeats: int, tokens: int) -> dict:
 
 
 def bitsandbytes_model(loaded) -> tuple[object | None, str]:
-    """The default model loaded by transformers with bitsandbytes' load_in_8bit (threshold 6) on the CPU."""
+    """The default model loaded by transformers with bitsandbytes' load_in_8bit (threshold 6) on the CPU.
+
+    The workbench's model is saved as a transformers directory first: the default model is a GGUF file,
+    which transformers would dequantize differently from the baseline measured here.
+    """
+    import tempfile
+
     try:
         from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
         config = BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=THRESHOLD)
-        model = AutoModelForCausalLM.from_pretrained(loaded.source, quantization_config=config, device_map="cpu")
+        with tempfile.TemporaryDirectory() as directory:
+            loaded.model.save_pretrained(directory)
+            model = AutoModelForCausalLM.from_pretrained(directory, quantization_config=config, device_map="cpu")
     except Exception as exc:  # what failed is the result for this row
         return None, f"not measured: {type(exc).__name__}: {exc}"
     return model.eval(), "load_in_8bit, threshold 6.0, eval mode"

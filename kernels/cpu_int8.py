@@ -6,9 +6,10 @@ The exact INT8 x INT8 -> INT32 product takes one of two paths (`product_path()`)
 - `float32-gemm` elsewhere, where `torch._int_mm` is a plain loop 30-230x slower than a float32
   GEMM (and fbgemm's faster kernels are exact only for 7-bit activations): one float32 GEMM of the
   quantized values, exact while no partial sum can reach 2**24, i.e. while every row of the
-  quantized activations has an L1 norm below 2**24 / 128 (128 bounds |w| for any int8 weight, so
-  the weight is never scanned); rows that do not are split into exact K-chunks as in
-  `kernels.reference.int8_matmul`.
+  quantized activations has an L1 norm below 2**24 / 128 (128 bounds |w| for any int8 weight), or
+  else while the largest L2 norm of a row of q times that of a row of the weight stays below 2**24
+  (activations spread over thousands of columns, as when LLM.int8() has taken the outlier columns
+  out); products that fit neither are split into exact K-chunks as in `kernels.reference.int8_matmul`.
 Both give the same accumulator and the same epilogue follows, so their outputs are identical.
 
 Around the GEMM, `linear` makes one pass over the activations (abs-max per token, outlier columns
@@ -36,8 +37,11 @@ ONEDNN_VNNI = "onednn-vnni"
 FLOAT32_GEMM = "float32-gemm"
 PRODUCT_PATHS = (ONEDNN_AMX, ONEDNN_VNNI, FLOAT32_GEMM)
 
-# The float32 GEMM of int8 values is exact while every row's L1 norm times max |w| (<= 128) is below 2**24.
+# The float32 GEMM of int8 values is exact while every row's L1 norm times max |w| (<= 128) is below 2**24,
+# or while the L2 norms of a row of q and a row of the weight multiply to less than 2**24 (Cauchy-Schwarz),
+# with a margin for the rounding of the norms themselves.
 _EXACT_ROW_L1 = reference.FLOAT32_EXACT_INTEGERS / 128.0
+_EXACT_NORM_PRODUCT = reference.FLOAT32_EXACT_INTEGERS * (1 - 1e-3)
 
 # The weight goes to float32 a block of rows at a time, about this many values (4 MiB) per block.
 WEIGHT_BLOCK_ELEMENTS = 1 << 20
@@ -152,10 +156,20 @@ def _quantize(
 def _float32_product(
     x: torch.Tensor, weight_int8: torch.Tensor, keep: torch.Tensor | None, tensor_absmax: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(exact accumulator (T, N): float32 from one GEMM, or int32 from K-chunks, activation scales (T,))."""
+    """(exact accumulator (T, N): float32 from one GEMM, or int32 from K-chunks, activation scales (T,)).
+
+    One float32 GEMM is exact while no partial sum can reach 2**24. Any partial sum of a row of q
+    with a row of the weight is at most sum |q_k w_k|, which is bounded two ways: by L1(q) * 128 (no
+    look at the weight), and, more tightly for activations spread over many columns, by the product
+    of the two rows' L2 norms (Cauchy-Schwarz), checked block by block as the weight is converted.
+    """
     q, x_scale, l1 = _quantize(x, keep, tensor_absmax, torch.float32)
     if q.shape[1] * 127 * 128 < reference.FLOAT32_EXACT_INTEGERS or float(l1.max()) < _EXACT_ROW_L1:
         return _blocked_gemm(q, weight_int8), x_scale
+    largest_row = float(torch.linalg.vector_norm(q, dim=1).max())
+    y = _blocked_gemm(q, weight_int8, max_weight_row_norm=_EXACT_NORM_PRODUCT / max(largest_row, 1.0))
+    if y is not None:
+        return y, x_scale
     weight = weight_int8.float()  # (N, K); int8 values are exact in float32
     bounds = reference.exact_chunk_bounds(q, 127, 128)
     acc = torch.zeros((q.shape[0], weight.shape[0]), dtype=torch.int32)
@@ -164,12 +178,13 @@ def _float32_product(
     return acc, x_scale
 
 
-def _blocked_gemm(q: torch.Tensor, weight_int8: torch.Tensor) -> torch.Tensor:
+def _blocked_gemm(q: torch.Tensor, weight_int8: torch.Tensor, max_weight_row_norm: float | None = None):
     """q (T, K) @ weight_int8.T as float32, the weight converted a block of rows at a time.
 
     Each block of output features is converted into one reused, cache-sized buffer just before
     its GEMM: a float copy of the whole weight per call would be written to memory, read back,
-    and for a large layer faulted in afresh every time.
+    and for a large layer faulted in afresh every time. With `max_weight_row_norm`, a block with a
+    row whose L2 norm reaches it stops the product (None): the GEMM would not be exact.
     """
     out_features, cols = weight_int8.shape
     y = torch.empty((q.shape[0], out_features), dtype=torch.float32)
@@ -178,6 +193,9 @@ def _blocked_gemm(q: torch.Tensor, weight_int8: torch.Tensor) -> torch.Tensor:
     for start in range(0, out_features, block):
         rows = weight_int8[start : start + block]
         weight = buffer[: rows.numel()].view(rows.shape).copy_(rows)  # (rows, K) float32
+        if max_weight_row_norm is not None:
+            if float(torch.linalg.vector_norm(weight, dim=1).max()) >= max_weight_row_norm:
+                return None
         torch.mm(q, weight.t(), out=y[:, start : start + rows.shape[0]])
     return y
 

@@ -58,7 +58,8 @@ def test_the_float32_gemm_matches_torch_int_mm():
 
 
 def test_rows_too_heavy_for_one_float32_gemm_are_split_and_stay_exact():
-    # Integer activations with |q| near 127 on 4,099 columns: a row's L1 norm passes 2**24 / 128.
+    # Integer activations with |q| near 127 on 4,099 columns against weights of |w| = 127: both the L1
+    # bound and the product of L2 norms pass 2**24.
     generator = torch.Generator().manual_seed(2)
     x = torch.randint(100, 128, (6, 4099), generator=generator).float()
     x[1] = -x[1]
@@ -69,6 +70,25 @@ def test_rows_too_heavy_for_one_float32_gemm_are_split_and_stay_exact():
     assert float(x_int8.float().abs().sum(dim=1).max()) * 128 > reference.FLOAT32_EXACT_INTEGERS
     expected = reference.dequantize_epilogue(torch._int_mm(x_int8, weight_int8.t()), x_scale, weight_scale)
     assert torch.equal(cpu_int8.linear(x, weight_int8, weight_scale), expected)
+
+
+def test_spread_rows_too_heavy_for_the_l1_bound_take_one_gemm_by_the_l2_bound(monkeypatch):
+    """LLM.int8()'s rows without their outlier columns: L1 * 128 passes 2**24, the L2 norms do not; one exact GEMM."""
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(48, 6000, generator=generator)
+    weight_int8, weight_scale = reference.quantize_rowwise(torch.randn(300, 6000, generator=generator))
+    x_int8, x_scale = reference.quantize_rowwise(x)
+    q, w = x_int8.float(), weight_int8.float()
+    assert float(q.abs().sum(dim=1).max()) * 128 > reference.FLOAT32_EXACT_INTEGERS
+    assert float(q.norm(dim=1).max() * w.norm(dim=1).max()) < reference.FLOAT32_EXACT_INTEGERS * 0.99
+
+    def no_chunks(*args):
+        raise AssertionError("the product was split into K-chunks")
+
+    monkeypatch.setattr(reference, "exact_chunk_bounds", no_chunks)
+    expected = reference.dequantize_epilogue(torch._int_mm(x_int8, weight_int8.t()), x_scale, weight_scale)
+    with cpu_int8.forced_product_path(cpu_int8.FLOAT32_GEMM):
+        assert torch.equal(cpu_int8.linear(x, weight_int8, weight_scale), expected)
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (5, 7), (300, 1536)])

@@ -2,8 +2,9 @@
 
 The user picks a method, a target and a grouping; Run sends the `sensitivity` request through the
 workflow. The result shows as the ranking of groups, the curve "float MB kept -> perplexity" with its
-upper confidence bound (dashed) and the target line, and the chosen list with its held-out check. "Apply to export" hands the list to the
-workflow: the next Run quantizes around it and its export writes those Linears in floating point.
+upper confidence bound (dashed) and the target line, and the chosen list with its held-out check.
+"Apply to export" hands the list to the workflow: the next Run quantizes around it and its export
+writes those Linears in floating point.
 """
 
 from __future__ import annotations

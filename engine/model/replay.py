@@ -28,7 +28,6 @@ class LayerOutputs:
     """Each decoder layer's output for each batch of one pass, in the order the batches ran."""
 
     def __init__(self, model) -> None:
-        self.model = model
         self.path, self.blocks = decoder_layers(model)
         self.outputs: list[list] = [[] for _ in self.blocks]
 

@@ -11,13 +11,14 @@
    within `target` percent of the baseline with 95% confidence (`change_bounds`), so that it holds
    on text the sweep did not measure: on the default model a list that stopped at the first
    measured perplexity within +1% was at +1.70% on held-out text. The curve "float MB kept ->
-   perplexity" is every step of it. The list's perplexity does not fall at every step: a layer that
-   helps most alone can make it worse in the company of others. Keeping only the layers that lowered
-   it was tried, and follows the sweep tokens' noise (on the default model that list missed the
-   target on held-out text and lost to most random lists of its size). The ranking uses the divergence, not the perplexity: a group's perplexity on a
-   couple of thousand tokens moves by less than the text's own noise (on the default model a list
-   ranked by it did worse on held-out tokens than most random lists of its size), while the
-   divergence measures every token's whole distribution against the baseline's.
+   perplexity" is every step of it. The list's perplexity does not fall at every step: a layer
+   that helps most alone can make it worse in the company of others. Keeping only the layers that
+   lowered it was tried; it follows the sweep tokens' noise (on the default model that list missed
+   the target on held-out text and was no better than random lists of its size).
+   The ranking uses the divergence, not the perplexity: a group's perplexity on a couple of
+   thousand tokens moves by less than the text's own noise (on the default model a list ranked by
+   it did worse on held-out tokens than most random lists of its size), while the divergence
+   measures every token's whole distribution against the baseline's.
 4. Measure the chosen list on held-out evaluation tokens the sweep never saw.
 
 Every measurement of a group starts at the group's first decoder layer: the layers before it replay
@@ -34,6 +35,7 @@ The list resolves to full Linear names that transformers + bitsandbytes and comp
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -217,8 +219,8 @@ class Measurement:
         return evaluate.perplexity_numbers(float(self.nll.sum()), self.nll.numel(), 0.0)["perplexity"]
 
     def against(self, baseline: Measurement) -> dict[str, float]:
-        """The perplexity, its change against the baseline on the same tokens in percent, and that change's
-        one-sided upper confidence bound (`CONFIDENCE`, see `change_bounds`), and the divergence."""
+        """The perplexity; its change against the baseline on the same tokens, in percent; that change's
+        one-sided upper confidence bound (`change_bounds`); and the divergence."""
         change, upper = change_bounds(self.nll - baseline.nll)
         return {
             "perplexity": self.perplexity,
@@ -236,8 +238,6 @@ def change_bounds(difference) -> tuple[float, float]:
     are not independent; runs of a few dozen nearly are), and the bound is the mean plus `Z` standard
     errors of the run means. Another text's change falls under it with probability `CONFIDENCE`.
     """
-    import math
-
     mean = float(difference.mean())
     runs = difference.tensor_split(min(BLOCKS, difference.numel()))
     means = [float(run.mean()) for run in runs if run.numel()]
