@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.quant import evaluate, quantize
+from engine.quant import evaluate, quantize, scan
 from engine.task import Task
 
 pytestmark = pytest.mark.slow
@@ -54,3 +54,15 @@ def test_the_four_methods_rank_as_expected_on_1024_tokens(default_model, default
         if type(m).__name__ == "Linear" and n != "lm_head"
     )
     assert rows["llm-int8"]["outlier_dims"] > 0 and rows["vectorwise"]["outlier_dims"] == 0
+
+
+def test_naive_loses_more_than_vectorwise_which_loses_at_least_llm_int8_and_where_the_outliers_are(default_model):
+    """Each Linear's own error on the default model: the ordering LLM.int8() predicts, and where it lives."""
+    methods = ["absmax-tensor", "vectorwise", "llm-int8"]
+    result = scan.run({"tokens": 1024, "error_methods": methods, "error_tokens": 128}, Task(), default_model)
+    figures = [s.sqnr_db[name] for s in result.layers for name in s.names]
+    ordered = [f["absmax-tensor"] < f["vectorwise"] <= f["llm-int8"] for f in figures]
+    assert len(figures) == 210 and sum(ordered) >= 0.9 * len(figures)
+    summary = result.error_payload()["errors"]
+    assert summary["vectorwise"]["loss_vs_outliers"] > 0.1  # vectorwise loses where the outlier columns are
+    assert summary["llm-int8"]["loss_vs_outliers"] < summary["vectorwise"]["loss_vs_outliers"]
