@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from kernels import cpu_loader, reference
+from kernels.input_memo import InputMemo
 
 ONEDNN_AMX = "onednn-amx"
 ONEDNN_VNNI = "onednn-vnni"
@@ -48,6 +49,8 @@ WEIGHT_BLOCK_ELEMENTS = 1 << 20
 
 _forced_path: list[str] = []
 _scratch = threading.local()
+_quantized_inputs = InputMemo()  # q/k/v and gate/up quantize the same activations once
+_outlier_inputs = InputMemo()
 
 
 def detected_product_path() -> str:
@@ -109,13 +112,13 @@ def linear(
     if not fused_available(x):
         return reference.int8_linear(x, weight_int8, weight_scale, bias, outlier_cols, outlier_weight, per_tensor)
     x = x.contiguous()
-    tokens, _ = x.shape
     keep = _keep_mask(x.shape[1], outlier_cols)
     tensor_absmax = _tensor_absmax(x) if per_tensor else None
+    options = (per_tensor, () if keep is None else tuple(outlier_cols.tolist()))
     if product_path() == FLOAT32_GEMM:
-        acc, x_scale = _float32_product(x, weight_int8, keep, tensor_absmax)
+        acc, x_scale = _float32_product(x, weight_int8, keep, tensor_absmax, options)
     else:
-        x_int8, x_scale = _quantize(x, keep, tensor_absmax, torch.int8)
+        x_int8, x_scale = _quantize_once(x, keep, tensor_absmax, torch.int8, options)
         acc = torch._int_mm(x_int8, weight_int8.t())
     outlier_out = None
     if outlier_cols is not None and outlier_cols.numel():
@@ -153,8 +156,20 @@ def _quantize(
     return q, absmax, l1
 
 
+def _quantize_once(x, keep, tensor_absmax, dtype: torch.dtype, options: tuple) -> tuple[torch.Tensor, ...]:
+    """`_quantize`, or its result for the previous Linear that read the same activations (`kernels.input_memo`).
+
+    `options` names what besides x decides the result: (per-tensor scale, the outlier columns left out).
+    """
+    return _quantized_inputs.get_or_compute(x, (dtype, options), lambda: _quantize(x, keep, tensor_absmax, dtype))
+
+
 def _float32_product(
-    x: torch.Tensor, weight_int8: torch.Tensor, keep: torch.Tensor | None, tensor_absmax: torch.Tensor | None
+    x: torch.Tensor,
+    weight_int8: torch.Tensor,
+    keep: torch.Tensor | None,
+    tensor_absmax: torch.Tensor | None,
+    options: tuple,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(exact accumulator (T, N): float32 from one GEMM, or int32 from K-chunks, activation scales (T,)).
 
@@ -163,7 +178,7 @@ def _float32_product(
     look at the weight), and, more tightly for activations spread over many columns, by the product
     of the two rows' L2 norms (Cauchy-Schwarz), checked block by block as the weight is converted.
     """
-    q, x_scale, l1 = _quantize(x, keep, tensor_absmax, torch.float32)
+    q, x_scale, l1 = _quantize_once(x, keep, tensor_absmax, torch.float32, options)
     if q.shape[1] * 127 * 128 < reference.FLOAT32_EXACT_INTEGERS or float(l1.max()) < _EXACT_ROW_L1:
         return _blocked_gemm(q, weight_int8), x_scale
     largest_row = float(torch.linalg.vector_norm(q, dim=1).max())
@@ -242,12 +257,16 @@ def outlier_columns(x: torch.Tensor, threshold: float) -> torch.Tensor:
     """`kernels.reference.outlier_columns` on the CPU, in one pass where the fused kernels apply."""
     if not fused_available(x):
         return reference.outlier_columns(x, threshold)
-    x = x.detach().contiguous()
-    flags = torch.zeros(x.shape[1], dtype=torch.uint8)
-    cpu_loader.library().outlier_flags(
-        x.data_ptr(), x.shape[0], x.shape[1], x.stride(0), threshold, flags.data_ptr(), torch.get_num_threads()
-    )
-    return flags.nonzero().squeeze(1)
+
+    def flagged() -> torch.Tensor:
+        values = x.detach().contiguous()
+        flags = torch.zeros(values.shape[1], dtype=torch.uint8)
+        cpu_loader.library().outlier_flags(
+            values.data_ptr(), *values.shape, values.stride(0), threshold, flags.data_ptr(), torch.get_num_threads()
+        )
+        return flags.nonzero().squeeze(1)
+
+    return _outlier_inputs.get_or_compute(x, float(threshold), flagged)
 
 
 def input_stats(

@@ -155,3 +155,38 @@ def test_int8_linear_module_gives_the_reference_output(method):
     )
     with torch.no_grad():
         assert torch.equal(module(x).reshape(-1, 96), expected)
+
+
+def test_readers_of_the_same_activations_quantize_them_once_and_a_write_is_seen(monkeypatch):
+    """q/k/v share one quantized copy of their input; after an in-place write the next call quantizes again."""
+    x, weight_int8, weight_scale, bias = _layer(64, 576, 96, seed=4)
+    other_int8, other_scale = reference.quantize_rowwise(torch.randn(32, 576))
+    passes = []
+    original = cpu_int8._quantize
+    monkeypatch.setattr(cpu_int8, "_quantize", lambda *args: passes.append(1) or original(*args))
+    hidden = x.reshape(4, 16, 576)  # as a Linear receives it: each call reshapes it to a new view
+    with cpu_int8.forced_product_path(cpu_int8.FLOAT32_GEMM):
+        for w, s in ((weight_int8, weight_scale), (other_int8, other_scale), (weight_int8, weight_scale)):
+            got = cpu_int8.linear(hidden.reshape(-1, 576), w, s)
+            assert torch.equal(got, reference.int8_linear(x, w, s))
+        assert len(passes) == 1
+        hidden.mul_(3.0)  # x too (hidden is its view); the version counter moves: the old copy must not be used
+        got = cpu_int8.linear(hidden.reshape(-1, 576), weight_int8, weight_scale)
+        assert len(passes) == 2 and torch.equal(got, reference.int8_linear(x, weight_int8, weight_scale))
+        options = _outliers(hidden.reshape(-1, 576), weight_int8, weight_scale)
+        got = cpu_int8.linear(hidden.reshape(-1, 576), weight_int8, weight_scale, **options)
+        assert len(passes) == 3  # other outlier columns left out: another quantized copy
+        assert torch.equal(got, reference.int8_linear(x, weight_int8, weight_scale, **options))
+
+
+def test_a_freed_input_never_matches_a_new_one_at_its_address():
+    x, weight_int8, weight_scale, _ = _layer(64, 576, 96, seed=5)
+    with cpu_int8.forced_product_path(cpu_int8.FLOAT32_GEMM):
+        for seed in range(6):  # same shape each time, so the allocator may hand back the same block
+            fresh = torch.randn(64, 576, generator=torch.Generator().manual_seed(seed))
+            assert torch.equal(
+                cpu_int8.linear(fresh, weight_int8, weight_scale),
+                reference.int8_linear(fresh, weight_int8, weight_scale),
+            )
+            assert torch.equal(cpu_int8.outlier_columns(fresh, 2.5), reference.outlier_columns(fresh, 2.5))
+            del fresh
