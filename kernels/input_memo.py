@@ -7,7 +7,9 @@ activations per extra reader (on the default model, 35% of the quantization pass
 "The same" is strict: the same storage, offset, shape, strides and dtype, with no write since. Writes
 are seen through the version counter that a tensor shares with its views; the storage's owner is held
 through a weak reference, so a freed tensor never matches a new one allocated at its address.
-Inference tensors keep no version counter and are never matched. One entry per thread.
+Inference tensors keep no version counter and are never matched. One entry per thread, kept until the
+next call replaces it (for the quantized copy: tokens x in_features x 4 bytes, 90 MB for 2,048 tokens
+of a 7B model's down_proj).
 """
 
 from __future__ import annotations
