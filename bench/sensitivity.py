@@ -129,6 +129,7 @@ def bitsandbytes_check(loaded, args, sweep) -> dict:
     skipped = set(sweep["skip_modules"])
     ours = sweep["holdout"]["with_skip_list"]
     return {
+        "workbench_with_float16_inputs": float16_inputs_perplexity(loaded, args, sweep),
         "missing_or_unexpected": [*info["missing_keys"], *info["unexpected_keys"], *info["mismatched_keys"]],
         "skipped_as_torch_linear": sum(type(m) is torch.nn.Linear for n, m in model.named_modules() if n in skipped),
         "skipped": len(skipped),
@@ -137,6 +138,21 @@ def bitsandbytes_check(loaded, args, sweep) -> dict:
         "workbench_holdout_perplexity": ours,
         "difference_pct": 100 * (perplexity / ours - 1),
     }
+
+
+def float16_inputs_perplexity(loaded, args, sweep) -> float:
+    """The workbench's model with the list, each INT8 Linear's input rounded to float16 first, as bitsandbytes'
+    CPU kernel does: how much of the difference to bitsandbytes that rounding alone makes."""
+    from engine.quant.int8_linear import Int8Linear
+
+    variant = quantize.run({"method": args.method}, Task(), loaded)
+    original = Int8Linear.forward
+    Int8Linear.forward = lambda self, x: original(self, x.half().float())
+    try:
+        with sensitivity.kept_in_float(variant.model, loaded.model, sweep["skip_modules"]):
+            return evaluate.perplexity(variant.model, holdout_windows(loaded, args), 4, Task())["perplexity"]
+    finally:
+        Int8Linear.forward = original
 
 
 def timed_evaluation(loaded, args) -> float:
@@ -201,7 +217,8 @@ def print_report(report: dict) -> None:
         f"  exported and loaded in transformers + bitsandbytes: {bnb['skipped_as_torch_linear']} of {bnb['skipped']} "
         f"skipped Linears are torch.nn.Linear, lm_head is {bnb['lm_head']}, missing or unexpected: "
         f"{bnb['missing_or_unexpected'] or 'none'}; held-out perplexity {bnb['holdout_perplexity']:.3f} "
-        f"({bnb['difference_pct']:+.2f}% against the workbench's)"
+        f"({bnb['difference_pct']:+.2f}% against the workbench's; the workbench with float16 inputs: "
+        f"{bnb['workbench_with_float16_inputs']:.3f})"
     )
     cost = report["sweep_cost"]
     print(
