@@ -212,3 +212,22 @@ def test_cli_export_with_skip_modules_prints_the_lists(tmp_path, capsys):
     assert "llm_int8_skip_modules: ['model.layers.0.self_attn.q_proj'" in printed and "'lm_head']" in printed
     assert main(["export", "--model", str(source), "--out", str(tmp_path / "x"), "--skip-modules", "qproj"]) == 2
     assert "closest" in capsys.readouterr().err
+
+
+def test_cli_sensitivity_prints_the_curve_with_its_bound_and_the_lists(tmp_path, capsys):
+    from engine.cli import main
+
+    source = save_tiny_llama(tmp_path / "tiny", outlier_dim=5)
+    common = ["sensitivity", "--model", str(source), "--method", "absmax-tensor", "--group", "linear"]
+    sizes = ["--tokens", "256", "--holdout-tokens", "256", "--window", "64", "--quiet"]
+    assert main([*common, "--target", "0.3", *sizes, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["confidence"] == 0.95 and result["curve"][0]["added"] is None
+    assert all(p["upper_pct"] >= p["change_pct"] for p in result["curve"])
+    assert result["reached"] == (result["curve"][-1]["upper_pct"] <= 0.3)
+    assert main([*common, "--target", "0.3", *sizes]) == 0
+    printed = capsys.readouterr().out
+    assert "float MB kept -> perplexity (change, its upper 95% bound):" in printed and "at most" in printed
+    assert "llm_int8_skip_modules" in printed and "held-out 256 tokens" in printed
+    assert main([*common, "--target", "-1", *sizes]) == 2
+    assert "below what keeping everything in floating point reaches" in capsys.readouterr().err
