@@ -4,8 +4,10 @@
    (`vectorwise`, `llm-int8-dynamic`), bitsandbytes `Linear8bitLt` at thresholds 0 and 6, torch.ao
    dynamic quantization (fbgemm, per-tensor activation scales), torchao's int8 dynamic config where
    installed; ratio = time / float32 `nn.Linear` time.
+   Where the CPU has VNNI, ours also on the `float32-gemm` path that CPUs without it take.
 2. The whole default model: perplexity and evaluation time of float32, each workbench method,
-   bitsandbytes `load_in_8bit` and torch.ao dynamic quantization, on the same tokens.
+   bitsandbytes `load_in_8bit` and torch.ao dynamic quantization, on the same tokens; each method's
+   perplexity again with the product forced onto `float32-gemm`, which must be the same to every digit.
 3. The calibration scan against a plain forward of the decoder on the same tokens, and the scan's
    abs-max and counts with the fused statistics against the torch ops.
 
@@ -32,7 +34,7 @@ import torch
 # The project root first: this folder's kernels.py (the GPU benchmark) must not shadow the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels import cpu_loader, ops  # noqa: E402
+from kernels import cpu_int8, cpu_loader, ops  # noqa: E402
 
 SHAPES = [(4096, 576, 1536), (4096, 1536, 576), (512, 4096, 4096), (2048, 4096, 11008)]  # tokens, in, out
 THRESHOLD = 6.0
@@ -70,6 +72,8 @@ def layer_candidates(tokens: int, cols: int, out: int) -> dict[str, Callable[[],
     for method in ("vectorwise", "llm-int8-dynamic"):
         module = Int8Linear.from_linear(linear, method, THRESHOLD).eval()
         candidates[method] = lambda module=module: module(x)
+        if cpu_int8.detected_product_path() != cpu_int8.FLOAT32_GEMM:
+            candidates[f"{method} ({cpu_int8.FLOAT32_GEMM})"] = lambda module=module: on_float32_gemm(module, x)
     for threshold in (0.0, THRESHOLD):
         module = bitsandbytes_linear(linear, threshold)
         if module is not None:
@@ -80,6 +84,12 @@ def layer_candidates(tokens: int, cols: int, out: int) -> dict[str, Callable[[],
     if torchao_module is not None:
         candidates["torchao int8 dynamic"] = lambda: torchao_module(x)
     return candidates
+
+
+def on_float32_gemm(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """module(x) with the INT8 product forced onto the float32 GEMM, the path of CPUs without VNNI."""
+    with cpu_int8.forced_product_path(cpu_int8.FLOAT32_GEMM):
+        return module(x)
 
 
 def bitsandbytes_linear(linear: torch.nn.Linear, threshold: float):
@@ -154,6 +164,11 @@ def model_table(repeats: int, tokens: int) -> dict:
         name: evaluate.perplexity(model, windows, settings.batch_size, Task())["perplexity"]
         for name, model in models.items()
     }
+    with cpu_int8.forced_product_path(cpu_int8.FLOAT32_GEMM):  # the other path must give the same table
+        float32_gemm_perplexity = {
+            name: evaluate.perplexity(models[name], windows, settings.batch_size, Task())["perplexity"]
+            for name in MODEL_METHODS
+        }
     with torch.no_grad():
         calls = {
             name: lambda model=model: evaluate.perplexity(model, windows, settings.batch_size, Task())
@@ -169,9 +184,18 @@ def model_table(repeats: int, tokens: int) -> dict:
                 "perplexity": perplexity[name],
                 "seconds": medians[name],
                 "ratio": medians[name] / medians["float32"],
+                **(
+                    {f"perplexity_{cpu_int8.FLOAT32_GEMM}": float32_gemm_perplexity[name]}
+                    if name in float32_gemm_perplexity
+                    else {}
+                ),
             }
             for name in models
         ],
+        "int8_path": ops.int8_product_path("cpu"),
+        "perplexity_identical_on_every_path": all(
+            float32_gemm_perplexity[name] == perplexity[name] for name in MODEL_METHODS
+        ),
         "bitsandbytes": bnb_note,
         "load_average": load_average(),
     }
@@ -259,6 +283,7 @@ def _print_model_and_scan(result: dict) -> None:
         for row in model["rows"]:
             print(f"{row['model']:<28}{row['perplexity']:>10.3f}{row['seconds']:>9.2f} s{row['ratio']:>7.2f}x")
         print(f"bitsandbytes: {model['bitsandbytes']}")
+        print(f"perplexities identical on {cpu_int8.FLOAT32_GEMM}: {model['perplexity_identical_on_every_path']}")
     if "scan" in result:
         scan = result["scan"]
         print(
