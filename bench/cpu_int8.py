@@ -268,10 +268,11 @@ def print_tables(result: dict) -> None:
         return _print_model_and_scan(result)
     print(f"one Linear, ratio to float32 nn.Linear ({layers['threads']} threads, INT8 product: {layers['int8_path']})")
     names = list(layers["rows"][0]["ratio"])
-    print(f"{'T x K x N':<18}{'fp32 ms':>9}" + "".join(f"{name:>24}" for name in names) + "   load")
+    width = max(map(len, names)) + 2
+    print(f"{'T x K x N':<18}{'fp32 ms':>9}" + "".join(f"{name:>{width}}" for name in names) + "   load")
     for row in layers["rows"]:
         shape = "x".join(map(str, row["shape"]))
-        ratios = "".join(f"{row['ratio'][name]:>23.2f}x" for name in names)
+        ratios = "".join(f"{row['ratio'][name]:>{width - 1}.2f}x" for name in names)
         print(f"{shape:<18}{row['float32_ms']:>9.1f}{ratios}   {row['load_average'][0]}")
     _print_model_and_scan(result)
 

@@ -105,6 +105,31 @@ def test_the_upper_bound_of_a_change_covers_other_texts_95_times_in_100():
     )
 
 
+def test_the_divergence_a_few_positions_at_a_time_is_the_elementwise_sum():
+    """KL(p || q) summed over positions, p from the kept float16 log-probabilities, against float64 elementwise."""
+    generator = torch.Generator().manual_seed(3)
+    reference = torch.log_softmax(3 * torch.randn(2, 37, 1000, generator=generator), dim=-1)
+    other = torch.log_softmax(reference + 0.2 * torch.randn(2, 37, 1000, generator=generator), dim=-1)
+    kept = reference.half()
+    log_p = kept.double()
+    elementwise = float((log_p.exp() * (log_p - other.double())).sum())
+    for rows in (1, 5, 32, 100):
+        assert sensitivity._divergence(kept, other, rows=rows) == pytest.approx(elementwise, rel=1e-6)
+    assert sensitivity._divergence(kept, reference.half().float()) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_groups_that_do_not_help_alone_still_rank_last():
+    """Keeping everything in floating point reaches any target, so no group may drop out of the walk."""
+    measured = [
+        {"group": "helps little", "kl_divergence": 0.9, "float_bytes": 1},
+        {"group": "hurts alone", "kl_divergence": 1.1, "float_bytes": 1},
+        {"group": "helps most per byte", "kl_divergence": 0.5, "float_bytes": 2},
+        {"group": "neutral", "kl_divergence": 1.0, "float_bytes": 4},
+    ]
+    ranked = [entry["group"] for entry in sensitivity.rank_groups(measured, quantized_divergence=1.0)]
+    assert ranked == ["helps most per byte", "helps little", "neutral", "hurts alone"]
+
+
 @pytest.fixture(scope="module")
 def sweep(planted):
     """The sweep on the planted model, and how many evaluations (passes over the sweep or held-out tokens) it ran."""

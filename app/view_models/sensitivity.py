@@ -34,7 +34,7 @@ class RankedGroup:
 
 
 def ranking(result: dict[str, Any]) -> list[RankedGroup]:
-    """The groups that help, best value per megabyte first."""
+    """Every group, by the divergence it removes per megabyte, best first (the order the list takes them in)."""
     by_group = {entry["group"]: entry for entry in result["groups"]}
     rows = []
     for rank, name in enumerate(result["ranking"], start=1):
