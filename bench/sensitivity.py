@@ -168,10 +168,10 @@ def timed_evaluation(loaded, args) -> float:
 
 
 def error_pass_cost(loaded, tokens: int) -> dict:
-    """A plain scan and a scan with the error pass of every W8A8 method, alternated twice, same tokens;
+    """A plain scan and a scan with the error pass of every W8A8 method, alternated three times, same tokens;
     with the errors of the last scan: how the methods order on each Linear, and each one's summary."""
     plain, with_errors = [], []
-    for _ in range(2):
+    for _ in range(3):
         for target, extra in ((plain, {}), (with_errors, {"error_methods": list(W8A8_METHODS)})):
             started = time.perf_counter()
             result = scan.run({"tokens": tokens, **extra}, Task(), loaded)

@@ -37,12 +37,9 @@ def test_the_view_model_reads_the_ranking_curve_and_held_out_check(sweep_result)
     rows = sensitivity.ranking(sweep_result)
     assert [row.group for row in rows] == sweep_result["ranking"]
     entries = {entry["group"]: entry for entry in sweep_result["groups"]}
-    assert sorted(row.group for row in rows) == sorted(entries)  # every group, those that help alone first
-    removed = [
-        (sweep_result["kl_divergence"] - entries[row.group]["kl_divergence"]) / entries[row.group]["float_bytes"]
-        for row in rows
-    ]
-    assert removed == sorted(removed, reverse=True)
+    assert sorted(row.group for row in rows) == sorted(entries)  # every group, the most damaging per MB first
+    damage = [entries[row.group]["kl_divergence"] / entries[row.group]["float_bytes"] for row in rows]
+    assert damage == sorted(damage, reverse=True)
     megabytes, perplexity, bound = sensitivity.curve(sweep_result)
     assert megabytes[0] == 0 and megabytes[-1] == pytest.approx(sweep_result["float_bytes"] / sensitivity.MB)
     assert (bound >= perplexity - 1e-9).all()

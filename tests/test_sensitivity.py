@@ -118,16 +118,43 @@ def test_the_divergence_a_few_positions_at_a_time_is_the_elementwise_sum():
     assert sensitivity._divergence(kept, reference.half().float()) == pytest.approx(0.0, abs=1e-9)
 
 
-def test_groups_that_do_not_help_alone_still_rank_last():
-    """Keeping everything in floating point reaches any target, so no group may drop out of the walk."""
+def test_groups_rank_by_the_damage_they_do_alone_per_byte():
     measured = [
-        {"group": "helps little", "kl_divergence": 0.9, "float_bytes": 1},
-        {"group": "hurts alone", "kl_divergence": 1.1, "float_bytes": 1},
-        {"group": "helps most per byte", "kl_divergence": 0.5, "float_bytes": 2},
-        {"group": "neutral", "kl_divergence": 1.0, "float_bytes": 4},
+        {"group": "small damage", "kl_divergence": 0.1, "float_bytes": 1},
+        {"group": "large but big", "kl_divergence": 0.6, "float_bytes": 4},
+        {"group": "worst per byte", "kl_divergence": 0.5, "float_bytes": 2},
+        {"group": "none", "kl_divergence": 0.0, "float_bytes": 1},
     ]
-    ranked = [entry["group"] for entry in sensitivity.rank_groups(measured, quantized_divergence=1.0)]
-    assert ranked == ["helps most per byte", "helps little", "neutral", "hurts alone"]
+    ranked = [entry["group"] for entry in sensitivity.rank_groups(measured)]
+    assert ranked == ["worst per byte", "large but big", "small damage", "none"]
+
+
+def test_a_group_quantized_alone_measures_the_same_with_the_float_layers_before_it_replayed(planted):
+    """Layer 1 quantized alone, layer 0 replayed from the floating-point model's pass: same NLL, layer 0 not run."""
+    from engine.model.replay import LayerOutputs
+
+    variant = quantize.run({"method": "vectorwise"}, Task(), planted)
+    windows, _ = evaluate.evaluation_windows(evaluate.EvalSettings(tokens=256, window=64), planted.tokenizer)
+    batches = windows.split(2)
+    float_outputs = LayerOutputs(variant.model)
+    with float_outputs.recording(of=planted.model):
+        reference = sensitivity._reference(planted.model, batches, Task())
+    layer_0 = sensitivity.groups_of(planted.model, "layer")["model.layers.0"]
+    with sensitivity.kept_in_float(variant.model, planted.model, layer_0):
+        computed = sensitivity._against(variant.model, batches, reference, Task())
+        first_layer_calls = []
+        handle = float_outputs.blocks[0].register_forward_pre_hook(lambda *_: first_layer_calls.append(1))
+        with float_outputs.replaying(1):
+            replayed = sensitivity._against(variant.model, batches, reference, Task())
+        handle.remove()
+    assert first_layer_calls == []
+    assert torch.equal(computed.nll, replayed.nll) and computed.kl_divergence == replayed.kl_divergence
+    assert computed.kl_divergence > 0  # layer 1 is quantized
+    with (
+        pytest.raises(ValueError, match="decoder layers"),
+        LayerOutputs(variant.model).recording(of=tiny_llama(layers=3)),
+    ):
+        pass
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """A sensitivity sweep's result (engine.quant.sensitivity) as the panel shows it, without Qt.
 
-The sweep ranks groups (a decoder layer's Linears, or each Linear) by how much of the quantized model's
-divergence from the baseline keeping them in floating point removes per megabyte, walks that ranking
+The sweep ranks groups (a decoder layer's Linears, or each Linear) by the divergence from the baseline
+each causes when it alone is quantized, per megabyte it would keep in floating point, walks that ranking
 re-measuring the growing list as a whole (the curve "float MB kept -> perplexity", with the upper
 confidence bound of each point's perplexity), stops once that bound is within the target, and checks the
 chosen list on held-out tokens it never measured on.
@@ -23,18 +23,18 @@ def change_pct(value: float, baseline: float) -> float:
 
 @dataclass
 class RankedGroup:
-    """One group of the ranking: what keeping it alone in floating point costs and gives."""
+    """One group of the ranking: what keeping it in floating point costs, and the damage it does quantized alone."""
 
     rank: int
     group: str
     linears: int
     float_mb: float
-    perplexity: float
+    perplexity: float  # of the floating-point model with only this group quantized
     change_pct: float  # against the baseline
 
 
 def ranking(result: dict[str, Any]) -> list[RankedGroup]:
-    """Every group, by the divergence it removes per megabyte, best first (the order the list takes them in)."""
+    """Every group, by the divergence it causes alone per megabyte, worst first (the order the list takes them in)."""
     by_group = {entry["group"]: entry for entry in result["groups"]}
     rows = []
     for rank, name in enumerate(result["ranking"], start=1):

@@ -67,13 +67,13 @@ def format_sensitivity(result: dict[str, Any]) -> str:
     lines = [
         f"{result['method']}: perplexity {result['quantized']:.3f} ({change(result['quantized'])}) against "
         f"{base:.3f} on {result['sweep_tokens']:,} tokens; target {result['target_pct']:+g}%",
-        f"{'group':<28}{'float MB':>10}{'perplexity kept in float':>26}",
+        f"{'group':<28}{'float MB':>10}{'perplexity quantized alone':>28}",
     ]
     by_group = {g["group"]: g for g in result["groups"]}
     for name in result["ranking"][:10]:
         entry = by_group[name]
         lines.append(
-            f"{name:<28}{entry['float_bytes'] / MB:>10.1f}{entry['perplexity']:>18.3f} ({change(entry['perplexity'])})"
+            f"{name:<28}{entry['float_bytes'] / MB:>10.1f}{entry['perplexity']:>20.3f} ({change(entry['perplexity'])})"
         )
     lines.append(f"float MB kept -> perplexity (change, its upper {result['confidence']:.0%} bound):")
     for point in result["curve"]:

@@ -1,9 +1,10 @@
 """Skip the decoder layers a measurement cannot change: they replay the output they computed before.
 
-The sensitivity sweep measures the quantized model again and again with one group of Linears put
-back in floating point. Every decoder layer before that group's first one computes exactly what it
-computed in the fully quantized model, on the same batches. So the sweep records each layer's output
-once (`LayerOutputs.recording`), and a measurement that changes nothing before layer i runs with
+The sensitivity sweep measures the model again and again with one group of Linears quantized, and
+then with a growing list of them put back in floating point. Every decoder layer before the first
+changed one computes exactly what it computed in the floating-point model (or in the fully quantized
+one), on the same batches. So the sweep records each layer's output of those two passes once
+(`LayerOutputs.recording`), and a measurement that changes nothing before layer i runs with
 layers 0..i-1 swapped for `_Replay` modules that return layer i-1's recorded output without computing
 (`LayerOutputs.replaying`). The model's own forward still runs around them (embeddings, masks,
 positions, the final norm, the head and whatever the architecture does there), so this works for any
@@ -38,9 +39,17 @@ class LayerOutputs:
         return int(index) if index.isdigit() else 0
 
     @contextmanager
-    def recording(self) -> Iterator[None]:
-        """Within the block, every decoder layer's output is kept (the previous recording is dropped)."""
+    def recording(self, of=None) -> Iterator[None]:
+        """Within the block, every decoder layer's output is kept (the previous recording is dropped).
+
+        `of`: record that model's layers instead, to replay here: the floating-point model a
+        quantized one was made from has the same stack and computes what a layer left in floating
+        point would.
+        """
         self.outputs = [[] for _ in self.blocks]
+        blocks = self.blocks if of is None else decoder_layers(of)[1]
+        if len(blocks) != len(self.blocks):
+            raise ValueError(f"recording {len(blocks)} decoder layers to replay in {len(self.blocks)}")
 
         def keep(index):
             def hook(module, args, output):
@@ -48,7 +57,7 @@ class LayerOutputs:
 
             return hook
 
-        handles = [block.register_forward_hook(keep(i)) for i, block in enumerate(self.blocks)]
+        handles = [block.register_forward_hook(keep(i)) for i, block in enumerate(blocks)]
         try:
             yield
         finally:
