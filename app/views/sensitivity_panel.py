@@ -37,7 +37,8 @@ from app.views import colors
 from engine.vocabulary import METHOD_SHORT_LABELS, METHODS
 
 GROUPS = (("each decoder layer's Linears", "layer"), ("each Linear alone", "linear"))
-RANKING_COLUMNS = ("#", "group", "Linears", "float MB", "perplexity quantized alone", "change")
+RANKING_COLUMNS = ("#", "group", "Linears", "float MB", "ppl alone", "change")
+ALONE_TOOLTIP = "Perplexity of the floating-point model with only this group quantized, and its change"
 DEFAULT_WINDOW = 512
 
 
@@ -88,6 +89,8 @@ class SensitivityPanel(QDialog):
         self.held_out.setWordWrap(True)
         self.table = QTableWidget(0, len(RANKING_COLUMNS))
         self.table.setHorizontalHeaderLabels(RANKING_COLUMNS)
+        for column in (4, 5):
+            self.table.horizontalHeaderItem(column).setToolTip(ALONE_TOOLTIP)
         self.table.verticalHeader().setVisible(False)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
