@@ -64,6 +64,20 @@ def test_kept_in_float_puts_everything_back(planted):
     assert variant.model.get_submodule(name) is before
 
 
+def assert_replay_measures_what_running_measures(model, outputs, batches, reference):
+    """`model` measured running every layer, and again with layer 0 replayed from `outputs`: the same, and layer 0
+    not run the second time. Returns the measurement."""
+    computed = sensitivity._against(model, batches, reference, Task())
+    first_layer_calls = []
+    handle = outputs.blocks[0].register_forward_pre_hook(lambda *_: first_layer_calls.append(1))
+    with outputs.replaying(1):
+        replayed = sensitivity._against(model, batches, reference, Task())
+    handle.remove()
+    assert first_layer_calls == []
+    assert torch.equal(computed.nll, replayed.nll) and computed.kl_divergence == replayed.kl_divergence
+    return computed
+
+
 def test_replayed_layers_measure_exactly_what_running_them_measures(planted):
     """A group in layer 1 measured with layer 0 replayed from the fully quantized pass: same NLL, layer 0 not run."""
     from engine.model.replay import LayerOutputs
@@ -78,14 +92,7 @@ def test_replayed_layers_measure_exactly_what_running_them_measures(planted):
     names = ["model.layers.1.mlp.down_proj", "model.layers.1.self_attn.q_proj"]
     assert recorded.layer_of(names[0]) == 1 and recorded.layer_of("lm_head") == 0
     with sensitivity.kept_in_float(variant.model, planted.model, names):
-        computed = sensitivity._against(variant.model, batches, reference, Task())
-        first_layer_calls = []
-        handle = recorded.blocks[0].register_forward_pre_hook(lambda *_: first_layer_calls.append(1))
-        with recorded.replaying(1):
-            replayed = sensitivity._against(variant.model, batches, reference, Task())
-        handle.remove()
-    assert first_layer_calls == []
-    assert torch.equal(computed.nll, replayed.nll) and computed.kl_divergence == replayed.kl_divergence
+        assert_replay_measures_what_running_measures(variant.model, recorded, batches, reference)
     assert isinstance(variant.model.model.layers[0], type(planted.model.model.layers[0]))  # put back
 
 
@@ -141,14 +148,7 @@ def test_a_group_quantized_alone_measures_the_same_with_the_float_layers_before_
         reference = sensitivity._reference(planted.model, batches, Task())
     layer_0 = sensitivity.groups_of(planted.model, "layer")["model.layers.0"]
     with sensitivity.kept_in_float(variant.model, planted.model, layer_0):
-        computed = sensitivity._against(variant.model, batches, reference, Task())
-        first_layer_calls = []
-        handle = float_outputs.blocks[0].register_forward_pre_hook(lambda *_: first_layer_calls.append(1))
-        with float_outputs.replaying(1):
-            replayed = sensitivity._against(variant.model, batches, reference, Task())
-        handle.remove()
-    assert first_layer_calls == []
-    assert torch.equal(computed.nll, replayed.nll) and computed.kl_divergence == replayed.kl_divergence
+        computed = assert_replay_measures_what_running_measures(variant.model, float_outputs, batches, reference)
     assert computed.kl_divergence > 0  # layer 1 is quantized
     with (
         pytest.raises(ValueError, match="decoder layers"),
