@@ -25,26 +25,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.model import loading  # noqa: E402
 from engine.quant import evaluate, quantize, sensitivity  # noqa: E402
+from engine.quant.layer_errors import rank_correlation  # noqa: E402
 from engine.task import Task  # noqa: E402
-
-
-def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's rho (the figures here have no ties)."""
-    return float(np.corrcoef(np.argsort(np.argsort(a)), np.argsort(np.argsort(b)))[0, 1])
 
 
 def measure_text(model, base, groups, batches) -> dict:
     """Each layer's two measurements on one text, with the fully quantized model's divergence."""
-    every_linear = [name for names in groups.values() for name in names]
     reference = sensitivity._reference(base, batches, Task())
     everything = sensitivity._against(model, batches, reference, Task()).kl_divergence
     put_back, alone = [], []
     for names in groups.values():
         with sensitivity.kept_in_float(model, base, names):
             put_back.append(everything - sensitivity._against(model, batches, reference, Task()).kl_divergence)
-        quantized_alone = set(names)
-        others = [name for name in every_linear if name not in quantized_alone]
-        with sensitivity.kept_in_float(model, base, others):
+        with sensitivity.quantized_alone(model, base, names, groups):
             alone.append(sensitivity._against(model, batches, reference, Task()).kl_divergence)
     return {"quantized": everything, "put_back": put_back, "alone": alone, "alone_sum": sum(alone)}
 

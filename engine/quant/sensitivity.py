@@ -123,6 +123,14 @@ def kept_in_float(quantized_model, float_model, names: list[str]) -> Iterator[No
             quantize.replace_module(quantized_model, name, module)
 
 
+@contextmanager
+def quantized_alone(quantized_model, float_model, names: list[str], groups: dict[str, list[str]]) -> Iterator[None]:
+    """Within the block, the quantized model runs every Linear of `groups` in floating point but `names`."""
+    alone = set(names)
+    with kept_in_float(quantized_model, float_model, [n for g in groups.values() for n in g if n not in alone]):
+        yield
+
+
 def run(params: dict[str, Any], task, loaded, scan=None) -> dict[str, Any]:
     """The sweep (see the module docstring); `scan` is needed for static `llm-int8`."""
     settings = SweepSettings.from_params(params)
@@ -142,7 +150,6 @@ def run(params: dict[str, Any], task, loaded, scan=None) -> dict[str, Any]:
     model, base = quantized.model, loaded.model
     groups = groups_of(base, settings.group)
 
-    every_linear = [name for names in groups.values() for name in names]
     batches = sweep.split(settings.batch_size)
     float_outputs, recorded = LayerOutputs(model), LayerOutputs(model)
     with float_outputs.recording(of=base):
@@ -159,9 +166,7 @@ def run(params: dict[str, Any], task, loaded, scan=None) -> dict[str, Any]:
     def measure_alone(names: list[str], step) -> Measurement:
         """The floating-point model with only `names` quantized; the layers before the first of them replay."""
         first = min(recorded.layer_of(name) for name in names)
-        quantized_alone = set(names)
-        others = [name for name in every_linear if name not in quantized_alone]
-        with kept_in_float(model, base, others), float_outputs.replaying(first):
+        with quantized_alone(model, base, names, groups), float_outputs.replaying(first):
             return _against(model, batches, reference, step)
 
     measured = []
