@@ -1,13 +1,14 @@
 """The skip list of the sensitivity sweep against random skip lists of the same size, and what the error pass costs.
 
-On the default model (or --model): the sweep for --method at --target (decoder layers as groups, so every
-group has the same floating-point size), then 20 random lists of as many layers, each measured on the
+On the default model (or --model): the sweep for --method at --target (--group: the Linears that read
+one input, each Linear, or each decoder layer's Linears), then 20 random lists of the same groups with as
+many floating-point bytes (at most, and as close as the groups' sizes allow), each measured on the
 held-out tokens the sweep never saw; the sweep's list should beat the best of them. Then the cost of the
 sweep in evaluations per group, and of a scan with the per-Linear error pass against a plain scan of the
 same tokens, each timed in this run. The sweep's list is also exported for transformers + bitsandbytes,
 loaded there and evaluated on the same held-out tokens.
 
-    python bench/sensitivity.py [--model M] [--method vectorwise] [--target 1.0] [--json]
+    python bench/sensitivity.py [--model M] [--method vectorwise] [--target 1.0] [--group input|linear|layer] [--json]
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def main() -> int:
     parser.add_argument("--model", default=None)
     parser.add_argument("--method", default="vectorwise")
     parser.add_argument("--target", type=float, default=1.0)
+    parser.add_argument("--group", default=sensitivity.SweepSettings.group, choices=sensitivity.GROUPS)
     parser.add_argument("--tokens", type=int, default=2048, help="sweep tokens")
     parser.add_argument("--holdout-tokens", type=int, default=2048)
     parser.add_argument("--random-lists", type=int, default=20)
@@ -46,7 +48,13 @@ def main() -> int:
 
     started = time.perf_counter()
     sweep = sensitivity.run(
-        {"method": args.method, "target": args.target, "tokens": args.tokens, "holdout_tokens": args.holdout_tokens},
+        {
+            "method": args.method,
+            "target": args.target,
+            "group": args.group,
+            "tokens": args.tokens,
+            "holdout_tokens": args.holdout_tokens,
+        },
         Task(),
         loaded,
     )
@@ -55,9 +63,10 @@ def main() -> int:
         k: sweep[k] for k in ("baseline", "quantized", "reached", "skip_modules", "float_bytes", "holdout")
     }
     report["sweep"]["curve"] = [
-        {k: p[k] for k in ("added", "float_bytes", "change_pct", "upper_pct")} for p in sweep["curve"]
+        {k: p[k] for k in ("added", "float_bytes", "change_pct", "expected_pct", "upper_pct", "kl_divergence")}
+        for p in sweep["curve"]
     ]
-    report["sweep"]["layers"] = [p["added"] for p in sweep["curve"] if p["added"]]
+    report["sweep"]["groups"] = [group for p in sweep["curve"] for group in p["added"]]
 
     report["random_lists"] = random_lists(loaded, args, sweep)
     best_random = min(entry["holdout_perplexity"] for entry in report["random_lists"])
@@ -85,19 +94,26 @@ def main() -> int:
 
 
 def random_lists(loaded, args, sweep) -> list[dict]:
-    """As many random decoder layers as the sweep kept, measured on the same held-out tokens."""
-    layers = list(sensitivity.groups_of(loaded.model, "layer").items())
-    count = len([p for p in sweep["curve"] if p["added"]])
+    """Random lists of the sweep's groups with at most the sweep's floating-point bytes, each filled in a random
+    order with every group that still fits; measured on the same held-out tokens."""
+    groups = list(sensitivity.groups_of(loaded.model, args.group).items())
+    sizes = {group: sensitivity._float_bytes(loaded.model, names) for group, names in groups}
     holdout = holdout_windows(loaded, args)
     variant = quantize.run({"method": args.method}, Task(), loaded)
     generator = random.Random(0)
     results = []
     for _ in range(args.random_lists):
-        chosen = generator.sample(layers, count)
+        chosen, total = [], 0
+        for group, names in generator.sample(groups, len(groups)):
+            if total + sizes[group] <= sweep["float_bytes"]:
+                chosen.append((group, names))
+                total += sizes[group]
         names = [name for _, members in chosen for name in members]
         with sensitivity.kept_in_float(variant.model, loaded.model, names):
             perplexity = evaluate.perplexity(variant.model, holdout, 4, Task())["perplexity"]
-        results.append({"layers": [group for group, _ in chosen], "holdout_perplexity": perplexity})
+        results.append(
+            {"groups": [group for group, _ in chosen], "float_bytes": total, "holdout_perplexity": perplexity}
+        )
     return results
 
 
@@ -208,14 +224,19 @@ def method_ordering(result) -> dict:
 def print_report(report: dict) -> None:
     sweep = report["sweep"]
     holdout = sweep["holdout"]
-    print(f"{report['method']} at a target of {report['target_pct']:+g}%: keep {sweep['layers']} in floating point")
+    print(
+        f"{report['method']} at a target of {report['target_pct']:+g}%: keep {len(sweep['groups'])} groups "
+        f"({sweep['float_bytes'] / 1e6:.1f} MB) in floating point: {sweep['groups']}"
+    )
     print(
         f"  held out: baseline {holdout['baseline']:.3f}, {report['method']} {holdout['quantized']:.3f}, "
         f"with the list {holdout['with_skip_list']:.3f} ({holdout['change_pct']:+.2f}%)"
     )
-    print("  random lists of as many layers, held-out perplexity:")
+    print("  random lists of as many floating-point MB, held-out perplexity:")
     for entry in sorted(report["random_lists"], key=lambda e: e["holdout_perplexity"]):
-        print(f"    {entry['holdout_perplexity']:.3f}  {entry['layers']}")
+        print(
+            f"    {entry['holdout_perplexity']:.3f}  {entry['float_bytes'] / 1e6:.1f} MB, {len(entry['groups'])} groups"
+        )
     print(f"  the sweep's list beats the best random list: {report['sweep_beats_best_random']}")
     bnb = report["bitsandbytes"]
     print(

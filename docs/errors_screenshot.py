@@ -70,7 +70,8 @@ def take_error_map(window, finished: dict) -> None:
 
 
 def take_sensitivity(window, finished: dict) -> None:
-    """The panel's default sweep (vectorwise, +1%, decoder layers), its list applied to the next export."""
+    """The panel's default sweep (vectorwise, +1%, the Linears that read one input), its list applied to the next
+    export."""
     from app.event_loop import process_events_until, settle
 
     panel = window.open_sensitivity()

@@ -40,10 +40,13 @@ def test_the_view_model_reads_the_ranking_curve_and_held_out_check(sweep_result)
     assert sorted(row.group for row in rows) == sorted(entries)  # every group, the most damaging per MB first
     damage = [entries[row.group]["kl_divergence"] / entries[row.group]["float_bytes"] for row in rows]
     assert damage == sorted(damage, reverse=True)
-    megabytes, perplexity, bound = sensitivity.curve(sweep_result)
-    assert megabytes[0] == 0 and megabytes[-1] == pytest.approx(sweep_result["float_bytes"] / sensitivity.MB)
-    assert (bound >= perplexity - 1e-9).all()
-    assert perplexity[-1] <= bound[-1] <= sensitivity.goal(sweep_result) < bound[0]
+    steps = sensitivity.curve(sweep_result)
+    assert steps.megabytes[0] == 0 and steps.megabytes[-1] == pytest.approx(
+        sweep_result["float_bytes"] / sensitivity.MB
+    )
+    assert (steps.bound >= steps.expected - 1e-9).all()
+    assert steps.expected[-1] <= steps.bound[-1] <= sensitivity.goal(sweep_result) < steps.bound[0]
+    assert steps.perplexity[-1] == pytest.approx(sweep_result["curve"][-1]["perplexity"])
     count = len(sweep_result["skip_modules"])
     assert f"Keeping {count} Linear" in sensitivity.verdict(sweep_result)
     assert f"{sweep_result['holdout']['change_pct']:+.2f}%" in sensitivity.held_out(sweep_result)
@@ -56,6 +59,10 @@ def test_apply_to_export_fills_the_skip_list_the_quantize_request_carries(sweep_
     finish(workbench, MODEL)
     panel = SensitivityPanel(workbench)
     qtbot.addWidget(panel)
+    from engine.quant.sensitivity import GROUPS, SweepSettings
+
+    offered = [panel.group.itemData(i) for i in range(panel.group.count())]
+    assert offered == list(GROUPS) and panel.group.currentData() == SweepSettings.group  # the engine's default
     panel.method.setCurrentIndex(panel.method.findData("absmax-tensor"))
     panel.target.setValue(0.3)
     panel.group.setCurrentIndex(panel.group.findData("linear"))
@@ -68,9 +75,10 @@ def test_apply_to_export_fills_the_skip_list_the_quantize_request_carries(sweep_
     assert not panel.run_button.isEnabled()  # one job at a time
     finish(workbench, sweep_result)
     assert panel.table.rowCount() == len(sweep_result["ranking"])
+    assert panel.table.item(0, 1).toolTip() == sweep_result["ranking"][0]
     assert panel.chosen.toPlainText().splitlines() == sweep_result["skip_modules"]
     assert panel.curve.getData()[1][-1] == pytest.approx(sweep_result["curve"][-1]["perplexity"])
-    assert panel.bound.getData()[1][-1] <= sensitivity.goal(sweep_result)
+    assert panel.expected.getData()[1][-1] <= panel.bound.getData()[1][-1] <= sensitivity.goal(sweep_result)
     qtbot.mouseClick(panel.apply_button, Qt.MouseButton.LeftButton)
     assert workbench.skip_modules == sweep_result["skip_modules"]
     assert f"keeps {len(sweep_result['skip_modules'])} Linear" in panel.note.text()

@@ -1,10 +1,11 @@
 """A sensitivity sweep's result (engine.quant.sensitivity) as the panel shows it, without Qt.
 
-The sweep ranks groups (a decoder layer's Linears, or each Linear) by the divergence from the baseline
+The sweep ranks groups (the Linears that read one input, each Linear, or a decoder layer's Linears) by the divergence from the baseline
 each causes when it alone is quantized, per megabyte it would keep in floating point, walks that ranking
-re-measuring the growing list as a whole (the curve "float MB kept -> perplexity", with the upper
-confidence bound of each point's perplexity), stops once that bound is within the target, and checks the
-chosen list on held-out tokens it never measured on.
+re-measuring the growing list as a whole (the curve "float MB kept -> perplexity": the perplexity measured
+on the sweep's tokens, the one each point's divergence gives, and that one's upper confidence bound),
+stops once the bound is within the target, and checks the chosen list on held-out tokens it never
+measured on.
 """
 
 from __future__ import annotations
@@ -52,13 +53,27 @@ def ranking(result: dict[str, Any]) -> list[RankedGroup]:
     return rows
 
 
-def curve(result: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(float MB kept, perplexity, its upper confidence bound) at every step of the greedy list, nothing kept first."""
-    points = result["curve"]
-    return (
-        np.array([p["float_bytes"] / MB for p in points], dtype=np.float64),
-        np.array([p["perplexity"] for p in points], dtype=np.float64),
-        np.array([result["baseline"] * (1 + p["upper_pct"] / 100) for p in points], dtype=np.float64),
+@dataclass
+class Curve:
+    """The greedy list's measured steps, nothing kept first."""
+
+    megabytes: np.ndarray  # float MB kept
+    perplexity: np.ndarray  # measured on the sweep's tokens
+    expected: np.ndarray  # what the divergence from the baseline gives
+    bound: np.ndarray  # the upper confidence bound of `expected` for other text: the sweep stops under the target
+
+
+def curve(result: dict[str, Any]) -> Curve:
+    points, base = result["curve"], result["baseline"]
+
+    def series(values) -> np.ndarray:
+        return np.array(list(values), dtype=np.float64)
+
+    return Curve(
+        series(p["float_bytes"] / MB for p in points),
+        series(p["perplexity"] for p in points),
+        series(base * (1 + p["expected_pct"] / 100) for p in points),
+        series(base * (1 + p["upper_pct"] / 100) for p in points),
     )
 
 
@@ -72,6 +87,7 @@ def verdict(result: dict[str, Any]) -> str:
     base, method = result["baseline"], result["method"]
     everything = f"{method} alone: {change_pct(result['quantized'], base):+.2f}% perplexity"
     count, megabytes = len(result["skip_modules"]), result["float_bytes"] / MB
+    last = result["curve"][-1]
     if not result["reached"]:
         return (
             f"{everything}. The target {result['target_pct']:+g}% is not reached: the best the ranking reaches is "
@@ -81,9 +97,9 @@ def verdict(result: dict[str, Any]) -> str:
         return f"{everything}: already within the target {result['target_pct']:+g}%, nothing to keep in float."
     return (
         f"{everything}. Keeping {count} Linear{'' if count == 1 else 's'} ({megabytes:.1f} MB) in floating point "
-        f"meets the target {result['target_pct']:+g}% on the sweep's {result['sweep_tokens']:,} tokens, with "
-        f"{result['confidence']:.0%} confidence ({result['curve'][-1]['change_pct']:+.2f}%, at most "
-        f"{result['curve'][-1]['upper_pct']:+.2f}%)."
+        f"meets the target {result['target_pct']:+g}% with {result['confidence']:.0%} confidence: on the sweep's "
+        f"{result['sweep_tokens']:,} tokens {last['change_pct']:+.2f}%, its divergence gives {last['expected_pct']:+.2f}%, "
+        f"at most {last['upper_pct']:+.2f}% on other text."
     )
 
 
@@ -95,6 +111,7 @@ def held_out(result: dict[str, Any]) -> str:
         f"Held-out check on {result['holdout_tokens']:,} other tokens: baseline {checked['baseline']:.3f}, "
         f"{result['method']} {checked['quantized']:.3f}, with the list {checked['with_skip_list']:.3f} "
         f"({checked['change_pct']:+.2f}%: {'within' if within else 'outside'} the target)."
+        + "".join(f"\nNote: {note}." for note in result["notes"])
     )
 
 

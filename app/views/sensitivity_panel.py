@@ -1,8 +1,9 @@
 """The sensitivity panel: which Linears to keep in floating point so a method meets a perplexity target.
 
 The user picks a method, a target and a grouping; Run sends the `sensitivity` request through the
-workflow. The result shows as the ranking of groups, the curve "float MB kept -> perplexity" with its
-upper confidence bound (dashed) and the target line, and the chosen list with its held-out check.
+workflow. The result shows as the ranking of groups, the curve "float MB kept -> perplexity" (measured,
+the one the divergence gives and its upper confidence bound, dashed) with the target line, and the chosen
+list with its held-out check.
 "Apply to export" hands the list to the workflow: the next Run quantizes around it and its export
 writes those Linears in floating point.
 """
@@ -36,7 +37,11 @@ from app.view_models.workbench import Workbench
 from app.views import colors
 from engine.vocabulary import METHOD_SHORT_LABELS, METHODS
 
-GROUPS = (("each decoder layer's Linears", "layer"), ("each Linear alone", "linear"))
+GROUPS = (
+    ("the Linears that read one input (vLLM fuses them)", "input"),
+    ("each Linear alone (smallest list; not for vLLM)", "linear"),
+    ("each decoder layer's Linears (fastest)", "layer"),
+)
 RANKING_COLUMNS = ("#", "group", "Linears", "float MB", "ppl alone", "change")
 ALONE_TOOLTIP = "Perplexity of the floating-point model with only this group quantized, and its change"
 DEFAULT_WINDOW = 512
@@ -96,16 +101,23 @@ class SensitivityPanel(QDialog):
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)  # the group's name takes what is left
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideLeft)  # a group's layer and Linears are at its name's end
         self.plot = pg.PlotWidget()
         self.plot.setMenuEnabled(False)
         self.plot.setLabel("bottom", "float MB kept")
         self.plot.setLabel("left", "perplexity")
-        self.curve = self.plot.plot([], [], pen=pg.mkPen(colors.KIND_COLORS["mlp_in"], width=2), symbol="o")
-        self.bound = self.plot.plot(
-            [], [], pen=pg.mkPen(colors.KIND_COLORS["mlp_in"], width=1, style=Qt.PenStyle.DashLine)
+        self.plot.addLegend(offset=(-10, 10))  # top right, where the curve has fallen to the target
+        self.curve = self.plot.plot(
+            [], [], pen=pg.mkPen(colors.KIND_COLORS["mlp_in"], width=2), symbol="o", name="measured on the sweep"
         )
-        self.bound.setToolTip(
-            "The upper 95% confidence bound of each point's perplexity: the sweep stops under the target"
+        self.expected = self.plot.plot(
+            [], [], pen=pg.mkPen(colors.KIND_COLORS["attn_in"], width=2), name="from the divergence"
+        )
+        self.bound = self.plot.plot(
+            [],
+            [],
+            pen=pg.mkPen(colors.KIND_COLORS["attn_in"], width=1, style=Qt.PenStyle.DashLine),
+            name="at most, other text (95%)",
         )
         self.goal_line = pg.InfiniteLine(angle=0, pen=colors.THRESHOLD_PEN, label="target", labelOpts={"position": 0.9})
         self.plot.addItem(self.goal_line)
@@ -185,10 +197,13 @@ class SensitivityPanel(QDialog):
                 item = QTableWidgetItem(text)
                 if column != 1:
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                else:
+                    item.setToolTip(text)  # the whole name; the cell shows its end
                 self.table.setItem(row, column, item)
-        megabytes, perplexity, bound = sensitivity.curve(result)
-        self.curve.setData(megabytes, perplexity)
-        self.bound.setData(megabytes, bound)
+        steps = sensitivity.curve(result)
+        self.curve.setData(steps.megabytes, steps.perplexity)
+        self.expected.setData(steps.megabytes, steps.expected)
+        self.bound.setData(steps.megabytes, steps.bound)
         self.goal_line.setValue(sensitivity.goal(result))
         self.goal_line.setVisible(True)
         self.chosen.setPlainText("\n".join(result["skip_modules"]))

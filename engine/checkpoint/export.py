@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from engine.checkpoint import contents, fallback
-from engine.checkpoint.layout import BITSANDBYTES, check_format
+from engine.checkpoint.layout import BITSANDBYTES, COMPRESSED_TENSORS, check_format
 from engine.checkpoint.staging import file_mode, overlaps, write_folder
 from engine.errors import BadInput
-from engine.quant import coverage
+from engine.quant import coverage, skip_list
 
 SIDECAR_NAME = "int8wb_export.json"
 SIDECAR_TENSORS = "int8wb_extra.safetensors"
@@ -174,6 +174,8 @@ def run(params: dict[str, Any], task, loaded, quantized, scan=None) -> ExportRes
     if fmt == GGUF_Q8_0:
         return _run_gguf(target, task, loaded, quantized, settings, overwrite)
     held = held_coverage(quantized.model, quantized.method, fmt, quantized.unfit)
+    if fmt == COMPRESSED_TENSORS:
+        held["notes"] += skip_list.vllm_notes(loaded.model, quantized.skipped)
     max_shard_size = parse_size(params.get("max_shard_size") or DEFAULT_MAX_SHARD_SIZE)
     main, extra, layers = contents.split_tensors(quantized.model, fmt)
     needed = sum(t.numel() * t.element_size() for t in list(main.values()) + list(extra.values()))

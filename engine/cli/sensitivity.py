@@ -6,7 +6,7 @@ from typing import Any
 
 from engine.cli import _common
 from engine.cli._progress import ProgressBarTask
-from engine.quant.sensitivity import GROUPS
+from engine.quant.sensitivity import GROUPS, SweepSettings
 from engine.vocabulary import METHODS
 
 MB = 1e6
@@ -22,7 +22,13 @@ def add_parser(subparsers) -> None:
         "--method", default="vectorwise", choices=METHODS, help="method to repair (default vectorwise)"
     )
     command.add_argument("--target", type=float, default=1.0, help="allowed perplexity change in %% (default 1.0)")
-    command.add_argument("--group", default="layer", choices=GROUPS, help="a decoder layer's Linears, or each Linear")
+    command.add_argument(
+        "--group",
+        default=SweepSettings.group,
+        choices=GROUPS,
+        help="input: the Linears that read one input, which vLLM fuses (default); linear: each Linear, the "
+        "smallest list, for transformers + bitsandbytes; layer: a decoder layer's Linears, the fastest sweep",
+    )
     command.add_argument("--tokens", type=int, default=2048, help="evaluation tokens of the sweep (default 2048)")
     command.add_argument(
         "--holdout-tokens", type=int, default=2048, help="further tokens that check the list (default 2048)"
@@ -75,12 +81,15 @@ def format_sensitivity(result: dict[str, Any]) -> str:
         lines.append(
             f"{name:<28}{entry['float_bytes'] / MB:>10.1f}{entry['perplexity']:>20.3f} ({change(entry['perplexity'])})"
         )
-    lines.append(f"float MB kept -> perplexity (change, its upper {result['confidence']:.0%} bound):")
+    lines.append(
+        f"float MB kept -> perplexity (measured change; the change its divergence gives, at most, with "
+        f"{result['confidence']:.0%} confidence):"
+    )
     for point in result["curve"]:
-        added = f"  + {point['added']}" if point["added"] else "  (nothing kept)"
+        added = f"  + {', '.join(point['added'])}" if point["added"] else "  (nothing kept)"
         lines.append(
-            f"  {point['float_bytes'] / MB:>8.1f} MB  {point['perplexity']:.3f} ({point['change_pct']:+.2f}%, "
-            f"at most {point['upper_pct']:+.2f}%){added}"
+            f"  {point['float_bytes'] / MB:>8.1f} MB  {point['perplexity']:.3f} ({point['change_pct']:+.2f}%; "
+            f"{point['expected_pct']:+.2f}%, at most {point['upper_pct']:+.2f}%){added}"
         )
     verdict = (
         f"reached with {result['confidence']:.0%} confidence"
@@ -95,6 +104,7 @@ def format_sensitivity(result: dict[str, Any]) -> str:
     ]
     for tool, names in result["forms"].items():
         lines.append(f"{tool}: {names}")
+    lines += [f"note: {note}" for note in result["notes"]]
     if result["skip_modules"]:
         lines.append(
             f"export it: int8wb export --method {result['method']} --skip-modules {','.join(result['skip_modules'])}"

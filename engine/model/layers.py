@@ -149,3 +149,20 @@ def linear_layers(model, include_lm_head: bool = False) -> list[tuple[str, objec
         for name, module in model.named_modules()
         if is_linear(module) and (include_lm_head or module is not head) and not is_router(model, name)
     ]
+
+
+def shared_input_sets(model) -> list[list[str]]:
+    """The quantizable Linears, in model order, as sets that read one input within one decoder layer (q/k/v;
+    gate/up; an expert's own gate/up); a Linear of its own kind, or outside the decoder layers, is a set alone.
+
+    These are the sets serving engines fuse into one matrix (vLLM's qkv_proj and gate_up_proj), which
+    must all be quantized or all be kept in floating point there.
+    """
+    path, _ = decoder_layers(model)
+    sets: dict[tuple, list[str]] = {}
+    for name, _ in linear_layers(model):
+        layer = name[len(path) + 1 :].split(".", 1)[0] if name.startswith(path + ".") else ""
+        kind = linear_kind(name)
+        key = (layer, kind, expert_index(name)) if layer.isdigit() and kind != KIND_OTHER else (name,)
+        sets.setdefault(key, []).append(name)
+    return list(sets.values())

@@ -2,25 +2,34 @@
 
 1. Quantize the whole model with method M once, and measure the perplexity of the baseline and of M
    on a small evaluation budget (the sweep tokens).
-2. For each group (one Linear, or one decoder layer's Linears), measure the damage it does alone:
-   the floating-point model with only that group quantized (the quantized model shares every other
-   tensor, so swapping Linears costs nothing), one evaluation per group, which gives its perplexity
-   and how far its next-token distributions are from the baseline's (KL divergence, mean per token).
-   Alone, the groups' divergences add up to about the whole model's (0.0301 against 0.0284 for
-   `vectorwise` on the default model) and rank the same on other text (Spearman's rho 0.92 between
-   two texts of 2,048 tokens, `bench/sensitivity_signals.py`). The opposite measurement, the
-   quantized model with one group put back in floating point, ranks by noise (rho 0.17): each
-   group's share is smaller than what the others' errors do to it (on one of the texts, 14 of the
-   default model's 30 layers raise the divergence when put back alone; on the other, none does).
+2. For each group (`groups_of`: each Linear, the Linears that read one input, or a decoder layer's
+   Linears), measure the damage it does alone: the floating-point model with only that group
+   quantized (the quantized model shares every other tensor, so swapping Linears costs nothing),
+   one evaluation per group, which gives its perplexity and how far its next-token distributions
+   are from the baseline's (KL divergence, mean per token). Alone, the groups' divergences add up
+   to about the whole model's (0.0301 against 0.0284 for `vectorwise` on the default model, decoder
+   layers as groups) and rank the same on other text (Spearman's rho 0.92 between two texts of
+   2,048 tokens, `bench/sensitivity_signals.py`). The opposite measurement, the quantized model
+   with one group put back in floating point, ranks by noise (rho 0.17): each group's share is
+   smaller than what the others' errors do to it (on one of the texts, 14 of the default model's 30
+   layers raise the divergence when put back alone; on the other, none does).
 3. Rank the groups by divergence per floating-point megabyte, and add them in that order,
-   re-measuring the list as a whole after each addition (groups interact), until the list is
-   within `target` percent of the baseline with 95% confidence (`change_bounds`), so that it holds
-   on text the sweep did not measure: on the default model a list that stopped at the first
-   measured perplexity within +1% was at +1.70% on held-out text. The curve "float MB kept ->
-   perplexity" is every step of it. The list's perplexity does not fall at every step: a
-   perplexity on a couple of thousand tokens moves by more than a layer's share of the damage
-   (which is also why the ranking uses the divergence, measured on every token's whole
-   distribution, and not the perplexity).
+   re-measuring the list as a whole (groups interact) each time the groups added since the last
+   measurement did at least 1/`STEPS` of the whole model's divergence alone (`walk_steps`: a
+   decoder layer of the default model is about one step, Linears come a few at a time), until the
+   list is within `target` percent of the baseline with 95% confidence (`change_bounds`), so that it
+   holds on text the sweep did not measure. The curve "float MB kept -> perplexity" is every
+   measured step of it.
+
+   The change a list is expected to make is the one its divergence gives, exp(KL) - 1: for a model
+   whose next-token distributions fit the text, the mean change of the log-likelihood of the
+   text's tokens is the mean KL divergence. The perplexity measured on a couple of thousand tokens
+   moves by more than most groups' share of the damage: on the default model, one Linear added
+   (layer 0's down_proj) took the list's measured change from +1.40% to +0.20% while its
+   divergence gave +1.42% and +1.36%, and that list was +1.84% on held-out text. On the whole
+   model the divergence gives +2.88%, the sweep tokens +2.57% and the held-out tokens +2.95%. So
+   the walk does not stop at a lucky dip of the measured perplexity: its bound is the divergence's
+   change plus what the perplexity of as many other tokens spreads by.
 4. Measure the chosen list on held-out evaluation tokens the sweep never saw.
 
 Every measurement starts at its first decoder layer with a quantized Linear (a group's own) or one
@@ -49,12 +58,13 @@ from typing import Any
 import numpy as np
 
 from engine.errors import BadInput
-from engine.model.layers import decoder_layers, linear_layers
+from engine.model.layers import decoder_layers, linear_layers, shared_input_sets
 from engine.model.replay import LayerOutputs
 from engine.quant import evaluate, quantize, skip_list
 from engine.vocabulary import DEFAULT_THRESHOLD, check_threshold
 
-GROUPS = ("layer", "linear")
+GROUPS = ("input", "linear", "layer")
+STEPS = 32  # the walk measures the list each time it has added 1/STEPS of the whole model's divergence alone
 BLOCKS = 32  # runs of consecutive tokens whose means give the standard error of a perplexity change
 Z = 1.645  # one-sided 95%: the normal quantile of the upper confidence bound
 CONFIDENCE = 0.95
@@ -64,7 +74,7 @@ CONFIDENCE = 0.95
 class SweepSettings:
     method: str
     target: float = 1.0  # allowed perplexity change against the baseline, in percent
-    group: str = "layer"  # "layer": a decoder layer's Linears together; "linear": each Linear alone
+    group: str = "input"  # the Linears that read one input; "linear": each alone; "layer": a decoder layer's
     tokens: int = 2048  # evaluation tokens the sweep measures on
     holdout_tokens: int = 2048  # further evaluation tokens, never used by the sweep, that check the list
     window: int = 512
@@ -97,17 +107,32 @@ class SweepSettings:
 
 
 def groups_of(model, group: str) -> dict[str, list[str]]:
-    """Group name -> the full names of its Linears, in model order."""
-    names = [name for name, _ in linear_layers(model)]
+    """Group name -> the full names of its Linears, in model order.
+
+    "input" groups the Linears of one decoder layer that read one input (q/k/v; gate/up;
+    engine.model.layers.shared_input_sets), the modules serving engines fuse: vLLM loads a skip list
+    only if it keeps all of a fused module's Linears in floating point or none. Such a group's name
+    joins theirs: `model.layers.3.self_attn.q_proj+k_proj+v_proj`.
+    """
     if group == "linear":
-        return {name: [name] for name in names}
+        return {name: [name] for name, _ in linear_layers(model)}
+    if group == "input":
+        return {_joined_name(members): members for members in shared_input_sets(model)}
     path, _ = decoder_layers(model)
     grouped: dict[str, list[str]] = {}
-    for name in names:
+    for name, _ in linear_layers(model):
         parts = name[len(path) + 1 :].split(".", 1) if name.startswith(path + ".") else []
         key = f"{path}.{parts[0]}" if parts and parts[0].isdigit() else name
         grouped.setdefault(key, []).append(name)
     return grouped
+
+
+def _joined_name(members: list[str]) -> str:
+    """`model.layers.3.self_attn.q_proj+k_proj+v_proj`: the members' common module, then their own names."""
+    parents = {member.rsplit(".", 1)[0] for member in members}
+    if len(parents) > 1:
+        return "+".join(members)
+    return f"{parents.pop()}.{'+'.join(member.rsplit('.', 1)[1] for member in members)}"
 
 
 @contextmanager
@@ -182,15 +207,18 @@ def run(params: dict[str, Any], task, loaded, scan=None) -> dict[str, Any]:
             }
         )
     ranking = rank_groups(measured)
-    chosen = []
-    curve = [{"float_bytes": 0, "added": None, **everything.against(reference)}]
-    for i, entry in enumerate(ranking):
+    chosen: list[str] = []
+    curve = [{"float_bytes": 0, "added": [], **everything.against(reference)}]
+    taken = 0  # groups of the ranking in the list
+    for step in walk_steps(ranking, everything.kl_divergence / STEPS):
         if curve[-1]["upper_pct"] <= settings.target:
             break
         task.check_cancelled()
-        chosen += entry["modules"]
-        point = measure(chosen, task.slice(0.7 + 0.25 * i / len(ranking), 0.7 + 0.25 * (i + 1) / len(ranking)))
-        curve.append({"float_bytes": _float_bytes(base, chosen), "added": entry["group"], **point.against(reference)})
+        chosen += [name for entry in step for name in entry["modules"]]
+        done, taken = taken / len(ranking), taken + len(step)
+        point = measure(chosen, task.slice(0.7 + 0.25 * done, 0.7 + 0.25 * taken / len(ranking)))
+        added = [entry["group"] for entry in step]
+        curve.append({"float_bytes": _float_bytes(base, chosen), "added": added, **point.against(reference)})
     reference.log_probabilities, recorded, float_outputs = None, None, None  # the sweep's large buffers
 
     def ppl(target, step) -> float:
@@ -214,12 +242,26 @@ def run(params: dict[str, Any], task, loaded, scan=None) -> dict[str, Any]:
         "ranking": [entry["group"] for entry in ranking],
         "curve": curve,
         "reached": curve[-1]["upper_pct"] <= settings.target,
-        "best_reachable_pct": min(p["change_pct"] for p in curve),
+        "best_reachable_pct": min(p["upper_pct"] for p in curve),
         "skip_modules": chosen,
         "float_bytes": _float_bytes(base, chosen),
         "holdout": {**checked, "change_pct": 100 * (checked["with_skip_list"] / checked["baseline"] - 1)},
         "forms": skip_list.tool_forms(chosen),
+        "notes": skip_list.vllm_notes(base, chosen),
     }
+
+
+def walk_steps(ranking: list[dict], divergence_per_step: float) -> Iterator[list[dict]]:
+    """The ranking cut into the walk's steps: consecutive groups whose divergences alone add up to at least
+    `divergence_per_step` (a group that does as much alone is a step of its own; the last step takes the rest)."""
+    step: list[dict] = []
+    for entry in ranking:
+        step.append(entry)
+        if sum(e["kl_divergence"] for e in step) >= divergence_per_step:
+            yield step
+            step = []
+    if step:
+        yield step
 
 
 def rank_groups(measured: list[dict]) -> list[dict]:
@@ -229,37 +271,46 @@ def rank_groups(measured: list[dict]) -> list[dict]:
 
 @dataclass
 class Measurement:
-    """One pass over the sweep tokens: each predicted token's negative log-likelihood, and the divergence."""
+    """One pass over the sweep tokens: at each predicting position (every window's next tokens, in order),
+    the negative log-likelihood of the text's token and the KL divergence from the baseline's distribution."""
 
-    nll: Any  # (positions,) float64, every window's next tokens in order
-    kl_divergence: float  # from the baseline's distributions, mean per position (0 for the baseline itself)
+    nll: Any  # (positions,) float64
+    divergences: Any  # (positions,) float64; zeros for the baseline itself
     log_probabilities: list | None = None  # the baseline's own, per batch (float16), kept for the comparisons
 
     @property
     def perplexity(self) -> float:
         return evaluate.perplexity_numbers(float(self.nll.sum()), self.nll.numel(), 0.0)["perplexity"]
 
+    @property
+    def kl_divergence(self) -> float:
+        """Mean per position."""
+        return float(self.divergences.mean())
+
     def against(self, baseline: Measurement) -> dict[str, float]:
-        """The perplexity; its change against the baseline on the same tokens, in percent; that change's
-        one-sided upper confidence bound (`change_bounds`); and the divergence."""
-        change, upper = change_bounds(self.nll - baseline.nll)
+        """The perplexity; its change against the baseline on the same tokens, in percent; the change the
+        divergence gives and its one-sided upper confidence bound (`change_bounds`); and the divergence."""
+        expected, upper = change_bounds(self.divergences, self.nll - baseline.nll)
         return {
             "perplexity": self.perplexity,
-            "change_pct": change,
+            "change_pct": 100 * math.expm1(float((self.nll - baseline.nll).mean())),
+            "expected_pct": expected,
             "upper_pct": upper,
             "kl_divergence": self.kl_divergence,
         }
 
 
-def change_bounds(difference) -> tuple[float, float]:
-    """The perplexity change (percent) that per-token NLL differences make, and its upper confidence bound.
+def change_bounds(divergences, difference) -> tuple[float, float]:
+    """The perplexity change (percent) that per-position divergences give, and its upper confidence bound.
 
-    Perplexity is exp(mean NLL), so the change is exp(mean difference) - 1. The uncertainty is that of a
-    mean over text: the differences are cut into `BLOCKS` runs of consecutive tokens (neighbouring tokens
-    are not independent; runs of a few dozen nearly are), and the bound is the mean plus `Z` standard
-    errors of the run means. Another text's change falls under it with probability `CONFIDENCE`.
+    Perplexity is exp(mean NLL), so a mean log-likelihood change m changes it by exp(m) - 1; for text
+    the model fits, m's expectation is the mean divergence. The bound adds what m spreads by from one
+    text to another of as many tokens: the per-token NLL differences are cut into `BLOCKS` runs of
+    consecutive tokens (neighbouring tokens are not independent; runs of a few dozen nearly are), and
+    the bound is the mean divergence plus `Z` standard errors of the run means. Another text's change
+    falls under it with probability `CONFIDENCE`.
     """
-    mean = float(difference.mean())
+    mean = float(divergences.mean())
     runs = difference.tensor_split(min(BLOCKS, difference.numel()))
     means = [float(run.mean()) for run in runs if run.numel()]
     spread = float(np.std(means, ddof=1)) / math.sqrt(len(means)) if len(means) > 1 else 0.0
@@ -272,21 +323,22 @@ def _reference(model, batches, task) -> Measurement:
     for batch, logprobs in _log_probabilities(model, batches, task):
         nll.append(_nll(logprobs, batch))
         kept.append(logprobs.half())
-    return Measurement(_cat(nll), 0.0, kept)
+    nll = _cat(nll)
+    return Measurement(nll, nll.new_zeros(nll.shape), kept)
 
 
 def _against(model, batches, reference: Measurement, task) -> Measurement:
-    """`model` on `batches`: its NLL per position and its KL divergence from the reference, mean per position."""
-    nll, total_kl, positions = [], 0.0, 0
+    """`model` on `batches`: its NLL and its KL divergence from the reference at each predicting position."""
+    nll, divergences = [], []
     for (batch, logprobs), expected in zip(_log_probabilities(model, batches, task), reference.log_probabilities):
         nll.append(_nll(logprobs, batch))
-        total_kl += _divergence(expected, logprobs)
-        positions += batch.numel()
-    return Measurement(_cat(nll), total_kl / positions)
+        divergences.append(_divergence(expected, logprobs).view(batch.shape)[:, :-1].flatten())
+    return Measurement(_cat(nll), _cat(divergences))
 
 
-def _divergence(expected, logprobs, rows: int = 32) -> float:
-    """sum over positions of KL(p || q) = sum_v p_v (log p_v - log q_v), p = exp(expected) (float16 logs).
+def _divergence(expected, logprobs, rows: int = 32):
+    """KL(p || q) = sum_v p_v (log p_v - log q_v) at each position, p = exp(expected) (float16 logs): a flat
+    float64 tensor on the CPU.
 
     `rows` positions at a time (a few MB, in cache): the float32 copy of `expected`, the difference
     and the products are never written out for the whole batch.
@@ -295,12 +347,13 @@ def _divergence(expected, logprobs, rows: int = 32) -> float:
 
     vocabulary = expected.shape[-1]
     log_p, log_q = expected.reshape(-1, vocabulary), logprobs.reshape(-1, vocabulary)
-    total = 0.0
+    per_position = torch.empty(log_p.shape[0], dtype=torch.float64, device=log_p.device)
     for start in range(0, log_p.shape[0], rows):
         log_p_rows = log_p[start : start + rows].float()
         difference = log_p_rows - log_q[start : start + rows]
-        total += float(torch.bmm(log_p_rows.exp_().unsqueeze(1), difference.unsqueeze(2)).double().sum())
-    return total
+        products = torch.bmm(log_p_rows.exp_().unsqueeze(1), difference.unsqueeze(2))
+        per_position[start : start + rows] = products.flatten()
+    return per_position.cpu()
 
 
 def _log_probabilities(model, batches, task):

@@ -17,7 +17,7 @@ import difflib
 from typing import Any
 
 from engine.errors import BadInput
-from engine.model.layers import linear_layers
+from engine.model.layers import linear_layers, shared_input_sets
 
 LM_HEAD = "lm_head"
 
@@ -64,3 +64,27 @@ def tool_forms(skipped: list[str]) -> dict[str, list[str]]:
     """
     with_head = [*skipped, LM_HEAD] if LM_HEAD not in skipped else list(skipped)
     return {"llm_int8_skip_modules": with_head, "ignore": list(with_head)}
+
+
+def split_fused_sets(model, kept: list[str]) -> list[list[str]]:
+    """The sets of Linears that read one input (engine.model.layers.shared_input_sets) of which `kept` holds
+    some but not all."""
+    chosen = set(kept)
+    return [members for members in shared_input_sets(model) if 0 < len(chosen.intersection(members)) < len(members)]
+
+
+def vllm_notes(model, kept: list[str]) -> list[str]:
+    """What vLLM will say of a compressed-tensors export that keeps `kept` in floating point, when it splits a
+    set vLLM fuses into one matrix (it refuses to load it: "Detected some but not all shards of ... are
+    quantized")."""
+    split = split_fused_sets(model, kept)
+    if not split:
+        return []
+    chosen = set(kept)
+    first = split[0]
+    return [
+        f"vLLM fuses the Linears that read one input (q/k/v, gate/up) and refuses a checkpoint that keeps only some "
+        f"of them in floating point; this skip list splits {len(split)} such set(s), first "
+        f"{', '.join(first)} (kept: {', '.join(n for n in first if n in chosen)}). For vLLM, keep whole sets: a sweep by the Linears "
+        "that read one input (`int8wb sensitivity --group input`) finds such a list"
+    ]
