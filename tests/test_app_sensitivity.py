@@ -32,6 +32,20 @@ def sweep_result():
     return result
 
 
+@pytest.mark.parametrize(
+    "group, shown",
+    [
+        ("model.layers.18.self_attn.q_proj+k_proj+v_proj", "18: q_proj+k_proj+v_proj"),
+        ("model.layers.3.mlp.down_proj", "3: down_proj"),
+        ("model.layers.18", "layer 18"),
+        ("model.layers.3.mlp.experts.5.w1+w3", "3: experts.5.w1+w3"),
+        ("transformer.wte_proj", "transformer.wte_proj"),
+    ],
+)
+def test_a_group_shows_its_layer_and_its_linears(group, shown):
+    assert sensitivity.short_name(group) == shown
+
+
 @pytest.mark.slow
 def test_the_view_model_reads_the_ranking_curve_and_held_out_check(sweep_result):
     rows = sensitivity.ranking(sweep_result)
@@ -76,6 +90,7 @@ def test_apply_to_export_fills_the_skip_list_the_quantize_request_carries(sweep_
     finish(workbench, sweep_result)
     assert panel.table.rowCount() == len(sweep_result["ranking"])
     assert panel.table.item(0, 1).toolTip() == sweep_result["ranking"][0]
+    assert panel.table.item(0, 1).text() == sensitivity.short_name(sweep_result["ranking"][0])
     assert panel.chosen.toPlainText().splitlines() == sweep_result["skip_modules"]
     assert panel.curve.getData()[1][-1] == pytest.approx(sweep_result["curve"][-1]["perplexity"])
     assert panel.expected.getData()[1][-1] <= panel.bound.getData()[1][-1] <= sensitivity.goal(sweep_result)

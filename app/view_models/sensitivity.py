@@ -22,6 +22,25 @@ def change_pct(value: float, baseline: float) -> float:
     return 100.0 * (value / baseline - 1.0)
 
 
+def short_name(group: str) -> str:
+    """A group's name as a table cell shows it: its decoder layer, then its Linears
+    (`model.layers.18.self_attn.q_proj+k_proj+v_proj` -> `18: q_proj+k_proj+v_proj`, `model.layers.18` -> `layer 18`,
+    an expert's `...experts.5.w1+w3` -> `3: experts.5.w1+w3`); a name outside the decoder layers as it is."""
+    parts = group.split(".")
+    layer = next((i for i, part in enumerate(parts) if part.isdigit()), None)
+    if layer is None:
+        return group
+    rest = parts[layer + 1 :]
+    if not rest:
+        return f"layer {parts[layer]}"
+    kept = [
+        part
+        for i, part in enumerate(rest)
+        if i == len(rest) - 1 or part.isdigit() or (i + 1 < len(rest) and rest[i + 1].isdigit())
+    ]
+    return f"{parts[layer]}: {'.'.join(kept)}"
+
+
 @dataclass
 class RankedGroup:
     """One group of the ranking: what keeping it in floating point costs, and the damage it does quantized alone."""

@@ -101,7 +101,6 @@ class SensitivityPanel(QDialog):
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)  # the group's name takes what is left
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
-        self.table.setTextElideMode(Qt.TextElideMode.ElideLeft)  # a group's layer and Linears are at its name's end
         self.plot = pg.PlotWidget()
         self.plot.setMenuEnabled(False)
         self.plot.setLabel("bottom", "float MB kept")
@@ -187,7 +186,7 @@ class SensitivityPanel(QDialog):
         for row, entry in enumerate(rows):
             cells = (
                 str(entry.rank),
-                entry.group,
+                sensitivity.short_name(entry.group),
                 str(entry.linears),
                 f"{entry.float_mb:.2f}",
                 f"{entry.perplexity:.3f}",
@@ -198,7 +197,7 @@ class SensitivityPanel(QDialog):
                 if column != 1:
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 else:
-                    item.setToolTip(text)  # the whole name; the cell shows its end
+                    item.setToolTip(entry.group)
                 self.table.setItem(row, column, item)
         steps = sensitivity.curve(result)
         self.curve.setData(steps.megabytes, steps.perplexity)
