@@ -91,6 +91,9 @@ def test_apply_to_export_fills_the_skip_list_the_quantize_request_carries(sweep_
     assert panel.table.rowCount() == len(sweep_result["ranking"])
     assert panel.table.item(0, 1).toolTip() == sweep_result["ranking"][0]
     assert panel.table.item(0, 1).text() == sensitivity.short_name(sweep_result["ranking"][0])
+    first = {entry["group"]: entry for entry in sweep_result["groups"]}[sweep_result["ranking"][0]]
+    assert panel.table.item(0, 4).text() == f"{first['kl_divergence']:.5f}"
+    assert panel.table.horizontalHeaderItem(4).toolTip().startswith("KL divergence")
     assert panel.chosen.toPlainText().splitlines() == sweep_result["skip_modules"]
     assert panel.curve.getData()[1][-1] == pytest.approx(sweep_result["curve"][-1]["perplexity"])
     assert panel.expected.getData()[1][-1] <= panel.bound.getData()[1][-1] <= sensitivity.goal(sweep_result)

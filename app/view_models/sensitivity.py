@@ -49,7 +49,8 @@ class RankedGroup:
     group: str
     linears: int
     float_mb: float
-    perplexity: float  # of the floating-point model with only this group quantized
+    kl_divergence: float  # of the floating-point model with only this group quantized, from the baseline, per token
+    perplexity: float  # of that model
     change_pct: float  # against the baseline
 
 
@@ -65,6 +66,7 @@ def ranking(result: dict[str, Any]) -> list[RankedGroup]:
                 name,
                 len(entry["modules"]),
                 entry["float_bytes"] / MB,
+                entry["kl_divergence"],
                 entry["perplexity"],
                 change_pct(entry["perplexity"], result["baseline"]),
             )

@@ -42,8 +42,13 @@ GROUPS = (
     ("each Linear alone (smallest list; not for vLLM)", "linear"),
     ("each decoder layer's Linears (fastest)", "layer"),
 )
-RANKING_COLUMNS = ("#", "group", "Linears", "float MB", "ppl alone", "change")
-ALONE_TOOLTIP = "Perplexity of the floating-point model with only this group quantized, and its change"
+RANKING_COLUMNS = ("#", "group", "Linears", "float MB", "KL alone", "ppl alone", "change")
+COLUMN_TOOLTIPS = {
+    "KL alone": "KL divergence of the floating-point model with only this group quantized from the baseline, mean "
+    "per token: the groups rank by it per MB",
+    "ppl alone": "Perplexity of that model on the sweep's tokens",
+    "change": "Its change against the baseline's: on a couple of thousand tokens it can fall below zero",
+}
 DEFAULT_WINDOW = 512
 
 
@@ -94,8 +99,8 @@ class SensitivityPanel(QDialog):
         self.held_out.setWordWrap(True)
         self.table = QTableWidget(0, len(RANKING_COLUMNS))
         self.table.setHorizontalHeaderLabels(RANKING_COLUMNS)
-        for column in (4, 5):
-            self.table.horizontalHeaderItem(column).setToolTip(ALONE_TOOLTIP)
+        for column, title in enumerate(RANKING_COLUMNS):
+            self.table.horizontalHeaderItem(column).setToolTip(COLUMN_TOOLTIPS.get(title, ""))
         self.table.verticalHeader().setVisible(False)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
@@ -189,6 +194,7 @@ class SensitivityPanel(QDialog):
                 sensitivity.short_name(entry.group),
                 str(entry.linears),
                 f"{entry.float_mb:.2f}",
+                f"{entry.kl_divergence:.5f}",
                 f"{entry.perplexity:.3f}",
                 f"{entry.change_pct:+.2f}%",
             )
