@@ -35,7 +35,8 @@ def sweep_result():
 @pytest.mark.parametrize(
     "group, shown",
     [
-        ("model.layers.18.self_attn.q_proj+k_proj+v_proj", "18: q_proj+k_proj+v_proj"),
+        ("model.layers.18.self_attn.q_proj+k_proj+v_proj", "18: q/k/v_proj"),
+        ("model.layers.2.mlp.gate_proj+up_proj", "2: gate/up_proj"),
         ("model.layers.3.mlp.down_proj", "3: down_proj"),
         ("model.layers.18", "layer 18"),
         ("model.layers.3.mlp.experts.5.w1+w3", "3: experts.5.w1+w3"),

@@ -24,7 +24,7 @@ def change_pct(value: float, baseline: float) -> float:
 
 def short_name(group: str) -> str:
     """A group's name as a table cell shows it: its decoder layer, then its Linears
-    (`model.layers.18.self_attn.q_proj+k_proj+v_proj` -> `18: q_proj+k_proj+v_proj`, `model.layers.18` -> `layer 18`,
+    (`model.layers.18.self_attn.q_proj+k_proj+v_proj` -> `18: q/k/v_proj`, `model.layers.18` -> `layer 18`,
     an expert's `...experts.5.w1+w3` -> `3: experts.5.w1+w3`); a name outside the decoder layers as it is."""
     parts = group.split(".")
     layer = next((i for i, part in enumerate(parts) if part.isdigit()), None)
@@ -38,7 +38,16 @@ def short_name(group: str) -> str:
         for i, part in enumerate(rest)
         if i == len(rest) - 1 or part.isdigit() or (i + 1 < len(rest) and rest[i + 1].isdigit())
     ]
+    kept[-1] = _joined(kept[-1].split("+"))
     return f"{parts[layer]}: {'.'.join(kept)}"
+
+
+def _joined(names: list[str]) -> str:
+    """`q_proj`, `k_proj`, `v_proj` -> `q/k/v_proj`: Linears that share a suffix, written once."""
+    suffixes = {name.rpartition("_")[2] for name in names}
+    if len(names) == 1 or len(suffixes) > 1 or not all("_" in name for name in names):
+        return "+".join(names)
+    return "/".join(name.rpartition("_")[0] for name in names) + "_" + suffixes.pop()
 
 
 @dataclass

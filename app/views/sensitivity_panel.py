@@ -157,7 +157,7 @@ class SensitivityPanel(QDialog):
         layout.addWidget(self.held_out)
         layout.addWidget(self.note)
         self.resize(1280, 600)
-        splitter.setSizes([560, 440, 280])  # the ranking's columns and the module names fit without scrolling
+        splitter.setSizes([620, 400, 260])  # the ranking's columns and the module names fit without scrolling
 
     # --- actions ---------------------------------------------------------------------------------
 
