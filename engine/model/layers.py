@@ -161,8 +161,15 @@ def shared_input_sets(model) -> list[list[str]]:
     path, _ = decoder_layers(model)
     sets: dict[tuple, list[str]] = {}
     for name, _ in linear_layers(model):
-        layer = name[len(path) + 1 :].split(".", 1)[0] if name.startswith(path + ".") else ""
-        kind = linear_kind(name)
-        key = (layer, kind, expert_index(name)) if layer.isdigit() and kind != KIND_OTHER else (name,)
+        layer, kind = layer_number(name, path), linear_kind(name)
+        key = (layer, kind, expert_index(name)) if layer is not None and kind != KIND_OTHER else (name,)
         sets.setdefault(key, []).append(name)
     return list(sets.values())
+
+
+def layer_number(name: str, path: str) -> str | None:
+    """The decoder layer a module is in (`model.layers.3.mlp.up_proj` under `model.layers` -> "3"), None outside."""
+    if not name.startswith(path + "."):
+        return None
+    index = name[len(path) + 1 :].split(".", 1)[0]
+    return index if index.isdigit() else None

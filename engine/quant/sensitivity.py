@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import BadInput
-from engine.model.layers import decoder_layers, linear_layers, shared_input_sets
+from engine.model.layers import decoder_layers, layer_number, linear_layers, shared_input_sets
 from engine.model.replay import LayerOutputs
 from engine.quant import evaluate, quantize, skip_list
 from engine.vocabulary import DEFAULT_THRESHOLD, check_threshold
@@ -121,9 +121,8 @@ def groups_of(model, group: str) -> dict[str, list[str]]:
     path, _ = decoder_layers(model)
     grouped: dict[str, list[str]] = {}
     for name, _ in linear_layers(model):
-        parts = name[len(path) + 1 :].split(".", 1) if name.startswith(path + ".") else []
-        key = f"{path}.{parts[0]}" if parts and parts[0].isdigit() else name
-        grouped.setdefault(key, []).append(name)
+        layer = layer_number(name, path)
+        grouped.setdefault(name if layer is None else f"{path}.{layer}", []).append(name)
     return grouped
 
 
@@ -255,11 +254,13 @@ def walk_steps(ranking: list[dict], divergence_per_step: float) -> Iterator[list
     """The ranking cut into the walk's steps: consecutive groups whose divergences alone add up to at least
     `divergence_per_step` (a group that does as much alone is a step of its own; the last step takes the rest)."""
     step: list[dict] = []
+    divergence = 0.0
     for entry in ranking:
         step.append(entry)
-        if sum(e["kl_divergence"] for e in step) >= divergence_per_step:
+        divergence += entry["kl_divergence"]
+        if divergence >= divergence_per_step:
             yield step
-            step = []
+            step, divergence = [], 0.0
     if step:
         yield step
 
@@ -290,10 +291,11 @@ class Measurement:
     def against(self, baseline: Measurement) -> dict[str, float]:
         """The perplexity; its change against the baseline on the same tokens, in percent; the change the
         divergence gives and its one-sided upper confidence bound (`change_bounds`); and the divergence."""
-        expected, upper = change_bounds(self.divergences, self.nll - baseline.nll)
+        difference = self.nll - baseline.nll
+        expected, upper = change_bounds(self.divergences, difference)
         return {
             "perplexity": self.perplexity,
-            "change_pct": 100 * math.expm1(float((self.nll - baseline.nll).mean())),
+            "change_pct": 100 * math.expm1(float(difference.mean())),
             "expected_pct": expected,
             "upper_pct": upper,
             "kl_divergence": self.kl_divergence,
