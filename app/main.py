@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pyqtgraph as pg
 from PySide6.QtCore import QTimer
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
 
-import engine
+from int8wb.engine.installation import RESOURCES, __version__
 
-RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 STYLE_SHEET = RESOURCES / "workbench.qss"
 ICON = RESOURCES / "icons" / "int8-workbench.svg"
 DESKTOP_FILE_NAME = "org.int8workbench.Int8Workbench"  # packaging/<this>.desktop: the desktop shell's link"
@@ -39,7 +37,7 @@ def create_app(argv: list[str] | None = None) -> QApplication:
     app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv)
     app.setApplicationName("Int8 Workbench")
     app.setOrganizationName("int8-workbench")
-    app.setApplicationVersion(engine.__version__)
+    app.setApplicationVersion(__version__)
     app.setDesktopFileName(DESKTOP_FILE_NAME)
     if ICON.is_file():
         app.setWindowIcon(QIcon(str(ICON)))
@@ -52,7 +50,7 @@ def create_app(argv: list[str] | None = None) -> QApplication:
 def main(argv: list[str] | None = None, connection_file: str | None = None, model: str | None = None) -> int:
     """Show the window first, then start (or connect to) the engine; returns the event loop's status."""
     app = create_app(argv)
-    from app.main_window import MainWindow
+    from int8wb.app.main_window import MainWindow
 
     window = MainWindow()
     window.show()

@@ -27,32 +27,32 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-import engine
-from app import window_memory
-from app.engine_client import QtEngineClient
-from app.view_models.results import ResultsModel
-from app.view_models.scan_stats import ScanStatistics
-from app.view_models.smoothing import SmoothingView
-from app.view_models.story import explanation_html
-from app.view_models.threshold import ThresholdModel
-from app.view_models.workbench import Step, Workbench
-from app.views.controls import ModelPanel, RunPanel, ScanPanel, mark_current
-from app.views.error_map import ErrorMapView
-from app.views.explain_panel import ExplainPanel
-from app.views.export_dialog import ExportDialog
-from app.views.generated_text import GeneratedTextView
-from app.views.heatmap import HeatmapView
-from app.views.histogram import HistogramView
-from app.views.planner_dialog import PlannerDialog
-from app.views.profile import DimensionProfileView
-from app.views.results_view import ResultsView
-from app.views.saving import add_save_menu
-from app.views.sensitivity_panel import SensitivityPanel
-from app.views.smoothing_panel import SmoothingPanel
-from app.views.status import WorkbenchStatusBar
-from app.views.step_bar import StepBar
-from app.views.threshold_panel import ThresholdPanel
-from engine.vocabulary import DEFAULT_THRESHOLD
+from int8wb.app import window_memory
+from int8wb.app.engine_client import QtEngineClient
+from int8wb.app.view_models.results import ResultsModel
+from int8wb.app.view_models.scan_stats import ScanStatistics
+from int8wb.app.view_models.smoothing import SmoothingView
+from int8wb.app.view_models.story import explanation_html
+from int8wb.app.view_models.threshold import ThresholdModel
+from int8wb.app.view_models.workbench import Step, Workbench
+from int8wb.app.views.controls import ModelPanel, RunPanel, ScanPanel, mark_current
+from int8wb.app.views.error_map import ErrorMapView
+from int8wb.app.views.explain_panel import ExplainPanel
+from int8wb.app.views.export_dialog import ExportDialog
+from int8wb.app.views.generated_text import GeneratedTextView
+from int8wb.app.views.heatmap import HeatmapView
+from int8wb.app.views.histogram import HistogramView
+from int8wb.app.views.planner_dialog import PlannerDialog
+from int8wb.app.views.profile import DimensionProfileView
+from int8wb.app.views.results_view import ResultsView
+from int8wb.app.views.saving import add_save_menu
+from int8wb.app.views.sensitivity_panel import SensitivityPanel
+from int8wb.app.views.smoothing_panel import SmoothingPanel
+from int8wb.app.views.status import WorkbenchStatusBar
+from int8wb.app.views.step_bar import StepBar
+from int8wb.app.views.threshold_panel import ThresholdPanel
+from int8wb.engine.installation import __version__
+from int8wb.engine.vocabulary import DEFAULT_THRESHOLD
 
 
 class MainWindow(QMainWindow):
@@ -357,7 +357,7 @@ class MainWindow(QMainWindow):
         """Versions of this window and of the engine behind it, and whether they differ."""
         engine_version = self.client.engine_info.get("engine")
         lines = [
-            f"<b>Int8 Workbench {engine.__version__}</b>",
+            f"<b>Int8 Workbench {__version__}</b>",
             "See the activation outliers of a language model, pick the threshold, quantize to INT8 "
             "the LLM.int8() way and measure what it costs.",
             f"Engine: {engine_version or 'not connected'}",

@@ -47,9 +47,9 @@ from abuse_messages import (  # noqa: E402 - beside this script
     malformed_envelope,
 )
 
-from engine import protocol  # noqa: E402
-from engine.client import ConnectionInfo, EngineClient  # noqa: E402
-from engine.wire import sign  # noqa: E402
+from int8wb.engine import protocol  # noqa: E402
+from int8wb.engine.client import ConnectionInfo, EngineClient  # noqa: E402
+from int8wb.engine.wire import sign  # noqa: E402
 from tests.net_tools import CuttableProxy, raw_zmtp_flood, replay  # noqa: E402
 
 MIB = 2**20
@@ -67,7 +67,7 @@ class Engine:
             port = probe.getsockname()[1]
         connection_file = workdir / "engine.json"
         script = Path(sys.executable).with_name("int8wb")
-        command = [str(script)] if script.exists() else [sys.executable, "-m", "engine.cli"]
+        command = [str(script)] if script.exists() else [sys.executable, "-m", "int8wb.engine.cli"]
         command += ["engine", "--listen", f"tcp://127.0.0.1:{port}", "--connection-file", str(connection_file)]
         self.log = open(workdir / "engine.log", "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(command, stderr=self.log, env={**os.environ, "PYTHONPATH": str(ROOT)})

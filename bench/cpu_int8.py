@@ -35,7 +35,7 @@ import torch
 # The project root first: this folder's kernels.py (the GPU benchmark) must not shadow the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels import cpu_int8, cpu_loader, ops  # noqa: E402
+from int8wb.kernels import cpu_int8, cpu_loader, ops  # noqa: E402
 
 SHAPES = [(4096, 576, 1536), (4096, 1536, 576), (512, 4096, 4096), (2048, 4096, 11008)]  # tokens, in, out
 THRESHOLD = 6.0
@@ -63,7 +63,7 @@ def load_average() -> list[float]:
 
 def layer_candidates(tokens: int, cols: int, out: int) -> dict[str, Callable[[], object]]:
     """Every implementation of one Linear forward on the same input, as zero-argument calls."""
-    from engine.quant.int8_linear import Int8Linear
+    from int8wb.engine.quant.int8_linear import Int8Linear
 
     generator = torch.Generator().manual_seed(tokens + cols + out)
     x = torch.randn(tokens, cols, generator=generator)
@@ -142,9 +142,9 @@ MODEL_METHODS = ("absmax-tensor", "vectorwise", "llm-int8", "llm-int8-dynamic", 
 
 def model_table(repeats: int, tokens: int) -> dict:
     """Perplexity and evaluation seconds of every variant of the default model on the same tokens."""
-    from engine.model import loading
-    from engine.quant import evaluate, quantize, scan
-    from engine.task import Task
+    from int8wb.engine.model import loading
+    from int8wb.engine.quant import evaluate, quantize, scan
+    from int8wb.engine.task import Task
 
     loaded = loading.load({}, Task())
     scanned = scan.run({"tokens": 4096, "seq_len": 512, "threshold": THRESHOLD}, Task(), loaded)
@@ -229,9 +229,9 @@ def bitsandbytes_model(loaded) -> tuple[object | None, str]:
 
 def scan_ratio(repeats: int, tokens: int) -> dict:
     """Seconds of the calibration scan against a forward of the decoder on the same token batches."""
-    from engine.model import corpus, loading
-    from engine.quant import scan
-    from engine.task import Task
+    from int8wb.engine.model import corpus, loading
+    from int8wb.engine.quant import scan
+    from int8wb.engine.task import Task
 
     loaded = loading.load({}, Task())
     params = {"tokens": tokens, "seq_len": 512, "threshold": THRESHOLD}

@@ -18,12 +18,12 @@ import time
 import torch
 import torch.nn.functional as F
 
-from engine.model import loading
-from engine.planning import presets, throughput
-from engine.planning.planner import Settings
-from engine.quant.decode import cache_keyword, copy_bandwidth
-from engine.task import Task
-from engine.vocabulary import MIB
+from int8wb.engine.model import loading
+from int8wb.engine.planning import presets, throughput
+from int8wb.engine.planning.planner import Settings
+from int8wb.engine.quant.decode import cache_keyword, copy_bandwidth
+from int8wb.engine.task import Task
+from int8wb.engine.vocabulary import MIB
 
 PROMPT_TOKENS = 32
 

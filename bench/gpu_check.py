@@ -126,7 +126,7 @@ def check_prerequisites(machine: Machine) -> Outcome:
 
 
 def _nvrtc(arch: int) -> str | None:
-    from kernels import nvrtc
+    from int8wb.kernels import nvrtc
 
     try:
         version = nvrtc.version()
@@ -141,8 +141,8 @@ def _nvrtc(arch: int) -> str | None:
 
 def _default_model() -> str | None:
     """Why the default model cannot be loaded here, or None when it can."""
-    from engine.errors import ModelLoadError
-    from engine.model import loading
+    from int8wb.engine.errors import ModelLoadError
+    from int8wb.engine.model import loading
 
     gguf = _module_version("gguf", "gguf")
     _report("gguf", gguf, "reads the default model's GGUF file")
@@ -159,7 +159,7 @@ def _default_model() -> str | None:
 
 
 def compile_kernels(machine: Machine) -> Outcome:
-    from kernels import cuda_loader
+    from int8wb.kernels import cuda_loader
 
     started = time.perf_counter()
     cubins = cuda_loader.cubins_for(machine.arch)
@@ -173,7 +173,7 @@ def load_default_model(machine: Machine, timeout: float) -> Outcome:
         return Outcome("skipped", machine.model_missing)
     code = (
         "import time; t = time.perf_counter()\n"
-        "from engine.model import loading\nfrom engine.task import Task\n"
+        "from int8wb.engine.model import loading\nfrom int8wb.engine.task import Task\n"
         "loaded = loading.load({'device': 'cpu'}, Task())\n"
         "print(f'  {loaded.name}: {loaded.describe()[\"parameters\"]:,} parameters in {time.perf_counter() - t:.1f} s')"
     )
@@ -216,7 +216,7 @@ def run_decode(machine: Machine, timeout: float) -> Outcome:
     if machine.model_missing:
         return Outcome("skipped", machine.model_missing)
     methods = "absmax-tensor,vectorwise,llm-int8,llm-int8-dynamic,weight-only"
-    command = [sys.executable, "-m", "engine.cli", "bench-decode", "--device", "cuda", "--methods", methods]
+    command = [sys.executable, "-m", "int8wb.engine.cli", "bench-decode", "--device", "cuda", "--methods", methods]
     return run_command([*command, "--repeats", "3", "--copy-mib", "1024", "--quiet"], timeout)
 
 

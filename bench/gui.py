@@ -197,7 +197,7 @@ class StackSampler:
 def bench_scan_gaps(app, window, tokens: int, profile: bool) -> None:
     import threading
 
-    from app.event_loop import process_events_until
+    from int8wb.app.event_loop import process_events_until
 
     recorder = GapRecorder()
     sampler = StackSampler(threading.get_ident()) if profile else None
@@ -262,8 +262,8 @@ def main() -> int:
     args = parser.parse_args()
     from PySide6.QtCore import QSettings
 
-    from app.main import create_app
-    from app.main_window import MainWindow
+    from int8wb.app.main import create_app
+    from int8wb.app.main_window import MainWindow
 
     app = create_app([])
     settings = QSettings(str(Path("/tmp") / "int8wb-bench-gui.ini"), QSettings.Format.IniFormat)

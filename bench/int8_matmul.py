@@ -22,7 +22,7 @@ import torch
 # The project root first: this folder's kernels.py (the GPU benchmark) must not shadow the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels import ops  # noqa: E402
+from int8wb.kernels import ops  # noqa: E402
 
 SHAPES = [(4096, 576, 1536), (4096, 1536, 576), (512, 4096, 4096)]  # (M, K, N)
 WEIGHT_SHAPES = [(1536, 576), (4096, 4096)]

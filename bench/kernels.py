@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels import cuda_loader, cuda_ops, reference  # noqa: E402
+from int8wb.kernels import cuda_loader, cuda_ops, reference  # noqa: E402
 
 
 def time_ms(function: Callable[[], object], repeats: int) -> float:
@@ -146,7 +146,7 @@ def bench_kernels(device: torch.device, repeats: int) -> int:
 
 def linear_layers(hidden: int, device: torch.device):
     """fp16 nn.Linear, our static and dynamic llm-int8 layers, and bitsandbytes' (or the reason it is missing)."""
-    from engine.quant.int8_linear import Int8Linear
+    from int8wb.engine.quant.int8_linear import Int8Linear
 
     torch.manual_seed(hidden)
     fp16 = torch.nn.Linear(hidden, hidden, bias=True).to(device=device, dtype=torch.float16)

@@ -70,8 +70,8 @@ def build(shape: str, directory: Path) -> Path:
     from accelerate import init_empty_weights
     from transformers import LlamaForCausalLM
 
-    from engine.checkpoint.export import WEIGHTS_INDEX_NAME, parse_size, plan_shards, write_json
-    from engine.checkpoint.tensor_files import PlannedFiles
+    from int8wb.engine.checkpoint.export import WEIGHTS_INDEX_NAME, parse_size, plan_shards, write_json
+    from int8wb.engine.checkpoint.tensor_files import PlannedFiles
 
     if (directory / "complete").is_file():
         return directory
@@ -141,9 +141,9 @@ def _tokenizer():
 def job(model: str, offload: str, out: str) -> dict:
     """Scan, static llm-int8 quantize + export, perplexity of baseline and llm-int8: the in-memory session's
     four requests, or one layer-by-layer pass. Returns the figures and this process's peak RSS."""
-    from engine.planning.memory import peak_rss_bytes
-    from engine.session import Session
-    from engine.task import Task
+    from int8wb.engine.planning.memory import peak_rss_bytes
+    from int8wb.engine.session import Session
+    from int8wb.engine.task import Task
 
     scan = {"tokens": TOKENS, "seq_len": TOKENS, "batch_size": 1}
     evaluate = {"tokens": TOKENS, "window": TOKENS, "batch_size": 1}
@@ -193,7 +193,7 @@ def check_export(out: str) -> dict:
     import bitsandbytes as bnb
     from transformers import AutoModelForCausalLM
 
-    from engine.planning.memory import peak_rss_bytes
+    from int8wb.engine.planning.memory import peak_rss_bytes
 
     started = time.perf_counter()
     model, info = AutoModelForCausalLM.from_pretrained(out, device_map="cpu", output_loading_info=True)

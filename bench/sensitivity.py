@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.model import loading  # noqa: E402
-from engine.quant import evaluate, quantize, scan, sensitivity  # noqa: E402
-from engine.task import Task  # noqa: E402
-from engine.vocabulary import W8A8_METHODS  # noqa: E402
+from int8wb.engine.model import loading  # noqa: E402
+from int8wb.engine.quant import evaluate, quantize, scan, sensitivity  # noqa: E402
+from int8wb.engine.task import Task  # noqa: E402
+from int8wb.engine.vocabulary import W8A8_METHODS  # noqa: E402
 
 
 def main() -> int:
@@ -133,7 +133,7 @@ def bitsandbytes_check(loaded, args, sweep) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from engine.session import Session
+    from int8wb.engine.session import Session
 
     session = Session()
     session.load_model({"model": args.model, "device": "cpu"}, Task())
@@ -161,7 +161,7 @@ def bitsandbytes_check(loaded, args, sweep) -> dict:
 def float16_inputs_perplexity(loaded, args, sweep) -> float:
     """The workbench's model with the list, each INT8 Linear's input rounded to float16 first, as bitsandbytes'
     CPU kernel does: how much of the difference to bitsandbytes that rounding alone makes."""
-    from engine.quant.int8_linear import Int8Linear
+    from int8wb.engine.quant.int8_linear import Int8Linear
 
     variant = quantize.run({"method": args.method}, Task(), loaded)
     original = Int8Linear.forward

@@ -23,10 +23,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.model import loading  # noqa: E402
-from engine.quant import evaluate, quantize, sensitivity  # noqa: E402
-from engine.quant.layer_errors import rank_correlation  # noqa: E402
-from engine.task import Task  # noqa: E402
+from int8wb.engine.model import loading  # noqa: E402
+from int8wb.engine.quant import evaluate, quantize, sensitivity  # noqa: E402
+from int8wb.engine.quant.layer_errors import rank_correlation  # noqa: E402
+from int8wb.engine.task import Task  # noqa: E402
 
 
 def measure_text(model, base, groups, batches) -> dict:

@@ -24,9 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.quant.evaluate import EvalSettings, evaluation_windows, perplexity  # noqa: E402
-from engine.session import Session  # noqa: E402
-from engine.task import Task  # noqa: E402
+from int8wb.engine.quant.evaluate import EvalSettings, evaluation_windows, perplexity  # noqa: E402
+from int8wb.engine.session import Session  # noqa: E402
+from int8wb.engine.task import Task  # noqa: E402
 
 ALPHAS = [round(0.1 * i, 1) for i in range(11)]
 FIXED_METHODS = ["vectorwise", "llm-int8", "weight-only", "q8_0"]
@@ -52,7 +52,7 @@ def _ppl(model, windows) -> float:
 def run_methods(session: Session, windows) -> dict:
     import torch
 
-    from engine.quant import quantize, smoothing
+    from int8wb.engine.quant import quantize, smoothing
 
     rows = {"baseline": _ppl(session.loaded.model, windows)}
     print(f"baseline {rows['baseline']:.4f}", flush=True)

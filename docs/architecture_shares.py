@@ -14,8 +14,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from engine.session import Session
-from engine.task import Task
+from int8wb.engine.session import Session
+from int8wb.engine.task import Task
 from tests.tiny_models import ARCHITECTURES, save_tiny
 
 

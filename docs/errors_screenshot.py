@@ -23,9 +23,9 @@ ERROR_METHODS = ["absmax-tensor", "vectorwise", "llm-int8", "weight-only"]
 def main() -> int:
     from PySide6.QtCore import QSettings
 
-    from app.event_loop import process_events_until
-    from app.main import create_app
-    from app.main_window import MainWindow
+    from int8wb.app.event_loop import process_events_until
+    from int8wb.app.main import create_app
+    from int8wb.app.main_window import MainWindow
 
     create_app([])
     window = MainWindow(settings=QSettings("/tmp/int8wb-error-screenshots.ini", QSettings.Format.IniFormat))
@@ -45,7 +45,7 @@ def main() -> int:
 
 def take_error_map(window, finished: dict) -> None:
     """A scan with each method's error, the worst vectorwise Linear selected, the maps given room."""
-    from app.event_loop import process_events_until, settle
+    from int8wb.app.event_loop import process_events_until, settle
 
     window.run_panel.set_methods(ERROR_METHODS)
     window.scan_panel.measure_errors.setChecked(True)
@@ -72,7 +72,7 @@ def take_error_map(window, finished: dict) -> None:
 def take_sensitivity(window, finished: dict) -> None:
     """The panel's default sweep (vectorwise, +1%, the Linears that read one input), its list applied to the next
     export."""
-    from app.event_loop import process_events_until, settle
+    from int8wb.app.event_loop import process_events_until, settle
 
     panel = window.open_sensitivity()
     panel.run()

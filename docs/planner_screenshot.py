@@ -18,11 +18,11 @@ sys.path.insert(0, str(DOCS.parent))
 
 
 def main() -> int:
-    from app.engine_client import QtEngineClient
-    from app.event_loop import process_events_until, settle
-    from app.main import create_app
-    from app.views.planner_dialog import PlannerDialog
-    from engine.client import EngineState
+    from int8wb.app.engine_client import QtEngineClient
+    from int8wb.app.event_loop import process_events_until, settle
+    from int8wb.app.main import create_app
+    from int8wb.app.views.planner_dialog import PlannerDialog
+    from int8wb.engine.client import EngineState
 
     create_app([])
     client = QtEngineClient()

@@ -40,11 +40,11 @@ def file_names() -> list[str]:
 def main() -> int:
     from PySide6.QtCore import QSettings
 
-    from app import window_memory
-    from app.event_loop import process_events_until, settle
-    from app.main import create_app
-    from app.main_window import MainWindow
-    from app.view_models.story import recurring_dimension
+    from int8wb.app import window_memory
+    from int8wb.app.event_loop import process_events_until, settle
+    from int8wb.app.main import create_app
+    from int8wb.app.main_window import MainWindow
+    from int8wb.app.view_models.story import recurring_dimension
 
     create_app([])
     settings_file = Path(tempfile.mkdtemp()) / "workbench.ini"

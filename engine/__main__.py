@@ -1,14 +1,14 @@
-"""`python -m engine`: run the engine process; the same as `int8wb engine` (see engine.cli.engine_command)."""
+"""`python -m int8wb.engine`: run the engine process; the same as `int8wb engine` (see engine.cli.engine_command)."""
 
 import argparse
 import sys
 
-from engine.cli import engine_command
+from int8wb.engine.cli import engine_command
 
 
 def run() -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m engine",
+        prog="python -m int8wb.engine",
         description=engine_command.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

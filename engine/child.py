@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from engine.connection import EngineError
+from int8wb.engine.connection import EngineError
 
 log = logging.getLogger("engine.client")
 
@@ -37,7 +37,7 @@ def _frozen_without(python: str | None) -> bool:
 
 
 def engine_command(python: str | None) -> list[str]:
-    """How to start the engine: `python -m engine`, or in a frozen bundle its own executable's `engine` command.
+    """How to start the engine: `python -m int8wb.engine`, or in a frozen bundle its own executable's `engine` command.
 
     A frozen executable is no Python interpreter (`-m` means nothing to it); the
     bundle's entry point runs `int8wb` with its arguments, so `engine` starts
@@ -45,7 +45,7 @@ def engine_command(python: str | None) -> list[str]:
     """
     if _frozen_without(python):
         return [sys.executable, "engine"]
-    return [python or sys.executable, "-m", "engine"]
+    return [python or sys.executable, "-m", "int8wb.engine"]
 
 
 class EngineChild:

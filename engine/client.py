@@ -48,11 +48,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine import __version__, protocol
-from engine.child import EngineChild
-from engine.connection import Connection, ConnectionInfo, EngineError
-from engine.errors import WorkbenchError
-from engine.protocol import Message
+from int8wb.engine import protocol
+from int8wb.engine.child import EngineChild
+from int8wb.engine.connection import Connection, ConnectionInfo, EngineError
+from int8wb.engine.errors import WorkbenchError
+from int8wb.engine.installation import __version__
+from int8wb.engine.protocol import Message
 
 log = logging.getLogger("engine.client")
 

@@ -20,10 +20,10 @@ from typing import Any
 
 import zmq
 
-from engine import protocol, transport
-from engine.errors import BadInput, WorkbenchError
-from engine.protocol import Message, ProtocolError, VersionMismatch
-from engine.wire import Codec, Prepared
+from int8wb.engine import protocol, transport
+from int8wb.engine.errors import BadInput, WorkbenchError
+from int8wb.engine.protocol import Message, ProtocolError, VersionMismatch
+from int8wb.engine.wire import Codec, Prepared
 
 log = logging.getLogger("engine.client")
 

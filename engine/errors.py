@@ -25,6 +25,12 @@ class ModelLoadError(WorkbenchError):
     kind = "model_load"
 
 
+class DependencyError(WorkbenchError):
+    """An installed package failed to import or cannot serve: the installation, not the input, is at fault."""
+
+    kind = "dependency"
+
+
 class Cancelled(WorkbenchError):
     """The job was cancelled on request; nothing is wrong."""
 

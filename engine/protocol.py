@@ -120,7 +120,7 @@ import secrets
 import uuid
 from typing import Any
 
-from engine.errors import WorkbenchError
+from int8wb.engine.errors import WorkbenchError
 
 PROTOCOL_VERSION = 2  # 2: the handshake gate and the stamp (from, session, to, seq)
 

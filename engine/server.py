@@ -33,15 +33,17 @@ from typing import Any
 
 import zmq
 
-from engine import __version__, protocol, transport
-from engine.errors import WorkbenchError
-from engine.protocol import Message, ProtocolError, VersionMismatch
-from engine.task import CallbackTask
-from engine.wire import Codec, Prepared
+from int8wb.engine import protocol, transport
+from int8wb.engine.errors import WorkbenchError
+from int8wb.engine.installation import __version__
+from int8wb.engine.model import dependencies
+from int8wb.engine.protocol import Message, ProtocolError, VersionMismatch
+from int8wb.engine.task import CallbackTask
+from int8wb.engine.wire import Codec, Prepared
 
 log = logging.getLogger("engine.server")
 
-DEFAULT_SESSION = "engine.session:Session"
+DEFAULT_SESSION = "int8wb.engine.session:Session"
 POLL_INTERVAL_MS = 100
 SHUTDOWN_JOIN_S = 5.0
 
@@ -303,6 +305,8 @@ class EngineServer:
             final = protocol.event("result", request.id, {"request": request.type, "result": dict(result or {})})
             prepared = self._codec.prepare(final)  # may fail for an unsendable result: reported below
         except BaseException as exc:  # noqa: BLE001 - every failure becomes an error event
+            if isinstance(exc, ImportError):
+                exc = dependencies.diagnosis(exc)  # names the package, its version and the fix
             kind = exc.kind if isinstance(exc, WorkbenchError) else "internal"
             text = traceback.format_exc()
             if kind != "cancelled":

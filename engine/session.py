@@ -11,7 +11,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Any
 
-from engine.errors import BadInput
+from int8wb.engine.errors import BadInput
 
 
 class Session:
@@ -54,8 +54,8 @@ class Session:
     def load_model(self, params: dict[str, Any], task) -> dict[str, Any]:
         """Load a model in place of the current one, which is released first: a model replacing one of
         the same size fits where one does (if the load fails, no model is loaded)."""
-        from engine.model import loading
-        from engine.model.loaded import pick_device
+        from int8wb.engine.model import loading
+        from int8wb.engine.model.loaded import pick_device
 
         loading.check_params(params)
         self.release_model()
@@ -76,7 +76,7 @@ class Session:
             torch.cuda.empty_cache()
 
     def scan(self, params: dict[str, Any], task) -> dict[str, Any]:
-        from engine.quant import scan
+        from int8wb.engine.quant import scan
 
         if self.layerwise:
             return self.run_pass({"scan": params}, task)["scan"]
@@ -86,7 +86,7 @@ class Session:
     @property
     def layerwise(self) -> bool:
         """Whether the loaded model's weights stay on disk (engine.model.on_disk): every job is one pass."""
-        from engine.model.on_disk import LayerwiseModel
+        from int8wb.engine.model.on_disk import LayerwiseModel
 
         return isinstance(self.loaded, LayerwiseModel)
 
@@ -96,7 +96,7 @@ class Session:
 
         Returns {"scan", "quantize", "evaluate", "export"}: each part's payload, None where not asked.
         """
-        from engine.quant import layer_pass
+        from int8wb.engine.quant import layer_pass
 
         loaded = self.require_model()
         request = layer_pass.request_from_params(params, loaded.model, self.scan_result)
@@ -118,7 +118,7 @@ class Session:
 
     def quantize(self, params: dict[str, Any], task) -> dict[str, Any]:
         """Quantize with each of `params["methods"]`; a method quantized again replaces its old variant."""
-        from engine.quant import quantize
+        from int8wb.engine.quant import quantize
 
         loaded = self.require_model()
         methods = quantize.check_methods(params.get("methods"))
@@ -135,7 +135,7 @@ class Session:
 
     def evaluate(self, params: dict[str, Any], task) -> dict[str, Any]:
         """Perplexity of the baseline and of `params["methods"]` (default: every quantized variant)."""
-        from engine.quant import evaluate
+        from int8wb.engine.quant import evaluate
 
         loaded = self.require_model()
         variants = self._variants(params.get("methods"), "evaluating")
@@ -145,7 +145,7 @@ class Session:
 
     def _variants(self, methods: Any, purpose: str) -> dict[str, Any]:
         """The quantized variants named by `methods` (all of them when None); BadInput names any not quantized yet."""
-        from engine.quant import quantize
+        from int8wb.engine.quant import quantize
 
         methods = list(self.quantized) if methods is None else quantize.check_methods(methods)
         missing = [m for m in methods if m not in self.quantized]
@@ -155,7 +155,7 @@ class Session:
 
     def bench_decode(self, params: dict[str, Any], task) -> dict[str, Any]:
         """Greedy decoding speed of the baseline and of `params["methods"]` (default: every quantized variant)."""
-        from engine.quant import decode
+        from int8wb.engine.quant import decode
 
         loaded = self.require_model()
         return decode.run(params, task, loaded, self._variants(params.get("methods"), "timing their decoding"))
@@ -165,8 +165,8 @@ class Session:
 
         A re-opened export can be exported again under its own method.
         """
-        from engine.checkpoint import export
-        from engine.quant import quantize
+        from int8wb.engine.checkpoint import export
+        from int8wb.engine.quant import quantize
 
         loaded = self.require_model()
         (method,) = quantize.check_methods([params.get("method")])
@@ -182,7 +182,7 @@ class Session:
 
     def sensitivity(self, params: dict[str, Any], task) -> dict[str, Any]:
         """The skip-list sweep of engine.quant.sensitivity on the loaded model (and its scan, for llm-int8)."""
-        from engine.quant import sensitivity
+        from int8wb.engine.quant import sensitivity
 
         loaded = self.require_model()
         if self.layerwise:
@@ -199,8 +199,8 @@ class Session:
         For the loaded model with a scan, static llm-int8 is planned with the
         outlier columns the scan finds at `threshold` (default 6.0).
         """
-        from engine.planning import plan_memory
-        from engine.vocabulary import check_threshold
+        from int8wb.engine.planning import plan_memory
+        from int8wb.engine.vocabulary import check_threshold
 
         if params.get("config") is None and params.get("preset") is None:
             params = {**params, "model": self.require_model().model}
@@ -216,7 +216,7 @@ class Session:
         """Measure the memory of the block as phase `name` (CUDA peaks, or CPU resident memory)."""
         from dataclasses import asdict
 
-        from engine.planning.memory import MemoryRecorder
+        from int8wb.engine.planning.memory import MemoryRecorder
 
         with MemoryRecorder().phase(name, device) as record:
             yield record

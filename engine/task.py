@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from engine.errors import Cancelled
+from int8wb.engine.errors import Cancelled
 
 
 class Task:

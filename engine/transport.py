@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 
 import zmq
 
-from engine.errors import WorkbenchError
-from engine.protocol import EVENT_QUEUE, MAX_EVENT_BYTES, REQUEST_QUEUE, ZAP_DOMAIN, handshake_password
+from int8wb.engine.errors import WorkbenchError
+from int8wb.engine.protocol import EVENT_QUEUE, MAX_EVENT_BYTES, REQUEST_QUEUE, ZAP_DOMAIN, handshake_password
 
 log = logging.getLogger("engine.transport")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from engine.errors import BadInput
+from int8wb.engine.errors import BadInput
 
 # --- quantization methods -------------------------------------------------------------------------
 

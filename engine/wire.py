@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.protocol import (
+from int8wb.engine.protocol import (
     ALLOWED_DTYPE_KINDS,
     ARRAY_KEY,
     CLIENT,

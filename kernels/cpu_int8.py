@@ -30,8 +30,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from kernels import cpu_loader, reference
-from kernels.input_memo import InputMemo
+from int8wb.kernels import cpu_loader, reference
+from int8wb.kernels.input_memo import InputMemo
 
 ONEDNN_AMX = "onednn-amx"
 ONEDNN_VNNI = "onednn-vnni"

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from kernels import nvrtc
+from int8wb.kernels import nvrtc
 
 log = logging.getLogger(__name__)
 

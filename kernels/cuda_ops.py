@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kernels import cuda_loader
+from int8wb.kernels import cuda_loader
 
 FLOAT_DTYPES = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
 PACK_BYTES = 16  # one vector access per thread

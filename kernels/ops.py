@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from kernels import cpu_int8, cuda_loader, cuda_ops, reference
+from int8wb.kernels import cpu_int8, cuda_loader, cuda_ops, reference
 
 FLOATS = frozenset(cuda_ops.FLOAT_DTYPES)
 

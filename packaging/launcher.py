@@ -3,7 +3,7 @@
 Without arguments it opens the window (what the desktop entry runs). With
 arguments it is `int8wb`: `int8-workbench engine --key-stdin ...` is how the
 window starts its engine child from the same bundle (a frozen app has no
-`python -m engine`, so `engine` runs engine/__main__.py; see engine.client),
+`python -m int8wb.engine`, so `engine` runs engine/__main__.py; see engine.client),
 and `int8-workbench --version`,
 `int8-workbench install-desktop-entry` and the other subcommands work as they
 do in a Python installation.
@@ -30,9 +30,9 @@ def self_test(report_path: str) -> int:
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
-    from app import main as app_main
-    from app.main_window import MainWindow
-    from engine.client import EngineState
+    from int8wb.app import main as app_main
+    from int8wb.app.main_window import MainWindow
+    from int8wb.engine.client import EngineState
 
     app = app_main.create_app([sys.argv[0]])
 
@@ -107,11 +107,11 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--self-test":
         sys.exit(self_test(sys.argv[2]))
     if len(sys.argv) > 1 and sys.argv[1] == "engine":
-        # The window's engine child: exactly what `python -m engine` runs in a Python installation.
-        from engine.__main__ import run
+        # The window's engine child: exactly what `python -m int8wb.engine` runs in a Python installation.
+        from int8wb.engine.__main__ import run
 
         sys.argv = [sys.argv[0], *sys.argv[2:]]
         sys.exit(run())
-    from engine.cli import main
+    from int8wb.engine.cli import main
 
     sys.exit(main(sys.argv[1:] or ["gui"]))

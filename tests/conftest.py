@@ -15,8 +15,8 @@ pytest_plugins = ["tests.fixtures_engine"]
 @pytest.fixture(scope="session")
 def default_model():
     """The embedded default model, loaded once per test session (converted into the cache on first use)."""
-    from engine.model import loading
-    from engine.task import Task
+    from int8wb.engine.model import loading
+    from int8wb.engine.task import Task
 
     return loading.load({}, Task())
 
@@ -24,8 +24,8 @@ def default_model():
 @pytest.fixture(scope="session")
 def default_scan(default_model):
     """A small calibration scan of the default model (1,024 tokens)."""
-    from engine.quant import scan
-    from engine.task import Task
+    from int8wb.engine.quant import scan
+    from int8wb.engine.task import Task
 
     return scan.run({"tokens": 1024, "seq_len": 512}, Task(), default_model)
 
@@ -44,8 +44,8 @@ def make_workbench(qtbot, tmp_path):
 
     from PySide6.QtCore import QSettings
 
-    from app.main import create_app
-    from engine.child import spawned_engine_pids
+    from int8wb.app.main import create_app
+    from int8wb.engine.child import spawned_engine_pids
     from tests.fixtures_engine import process_alive
 
     create_app([])
@@ -54,7 +54,7 @@ def make_workbench(qtbot, tmp_path):
     windows = []
 
     def make(start_engine: bool = True, load_at_start: bool = True, size: tuple[int, int] | None = None):
-        from app.main_window import MainWindow
+        from int8wb.app.main_window import MainWindow
 
         settings = QSettings(str(tmp_path / "workbench.ini"), QSettings.Format.IniFormat)
         settings.setValue("load_at_start", load_at_start)
@@ -80,9 +80,9 @@ def make_workbench(qtbot, tmp_path):
 @pytest.fixture
 def planner_dialog(qtbot):
     """The memory planner dialog, shown offscreen, with an engine client that is not started."""
-    from app.engine_client import QtEngineClient
-    from app.main import create_app
-    from app.views.planner_dialog import PlannerDialog
+    from int8wb.app.engine_client import QtEngineClient
+    from int8wb.app.main import create_app
+    from int8wb.app.views.planner_dialog import PlannerDialog
 
     create_app([])
     engine = QtEngineClient()

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.view_models.results import ResultsModel, shown_columns
-from app.view_models.scan_stats import ScanStatistics
-from engine.vocabulary import FEW_EXPERT_TOKENS
+from int8wb.app.view_models.results import ResultsModel, shown_columns
+from int8wb.app.view_models.scan_stats import ScanStatistics
+from int8wb.engine.vocabulary import FEW_EXPERT_TOKENS
 
 
 def expert_payload(index, layer, expert, absmax, tokens, over):
@@ -59,8 +59,8 @@ def test_drill_down_gives_each_expert_and_flags_the_unreliable_ones():
 
 
 def test_experts_panel_opens_on_an_aggregated_row(qtbot):
-    from app.view_models.threshold import ThresholdModel
-    from app.views.heatmap import HeatmapView
+    from int8wb.app.view_models.threshold import ThresholdModel
+    from int8wb.app.views.heatmap import HeatmapView
 
     stats = moe_stats()
     view = HeatmapView(stats, ThresholdModel(stats, threshold=6.0))

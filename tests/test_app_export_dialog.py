@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PySide6.QtWidgets import QDialogButtonBox
 
-from app.views.export_dialog import ExportDialog
+from int8wb.app.views.export_dialog import ExportDialog
 
 QUANTIZED = ["llm-int8", "vectorwise", "smoothquant", "q8_0"]
 

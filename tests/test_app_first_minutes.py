@@ -15,10 +15,10 @@ import pytest
 from PySide6.QtGui import QImage
 from PySide6.QtWidgets import QApplication
 
-from app.view_models.results import saved_columns, shown_columns
-from app.view_models.workbench import Step
-from app.views.saving import save_plot
-from engine.client import EngineState, Job
+from int8wb.app.view_models.results import saved_columns, shown_columns
+from int8wb.app.view_models.workbench import Step
+from int8wb.app.views.saving import save_plot
+from int8wb.engine.client import EngineState, Job
 from tests.scan_payloads import layer_payload
 
 MODEL = {  # as the engine describes the embedded default model, with fewer layers
@@ -294,7 +294,7 @@ def test_shortcuts_are_in_the_menus(make_workbench):
 
 
 def test_sizes_splitters_and_choices_are_remembered(make_workbench, qtbot):
-    from app.main_window import MainWindow
+    from int8wb.app.main_window import MainWindow
 
     window = make_workbench(start_engine=False, size=(780, 580))  # inside the offscreen screen (800 x 600)
     qtbot.waitExposed(window)

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from app.view_models.plan import (
+from int8wb.app.view_models.plan import (
     SOURCE_CONFIG,
     SOURCE_MODEL,
     SOURCE_PRESET,
@@ -16,9 +16,9 @@ from app.view_models.plan import (
     format_bytes,
     list_presets,
 )
-from engine.client import EngineState
-from engine.errors import BadInput
-from engine.vocabulary import METHODS
+from int8wb.engine.client import EngineState
+from int8wb.engine.errors import BadInput
+from int8wb.engine.vocabulary import METHODS
 
 GIB = 1024**3
 
@@ -26,8 +26,8 @@ GIB = 1024**3
 @pytest.fixture(scope="module")
 def plan_70b():
     """A real `plan_memory` result for the Llama 2 70B preset at the defaults (context 4096, batch 1)."""
-    from engine.planning import plan_memory
-    from engine.task import Task
+    from int8wb.engine.planning import plan_memory
+    from int8wb.engine.task import Task
 
     return plan_memory.run({"preset": "llama-2-70b"}, Task())
 
@@ -41,7 +41,7 @@ def qt_shaped(result):
 
 
 def test_presets_are_the_engines_smallest_first():
-    from engine.planning import presets
+    from int8wb.engine.planning import presets
 
     names = [preset.name for preset in list_presets()]
     assert names == [row["name"] for row in presets.list_presets()]
@@ -128,8 +128,8 @@ def test_breakdown_terms_add_up_to_the_count(plan_70b):
 
 
 def test_a_card_that_cannot_hold_one_layer_says_why():
-    from engine.planning import plan_memory
-    from engine.task import Task
+    from int8wb.engine.planning import plan_memory
+    from int8wb.engine.task import Task
 
     result = plan_memory.run(
         {"preset": "llama-2-70b", "context": 1 << 20, "batch": 8, "methods": ["baseline"], "gpus": ["A100-40GB"]},
@@ -244,7 +244,7 @@ def test_dialog_plans_a_preset_and_reports_a_bad_config_through_a_real_engine(di
 
 
 def test_paths_are_shortened_in_the_title():
-    from app.view_models.plan import short_name
+    from int8wb.app.view_models.plan import short_name
 
     assert short_name("llama-2-70b") == "llama-2-70b"
     assert short_name("/models/big/config.json") == "big/config.json"
@@ -252,7 +252,7 @@ def test_paths_are_shortened_in_the_title():
 
 
 def test_the_baseline_is_named_by_its_float_dtype():
-    from app.view_models.plan import method_label
+    from int8wb.app.view_models.plan import method_label
 
     assert method_label("baseline", "float32") == "FP32 (baseline)"
     assert method_label("baseline", "bfloat16") == "BF16 (baseline)"

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.view_models.scan_stats import ScanStatistics
-from app.view_models.threshold import ThresholdModel
-from engine.vocabulary import HIST_LOG10_MAX, HIST_LOG10_MIN
+from int8wb.app.view_models.scan_stats import ScanStatistics
+from int8wb.app.view_models.threshold import ThresholdModel
+from int8wb.engine.vocabulary import HIST_LOG10_MAX, HIST_LOG10_MIN
 from tests.scan_payloads import layer_payload
 
 
@@ -95,7 +95,7 @@ def configure(window, layers=4, width=64):
 
 
 def test_new_rows_are_written_into_the_shown_image(make_workbench):
-    from app.views.heatmap import index_rows
+    from int8wb.app.views.heatmap import index_rows
 
     window = make_workbench(start_engine=False)
     configure(window)
@@ -179,8 +179,8 @@ def test_a_new_scan_is_laid_out_as_wide_as_the_last_one(make_workbench):
 def test_engine_states_arrive_in_the_gui_thread_and_a_stale_one_is_dropped(qtbot):
     import threading
 
-    from app.engine_client import QtEngineClient
-    from engine.client import EngineState
+    from int8wb.app.engine_client import QtEngineClient
+    from int8wb.engine.client import EngineState
 
     engine = QtEngineClient()
     seen = []

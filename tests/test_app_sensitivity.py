@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from PySide6.QtCore import Qt
 
-from app.view_models import sensitivity
-from app.views.sensitivity_panel import SensitivityPanel
+from int8wb.app.view_models import sensitivity
+from int8wb.app.views.sensitivity_panel import SensitivityPanel
 from tests.test_app_workflow import MODEL, finish
 from tests.test_app_workflow import make_workbench as offline_workbench
 
@@ -23,8 +23,8 @@ SWEEP = {
 @pytest.fixture(scope="module")
 def sweep_result():
     """The engine's own sensitivity result on the tiny model with a planted outlier (not written by hand)."""
-    from engine.quant import sensitivity as engine_sensitivity
-    from engine.task import Task
+    from int8wb.engine.quant import sensitivity as engine_sensitivity
+    from int8wb.engine.task import Task
     from tests.tiny_models import tiny_loaded
 
     result = engine_sensitivity.run(SWEEP, Task(), tiny_loaded(dim=5, factor=60.0))
@@ -74,7 +74,7 @@ def test_apply_to_export_fills_the_skip_list_the_quantize_request_carries(sweep_
     finish(workbench, MODEL)
     panel = SensitivityPanel(workbench)
     qtbot.addWidget(panel)
-    from engine.quant.sensitivity import GROUPS, SweepSettings
+    from int8wb.engine.quant.sensitivity import GROUPS, SweepSettings
 
     offered = [panel.group.itemData(i) for i in range(panel.group.count())]
     assert offered == list(GROUPS) and panel.group.currentData() == SweepSettings.group  # the engine's default

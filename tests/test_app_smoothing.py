@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.view_models.scan_stats import ScanStatistics
-from app.view_models.smoothing import VIEW_WEIGHTS, SmoothingView
+from int8wb.app.view_models.scan_stats import ScanStatistics
+from int8wb.app.view_models.smoothing import VIEW_WEIGHTS, SmoothingView
 from tests.scan_payloads import layer_payload
 
 ACTIVATIONS = np.array([0.5, 40.0, 1.0, 0.0], dtype=np.float32)  # dimension 1 is the outlier
@@ -49,9 +49,9 @@ def test_off_the_view_is_the_scan_and_bad_alpha_is_refused():
 
 
 def test_panel_drives_the_heatmap_and_the_alpha_of_the_next_run(qtbot):
-    from app.view_models.threshold import ThresholdModel
-    from app.views.heatmap import HeatmapView
-    from app.views.smoothing_panel import SmoothingPanel
+    from int8wb.app.view_models.threshold import ThresholdModel
+    from int8wb.app.views.heatmap import HeatmapView
+    from int8wb.app.views.smoothing_panel import SmoothingPanel
 
     stats = _stats()
     heatmap = HeatmapView(stats, ThresholdModel(stats, 6.0))

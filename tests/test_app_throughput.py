@@ -9,14 +9,14 @@ import json
 
 import pytest
 
-from app.view_models.results import ResultsModel, shown_columns
-from app.view_models.throughput import ThroughputView, format_gb
+from int8wb.app.view_models.results import ResultsModel, shown_columns
+from int8wb.app.view_models.throughput import ThroughputView, format_gb
 
 
 @pytest.fixture(scope="module")
 def plan_70b():
-    from engine.planning import plan_memory
-    from engine.task import Task
+    from int8wb.engine.planning import plan_memory
+    from int8wb.engine.task import Task
 
     result = plan_memory.run({"preset": "llama-2-70b"}, Task())
     return json.loads(json.dumps(result, sort_keys=True))  # as a Qt dict signal delivers it: keys sorted
@@ -25,8 +25,8 @@ def plan_70b():
 @pytest.fixture(scope="module")
 def measured():
     """A real `bench_decode` result of the tiny planted-outlier Llama: baseline and naive INT8."""
-    from engine.quant import decode, quantize
-    from engine.task import Task
+    from int8wb.engine.quant import decode, quantize
+    from int8wb.engine.task import Task
     from tests.tiny_models import tiny_loaded
 
     loaded = tiny_loaded()
@@ -56,8 +56,8 @@ def test_throughput_view_reads_the_70b_plan(plan_70b):
 
 
 def test_a_batch_shows_the_rate_of_the_whole_batch():
-    from engine.planning import plan_memory
-    from engine.task import Task
+    from int8wb.engine.planning import plan_memory
+    from int8wb.engine.task import Task
 
     result = plan_memory.run(
         {"preset": "llama-2-70b", "batch": 8, "methods": ["baseline"], "gpus": ["H200-141GB"]}, Task()
@@ -94,7 +94,7 @@ def test_results_table_gains_tokens_per_s_and_bound(measured):
 
 
 def test_generated_text_tab_shows_each_methods_tokens(qtbot, measured):
-    from app.views.generated_text import GeneratedTextView
+    from int8wb.app.views.generated_text import GeneratedTextView
 
     results = ResultsModel()
     view = GeneratedTextView(results)

@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.view_models.results import ResultsModel, row_tooltip, shown_columns
-from app.view_models.scan_stats import ScanStatistics
-from app.view_models.threshold import INDEX_BYTES, ThresholdModel
+from int8wb.app.view_models.results import ResultsModel, row_tooltip, shown_columns
+from int8wb.app.view_models.scan_stats import ScanStatistics
+from int8wb.app.view_models.threshold import INDEX_BYTES, ThresholdModel
 from tests.scan_payloads import layer_payload
 
 
 def test_view_models_import_neither_qt_nor_torch():
     code = (
-        "import sys, app.view_models.scan_stats, app.view_models.threshold, app.view_models.results; "
+        "import sys, int8wb.app.view_models.scan_stats, int8wb.app.view_models.threshold, int8wb.app.view_models.results; "
         "print(sorted(m for m in ('PySide6', 'torch', 'transformers', 'cupy') if m in sys.modules))"
     )
     out = subprocess.run(

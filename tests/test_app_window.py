@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import engine
+from int8wb.engine.installation import __version__
 
 
 def test_about_names_the_version_and_the_missing_engine(make_workbench):
     window = make_workbench(start_engine=False)
     text = window.about_text()
-    assert f"Int8 Workbench {engine.__version__}" in text and "Engine: not connected" in text
+    assert f"Int8 Workbench {__version__}" in text and "Engine: not connected" in text
     window.client.engine_info = {"engine": "0.0.1"}  # what the handshake stores
     assert "Warning: the engine is version 0.0.1" in window.about_text()
 

@@ -14,9 +14,9 @@ import signal
 
 import pytest
 
-from app.view_models.results import shown_columns
-from app.view_models.workbench import Step
-from engine.client import EngineState
+from int8wb.app.view_models.results import shown_columns
+from int8wb.app.view_models.workbench import Step
+from int8wb.engine.client import EngineState
 
 pytestmark = pytest.mark.slow
 

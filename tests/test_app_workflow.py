@@ -14,12 +14,12 @@ import time
 import numpy as np
 import pytest
 
-from app.view_models.decode import RUN_DECODE_PARAMS
-from app.view_models.results import ResultsModel
-from app.view_models.scan_stats import ScanStatistics
-from app.view_models.threshold import ThresholdModel
-from app.view_models.workbench import CRASHED, RESTARTED, Step, Workbench
-from engine.client import EngineClient, EngineError, EngineState, Job, dispatch
+from int8wb.app.view_models.decode import RUN_DECODE_PARAMS
+from int8wb.app.view_models.results import ResultsModel
+from int8wb.app.view_models.scan_stats import ScanStatistics
+from int8wb.app.view_models.threshold import ThresholdModel
+from int8wb.app.view_models.workbench import CRASHED, RESTARTED, Step, Workbench
+from int8wb.engine.client import EngineClient, EngineError, EngineState, Job, dispatch
 from tests.scan_payloads import layer_payload
 
 

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.errors import BadInput
-from engine.session import Session
-from engine.task import Task
+from int8wb.engine.errors import BadInput
+from int8wb.engine.session import Session
+from int8wb.engine.task import Task
 from tests.tiny_models import ARCHITECTURES, save_tiny
 
 SCAN = {"tokens": 128, "seq_len": 32, "threshold": 2.5}

@@ -22,11 +22,24 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = {"torch", "transformers", "cupy", "bitsandbytes", "accelerate", "safetensors"}
 QT = {"PySide6", "pyqtgraph", "shiboken6", "qtpy"}
+NAMESPACE = "int8wb"  # every folder below is imported as int8wb.<folder> (pyproject.toml); names here omit it
+FOLDERS = ("app", "engine", "kernels", "resources")
 # app/ may use these parts of the engine package, which import nothing heavy.
-APP_MAY_IMPORT_FROM_ENGINE = {"engine", "engine.protocol", "engine.vocabulary", "engine.client", "engine.errors"}
+APP_MAY_IMPORT_FROM_ENGINE = {
+    "engine.installation",
+    "engine.protocol",
+    "engine.vocabulary",
+    "engine.client",
+    "engine.errors",
+}
 
 
-def _imports(path: Path) -> set[str]:
+def _short(name: str) -> str:
+    """int8wb.engine.x -> engine.x: the module's name as the contracts below speak of it."""
+    return name.removeprefix(NAMESPACE + ".")
+
+
+def _raw_imports(path: Path) -> set[str]:
     names = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
@@ -34,6 +47,10 @@ def _imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
     return names
+
+
+def _imports(path: Path) -> set[str]:
+    return {_short(name) for name in _raw_imports(path)}
 
 
 def _python_files(package: str):
@@ -55,14 +72,16 @@ def _project_edges(path: Path) -> list[tuple[str, str, bool]]:
     edges = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            edges += [(alias.name, "", id(node) in top_level) for alias in node.names if alias.name in PROJECT_FILES]
+            names = [_short(alias.name) for alias in node.names]
+            edges += [(name, "", id(node) in top_level) for name in names if name in PROJECT_FILES]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            module = _short(node.module)
             for alias in node.names:
-                submodule = f"{node.module}.{alias.name}"
+                submodule = f"{module}.{alias.name}"
                 if submodule in PROJECT_FILES:
                     edges.append((submodule, "", id(node) in top_level))
-                elif node.module in PROJECT_FILES:
-                    edges.append((node.module, alias.name, id(node) in top_level))
+                elif module in PROJECT_FILES:
+                    edges.append((module, alias.name, id(node) in top_level))
     return edges
 
 
@@ -87,6 +106,22 @@ CONTRACT = (
     "engine.errors",
     "engine.task",
 )
+
+
+def test_every_import_of_the_project_goes_through_its_namespace():
+    """`import engine` would work from the repository root only, and would shadow any package of that name."""
+    checked = ("app", "engine", "kernels", "tests", "bench", "packaging", "docs")
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(n for n in _raw_imports(path) if n.split(".")[0] in FOLDERS)
+        for folder in checked
+        for path in _python_files(folder)
+    }
+    assert not {k: v for k, v in offenders.items() if v}
+
+
+def test_the_folders_are_namespace_portions():
+    """An __init__.py in a top-level folder would make it a regular package that wins over an installed one."""
+    assert [folder for folder in FOLDERS if (ROOT / folder / "__init__.py").exists()] == []
 
 
 def test_kernels_import_nothing_of_engine_or_app():
@@ -182,7 +217,7 @@ def test_app_imports_no_heavy_module_and_only_the_light_engine_modules():
 
 def test_importing_the_engine_package_loads_neither_torch_nor_cuda():
     code = (
-        "import sys, engine, engine.errors, engine.task, engine.model.corpus\n"
+        "import sys, int8wb.engine.errors, int8wb.engine.task, int8wb.engine.model.corpus\n"
         "print(sorted(m for m in ('torch', 'transformers', 'cupy') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -190,7 +225,7 @@ def test_importing_the_engine_package_loads_neither_torch_nor_cuda():
 
 
 def test_importing_kernels_does_not_initialise_cuda():
-    code = "import torch, kernels.ops\nprint(torch.cuda.is_initialized())"
+    code = "import torch, int8wb.kernels.ops\nprint(torch.cuda.is_initialized())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
@@ -198,8 +233,8 @@ def test_importing_kernels_does_not_initialise_cuda():
 WINDOW_WITH_ENGINE = """
 import sys, tempfile
 from PySide6.QtCore import QSettings
-from app.main import create_app
-from app.main_window import MainWindow
+from int8wb.app.main import create_app
+from int8wb.app.main_window import MainWindow
 app = create_app([])
 settings = QSettings(tempfile.mktemp(suffix=".ini"), QSettings.Format.IniFormat)
 settings.setValue("load_at_start", False)

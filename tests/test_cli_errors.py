@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from engine.cli import EXIT_USER_ERROR, main
+from int8wb.engine.cli import EXIT_USER_ERROR, main
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def test_corrupt_gguf(capsys, tmp_path, monkeypatch):
 
 def test_console_script_exit_status(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "scan", "--threshold", "nan"], capture_output=True, text=True
+        [sys.executable, "-m", "int8wb.engine.cli", "scan", "--threshold", "nan"], capture_output=True, text=True
     )
     assert result.returncode == EXIT_USER_ERROR
     assert result.stderr.strip() == "int8wb: error: threshold must be a finite positive number, got nan"

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.errors import BadInput
-from engine.model import corpus
+from int8wb.engine.errors import BadInput
+from int8wb.engine.model import corpus
 
 
 def test_default_split_is_disjoint_and_deterministic():

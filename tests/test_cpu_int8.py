@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.quant.int8_linear import Int8Linear
-from kernels import cpu_int8, cpu_loader, ops, reference
+from int8wb.engine.quant.int8_linear import Int8Linear
+from int8wb.kernels import cpu_int8, cpu_loader, ops, reference
 
 pytestmark = pytest.mark.skipif(cpu_loader.library() is None, reason="the fused CPU kernels could not be built here")
 

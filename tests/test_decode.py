@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import pytest
 
-from engine.cli import EXIT_USER_ERROR, main
-from engine.errors import BadInput
-from engine.planning import memory
-from engine.quant import decode, quantize
-from engine.session import Session
-from engine.task import Task
+from int8wb.engine.cli import EXIT_USER_ERROR, main
+from int8wb.engine.errors import BadInput
+from int8wb.engine.planning import memory
+from int8wb.engine.quant import decode, quantize
+from int8wb.engine.session import Session
+from int8wb.engine.task import Task
 from tests.tiny_models import tiny_loaded
 
 FAST = {"new_tokens": 6, "prompt_tokens": 8, "repeats": 2, "copy_mib": 8}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.quant import evaluate, quantize, scan
-from engine.task import Task
+from int8wb.engine.quant import evaluate, quantize, scan
+from int8wb.engine.task import Task
 
 pytestmark = pytest.mark.slow
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.errors import BadInput
-from engine.model import loaded, loading
-from engine.planning import memory
-from engine.vocabulary import ALL_GPUS
+from int8wb.engine.errors import BadInput
+from int8wb.engine.model import loaded, loading
+from int8wb.engine.planning import memory
+from int8wb.engine.vocabulary import ALL_GPUS
 
 
 @pytest.fixture

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.checkpoint import export, staging
-from engine.errors import BadInput, ModelLoadError
-from engine.session import Session
-from engine.task import Task
-from engine.vocabulary import FORMAT_METHODS, METHODS
+from int8wb.engine.checkpoint import export, staging
+from int8wb.engine.errors import BadInput, ModelLoadError
+from int8wb.engine.session import Session
+from int8wb.engine.task import Task
+from int8wb.engine.vocabulary import FORMAT_METHODS, METHODS
 from tests.tiny_models import save_tiny_llama
 
 TINY_THRESHOLD = 2.5  # the tiny model's normalised activations reach about 4: some dimensions go over
@@ -243,7 +243,7 @@ def test_export_needs_a_quantized_variant(tiny_dir, tmp_path):
 
 
 def test_cli_export_and_re_export(tiny_dir, tmp_path, capsys):
-    from engine.cli import main
+    from int8wb.engine.cli import main
 
     out = tmp_path / "cli-export"
     argv = [
@@ -295,14 +295,14 @@ def default_session() -> Session:
 
 @pytest.fixture(scope="module")
 def eval_windows(default_session):
-    from engine.quant.evaluate import EvalSettings, evaluation_windows
+    from int8wb.engine.quant.evaluate import EvalSettings, evaluation_windows
 
     windows, _ = evaluation_windows(EvalSettings(tokens=EVAL_TOKENS), default_session.loaded.tokenizer)
     return windows
 
 
 def _perplexity(model, windows) -> float:
-    from engine.quant.evaluate import perplexity
+    from int8wb.engine.quant.evaluate import perplexity
 
     return perplexity(model, windows, 4, Task())["perplexity"]
 
@@ -364,7 +364,7 @@ def test_static_llm_int8_round_trip_keeps_perplexity(default_session, eval_windo
 def test_size_is_at_most_55_percent_of_fp16_plus_embedding(default_session, tmp_path):
     """The INT8 model: at most 55% of the fp16 size of everything but the embedding and head, which stay
     in floating point as they were (here one float32 matrix, tied)."""
-    from engine.cli.export import format_export
+    from int8wb.engine.cli.export import format_export
 
     out = tmp_path / "smollm2-size"
     result = default_session.export({"method": "llm-int8-dynamic", "out": str(out)}, Task())

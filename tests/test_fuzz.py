@@ -11,9 +11,9 @@ import time
 import numpy as np
 import zmq
 
-from engine import protocol, transport
-from engine.client import EngineClient, EngineState
-from engine.wire import Codec
+from int8wb.engine import protocol, transport
+from int8wb.engine.client import EngineClient, EngineState
+from int8wb.engine.wire import Codec
 
 
 def test_engine_survives_random_and_mutated_frames():

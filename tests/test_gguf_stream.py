@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from engine.model import gguf_stream, loading
-from engine.task import Task
+from int8wb.engine.model import gguf_stream, loading
+from int8wb.engine.task import Task
 from tests.tiny_models import read_tensors
 
 pytestmark = pytest.mark.slow

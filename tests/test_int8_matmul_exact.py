@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import reference
+from int8wb.kernels import reference
 
 
 def _int_mm(a, b):

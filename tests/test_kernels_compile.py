@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from kernels import cuda_loader, cuda_ops, nvrtc
+from int8wb.kernels import cuda_loader, cuda_ops, nvrtc
 
 pytestmark = pytest.mark.skipif(sys.platform == "darwin", reason="NVRTC does not exist for macOS")
 
@@ -157,7 +157,7 @@ def test_bad_outlier_indices_are_refused_before_launch(launches):
 @pytest.mark.parametrize("m, k, n", [(1, 4096, 4096), (16, 1041, 33), (3, 5, 7), (64, 64, 64)])
 def test_int8_matmul_padding_is_exact(m, k, n):
     """cuda_ops.int8_matmul pads to torch._int_mm's CUDA constraints; the padding runs on the CPU too."""
-    from kernels import reference
+    from int8wb.kernels import reference
 
     generator = torch.Generator().manual_seed(m + k + n)
     a = torch.randint(-127, 128, (m, k), dtype=torch.int8, generator=generator)
@@ -169,8 +169,8 @@ def test_int8_matmul_padding_is_exact(m, k, n):
 
 def test_importing_the_ops_api_loads_neither_cupy_nor_cuda():
     code = (
-        "import sys, torch, kernels.ops;"
-        "kernels.ops.quantize_rowwise(torch.ones(2, 3));"
+        "import sys, torch, int8wb.kernels.ops;"
+        "int8wb.kernels.ops.quantize_rowwise(torch.ones(2, 3));"
         "assert 'cupy' not in sys.modules, 'cupy imported';"
         "assert not torch.cuda.is_initialized(), 'CUDA initialised'"
     )
@@ -181,7 +181,7 @@ def test_importing_the_ops_api_loads_neither_cupy_nor_cuda():
 def test_ops_keep_the_reference_signatures():
     import inspect
 
-    from kernels import ops
+    from int8wb.kernels import ops
 
     assert list(ops.REGISTRY) == ops.__all__
     for name, op in ops.REGISTRY.items():

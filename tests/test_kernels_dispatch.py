@@ -22,7 +22,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from kernels import cuda_loader, cuda_ops, ops, reference
+from int8wb.kernels import cuda_loader, cuda_ops, ops, reference
 
 # torch functions whose CUDA implementation waits for the device: a size or a value goes to the host.
 SYNCING_FUNCTIONS = {

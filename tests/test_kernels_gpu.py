@@ -19,7 +19,7 @@ import warnings
 import pytest
 import torch
 
-from kernels import cuda_loader, ops, reference
+from int8wb.kernels import cuda_loader, ops, reference
 
 pytestmark = [
     pytest.mark.gpu,
@@ -349,9 +349,9 @@ PERPLEXITY_RTOL = {"float32": 0.005, "float16": 0.01, "bfloat16": 0.02}
 
 def perplexities(params: dict) -> tuple[str, dict[str, float]]:
     """The default model loaded with `params`, scanned, quantized and evaluated: (its dtype, method -> perplexity)."""
-    from engine.model import loading
-    from engine.quant import evaluate, quantize, scan
-    from engine.task import Task
+    from int8wb.engine.model import loading
+    from int8wb.engine.quant import evaluate, quantize, scan
+    from int8wb.engine.task import Task
 
     loaded = loading.load(params, Task())
     scanned = scan.run({"tokens": 2048, "seq_len": 512}, Task(), loaded)
@@ -365,8 +365,8 @@ def cpu_perplexities() -> dict[str, float]:
     """The CPU half of the comparison, computed once for every GPU dtype (about 40 s)."""
     pytest.importorskip("transformers", reason="transformers is not installed: the default model cannot load")
     pytest.importorskip("gguf", reason="gguf is not installed: the default model's file cannot be read")
-    from engine.errors import ModelLoadError
-    from engine.model import loading
+    from int8wb.engine.errors import ModelLoadError
+    from int8wb.engine.model import loading
 
     try:
         loading.default_gguf_path()

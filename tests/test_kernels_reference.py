@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from kernels import reference
+from int8wb.kernels import reference
 
 FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine.errors import BadInput
-from engine.quant import layer_errors, scan
-from engine.task import CallbackTask, Task
-from engine.vocabulary import METHODS
+from int8wb.engine.errors import BadInput
+from int8wb.engine.quant import layer_errors, scan
+from int8wb.engine.task import CallbackTask, Task
+from int8wb.engine.vocabulary import METHODS
 from tests.tiny_models import tiny_loaded
 
 OUTLIER_DIM = 5
@@ -75,13 +75,13 @@ def test_smoothquant_moves_the_outlier_into_the_weights(scanned):
 def test_the_error_is_that_linears_own_not_inherited(planted, scanned):
     """Measured again by hand on the floating-point input of the first q_proj (the same evenly spread
     rows of every calibration batch), the figure is the same."""
-    from engine.quant.int8_linear import Int8Linear
+    from int8wb.engine.quant.int8_linear import Int8Linear
 
     first = next(f for name, _, f in per_linear(scanned) if name.endswith("layers.0.self_attn.q_proj"))
     captured = []
     q_proj = planted.model.model.layers[0].self_attn.q_proj
     handle = q_proj.register_forward_pre_hook(lambda m, args: captured.append(args[0].reshape(-1, m.in_features)))
-    from engine.model import corpus
+    from int8wb.engine.model import corpus
 
     split = corpus.load_split(None)
     ids = corpus.tokenize(planted.tokenizer, split.calibration, PARAMS["tokens"])

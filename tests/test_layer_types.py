@@ -10,12 +10,12 @@ import json
 import pytest
 import torch
 
-from engine.errors import BadInput
-from engine.model.experts import ExpertLinears, unfuse_experts
-from engine.model.layers import decoder_layers, expert_index, is_router, linear_kind, linear_layers
-from engine.quant import coverage, quantize
-from engine.quant.int8_linear import Int8Linear
-from engine.task import Task
+from int8wb.engine.errors import BadInput
+from int8wb.engine.model.experts import ExpertLinears, unfuse_experts
+from int8wb.engine.model.layers import decoder_layers, expert_index, is_router, linear_kind, linear_layers
+from int8wb.engine.quant import coverage, quantize
+from int8wb.engine.quant.int8_linear import Int8Linear
+from int8wb.engine.task import Task
 from tests.tiny_models import TinyLoaded, WordTokenizer, save_tiny, tiny_model
 
 
@@ -138,8 +138,8 @@ def test_the_share_is_counted_over_the_decoder_only():
 
 
 def test_planner_counts_conv1d_and_every_expert():
-    from engine.planning import presets
-    from engine.planning.planner import active_parameters
+    from int8wb.engine.planning import presets
+    from int8wb.engine.planning.planner import active_parameters
 
     arch, inventory = presets.from_model(tiny_model("gpt2"))
     shapes = {s.name.split(".", 3)[-1]: (s.out_features, s.in_features) for s in inventory.linears if ".h.0." in s.name}
@@ -157,7 +157,7 @@ def test_planner_counts_conv1d_and_every_expert():
 
 def test_layer_by_layer_refuses_fused_experts(tmp_path):
     """Checkpoints store fused experts per expert under other names: the disk mode says so, in-memory loads."""
-    from engine.session import Session
+    from int8wb.engine.session import Session
 
     source = save_tiny(tmp_path / "moe", "qwen3_moe")
     with pytest.raises(
@@ -170,7 +170,7 @@ def test_layer_by_layer_refuses_fused_experts(tmp_path):
 def test_moe_presets_match_published_parameter_counts():
     """Published: Mixtral 8x7B 46.7B total, 12.9B active (Mistral AI); Qwen3-30B-A3B 30.5B / 3.3B and
     Qwen3-235B-A22B 235B / 22B (Qwen model cards). The presets count every tensor transformers builds."""
-    from engine.planning import plan_memory, presets
+    from int8wb.engine.planning import plan_memory, presets
 
     published = {  # billions, and the unit of the last digit given
         "mixtral-8x7b": (46.7, 12.9, 0.1),
@@ -193,7 +193,7 @@ def test_moe_presets_match_published_parameter_counts():
 
 @pytest.mark.slow
 def test_cli_states_the_share_and_warns(tmp_path, capsys):
-    from engine.cli import main
+    from int8wb.engine.cli import main
 
     gpt2 = save_tiny(tmp_path / "gpt2", "gpt2")
     assert main(["quantize", "--model", str(gpt2), "--methods", "vectorwise", "--json", "--quiet"]) == 0

@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from engine.checkpoint import export, staging
-from engine.errors import BadInput, Cancelled, ModelLoadError
-from engine.model.disk_weights import DiskWeights
-from engine.session import Session
-from engine.task import CallbackTask, Task
-from engine.vocabulary import FORMAT_METHODS, METHODS
+from int8wb.engine.checkpoint import export, staging
+from int8wb.engine.errors import BadInput, Cancelled, ModelLoadError
+from int8wb.engine.model.disk_weights import DiskWeights
+from int8wb.engine.session import Session
+from int8wb.engine.task import CallbackTask, Task
+from int8wb.engine.vocabulary import FORMAT_METHODS, METHODS
 from tests.tiny_models import read_tensors, save_tiny_llama
 
 THRESHOLD = 4.0
@@ -193,7 +193,7 @@ def test_cancel_within_a_layer_leaves_no_temporary_files(small_dir, tmp_path):
 
 
 def test_offload_auto_goes_to_disk_only_when_the_estimate_does_not_fit(small_dir, monkeypatch):
-    from engine.model import on_disk
+    from int8wb.engine.model import on_disk
 
     monkeypatch.setattr(on_disk, "free_memory", lambda device: (10**6, "of RAM available"))
     info = _session(small_dir, "auto").loaded.describe()

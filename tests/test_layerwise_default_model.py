@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from engine.checkpoint import export
-from engine.quant import evaluate, quantize
-from engine.session import Session
-from engine.task import Task
-from engine.vocabulary import FORMAT_METHODS, METHODS
+from int8wb.engine.checkpoint import export
+from int8wb.engine.quant import evaluate, quantize
+from int8wb.engine.session import Session
+from int8wb.engine.task import Task
+from int8wb.engine.vocabulary import FORMAT_METHODS, METHODS
 from tests.tiny_models import read_tensors
 
 pytestmark = pytest.mark.slow

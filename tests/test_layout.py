@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.checkpoint.layout import layer_record, linear_tensors, rebuild_linear
-from engine.quant.int8_linear import Int8Linear
-from engine.quant.schemes import SCHEMES
-from engine.vocabulary import FORMAT_METHODS, METHODS, NEEDS_SCAN
+from int8wb.engine.checkpoint.layout import layer_record, linear_tensors, rebuild_linear
+from int8wb.engine.quant.int8_linear import Int8Linear
+from int8wb.engine.quant.schemes import SCHEMES
+from int8wb.engine.vocabulary import FORMAT_METHODS, METHODS, NEEDS_SCAN
 
 SAFETENSORS_LAYOUTS = [(fmt, m) for fmt in ("bitsandbytes", "compressed-tensors") for m in FORMAT_METHODS[fmt]]
 
@@ -73,8 +73,8 @@ def test_q8_0_is_llama_cpp_q8_0_bit_for_bit():
 
 @pytest.mark.parametrize(("fmt", "method"), [("compressed-tensors", "llm-int8"), ("bitsandbytes", "q8_0")])
 def test_a_format_refuses_what_it_cannot_carry_and_says_where_to_go(fmt, method):
-    from engine.checkpoint.layout import check_format
-    from engine.errors import BadInput
+    from int8wb.engine.checkpoint.layout import check_format
+    from int8wb.engine.errors import BadInput
 
     with pytest.raises(BadInput, match="--format (bitsandbytes|gguf-q8_0)"):
         check_format(fmt, method)

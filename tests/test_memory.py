@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.planning import memory, plan_memory
-from engine.quant import quantize
-from engine.task import Task
+from int8wb.engine.planning import memory, plan_memory
+from int8wb.engine.quant import quantize
+from int8wb.engine.task import Task
 from tests import tiny_models
 
 
@@ -93,8 +93,8 @@ def test_planned_weight_bytes_equal_the_quantized_tensors(tiny_llama):
 @pytest.mark.slow
 def test_default_model_planned_equals_measured():
     """The embedded SmolLM2-135M in float32, quantized by each method, against the preset's plan."""
-    from engine.model import loading
-    from engine.quant import scan
+    from int8wb.engine.model import loading
+    from int8wb.engine.quant import scan
 
     loaded = loading.load({}, Task())
     found = scan.run({"tokens": 256, "seq_len": 128, "batch_size": 2}, Task(), loaded)

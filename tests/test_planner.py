@@ -13,12 +13,12 @@ from dataclasses import replace
 
 import pytest
 
-from engine.cli import plan as plan_command
-from engine.errors import BadInput
-from engine.planning import plan_memory, planner, presets
-from engine.planning.planner import Architecture, Settings
-from engine.task import Task
-from engine.vocabulary import GIB, GPUS, MIB
+from int8wb.engine.cli import plan as plan_command
+from int8wb.engine.errors import BadInput
+from int8wb.engine.planning import plan_memory, planner, presets
+from int8wb.engine.planning.planner import Architecture, Settings
+from int8wb.engine.task import Task
+from int8wb.engine.vocabulary import GIB, GPUS, MIB
 
 TINY = Architecture(
     name="tiny",
@@ -209,7 +209,7 @@ def test_config_without_model_type_is_read_as_llama(tmp_path):
 
 
 def test_plan_from_a_loaded_model_counts_its_tensors():
-    from engine.planning.memory import tensor_bytes
+    from int8wb.engine.planning.memory import tensor_bytes
     from tests.tiny_models import tiny_llama
 
     model = tiny_llama(hidden=32, intermediate=64, vocab=50, tie=False)
@@ -265,7 +265,7 @@ def test_zero_gpus():
 
 
 def test_cli_plan_json_and_errors(capsys):
-    from engine import cli
+    from int8wb.engine import cli
 
     assert cli.main(["plan", "--preset", "llama-2-70b", "--gpu", "A100-40GB", "--method", "baseline", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -297,7 +297,7 @@ def test_cli_plan_json_and_errors(capsys):
 
 
 def test_cli_text_shows_the_terms(capsys):
-    from engine import cli
+    from int8wb.engine import cli
 
     assert cli.main(["plan", "--preset", "llama-2-70b", "--gpu", "A100-40GB", "--method", "vectorwise"]) == 0
     text = capsys.readouterr().out
@@ -306,7 +306,7 @@ def test_cli_text_shows_the_terms(capsys):
 
 
 def test_one_machine_layer_by_layer_holds_one_layer_and_reads_the_checkpoint_once():
-    from engine.planning import layer_by_layer
+    from int8wb.engine.planning import layer_by_layer
 
     result = plan_memory.run({"preset": "llama-2-70b", "context": 4096, "methods": ["baseline", "llm-int8"]}, Task())
     line = result["layer_by_layer"]
@@ -321,7 +321,7 @@ def test_one_machine_layer_by_layer_holds_one_layer_and_reads_the_checkpoint_onc
 
 
 def test_offload_auto_says_which_way_and_why():
-    from engine.planning.layer_by_layer import choose_offload
+    from int8wb.engine.planning.layer_by_layer import choose_offload
 
     assert choose_offload("auto", 5 * GIB, 20 * GIB, "of RAM available")[0] == "none"
     mode, reason = choose_offload("auto", 27 * GIB, 20 * GIB, "of RAM available")

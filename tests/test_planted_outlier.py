@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.quant import quantize, scan
-from engine.task import CallbackTask, Task
+from int8wb.engine.quant import quantize, scan
+from int8wb.engine.task import CallbackTask, Task
 from tests.tiny_models import tiny_llama, tiny_loaded
 
 OUTLIER_DIM = 5
@@ -115,7 +115,7 @@ def test_skip_modules_leave_those_linears_in_float(planted, planted_scan):
 
 
 def test_cancel_stops_the_scan_and_leaves_no_hook_behind(planted):
-    from engine.errors import Cancelled
+    from int8wb.engine.errors import Cancelled
 
     class CancelledInsideALayer(Task):
         """Asks to stop at the 8th check: past the capture, while the first layer's hooks are attached."""
@@ -137,14 +137,14 @@ def test_cancel_stops_the_scan_and_leaves_no_hook_behind(planted):
 
 
 def test_static_llm_int8_without_a_scan_is_refused(planted):
-    from engine.errors import BadInput
+    from int8wb.engine.errors import BadInput
 
     with pytest.raises(BadInput, match="scan first"):
         quantize.run({"method": "llm-int8"}, Task(), planted, None)
 
 
 def test_nan_weights_are_refused(planted_scan):
-    from engine.errors import BadInput
+    from int8wb.engine.errors import BadInput
 
     broken = tiny_loaded(dim=OUTLIER_DIM)
     with torch.no_grad():
@@ -154,7 +154,7 @@ def test_nan_weights_are_refused(planted_scan):
 
 
 def test_the_next_layer_gets_the_hidden_states_by_position_or_by_keyword():
-    from engine.model.layerwise import next_layer_call
+    from int8wb.engine.model.layerwise import next_layer_call
 
     assert next_layer_call(("h0", "mask"), {"a": 1}, "h1") == (("h1", "mask"), {"a": 1})
     assert next_layer_call((), {"hidden_states": "h0", "a": 1}, "h1") == ((), {"hidden_states": "h1", "a": 1})

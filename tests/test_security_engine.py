@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 import zmq
 
-from engine import connection, protocol, transport
-from engine.cli.engine_command import write_connection_file
-from engine.client import ConnectionInfo, EngineClient
-from engine.protocol import CLIENT
-from engine.server import EngineServer, load_session_factory
-from engine.wire import sign
+from int8wb.engine import connection, protocol, transport
+from int8wb.engine.cli.engine_command import write_connection_file
+from int8wb.engine.client import ConnectionInfo, EngineClient
+from int8wb.engine.protocol import CLIENT
+from int8wb.engine.server import EngineServer, load_session_factory
+from int8wb.engine.wire import sign
 from tests.net_tools import CuttableProxy, raw_zmtp_flood, replay
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,7 +41,15 @@ def remote_engine(tmp_path):
     """(process, ConnectionInfo) of `int8wb engine --listen tcp://127.0.0.1:0` serving SleepySession."""
     connection_file = tmp_path / "engine.json"
     process = subprocess.Popen(
-        [sys.executable, "-m", "engine", "--listen", "tcp://127.0.0.1:0", "--connection-file", str(connection_file)]
+        [
+            sys.executable,
+            "-m",
+            "int8wb.engine",
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--connection-file",
+            str(connection_file),
+        ]
         + ["--session", SLEEPY],
         cwd=REPO,
         stderr=subprocess.PIPE,

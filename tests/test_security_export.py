@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.checkpoint import export, staging
-from engine.errors import BadInput, ModelLoadError
-from engine.session import Session
-from engine.task import Task
+from int8wb.engine.checkpoint import export, staging
+from int8wb.engine.errors import BadInput, ModelLoadError
+from int8wb.engine.session import Session
+from int8wb.engine.task import Task
 from tests.tiny_models import save_tiny_llama
 
 REPO = Path(__file__).resolve().parent.parent
@@ -160,7 +160,7 @@ def test_an_old_export_set_aside_by_a_killed_writer_is_put_back(vectorwise_sessi
 
 
 def test_two_engines_converting_the_same_gguf_at_once_share_one_conversion(tmp_path, monkeypatch):
-    from engine.model import loading
+    from int8wb.engine.model import loading
 
     monkeypatch.setenv("INT8WB_CACHE_DIR", str(tmp_path / "cache"))
     gguf = tmp_path / "model.gguf"
@@ -212,9 +212,9 @@ def _can_mount_a_small_disk() -> bool:
 DISK_FILLS_UP = """
 import sys
 from pathlib import Path
-from engine.errors import WorkbenchError
-from engine.session import Session
-from engine.task import CallbackTask, Task
+from int8wb.engine.errors import WorkbenchError
+from int8wb.engine.session import Session
+from int8wb.engine.task import CallbackTask, Task
 
 source, out = sys.argv[1], Path(sys.argv[2])
 session = Session()

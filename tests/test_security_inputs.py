@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.errors import BadInput
-from engine.model import corpus, limits
-from engine.model.layers import decoder_layers
-from engine.session import Session
-from engine.task import CallbackTask, Task
+from int8wb.engine.errors import BadInput
+from int8wb.engine.model import corpus, limits
+from int8wb.engine.model.layers import decoder_layers
+from int8wb.engine.session import Session
+from int8wb.engine.task import CallbackTask, Task
 from tests.tiny_models import TinyLoaded, WordTokenizer, save_tiny_llama
 
 REPO = Path(__file__).resolve().parent.parent
@@ -70,7 +70,7 @@ def test_a_request_cannot_turn_on_remote_code(model_with_its_own_code):
 def test_the_engines_starter_can_allow_remote_code(model_with_its_own_code, tmp_path, monkeypatch):
     from transformers import dynamic_module_utils
 
-    from engine.errors import ModelLoadError
+    from int8wb.engine.errors import ModelLoadError
 
     monkeypatch.setattr(dynamic_module_utils, "HF_MODULES_CACHE", str(tmp_path / "modules"))
     monkeypatch.setattr(sys, "path", list(sys.path))
@@ -82,7 +82,7 @@ def test_the_engines_starter_can_allow_remote_code(model_with_its_own_code, tmp_
 
 @pytest.mark.parametrize("allowed", [False, True])
 def test_the_local_engine_runs_remote_code_only_when_its_starter_says_so(allowed):
-    from engine.client import EngineClient
+    from int8wb.engine.client import EngineClient
 
     with EngineClient() as client:
         client.start_local(timeout_s=60, session=SLEEPY, allow_remote_code=allowed)
@@ -149,7 +149,7 @@ def tiny_gpt2(positions: int = 64) -> TinyLoaded:
 
 
 def test_sequences_longer_than_the_context_are_bad_input():
-    from engine.quant import evaluate, scan
+    from int8wb.engine.quant import evaluate, scan
 
     loaded = tiny_gpt2(positions=64)
     with pytest.raises(BadInput, match="longer than the model's context of 64"):

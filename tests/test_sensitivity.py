@@ -9,10 +9,10 @@ import warnings
 import pytest
 import torch
 
-from engine.errors import BadInput
-from engine.quant import evaluate, quantize, sensitivity, skip_list
-from engine.session import Session
-from engine.task import Task
+from int8wb.engine.errors import BadInput
+from int8wb.engine.quant import evaluate, quantize, sensitivity, skip_list
+from int8wb.engine.session import Session
+from int8wb.engine.task import Task
 from tests.tiny_models import save_tiny_llama, tiny_llama, tiny_loaded
 
 TARGET = 0.3  # percent: the tiny random model is far from text, so INT8 moves its perplexity little
@@ -111,7 +111,7 @@ def assert_replay_measures_what_running_measures(model, outputs, batches, refere
 
 def test_replayed_layers_measure_exactly_what_running_them_measures(planted):
     """A group in layer 1 measured with layer 0 replayed from the fully quantized pass: same NLL, layer 0 not run."""
-    from engine.model.replay import LayerOutputs
+    from int8wb.engine.model.replay import LayerOutputs
 
     variant = quantize.run({"method": "vectorwise"}, Task(), planted)
     windows, _ = evaluate.evaluation_windows(evaluate.EvalSettings(tokens=256, window=64), planted.tokenizer)
@@ -181,7 +181,7 @@ def test_groups_rank_by_the_damage_they_do_alone_per_byte():
 
 def test_a_group_quantized_alone_measures_the_same_with_the_float_layers_before_it_replayed(planted):
     """Layer 1 quantized alone, layer 0 replayed from the floating-point model's pass: same NLL, layer 0 not run."""
-    from engine.model.replay import LayerOutputs
+    from int8wb.engine.model.replay import LayerOutputs
 
     variant = quantize.run({"method": "vectorwise"}, Task(), planted)
     windows, _ = evaluate.evaluation_windows(evaluate.EvalSettings(tokens=256, window=64), planted.tokenizer)
@@ -295,7 +295,7 @@ def test_export_with_a_skip_list_loads_in_bitsandbytes(tmp_path):
 
 
 def test_cli_export_with_skip_modules_prints_the_lists(tmp_path, capsys):
-    from engine.cli import main
+    from int8wb.engine.cli import main
 
     source = save_tiny_llama(tmp_path / "tiny", intermediate=128)
     out = tmp_path / "export"
@@ -311,7 +311,7 @@ def test_cli_export_with_skip_modules_prints_the_lists(tmp_path, capsys):
 
 
 def test_cli_sensitivity_prints_the_curve_with_its_bound_and_the_lists(tmp_path, capsys):
-    from engine.cli import main
+    from int8wb.engine.cli import main
 
     source = save_tiny_llama(tmp_path / "tiny", outlier_dim=5)
     common = ["sensitivity", "--model", str(source), "--method", "absmax-tensor", "--group", "linear"]

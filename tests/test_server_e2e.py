@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import protocol
-from engine.client import ConnectionInfo, EngineClient, EngineError, EngineState
+from int8wb.engine import protocol
+from int8wb.engine.client import ConnectionInfo, EngineClient, EngineError, EngineState
 from tests.fixtures_engine import process_alive, wait_dead
 
 REPO = Path(__file__).resolve().parent.parent
@@ -149,7 +149,7 @@ def test_engine_killed_mid_job_is_reported_as_crashed_and_can_be_restarted():
 def test_engine_exits_when_its_parent_is_killed(tmp_path):
     script = textwrap.dedent("""
         import sys, time
-        from engine.client import EngineClient
+        from int8wb.engine.client import EngineClient
         client = EngineClient()
         client.start_local(timeout_s=60)
         print(client.pid, flush=True)
@@ -173,7 +173,7 @@ def test_remote_engine_serves_clients_with_the_connection_file_key_only(tmp_path
         [
             sys.executable,
             "-m",
-            "engine.cli",
+            "int8wb.engine.cli",
             "engine",
             "--listen",
             "tcp://127.0.0.1:0",
@@ -221,7 +221,15 @@ def test_remote_engine_serves_clients_with_the_connection_file_key_only(tmp_path
 
 def test_bad_listen_address_and_connection_files_are_explained(tmp_path):
     run = subprocess.run(
-        [sys.executable, "-m", "engine", "--listen", "localhost:80", "--connection-file", str(tmp_path / "c.json")],
+        [
+            sys.executable,
+            "-m",
+            "int8wb.engine",
+            "--listen",
+            "localhost:80",
+            "--connection-file",
+            str(tmp_path / "c.json"),
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -9,11 +9,11 @@ import json
 import pytest
 import torch
 
-from engine.errors import BadInput
-from engine.quant.int8_linear import Int8Linear
-from engine.session import Session
-from engine.task import Task
-from engine.vocabulary import FORMAT_METHODS, METHODS
+from int8wb.engine.errors import BadInput
+from int8wb.engine.quant.int8_linear import Int8Linear
+from int8wb.engine.session import Session
+from int8wb.engine.task import Task
+from int8wb.engine.vocabulary import FORMAT_METHODS, METHODS
 from tests.tiny_models import save_tiny
 
 TINY_THRESHOLD = 2.5
@@ -108,8 +108,8 @@ def test_decompressed_w8a8_model_is_the_weight_only_model(tiny_llama_session, tm
     ],
 )
 def test_methods_a_format_cannot_carry_are_refused_before_anything_is_written(tmp_path, capsys, method, fmt, words):
-    from engine.checkpoint.layout import check_format
-    from engine.cli import main
+    from int8wb.engine.checkpoint.layout import check_format
+    from int8wb.engine.cli import main
 
     with pytest.raises(BadInput, match=words):
         check_format(fmt, method)
@@ -197,14 +197,14 @@ def default_session() -> Session:
 
 @pytest.fixture(scope="module")
 def eval_windows(default_session):
-    from engine.quant.evaluate import EvalSettings, evaluation_windows
+    from int8wb.engine.quant.evaluate import EvalSettings, evaluation_windows
 
     windows, _ = evaluation_windows(EvalSettings(tokens=EVAL_TOKENS), default_session.loaded.tokenizer)
     return windows
 
 
 def _perplexity(model, windows) -> float:
-    from engine.quant.evaluate import perplexity
+    from int8wb.engine.quant.evaluate import perplexity
 
     return perplexity(model, windows, 4, Task())["perplexity"]
 

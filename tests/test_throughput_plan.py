@@ -12,11 +12,11 @@ from dataclasses import replace
 
 import pytest
 
-from engine.cli import plan as plan_command
-from engine.planning import plan_memory, presets, throughput
-from engine.planning.planner import Settings
-from engine.task import Task
-from engine.vocabulary import GPU_BANDWIDTH, GPU_PEAK_OPS, GPUS
+from int8wb.engine.cli import plan as plan_command
+from int8wb.engine.planning import plan_memory, presets, throughput
+from int8wb.engine.planning.planner import Settings
+from int8wb.engine.task import Task
+from int8wb.engine.vocabulary import GPU_BANDWIDTH, GPU_PEAK_OPS, GPUS
 from tests.test_planner import TINY, TINY_INVENTORY
 
 FP16 = Settings(context=5, batch=3, dtype="float16")
@@ -130,8 +130,8 @@ def _subparsers():
 @pytest.mark.slow
 def test_default_model_bytes_per_token_are_its_stored_bytes_plus_the_kv_read(default_model, default_scan):
     """SmolLM2-135M (tied) in float32: what a step reads is every stored tensor once, plus the planned KV cache."""
-    from engine.planning import memory
-    from engine.quant import quantize
+    from int8wb.engine.planning import memory
+    from int8wb.engine.quant import quantize
 
     counts = {name: int(len(d)) for name, d in default_scan.outlier_dims(6.0).items()}
     params = {"preset": "smollm2-135m", "dtype": "float32", "outlier_counts": counts, "context": 300, "batch": 2}

@@ -15,6 +15,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -23,11 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ["app", "engine", "kernels", "resources"]
 IN_THE_FRESH_ENVIRONMENT = """
 import json, sys
-import kernels
-from kernels import cpu_loader, cuda_loader
+from int8wb.kernels import cpu_loader, cuda_loader
 cubins = cuda_loader.cubins_for(90)
 print(json.dumps({
-    "kernels": kernels.__file__,
+    "kernels": cuda_loader.__file__,
     "prefix": sys.prefix,
     "sources": sorted(cuda_loader.cuda_sources()),
     "headers": sorted(cuda_loader.cuda_headers()),
@@ -48,6 +49,31 @@ def build_wheel(tmp_path: Path) -> Path:
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", dist, source], check=True)
     (wheel,) = dist.glob("int8_workbench-*.whl")
     return wheel
+
+
+def test_the_package_list_names_every_folder():
+    """setuptools installs only the packages pyproject.toml lists: a new folder left out would be missing."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    on_disk = {
+        "int8wb." + ".".join(path.relative_to(ROOT).parts)
+        for package in PACKAGES
+        for path in [ROOT / package, *(ROOT / package).rglob("*")]
+        if path.is_dir() and path.name != "__pycache__"
+    }
+    assert set(setuptools["packages"]) == on_disk
+    assert setuptools["package-dir"] == {f"int8wb.{package}": package for package in PACKAGES}
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_one_top_level_name(tmp_path):
+    with zipfile.ZipFile(build_wheel(tmp_path)) as wheel:
+        names = wheel.namelist()
+    top_level = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
+    assert top_level == {"int8wb"}
+    assert not any(name.startswith("int8wb/__init__") for name in names)  # one namespace, as in the checkout
+    assert {"int8wb/engine/cli/__init__.py", "int8wb/kernels/common.cuh", "int8wb/resources/workbench.qss"} <= set(
+        names
+    )
 
 
 def fresh_environment(tmp_path: Path, wheel: Path) -> Path:

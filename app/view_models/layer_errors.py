@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from app.view_models.scan_stats import ScanStatistics
-from engine.vocabulary import METHOD_SHORT_LABELS, METHODS
+from int8wb.app.view_models.scan_stats import ScanStatistics
+from int8wb.engine.vocabulary import METHOD_SHORT_LABELS, METHODS
 
 TOP_DIMS_SHOWN = 8
 

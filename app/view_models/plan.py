@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from engine.errors import BadInput
-from engine.vocabulary import DTYPE_LABELS, METHOD_LABELS
+from int8wb.engine.errors import BadInput
+from int8wb.engine.installation import PRESETS
+from int8wb.engine.vocabulary import DTYPE_LABELS, METHOD_LABELS
 
 SOURCE_MODEL, SOURCE_PRESET, SOURCE_CONFIG = "model", "preset", "config"
 SOURCES = (SOURCE_MODEL, SOURCE_PRESET, SOURCE_CONFIG)
@@ -50,8 +50,8 @@ WORKSPACE_TERM_NOTES = {
 
 
 def preset_dir() -> Path:
-    """resources/presets, the directory engine/presets.py reads too."""
-    return Path(str(resources.files("resources"))) / "presets"
+    """resources/presets, the directory engine/planning/presets.py reads too."""
+    return PRESETS
 
 
 def method_label(method: str, dtype: str | None = None) -> str:

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.view_models.decode import DecodeRun
-from engine.vocabulary import BASELINE, RESULT_GPUS
+from int8wb.app.view_models.decode import DecodeRun
+from int8wb.engine.vocabulary import BASELINE, RESULT_GPUS
 
 MB = 1e6
 UNKNOWN = "—"

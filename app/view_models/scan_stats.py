@@ -29,7 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from engine.vocabulary import EXPERT_KINDS, FEW_EXPERT_TOKENS, HIST_LOG10_MAX, HIST_LOG10_MIN, KIND_LABELS, KIND_ORDER
+from int8wb.engine.vocabulary import (
+    EXPERT_KINDS,
+    FEW_EXPERT_TOKENS,
+    HIST_LOG10_MAX,
+    HIST_LOG10_MIN,
+    KIND_LABELS,
+    KIND_ORDER,
+)
 
 
 @dataclass

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from app.view_models.scan_stats import ScanStatistics
-from engine.vocabulary import DEFAULT_ALPHA, check_alpha, smoothing_factors
+from int8wb.app.view_models.scan_stats import ScanStatistics
+from int8wb.engine.vocabulary import DEFAULT_ALPHA, check_alpha, smoothing_factors
 
 VIEW_ACTIVATIONS = "activations"
 VIEW_WEIGHTS = "weights"

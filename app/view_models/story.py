@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from app.view_models.results import ResultRow, ResultsModel
-from app.view_models.scan_stats import ScanStatistics
-from app.view_models.threshold import ThresholdModel
-from engine.vocabulary import BASELINE, DEFAULT_THRESHOLD, KIND_ATTN_IN, KIND_LABELS, METHOD_SHORT_LABELS
+from int8wb.app.view_models.results import ResultRow, ResultsModel
+from int8wb.app.view_models.scan_stats import ScanStatistics
+from int8wb.app.view_models.threshold import ThresholdModel
+from int8wb.engine.vocabulary import BASELINE, DEFAULT_THRESHOLD, KIND_ATTN_IN, KIND_LABELS, METHOD_SHORT_LABELS
 
 INTRO = (
     "A language model's Linear layers multiply activations by weights. INT8 stores each number as one of 255 "

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from app.view_models.scan_stats import ScanStatistics
-from engine.vocabulary import DEFAULT_THRESHOLD, KIND_LABELS, KIND_ORDER, check_threshold
+from int8wb.app.view_models.scan_stats import ScanStatistics
+from int8wb.engine.vocabulary import DEFAULT_THRESHOLD, KIND_LABELS, KIND_ORDER, check_threshold
 
 INDEX_BYTES = 8  # int64 column index per outlier column
 

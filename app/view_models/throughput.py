@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.view_models.plan import Term, method_label, ordered_terms
-from engine.errors import BadInput
+from int8wb.app.view_models.plan import Term, method_label, ordered_terms
+from int8wb.engine.errors import BadInput
 
 READ_TERM_NOTES = {
     "float weight": "every Linear weight in the float dtype, once per step",

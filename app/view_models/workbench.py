@@ -27,13 +27,21 @@ import enum
 from collections.abc import Callable
 from typing import Any
 
-from app.view_models.decode import RUN_DECODE_PARAMS
-from app.view_models.layer_errors import LayerErrors
-from app.view_models.results import ResultsModel
-from app.view_models.scan_stats import ScanStatistics
-from app.view_models.threshold import ThresholdModel
-from engine.client import EngineClient, EngineError, EngineState, Job
-from engine.vocabulary import BASELINE, DEFAULT_ALPHA, EXPORT_FORMATS, FLOAT_BYTES, KIND_ORDER, NEEDS_SCAN, RESULT_GPUS
+from int8wb.app.view_models.decode import RUN_DECODE_PARAMS
+from int8wb.app.view_models.layer_errors import LayerErrors
+from int8wb.app.view_models.results import ResultsModel
+from int8wb.app.view_models.scan_stats import ScanStatistics
+from int8wb.app.view_models.threshold import ThresholdModel
+from int8wb.engine.client import EngineClient, EngineError, EngineState, Job
+from int8wb.engine.vocabulary import (
+    BASELINE,
+    DEFAULT_ALPHA,
+    EXPORT_FORMATS,
+    FLOAT_BYTES,
+    KIND_ORDER,
+    NEEDS_SCAN,
+    RESULT_GPUS,
+)
 
 REQUEST_LABELS = {
     "load_model": "Loading the model",

@@ -25,8 +25,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.views.inputs import spin_box
-from engine.vocabulary import (
+from int8wb.app.views.inputs import spin_box
+from int8wb.engine.vocabulary import (
     METHOD_DESCRIPTIONS,
     METHOD_LABELS,
     METHOD_SHORT_LABELS,

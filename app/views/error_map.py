@@ -16,11 +16,11 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
 
-from app.view_models.layer_errors import LayerErrors
-from app.view_models.threshold import ThresholdModel
-from app.views import colors
-from app.views.empty_state import EmptyState
-from app.views.heatmap import index_rows, row_ticks
+from int8wb.app.view_models.layer_errors import LayerErrors
+from int8wb.app.view_models.threshold import ThresholdModel
+from int8wb.app.views import colors
+from int8wb.app.views.empty_state import EmptyState
+from int8wb.app.views.heatmap import index_rows, row_ticks
 
 EMPTY_TEXT = (
     "Tick “measure each method's error” in the scan panel and scan: each method's output error (SQNR) on "

@@ -17,10 +17,10 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
-from app.view_models.scan_stats import ExpertRows, ScanStatistics
-from app.view_models.threshold import ThresholdModel
-from app.views import colors
-from engine.vocabulary import FEW_EXPERT_TOKENS, KIND_LABELS
+from int8wb.app.view_models.scan_stats import ExpertRows, ScanStatistics
+from int8wb.app.view_models.threshold import ThresholdModel
+from int8wb.app.views import colors
+from int8wb.engine.vocabulary import FEW_EXPERT_TOKENS, KIND_LABELS
 
 
 class ExpertsPanel(QWidget):

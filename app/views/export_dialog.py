@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.vocabulary import EXPORT_FORMATS, FORMAT_LABELS, FORMAT_LOADERS, FORMAT_METHODS, METHOD_LABELS
+from int8wb.engine.vocabulary import EXPORT_FORMATS, FORMAT_LABELS, FORMAT_LOADERS, FORMAT_METHODS, METHOD_LABELS
 
 
 def carried(fmt: str, quantized: list[str]) -> list[str]:

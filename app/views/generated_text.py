@@ -8,7 +8,7 @@ from __future__ import annotations
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QHeaderView, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
 
-from app.view_models.results import ResultsModel
+from int8wb.app.view_models.results import ResultsModel
 
 HEADERS = ("method", "tokens/s", "bound", "differs", "generated text")
 

@@ -24,13 +24,13 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
-from app.view_models.scan_stats import ScanStatistics
-from app.view_models.threshold import ThresholdModel
-from app.views import colors
-from app.views.colors import index_rows
-from app.views.empty_state import EmptyState
-from app.views.experts_panel import ExpertsPanel
-from engine.vocabulary import KIND_SHORT
+from int8wb.app.view_models.scan_stats import ScanStatistics
+from int8wb.app.view_models.threshold import ThresholdModel
+from int8wb.app.views import colors
+from int8wb.app.views.colors import index_rows
+from int8wb.app.views.empty_state import EmptyState
+from int8wb.app.views.experts_panel import ExpertsPanel
+from int8wb.engine.vocabulary import KIND_SHORT
 
 EMPTY_TEXT = (
     "Scan to see the largest activation of every feature dimension in every layer: "

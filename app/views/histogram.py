@@ -16,11 +16,11 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
-from app.view_models.scan_stats import ScanStatistics
-from app.view_models.threshold import ThresholdModel
-from app.views import colors
-from app.views.empty_state import EmptyState
-from app.views.throttle import Coalescer
+from int8wb.app.view_models.scan_stats import ScanStatistics
+from int8wb.app.view_models.threshold import ThresholdModel
+from int8wb.app.views import colors
+from int8wb.app.views.empty_state import EmptyState
+from int8wb.app.views.throttle import Coalescer
 
 REFRESH_MS = 100
 VALUES_COLOR, ABSMAX_COLOR = "#9a9cab", "#f4a259"

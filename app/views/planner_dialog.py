@@ -35,8 +35,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.engine_client import QtEngineClient
-from app.view_models.plan import (
+from int8wb.app.engine_client import QtEngineClient
+from int8wb.app.view_models.plan import (
     DEFAULT_PRESET,
     MAX_BATCH,
     MAX_CONTEXT,
@@ -48,12 +48,12 @@ from app.view_models.plan import (
     format_bytes,
     list_presets,
 )
-from app.view_models.workbench import as_sentence
-from app.views.inputs import spin_box
-from app.views.term_tree import show_terms, term_tree
-from app.views.throughput_section import ThroughputSection
-from engine.client import EngineError, EngineState
-from engine.errors import WorkbenchError
+from int8wb.app.view_models.workbench import as_sentence
+from int8wb.app.views.inputs import spin_box
+from int8wb.app.views.term_tree import show_terms, term_tree
+from int8wb.app.views.throughput_section import ThroughputSection
+from int8wb.engine.client import EngineError, EngineState
+from int8wb.engine.errors import WorkbenchError
 
 ERROR_COLOR = "#ff6b6b"
 NOT_FIT_COLOR = QColor("#e56b6f")

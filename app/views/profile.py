@@ -13,12 +13,12 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
-from app.view_models.scan_stats import ScanStatistics
-from app.view_models.threshold import ThresholdModel
-from app.views import colors
-from app.views.empty_state import EmptyState
-from app.views.histogram import PowerOfTenAxis
-from engine.vocabulary import KIND_LABELS
+from int8wb.app.view_models.scan_stats import ScanStatistics
+from int8wb.app.view_models.threshold import ThresholdModel
+from int8wb.app.views import colors
+from int8wb.app.views.empty_state import EmptyState
+from int8wb.app.views.histogram import PowerOfTenAxis
+from int8wb.engine.vocabulary import KIND_LABELS
 
 NO_SCAN_TEXT = "Scan, then click a dimension on the heatmap to follow it through every layer."
 NO_DIMENSION_TEXT = "Click a dimension on the heatmap to follow it through every layer."

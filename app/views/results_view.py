@@ -25,12 +25,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.view_models.results import ResultsModel, row_tooltip, shown_columns
-from app.view_models.scan_stats import ScanStatistics
-from app.view_models.story import result_sentence
-from app.view_models.threshold import ThresholdModel
-from app.views.empty_state import EmptyState
-from app.views.saving import ask_save_path
+from int8wb.app.view_models.results import ResultsModel, row_tooltip, shown_columns
+from int8wb.app.view_models.scan_stats import ScanStatistics
+from int8wb.app.view_models.story import result_sentence
+from int8wb.app.view_models.threshold import ThresholdModel
+from int8wb.app.views.empty_state import EmptyState
+from int8wb.app.views.saving import ask_save_path
 
 EMPTY_TEXT = (
     "Tick methods and press Run: the engine quantizes the model with each, measures its perplexity on text "

@@ -32,10 +32,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.view_models import sensitivity
-from app.view_models.workbench import Workbench
-from app.views import colors
-from engine.vocabulary import METHOD_SHORT_LABELS, METHODS
+from int8wb.app.view_models import sensitivity
+from int8wb.app.view_models.workbench import Workbench
+from int8wb.app.views import colors
+from int8wb.engine.vocabulary import METHOD_SHORT_LABELS, METHODS
 
 GROUPS = (
     ("the Linears that read one input (vLLM fuses them)", "input"),

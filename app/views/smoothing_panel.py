@@ -10,7 +10,7 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QSlider, QWidget
 
-from app.view_models.smoothing import VIEW_LABELS, SmoothingView
+from int8wb.app.view_models.smoothing import VIEW_LABELS, SmoothingView
 
 SLIDER_STEPS = 20  # alpha in steps of 0.05
 

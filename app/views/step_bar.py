@@ -9,7 +9,7 @@ from __future__ import annotations
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QWidget
 
-from app.view_models.workbench import STEP_HELP, Step
+from int8wb.app.view_models.workbench import STEP_HELP, Step
 
 STEPS = list(Step)
 

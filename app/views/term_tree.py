@@ -5,7 +5,7 @@ from __future__ import annotations
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QHeaderView, QTreeWidget, QTreeWidgetItem
 
-from app.view_models.plan import Term
+from int8wb.app.view_models.plan import Term
 
 
 def term_tree(headers: tuple[str, str, str]) -> QTreeWidget:

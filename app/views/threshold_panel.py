@@ -25,9 +25,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.view_models.threshold import ThresholdModel
-from app.views.throttle import Coalescer
-from engine.vocabulary import DEFAULT_THRESHOLD
+from int8wb.app.view_models.threshold import ThresholdModel
+from int8wb.app.views.throttle import Coalescer
+from int8wb.engine.vocabulary import DEFAULT_THRESHOLD
 
 SLIDER_STEPS = 1000
 SLIDER_LOG_RANGE = (-1.0, 3.0)  # 0.1 .. 1000

@@ -20,8 +20,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.view_models.throughput import ThroughputView
-from app.views.term_tree import show_terms, term_tree
+from int8wb.app.view_models.throughput import ThroughputView
+from int8wb.app.views.term_tree import show_terms, term_tree
 
 FIXED_COLUMNS = ("method", "read per token")
 

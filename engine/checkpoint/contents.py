@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.checkpoint import fallback
-from engine.checkpoint.layout import (
+from int8wb.engine.checkpoint import fallback
+from int8wb.engine.checkpoint.layout import (
     BITSANDBYTES,
     HELD_PREFIX,
     bitsandbytes_threshold,
@@ -37,7 +37,7 @@ def split_tensors(model, fmt: str = BITSANDBYTES) -> tuple[dict[str, Any], dict[
     What `fmt` cannot hold goes to the main file in floating point (engine.checkpoint.fallback); in the
     bitsandbytes layout its INT8 tensors go to the sidecar under HELD_PREFIX, for re-opening.
     """
-    from engine.quant.int8_linear import Int8Linear
+    from int8wb.engine.quant.int8_linear import Int8Linear
 
     main: dict[str, Any] = {}
     extra: dict[str, Any] = {}
@@ -84,7 +84,7 @@ def skipped_linears(model, fmt: str = BITSANDBYTES) -> list[str]:
     The Linears (and Conv1Ds) the model kept in floating point, routers of any type, and the
     modules `fmt` cannot hold (engine.checkpoint.fallback).
     """
-    from engine.model.layers import is_linear, is_router
+    from int8wb.engine.model.layers import is_linear, is_router
 
     unheld = fallback.unheld_modules(model, fmt)
     kept = [
@@ -102,7 +102,7 @@ def base_settings(method: str, threshold: float, skip_modules: list[str]) -> dic
 
 def quantized_settings(quantized, scan) -> dict[str, Any]:
     """The sidecar's settings of an in-memory quantized model, with the scan when the method used one."""
-    from engine.quant.schemes import scheme_of
+    from int8wb.engine.quant.schemes import scheme_of
 
     settings = base_settings(quantized.method, quantized.threshold, quantized.skipped)
     if quantized.smoothing:
@@ -134,9 +134,9 @@ def serving_record(fmt: str, method: str, threshold: float, settings: dict[str, 
 
 
 def tool_version() -> str:
-    import engine
+    from int8wb.engine.installation import __version__
 
-    return engine.__version__
+    return __version__
 
 
 def export_metadata(method: str, threshold: float, settings: dict[str, Any]) -> dict[str, str]:

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.checkpoint import contents, fallback
-from engine.checkpoint.layout import BITSANDBYTES, COMPRESSED_TENSORS, check_format
-from engine.checkpoint.staging import file_mode, overlaps, write_folder
-from engine.errors import BadInput
-from engine.quant import coverage, skip_list
+from int8wb.engine.checkpoint import contents, fallback
+from int8wb.engine.checkpoint.layout import BITSANDBYTES, COMPRESSED_TENSORS, check_format
+from int8wb.engine.checkpoint.staging import file_mode, overlaps, write_folder
+from int8wb.engine.errors import BadInput
+from int8wb.engine.quant import coverage, skip_list
 
 SIDECAR_NAME = "int8wb_export.json"
 SIDECAR_TENSORS = "int8wb_extra.safetensors"
@@ -223,7 +223,7 @@ def run(params: dict[str, Any], task, loaded, quantized, scan=None) -> ExportRes
 
 def _run_gguf(target: Path, task, loaded, quantized, settings: dict[str, Any], overwrite: bool) -> ExportResult:
     """One GGUF file with the Linear weights in Q8_0 (engine.checkpoint.gguf_export), staged like the others."""
-    from engine.checkpoint import gguf_export
+    from int8wb.engine.checkpoint import gguf_export
 
     plan = gguf_export.plan(loaded, quantized)
     needed = plan.total_bytes()

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.checkpoint.layout import BITSANDBYTES
+from int8wb.engine.checkpoint.layout import BITSANDBYTES
 
 
 def unheld_modules(model, fmt: str = BITSANDBYTES) -> dict[str, Any]:
     """Module name -> module, for each quantized module `fmt` cannot hold (see the module docstring)."""
-    from engine.model.experts import ExpertLinears
+    from int8wb.engine.model.experts import ExpertLinears
 
     found: dict[str, Any] = {}
     for name, module in model.named_modules():
@@ -59,7 +59,7 @@ def float_tensors(unheld: dict[str, Any]) -> dict[str, Any]:
     """The floating-point tensors transformers expects in place of the `unheld` modules."""
     import torch
 
-    from engine.model.experts import ExpertLinears, fused_tensors
+    from int8wb.engine.model.experts import ExpertLinears, fused_tensors
 
     def weight(module):
         return module.float_weight() if hasattr(module, "float_weight") else module.weight
@@ -105,7 +105,7 @@ def restore(model, tensors: dict[str, Any], held_layers: list[str]) -> None:
     """
     import torch.nn as nn
 
-    from engine.model.experts import ExpertLinears
+    from int8wb.engine.model.experts import ExpertLinears
 
     for name in held_layers:
         for part in ("weight", "bias"):

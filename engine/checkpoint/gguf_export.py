@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.errors import BadInput
+from int8wb.engine.errors import BadInput
 
 GGUF_NAME = "model-q8_0.gguf"
 MOSTLY_Q8_0 = 7  # llama.cpp's general.file_type of a Q8_0 model (gguf.LlamaFileType.MOSTLY_Q8_0)
@@ -83,7 +83,7 @@ def plan(loaded, quantized) -> GgufPlan:
     """Check that the model can be written as GGUF and name every tensor; nothing is read or written yet."""
     import gguf
 
-    from engine.quant.int8_linear import Int8Linear
+    from int8wb.engine.quant.int8_linear import Int8Linear
 
     model = quantized.model
     config = model.config

@@ -19,11 +19,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine.checkpoint import contents, export
-from engine.checkpoint.layout import BITSANDBYTES, check_format, layer_record, linear_tensors
-from engine.checkpoint.tensor_files import PlannedFiles
-from engine.errors import BadInput
-from engine.model.layerwise import LayerWork
+from int8wb.engine.checkpoint import contents, export
+from int8wb.engine.checkpoint.layout import BITSANDBYTES, check_format, layer_record, linear_tensors
+from int8wb.engine.checkpoint.tensor_files import PlannedFiles
+from int8wb.engine.errors import BadInput
+from int8wb.engine.model.layerwise import LayerWork
 
 
 def plan(skeleton, method: str, skipped: list[str], dtype, fmt: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -33,9 +33,9 @@ def plan(skeleton, method: str, skipped: list[str], dtype, fmt: str) -> tuple[di
     """
     import torch
 
-    from engine.checkpoint.fallback import format_takes
-    from engine.model.layers import features, linear_layers
-    from engine.quant.int8_linear import Int8Linear
+    from int8wb.engine.checkpoint.fallback import format_takes
+    from int8wb.engine.model.layers import features, linear_layers
+    from int8wb.engine.quant.int8_linear import Int8Linear
 
     specs: dict[str, Any] = {}
     layers: list[dict[str, Any]] = []
@@ -196,7 +196,7 @@ def _outside_linears(skeleton) -> list[str]:
     """The Linears outside the decoder layers (the head): kept in floating point, listed with the skipped."""
     import torch.nn as nn
 
-    from engine.model.layers import decoder_layers
+    from int8wb.engine.model.layers import decoder_layers
 
     stack_path, _ = decoder_layers(skeleton)
     return [
@@ -208,7 +208,7 @@ def _outside_linears(skeleton) -> list[str]:
 
 def _routers(skeleton) -> list[str]:
     """The routers of mixture-of-experts layers: kept in floating point, listed with the skipped."""
-    from engine.model.layers import is_router
+    from int8wb.engine.model.layers import is_router
 
     return [name for name, _ in skeleton.named_modules() if name and is_router(skeleton, name)]
 

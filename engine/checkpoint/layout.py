@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.errors import ModelLoadError
+from int8wb.engine.errors import ModelLoadError
 
 INT8_MAX = 127.0
 HELD_PREFIX = "int8wb_held."
@@ -76,8 +76,8 @@ _REFUSALS = {
 
 def check_format(fmt: Any, method: str) -> str:
     """The export format, if it carries `method`; else a BadInput that says why and which format to use."""
-    from engine.errors import BadInput
-    from engine.vocabulary import EXPORT_FORMATS, FORMAT_METHODS
+    from int8wb.engine.errors import BadInput
+    from int8wb.engine.vocabulary import EXPORT_FORMATS, FORMAT_METHODS
 
     fmt = fmt or BITSANDBYTES
     if fmt not in EXPORT_FORMATS:
@@ -175,8 +175,8 @@ def layer_record(name: str, module, held_in_float: bool = False) -> dict[str, An
 
 def rebuild_linear(layer: dict[str, Any], remaining: dict[str, Any], threshold: float, dtype):
     """The Int8Linear of one sidecar `layer` record, popping its stored tensors from `remaining`."""
-    from engine.quant.int8_linear import Int8Linear
-    from engine.quant.schemes import scheme_of
+    from int8wb.engine.quant.int8_linear import Int8Linear
+    from int8wb.engine.quant.schemes import scheme_of
 
     name = layer["name"]
     stored = f"{HELD_PREFIX}{name}" if layer.get("held_in_float") else name
@@ -206,7 +206,7 @@ def bitsandbytes_threshold(method: str, threshold: float) -> float:
     bitsandbytes counterpart (bitsandbytes always quantizes activations): its view is
     the dynamic llm-int8 of the same INT8 weights.
     """
-    from engine.quant.schemes import scheme_of
+    from int8wb.engine.quant.schemes import scheme_of
 
     scheme = scheme_of(method)
     quantizes_every_column = scheme.activations != "float" and scheme.outliers == "none"
@@ -228,7 +228,7 @@ def quantization_config(fmt: str, method: str, threshold: float, skip_modules: l
 
 def compressed_tensors_config(method: str, ignore: list[str]) -> dict[str, Any]:
     """compressed-tensors' config: int8 symmetric per-channel weights; dynamic per-token int8 inputs for W8A8."""
-    from engine.quant.schemes import scheme_of
+    from int8wb.engine.quant.schemes import scheme_of
 
     weight_only = scheme_of(method).activations == "float"
     int8 = {"num_bits": 8, "type": "int", "symmetric": True, "dynamic": False}

@@ -22,13 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from engine.checkpoint import fallback
-from engine.checkpoint.contents import EXPORT_FORMAT, EXPORT_FORMAT_VERSION
-from engine.checkpoint.export import SIDECAR_NAME
-from engine.checkpoint.layout import is_scale, rebuild_linear
-from engine.errors import ModelLoadError
-from engine.model.loaded import LoadedModel
-from engine.vocabulary import ALL_GPUS
+from int8wb.engine.checkpoint import fallback
+from int8wb.engine.checkpoint.contents import EXPORT_FORMAT, EXPORT_FORMAT_VERSION
+from int8wb.engine.checkpoint.export import SIDECAR_NAME
+from int8wb.engine.checkpoint.layout import is_scale, rebuild_linear
+from int8wb.engine.errors import ModelLoadError
+from int8wb.engine.model.dependencies import load_failure
+from int8wb.engine.model.loaded import LoadedModel
+from int8wb.engine.vocabulary import ALL_GPUS
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
@@ -135,7 +136,7 @@ def load(directory: Path, params: dict[str, Any], task, allow_remote_code: bool 
 
     `allow_remote_code` (the process owner's choice, never a request's) lets its tokenizer run shipped code.
     """
-    from engine.model.loaded import pick_device, quiet_transformers
+    from int8wb.engine.model.loaded import pick_device, quiet_transformers
 
     directory = Path(directory)
     device = pick_device(params.get("device"))
@@ -179,14 +180,14 @@ def _build(directory: Path, manifest: dict[str, Any], tensors: dict[str, Any]):
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from engine.model.experts import unfuse_experts
-    from engine.model.layers import features
-    from engine.quant.quantize import QuantizedModel, replace_module
+    from int8wb.engine.model.experts import unfuse_experts
+    from int8wb.engine.model.layers import features
+    from int8wb.engine.quant.quantize import QuantizedModel, replace_module
 
     try:
         config = AutoConfig.from_pretrained(directory)
     except Exception as exc:
-        raise ModelLoadError(f"could not read {directory / 'config.json'}: {str(exc).splitlines()[0]}") from exc
+        raise load_failure(exc, f"could not read {directory / 'config.json'}") from exc
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # that is bitsandbytes' view; the workbench builds its own modules
     dtype = _stored_float_dtype(tensors)
@@ -262,5 +263,5 @@ def _tokenizer(directory: Path, allow_remote_code: bool):
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=allow_remote_code)
     except Exception as exc:
-        raise ModelLoadError(f"could not load the tokenizer in {directory}: {str(exc).splitlines()[0]}") from exc
+        raise load_failure(exc, f"could not load the tokenizer in {directory}") from exc
     return tokenizer, []

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from engine.errors import BadInput
+from int8wb.engine.errors import BadInput
 
 STALE_AFTER_S = 60.0
 PARTIAL, OLD = "partial", "old"

@@ -14,8 +14,9 @@ import importlib
 import pkgutil
 import sys
 
-import engine
-from engine.errors import WorkbenchError
+from int8wb.engine.errors import WorkbenchError
+from int8wb.engine.installation import __version__
+from int8wb.engine.model import dependencies
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -27,11 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Int8 Workbench: see the activation outliers of a language model, pick the threshold, "
         "quantize to INT8 the LLM.int8() way and measure what it costs.",
     )
-    parser.add_argument("--version", action="version", version=f"int8wb {engine.__version__}")
+    parser.add_argument("--version", action="version", version=f"int8wb {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if not module_info.name.startswith("_") and module_info.name != "__main__":
-            importlib.import_module(f"engine.cli.{module_info.name}").add_parser(subparsers)
+            importlib.import_module(f"{__name__}.{module_info.name}").add_parser(subparsers)
     return parser
 
 
@@ -45,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except WorkbenchError as exc:
         print(f"int8wb: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except ImportError as exc:  # a dependency that no loader wrapped: name it rather than print a traceback
+        print(f"int8wb: error: {dependencies.diagnosis(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("\nint8wb: interrupted", file=sys.stderr)

@@ -1,7 +1,7 @@
-"""`python -m engine.cli`: the same as the `int8wb` command."""
+"""`python -m int8wb.engine.cli`: the same as the `int8wb` command."""
 
 import sys
 
-from engine.cli import main
+from int8wb.engine.cli import main
 
 sys.exit(main())

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.cli._progress import ProgressBarTask
-from engine.vocabulary import ALL_GPUS, DEFAULT_ALPHA, DEFAULT_THRESHOLD, NEEDS_SCAN, OFFLOAD_MODES
+from int8wb.engine.cli._progress import ProgressBarTask
+from int8wb.engine.vocabulary import ALL_GPUS, DEFAULT_ALPHA, DEFAULT_THRESHOLD, NEEDS_SCAN, OFFLOAD_MODES
 
 DEFAULT_METHODS = "absmax-tensor,vectorwise,llm-int8,weight-only"
 
@@ -66,9 +66,9 @@ def needs_scan(methods: list[str]) -> bool:
 
 def session_with_model(args):
     """A session with the model loaded, after checking the cheap arguments (no 20 s load before a typo)."""
-    from engine.model.corpus import load_split
-    from engine.session import Session
-    from engine.vocabulary import check_alpha, check_threshold
+    from int8wb.engine.model.corpus import load_split
+    from int8wb.engine.session import Session
+    from int8wb.engine.vocabulary import check_alpha, check_threshold
 
     check_threshold(args.threshold)
     check_alpha(getattr(args, "alpha", DEFAULT_ALPHA))
@@ -147,7 +147,7 @@ def print_warnings(rows: list[dict[str, Any]]) -> None:
 
 
 def parse_methods(text: str) -> list[str]:
-    from engine.quant.quantize import check_methods
+    from int8wb.engine.quant.quantize import check_methods
 
     return check_methods(text)
 

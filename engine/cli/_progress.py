@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from engine.task import Task
+from int8wb.engine.task import Task
 
 BAR_WIDTH = 30
 SHOW_AFTER_S = 1.0

@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from engine.cli import _common
-from engine.cli._progress import ProgressBarTask
-from engine.vocabulary import METHODS
+from int8wb.engine.cli import _common
+from int8wb.engine.cli._progress import ProgressBarTask
+from int8wb.engine.vocabulary import METHODS
 
 
 def add_parser(subparsers) -> None:
@@ -41,7 +41,7 @@ def add_parser(subparsers) -> None:
 
 
 def cmd_bench_decode(args) -> int:
-    from engine.quant.decode import DecodeSettings
+    from int8wb.engine.quant.decode import DecodeSettings
 
     params = {
         "new_tokens": args.new_tokens,

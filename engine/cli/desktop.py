@@ -20,10 +20,11 @@ import shutil
 import sys
 from pathlib import Path
 
-from engine.errors import BadInput
+from int8wb.engine import installation
+from int8wb.engine.errors import BadInput
 
 APP_ID = "org.int8workbench.Int8Workbench"
-ICON_DIR = Path(__file__).resolve().parents[2] / "resources" / "icons"
+ICON_DIR = installation.ICONS
 ICON_SVG = "int8-workbench.svg"
 ICON_SIZES = (16, 24, 32, 48, 64, 128, 256, 512)
 EXEC_RESERVED = set(" \t\n\"'\\><~|&;$*?#()`")
@@ -70,7 +71,7 @@ def launch_command() -> list[str]:
     found = shutil.which("int8wb")
     if found:
         return [str(Path(found).absolute()), "gui"]
-    return [str(Path(sys.executable).absolute()), "-m", "engine.cli", "gui"]
+    return [str(Path(sys.executable).absolute()), "-m", "int8wb.engine.cli", "gui"]
 
 
 def entry_text(command: list[str]) -> str:

@@ -1,4 +1,4 @@
-"""`int8wb engine` (also `python -m engine`): run the engine process.
+"""`int8wb engine` (also `python -m int8wb.engine`): run the engine process.
 
 Two ways to start it:
 
@@ -28,8 +28,8 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from engine import protocol
-from engine.errors import BadInput, WorkbenchError
+from int8wb.engine import protocol
+from int8wb.engine.errors import BadInput, WorkbenchError
 
 WILDCARD_HOSTS = {"0.0.0.0", "*", "::", "[::]", "[::0]"}
 
@@ -67,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parent-pid", type=int, help="exit when this process is no longer the parent")
     parser.add_argument(
         "--session",
-        default="engine.session:Session",
+        default="int8wb.engine.session:Session",
         metavar="MODULE:CALLABLE",
         help="what runs the jobs (default: %(default)s)",
     )
@@ -97,7 +97,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from engine.server import EngineServer, load_session_factory
+    from int8wb.engine.server import EngineServer, load_session_factory
 
     _check_listen(args.listen)
     parent_gone = threading.Event()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from engine.cli import _common
-from engine.cli._progress import ProgressBarTask
-from engine.cli.scan import format_scan_report
-from engine.vocabulary import METHODS
+from int8wb.engine.cli import _common
+from int8wb.engine.cli._progress import ProgressBarTask
+from int8wb.engine.cli.scan import format_scan_report
+from int8wb.engine.vocabulary import METHODS
 
 
 def add_parser(subparsers) -> None:
@@ -26,7 +26,7 @@ def add_parser(subparsers) -> None:
 
 
 def cmd_eval(args, show_scan: bool = False) -> int:
-    from engine.quant.evaluate import format_table
+    from int8wb.engine.quant.evaluate import format_table
 
     session = _common.session_with_model(args)
     methods = _common.parse_methods(args.methods)

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.cli import _common
-from engine.cli._progress import ProgressBarTask
-from engine.errors import BadInput
-from engine.quant import skip_list
-from engine.quant.evaluate import coverage_lines
-from engine.vocabulary import EXPORT_FORMATS, FORMAT_LOADERS, METHODS
+from int8wb.engine.cli import _common
+from int8wb.engine.cli._progress import ProgressBarTask
+from int8wb.engine.errors import BadInput
+from int8wb.engine.quant import skip_list
+from int8wb.engine.quant.evaluate import coverage_lines
+from int8wb.engine.vocabulary import EXPORT_FORMATS, FORMAT_LOADERS, METHODS
 
 
 def add_parser(subparsers) -> None:
@@ -55,8 +55,8 @@ def add_parser(subparsers) -> None:
 
 
 def cmd_export(args) -> int:
-    from engine.checkpoint.export import check_target, parse_size
-    from engine.checkpoint.layout import check_format
+    from int8wb.engine.checkpoint.export import check_target, parse_size
+    from int8wb.engine.checkpoint.layout import check_format
 
     check_format(args.format, args.method)  # refuse before a long load
     check_target(args.out, args.overwrite)

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from engine.errors import BadInput
+from int8wb.engine.errors import BadInput
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -23,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     check_display(os.environ, sys.platform)
-    from app.main import main
+    from int8wb.app.main import main
 
     return main(connection_file=args.connect, model=args.model)
 

@@ -13,13 +13,13 @@ import json
 import sys
 from typing import Any
 
-from engine.errors import BadInput, WorkbenchError
-from engine.vocabulary import FLOAT_BYTES, GPUS, METHOD_LABELS
+from int8wb.engine.errors import BadInput, WorkbenchError
+from int8wb.engine.vocabulary import FLOAT_BYTES, GPUS, METHOD_LABELS
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register `plan` and its options; `main` is set as the handler."""
-    from engine.planning.planner import DEFAULT_OUTLIER_FRACTION, DEFAULT_USABLE_FRACTION, PLAN_METHODS
+    from int8wb.engine.planning.planner import DEFAULT_OUTLIER_FRACTION, DEFAULT_USABLE_FRACTION, PLAN_METHODS
 
     parser = subparsers.add_parser(
         "plan",
@@ -78,8 +78,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from engine.planning import plan_memory, presets
-    from engine.task import Task
+    from int8wb.engine.planning import plan_memory, presets
+    from int8wb.engine.task import Task
 
     if args.list_presets:
         rows = presets.list_presets()
@@ -113,7 +113,7 @@ def _main(args: argparse.Namespace) -> int:
 
 def largest_on(spec: str, among: str | None, params: dict[str, Any]) -> dict[str, Any]:
     """For each method, the preset with the most parameters that fits on COUNT cards of a kind."""
-    from engine.planning import plan_memory, planner, presets
+    from int8wb.engine.planning import plan_memory, planner, presets
 
     count_text, _, gpu = spec.partition("x")
     if not count_text.isdigit() or not gpu:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from engine.cli import _common
-from engine.quant.evaluate import coverage_lines, smoothing_note
-from engine.vocabulary import METHODS
+from int8wb.engine.cli import _common
+from int8wb.engine.quant.evaluate import coverage_lines, smoothing_note
+from int8wb.engine.vocabulary import METHODS
 
 
 def add_parser(subparsers) -> None:

@@ -6,9 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from engine.cli import _common
-from engine.quant.layer_errors import DEFAULT_ERROR_TOKENS
-from engine.vocabulary import KIND_LABELS, METHODS
+from int8wb.engine.cli import _common
+from int8wb.engine.quant.layer_errors import DEFAULT_ERROR_TOKENS
+from int8wb.engine.vocabulary import KIND_LABELS, METHODS
 
 
 def add_parser(subparsers) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.cli import _common
-from engine.cli._progress import ProgressBarTask
-from engine.quant.sensitivity import GROUPS, SweepSettings
-from engine.vocabulary import METHODS
+from int8wb.engine.cli import _common
+from int8wb.engine.cli._progress import ProgressBarTask
+from int8wb.engine.quant.sensitivity import GROUPS, SweepSettings
+from int8wb.engine.vocabulary import METHODS
 
 MB = 1e6
 

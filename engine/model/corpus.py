@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import BadInput
+from int8wb.engine.errors import BadInput
 
 CALIBRATION_EVERY = 5
 USER_CALIBRATION_FRACTION = 0.2

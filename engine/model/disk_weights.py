@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ModelLoadError
+from int8wb.engine.errors import ModelLoadError
 
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ModelLoadError
+from int8wb.engine.model.dependencies import load_failure
 
 MAX_SHARD_SIZE = "50GB"
 
@@ -38,8 +38,7 @@ def convert(gguf: Path, out_dir: Path, task) -> None:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         reader, processor = _reader(gguf, config)
     except Exception as exc:  # a damaged header fails in many ways; the file is what the user must hear about
-        first_line = (str(exc).strip() or type(exc).__name__).splitlines()[0][:500]
-        raise ModelLoadError(f"could not read the GGUF file {gguf}: {first_line}") from exc
+        raise load_failure(exc, f"could not read the GGUF file {gguf}") from exc
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the tensors are written dequantized
     model = _skeleton(config)
@@ -100,8 +99,8 @@ def _write(sources, processor, out_dir: Path, task) -> None:
     import torch
     from gguf import dequantize
 
-    from engine.checkpoint.export import WEIGHTS_INDEX_NAME, parse_size, plan_shards, write_json
-    from engine.checkpoint.tensor_files import PlannedFiles
+    from int8wb.engine.checkpoint.export import WEIGHTS_INDEX_NAME, parse_size, plan_shards, write_json
+    from int8wb.engine.checkpoint.tensor_files import PlannedFiles
 
     specs = {
         name: torch.empty(tuple(int(n) for n in reversed(t.shape)), dtype=torch.float32, device="meta")

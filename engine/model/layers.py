@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import re
 
-from engine.errors import BadInput
-from engine.vocabulary import (
+from int8wb.engine.errors import BadInput
+from int8wb.engine.vocabulary import (
     KIND_ATTN_IN,
     KIND_ATTN_OUT,
     KIND_EXPERT_DOWN,

@@ -41,8 +41,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.errors import BadInput
-from engine.model.layers import decoder_layers, linear_layers
+from int8wb.engine.errors import BadInput
+from int8wb.engine.model.layers import decoder_layers, linear_layers
 
 FINAL_NORM_NAMES = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "norm_f")
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
@@ -119,7 +119,7 @@ def model_parts(model) -> ModelParts:
 
 def check_supported(model) -> ModelParts:
     """The parts of `model`, or a BadInput that says which limit of the loop (module docstring) it breaks."""
-    from engine.model.experts import is_fused_experts
+    from int8wb.engine.model.experts import is_fused_experts
 
     config = model.config
     why = None

@@ -9,7 +9,7 @@ plan: a job that passes may still come close to the limit.
 
 from __future__ import annotations
 
-from engine.errors import BadInput
+from int8wb.engine.errors import BadInput
 
 CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
 LOGIT_COPIES = 3  # the logits, their float32 copy and the cross entropy's softmax

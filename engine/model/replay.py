@@ -22,7 +22,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from engine.model.layers import decoder_layers
+from int8wb.engine.model.layers import decoder_layers
 
 
 class LayerOutputs:

@@ -21,10 +21,10 @@ import math
 from dataclasses import replace
 from typing import Any
 
-from engine.errors import BadInput
-from engine.planning.planner import Architecture, Settings, WeightInventory, layer_weight_bytes, weight_bytes
-from engine.planning.planner import workspace_terms as planner_workspace
-from engine.vocabulary import GIB, OFFLOAD_MODES
+from int8wb.engine.errors import BadInput
+from int8wb.engine.planning.planner import Architecture, Settings, WeightInventory, layer_weight_bytes, weight_bytes
+from int8wb.engine.planning.planner import workspace_terms as planner_workspace
+from int8wb.engine.vocabulary import GIB, OFFLOAD_MODES
 
 HEAD_CHUNK_BYTES = 256 * 2**20  # float32 logits of one chunk of tokens, at most
 DEFAULT_DISK_BYTES_PER_S = 2 * 10**9  # an NVMe SSD's sequential read; shown with the estimate

@@ -120,7 +120,7 @@ def measure(record: PhaseMemory) -> Iterator[PhaseMemory]:
     if cuda:
         import torch
 
-        from engine.model.loaded import cuda_indices
+        from int8wb.engine.model.loaded import cuda_indices
 
         gpus = cuda_indices(record.device)
         for index in gpus:

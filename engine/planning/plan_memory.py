@@ -12,9 +12,9 @@ import math
 from dataclasses import replace
 from typing import Any
 
-from engine.errors import BadInput
-from engine.planning import layer_by_layer, presets, throughput
-from engine.planning.planner import (
+from int8wb.engine.errors import BadInput
+from int8wb.engine.planning import layer_by_layer, presets, throughput
+from int8wb.engine.planning.planner import (
     PLAN_METHODS,
     Settings,
     WeightInventory,
@@ -23,7 +23,7 @@ from engine.planning.planner import (
     check_settings,
     plan,
 )
-from engine.vocabulary import FLOAT_BYTES, GIB, GPUS
+from int8wb.engine.vocabulary import FLOAT_BYTES, GIB, GPUS
 
 
 def settings_from_params(params: dict[str, Any], default_dtype: str = "float16") -> Settings:

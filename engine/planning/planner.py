@@ -32,8 +32,17 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from engine.errors import BadInput
-from engine.vocabulary import BASELINE, FLOAT_BYTES, GIB, GPUS, METHODS, Q8_0_BLOCK, W8A8_METHODS, WEIGHT_ONLY_METHODS
+from int8wb.engine.errors import BadInput
+from int8wb.engine.vocabulary import (
+    BASELINE,
+    FLOAT_BYTES,
+    GIB,
+    GPUS,
+    METHODS,
+    Q8_0_BLOCK,
+    W8A8_METHODS,
+    WEIGHT_ONLY_METHODS,
+)
 
 PLAN_METHODS = (BASELINE, *METHODS)
 

@@ -12,12 +12,12 @@ numbers, and the plan says so.
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from engine.errors import BadInput
-from engine.planning.planner import Architecture, LinearShape, WeightInventory
+from int8wb.engine.errors import BadInput
+from int8wb.engine.installation import PRESETS
+from int8wb.engine.planning.planner import Architecture, LinearShape, WeightInventory
 
 PRESET_KEY = "workbench_preset"
 
@@ -41,7 +41,7 @@ _GATED_SUFFIXES = ("gate_proj", "gate_up_proj", "w1", "w3")
 
 
 def preset_dir() -> Path:
-    return Path(str(resources.files("resources"))) / "presets"
+    return PRESETS
 
 
 def list_presets() -> list[dict[str, Any]]:
@@ -115,7 +115,7 @@ def _meta_model(raw: dict[str, Any], notes: list[str]):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from engine.model.experts import unfuse_experts
+    from int8wb.engine.model.experts import unfuse_experts
 
     fields = {k: v for k, v in raw.items() if k not in ("model_type", "architectures", "auto_map")}
     try:
@@ -218,7 +218,7 @@ def model_inventory(model: Any) -> WeightInventory:
     non-persistent buffers such as rotary `inv_freq` tables are rebuilt at load time, are not
     weights, and are left out. Routers stay floating point and count with their layer.
     """
-    from engine.model.layers import decoder_layers, expert_index, features, linear_layers
+    from int8wb.engine.model.layers import decoder_layers, expert_index, features, linear_layers
 
     layers_path, layers = decoder_layers(model)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None

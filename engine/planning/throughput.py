@@ -36,9 +36,9 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from engine.planning import planner
-from engine.planning.planner import Architecture, Settings, WeightInventory
-from engine.vocabulary import BASELINE, GPU_BANDWIDTH, GPU_PEAK_OPS, W8A8_METHODS
+from int8wb.engine.planning import planner
+from int8wb.engine.planning.planner import Architecture, Settings, WeightInventory
+from int8wb.engine.vocabulary import BASELINE, GPU_BANDWIDTH, GPU_PEAK_OPS, W8A8_METHODS
 
 KV_READ = "KV cache read"
 EMBEDDING_ROWS = "input embedding rows"

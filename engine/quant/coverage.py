@@ -18,9 +18,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.errors import BadInput
-from engine.model.layers import decoder_layers, is_linear, is_router
-from engine.vocabulary import (
+from int8wb.engine.errors import BadInput
+from int8wb.engine.model.layers import decoder_layers, is_linear, is_router
+from int8wb.engine.vocabulary import (
     FLOAT_FORMAT,
     FLOAT_METHOD,
     FLOAT_REASONS,

@@ -26,8 +26,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import BadInput
-from engine.vocabulary import BASELINE, MIB
+from int8wb.engine.errors import BadInput
+from int8wb.engine.vocabulary import BASELINE, MIB
 
 SHOWN_TOKENS = 16
 """Generated tokens shown as text per method, next to the baseline's."""
@@ -72,7 +72,7 @@ def prompt_ids(settings: DecodeSettings, tokenizer):
     """(batch, prompt) token ids: the given prompt, or the evaluation text's first tokens; and the text's source."""
     import torch
 
-    from engine.model import corpus
+    from int8wb.engine.model import corpus
 
     if settings.prompt is not None:
         ids = tokenizer(settings.prompt, add_special_tokens=False)["input_ids"][: settings.prompt_tokens]
@@ -96,7 +96,7 @@ def synchronize(device: str) -> None:
     """Wait for the queued work of every GPU the device stands for, so that a clock reading covers it."""
     import torch
 
-    from engine.model.loaded import cuda_indices
+    from int8wb.engine.model.loaded import cuda_indices
 
     if device.startswith("cuda"):
         for index in cuda_indices(device):
@@ -144,8 +144,8 @@ def greedy(model, ids, new_tokens: int, device: str, task) -> Generation:
 
 def planned_read(model, method: str, dtype: str, batch: int, prompt_length: int, new_tokens: int) -> dict[str, Any]:
     """Bytes a timed step reads as planned for the model's stored layout, averaged over the steps' contexts."""
-    from engine.planning import presets, throughput
-    from engine.planning.planner import Settings
+    from int8wb.engine.planning import presets, throughput
+    from int8wb.engine.planning.planner import Settings
 
     arch, inventory = presets.from_model(model)
     contexts = [prompt_length + step for step in range(1, new_tokens)]  # positions each step attends to

@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from engine.errors import BadInput
+from int8wb.engine.errors import BadInput
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class EvalSettings:
 
 def evaluation_windows(settings: EvalSettings, tokenizer):
     """The (n, window) token ids every model is evaluated on."""
-    from engine.model import corpus
+    from int8wb.engine.model import corpus
 
     split = corpus.load_split(settings.corpus)
     ids = corpus.tokenize(tokenizer, split.evaluation, settings.tokens)
@@ -109,7 +109,7 @@ def model_row(name: str, sizes: dict[str, int], quantized=None) -> dict[str, Any
 
 def comparison(rows: list[dict[str, Any]], windows, settings: EvalSettings, source: str, device) -> dict[str, Any]:
     """The evaluation result: every row with its change against the first (the baseline)."""
-    from kernels.ops import int8_product_path
+    from int8wb.kernels.ops import int8_product_path
 
     baseline = rows[0]["perplexity"]
     for row in rows:
@@ -128,9 +128,9 @@ def run(params: dict[str, Any], task, loaded, quantized: dict[str, Any]) -> dict
     Returns {"settings", "corpus", "rows": [...]}, one row per model with
     perplexity, relative change against the baseline, and byte counts.
     """
-    from engine.model.limits import check_evaluation, check_sequence_length
-    from engine.planning.memory import MemoryRecorder
-    from engine.quant.quantize import tensor_bytes
+    from int8wb.engine.model.limits import check_evaluation, check_sequence_length
+    from int8wb.engine.planning.memory import MemoryRecorder
+    from int8wb.engine.quant.quantize import tensor_bytes
 
     settings = EvalSettings.from_params(params)
     check_sequence_length(loaded.model, settings.window, "an evaluation window")

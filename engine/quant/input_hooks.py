@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from engine.model.layers import expert_index, features, linear_kind
-from engine.quant.layer_errors import LayerErrorProbe
-from engine.vocabulary import HIST_BINS, HIST_LOG10_MAX, HIST_LOG10_MIN
+from int8wb.engine.model.layers import expert_index, features, linear_kind
+from int8wb.engine.quant.layer_errors import LayerErrorProbe
+from int8wb.engine.vocabulary import HIST_BINS, HIST_LOG10_MAX, HIST_LOG10_MIN
 
 
 @dataclass
@@ -112,7 +112,7 @@ class StatsHooks:
         self.detach()
 
     def _hook(self, name: str):
-        from kernels import ops
+        from int8wb.kernels import ops
 
         log10_range = (HIST_LOG10_MIN, HIST_LOG10_MAX)
 

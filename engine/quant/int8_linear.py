@@ -32,10 +32,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from engine.model.layers import weight_matrix
-from engine.quant.schemes import scheme_of
-from engine.vocabulary import DEFAULT_THRESHOLD
-from kernels import ops
+from int8wb.engine.model.layers import weight_matrix
+from int8wb.engine.quant.schemes import scheme_of
+from int8wb.engine.vocabulary import DEFAULT_THRESHOLD
+from int8wb.kernels import ops
 
 
 class Int8Linear(nn.Module):

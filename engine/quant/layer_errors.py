@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import BadInput
-from engine.vocabulary import DEFAULT_ALPHA, METHODS
+from int8wb.engine.errors import BadInput
+from int8wb.engine.vocabulary import DEFAULT_ALPHA, METHODS
 
 DEFAULT_ERROR_TOKENS = 256
 
@@ -133,10 +133,10 @@ class LayerErrorProbe:
         """
         import torch
 
-        from engine.model.layers import features, weight_matrix
-        from engine.quant import smoothing
-        from engine.quant.int8_linear import Int8Linear
-        from engine.quant.schemes import scheme_of
+        from int8wb.engine.model.layers import features, weight_matrix
+        from int8wb.engine.quant import smoothing
+        from int8wb.engine.quant.int8_linear import Int8Linear
+        from int8wb.engine.quant.schemes import scheme_of
 
         scheme = scheme_of(method)
         if not scheme.fits(features(linear)[0]):

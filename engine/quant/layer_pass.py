@@ -22,11 +22,17 @@ from typing import Any
 
 import numpy as np
 
-from engine.model.layers import decoder_layers, linear_layers
-from engine.model.layerwise import LayerWork, Stream, run_layers
-from engine.quant import coverage, evaluate, scan
-from engine.quant.quantize import QuantizedModel, quantize_block, smoothing_summary, tensor_bytes, tensor_bytes_of
-from engine.task import CancelOnly
+from int8wb.engine.model.layers import decoder_layers, linear_layers
+from int8wb.engine.model.layerwise import LayerWork, Stream, run_layers
+from int8wb.engine.quant import coverage, evaluate, scan
+from int8wb.engine.quant.quantize import (
+    QuantizedModel,
+    quantize_block,
+    smoothing_summary,
+    tensor_bytes,
+    tensor_bytes_of,
+)
+from int8wb.engine.task import CancelOnly
 
 
 @dataclass
@@ -101,7 +107,7 @@ class LayerVariants(LayerWork):
         """What the pass will smooth, known from the skeleton (for files whose metadata is written first)."""
         if recipe.alpha is None:
             return None
-        from engine.quant import smoothing
+        from int8wb.engine.quant import smoothing
 
         found, _ = smoothing.groups(self.model)
         smoothed = {member: group.source for group in found for member in group.members}
@@ -120,8 +126,8 @@ class _Evaluation:
     """The evaluation streams: the baseline and each method over the same windows, and their perplexity rows."""
 
     def __init__(self, settings: evaluate.EvalSettings, loaded, variants: LayerVariants) -> None:
-        from engine.model.limits import check_sequence_length
-        from engine.planning.layer_by_layer import head_chunk_tokens
+        from int8wb.engine.model.limits import check_sequence_length
+        from int8wb.engine.planning.layer_by_layer import head_chunk_tokens
 
         check_sequence_length(loaded.model, settings.window, "an evaluation window")
         self.settings = settings
@@ -166,7 +172,7 @@ def _variant_entry(variants: LayerVariants, method: str):
 def _take_from_scan(recipes: list[QuantizedModel]):
     """The scan's per-layer callback: static llm-int8 takes the layer's outlier dimensions at its threshold,
     smoothquant the layer's activation abs-max, before the layer is quantized."""
-    from engine.quant.schemes import scheme_of
+    from int8wb.engine.quant.schemes import scheme_of
 
     def on_layer(index: int, stats: list) -> None:
         for recipe in recipes:
@@ -183,7 +189,7 @@ def _take_from_scan(recipes: list[QuantizedModel]):
 
 def run(loaded, request: PassRequest, task) -> PassResult:
     """Run `request` over `loaded` (an engine.model.on_disk.LayerwiseModel) in one layer-by-layer pass."""
-    from engine.planning.memory import MemoryRecorder
+    from int8wb.engine.planning.memory import MemoryRecorder
 
     model = loaded.model
     result = PassResult()
@@ -211,7 +217,7 @@ def run(loaded, request: PassRequest, task) -> PassResult:
         if exporter is None:
             body()
         else:
-            from engine.checkpoint.export import write_staged
+            from int8wb.engine.checkpoint.export import write_staged
 
             write_staged(exporter.target, exporter.needed, body, task, exporter.overwrite)
     result.variants = variants.results()
@@ -227,8 +233,8 @@ def _exporter(loaded, request: PassRequest, variants: LayerVariants, result: Pas
     """The export work of the pass, planned and checked (target, free space) before any layer is read."""
     if request.export is None:
         return None
-    from engine.checkpoint import contents
-    from engine.checkpoint.layer_export import LayerExport
+    from int8wb.engine.checkpoint import contents
+    from int8wb.engine.checkpoint.layer_export import LayerExport
 
     recipe = request.variants[0]
     sidecar = replace(recipe, smoothing=variants.expected_smoothing(recipe))
@@ -243,7 +249,7 @@ def request_from_params(params: dict[str, Any], model, earlier_scan=None) -> Pas
     Static llm-int8 and smoothquant take their numbers from this pass's scan when there is one, else
     from `earlier_scan`.
     """
-    from engine.quant.quantize import check_methods, recipe_from_params
+    from int8wb.engine.quant.quantize import check_methods, recipe_from_params
 
     scan_settings = scan.ScanSettings.from_params(params["scan"]) if params.get("scan") is not None else None
     methods = check_methods(params["methods"]) if params.get("methods") else []

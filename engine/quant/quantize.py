@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import BadInput
-from engine.model.layers import features, linear_layers
-from engine.quant import coverage, skip_list, smoothing
-from engine.quant.int8_linear import Int8Linear
-from engine.quant.schemes import scheme_of
-from engine.vocabulary import DEFAULT_ALPHA, DEFAULT_THRESHOLD, METHODS, check_alpha, check_threshold
+from int8wb.engine.errors import BadInput
+from int8wb.engine.model.layers import features, linear_layers
+from int8wb.engine.quant import coverage, skip_list, smoothing
+from int8wb.engine.quant.int8_linear import Int8Linear
+from int8wb.engine.quant.schemes import scheme_of
+from int8wb.engine.vocabulary import DEFAULT_ALPHA, DEFAULT_THRESHOLD, METHODS, check_alpha, check_threshold
 
 
 @dataclass

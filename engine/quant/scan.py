@@ -25,13 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import BadInput
-from engine.model.layers import decoder_layers, linear_layers
-from engine.quant import smoothing
-from engine.quant.input_hooks import InputStats, StatsHooks
-from engine.quant.layer_errors import DEFAULT_ERROR_TOKENS, LayerErrorProbe, check_error_methods, error_summary
-from engine.quant.schemes import scheme_of
-from engine.vocabulary import (
+from int8wb.engine.errors import BadInput
+from int8wb.engine.model.layers import decoder_layers, linear_layers
+from int8wb.engine.quant import smoothing
+from int8wb.engine.quant.input_hooks import InputStats, StatsHooks
+from int8wb.engine.quant.layer_errors import DEFAULT_ERROR_TOKENS, LayerErrorProbe, check_error_methods, error_summary
+from int8wb.engine.quant.schemes import scheme_of
+from int8wb.engine.vocabulary import (
     DEFAULT_ALPHA,
     DEFAULT_THRESHOLD,
     EXPERT_KINDS,
@@ -181,8 +181,8 @@ def _per_layer(members: list[InputStats], experts: bool) -> dict[int, tuple[np.n
 
 def calibration_batches(settings: ScanSettings, model, tokenizer, device: str) -> tuple[list, int, str]:
     """(batches of (B, seq_len) token ids, tokens in all, corpus source), checked against what the model holds."""
-    from engine.model import corpus as corpus_mod
-    from engine.model.limits import check_scan, check_sequence_length
+    from int8wb.engine.model import corpus as corpus_mod
+    from int8wb.engine.model.limits import check_scan, check_sequence_length
 
     check_sequence_length(model, settings.seq_len, "a calibration sequence")
     split = corpus_mod.load_split(settings.corpus)
@@ -199,8 +199,8 @@ def run(params: dict[str, Any], task, loaded) -> ScanResult:
     The model runs the layer-by-layer loop (engine.model.layerwise) with its weights where they
     are; a model whose weights stay on disk is scanned by engine.quant.layer_pass, with this same stream.
     """
-    from engine.model.disk_weights import ResidentWeights
-    from engine.model.layerwise import run_layers
+    from int8wb.engine.model.disk_weights import ResidentWeights
+    from int8wb.engine.model.layerwise import run_layers
 
     settings = ScanSettings.from_params(params)
     model = loaded.model
@@ -225,7 +225,7 @@ def scan_stream(settings: ScanSettings, model, batches: list, result: ScanResult
     as `scan_layer` events and handed to `on_layer(index, stats)` (static llm-int8 and smoothquant
     quantize that layer from them in the same pass).
     """
-    from engine.model.layerwise import Stream
+    from int8wb.engine.model.layerwise import Stream
 
     smooth_groups = _smooth_groups(model, settings)
     hooks: dict[int, StatsHooks] = {}

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.vocabulary import Q8_0_BLOCK
+from int8wb.engine.vocabulary import Q8_0_BLOCK
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class Scheme:
 
     def quantize_weight(self, weight):
         """(int8 (out, in), abs-max scale) of a floating-point weight (out, in)."""
-        from kernels import ops
+        from int8wb.kernels import ops
 
         if self.weight_scale == "block":
             return ops.quantize_blocks(weight, Q8_0_BLOCK)
@@ -90,7 +90,7 @@ class Scheme:
 
     def dequantize_weight(self, weight_int8, weight_scale, dtype):
         """The floating-point weight (out, in) that the INT8 weight and its scales stand for."""
-        from kernels import ops
+        from int8wb.kernels import ops
 
         if self.weight_scale == "block":
             return ops.dequantize_blocks(weight_int8, weight_scale, dtype)

@@ -57,11 +57,11 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import BadInput
-from engine.model.layers import decoder_layers, layer_number, linear_layers, shared_input_sets
-from engine.model.replay import LayerOutputs
-from engine.quant import evaluate, quantize, skip_list
-from engine.vocabulary import DEFAULT_THRESHOLD, check_threshold
+from int8wb.engine.errors import BadInput
+from int8wb.engine.model.layers import decoder_layers, layer_number, linear_layers, shared_input_sets
+from int8wb.engine.model.replay import LayerOutputs
+from int8wb.engine.quant import evaluate, quantize, skip_list
+from int8wb.engine.vocabulary import DEFAULT_THRESHOLD, check_threshold
 
 GROUPS = ("input", "linear", "layer")
 STEPS = 32  # the walk measures the list each time it has added 1/STEPS of the whole model's divergence alone

@@ -16,8 +16,8 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from engine.errors import BadInput
-from engine.model.layers import linear_layers, shared_input_sets
+from int8wb.engine.errors import BadInput
+from int8wb.engine.model.layers import linear_layers, shared_input_sets
 
 LM_HEAD = "lm_head"
 

@@ -25,8 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from engine.model.layers import decoder_layers, is_linear, linear_layers, weight_matrix
-from engine.vocabulary import smoothing_factors
+from int8wb.engine.model.layers import decoder_layers, is_linear, linear_layers, weight_matrix
+from int8wb.engine.vocabulary import smoothing_factors
 
 ATTENTION_NORMS = ("input_layernorm",)
 # Gemma 2/3 normalise the attention output with post_attention_layernorm and the MLP input with

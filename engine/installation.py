@@ -1,8 +1,10 @@
-"""The workbench engine: model loading, scan, quantization, evaluation and export.
+"""What this installation is: its version and where its resources lie.
 
-Importing this package is cheap on purpose: the GUI imports `engine.protocol`
-and `engine.client`, and its window must not wait for torch. Heavy modules
-(torch, transformers) are imported by the submodules that need them.
+Both are read without importing anything heavy (the window shows them before torch loads), and both work the
+same in a source checkout, an installed wheel and a frozen bundle: in each, `int8wb.resources` sits beside
+`int8wb.engine`, so the resource folder is found from this file's own place. (`importlib.resources` cannot
+serve here: the top-level folders are namespace portions, see pyproject.toml, and the editable install's
+namespace finder gives it no directory.)
 
 `__version__` has one source, `version` in pyproject.toml: a source checkout
 reads it there (so an edit shows at once, without reinstalling), an installed
@@ -13,6 +15,9 @@ from that file.
 from pathlib import Path
 
 DISTRIBUTION = "int8-workbench"
+RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+PRESETS = RESOURCES / "presets"
+ICONS = RESOURCES / "icons"
 UNKNOWN_VERSION = "0+unknown"
 
 
