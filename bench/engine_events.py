@@ -16,14 +16,11 @@ import argparse
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from int8wb.engine.client import EngineClient  # noqa: E402
-from int8wb.engine.task import CallbackTask  # noqa: E402
+from int8wb.engine.client import EngineClient
+from int8wb.engine.task import CallbackTask
 
 KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 NO_DEVICE = "no CUDA device: skipped"
 ARCH_WITHOUT_DEVICE = 90  # the H200 (and H100): what the first GPU will be

@@ -28,8 +28,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 LAYERS, KINDS, DIMS = 80, ("attn_in", "attn_out", "mlp_in", "mlp_down"), 8192
 
 

@@ -13,16 +13,11 @@ Run: .venv/bin/python bench/int8_matmul.py  (prints one table; no thresholds enf
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-# The project root first: this folder's kernels.py (the GPU benchmark) must not shadow the package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from int8wb.kernels import ops  # noqa: E402
+from int8wb.kernels import ops
 
 SHAPES = [(4096, 576, 1536), (4096, 1536, 576), (512, 4096, 4096)]  # (M, K, N)
 WEIGHT_SHAPES = [(1536, 576), (4096, 4096)]

@@ -20,13 +20,10 @@ import argparse
 import statistics
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from int8wb.kernels import cuda_loader, cuda_ops, reference  # noqa: E402
+from int8wb.kernels import cuda_loader, cuda_ops, reference
 
 
 def time_ms(function: Callable[[], object], repeats: int) -> float:

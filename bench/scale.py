@@ -35,7 +35,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 PLANTED_DIMS = (1415, 2533, 3979)
 PLANT_FROM_LAYER = 8

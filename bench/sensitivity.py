@@ -18,14 +18,11 @@ import json
 import random
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from int8wb.engine.model import loading  # noqa: E402
-from int8wb.engine.quant import evaluate, quantize, scan, sensitivity  # noqa: E402
-from int8wb.engine.task import Task  # noqa: E402
-from int8wb.engine.vocabulary import W8A8_METHODS  # noqa: E402
+from int8wb.engine.model import loading
+from int8wb.engine.quant import evaluate, quantize, scan, sensitivity
+from int8wb.engine.task import Task
+from int8wb.engine.vocabulary import W8A8_METHODS
 
 
 def main() -> int:

@@ -17,16 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from int8wb.engine.model import loading  # noqa: E402
-from int8wb.engine.quant import evaluate, quantize, sensitivity  # noqa: E402
-from int8wb.engine.quant.layer_errors import rank_correlation  # noqa: E402
-from int8wb.engine.task import Task  # noqa: E402
+from int8wb.engine.model import loading
+from int8wb.engine.quant import evaluate, quantize, sensitivity
+from int8wb.engine.quant.layer_errors import rank_correlation
+from int8wb.engine.task import Task
 
 
 def measure_text(model, base, groups, batches) -> dict:

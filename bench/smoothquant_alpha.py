@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from int8wb.engine.quant.evaluate import EvalSettings, evaluation_windows, perplexity  # noqa: E402
-from int8wb.engine.session import Session  # noqa: E402
-from int8wb.engine.task import Task  # noqa: E402
+from int8wb.engine.quant.evaluate import EvalSettings, evaluation_windows, perplexity
+from int8wb.engine.session import Session
+from int8wb.engine.task import Task
 
 ALPHAS = [round(0.1 * i, 1) for i in range(11)]
 FIXED_METHODS = ["vectorwise", "llm-int8", "weight-only", "q8_0"]

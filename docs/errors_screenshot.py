@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent
-sys.path.insert(0, str(DOCS.parent))
 
 ERROR_METHODS = ["absmax-tensor", "vectorwise", "llm-int8", "weight-only"]
 

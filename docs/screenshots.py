@@ -19,7 +19,6 @@ import tempfile
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent
-sys.path.insert(0, str(DOCS.parent))
 
 SIZES = ((1366, 768), (1920, 1080))
 STAGES = ("start", "scan", "run")
