@@ -303,3 +303,80 @@ def test_a_sidecar_of_the_wrong_shape_is_a_damaged_export(vectorwise_session, tm
     (out / export.SIDECAR_NAME).write_text(json.dumps(sidecar))
     with pytest.raises(ModelLoadError, match="'files' must map"):
         Session().load_model({"model": str(out), "device": "cpu"}, Task())
+
+
+# --- finding 6 (second round): --overwrite replaces only the files the export lists as its own ------
+
+
+@pytest.fixture(scope="module")
+def two_method_session(tiny_dir) -> Session:
+    """vectorwise (for bitsandbytes and compressed-tensors) and q8_0 (for GGUF)."""
+    session = Session()
+    session.load_model({"model": str(tiny_dir), "device": "cpu"}, Task())
+    session.quantize({"methods": ["vectorwise", "q8_0"], "threshold": 6.0}, Task())
+    return session
+
+
+FORMATS = [("vectorwise", "bitsandbytes"), ("vectorwise", "compressed-tensors"), ("q8_0", "gguf-q8_0")]
+
+
+@pytest.mark.parametrize(("method", "fmt"), FORMATS)
+def test_overwrite_refuses_a_folder_with_files_the_export_did_not_write(two_method_session, tmp_path, method, fmt):
+    out = tmp_path / "export"
+    params = {"method": method, "format": fmt, "out": str(out)}
+    two_method_session.export(params, Task())
+    (out / "NOTES.md").write_text("what I found")
+    (out / "other-model.gguf").write_bytes(b"GGUF another model")
+    before = listing(out)
+    with pytest.raises(BadInput, match=r"did not write: NOTES\.md, other-model\.gguf"):
+        two_method_session.export({**params, "overwrite": True}, Task())
+    with pytest.raises(BadInput, match=r"did not write: NOTES\.md, other-model\.gguf"):
+        export.check_target(out, overwrite=True)  # what the CLI asks before it loads the model
+    assert listing(out) == before
+
+
+def test_a_subfolder_the_user_added_is_named_too(two_method_session, tmp_path):
+    out = tmp_path / "export"
+    two_method_session.export({"method": "vectorwise", "out": str(out)}, Task())
+    (out / "runs").mkdir()
+    with pytest.raises(BadInput, match=r"did not write: runs"):
+        export.check_target(out, overwrite=True)
+
+
+def test_a_file_added_while_exporting_keeps_the_old_export(two_method_session, tmp_path, monkeypatch):
+    out = tmp_path / "export"
+    two_method_session.export({"method": "vectorwise", "out": str(out)}, Task())
+    real_write_json = export.write_json
+
+    def write_json_then_the_user_adds_a_file(path, value):
+        real_write_json(path, value)
+        if path.parent != out and not (out / "NOTES.md").exists():
+            (out / "NOTES.md").write_text("what I found")
+
+    monkeypatch.setattr(export, "write_json", write_json_then_the_user_adds_a_file)
+    before = listing(out)
+    with pytest.raises(BadInput, match="no longer ours to replace; nothing was replaced"):
+        two_method_session.export({"method": "vectorwise", "out": str(out), "overwrite": True}, Task())
+    assert listing(out) == {**before, "NOTES.md": b"what I found"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+def test_an_export_that_does_not_list_its_files_is_not_replaced(two_method_session, tmp_path):
+    out = tmp_path / "export"
+    two_method_session.export({"method": "vectorwise", "out": str(out)}, Task())
+    sidecar = json.loads((out / export.SIDECAR_NAME).read_text())
+    del sidecar["written_files"]
+    (out / export.SIDECAR_NAME).write_text(json.dumps(sidecar))
+    before = listing(out)
+    with pytest.raises(BadInput, match="does not list the files it wrote"):
+        two_method_session.export({"method": "vectorwise", "out": str(out), "overwrite": True}, Task())
+    assert listing(out) == before
+
+
+@pytest.mark.parametrize(("method", "fmt"), FORMATS)
+def test_overwrite_replaces_an_export_that_holds_only_its_own_files(two_method_session, tmp_path, method, fmt):
+    out = tmp_path / "export"
+    params = {"method": method, "format": fmt, "out": str(out)}
+    first = two_method_session.export(params, Task())
+    second = two_method_session.export({**params, "overwrite": True}, Task())
+    assert {f["name"] for f in second["files"]} == {f["name"] for f in first["files"]}

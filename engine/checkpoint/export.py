@@ -11,7 +11,9 @@ the index, staged so that an export appears whole or not at all.
 Everything is written into a staging folder beside the target and renamed when
 complete (engine.checkpoint.staging), so an interrupted export never leaves a
 model that looks whole. Overwriting replaces only a folder that is itself a
-workbench export, and an export never goes into, over or around its source model.
+workbench export holding only the files its record lists as written (a file the
+user added since is named and the overwrite refused), and an export never goes
+into, over or around its source model.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ SERVING_RECORD = "int8wb_serving.json"  # what a serving format's export holds; 
 GGUF_Q8_0 = "gguf-q8_0"
 DEFAULT_MAX_SHARD_SIZE = "50GB"  # transformers' own default for save_pretrained
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+WRITTEN_FILES = "written_files"  # the record's list of every file the export wrote: all --overwrite may replace
+SHOWN_STRANGERS = 10  # files named when an overwrite is refused for them
 
 
 @dataclass
@@ -100,8 +104,8 @@ def parse_size(value: Any) -> int:
 def check_target(out: Any, overwrite: bool, sources: list[str] = ()) -> Path:
     """The resolved target folder, if an export may go there.
 
-    Refused: a file; a non-empty folder without `overwrite`, or with it unless the folder is a workbench
-    export; a target that is, holds or lies inside one of `sources` (the model being exported).
+    Refused: a file; a non-empty folder without `overwrite`, or with it unless `overwrite_refusal` finds
+    none (a workbench export holding only the files it wrote); a target that is, holds or lies inside one of `sources` (the model being exported).
     """
     if not out or not isinstance(out, (str, os.PathLike)):
         raise BadInput("export needs an output directory (out)")
@@ -118,29 +122,63 @@ def check_target(out: Any, overwrite: bool, sources: list[str] = ()) -> Path:
     if target.is_dir() and any(target.iterdir()):
         if not overwrite:
             raise BadInput(f"{target} already exists and is not empty: choose another directory or pass --overwrite")
-        if not is_workbench_export(target):
-            raise BadInput(
-                f"{target} is not an export of this workbench (no {SIDECAR_NAME} with its config.json, nor {SERVING_RECORD}): "
-                "--overwrite replaces only an earlier export; choose another directory"
-            )
+        refusal = overwrite_refusal(target)
+        if refusal is not None:
+            raise BadInput(refusal)
     if not target.parent.is_dir():
         raise BadInput(f"the parent folder {target.parent} does not exist")
     return target
 
 
-def is_workbench_export(folder: Path) -> bool:
-    """A flat folder that is an export of this workbench: its sidecar and config.json say so (bitsandbytes),
-    or its serving record does (compressed-tensors, GGUF)."""
-    try:
-        entries = list(folder.iterdir())
-    except OSError:
-        return False
-    if not all(entry.is_file() and not entry.is_symlink() for entry in entries):
-        return False
+def export_record(folder: Path) -> dict[str, Any]:
+    """The record an export of this workbench keeps of itself: its sidecar, when the sidecar and config.json
+    say it is one (bitsandbytes), or its serving record (compressed-tensors, GGUF); {} for any other folder."""
     sidecar, config = _json_object(folder / SIDECAR_NAME), _json_object(folder / "config.json")
     if sidecar.get("format") == contents.EXPORT_FORMAT and isinstance(config.get("quantization_config"), dict):
-        return True
-    return _json_object(folder / SERVING_RECORD).get("tool") == contents.TOOL
+        return sidecar
+    serving = _json_object(folder / SERVING_RECORD)
+    return serving if serving.get("tool") == contents.TOOL else {}
+
+
+def files_not_written(folder: Path) -> list[str] | None:
+    """What is in `folder` that its export's record does not list as written (a subfolder, a link, a file
+    added since), by name; None when the record lists nothing, as exports of earlier versions did."""
+    written = export_record(folder).get(WRITTEN_FILES)
+    if not isinstance(written, list) or not all(isinstance(name, str) for name in written):
+        return None
+    return sorted(
+        entry.name
+        for entry in folder.iterdir()
+        if entry.name not in written or entry.is_symlink() or not entry.is_file()
+    )
+
+
+def overwrite_refusal(folder: Path) -> str | None:
+    """Why `--overwrite` may not replace `folder`, or None: it may when the folder holds an export of this
+    workbench and nothing but the files that export lists as its own, so nobody's other work is deleted."""
+    if not export_record(folder):
+        return (
+            f"{folder} is not an export of this workbench (no {SIDECAR_NAME} with its config.json, nor "
+            f"{SERVING_RECORD}): --overwrite replaces only an earlier export; choose another directory"
+        )
+    strangers = files_not_written(folder)
+    if strangers is None:
+        return (
+            f"{folder} does not list the files it wrote (an export of an earlier version), so --overwrite cannot "
+            "tell them from files added since: remove the folder yourself or choose another directory"
+        )
+    if strangers:
+        shown = ", ".join(strangers[:SHOWN_STRANGERS])
+        more = f" and {len(strangers) - SHOWN_STRANGERS} more" if len(strangers) > SHOWN_STRANGERS else ""
+        return (
+            f"{folder} holds what its export did not write: {shown}{more}; --overwrite replaces only the "
+            "files an export wrote: move these elsewhere or choose another directory"
+        )
+    return None
+
+
+def is_replaceable_export(folder: Path) -> bool:
+    return overwrite_refusal(folder) is None
 
 
 def _json_object(path: Path) -> dict[str, Any]:
@@ -205,10 +243,11 @@ def run(params: dict[str, Any], task, loaded, quantized, scan=None) -> ExportRes
         )
         if fmt != BITSANDBYTES:
             record = contents.serving_record(fmt, quantized.method, quantized.threshold, settings)
-            write_json(staging / SERVING_RECORD, record)
+            write_record(staging, SERVING_RECORD, record)
             return
-        write_json(
-            staging / SIDECAR_NAME,
+        write_record(
+            staging,
+            SIDECAR_NAME,
             {
                 **contents.manifest(
                     staging, quantized.method, quantized.threshold, settings, layers, files, {**main, **extra}
@@ -231,7 +270,7 @@ def _run_gguf(target: Path, task, loaded, quantized, settings: dict[str, Any], o
     def write(staging: Path) -> None:
         gguf_export.write(staging, plan, task.slice(0.0, 0.95))
         record = contents.serving_record(GGUF_Q8_0, quantized.method, quantized.threshold, settings)
-        write_json(staging / SERVING_RECORD, record)
+        write_record(staging, SERVING_RECORD, record)
 
     write_staged(target, needed, write, task, overwrite)
     files = files_on_disk(target)
@@ -245,9 +284,10 @@ def _run_gguf(target: Path, task, loaded, quantized, settings: dict[str, Any], o
 def write_staged(target: Path, needed: int, write, task, overwrite: bool) -> None:
     """Run `write(staging)` in a staging folder beside `target`, then put it in place (engine.checkpoint.staging).
 
-    Replaces an existing `target` only with `overwrite` and only if it is a workbench export.
+    Replaces an existing `target` only with `overwrite` and only if it is a workbench export holding
+    nothing but its own files (judged again once the old folder is set aside).
     """
-    write_folder(target, needed, write, task.check_cancelled, overwrite, is_workbench_export)
+    write_folder(target, needed, write, task.check_cancelled, overwrite, is_replaceable_export)
     task.progress(1.0, f"exported to {target}")
 
 
@@ -294,6 +334,13 @@ def write_weights(staging: Path, split, produce, metadata, task) -> dict[str, li
             {"metadata": {"total_size": total, **metadata}, "weight_map": dict(split.tensor_to_filename)},
         )
     return files
+
+
+def write_record(staging: Path, name: str, record: dict[str, Any]) -> None:
+    """The export's own record `name`, written last: with the list of every file in the staging folder, which
+    is every file the export wrote (and all that a later --overwrite may replace)."""
+    written = sorted({entry.name for entry in staging.iterdir()} | {name})
+    write_json(staging / name, {**record, WRITTEN_FILES: written})
 
 
 def write_json(path: Path, value: dict[str, Any]) -> None:

@@ -161,7 +161,7 @@ class LayerExport(LayerWork):
         )
         if self.fmt != BITSANDBYTES:
             record = contents.serving_record(self.fmt, self.recipe.method, self.recipe.threshold, self.settings)
-            export.write_json(self.staging / export.SERVING_RECORD, record)
+            export.write_record(self.staging, export.SERVING_RECORD, record)
             return
         manifest = contents.manifest(
             self.staging,
@@ -172,7 +172,7 @@ class LayerExport(LayerWork):
             files,
             {**self.specs, **self.extra},
         )
-        export.write_json(self.staging / export.SIDECAR_NAME, {**manifest, "coverage": self.coverage()})
+        export.write_record(self.staging, export.SIDECAR_NAME, {**manifest, "coverage": self.coverage()})
 
     def coverage(self) -> dict[str, Any]:
         """The INT8 share the files hold: the pass's own (no layer type is held in floating point here)."""
