@@ -68,7 +68,7 @@ class Generation:
     decode_seconds: float
 
 
-def prompt_ids(settings: DecodeSettings, tokenizer):
+def prompt_ids(settings: DecodeSettings, tokenizer, task=None):
     """(batch, prompt) token ids: the given prompt, or the evaluation text's first tokens; and the text's source."""
     import torch
 
@@ -81,7 +81,7 @@ def prompt_ids(settings: DecodeSettings, tokenizer):
         ids, source = torch.tensor(ids, dtype=torch.long), "prompt"
     else:
         split = corpus.load_split(settings.corpus)
-        ids, source = corpus.tokenize(tokenizer, split.evaluation, settings.prompt_tokens), split.source
+        ids, source = corpus.tokenize(tokenizer, split.evaluation, settings.prompt_tokens, task), split.source
     return ids.reshape(1, -1).repeat(settings.batch, 1), source
 
 
@@ -175,7 +175,7 @@ def run(params: dict[str, Any], task, loaded, quantized: dict[str, Any]) -> dict
     achieved bandwidth, its bound and the generated tokens.
     """
     settings = DecodeSettings.from_params(params)
-    ids, source = prompt_ids(settings, loaded.tokenizer)
+    ids, source = prompt_ids(settings, loaded.tokenizer, task)
     limit = getattr(loaded.model.config, "max_position_embeddings", None)
     if limit and ids.shape[1] + settings.new_tokens > limit:
         raise BadInput(

@@ -33,12 +33,12 @@ class EvalSettings:
         return settings
 
 
-def evaluation_windows(settings: EvalSettings, tokenizer):
-    """The (n, window) token ids every model is evaluated on."""
+def evaluation_windows(settings: EvalSettings, tokenizer, task=None):
+    """The (n, window) token ids every model is evaluated on; `task` is asked for cancellation while the text is read."""
     from int8wb.engine.model import corpus
 
     split = corpus.load_split(settings.corpus)
-    ids = corpus.tokenize(tokenizer, split.evaluation, settings.tokens)
+    ids = corpus.tokenize(tokenizer, split.evaluation, settings.tokens, task)
     return corpus.windows(ids, settings.window, settings.tokens), split.source
 
 
@@ -134,7 +134,7 @@ def run(params: dict[str, Any], task, loaded, quantized: dict[str, Any]) -> dict
 
     settings = EvalSettings.from_params(params)
     check_sequence_length(loaded.model, settings.window, "an evaluation window")
-    windows, source = evaluation_windows(settings, loaded.tokenizer)
+    windows, source = evaluation_windows(settings, loaded.tokenizer, task)
     check_evaluation(loaded.model, settings.window, min(settings.batch_size, windows.shape[0]), loaded.device)
     # A re-opened export has no floating-point model: its own quantized model is the first row.
     reopened = getattr(loaded, "quantized", None)

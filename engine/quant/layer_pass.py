@@ -125,13 +125,13 @@ def outside_bytes(model) -> dict[str, int]:
 class _Evaluation:
     """The evaluation streams: the baseline and each method over the same windows, and their perplexity rows."""
 
-    def __init__(self, settings: evaluate.EvalSettings, loaded, variants: LayerVariants) -> None:
+    def __init__(self, settings: evaluate.EvalSettings, loaded, variants: LayerVariants, task) -> None:
         from int8wb.engine.model.limits import check_sequence_length
         from int8wb.engine.planning.layer_by_layer import head_chunk_tokens
 
         check_sequence_length(loaded.model, settings.window, "an evaluation window")
         self.settings = settings
-        self.windows, self.source = evaluate.evaluation_windows(settings, loaded.tokenizer)
+        self.windows, self.source = evaluate.evaluation_windows(settings, loaded.tokenizer, task)
         batches = list(self.windows.split(settings.batch_size))
         self.chunk = head_chunk_tokens(loaded.model.config.vocab_size)
         self.nll: dict[str, list] = {}
@@ -196,11 +196,11 @@ def run(loaded, request: PassRequest, task) -> PassResult:
     streams: list[Stream] = []
     variants = LayerVariants(request.variants, model, task)
     if request.scan is not None:
-        batches, n_tokens, source = scan.calibration_batches(request.scan, model, loaded.tokenizer, loaded.device)
+        batches, n_tokens, source = scan.calibration_batches(request.scan, model, loaded.tokenizer, loaded.device, task)
         result.scan = scan.ScanResult(request.scan, n_tokens, source)
         on_layer = _take_from_scan(request.variants)
         streams.append(scan.scan_stream(request.scan, model, batches, result.scan, task, on_layer))
-    evaluation = _Evaluation(request.evaluate, loaded, variants) if request.evaluate is not None else None
+    evaluation = _Evaluation(request.evaluate, loaded, variants, task) if request.evaluate is not None else None
     streams += evaluation.streams if evaluation else []
     exporter = _exporter(loaded, request, variants, result)
     work = ([exporter] if exporter else []) + [variants]

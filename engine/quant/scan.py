@@ -179,14 +179,15 @@ def _per_layer(members: list[InputStats], experts: bool) -> dict[int, tuple[np.n
     return result
 
 
-def calibration_batches(settings: ScanSettings, model, tokenizer, device: str) -> tuple[list, int, str]:
-    """(batches of (B, seq_len) token ids, tokens in all, corpus source), checked against what the model holds."""
+def calibration_batches(settings: ScanSettings, model, tokenizer, device: str, task=None) -> tuple[list, int, str]:
+    """(batches of (B, seq_len) token ids, tokens in all, corpus source), checked against what the model holds;
+    `task` is asked for cancellation while the text is read."""
     from int8wb.engine.model import corpus as corpus_mod
     from int8wb.engine.model.limits import check_scan, check_sequence_length
 
     check_sequence_length(model, settings.seq_len, "a calibration sequence")
     split = corpus_mod.load_split(settings.corpus)
-    ids = corpus_mod.tokenize(tokenizer, split.calibration, settings.tokens)
+    ids = corpus_mod.tokenize(tokenizer, split.calibration, settings.tokens, task)
     sequences = corpus_mod.windows(ids, min(settings.seq_len, len(ids)), settings.tokens)  # (n, seq)
     batch = min(settings.batch_size, sequences.shape[0])
     check_scan(model, sequences.shape[1], batch, int(sequences.numel()), device)
@@ -204,7 +205,7 @@ def run(params: dict[str, Any], task, loaded) -> ScanResult:
 
     settings = ScanSettings.from_params(params)
     model = loaded.model
-    batches, n_tokens, source = calibration_batches(settings, model, loaded.tokenizer, loaded.device)
+    batches, n_tokens, source = calibration_batches(settings, model, loaded.tokenizer, loaded.device, task)
     result = ScanResult(settings, n_tokens, source)
     device = str(next(model.parameters()).device)
     run_layers(model, ResidentWeights(), [scan_stream(settings, model, batches, result, task)], [], task, device, None)

@@ -163,6 +163,7 @@ def run(params: dict[str, Any], task, loaded, scan=None) -> dict[str, Any]:
             tokens=settings.tokens + settings.holdout_tokens, window=settings.window, corpus=settings.corpus
         ),
         loaded.tokenizer,
+        task,
     )
     n_sweep = settings.tokens // settings.window
     sweep, holdout = windows[:n_sweep], windows[n_sweep:]
