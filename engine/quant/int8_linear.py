@@ -25,6 +25,12 @@ the forward path come from the method's `Scheme` (engine.quant.schemes):
 `weight_int8` int8 (out, in), `weight_scale` float32 (out,) or 0-d (float16 (out, in / 32) for q8_0),
 `outlier_cols` int64 (n,) and `outlier_weight` (out, n) for static llm-int8,
 `bias` when the original had one. The INT8 x INT8 product accumulates in INT32.
+
+Kept super weights (engine.quant.super_weight), for any method: `super_weight_index` int64 (n, 2) of
+(row, col) and `super_weight` (n,) in the compute dtype. Each is held out of the weight's scales (so
+the rest of its row, block or tensor is quantized finer), its INT8 entry holds it clipped to what the
+scale reaches (what a loader that ignores the kept weights reads), and the forward adds the rest of
+its product in floating point: y[:, row] += x[:, col] * (w - the clipped value).
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ class Int8Linear(nn.Module):
         threshold: float = DEFAULT_THRESHOLD,
         outlier_cols: torch.Tensor | None = None,
         outlier_weight: torch.Tensor | None = None,
+        super_weight_index: torch.Tensor | None = None,
+        super_weight: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.scheme = scheme_of(method)
@@ -66,6 +74,19 @@ class Int8Linear(nn.Module):
         for name in self.scheme.tensor_data_names:
             self.register_buffer(name, given[name])
         self.register_buffer("bias", bias)
+        self.register_buffer("super_weight_index", None)
+        self.register_buffer("super_weight", None)
+        self.register_buffer("super_weight_rest", None, persistent=False)
+        if super_weight_index is not None and super_weight_index.numel():
+            self.super_weight_index = super_weight_index.to(torch.long).reshape(-1, 2)
+            self.super_weight = super_weight.to(compute_dtype).reshape(-1)
+            self.super_weight_rest = self._rest_of_super_weights()
+
+    def _rest_of_super_weights(self) -> torch.Tensor:
+        """(n,) float32: each kept super weight less what its INT8 entry already computes."""
+        rows, cols = self.super_weight_index[:, 0], self.super_weight_index[:, 1]
+        stored = self.weight_int8[rows, cols].float() * self.scheme.steps_at(self.weight_scale, rows, cols)
+        return self.super_weight.float() - stored
 
     @classmethod
     def from_linear(
@@ -74,10 +95,14 @@ class Int8Linear(nn.Module):
         method: str,
         threshold: float = DEFAULT_THRESHOLD,
         outlier_cols: torch.Tensor | None = None,
+        super_weights: list[tuple[int, int]] | None = None,
     ) -> Int8Linear:
-        """Quantize `linear` (an nn.Linear or a Conv1D) for `method`; static llm-int8 needs the outlier columns."""
+        """Quantize `linear` (an nn.Linear or a Conv1D) for `method`; static llm-int8 needs the outlier columns.
+
+        `super_weights`: (row, col) of weights to keep in floating point (see the module docstring)."""
         bias = None if linear.bias is None else linear.bias.detach()
-        int8 = cls.from_weight(weight_matrix(linear).detach(), bias, method, threshold, outlier_cols)
+        weight = weight_matrix(linear).detach()
+        int8 = cls.from_weight(weight, bias, method, threshold, outlier_cols, super_weights=super_weights)
         int8.source_type = type(linear)
         return int8
 
@@ -90,19 +115,44 @@ class Int8Linear(nn.Module):
         threshold: float = DEFAULT_THRESHOLD,
         outlier_cols: torch.Tensor | None = None,
         quantized_weight: tuple[torch.Tensor, torch.Tensor] | None = None,
+        super_weights: list[tuple[int, int]] | None = None,
     ) -> Int8Linear:
         """Quantize a floating-point weight (out, in) and keep a copy of `bias`.
 
         `quantized_weight`: the (INT8 weight, scale) that the method's scheme already made of `weight`.
+        `super_weights`: (row, col) of weights kept in floating point; static llm-int8 needs none of those
+        in its outlier columns, which it keeps in floating point already.
         """
         scheme = scheme_of(method)
-        weight_int8, weight_scale = quantized_weight or scheme.quantize_weight(weight)
         bias = None if bias is None else bias.clone()
         outlier_weight = None
         if scheme.outliers == "static":
             outlier_cols = outlier_cols.to(device=weight.device, dtype=torch.long)
             outlier_weight = weight.index_select(1, outlier_cols).clone()  # (out, n), true floating point
-        return cls(method, weight_int8, weight_scale, bias, weight.dtype, threshold, outlier_cols, outlier_weight)
+            super_weights = [(r, c) for r, c in super_weights or () if c not in set(outlier_cols.tolist())]
+        if not super_weights:
+            weight_int8, weight_scale = quantized_weight or scheme.quantize_weight(weight)
+            return cls(method, weight_int8, weight_scale, bias, weight.dtype, threshold, outlier_cols, outlier_weight)
+        index = torch.tensor(super_weights, dtype=torch.long, device=weight.device)  # (n, 2)
+        rows, cols = index[:, 0], index[:, 1]
+        values = weight[rows, cols].clone()
+        held_out = weight.clone()
+        held_out[rows, cols] = 0
+        weight_int8, weight_scale = scheme.quantize_weight(held_out)
+        clipped = torch.round(values.float() / scheme.steps_at(weight_scale, rows, cols)).clamp(-127, 127)
+        weight_int8[rows, cols] = clipped.nan_to_num(0.0).to(torch.int8)  # a zero scale (all else zero) stores 0
+        return cls(
+            method,
+            weight_int8,
+            weight_scale,
+            bias,
+            weight.dtype,
+            threshold,
+            outlier_cols,
+            outlier_weight,
+            index,
+            values,
+        )
 
     @classmethod
     def empty(cls, method: str, out_features: int, in_features: int, has_bias: bool, compute_dtype, device="meta"):
@@ -114,18 +164,22 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         extra = f", outlier_cols={self.outlier_cols.numel()}" if self.scheme.outliers == "static" else ""
+        extra += f", super_weights={len(self.super_weight_index)}" if self.super_weight_index is not None else ""
         return f"{self.in_features}, {self.out_features}, method={self.method}{extra}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         leading = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)  # (T, in)
         if self.scheme.activations == "float":
-            y = nn.functional.linear(x2, self.dequantized_weight(x.dtype), self.bias)
+            y = ops.weight_only_linear(x2, self.weight_int8, self.weight_scale, self.bias)
         elif self.scheme.outliers == "none":
             per_tensor = self.scheme.activations == "tensor"
             y = ops.int8_linear(x2, self.weight_int8, self.weight_scale, self.bias, per_tensor=per_tensor)
         else:
             y = self._forward_with_outliers(x2)
+        if self.super_weight_index is not None:
+            rest = x2.index_select(1, self.super_weight_index[:, 1]).float() * self.super_weight_rest  # (T, n)
+            y = y.index_add(1, self.super_weight_index[:, 0], rest.to(y.dtype))
         return y.reshape(*leading, self.out_features)
 
     def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
@@ -138,6 +192,8 @@ class Int8Linear(nn.Module):
         weight = self.dequantized_weight(self.compute_dtype)
         if self.scheme.outliers == "static" and self.outlier_cols.numel():
             weight[:, self.outlier_cols] = self.outlier_weight.to(weight.dtype)
+        if self.super_weight_index is not None:
+            weight[self.super_weight_index[:, 0], self.super_weight_index[:, 1]] = self.super_weight.to(weight.dtype)
         return weight
 
     def _forward_with_outliers(self, x2: torch.Tensor) -> torch.Tensor:

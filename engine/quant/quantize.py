@@ -15,7 +15,7 @@ import numpy as np
 
 from int8wb.engine.errors import BadInput
 from int8wb.engine.model.layers import features, linear_layers
-from int8wb.engine.quant import coverage, skip_list, smoothing
+from int8wb.engine.quant import coverage, skip_list, smoothing, super_weight
 from int8wb.engine.quant.int8_linear import Int8Linear
 from int8wb.engine.quant.schemes import scheme_of
 from int8wb.engine.vocabulary import DEFAULT_ALPHA, DEFAULT_THRESHOLD, METHODS, check_alpha, check_threshold
@@ -36,6 +36,7 @@ class QuantizedModel:
     activation_absmax: dict[str, np.ndarray] = field(default_factory=dict)  # smoothquant: per Linear, from the scan
     unfit: list[str] = field(default_factory=list)  # of `skipped`, those the method cannot hold (q8_0's blocks)
     coverage: Any = None  # engine.quant.coverage.Coverage, measured layer by layer when `model` is None
+    super_weights: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # kept in float: Linear -> (row, col)
 
     def summary(self) -> dict[str, Any]:
         """JSON-able facts for the results table, with the share of the decoder in INT8 (engine.quant.coverage)."""
@@ -51,6 +52,11 @@ class QuantizedModel:
             "outlier_dims": int(sum(len(d) for d in self.outlier_dims.values())),
             "skipped_modules": list(self.skipped),
             **({"smoothing": self.smoothing} if self.smoothing else {}),
+            "kept_super_weights": [
+                {"module": name, "row": row, "col": col}
+                for name, kept in self.super_weights.items()
+                for row, col in kept
+            ],
         }
 
 
@@ -79,7 +85,8 @@ def run(params: dict[str, Any], task, loaded, scan=None) -> QuantizedModel:
     abs-max (smoothed with `params["alpha"]`, default 0.5, engine.quant.smoothing);
     the other methods need no scan. `params["skip_modules"]`: Linears to
     leave in floating point (engine.quant.skip_list); q8_0 leaves those whose input is not whole
-    blocks of 32 there too.
+    blocks of 32 there too. `params["super_weights"]` ([{"module", "row", "col"}]): weights every method
+    keeps in floating point (engine.quant.super_weight, engine.quant.int8_linear).
     """
     recipe = recipe_from_params(params, loaded.model, scan)
     model = share_tensors_copy(loaded.model)
@@ -88,7 +95,10 @@ def run(params: dict[str, Any], task, loaded, scan=None) -> QuantizedModel:
         smoothed = smoothing_summary(smoothing.smooth(model, scan, recipe.alpha))
     skipped = quantize_linears(model, "", recipe, task)
     used_dims = {n: d for n, d in recipe.outlier_dims.items() if n not in skipped}
-    return QuantizedModel(recipe.method, recipe.threshold, model, used_dims, skipped, smoothed, unfit=recipe.unfit)
+    kept = {n: k for n, k in recipe.super_weights.items() if n not in skipped}
+    return QuantizedModel(
+        recipe.method, recipe.threshold, model, used_dims, skipped, smoothed, unfit=recipe.unfit, super_weights=kept
+    )
 
 
 def recipe_from_params(params: dict[str, Any], model, scan=None, scan_in_pass: bool = False) -> QuantizedModel:
@@ -113,8 +123,17 @@ def recipe_from_params(params: dict[str, Any], model, scan=None, scan_in_pass: b
     skipped = [n for n, _ in targets if n in chosen or n in unfit]
     planned = [n for n, _ in targets if n not in skipped]
     coverage.require_int8(coverage.measure(model, int8_names=planned, unfit=unfit), method)
+    super_weights = super_weight.parse_kept(params.get("super_weights"), model)
     return QuantizedModel(
-        method, threshold, None, outlier_dims, skipped, alpha=alpha, activation_absmax=absmax, unfit=unfit
+        method,
+        threshold,
+        None,
+        outlier_dims,
+        skipped,
+        alpha=alpha,
+        activation_absmax=absmax,
+        unfit=unfit,
+        super_weights=super_weights,
     )
 
 
@@ -140,7 +159,8 @@ def quantize_linears(root, prefix: str, recipe: QuantizedModel, task) -> list[st
             cols = None
             if scheme.outliers == "static":
                 cols = torch.as_tensor(recipe.outlier_dims.get(name, np.empty(0, dtype=np.int64)), dtype=torch.long)
-            replace_module(root, local, Int8Linear.from_linear(linear, recipe.method, recipe.threshold, cols))
+            kept = recipe.super_weights.get(name)
+            replace_module(root, local, Int8Linear.from_linear(linear, recipe.method, recipe.threshold, cols, kept))
             task.progress((i + 1) / len(targets), f"quantized {name}")
     return skipped
 

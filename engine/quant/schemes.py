@@ -96,6 +96,16 @@ class Scheme:
             return ops.dequantize_blocks(weight_int8, weight_scale, dtype)
         return ops.dequantize_rowwise(weight_int8, weight_scale, dtype)
 
+    def steps_at(self, weight_scale, rows, cols):
+        """The value one INT8 level stands for at each weight (rows[k], cols[k]): what a weight held out of
+        the scales (a kept super weight, engine.quant.int8_linear) is measured in where it is stored."""
+        from int8wb.kernels.reference import INT8_MAX
+
+        if self.weight_scale == "block":
+            return weight_scale[rows, cols // Q8_0_BLOCK].float()
+        scale = weight_scale.float()
+        return (scale.expand(len(rows)) if scale.dim() == 0 else scale[rows]) / INT8_MAX
+
     def empty_fields(self, out_features: int, in_features: int, n_outliers: int, compute_dtype, device) -> dict:
         """Uninitialised tensors of every field (on the meta device: the layout without the data)."""
         import torch
