@@ -22,6 +22,16 @@ def add_parser(subparsers) -> None:
         )
         command.add_argument("--tokens", type=int, default=8192, help="evaluation tokens (default 8192)")
         command.add_argument("--window", type=int, default=512, help="tokens per evaluation window (default 512)")
+        command.add_argument(
+            "--save-reference",
+            metavar="FILE",
+            help="save the floating-point model's predictions on the evaluation tokens (top-k log-probabilities)",
+        )
+        command.add_argument(
+            "--reference",
+            metavar="FILE",
+            help="measure the divergence against predictions saved with --save-reference, in place of the baseline",
+        )
         command.set_defaults(func=cmd_eval if name == "eval" else cmd_demo)
 
 
@@ -30,7 +40,13 @@ def cmd_eval(args, show_scan: bool = False) -> int:
 
     session = _common.session_with_model(args)
     methods = _common.parse_methods(args.methods)
-    eval_params = {"tokens": args.tokens, "window": args.window, "corpus": args.corpus}
+    eval_params = {
+        "tokens": args.tokens,
+        "window": args.window,
+        "corpus": args.corpus,
+        "reference": args.reference,
+        "save_reference": args.save_reference,
+    }
     if session.layerwise:
         one_pass = _common.run_one_pass(session, args, methods, scan=show_scan, evaluate=eval_params)
         scan_payload, result = one_pass["scan"], one_pass["evaluate"]
@@ -41,6 +57,7 @@ def cmd_eval(args, show_scan: bool = False) -> int:
         result = session.evaluate(eval_params, task)
         task.finish()
     _common.print_warnings(result["rows"])
+    result = {key: value for key, value in result.items() if key != "token_detail"}  # the window's token view
     if args.json:
         _common.print_json({"scan_report": scan_payload["report"] if scan_payload else None, **result})
         return 0

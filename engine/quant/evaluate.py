@@ -4,6 +4,10 @@ Perplexity = exp(mean token NLL) over non-overlapping windows of the
 evaluation text (never the calibration text). W8A8 results move by a few
 percent on a single 512-token window, because rounding flips compound through
 the layers; compare methods on 8,192 tokens or more.
+
+In the same pass, each model's predictions are compared with the float model's
+(engine.quant.divergence): the baseline's pass fills the reference, or a saved
+reference file (engine.quant.reference) stands in for it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from int8wb.engine.errors import BadInput
+from int8wb.engine.quant import divergence
 
 
 @dataclass(frozen=True)
@@ -22,6 +27,8 @@ class EvalSettings:
     window: int = 512  # tokens per window
     batch_size: int = 4  # windows per forward call
     corpus: str | None = None
+    reference: str | None = None  # a saved reference file to compare against, in place of the baseline
+    save_reference: str | None = None  # where to save the baseline's predictions
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> EvalSettings:
@@ -30,6 +37,11 @@ class EvalSettings:
             value = getattr(settings, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise BadInput(f"{name} must be a positive integer, got {value!r}")
+        for name in ("reference", "save_reference"):
+            if getattr(settings, name) is not None and not isinstance(getattr(settings, name), str):
+                raise BadInput(f"{name} must be a file path, got {getattr(settings, name)!r}")
+        if settings.reference and settings.save_reference:
+            raise BadInput("give either a reference to compare against or one to save, not both")
         return settings
 
 
@@ -63,6 +75,59 @@ def perplexity(model, windows, batch_size: int, task) -> dict[str, float]:
             total_tokens += batch[:, 1:].numel()
             task.progress((i + 1) / len(batches))
     return perplexity_numbers(total_nll, total_tokens, time.perf_counter() - started)
+
+
+SCORE_CHUNK = 1024  # positions whose log-softmax is computed at once (4 bytes x vocabulary each)
+
+
+class Scoring:
+    """One model's pass: its summed NLL and, when given, its comparison with the float model's reference.
+
+    `fills` says that this model is the float model whose pass writes the reference first.
+    """
+
+    def __init__(self, comparison: divergence.Comparison | None = None, fills: bool = False) -> None:
+        self.comparison, self.fills = comparison, fills
+        self.nll, self.tokens = 0.0, 0
+
+    def add(self, logits, targets) -> None:
+        """Logits (positions, V) and the tokens that come next (positions,), in position order."""
+        import torch.nn.functional as F
+
+        targets = targets.to(logits.device)
+        for start in range(0, logits.shape[0], SCORE_CHUNK):
+            logprobs = F.log_softmax(logits[start : start + SCORE_CHUNK].float(), dim=-1)
+            chunk_targets = targets[start : start + SCORE_CHUNK]
+            self.nll -= float(logprobs.gather(1, chunk_targets[:, None]).sum())
+            if self.fills:
+                self.comparison.reference.fill(self.tokens, logprobs, chunk_targets)
+            if self.comparison is not None:
+                self.comparison.add(logprobs, chunk_targets)
+            self.tokens += int(chunk_targets.numel())
+
+    def numbers(self, seconds: float) -> dict[str, Any]:
+        """The row's measured part: perplexity, and the divergence when there is a reference."""
+        numbers = perplexity_numbers(self.nll, self.tokens, seconds)
+        if self.comparison is not None:
+            numbers.update(self.comparison.summary())
+        return numbers
+
+
+def measure(model, windows, batch_size: int, task, scoring: Scoring) -> dict[str, Any]:
+    """`perplexity` with the divergence of `scoring` computed from the same logits."""
+    import torch
+
+    device = next(model.parameters()).device
+    started = time.perf_counter()
+    batches = windows.split(batch_size)
+    with torch.no_grad():
+        for i, batch in enumerate(batches):
+            task.check_cancelled()
+            batch = batch.to(device)
+            logits = model(input_ids=batch, use_cache=False).logits[:, :-1]  # (B, W-1, V)
+            scoring.add(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+            task.progress((i + 1) / len(batches))
+    return scoring.numbers(time.perf_counter() - started)
 
 
 def perplexity_numbers(total_nll: float, total_tokens: int, seconds: float) -> dict[str, float]:
@@ -108,12 +173,16 @@ def model_row(name: str, sizes: dict[str, int], quantized=None) -> dict[str, Any
 
 
 def comparison(rows: list[dict[str, Any]], windows, settings: EvalSettings, source: str, device) -> dict[str, Any]:
-    """The evaluation result: every row with its change against the first (the baseline)."""
+    """The evaluation result: every row with its change against the first (the baseline).
+
+    A row compared with the float model's reference already has its change, from the per-token differences.
+    """
     from int8wb.kernels.ops import int8_product_path
 
     baseline = rows[0]["perplexity"]
     for row in rows:
-        row["relative_change"] = row["perplexity"] / baseline - 1.0
+        if row.get("relative_change") is None:
+            row["relative_change"] = row["perplexity"] / baseline - 1.0
     return {
         "settings": {"tokens": int(windows.numel()), "window": settings.window, "batch_size": settings.batch_size},
         "corpus": source,
@@ -122,36 +191,100 @@ def comparison(rows: list[dict[str, Any]], windows, settings: EvalSettings, sour
     }
 
 
+def starting_reference(settings: EvalSettings, loaded, windows, source: str) -> divergence.Reference | None:
+    """The reference the models are compared with: the file given, checked against these tokens, or an
+    empty one that the float model's pass fills; None for a re-opened export with no file (no float model)."""
+    from int8wb.engine.quant import reference
+
+    identity = reference.tokenizer_identity(loaded.tokenizer)
+    if settings.reference:
+        saved = reference.load(settings.reference)
+        reference.check_matches(saved, windows.numpy(), identity, int(loaded.model.config.vocab_size))
+        return saved
+    if getattr(loaded, "quantized", None) is not None:
+        if settings.save_reference:
+            raise BadInput("a reference holds the floating-point model's predictions: this is a quantized export")
+        return None
+    if settings.save_reference:
+        reference.check_writable(settings.save_reference)
+    return divergence.Reference.empty(windows.numpy(), divergence.TOP_K, identity, loaded.name, source)
+
+
 def run(params: dict[str, Any], task, loaded, quantized: dict[str, Any]) -> dict[str, Any]:
     """Baseline plus every model in `quantized` (name -> engine.quant.quantize.QuantizedModel), side by side.
 
-    Returns {"settings", "corpus", "rows": [...]}, one row per model with
-    perplexity, relative change against the baseline, and byte counts.
+    Returns {"settings", "corpus", "rows": [...], "token_detail"}, one row per model with perplexity,
+    relative change and divergence against the float model, and byte counts; `token_detail` holds the
+    per-token divergence for the window's token view (token_view_data).
     """
     from int8wb.engine.model.limits import check_evaluation, check_sequence_length
     from int8wb.engine.planning.memory import MemoryRecorder
+    from int8wb.engine.quant import reference as reference_file
     from int8wb.engine.quant.quantize import tensor_bytes
 
     settings = EvalSettings.from_params(params)
     check_sequence_length(loaded.model, settings.window, "an evaluation window")
-    windows, source = evaluation_windows(settings, loaded.tokenizer, task)
+    windows, source = evaluation_windows(settings, loaded.tokenizer)
+    ref = starting_reference(settings, loaded, windows, source)
     check_evaluation(loaded.model, settings.window, min(settings.batch_size, windows.shape[0]), loaded.device)
     # A re-opened export has no floating-point model: its own quantized model is the first row.
     reopened = getattr(loaded, "quantized", None)
     first = (f"{reopened.method} (exported)", loaded.model, reopened) if reopened else ("baseline", loaded.model, None)
     models = [first] + [(name, q.model, q) for name, q in quantized.items()]
-    rows = []
+    rows, details = [], {}
     recorder = MemoryRecorder()
     for i, (name, model, q) in enumerate(models):
         step = task.slice(i / len(models), (i + 1) / len(models))
         step.log(f"evaluating {name} on {windows.numel()} tokens")
+        compared = divergence.Comparison(ref) if ref is not None else None
+        fills = i == 0 and ref is not None and not settings.reference
         with recorder.phase(f"evaluate {name}", loaded.device) as phase:
-            measured = perplexity(model, windows, settings.batch_size, step)
+            measured = measure(model, windows, settings.batch_size, step, Scoring(compared, fills))
         row = model_row(name, tensor_bytes(model) if q is None else {}, q)
         row.update(measured)
         row["memory"] = asdict(phase)
         rows.append(row)
-    return comparison(rows, windows, settings, source, loaded.device)
+        if compared is not None:
+            details[name] = compared.detail()
+    result = comparison(rows, windows, settings, source, loaded.device)
+    if ref is not None:
+        result["reference"] = {
+            "model": ref.model,
+            "k": ref.k,
+            "perplexity": ref.perplexity(),
+            "file": settings.reference,
+        }
+        result["token_detail"] = token_view_data(ref, details, loaded.tokenizer)
+    if settings.save_reference:
+        saved = reference_file.save(ref, settings.save_reference)
+        result["reference"].update(
+            file=str(saved), bytes=saved.stat().st_size, full_logits_bytes=full_logits_bytes(ref, loaded)
+        )
+    return result
+
+
+def full_logits_bytes(ref: divergence.Reference, loaded) -> int:
+    """What the same file would take with the float model's whole float32 logits at every position."""
+    return ref.positions * int(loaded.model.config.vocab_size) * 4
+
+
+def token_view_data(ref: divergence.Reference, details: dict[str, dict], tokenizer) -> dict[str, Any]:
+    """Per position: the tokens, the reference's and each model's top next tokens and KL, and the text of
+    every token id they name (the window has no tokenizer)."""
+    import numpy as np
+
+    shown = divergence.SHOWN_TOP
+    named = [ref.token_ids.reshape(-1), ref.top_ids[:, :shown].reshape(-1)]
+    named += [detail["top_ids"].reshape(-1) for detail in details.values()]
+    piece_ids = np.unique(np.concatenate([np.asarray(ids, dtype=np.int64) for ids in named]))
+    return {
+        "token_ids": ref.token_ids.astype(np.int32),
+        "piece_ids": piece_ids.astype(np.int32),
+        "pieces": [tokenizer.decode([int(i)]) for i in piece_ids],
+        "reference_top_ids": np.ascontiguousarray(ref.top_ids[:, :shown]),
+        "reference_top_probs": np.exp(ref.top_logprobs[:, :shown]),
+        "methods": details,
+    }
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -175,7 +308,37 @@ def format_table(result: dict[str, Any]) -> str:
     lines += [smoothing_note(row["method"], row["smoothing"]) for row in result["rows"] if row.get("smoothing")]
     lines.append("INT8 share: of the decoder's matrix weights (embeddings and output head are outside it)")
     lines += coverage_lines(result["rows"])
+    if result.get("reference"):
+        lines += ["", *divergence_table(result)]
     return "\n".join(lines)
+
+
+def divergence_table(result: dict[str, Any]) -> list[str]:
+    """Each row against the float model's predictions: KL divergence, same top token, RMS Δp, perplexity change."""
+    reference = result["reference"]
+    against = f"the reference file {reference['file']}" if reference.get("file") else f"{reference['model']}"
+    header = (
+        f"{'method':<18}{'mean KL':>10}{'median':>10}{'99%':>9}{'99.9%':>9}{'max':>9}{'same top':>10}"
+        f"{'RMS Δp':>9}{'PPL change (95%)':>27}"
+    )
+    lines = [
+        f"divergence from the floating-point model's predictions ({against}, top {reference['k']} per token)",
+        header,
+        "-" * len(header),
+    ]
+    for row in result["rows"]:
+        interval = f"{row['change_low']:+.2%} … {row['change_high']:+.2%}"
+        lines.append(
+            f"{row['method']:<18}{row['kl_mean']:>10.5f}{row['kl_median']:>10.5f}{row['kl_p99']:>9.4f}"
+            f"{row['kl_p999']:>9.4f}{row['kl_max']:>9.3f}{row['same_top']:>10.2%}{row['rms_dp']:>9.2%}"
+            f"{row['relative_change']:>+9.2%} ({interval})"
+        )
+    if reference.get("bytes"):
+        lines.append(
+            f"reference saved: {reference['file']}, {reference['bytes'] / 1e6:,.1f} MB "
+            f"(the full float32 logits would take {reference['full_logits_bytes'] / 1e6:,.0f} MB)"
+        )
+    return lines
 
 
 def smoothing_note(method: str, smoothing: dict[str, Any]) -> str:
