@@ -24,6 +24,7 @@ class Session:
         self.scan_result = None  # engine.quant.scan.ScanResult
         self.quantized: dict[str, Any] = {}  # method -> engine.quant.quantize.QuantizedModel
         self.memory: dict[str, dict[str, Any]] = {}  # phase name -> measured memory of that phase
+        self.super_weights: dict[str, Any] | None = None  # the last super weight experiment (engine.quant.super_weight)
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any], Any], dict[str, Any]]]:
         """Request type -> method; the server's job table."""
@@ -36,6 +37,7 @@ class Session:
             "export": self.export,
             "plan_memory": self.plan_memory,
             "sensitivity": self.sensitivity,
+            "super_weights": self.find_super_weights,
         }
 
     def handle(self, request_type: str, params: dict[str, Any], task) -> dict[str, Any]:
@@ -69,7 +71,7 @@ class Session:
         import gc
         import sys
 
-        self.loaded, self.scan_result, self.quantized = None, None, {}
+        self.loaded, self.scan_result, self.quantized, self.super_weights = None, None, {}, None
         gc.collect()
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available():
@@ -122,6 +124,7 @@ class Session:
 
         loaded = self.require_model()
         methods = quantize.check_methods(params.get("methods"))
+        params = self._with_kept_super_weights(params)
         if self.layerwise:
             return self.run_pass({**params, "methods": methods}, task)["quantize"]
         summaries = []
@@ -132,6 +135,39 @@ class Session:
             self.quantized[method] = variant
             summaries.append({**variant.summary(), "memory": self.memory[f"quantize {method}"]})
         return {"models": summaries}
+
+    def _with_kept_super_weights(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Quantize params with `keep_super_weights` (true) turned into the `super_weights` the last experiment
+        found; refused where there is nothing to keep or the model runs layer by layer from disk."""
+        keep = params.get("keep_super_weights", False)
+        if not isinstance(keep, bool):
+            raise BadInput(f"keep_super_weights must be true or false, got {keep!r}")
+        if self.layerwise and (keep or params.get("super_weights")):
+            raise BadInput("keeping super weights needs the model in memory (--offload none), where they are found")
+        if not keep:
+            return params
+        if self.super_weights is None:
+            raise BadInput(
+                "no super weight experiment ran on this model: run it first (int8wb outliers --super-weights)"
+            )
+        if not self.super_weights["super_weights"]:
+            raise BadInput(f"the super weight experiment found none to keep ({self.super_weights['criterion']})")
+        return {**params, "super_weights": self.super_weights["super_weights"]}
+
+    def find_super_weights(self, params: dict[str, Any], task) -> dict[str, Any]:
+        """The super weight finder and its zeroing experiment (engine.quant.super_weight); what it finds is what
+        a later quantize with `keep_super_weights` keeps in floating point."""
+        from int8wb.engine.quant import super_weight
+
+        loaded = self.require_model()
+        if self.layerwise:
+            raise BadInput(
+                "the super weight experiment zeroes weights of the model in memory: load it in memory "
+                "(--offload none) to run it"
+            )
+        with self._phase("super weights", loaded.device):
+            self.super_weights = super_weight.run(params, task, loaded)
+        return self.super_weights
 
     def evaluate(self, params: dict[str, Any], task) -> dict[str, Any]:
         """Perplexity of the baseline and of `params["methods"]` (default: every quantized variant)."""
@@ -181,7 +217,9 @@ class Session:
         return export.run(params, task, loaded, variant, self.scan_result).to_payload()
 
     def sensitivity(self, params: dict[str, Any], task) -> dict[str, Any]:
-        """The skip-list sweep of engine.quant.sensitivity on the loaded model (and its scan, for llm-int8)."""
+        """The skip-list sweep of engine.quant.sensitivity on the loaded model (and its scan, for llm-int8);
+        its sizes are checked against free memory (engine.model.limits) before it reads any text."""
+        from int8wb.engine.model.limits import check_sensitivity
         from int8wb.engine.quant import sensitivity
 
         loaded = self.require_model()
@@ -190,6 +228,8 @@ class Session:
                 "the sensitivity sweep evaluates the model once per candidate skip list: load it in memory "
                 "(--offload none) to run it"
             )
+        sweep = sensitivity.SweepSettings.from_params(params)
+        check_sensitivity(loaded.model, sweep.tokens, sweep.window, sweep.batch_size, loaded.device)
         with self._phase("sensitivity", loaded.device):
             return sensitivity.run(params, task, loaded, self.scan_result)
 

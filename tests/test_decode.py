@@ -9,10 +9,12 @@ import pytest
 
 from int8wb.engine.cli import EXIT_USER_ERROR, main
 from int8wb.engine.errors import BadInput
+from int8wb.engine.model import limits
 from int8wb.engine.planning import memory
 from int8wb.engine.quant import decode, quantize
 from int8wb.engine.session import Session
 from int8wb.engine.task import Task
+from int8wb.engine.vocabulary import MIB
 from tests.tiny_models import tiny_loaded
 
 FAST = {"new_tokens": 6, "prompt_tokens": 8, "repeats": 2, "copy_mib": 8}
@@ -129,3 +131,44 @@ def test_default_model_is_deterministic_and_naive_int8_leaves_the_baseline_first
     assert rows["baseline"]["diverges_at"] is None
     naive, outliers_kept = rows["absmax-tensor"]["diverges_at"], rows["llm-int8"]["diverges_at"]
     assert naive is not None and (outliers_kept is None or naive < outliers_kept), (naive, outliers_kept)
+
+
+@pytest.mark.parametrize(
+    "params, words",
+    [
+        ({"copy_mib": 10**9}, r"a bandwidth copy of 1,000,000,000 MiB needs at least .* GB of memory"),
+        ({"batch": 10**12}, r"decoding 1,000,000,000,000 sequences of up to 14 tokens needs at least"),
+    ],
+)
+def test_sizes_no_machine_holds_are_refused_before_allocating(tiny, params, words):
+    loaded, _ = tiny
+    with pytest.raises(BadInput, match=words):
+        decode.run({**FAST, **params}, Task(), loaded, {})
+
+
+def test_sizes_beyond_free_memory_are_refused_and_what_fits_runs(tiny, monkeypatch):
+    loaded, _ = tiny
+    monkeypatch.setattr(limits, "available_bytes", lambda device: 48 * MIB)
+    with pytest.raises(BadInput, match=r"bandwidth copy of 32 MiB .* GB are free on cpu: ask for a smaller copy_mib"):
+        decode.run({**FAST, "copy_mib": 32}, Task(), loaded, {})
+    assert decode.run({**FAST, "copy_mib": 8, "repeats": 1}, Task(), loaded, {})["rows"]
+
+
+def test_the_session_refuses_a_sensitivity_sweep_beyond_free_memory(tiny, monkeypatch):
+    loaded, _ = tiny
+    session = Session()
+    session.loaded = loaded
+    monkeypatch.setattr(limits, "available_bytes", lambda device: 1 * MIB)
+    params = {"method": "absmax-tensor", "tokens": 256, "holdout_tokens": 128, "window": 64}
+    with pytest.raises(BadInput, match=r"a sensitivity sweep over 256 tokens needs at least .* ask for fewer tokens"):
+        session.handle("sensitivity", params, Task())
+
+
+def test_cli_refuses_a_copy_no_machine_holds_with_a_sentence(tmp_path, capsys):
+    from tests.tiny_models import save_tiny_llama
+
+    model = save_tiny_llama(tmp_path / "tiny")
+    argv = ["bench-decode", "--model", str(model), "--methods", "weight-only", "--copy-mib", str(10**9), "--quiet"]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == EXIT_USER_ERROR and "bandwidth copy of 1,000,000,000 MiB" in err and "Traceback" not in err

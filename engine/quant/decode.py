@@ -174,7 +174,11 @@ def run(params: dict[str, Any], task, loaded, quantized: dict[str, Any]) -> dict
     (the baseline, or a re-opened export, first) with tokens/s, bytes per step as planned,
     achieved bandwidth, its bound and the generated tokens.
     """
+    from int8wb.engine.model.limits import check_decode
+
     settings = DecodeSettings.from_params(params)
+    copy_bytes = settings.copy_mib * MIB
+    check_decode(loaded.model, loaded.device, settings.batch, settings.prompt_tokens, settings.new_tokens, copy_bytes)
     ids, source = prompt_ids(settings, loaded.tokenizer, task)
     limit = getattr(loaded.model.config, "max_position_embeddings", None)
     if limit and ids.shape[1] + settings.new_tokens > limit:
