@@ -78,7 +78,7 @@ Requests (client -> engine) and their payloads:
     load_model   params of the job (see engine.session)  -> result
     scan         params; streams scan_layer events       -> result
     quantize, evaluate, bench_decode, plan_memory,
-    export, sensitivity                                  -> result
+    export, sensitivity, super_weights                   -> result
     cancel       {"target": "<job id>" | null}           -> result {"cancelled": bool}
     job_state    {"job": "<job id>"}                      -> result {"job", "state", "event"}
     shutdown     {}                                       -> result, then the engine exits
@@ -124,7 +124,17 @@ from int8wb.engine.errors import WorkbenchError
 
 PROTOCOL_VERSION = 2  # 2: the handshake gate and the stamp (from, session, to, seq)
 
-JOB_TYPES = ("load_model", "scan", "quantize", "evaluate", "bench_decode", "plan_memory", "export", "sensitivity")
+JOB_TYPES = (
+    "load_model",
+    "scan",
+    "quantize",
+    "evaluate",
+    "bench_decode",
+    "plan_memory",
+    "export",
+    "sensitivity",
+    "super_weights",
+)
 CONTROL_TYPES = ("hello", "cancel", "job_state", "shutdown")
 REQUEST_TYPES = CONTROL_TYPES + JOB_TYPES
 EVENT_TYPES = ("progress", "scan_layer", "log", "result", "error")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from int8wb.engine.checkpoint import contents, fallback
-from int8wb.engine.checkpoint.layout import BITSANDBYTES, COMPRESSED_TENSORS, check_format
+from int8wb.engine.checkpoint.layout import BITSANDBYTES, COMPRESSED_TENSORS, check_format, check_kept_super_weights
 from int8wb.engine.checkpoint.staging import file_mode, overlaps, write_folder
 from int8wb.engine.errors import BadInput
 from int8wb.engine.quant import coverage, skip_list
@@ -206,6 +206,7 @@ def run(params: dict[str, Any], task, loaded, quantized, scan=None) -> ExportRes
     import torch
 
     fmt = check_format(params.get("format"), quantized.method)
+    check_kept_super_weights(fmt, quantized.model)
     overwrite = bool(params.get("overwrite", False))
     target = check_target(params.get("out"), overwrite, model_sources(loaded))
     settings = contents.quantized_settings(quantized, scan)

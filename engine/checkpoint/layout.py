@@ -13,12 +13,16 @@ bitsandbytes (the default; what transformers + bitsandbytes load, and the workbe
 | bias           | `name.bias`               | model.safetensors         |
 | outlier_cols   | `name.outlier_cols`       | int8wb_extra.safetensors  |
 | outlier_weight | `name.outlier_weight`     | int8wb_extra.safetensors  |
+| super_weight_index, super_weight | `name.super_weight_index`, `name.super_weight` | int8wb_extra.safetensors |
 
 Our INT8 convention is bitsandbytes' own (`q = round(w * 127 / absmax)`, SCB = absmax),
 so its `Linear8bitLt` reads the INT8 values without requantizing them. A per-tensor
 scale is stored as every row's SCB (the same dequantized weights) and the sidecar's
 per-layer record says "tensor", which is how re-opening gets the 0-d scale back.
-Fields that bitsandbytes has no place for go to the sidecar tensors file.
+Fields that bitsandbytes has no place for go to the sidecar tensors file. A kept super weight
+(engine.quant.int8_linear) is in `name.weight` clipped to what its row's scale reaches, which is what
+transformers + bitsandbytes compute with; the workbench re-opens it whole from the sidecar. The serving
+formats have no place for it and refuse it (`check_kept_super_weights`).
 
 compressed-tensors (what vLLM and llm-compressor read): `name.weight` int8 (out, in)
 and `name.weight_scale` float32 (out, 1) = SCB / 127 for W8A8 ("int-quantized"); for
@@ -91,6 +95,28 @@ def check_format(fmt: Any, method: str) -> str:
     return fmt
 
 
+_NO_FLOAT_WEIGHT = {
+    "compressed-tensors": "vLLM computes every weight of an INT8 Linear from its INT8 value and its row's scale",
+    "gguf-q8_0": "llama.cpp computes every weight of a Q8_0 tensor from its INT8 value and its block's scale",
+}
+
+
+def check_kept_super_weights(fmt: str, model) -> None:
+    """Refuse a serving format for a model that keeps super weights in floating point: it has no place for them."""
+    from int8wb.engine.errors import BadInput
+    from int8wb.engine.quant.int8_linear import Int8Linear
+
+    if fmt == BITSANDBYTES:
+        return
+    kept = [n for n, m in model.named_modules() if isinstance(m, Int8Linear) and m.super_weight_index is not None]
+    if kept:
+        raise BadInput(
+            f"{fmt} cannot carry the super weight kept in floating point in {', '.join(kept)}: "
+            f"{_NO_FLOAT_WEIGHT.get(fmt, 'it has no place for a single floating-point weight')}. Export with "
+            "--format bitsandbytes (its sidecar keeps it), or quantize without keeping super weights"
+        )
+
+
 def linear_tensors(name: str, module, fmt: str = BITSANDBYTES) -> tuple[dict[str, Any], dict[str, Any]]:
     """(main tensors, sidecar tensors) of the Int8Linear `module` stored as `name` in format `fmt`."""
     if fmt == COMPRESSED_TENSORS:
@@ -114,6 +140,9 @@ def _bitsandbytes_tensors(name: str, module) -> tuple[dict[str, Any], dict[str, 
             sidecar[f"{name}.{_SIDECAR_FIELDS[field]}"] = tensor.contiguous()
     if module.bias is not None:
         main[f"{name}.bias"] = module.bias.contiguous()
+    if module.super_weight_index is not None:
+        sidecar[f"{name}.super_weight_index"] = module.super_weight_index.contiguous()
+        sidecar[f"{name}.super_weight"] = module.super_weight.contiguous()
     return main, sidecar
 
 
@@ -170,6 +199,7 @@ def layer_record(name: str, module, held_in_float: bool = False) -> dict[str, An
         "bias": module.bias is not None,
         "held_in_float": held_in_float,
         "outlier_dims": module.outlier_cols.tolist() if static else [],
+        "super_weights": [] if module.super_weight_index is None else module.super_weight_index.tolist(),
     }
 
 
@@ -196,6 +226,9 @@ def rebuild_linear(layer: dict[str, Any], remaining: dict[str, Any], threshold: 
         for field, suffix in _SIDECAR_FIELDS.items()
         if field in scheme_of(layer["method"]).tensor_data_names
     }
+    if layer.get("super_weights"):
+        fields["super_weight_index"] = remaining.pop(f"{name}.super_weight_index")
+        fields["super_weight"] = remaining.pop(f"{name}.super_weight")
     return Int8Linear(layer["method"], weight, scale, bias, dtype, threshold, **fields)
 
 

@@ -234,6 +234,11 @@ def _build(directory: Path, manifest: dict[str, Any], tensors: dict[str, Any]):
         outlier_dims,
         list(settings.get("skip_modules") or []),
         settings.get("smoothing"),
+        super_weights={
+            layer["name"]: [tuple(kept) for kept in layer["super_weights"]]
+            for layer in manifest["layers"]
+            if layer.get("super_weights")
+        },
     )
     return model, quantized
 
