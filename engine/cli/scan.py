@@ -41,15 +41,18 @@ def cmd_scan(args) -> int:
                 "tokens": payload["tokens"],
                 "report": payload["report"],
                 "layers": [
-                    _layer_summary(name, layer, payload["threshold"])
+                    _layer_summary(name, layer, payload["threshold"], payload["token_axis"]["seq_len"])
                     for layer in payload["layers"]
                     for name in layer["names"]
                 ],
+                "token_axis": token_axis_summary(payload),
                 **({"errors": payload["errors"]} if "errors" in payload else {}),
             }
         )
     else:
         print(format_scan_report(payload))
+        print()
+        print(format_token_axis(payload["token_axis"]))
         if "errors" in payload:
             print()
             print(format_error_table(payload))
@@ -99,7 +102,54 @@ def format_scan_report(payload: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _layer_summary(name: str, layer: dict[str, Any], threshold: float) -> dict[str, Any]:
+def token_axis_summary(payload: dict[str, Any], top: int = 5) -> dict[str, Any]:
+    """The token axis as JSON: per residual-stream layer its largest |x|, median |x|, largest |x| per token
+    position (over the calibration sequences) and its `top` dimensions; the massive activations with their
+    criterion; the precision alarms."""
+    axis = payload["token_axis"]
+    residual = []
+    for entry in axis["residual"]:
+        ranked = np.argsort(-entry["dim_absmax"], kind="stable")[:top]
+        residual.append(
+            {
+                "layer": entry["layer"],
+                "max_abs": float(entry["token_absmax"].max()),
+                "median_abs": entry["median_abs"],
+                "position_max_abs": entry["token_absmax"].max(axis=0).round(4).tolist(),
+                "top_dims": [{"dim": int(d), "max_abs": float(entry["dim_absmax"][d])} for d in ranked],
+            }
+        )
+    return {
+        "seq_len": axis["seq_len"],
+        "first_sequence_tokens": axis["tokens"],
+        "residual": residual,
+        "massive_criterion": axis["massive_criterion"],
+        "massive_activations": axis["massive_activations"],
+        "precision_alarms": axis["precision_alarms"],
+    }
+
+
+def format_token_axis(axis: dict[str, Any], shown: int = 10) -> str:
+    """The massive activations (the largest per layer, `shown` layers at most) and the precision alarms."""
+    massive = axis["massive_activations"]
+    lines = [f"massive activations in the residual stream: {len(massive)} (criterion: {axis['massive_criterion']})"]
+    layers = sorted({m["layer"] for m in massive})
+    for layer in layers[:shown]:
+        m = next(m for m in massive if m["layer"] == layer)
+        lines.append(
+            f"  layer {layer:>3}: dim {m['dim']:>5} = {m['value']:,.0f} ({m['ratio']:,.0f}x the median) on "
+            f"{m['token']!r}, position {m['position']} of sequence {m['sequence']}, and "
+            f"{sum(1 for x in massive if x['layer'] == layer) - 1} more"
+        )
+    if len(layers) > shown:
+        lines.append(f"  ... and {len(layers) - shown} more layers (--json lists them all)")
+    alarms = axis["precision_alarms"]
+    lines.append("precision: " + ("no alarm" if not alarms else f"{len(alarms)} alarm(s)"))
+    lines += [f"  {alarm['message']}" for alarm in alarms]
+    return "\n".join(lines)
+
+
+def _layer_summary(name: str, layer: dict[str, Any], threshold: float, seq_len: int) -> dict[str, Any]:
     """One Linear's entry: each Linear that reads a shared input (q/k/v, gate/up) is listed with its statistics."""
     dims = np.flatnonzero(layer["absmax"] > threshold)
     return {
@@ -109,5 +159,14 @@ def _layer_summary(name: str, layer: dict[str, Any], threshold: float) -> dict[s
         "absmax_max": float(layer["absmax"].max()),
         "outlier_dims": dims.tolist(),
         "outlier_token_fraction": (layer["count_over"][dims] / max(layer["n_tokens"], 1)).round(6).tolist(),
+        "output_max_abs": layer["output_absmax"].get(name),
+        **_position_maxima(layer, seq_len),
         **({"sqnr_db": layer["sqnr_db"][name]} if "sqnr_db" in layer else {}),
     }
+
+
+def _position_maxima(layer: dict[str, Any], seq_len: int) -> dict[str, Any]:
+    """The input's largest |x| per token position, over the calibration sequences (none for an expert)."""
+    if layer["token_absmax"] is None:
+        return {}
+    return {"position_max_abs": layer["token_absmax"].reshape(-1, seq_len).max(axis=0).round(4).tolist()}

@@ -2,21 +2,23 @@
 
 q/k/v read the same tensor, and so do gate/up. The hooks find which Linears are handed the very same
 tensor on the first batch and let only the first of each group fold it into the running statistics
-(abs-max, count over the threshold, log10 histogram, through `kernels.ops`); the error probe
+(abs-max, count over the threshold, log10 histogram, through `kernels.ops`), and, for the token axis,
+each token's largest |x| and its dimension (not for the experts of a mixture, whose tokens are a routed
+subset). Every Linear's output is watched for its largest |x| (engine.quant.precision). The error probe
 (engine.quant.layer_errors) still sees every Linear, each with its own weight. engine.quant.scan runs
 them layer by layer and turns what they collect (`InputStats`) into the scan's result.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from int8wb.engine.model.layers import expert_index, features, linear_kind
 from int8wb.engine.quant.layer_errors import LayerErrorProbe
-from int8wb.engine.vocabulary import HIST_BINS, HIST_LOG10_MAX, HIST_LOG10_MIN
+from int8wb.engine.vocabulary import EXPERT_KINDS, HIST_BINS, HIST_LOG10_MAX, HIST_LOG10_MIN
 
 
 @dataclass
@@ -43,6 +45,11 @@ class InputStats:
     smoothable: bool = False
     tokens: int = 0  # calibration tokens that reached this input (fewer than all for an expert)
     expert: int | None = None  # the expert these Linears belong to, None outside the experts
+    # per calibration token (sequence-major, see engine.quant.token_axis): its largest |x| and that dimension;
+    # None for an expert, which sees only the tokens routed to it
+    token_absmax: np.ndarray | None = None  # (tokens,) float32
+    token_argmax: np.ndarray | None = None  # (tokens,) int32
+    output_absmax: dict[str, float] | None = None  # Linear -> the largest |x| of its output
 
     def to_payload(self, n_tokens: int) -> dict[str, Any]:
         errors = {"sqnr_db": self.sqnr_db} if self.sqnr_db is not None else {}
@@ -60,6 +67,9 @@ class InputStats:
             "n_tokens": n_tokens,
             "tokens": self.tokens,
             "expert": self.expert,
+            "token_absmax": self.token_absmax,
+            "token_argmax": self.token_argmax,
+            "output_absmax": dict(self.output_absmax or {}),
             "final": True,
             **errors,
         }
@@ -73,6 +83,8 @@ class _Group:
     kind: str
     state: tuple  # (absmax, count, hist) running tensors
     tokens: int = 0  # rows of input seen: fewer than all calibration tokens for an expert
+    token_max: list = field(default_factory=list)  # per batch: each token's largest |x| (not for experts)
+    token_dim: list = field(default_factory=list)  # per batch: the dimension that holds it
 
 
 class StatsHooks:
@@ -92,12 +104,12 @@ class StatsHooks:
         self.group_of: dict[str, _Group] = {}
         self.first_batch_inputs: list[tuple[Any, _Group]] = []  # held until every member has been seen
         self.out_features = {name: features(module)[1] for name, module in members}
+        self.output_absmax: dict[str, Any] = {}  # Linear -> running max |output| (a 0-d tensor)
 
     def attach(self) -> StatsHooks:
         for name, module in self.members:
             self.handles.append(module.register_forward_pre_hook(self._hook(name)))
-            if self.probe is not None:
-                self.handles.append(module.register_forward_hook(self._output_hook(name)))
+            self.handles.append(module.register_forward_hook(self._output_hook(name)))
         return self
 
     def detach(self) -> None:
@@ -124,14 +136,25 @@ class StatsHooks:
                 group.tokens += x.shape[0]
                 absmax, count, hist = group.state
                 ops.input_stats(x, self.threshold, absmax, count, hist, log10_range)
+                if group.kind not in EXPERT_KINDS:
+                    values, dims = x.detach().abs().max(dim=-1)
+                    group.token_max.append(values.float())
+                    group.token_dim.append(dims.int())
             if self.probe is not None:
                 self.probe.observe(name, module, x)
 
         return hook
 
     def _output_hook(self, name: str):
+        import torch
+
         def hook(module, args, output):
-            self.probe.observe_output(name, output)
+            low, high = torch.aminmax(output.detach())
+            largest = torch.maximum(high, -low).float()
+            seen = self.output_absmax.get(name)
+            self.output_absmax[name] = largest if seen is None else torch.maximum(seen, largest)
+            if self.probe is not None:
+                self.probe.observe_output(name, output)
 
         return hook
 
@@ -172,9 +195,19 @@ class StatsHooks:
                     hist=hist.cpu().numpy(),
                     tokens=group.tokens,
                     expert=expert_index(names[0]),
+                    token_absmax=_joined(group.token_max),
+                    token_argmax=_joined(group.token_dim),
+                    output_absmax={n: float(self.output_absmax[n]) for n in names if n in self.output_absmax},
                 )
             )
         return stats
+
+
+def _joined(batches: list):
+    """The per-batch per-token tensors as one array, None where none were kept (an expert)."""
+    import torch
+
+    return torch.cat(batches).cpu().numpy() if batches else None
 
 
 def _new_group(module, kind: str, names: list[str] | None = None) -> _Group:

@@ -24,7 +24,7 @@ import numpy as np
 
 from int8wb.engine.model.layers import decoder_layers, linear_layers
 from int8wb.engine.model.layerwise import LayerWork, Stream, run_layers
-from int8wb.engine.quant import coverage, evaluate, scan
+from int8wb.engine.quant import coverage, evaluate, scan, token_axis
 from int8wb.engine.quant.quantize import (
     QuantizedModel,
     quantize_block,
@@ -197,7 +197,9 @@ def run(loaded, request: PassRequest, task) -> PassResult:
     variants = LayerVariants(request.variants, model, task)
     if request.scan is not None:
         batches, n_tokens, source = scan.calibration_batches(request.scan, model, loaded.tokenizer, loaded.device, task)
-        result.scan = scan.ScanResult(request.scan, n_tokens, source)
+        result.scan = scan.ScanResult(
+            request.scan, n_tokens, source, token_text=token_axis.token_texts(loaded.tokenizer, batches)
+        )
         on_layer = _take_from_scan(request.variants)
         streams.append(scan.scan_stream(request.scan, model, batches, result.scan, task, on_layer))
     evaluation = _Evaluation(request.evaluate, loaded, variants, task) if request.evaluate is not None else None

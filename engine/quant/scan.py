@@ -16,6 +16,11 @@ For every distinct input x (tokens, features) the scan keeps:
 - `tokens`: how many tokens reached it: all of them, except for an expert of a
   mixture-of-experts block, which sees only the tokens routed to it (an expert
   that saw few, or none, has unreliable statistics, and is reported all the same).
+
+The token axis (engine.quant.token_axis) comes with it: per decoder layer, the residual stream's
+largest |x| per token and per dimension (`ScanResult.residual`), each Linear input's largest |x| per
+token (`InputStats.token_absmax`), the massive activations among them (`ScanResult.massive_activations`),
+and the precision alarms of everything recorded (`ScanResult.precision_alarms`, engine.quant.precision).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import numpy as np
 
 from int8wb.engine.errors import BadInput
 from int8wb.engine.model.layers import decoder_layers, linear_layers
-from int8wb.engine.quant import smoothing
+from int8wb.engine.quant import precision, smoothing, token_axis
 from int8wb.engine.quant.input_hooks import InputStats, StatsHooks
 from int8wb.engine.quant.layer_errors import DEFAULT_ERROR_TOKENS, LayerErrorProbe, check_error_methods, error_summary
 from int8wb.engine.quant.schemes import scheme_of
@@ -86,6 +91,48 @@ class ScanResult:
     n_tokens: int
     corpus_source: str
     layers: list[InputStats] = field(default_factory=list)  # one per distinct Linear input
+    token_text: list[str] = field(default_factory=list)  # every calibration token's text, sequence-major
+    # the residual stream entering each decoder layer, then leaving the last (engine.quant.token_axis)
+    residual: list[token_axis.ResidualStats] = field(default_factory=list)
+
+    def massive_activations(self) -> list[dict[str, Any]]:
+        """The residual stream's massive activations (token_axis.MASSIVE_CRITERION): per layer, each token
+        over the criterion with its sequence, position, text, dimension, value and ratio to the layer's
+        median |x|, in layer order, largest first within a layer."""
+        return token_axis.massive_activations(self.residual, self.token_text, self.seq_len)
+
+    @property
+    def seq_len(self) -> int:
+        """Tokens per calibration sequence (the corpus may have held fewer than settings.seq_len)."""
+        return int(self.residual[0].token_absmax.shape[1]) if self.residual else self.settings.seq_len
+
+    def precision_readings(self) -> list[precision.Reading]:
+        """The largest |x| of every recorded place: the residual stream per layer, each Linear's input and output."""
+        readings = [precision.Reading("residual", r.layer, "", r.peak) for r in self.residual]
+        for stats in self.layers:
+            peak = float(stats.absmax.max()) if stats.absmax.size else 0.0
+            readings += [precision.Reading("input", stats.layer, name, peak) for name in stats.names]
+            readings += [
+                precision.Reading("output", stats.layer, name, value)
+                for name, value in (stats.output_absmax or {}).items()
+            ]
+        return readings
+
+    def precision_alarms(self) -> list[dict[str, Any]]:
+        """Where FP16 overflows or bfloat16 rounds coarsely (engine.quant.precision), from every recorded place."""
+        return precision.precision_alarms(self.precision_readings())
+
+    def token_axis_payload(self) -> dict[str, Any]:
+        """The token axis for the GUI and the CLI: the residual stream per layer, the first sequence's token
+        texts, the massive activations with their criterion, and the precision alarms."""
+        return {
+            "seq_len": self.seq_len,
+            "tokens": self.token_text[: self.seq_len],
+            "residual": [r.to_payload() for r in self.residual],
+            "massive_activations": self.massive_activations(),
+            "massive_criterion": token_axis.MASSIVE_CRITERION,
+            "precision_alarms": self.precision_alarms(),
+        }
 
     def outlier_dims(self, threshold: float) -> dict[str, np.ndarray]:
         """Per Linear name, the input dimensions whose abs-max exceeds `threshold`."""
@@ -104,6 +151,7 @@ class ScanResult:
             "hist_edges": HIST_EDGES,
             "layers": [s.to_payload(self.n_tokens) for s in self.layers],
             "report": dimension_report(self),
+            "token_axis": self.token_axis_payload(),
             **self.error_payload(),
         }
 
@@ -206,7 +254,7 @@ def run(params: dict[str, Any], task, loaded) -> ScanResult:
     settings = ScanSettings.from_params(params)
     model = loaded.model
     batches, n_tokens, source = calibration_batches(settings, model, loaded.tokenizer, loaded.device, task)
-    result = ScanResult(settings, n_tokens, source)
+    result = ScanResult(settings, n_tokens, source, token_text=token_axis.token_texts(loaded.tokenizer, batches))
     device = str(next(model.parameters()).device)
     run_layers(model, ResidentWeights(), [scan_stream(settings, model, batches, result, task)], [], task, device, None)
     _, blocks = decoder_layers(model)
@@ -221,7 +269,8 @@ def run(params: dict[str, Any], task, loaded) -> ScanResult:
 def scan_stream(settings: ScanSettings, model, batches: list, result: ScanResult, task, on_layer=None):
     """The calibration stream of the layer-by-layer loop: statistics of every Linear input, layer by layer.
 
-    Each layer's statistics are complete when the stream leaves it: its errors are measured (with
+    Each layer's statistics are complete when the stream leaves it: its residual stream's joins
+    `result.residual`, its errors are measured (with
     `error_methods`), its weights' column abs-max read, and the statistics appended to `result`, sent
     as `scan_layer` events and handed to `on_layer(index, stats)` (static llm-int8 and smoothquant
     quantize that layer from them in the same pass).
@@ -230,7 +279,9 @@ def scan_stream(settings: ScanSettings, model, batches: list, result: ScanResult
 
     smooth_groups = _smooth_groups(model, settings)
     hooks: dict[int, StatsHooks] = {}
+    residual_hooks: dict[int, token_axis.ResidualHooks] = {}
     prefixes: dict[int, str] = {}
+    n_blocks = len(decoder_layers(model)[1])
 
     def enter(index: int, prefix: str, block):
         prefixes[index] = prefix
@@ -239,11 +290,14 @@ def scan_stream(settings: ScanSettings, model, batches: list, result: ScanResult
         if probe is not None:
             probe.spread_over(len(batches))
         hooks[index] = StatsHooks(members, settings.threshold, task, probe).attach()
+        residual_hooks[index] = token_axis.ResidualHooks(block, index, last=index == n_blocks - 1)
         return block
 
     def leave(index: int, block) -> None:
-        layer_hooks = hooks.pop(index)
+        layer_hooks, residual = hooks.pop(index), residual_hooks.pop(index)
         layer_hooks.detach()
+        residual.detach()
+        result.residual += residual.collect()
         collected = layer_hooks.collect(index, start_index=len(result.layers))
         weights = smoothing.block_weight_view(block, prefixes.pop(index))
         if layer_hooks.probe is not None:
@@ -262,6 +316,7 @@ def scan_stream(settings: ScanSettings, model, batches: list, result: ScanResult
 
     def abandon(index: int, block) -> None:
         hooks.pop(index).detach()
+        residual_hooks.pop(index).detach()
 
     return Stream("calibration", batches, enter, leave, abandon)
 
