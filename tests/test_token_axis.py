@@ -126,3 +126,12 @@ def test_scan_json_lists_the_massive_activations_with_the_criterion(massive):
     assert first["max_abs"] == pytest.approx(result.residual[0].peak)
     assert len(first["position_max_abs"]) == result.seq_len
     assert first["top_dims"][0]["dim"] == PLANTED_DIM
+
+
+def test_the_load_summary_carries_the_alarm_and_keeps_float32_on_the_cpu():
+    loaded = planted_model(80_000.0)
+    dtype, notes = precision.check_at_load(loaded.model, loaded.tokenizer, "cpu", "float32", None)
+    assert dtype == "float32"
+    assert any("FP16 overflows there" in note for note in notes)
+    plain = tiny_llama(seed=0)
+    assert precision.check_at_load(plain, WordTokenizer(256), "cpu", "float32", None) == ("float32", [])

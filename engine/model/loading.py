@@ -127,12 +127,19 @@ def load(params: dict[str, Any], task, allow_remote_code: bool = False) -> Loade
     from int8wb.engine.model.experts import unfuse_experts
 
     notes += unfuse_experts(model)
+    from int8wb.engine.quant.precision import check_at_load  # the activations' range, and the GPU's compute type
+
+    task.progress(0.9, "checking the activations' range")
+    dtype, precision_notes = check_at_load(
+        model, tokenizer, device, str(dtype).removeprefix("torch."), params.get("dtype")
+    )
+    notes += precision_notes
     task.progress(1.0, "model loaded")
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
         device=device if device == ALL_GPUS else str(next(model.parameters()).device),
-        dtype=str(dtype).removeprefix("torch."),
+        dtype=dtype,
         notes=notes,
         offload={"mode": offload, "reason": reason},
         **identity,

@@ -118,6 +118,7 @@ def probe(model, tokenizer, tokens: int = PROBE_TOKENS) -> list[Reading]:
     from int8wb.engine.model import corpus
     from int8wb.engine.model.layers import decoder_layers, layer_number, linear_layers
 
+    tokens = min(tokens, getattr(model.config, "max_position_embeddings", None) or tokens)
     ids = corpus.tokenize(tokenizer, corpus.load_split(None).calibration, tokens)[:tokens]
     device = next(model.parameters()).device
     readings: list[Reading] = []
@@ -150,3 +151,23 @@ def probe(model, tokenizer, tokens: int = PROBE_TOKENS) -> list[Reading]:
         for handle in handles:
             handle.remove()
     return readings
+
+
+def check_at_load(model, tokenizer, device: str, dtype: str, requested: str | None) -> tuple[str, list[str]]:
+    """The probe's alarms as load-summary notes; on a GPU, FP16 given up where it overflows (`choose_compute_dtype`,
+    the model cast in place). Returns (the model's dtype now, the notes)."""
+    import torch
+
+    from int8wb.engine.model.loaded import cuda_indices
+    from int8wb.engine.vocabulary import BF16_MIN_CAPABILITY
+
+    alarms = precision_alarms(probe(model, tokenizer))
+    notes = [f"precision: {alarm['message']}" for alarm in alarms]
+    if device.startswith("cuda") and alarms:
+        native = min(torch.cuda.get_device_capability(i) for i in cuda_indices(device)) >= BF16_MIN_CAPABILITY
+        chosen, why = choose_compute_dtype(alarms, dtype, requested not in (None, "auto"), native)
+        if chosen != dtype:
+            model.to(getattr(torch, chosen))
+        notes.append(f"precision: {why}")
+        dtype = chosen
+    return dtype, notes
