@@ -44,6 +44,7 @@ from int8wb.app.views.heatmap import HeatmapView
 from int8wb.app.views.histogram import HistogramView
 from int8wb.app.views.planner_dialog import PlannerDialog
 from int8wb.app.views.profile import DimensionProfileView
+from int8wb.app.views.residual_map import ResidualMapView
 from int8wb.app.views.results_view import ResultsView
 from int8wb.app.views.saving import add_save_menu
 from int8wb.app.views.sensitivity_panel import SensitivityPanel
@@ -130,6 +131,8 @@ class MainWindow(QMainWindow):
         self.bottom_tabs.addTab(self.results_view, "Results")
         self.generated_view = GeneratedTextView(self.results)
         self.bottom_tabs.addTab(self.generated_view, "Generated text")
+        self.residual_map = ResidualMapView(self.workbench.residual)
+        self.bottom_tabs.addTab(self.residual_map, "Residual stream")
         self.bottom_tabs.addTab(self.log_view, "Log")
         self.right = QSplitter(Qt.Orientation.Vertical)
         for widget, stretch in ((self.maps, 5), (self.middle, 3), (self.bottom_tabs, 3)):

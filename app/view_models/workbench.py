@@ -29,6 +29,7 @@ from typing import Any
 
 from int8wb.app.view_models.decode import RUN_DECODE_PARAMS
 from int8wb.app.view_models.layer_errors import LayerErrors
+from int8wb.app.view_models.residual_stream import ResidualStream
 from int8wb.app.view_models.results import ResultsModel
 from int8wb.app.view_models.scan_stats import ScanStatistics
 from int8wb.app.view_models.threshold import ThresholdModel
@@ -111,6 +112,7 @@ class Workbench:
     ) -> None:
         self.client, self.stats, self.threshold, self.results = client, stats, threshold, results
         self.errors = errors or LayerErrors(stats)
+        self.residual = ResidualStream()  # the scan's token axis: the residual stream per layer and token
         self.skip_modules: list[str] = []  # Linears the next Run's quantize keeps in floating point
         self.skip_source = ""  # where that list came from, in words
         self.model_info: dict[str, Any] | None = None
@@ -320,6 +322,7 @@ class Workbench:
         elif request == "scan":
             self.stats.load_result(result)
             self.errors.load_result(result)
+            self.residual.load_result(result)
             self.threshold_chosen = False
         elif request == "quantize":
             self.results.add_quantized(result)
