@@ -52,6 +52,7 @@ from int8wb.app.views.smoothing_panel import SmoothingPanel
 from int8wb.app.views.status import WorkbenchStatusBar
 from int8wb.app.views.step_bar import StepBar
 from int8wb.app.views.threshold_panel import ThresholdPanel
+from int8wb.app.views.token_view import TokenView
 from int8wb.engine.installation import __version__
 from int8wb.engine.vocabulary import DEFAULT_THRESHOLD
 
@@ -131,6 +132,8 @@ class MainWindow(QMainWindow):
         self.bottom_tabs.addTab(self.results_view, "Results")
         self.generated_view = GeneratedTextView(self.results)
         self.bottom_tabs.addTab(self.generated_view, "Generated text")
+        self.token_view = TokenView(self.results)
+        self.bottom_tabs.addTab(self.token_view, "Where it hurts")
         self.residual_map = ResidualMapView(self.workbench.residual)
         self.bottom_tabs.addTab(self.residual_map, "Residual stream")
         self.bottom_tabs.addTab(self.log_view, "Log")

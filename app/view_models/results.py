@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from int8wb.app.view_models.decode import DecodeRun
+from int8wb.app.view_models.token_divergence import TokenDivergence
 from int8wb.engine.vocabulary import BASELINE, RESULT_GPUS
 
 MB = 1e6
@@ -41,6 +42,16 @@ class ResultRow:
     warnings: list[str] = field(default_factory=list)  # a decoder mostly left in floating point
     tokens_per_s: float | None = None  # measured greedy decoding, batch 1
     bound_tokens_per_s: float | None = None  # the machine's copy bandwidth / planned bytes per token
+    # Against the floating-point model's predictions on the same tokens (engine.quant.divergence):
+    kl_mean: float | None = None
+    kl_median: float | None = None
+    kl_p99: float | None = None
+    kl_p999: float | None = None
+    kl_max: float | None = None
+    same_top: float | None = None  # share of positions whose most probable next token is the float model's
+    rms_dp: float | None = None  # RMS change of the probability of the token that comes next
+    change_low: float | None = None  # 95% interval of the perplexity change, from the per-token differences
+    change_high: float | None = None
 
     def cells(self) -> list[str]:
         """The row as the table shows it, in `shown_columns()` order."""
@@ -70,6 +81,35 @@ def _megabytes(read: Callable[[ResultRow], int | None]) -> Callable[[ResultRow],
 
 def _one_decimal(value: float) -> str:
     return f"{value:,.1f}"
+
+
+def _kl(value: float) -> str:
+    return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
+
+
+def _signed_percent(value: float) -> str:
+    return f"{value:+.2%}"
+
+
+def _change_interval(row: ResultRow) -> tuple[float, float] | None:
+    return None if row.change_low is None or row.change_high is None else (row.change_low, row.change_high)
+
+
+KL_MEANING = (
+    "KL divergence of this model's next-token distribution from the floating-point model's, in nats per token "
+    "(0: the same predictions)"
+)
+DIVERGENCE_FIELDS = (
+    "kl_mean",
+    "kl_median",
+    "kl_p99",
+    "kl_p999",
+    "kl_max",
+    "same_top",
+    "rms_dp",
+    "change_low",
+    "change_high",
+)
 
 
 def _gpus_needed(card: str) -> Callable[[ResultRow], Any]:
@@ -111,6 +151,51 @@ COLUMNS: tuple[Column, ...] = (
         "Perplexity against the floating-point baseline, on the same evaluation tokens.",
         lambda r: r.relative_change,
         lambda v: f"{v:+.2%}",
+    ),
+    Column(
+        "change 95%",
+        "The 95% interval of the perplexity change, from the per-token differences of log-likelihood against the "
+        "floating-point model on the same tokens: paired, so much tighter than two separate perplexity intervals.",
+        _change_interval,
+        lambda v: f"{v[0]:+.2%}…{v[1]:+.2%}",
+        saved=False,
+    ),
+    Column(
+        "change low",
+        "Lower end of the perplexity change's 95% interval.",
+        lambda r: r.change_low,
+        _signed_percent,
+        shown=False,
+    ),
+    Column(
+        "change high",
+        "Upper end of the perplexity change's 95% interval.",
+        lambda r: r.change_high,
+        _signed_percent,
+        shown=False,
+    ),
+    Column("mean KL", f"Mean {KL_MEANING}, over every evaluation token.", lambda r: r.kl_mean, _kl),
+    Column("KL median", f"Median {KL_MEANING}.", lambda r: r.kl_median, _kl, shown=False),
+    Column("KL 99%", f"99th percentile of the {KL_MEANING}.", lambda r: r.kl_p99, _kl, shown=False),
+    Column(
+        "KL 99.9%",
+        f"99.9th percentile of the {KL_MEANING}: the rare tokens where quantization hurts most.",
+        lambda r: r.kl_p999,
+        _kl,
+    ),
+    Column("KL max", f"Largest {KL_MEANING}.", lambda r: r.kl_max, _kl, shown=False),
+    Column(
+        "same top",
+        "Share of tokens where this model's most probable next token is the floating-point model's.",
+        lambda r: r.same_top,
+        lambda v: f"{v:.2%}",
+    ),
+    Column(
+        "RMS Δp",
+        "Root mean square of the change in the probability given to the token that actually comes next, against "
+        "the floating-point model (percentage points).",
+        lambda r: r.rms_dp,
+        lambda v: f"{v:.2%}",
     ),
     Column(
         "int8 MB",
@@ -199,6 +284,7 @@ class ResultsModel:
         self.eval_tokens: int | None = None
         self.plan_note: str = ""
         self.decode: DecodeRun | None = None
+        self.tokens: TokenDivergence | None = None  # the last evaluation's per-token divergence
         self._listeners: list[Callable[[], None]] = []
 
     def subscribe(self, listener: Callable[[], None]) -> None:
@@ -213,6 +299,7 @@ class ResultsModel:
         self.eval_tokens = None
         self.plan_note = ""
         self.decode = None
+        self.tokens = None
         self._changed()
 
     def _row(self, method: str) -> ResultRow:
@@ -230,6 +317,8 @@ class ResultsModel:
             row.total_bytes, row.outlier_dims = summary.get("total_bytes"), summary.get("outlier_dims")
             row.threshold = summary.get("threshold")
             row.perplexity = row.relative_change = row.seconds = None  # stale until evaluated again
+            for name in DIVERGENCE_FIELDS:
+                setattr(row, name, None)
             self._take_coverage(row, summary)
             row.tokens_per_s = row.bound_tokens_per_s = None
         self._changed()
@@ -237,6 +326,7 @@ class ResultsModel:
     def add_evaluation(self, result: dict[str, Any]) -> None:
         """The `evaluate` job's reply: {"settings", "corpus", "rows": [...]}."""
         self.eval_tokens = result.get("settings", {}).get("tokens")
+        self.tokens = TokenDivergence.from_result(result)
         for entry in result.get("rows", []):
             row = self._row(entry["method"])
             for name in (
@@ -247,6 +337,7 @@ class ResultsModel:
                 "total_bytes",
                 "outlier_dims",
                 "seconds",
+                *DIVERGENCE_FIELDS,
             ):
                 if entry.get(name) is not None:
                     setattr(row, name, entry[name])
