@@ -36,7 +36,7 @@ def add_parser(subparsers) -> None:
 
 
 def cmd_eval(args, show_scan: bool = False) -> int:
-    from int8wb.engine.quant.evaluate import format_table
+    from int8wb.engine.quant import evaluate
 
     session = _common.session_with_model(args)
     methods = _common.parse_methods(args.methods)
@@ -48,6 +48,7 @@ def cmd_eval(args, show_scan: bool = False) -> int:
         "save_reference": args.save_reference,
     }
     if session.layerwise:
+        evaluate.refuse_reference_layer_by_layer(eval_params)
         one_pass = _common.run_one_pass(session, args, methods, scan=show_scan, evaluate=eval_params)
         scan_payload, result = one_pass["scan"], one_pass["evaluate"]
     else:
@@ -64,7 +65,7 @@ def cmd_eval(args, show_scan: bool = False) -> int:
     if show_scan and scan_payload:
         print(format_scan_report(scan_payload))
         print()
-    print(format_table(result))
+    print(evaluate.format_table(result))
     return 0
 
 

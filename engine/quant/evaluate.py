@@ -45,6 +45,15 @@ class EvalSettings:
         return settings
 
 
+def refuse_reference_layer_by_layer(params: dict[str, Any]) -> None:
+    """BadInput when a reference file is asked of a model run layer by layer, whose pass does not read one yet."""
+    if params.get("reference") or params.get("save_reference"):
+        raise BadInput(
+            "a reference file is read or saved by the in-memory evaluation only: load the model in memory "
+            "(--offload none) to use --reference or --save-reference"
+        )
+
+
 def evaluation_windows(settings: EvalSettings, tokenizer, task=None):
     """The (n, window) token ids every model is evaluated on; `task` is asked for cancellation while the text is read."""
     from int8wb.engine.model import corpus
