@@ -77,8 +77,8 @@ Requests (client -> engine) and their payloads:
     hello        {"protocol": 2, "client": "name"}        -> result: engine info
     load_model   params of the job (see engine.session)  -> result
     scan         params; streams scan_layer events       -> result
-    quantize, evaluate, bench_decode, plan_memory,
-    export, sensitivity, super_weights                   -> result
+    quantize, evaluate, task_accuracy, bench_decode,
+    plan_memory, export, sensitivity, super_weights      -> result
     cancel       {"target": "<job id>" | null}           -> result {"cancelled": bool}
     job_state    {"job": "<job id>"}                      -> result {"job", "state", "event"}
     shutdown     {}                                       -> result, then the engine exits
@@ -129,6 +129,7 @@ JOB_TYPES = (
     "scan",
     "quantize",
     "evaluate",
+    "task_accuracy",
     "bench_decode",
     "plan_memory",
     "export",

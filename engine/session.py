@@ -33,6 +33,7 @@ class Session:
             "scan": self.scan,
             "quantize": self.quantize,
             "evaluate": self.evaluate,
+            "task_accuracy": self.task_accuracy,
             "bench_decode": self.bench_decode,
             "export": self.export,
             "plan_memory": self.plan_memory,
@@ -179,6 +180,18 @@ class Session:
             evaluate.refuse_reference_layer_by_layer(params)
             return self.run_pass({"evaluate": params}, task, list(variants.values()))["evaluate"]
         return evaluate.run(params, task, loaded, variants)
+
+    def task_accuracy(self, params: dict[str, Any], task) -> dict[str, Any]:
+        """lm-evaluation-harness accuracy of the baseline and of `params["methods"]` on `params["tasks"]`
+        (engine.quant.tasks), each quantized model run in memory."""
+        from int8wb.engine.quant import tasks
+
+        loaded = self.require_model()
+        if self.layerwise:
+            raise BadInput(tasks.WHOLE_MODEL_ONLY)
+        variants = self._variants(params.get("methods"), "scoring them on tasks")
+        with self._phase("task accuracy", loaded.device):
+            return tasks.run(params, task, loaded, variants)
 
     def _variants(self, methods: Any, purpose: str) -> dict[str, Any]:
         """The quantized variants named by `methods` (all of them when None); BadInput names any not quantized yet."""

@@ -79,6 +79,7 @@ def sample_payload(message_type: str) -> dict:
         "scan": {"tokens": 512, "threshold": 6.0},
         "quantize": {"methods": ["llm-int8"], "threshold": 6.0},
         "evaluate": {"tokens": 1024, "methods": ["vectorwise", "absmax-tensor"]},
+        "task_accuracy": {"tasks": ["piqa", "/data/smoke.yaml"], "limit": 40, "methods": ["llm-int8"]},
         "bench_decode": {"new_tokens": 32, "repeats": 3, "methods": ["absmax-tensor", "llm-int8"]},
         "plan_memory": {"layers": 80, "hidden": 8192},
         "export": {"path": "/tmp/out", "method": "llm-int8"},

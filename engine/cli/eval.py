@@ -5,6 +5,8 @@ from __future__ import annotations
 from int8wb.engine.cli import _common
 from int8wb.engine.cli._progress import ProgressBarTask
 from int8wb.engine.cli.scan import format_scan_report
+from int8wb.engine.errors import BadInput
+from int8wb.engine.quant import tasks
 from int8wb.engine.vocabulary import METHODS
 
 
@@ -32,14 +34,27 @@ def add_parser(subparsers) -> None:
             metavar="FILE",
             help="measure the divergence against predictions saved with --save-reference, in place of the baseline",
         )
+        command.add_argument(
+            "--tasks",
+            metavar="NAMES_OR_YAML",
+            help="also score task accuracy with lm-evaluation-harness: comma-separated lm-eval task names "
+            "(LLM.int8()'s: winogrande,hellaswag,piqa,lambada_openai; their data come from the hub) or paths of "
+            "task YAML files over local JSON/JSONL data (runs offline)",
+        )
+        command.add_argument(
+            "--task-limit", type=int, metavar="N", help="score the first N examples of each task (default: all)"
+        )
         command.set_defaults(func=cmd_eval if name == "eval" else cmd_demo)
 
 
 def cmd_eval(args, show_scan: bool = False) -> int:
     from int8wb.engine.quant import evaluate
 
+    task_params = _task_params(args)
     session = _common.session_with_model(args)
     methods = _common.parse_methods(args.methods)
+    if task_params is not None and session.layerwise:
+        raise BadInput(tasks.WHOLE_MODEL_ONLY)
     eval_params = {
         "tokens": args.tokens,
         "window": args.window,
@@ -57,6 +72,10 @@ def cmd_eval(args, show_scan: bool = False) -> int:
         task = ProgressBarTask("evaluate", enabled=not args.quiet)
         result = session.evaluate(eval_params, task)
         task.finish()
+    if task_params is not None:
+        task = ProgressBarTask("task accuracy", enabled=not args.quiet)
+        result["task_accuracy"] = session.task_accuracy({**task_params, "methods": methods}, task)
+        task.finish()
     _common.print_warnings(result["rows"])
     result = {key: value for key, value in result.items() if key != "token_detail"}  # the window's token view
     if args.json:
@@ -66,7 +85,20 @@ def cmd_eval(args, show_scan: bool = False) -> int:
         print(format_scan_report(scan_payload))
         print()
     print(evaluate.format_table(result))
+    if task_params is not None:
+        print()
+        print(tasks.format_table(result["task_accuracy"]))
     return 0
+
+
+def _task_params(args) -> dict | None:
+    """The task_accuracy params of --tasks (None without it), checked before the model loads."""
+    if args.tasks is None:
+        return None
+    params = {"tasks": args.tasks, "limit": args.task_limit}
+    tasks.TaskSettings.from_params(params)
+    tasks.require_lm_eval()
+    return params
 
 
 def cmd_demo(args) -> int:
