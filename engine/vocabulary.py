@@ -242,6 +242,9 @@ GPU_PEAK_OPS = {
 RESULT_GPUS = ("A100-40GB", "A100-80GB")
 """The cards the results table counts GPUs for (LLM.int8()'s own comparison)."""
 
+SUGGESTED_TASKS = ("winogrande", "hellaswag", "piqa", "lambada_openai")
+"""lm-evaluation-harness tasks suggested for task accuracy (engine.quant.tasks): the LLM.int8() paper's zero-shot four."""
+
 # --- the scan's histogram ------------------------------------------------------------------------------
 
 HIST_LOG10_MIN, HIST_LOG10_MAX, HIST_BINS = -4.0, 5.0, 90

@@ -285,6 +285,7 @@ class ResultsModel:
         self.plan_note: str = ""
         self.decode: DecodeRun | None = None
         self.tokens: TokenDivergence | None = None  # the last evaluation's per-token divergence
+        self.tasks: Any = None  # the last Run's task accuracy (app.view_models.task_accuracy.TaskAccuracy)
         self._listeners: list[Callable[[], None]] = []
 
     def subscribe(self, listener: Callable[[], None]) -> None:
@@ -300,6 +301,7 @@ class ResultsModel:
         self.plan_note = ""
         self.decode = None
         self.tokens = None
+        self.tasks = None
         self._changed()
 
     def _row(self, method: str) -> ResultRow:
@@ -321,6 +323,12 @@ class ResultsModel:
                 setattr(row, name, None)
             self._take_coverage(row, summary)
             row.tokens_per_s = row.bound_tokens_per_s = None
+        self.tasks = None  # scored on the models this quantize replaced
+        self._changed()
+
+    def set_tasks(self, tasks: Any) -> None:
+        """The `task_accuracy` job's reply, as an app.view_models.task_accuracy.TaskAccuracy."""
+        self.tasks = tasks
         self._changed()
 
     def add_evaluation(self, result: dict[str, Any]) -> None:

@@ -32,6 +32,7 @@ from int8wb.app.view_models.layer_errors import LayerErrors
 from int8wb.app.view_models.residual_stream import ResidualStream
 from int8wb.app.view_models.results import ResultsModel
 from int8wb.app.view_models.scan_stats import ScanStatistics
+from int8wb.app.view_models.task_accuracy import TaskAccuracy
 from int8wb.app.view_models.threshold import ThresholdModel
 from int8wb.engine.client import EngineClient, EngineError, EngineState, Job
 from int8wb.engine.vocabulary import (
@@ -53,6 +54,7 @@ REQUEST_LABELS = {
     "bench_decode": "Timing decoding",
     "export": "Exporting",
     "sensitivity": "Measuring sensitivity",
+    "task_accuracy": "Scoring tasks",
 }
 NO_MODEL = "No model loaded."
 LOADING_DEFAULT = "the embedded default model (its first load converts it, about 30 s)"
@@ -90,6 +92,7 @@ STEP_OF_REQUEST = {
     "bench_decode": Step.RUN,
     "export": Step.EXPORT,
     "sensitivity": Step.RUN,
+    "task_accuracy": Step.RUN,
 }
 
 
@@ -234,7 +237,8 @@ class Workbench:
         )
 
     def run_methods(self, methods: list[str], eval_params: dict[str, Any]) -> str | None:
-        """Quantize with `methods`, evaluate them, plan their GPUs, time their decoding (one job after the other)."""
+        """Quantize with `methods`, evaluate them, plan their GPUs, time their decoding (one job after the other);
+        with `eval_params["tasks"]` (lm-eval task names or a task YAML), score them on those tasks last."""
         if self.model_info is None:
             return self.refuse("Load a model before quantizing it.")
         if not methods:
@@ -248,10 +252,17 @@ class Workbench:
         skip = {"skip_modules": list(self.skip_modules)} if self.skip_modules else {}
         job = self._submit("quantize", {"methods": methods, "threshold": threshold, "alpha": self.alpha, **skip})
         if job is not None:
+            evaluate = {key: value for key, value in eval_params.items() if key != "tasks"}
+            tasks = (
+                [("task_accuracy", {"methods": methods, "tasks": eval_params["tasks"]})]
+                if eval_params.get("tasks")
+                else []
+            )
             self.pending = [
-                ("evaluate", {"methods": methods, **eval_params}),
+                ("evaluate", {"methods": methods, **evaluate}),
                 ("plan_memory", {"methods": [BASELINE, *methods], "gpus": list(RESULT_GPUS), "threshold": threshold}),
                 ("bench_decode", {"methods": methods, **RUN_DECODE_PARAMS}),
+                *tasks,
             ]
         return job
 
@@ -335,6 +346,8 @@ class Workbench:
             self.results.add_decode(result)
         elif request == "export":
             self._exported(result)
+        elif request == "task_accuracy":
+            self.results.set_tasks(TaskAccuracy(result))
         elif request == "sensitivity":
             self._emit("sensitivity", result)
         self._next_step()

@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QPushButton,
     QVBoxLayout,
     QWidget,
@@ -33,6 +34,7 @@ from int8wb.engine.vocabulary import (
     METHODS,
     OFFLOAD_LABELS,
     OFFLOAD_MODES,
+    SUGGESTED_TASKS,
 )
 
 DEFAULT_MODEL_LABEL = "Embedded default (SmolLM2-135M)"
@@ -240,6 +242,17 @@ class RunPanel(QGroupBox):
             "window moves W8A8 results by a few percent",
         )
         self.window = spin_box(16, 8192, 512, " per window", 64, "Tokens per evaluation window (the context)")
+        self.tasks = QLineEdit()
+        self.tasks.setClearButtonEnabled(True)
+        self.tasks.setPlaceholderText(f"optional: {','.join(SUGGESTED_TASKS)} or a task .yaml")
+        self.tasks.setToolTip(
+            "Also score task accuracy with lm-evaluation-harness, last in the Run: comma-separated lm-eval task "
+            f"names (the LLM.int8() paper's: {', '.join(SUGGESTED_TASKS)}; their data come from the Hugging Face hub) or a "
+            "task YAML over local JSON/JSONL files, which runs offline. Empty: no tasks"
+        )
+        self.task_file = QPushButton("YAML…")
+        self.task_file.setToolTip("Choose a local lm-eval task YAML")
+        self.task_file.clicked.connect(self._choose_task_file)
         self.run_button = step_button(
             "Run", "Quantize with the ticked methods, evaluate them and count their GPUs (Ctrl+Return)"
         )
@@ -250,6 +263,7 @@ class RunPanel(QGroupBox):
         layout.addLayout(boxes)
         form = QFormLayout()
         form.addRow("evaluation", _row(self.eval_tokens, self.window))
+        form.addRow("tasks", _row(self.tasks, self.task_file))
         layout.addLayout(form)
         layout.addLayout(_row(self.run_button, self.export_button))
         self.skip_note = QLabel("")
@@ -273,4 +287,14 @@ class RunPanel(QGroupBox):
         self.skip_note.setVisible(bool(note))
 
     def eval_params(self) -> dict:
-        return {"tokens": self.eval_tokens.value(), "window": min(self.window.value(), self.eval_tokens.value())}
+        tasks = {"tasks": self.tasks.text().strip()} if self.tasks.text().strip() else {}
+        return {
+            "tokens": self.eval_tokens.value(),
+            "window": min(self.window.value(), self.eval_tokens.value()),
+            **tasks,
+        }
+
+    def _choose_task_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "An lm-eval task YAML", "", "Task YAML (*.yaml *.yml)")
+        if path:
+            self.tasks.setText(path)

@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
 from int8wb.app.view_models.results import ResultsModel, row_tooltip, shown_columns
 from int8wb.app.view_models.scan_stats import ScanStatistics
 from int8wb.app.view_models.story import result_sentence
+from int8wb.app.view_models.task_accuracy import CAPTION as TASK_CAPTION
 from int8wb.app.view_models.threshold import ThresholdModel
 from int8wb.app.views.empty_state import EmptyState
 from int8wb.app.views.saving import ask_save_path
@@ -70,6 +71,7 @@ class ResultsView(QWidget):
         self.note.setObjectName("info")
         self.note.setWordWrap(True)
         self.coverage = QLabel("")  # what the INT8 share counts, what stayed in floating point and why, warnings
+        self.task_table = self._build_task_table()  # lm-evaluation-harness accuracy and recovery, when asked for
         self.coverage.setWordWrap(True)
         self.chart = self._build_chart()
         self.bars: pg.BarGraphItem | None = None
@@ -80,6 +82,7 @@ class ResultsView(QWidget):
         top_layout.setContentsMargins(0, 0, 0, 0)
         top_layout.addWidget(self.table, 1)
         top_layout.addWidget(self.coverage)
+        top_layout.addWidget(self.task_table)
         top_layout.addWidget(self.note)
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(top)
@@ -150,11 +153,41 @@ class ResultsView(QWidget):
         self.coverage.setObjectName("warning" if any(row.warnings for row in rows) else "info")
         self.coverage.style().polish(self.coverage)
         self.coverage.setVisible(bool(coverage))
+        self._show_tasks()
         self.note.setText(
             " ".join(text for text in (measured, self.model.plan_note and f"{self.model.plan_note}.") if text)
         )
         self._draw_chart()
         QTimer.singleShot(0, self.fit_table_width)  # once the rows are laid out and the table is shown
+
+    @staticmethod
+    def _build_task_table() -> QTableWidget:
+        table = QTableWidget(0, 0)
+        table.setToolTip(TASK_CAPTION)
+        table.verticalHeader().setVisible(False)
+        table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        table.setVisible(False)
+        return table
+
+    def _show_tasks(self) -> None:
+        """Accuracy ± standard error and recovery per model and task; hidden until a Run scores tasks."""
+        tasks = self.model.tasks
+        self.task_table.setVisible(tasks is not None)
+        if tasks is None:
+            return
+        header, rows = tasks.header(), tasks.rows()
+        self.task_table.setColumnCount(len(header))
+        self.task_table.setHorizontalHeaderLabels(header)
+        self.task_table.setRowCount(len(rows))
+        for r, cells in enumerate(rows):
+            for c, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                if c:
+                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                self.task_table.setItem(r, c, item)
+        rows_height = sum(self.task_table.rowHeight(r) for r in range(len(rows)))
+        self.task_table.setFixedHeight(self.task_table.horizontalHeader().sizeHint().height() + rows_height + 4)
 
     def fit_table_width(self) -> None:
         """Give the table the width its columns need, taken from the chart while the chart keeps its minimum."""

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from int8wb.engine.errors import BadInput, DependencyError
+from int8wb.engine.vocabulary import SUGGESTED_TASKS
 
-SUGGESTED_TASKS = ("winogrande", "hellaswag", "piqa", "lambada_openai")  # LLM.int8()'s zero-shot four
 METRIC_PREFERENCE = ("acc", "acc_norm", "exact_match")  # the first a task reports is the one compared
 LOCAL_TASK_HINT = (
     "to run offline, write a task YAML whose data are local JSON/JSONL files "
