@@ -51,6 +51,7 @@ from int8wb.app.views.sensitivity_panel import SensitivityPanel
 from int8wb.app.views.smoothing_panel import SmoothingPanel
 from int8wb.app.views.status import WorkbenchStatusBar
 from int8wb.app.views.step_bar import StepBar
+from int8wb.app.views.super_weight_panel import SuperWeightPanel
 from int8wb.app.views.threshold_panel import ThresholdPanel
 from int8wb.app.views.token_view import TokenView
 from int8wb.engine.installation import __version__
@@ -72,9 +73,13 @@ class MainWindow(QMainWindow):
         self.error_dialog: QMessageBox | None = None
         self.planner: PlannerDialog | None = None
         self.sensitivity: SensitivityPanel | None = None
+        self.super_weight_panel: SuperWeightPanel | None = None
         self.needs_proportions = False  # no splitter positions remembered: set them when first shown
         self.explain = ExplainPanel(
-            lambda: explanation_html(self.workbench.model_info, self.stats, self.threshold, self.results), self
+            lambda: explanation_html(
+                self.workbench.model_info, self.stats, self.threshold, self.results, self.workbench.super_weights
+            ),
+            self,
         )
         self._build()
         self._build_actions()
@@ -187,6 +192,7 @@ class MainWindow(QMainWindow):
         )
         self.act_planner = action(menu, "Memory planner…", "Ctrl+M", self.open_planner)
         self.act_sensitivity = action(menu, "Which Linears to keep in float…", "Ctrl+K", self.open_sensitivity)
+        self.act_super_weights = action(menu, "The super weight…", "Ctrl+Shift+W", self.open_super_weights)
         menu.addSeparator()
         raise_by = 1.25
         action(
@@ -358,6 +364,15 @@ class MainWindow(QMainWindow):
         self.sensitivity.raise_()
         self.sensitivity.activateWindow()
         return self.sensitivity
+
+    def open_super_weights(self) -> SuperWeightPanel:
+        """The super weight experiment: its button, candidates and verdict, and keeping what it found."""
+        if self.super_weight_panel is None:
+            self.super_weight_panel = SuperWeightPanel(self.workbench, self)
+        self.super_weight_panel.show()
+        self.super_weight_panel.raise_()
+        self.super_weight_panel.activateWindow()
+        return self.super_weight_panel
 
     def about_text(self) -> str:
         """Versions of this window and of the engine behind it, and whether they differ."""

@@ -84,6 +84,7 @@ def sample_payload(message_type: str) -> dict:
         "plan_memory": {"layers": 80, "hidden": 8192},
         "export": {"path": "/tmp/out", "method": "llm-int8"},
         "sensitivity": {"method": "vectorwise", "target": 0.01},
+        "super_weights": {"candidates": 3, "tokens": 2048},
         "cancel": {"target": None},
         "job_state": {"job": "0" * 32},
         "shutdown": {},

@@ -22,7 +22,7 @@ from int8wb.engine.task import Task
 from tests.tiny_models import TinyLoaded, WordTokenizer, tiny_llama
 
 CONSTANT_DIM, SPIKE_DIM, MASSIVE_DIM, SUPER_WEIGHT = 3, 17, 41, 10.0
-SETTINGS = {"find_tokens": 64, "candidates": 3, "tokens": 256, "window": 64, "batch_size": 4}
+SETTINGS = {"find_tokens": 64, "candidates": 3, "tokens": 128, "window": 64, "batch_size": 2}
 
 
 def planted_model(plant: bool = True) -> TinyLoaded:

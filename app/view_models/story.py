@@ -152,15 +152,55 @@ def _quality_part(results: ResultsModel, stats: ScanStatistics, threshold: Thres
     return html.escape(sentence)
 
 
+def _super_weight_part(experiment: dict[str, Any] | None, threshold: float) -> str:
+    """The massive activation and the super weight that writes it, from the super weight experiment."""
+    if experiment is None:
+        return (
+            "Beyond outlier dimensions, a few models hold <b>massive activations</b>: single values on one token, "
+            "thousands of times the median, written by one <b>super weight</b> of a down projection (Yu et al. "
+            "2024). Run the super weight experiment (Workbench menu) to find this model's."
+        )
+    candidates = {(c["module"], c["row"], c["col"]): c for c in experiment["candidates"]}
+    found = [candidates[(f["module"], f["row"], f["col"])] for f in experiment["super_weights"]]
+    if not found:
+        tried = len(experiment["candidates"])
+        return (
+            f"The super weight experiment zeroed the {tried} weights that write the most at their down projection's "
+            f"largest input spike: {html.escape(experiment['verdict'])} ({html.escape(experiment['criterion'])})."
+        )
+    parts = []
+    for c in found:
+        keeps = "keeps" if abs(c["input_spike"]) > threshold else "would keep (at a lower threshold)"
+        parts.append(
+            f"{html.escape(c['module'])} reads an input spike of {c['input_spike']:,.0f} "
+            f"({c['input_ratio']:,.0f}x the median of its input) in dimension {c['col']} at token {c['token']} and "
+            f"writes {c['output_spike']:,.0f} into dimension {c['row']} of the residual stream: a <b>massive "
+            f"activation</b> later layers use as a fixed bias. One weight makes it, the <b>super weight</b> "
+            f"weight[{c['row']}, {c['col']}] = {c['weight']:.4g}: zeroing it took perplexity from "
+            f"{experiment['baseline']:.2f} to {c['zeroed']:.2f}, while zeroing the largest other weight of that "
+            f"Linear gave {c['control']:.2f}. Static LLM.int8() {keeps} that input column, the super weight "
+            f"with it, in floating point (the spike is over the threshold {threshold:g}); naive INT8 and "
+            "vector-wise round both to their scales unless the Run keeps the super weight in floating point."
+        )
+    return " ".join(parts)
+
+
 def explanation_html(
-    model_info: dict[str, Any] | None, stats: ScanStatistics, threshold: ThresholdModel, results: ResultsModel
+    model_info: dict[str, Any] | None,
+    stats: ScanStatistics,
+    threshold: ThresholdModel,
+    results: ResultsModel,
+    super_weights: dict[str, Any] | None = None,
 ) -> str:
-    """The "What am I looking at?" panel: the finding, then this model's numbers as far as they exist."""
+    """The "What am I looking at?" panel: the finding, then this model's numbers as far as they exist.
+
+    `super_weights`: the super weight experiment's result (engine.quant.super_weight), once it ran."""
     words = "".join(f"<dt><b>{word}</b></dt><dd>{meaning}</dd>" for word, meaning in WORDS)
     return (
         f"<h3>What am I looking at?</h3><p>{INTRO}</p>"
         f"<h4>This model</h4><p>{_model_part(model_info)}</p>"
         f"<h4>Its outliers</h4><p>{_outlier_part(stats, threshold)}</p>"
+        f"<h4>Its super weight</h4><p>{_super_weight_part(super_weights, threshold.threshold)}</p>"
         f"<h4>What quantization does to it</h4><p>{_quality_part(results, stats, threshold)}</p>"
         f"<h4>Words</h4><dl>{words}</dl>"
     )

@@ -19,6 +19,7 @@ window should show goes out to listeners (`subscribe`) as (event, data):
     "progress"  (label, fraction, message)    the running job's progress
     "results"   None                          an evaluation arrived: show the results
     "sensitivity" result                      a sensitivity sweep finished (engine.quant.sensitivity's result)
+    "super_weights" result                    the super weight experiment finished (engine.quant.super_weight's)
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ REQUEST_LABELS = {
     "export": "Exporting",
     "sensitivity": "Measuring sensitivity",
     "task_accuracy": "Scoring tasks",
+    "super_weights": "Finding the super weight",
 }
 NO_MODEL = "No model loaded."
 LOADING_DEFAULT = "the embedded default model (its first load converts it, about 30 s)"
@@ -93,6 +95,7 @@ STEP_OF_REQUEST = {
     "export": Step.EXPORT,
     "sensitivity": Step.RUN,
     "task_accuracy": Step.RUN,
+    "super_weights": Step.RUN,
 }
 
 
@@ -127,6 +130,8 @@ class Workbench:
         self.allow_remote_code = False  # the local engine may run the code a model ships (the user's setting)
         self.exported_to: str | None = None
         self.alpha = DEFAULT_ALPHA  # SmoothQuant's alpha for the next Run (the SmoothQuant panel's slider)
+        self.super_weights: dict[str, Any] | None = None  # the last super weight experiment on this model
+        self.keep_super_weights = False  # the next Run keeps the super weights it found in floating point
         self._listeners: list[Callable[[str, Any], None]] = []
         threshold.subscribe(self._on_threshold)
 
@@ -218,6 +223,20 @@ class Workbench:
             return self.refuse(f"{params['method']} takes its outlier dimensions from a scan: scan first.")
         return self._submit("sensitivity", {**params, "threshold": self.threshold.threshold})
 
+    def run_super_weights(self, params: dict[str, Any] | None = None) -> str | None:
+        """The super weight experiment (engine.quant.super_weight); its result comes as a "super_weights" event."""
+        if self.model_info is None:
+            return self.refuse("Load a model before looking for its super weight.")
+        return self._submit("super_weights", dict(params or {}))
+
+    def set_keep_super_weights(self, keep: bool) -> None:
+        """Keep the found super weights in floating point from the next Run on (refused until one was found)."""
+        if keep and not (self.super_weights or {}).get("super_weights"):
+            self.refuse("No super weight found yet: run the super weight experiment first.")
+            keep = False
+        self.keep_super_weights = keep
+        self._changed()
+
     def set_skip_list(self, modules: list[str], source: str = "") -> None:
         """Keep `modules` in floating point from the next Run on (so in its export too); [] quantizes all."""
         self.skip_modules, self.skip_source = list(modules), source if modules else ""
@@ -250,6 +269,7 @@ class Workbench:
             )
         threshold = self.threshold.threshold
         skip = {"skip_modules": list(self.skip_modules)} if self.skip_modules else {}
+        skip.update({"keep_super_weights": True} if self.keep_super_weights else {})
         job = self._submit("quantize", {"methods": methods, "threshold": threshold, "alpha": self.alpha, **skip})
         if job is not None:
             evaluate = {key: value for key, value in eval_params.items() if key != "tasks"}
@@ -350,6 +370,9 @@ class Workbench:
             self.results.set_tasks(TaskAccuracy(result))
         elif request == "sensitivity":
             self._emit("sensitivity", result)
+        elif request == "super_weights":
+            self.super_weights = result
+            self._emit("super_weights", result)
         self._next_step()
         self._changed()
 
@@ -406,6 +429,7 @@ class Workbench:
         self.exported_to = None
         self.errors.begin(())
         self.skip_modules, self.skip_source = [], ""
+        self.super_weights, self.keep_super_weights = None, False
         self.lay_out_grid()
 
     def _exported(self, result: dict[str, Any]) -> None:
