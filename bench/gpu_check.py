@@ -12,7 +12,7 @@ Steps, in order:
   GPU tests      every test marked `gpu`, in every test file (quick: those also marked `quick`: one case
                  per kernel, and the VRAM checks), except the slow perplexity test.
   perplexity     (full run) the default model on the GPU against the CPU: the `gpu` tests marked `slow`.
-  benchmark      bench/kernels.py (quick: its main rows).
+  benchmark      bench/cuda_kernels.py (quick: its main rows).
   decoding       (full run) `int8wb bench-decode` on the GPU: tokens/s of greedy decoding per method, the
                  bytes each step reads as planned, and the card's own copy bandwidth measured alongside.
 pytest runs with no third-party plugin (PYTEST_DISABLE_PLUGIN_AUTOLOAD: pytest-qt would import
@@ -206,7 +206,7 @@ def run_tests(machine: Machine, marker: str, timeout: float) -> Outcome:
 def run_benchmark(machine: Machine, timeout: float) -> Outcome:
     if machine.device is None:
         return Outcome("skipped", NO_DEVICE)
-    return run_command([sys.executable, "bench/kernels.py", *(["--quick"] if machine.quick else [])], timeout)
+    return run_command([sys.executable, "bench/cuda_kernels.py", *(["--quick"] if machine.quick else [])], timeout)
 
 
 def run_decode(machine: Machine, timeout: float) -> Outcome:

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,10 @@ def test_the_engine_modules_run_from_any_folder(entry, tmp_path):
         [sys.executable, "-m", entry, "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_no_script_is_named_like_an_installed_package():
+    """`python bench/x.py` puts bench/ first on sys.path: a bench/kernels.py hid Hugging Face's kernels there."""
+    installed = set(metadata.packages_distributions())
+    scripts = [path for folder in ("bench", "docs", "packaging") for path in (ROOT / folder).glob("*.py")]
+    assert scripts and not [str(path.relative_to(ROOT)) for path in scripts if path.stem in installed]

@@ -11,7 +11,7 @@ at hidden sizes 4096 and 8192, tokens 1 x 1 and 8 x 512. Ratios are within
 this run only. `--quick` (bench/gpu_check.sh --quick) keeps the main rows: every
 kernel, and the layer at hidden size 4096, with 10 repeats.
 
-    python bench/kernels.py [--repeats 50] [--quick]
+    python bench/cuda_kernels.py [--repeats 50] [--quick]
 """
 
 from __future__ import annotations
