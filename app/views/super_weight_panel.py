@@ -58,7 +58,8 @@ class SuperWeightPanel(QDialog):
         for i, name in enumerate(COLUMNS):
             if name in COLUMN_TOOLTIPS:
                 self.table.horizontalHeaderItem(i).setToolTip(COLUMN_TOOLTIPS[name])
-        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.table.horizontalHeader().setStretchLastSection(True)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.verdict = QLabel("No experiment yet.")
         self.verdict.setWordWrap(True)
