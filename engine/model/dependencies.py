@@ -26,10 +26,11 @@ FIX = (
 
 
 def diagnosis(exc: BaseException) -> DependencyError | None:
-    """A DependencyError for the first ImportError in `exc`'s chain (itself, its cause, its context), else None."""
+    """A DependencyError for the first ImportError in `exc`'s chain (itself, its cause, its context) that an import
+    statement raised (Python then names the module it looked for), else None."""
     failure = next((e for e in _chain(exc) if isinstance(e, ImportError)), None)
-    if failure is None:
-        return None
+    if failure is None or not failure.name:
+        return None  # an ImportError that no import statement raised: some code's own failure (a model's own code)
     importer = _importing_package(failure)
     wanted = (failure.name or "").split(".")[0]
     parts = [f"{_described(importer)} failed to import: {_first_line(failure)}" if importer else _first_line(failure)]
