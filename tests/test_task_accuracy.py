@@ -166,3 +166,37 @@ def test_a_hub_task_offline_names_itself_and_the_local_file_way():
     assert "Traceback" not in done.stdout + done.stderr
     assert "task 'piqa' could not be had" in piqa and "dataset_path: json" in piqa and "pass its path" in piqa
     assert "unknown task 'no_such_task_anywhere'" in unknown and "winogrande" in unknown
+
+
+def lm_eval_command_line(export: Path, task_file: Path, out: Path) -> dict:
+    """lm-eval's own command line (`lm_eval --model hf --model_args pretrained=EXPORT`) on an export, offline:
+    the task's results entry from the JSON it writes."""
+    command = [str(Path(sys.executable).with_name("lm_eval")), "--model", "hf", "--model_args"]
+    command += [f"pretrained={export}", "--tasks", str(task_file), "--device", "cpu", "--batch_size", "8"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    done = subprocess.run([*command, "--output_path", str(out)], capture_output=True, text=True, env=env, timeout=540)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (written,) = out.rglob("results_*.json")
+    return json.loads(written.read_text())["results"][smoke_task.TASK_NAME]
+
+
+@pytest.mark.slow
+def test_lm_eval_on_the_bitsandbytes_export_agrees_with_the_in_process_adapter(tmp_path):
+    """The default model: the smoke task in process for the baseline and two methods, then lm-eval's command line
+    on the bitsandbytes export of llm-int8-dynamic, which must score within one standard error of the same method."""
+    session = Session()
+    session.load_model({"device": "cpu"}, Task())
+    session.quantize({"methods": TWO_METHODS}, Task())
+    task_file = smoke_task.write(tmp_path / "smoke", count=60)
+    result = session.task_accuracy({"tasks": str(task_file)}, Task())
+    rows = {row["method"]: row for row in result["rows"]}
+    print("\n" + tasks.format_table(result))
+    assert list(rows) == ["baseline", *TWO_METHODS] and {row["examples"] for row in rows.values()} == {60}
+    baseline = rows["baseline"]
+    assert baseline["accuracy"] > 0.25 + 2 * baseline["stderr"]  # the model reads the text: well above chance
+    export = tmp_path / "smollm2-llm-int8-dynamic"
+    session.export({"method": "llm-int8-dynamic", "out": str(export)}, Task())
+    theirs = lm_eval_command_line(export, task_file, tmp_path / "lm-eval")
+    ours = rows["llm-int8-dynamic"]
+    print(f"lm_eval on the bitsandbytes export: acc {theirs['acc,none']:.4f} ± {theirs['acc_stderr,none']:.4f}")
+    assert abs(theirs["acc,none"] - ours["accuracy"]) <= ours["stderr"]
