@@ -15,7 +15,7 @@ import numpy as np
 
 from int8wb.engine.errors import BadInput
 from int8wb.engine.model.layers import features, linear_layers
-from int8wb.engine.quant import coverage, skip_list, smoothing, super_weight
+from int8wb.engine.quant import coverage, skip_list, smoothing
 from int8wb.engine.quant.int8_linear import Int8Linear
 from int8wb.engine.quant.schemes import scheme_of
 from int8wb.engine.vocabulary import DEFAULT_ALPHA, DEFAULT_THRESHOLD, METHODS, check_alpha, check_threshold
@@ -123,7 +123,7 @@ def recipe_from_params(params: dict[str, Any], model, scan=None, scan_in_pass: b
     skipped = [n for n, _ in targets if n in chosen or n in unfit]
     planned = [n for n, _ in targets if n not in skipped]
     coverage.require_int8(coverage.measure(model, int8_names=planned, unfit=unfit), method)
-    super_weights = super_weight.parse_kept(params.get("super_weights"), model)
+    super_weights = kept_super_weights(params.get("super_weights"), model)
     return QuantizedModel(
         method,
         threshold,
@@ -174,6 +174,30 @@ def quantize_block(block, prefix: str, recipe: QuantizedModel, task):
         found = smoothing.block_groups(block, prefix)
         smoothed, _ = smoothing.smooth_groups(copy_of_block, prefix, found, recipe.activation_absmax, recipe.alpha)
     return copy_of_block, quantize_linears(copy_of_block, prefix, recipe, task), smoothed
+
+
+def kept_super_weights(value: Any, model) -> dict[str, list[tuple[int, int]]]:
+    """The `super_weights` of a quantize request ([{"module", "row", "col"}, ...], as engine.quant.super_weight
+    finds them) as {Linear: [(row, col)]}, each checked against the model's quantizable Linears and their shapes."""
+    if value is None:
+        return {}
+    if not isinstance(value, list):
+        raise BadInput(f"super_weights must be a list of {{module, row, col}}, got {type(value).__name__}")
+    linears = dict(linear_layers(model))
+    kept: dict[str, list[tuple[int, int]]] = {}
+    for entry in value:
+        if not isinstance(entry, dict) or not isinstance(entry.get("module"), str):
+            raise BadInput(f"each super weight is {{module, row, col}}, got {entry!r}")
+        name, row, col = entry["module"], entry.get("row"), entry.get("col")
+        if name not in linears:
+            raise BadInput(f"super weight: {name!r} is not a quantizable Linear of this model")
+        in_features, out_features = features(linears[name])
+        for axis, index, size in (("row", row, out_features), ("col", col, in_features)):
+            if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < size:
+                raise BadInput(f"super weight of {name}: {axis} must be an integer in [0, {size}), got {index!r}")
+        if (row, col) not in kept.setdefault(name, []):
+            kept[name].append((row, col))
+    return kept
 
 
 _NEEDS_SCAN = {

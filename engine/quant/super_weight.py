@@ -250,29 +250,3 @@ def verdict(found: list[dict[str, Any]]) -> str:
         return NONE_FOUND
     names = ", ".join(f"{f['module']}.weight[{f['row']}, {f['col']}] ({f['weight']:.4g})" for f in found)
     return f"super weight{'s' if len(found) > 1 else ''}: {names}"
-
-
-def parse_kept(value: Any, model) -> dict[str, list[tuple[int, int]]]:
-    """The `super_weights` of a quantize request ([{"module", "row", "col"}, ...]) as {Linear: [(row, col)]},
-    each checked against the model's quantizable Linears and their shapes."""
-    from int8wb.engine.model.layers import features
-
-    if value is None:
-        return {}
-    if not isinstance(value, list):
-        raise BadInput(f"super_weights must be a list of {{module, row, col}}, got {type(value).__name__}")
-    linears = dict(linear_layers(model))
-    kept: dict[str, list[tuple[int, int]]] = {}
-    for entry in value:
-        if not isinstance(entry, dict) or not isinstance(entry.get("module"), str):
-            raise BadInput(f"each super weight is {{module, row, col}}, got {entry!r}")
-        name, row, col = entry["module"], entry.get("row"), entry.get("col")
-        if name not in linears:
-            raise BadInput(f"super weight: {name!r} is not a quantizable Linear of this model")
-        in_features, out_features = features(linears[name])
-        for axis, index, size in (("row", row, out_features), ("col", col, in_features)):
-            if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < size:
-                raise BadInput(f"super weight of {name}: {axis} must be an integer in [0, {size}), got {index!r}")
-        if (row, col) not in kept.setdefault(name, []):
-            kept[name].append((row, col))
-    return kept
