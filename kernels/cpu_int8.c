@@ -37,8 +37,9 @@ static inline float float_of_bits(uint32_t bits) {
     return value;
 }
 
-/* 127 / absmax as torch evaluates a scalar over a tensor (reciprocal, then times 127); 0 for 0. */
-static inline float inverse_scale(float absmax) { return absmax > 0.0f ? (1.0f / absmax) * 127.0f : 0.0f; }
+/* 127 / absmax as torch evaluates a scalar over a tensor (reciprocal, then times 127); 0 below
+ * kernels.reference.MIN_ABSMAX (2**-120, where the reciprocal would overflow) and for NaN. */
+static inline float inverse_scale(float absmax) { return absmax >= 0x1p-120f ? (1.0f / absmax) * 127.0f : 0.0f; }
 
 static inline float round_to_int8_range(float scaled) {
     const float rounded = rintf(scaled); /* the default rounding mode: half to even, as torch.round */

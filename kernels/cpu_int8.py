@@ -30,7 +30,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from int8wb.kernels import cpu_loader, reference
+from int8wb.kernels import cpu_gemv, cpu_loader, reference
 from int8wb.kernels.input_memo import InputMemo
 
 ONEDNN_AMX = "onednn-amx"
@@ -111,6 +111,8 @@ def linear(
     """`kernels.reference.int8_linear` for x (T, K) on the CPU, with the fused passes where they apply."""
     if not fused_available(x):
         return reference.int8_linear(x, weight_int8, weight_scale, bias, outlier_cols, outlier_weight, per_tensor)
+    if cpu_gemv.applies(x, weight_int8):  # a few tokens (decoding): one pass over the weight
+        return cpu_gemv.w8a8_linear(x, weight_int8, weight_scale, bias, outlier_cols, outlier_weight, per_tensor)
     x = x.contiguous()
     keep = _keep_mask(x.shape[1], outlier_cols)
     tensor_absmax = _tensor_absmax(x) if per_tensor else None

@@ -1,9 +1,10 @@
-"""Compiling `kernels/cpu_int8.c` with the system C compiler and calling it through ctypes.
+"""Compiling `kernels/cpu_int8.c` and `kernels/cpu_gemv.c` with the system C compiler, called through ctypes.
 
 torch's eager ops each make one pass over memory and one parallel region; the
 passes around the INT8 GEMM (quantize, dequantize) and the scan's statistics
-need several each, which costs more than the GEMM saves. The C file fuses each
-into one pass. It is compiled once per machine (`cc -O3 -march=native
+need several each, which costs more than the GEMM saves. `cpu_int8.c` fuses each
+into one pass; `cpu_gemv.c` is the whole layer for a few tokens (decoding), with
+its instructions picked at run time. The library is compiled once per machine (`cc -O3 -march=native
 -fopenmp`, `$CC` if set), cached under the user's cache directory keyed by a
 hash of the source, the flags, the compiler and the CPU's features, and loaded
 with ctypes; its OpenMP regions share torch's own OpenMP runtime (the library
@@ -31,7 +32,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).resolve().parent / "cpu_int8.c"
+SOURCES = tuple(Path(__file__).resolve().parent / name for name in ("cpu_int8.c", "cpu_gemv.c"))
 DISABLE_ENV = "INT8WB_KERNELS"
 # No fast-math, no FMA contraction: the kernels must round exactly as the torch reference does.
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fPIC", "-shared", "-std=gnu11")
@@ -48,7 +49,12 @@ _SIGNATURES = {
     "dequantize_i32": [_P, _P, _I64, _I64, _P, _P, _P, _P, ctypes.c_int],
     "outlier_flags": [_P, _I64, _I64, _I64, ctypes.c_float, _P, ctypes.c_int],
     "feature_stats": [_P, _I64, _I64, _I64, ctypes.c_float, _P, _P, _P, _P, _P, ctypes.c_int, ctypes.c_int],
+    "w8a8_rows_linear": [_P, _I64, _I64, _I64, _P, ctypes.c_int, _P, _I64, _P, ctypes.c_int, _P, _P, _P]
+    + [ctypes.c_int] * 2,
+    "rowscale_rows_linear": [_P, _I64, _I64, _I64, _P, _I64, _P, _P, _P, ctypes.c_int, ctypes.c_int],
+    "q8_0_rows_linear": [_P, _I64, _I64, _I64, _P, _I64, _P, _P, _P, ctypes.c_int, ctypes.c_int],
 }
+_RETURNS = {"gemv_isa_supported": ([ctypes.c_int], ctypes.c_int)}
 
 
 def library() -> ctypes.CDLL | None:
@@ -93,6 +99,9 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
         for name, argtypes in _SIGNATURES.items():
             getattr(built, name).argtypes = argtypes
             getattr(built, name).restype = None
+        for name, (argtypes, restype) in _RETURNS.items():
+            getattr(built, name).argtypes = argtypes
+            getattr(built, name).restype = restype
     except (OSError, subprocess.SubprocessError) as exc:
         return None, f"{type(exc).__name__}: {exc}"
     return built, None
@@ -105,7 +114,10 @@ def _cached_build(compiler: str) -> Path:
         with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
             partial = Path(scratch) / path.name
             result = subprocess.run(
-                [compiler, *FLAGS, str(SOURCE), "-o", str(partial), "-lm"], capture_output=True, text=True, timeout=300
+                [compiler, *FLAGS, *map(str, SOURCES), "-o", str(partial), "-lm"],
+                capture_output=True,
+                text=True,
+                timeout=300,
             )
             if result.returncode != 0:
                 raise subprocess.SubprocessError(f"{compiler} failed: {result.stderr.strip()[-2000:]}")
@@ -120,7 +132,7 @@ def _build_key(compiler: str) -> str:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
     features = sorted(name for name, value in torch.cpu.get_capabilities().items() if value is True)
     digest = hashlib.sha256()
-    for part in (SOURCE.read_text(), FLAGS, version, features):
+    for part in (*(source.read_text() for source in SOURCES), FLAGS, version, features):
         digest.update(repr(part).encode())
     return digest.hexdigest()[:16]
 

@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from int8wb.kernels import cpu_int8, cuda_loader, cuda_ops, reference
+from int8wb.kernels import cpu_gemv, cpu_int8, cuda_loader, cuda_ops, reference
 
 FLOATS = frozenset(cuda_ops.FLOAT_DTYPES)
 
@@ -201,6 +201,25 @@ input_stats = _register(
 # Q8_0 blocks (llama.cpp's 8-bit format): the reference is torch, which runs on any device.
 quantize_blocks = _register(Op("quantize_blocks", reference.quantize_blocks))
 dequantize_blocks = _register(Op("dequantize_blocks", reference.dequantize_blocks))
+
+
+def _composed_weight_only_linear(
+    x: torch.Tensor, weight_int8: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`reference.weight_only_linear` with its dequantize step dispatched (on a CUDA device: the kernel)."""
+    return reference.compose_weight_only_linear(sys.modules[__name__], x, weight_int8, weight_scale, bias)
+
+
+# Weight-only INT8 and Q8_0 (floating-point activations): on the CPU a few rows take one pass over the weight.
+weight_only_linear = _register(
+    Op(
+        "weight_only_linear",
+        reference.weight_only_linear,
+        _composed_weight_only_linear,
+        OnCuda(FLOATS, kernels=False),
+        cpu=cpu_gemv.weight_only_linear,
+    )
+)
 
 __all__ = list(REGISTRY)
 

@@ -201,6 +201,30 @@ def dequantize_blocks(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype =
     return blocks.reshape(rows, cols).to(dtype)
 
 
+def weight_only_linear(
+    x: torch.Tensor, weight_int8: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """x (T, K) times a stored INT8 weight (N, K) with the activations left in floating point (x's dtype):
+    the weight dequantized, then one GEMM, + bias. weight_scale (N,) or a scalar: one abs-max per row
+    (`dequantize_rowwise`); (N, blocks): one scale per block of K / blocks weights (`dequantize_blocks`, Q8_0)."""
+    return compose_weight_only_linear(sys.modules[__name__], x, weight_int8, weight_scale, bias)
+
+
+def compose_weight_only_linear(
+    primitives: ModuleType,
+    x: torch.Tensor,
+    weight_int8: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """`weight_only_linear` from the dequantize ops of `primitives` (this module, or `kernels.ops`)."""
+    if weight_scale.dim() == 2:
+        weight = primitives.dequantize_blocks(weight_int8, weight_scale, x.dtype)
+    else:
+        weight = primitives.dequantize_rowwise(weight_int8, weight_scale, x.dtype)
+    return torch.nn.functional.linear(x, weight, bias)
+
+
 def outlier_columns(x: torch.Tensor, threshold: float) -> torch.Tensor:
     """The feature columns of x (T, K) where any |x| > threshold, as sorted int64 indices (n,).
 
