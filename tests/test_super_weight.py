@@ -128,3 +128,20 @@ def test_quantize_keeps_the_found_super_weight_for_the_linear_that_holds_it(plan
 def test_a_bad_super_weight_is_refused_by_name(planted, entry):
     with pytest.raises(BadInput, match="super weight"):
         quantize.run({"method": "vectorwise", "super_weights": [entry]}, Task(), planted)
+
+
+def test_a_conv1d_down_projection_is_read_and_zeroed_as_its_out_in_matrix():
+    from int8wb.engine.model.layers import weight_matrix
+    from tests.tiny_models import tiny_model
+
+    model = tiny_model("gpt2")
+    ids = torch.randint(0, 256, (1, 32), generator=torch.Generator().manual_seed(0))
+    candidate = super_weight.find_candidates(model, ids, 1)[0]
+    assert candidate.module.endswith("mlp.c_proj")
+    module = model.get_submodule(candidate.module)
+    assert float(weight_matrix(module)[candidate.row, candidate.col]) == candidate.weight
+    before = module.weight.clone()
+    with super_weight.zeroed(model, [(candidate.module, candidate.row, candidate.col)]):
+        assert float(weight_matrix(module)[candidate.row, candidate.col]) == 0.0
+        assert int((module.weight != before).sum()) == 1
+    assert torch.equal(module.weight, before)

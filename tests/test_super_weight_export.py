@@ -68,3 +68,25 @@ def test_keeping_super_weights_needs_an_experiment_that_found_one(session):
         session.quantize({"methods": ["vectorwise"], "keep_super_weights": True}, Task())
     with pytest.raises(BadInput, match="keep_super_weights must be true or false"):
         session.quantize({"methods": ["vectorwise"], "keep_super_weights": "yes"}, Task())
+
+
+def test_the_cli_runs_the_experiment_and_says_when_there_is_no_super_weight(tiny_dir, capsys):
+    from int8wb.engine.cli import main
+
+    small = ["--candidates", "2", "--find-tokens", "32", "--tokens", "128", "--window", "64"]
+    code = main(["outliers", "--model", str(tiny_dir), "--device", "cpu", "--quiet", "--super-weights", *small])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "model.layers.0.mlp.down_proj" in out and "model.layers.1.mlp.down_proj" in out
+    assert "no super weight found" in out and "criterion: a candidate is a super weight" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [([], "say what to find"), (["--super-weights", "--candidates", "0"], "candidates must be a positive integer")],
+)
+def test_the_cli_refuses_a_bad_request_before_loading(tiny_dir, capsys, args, message):
+    from int8wb.engine.cli import main
+
+    assert main(["outliers", "--model", str(tiny_dir / "missing"), *args]) == 2
+    assert message in capsys.readouterr().err
