@@ -3,14 +3,14 @@
 q/k/v read the same tensor, and so do gate/up. The hooks find which Linears are handed the very same
 tensor on the first batch and let only the first of each group fold it into the running statistics
 (abs-max, count over the threshold, log10 histogram, through `kernels.ops`), and, for the token axis,
-each token's largest |x| and its dimension (not for the experts of a mixture, whose tokens are a routed
-subset). Every Linear's output is watched for its largest |x| (engine.quant.precision). The error probe
+each token's largest |x| (not for the experts of a mixture, whose tokens are a routed subset). Every Linear's output is watched for its largest |x| (engine.quant.precision). The error probe
 (engine.quant.layer_errors) still sees every Linear, each with its own weight. engine.quant.scan runs
 them layer by layer and turns what they collect (`InputStats`) into the scan's result.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,10 +45,9 @@ class InputStats:
     smoothable: bool = False
     tokens: int = 0  # calibration tokens that reached this input (fewer than all for an expert)
     expert: int | None = None  # the expert these Linears belong to, None outside the experts
-    # per calibration token (sequence-major, see engine.quant.token_axis): its largest |x| and that dimension;
+    # per calibration token (sequence-major, see engine.quant.token_axis): its largest |x|;
     # None for an expert, which sees only the tokens routed to it
     token_absmax: np.ndarray | None = None  # (tokens,) float32
-    token_argmax: np.ndarray | None = None  # (tokens,) int32
     output_absmax: dict[str, float] | None = None  # Linear -> the largest |x| of its output
 
     def to_payload(self, n_tokens: int) -> dict[str, Any]:
@@ -68,7 +67,6 @@ class InputStats:
             "tokens": self.tokens,
             "expert": self.expert,
             "token_absmax": self.token_absmax,
-            "token_argmax": self.token_argmax,
             "output_absmax": dict(self.output_absmax or {}),
             "final": True,
             **errors,
@@ -84,7 +82,6 @@ class _Group:
     state: tuple  # (absmax, count, hist) running tensors
     tokens: int = 0  # rows of input seen: fewer than all calibration tokens for an expert
     token_max: list = field(default_factory=list)  # per batch: each token's largest |x| (not for experts)
-    token_dim: list = field(default_factory=list)  # per batch: the dimension that holds it
 
 
 class StatsHooks:
@@ -98,8 +95,11 @@ class StatsHooks:
     reported with zero statistics and zero tokens.
     """
 
-    def __init__(self, members, threshold: float, task, probe: LayerErrorProbe | None = None) -> None:
+    def __init__(
+        self, members, threshold: float, task, probe: LayerErrorProbe | None = None, token_axis: bool = True
+    ) -> None:
         self.members, self.threshold, self.task, self.probe = members, threshold, task, probe
+        self.token_axis = token_axis  # each token's largest |x| per input, each output's largest |x|
         self.handles: list = []
         self.group_of: dict[str, _Group] = {}
         self.first_batch_inputs: list[tuple[Any, _Group]] = []  # held until every member has been seen
@@ -109,7 +109,8 @@ class StatsHooks:
     def attach(self) -> StatsHooks:
         for name, module in self.members:
             self.handles.append(module.register_forward_pre_hook(self._hook(name)))
-            self.handles.append(module.register_forward_hook(self._output_hook(name)))
+            if self.token_axis or self.probe is not None:
+                self.handles.append(module.register_forward_hook(self._output_hook(name)))
         return self
 
     def detach(self) -> None:
@@ -124,6 +125,8 @@ class StatsHooks:
         self.detach()
 
     def _hook(self, name: str):
+        import torch
+
         from int8wb.kernels import ops
 
         log10_range = (HIST_LOG10_MIN, HIST_LOG10_MAX)
@@ -136,10 +139,8 @@ class StatsHooks:
                 group.tokens += x.shape[0]
                 absmax, count, hist = group.state
                 ops.input_stats(x, self.threshold, absmax, count, hist, log10_range)
-                if group.kind not in EXPERT_KINDS:
-                    values, dims = x.detach().abs().max(dim=-1)
-                    group.token_max.append(values.float())
-                    group.token_dim.append(dims.int())
+                if self.token_axis and group.kind not in EXPERT_KINDS:
+                    group.token_max.append(torch.linalg.vector_norm(x.detach(), ord=math.inf, dim=-1).float())
             if self.probe is not None:
                 self.probe.observe(name, module, x)
 
@@ -149,10 +150,10 @@ class StatsHooks:
         import torch
 
         def hook(module, args, output):
-            low, high = torch.aminmax(output.detach())
-            largest = torch.maximum(high, -low).float()
-            seen = self.output_absmax.get(name)
-            self.output_absmax[name] = largest if seen is None else torch.maximum(seen, largest)
+            if self.token_axis:
+                largest = torch.linalg.vector_norm(output.detach(), ord=math.inf).float()
+                seen = self.output_absmax.get(name)
+                self.output_absmax[name] = largest if seen is None else torch.maximum(seen, largest)
             if self.probe is not None:
                 self.probe.observe_output(name, output)
 
@@ -196,7 +197,6 @@ class StatsHooks:
                     tokens=group.tokens,
                     expert=expert_index(names[0]),
                     token_absmax=_joined(group.token_max),
-                    token_argmax=_joined(group.token_dim),
                     output_absmax={n: float(self.output_absmax[n]) for n in names if n in self.output_absmax},
                 )
             )
@@ -204,7 +204,7 @@ class StatsHooks:
 
 
 def _joined(batches: list):
-    """The per-batch per-token tensors as one array, None where none were kept (an expert)."""
+    """The per-batch per-token maxima as one array, None where none were kept (an expert)."""
     import torch
 
     return torch.cat(batches).cpu().numpy() if batches else None

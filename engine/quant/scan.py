@@ -65,6 +65,7 @@ class ScanSettings:
     error_methods: tuple[str, ...] = ()  # measure each method's per-Linear SQNR too (engine.quant.layer_errors)
     error_tokens: int = DEFAULT_ERROR_TOKENS  # calibration tokens per Linear that the error pass uses
     alpha: float = DEFAULT_ALPHA  # smoothquant's strength, for its errors
+    token_axis: bool = True  # record the token axis; off only to measure its cost (bench/scan_token_axis.py)
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> ScanSettings:
@@ -83,6 +84,8 @@ class ScanSettings:
                 raise BadInput(f"{name} must be a positive integer, got {value!r}")
         if self.seq_len < 2:
             raise BadInput("seq_len must be at least 2")
+        if not isinstance(self.token_axis, bool):
+            raise BadInput(f"token_axis must be true or false, got {self.token_axis!r}")
 
 
 @dataclass
@@ -289,15 +292,17 @@ def scan_stream(settings: ScanSettings, model, batches: list, result: ScanResult
         probe = _error_probe(settings, smooth_groups)
         if probe is not None:
             probe.spread_over(len(batches))
-        hooks[index] = StatsHooks(members, settings.threshold, task, probe).attach()
-        residual_hooks[index] = token_axis.ResidualHooks(block, index, last=index == n_blocks - 1)
+        hooks[index] = StatsHooks(members, settings.threshold, task, probe, settings.token_axis).attach()
+        if settings.token_axis:
+            residual_hooks[index] = token_axis.ResidualHooks(block, index, last=index == n_blocks - 1)
         return block
 
     def leave(index: int, block) -> None:
-        layer_hooks, residual = hooks.pop(index), residual_hooks.pop(index)
+        layer_hooks, residual = hooks.pop(index), residual_hooks.pop(index, None)
         layer_hooks.detach()
-        residual.detach()
-        result.residual += residual.collect()
+        if residual is not None:
+            residual.detach()
+            result.residual += residual.collect()
         collected = layer_hooks.collect(index, start_index=len(result.layers))
         weights = smoothing.block_weight_view(block, prefixes.pop(index))
         if layer_hooks.probe is not None:
@@ -316,7 +321,8 @@ def scan_stream(settings: ScanSettings, model, batches: list, result: ScanResult
 
     def abandon(index: int, block) -> None:
         hooks.pop(index).detach()
-        residual_hooks.pop(index).detach()
+        if index in residual_hooks:
+            residual_hooks.pop(index).detach()
 
     return Stream("calibration", batches, enter, leave, abandon)
 

@@ -12,7 +12,7 @@ any normalisation, with a forward pre-hook on every decoder layer (and a forward
   numbering of transformers' `output_hidden_states` (whose last entry is normalised on some models).
 - per calibration token: its largest |x| over the dimensions and the dimension that holds it,
 - per dimension: its largest |x| over the tokens,
-- the layer's median |x| (over the first calibration batch: a median is steady and this keeps it cheap),
+- the layer's median |x| (over the first calibration sequence: a median is steady and this keeps it cheap),
 - for the tokens of the first calibration sequence (the one the window shows): their `PROFILE_DIMS`
   largest dimensions, the token's dimension profile where it matters.
 
@@ -45,7 +45,7 @@ class ResidualStats:
     token_absmax: np.ndarray  # (sequences, seq_len) float32: each token's largest |x|
     token_argmax: np.ndarray  # (sequences, seq_len) int32: the dimension that holds it
     dim_absmax: np.ndarray  # (hidden,) float32: each dimension's largest |x| over all tokens
-    median_abs: float  # median |x| over the first calibration batch
+    median_abs: float  # median |x| over the first calibration sequence
     profile_dims: np.ndarray  # (seq_len, PROFILE_DIMS) int32: first sequence, largest dimensions first
     profile_values: np.ndarray  # (seq_len, PROFILE_DIMS) float32: their |x|
 
@@ -78,17 +78,16 @@ class _Running:
     def observe(self, hidden) -> None:
         import torch
 
-        x = hidden.detach()
-        values, dims = x.abs().max(dim=-1)  # (B, T)
+        magnitude = hidden.detach().abs()
+        values, dims = magnitude.max(dim=-1)  # (B, T)
         self.token_max.append(values.float())
         self.token_dim.append(dims.int())
-        # The per-dimension maximum from the per-token one is not enough (one token, one dimension): read x again.
-        dim_max = x.abs().amax(dim=(0, 1)).float()
+        dim_max = magnitude.amax(dim=(0, 1)).float()
         self.dim_max = dim_max if self.dim_max is None else torch.maximum(self.dim_max, dim_max)
-        if self.profile is None:  # the first batch: the median and the first sequence's profile
-            self.median = float(x.abs().float().median())
-            k = min(PROFILE_DIMS, x.shape[-1])
-            top = x[0].abs().float().topk(k, dim=-1)
+        if self.profile is None:  # the first sequence: the layer's median and each token's largest dimensions
+            first = magnitude[0].float()
+            self.median = float(first.median())
+            top = first.topk(min(PROFILE_DIMS, first.shape[-1]), dim=-1)
             self.profile = (top.indices.int(), top.values)
 
     def collect(self, layer: int) -> ResidualStats:
