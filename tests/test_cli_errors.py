@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
+import torch  # noqa: F401  torch's log handler keeps the stderr it is imported under: pytest's, not a test's capsys
 
 from int8wb.engine.cli import EXIT_USER_ERROR, main
 
@@ -52,6 +54,70 @@ def test_corpus_that_is_not_utf8(capsys, tmp_path):
     corpus.write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
     code, err = _run(capsys, "scan", "--corpus", str(corpus), "--quiet")
     assert code == EXIT_USER_ERROR and "not UTF-8" in err
+
+
+def _special_corpus(kind: str, tmp_path) -> str:
+    if kind == "directory":
+        return str(tmp_path)
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "pipe")
+        return str(tmp_path / "pipe")
+    return "/dev/zero"
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("directory", "is a directory: give a UTF-8 text file"),
+        ("fifo", "is not a regular file (a device, pipe or socket)"),
+        ("device", "is not a regular file (a device, pipe or socket)"),
+    ],
+)
+def test_a_corpus_that_is_not_a_regular_file_says_what_it_is(capsys, tmp_path, kind, message):
+    if kind == "device" and not os.path.exists("/dev/zero"):
+        pytest.skip("no /dev/zero here")
+    code, err = _run(capsys, "scan", "--corpus", _special_corpus(kind, tmp_path), "--quiet")
+    assert code == EXIT_USER_ERROR and message in err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["scan", "--corpus", "c" * 100_000], "corpus path is too long for the file system (100,000 characters)"),
+        (["plan", "--preset", "p" * 100_000], "unknown preset 'ppp"),
+        (["plan", "--preset", "../presets/opt-6.7b"], "unknown preset"),
+    ],
+)
+def test_names_too_long_for_the_file_system_are_bad_input(capsys, argv, message):
+    code, err = _run(capsys, *argv)
+    assert code == EXIT_USER_ERROR and message in err and len(err) < 2000  # the name is not repeated whole
+
+
+@pytest.mark.parametrize("target", ["nan", "inf"])
+def test_a_sensitivity_target_that_is_not_finite_is_refused_before_the_model_loads(capsys, target):
+    code, err = _run(capsys, "sensitivity", "--model", "/no/such/model", "--target", target, "--quiet")
+    assert code == EXIT_USER_ERROR and f"target must be a finite percentage, got {float(target)}" in err
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--context", 10**21, "context 1,000,000,000,000,000,000,000 is beyond any real model or server"),
+        ("--batch", 10**20, "batch 100,000,000,000,000,000,000 is beyond any real model or server"),
+    ],
+)
+def test_plan_settings_beyond_any_real_machine_are_refused(capsys, option, value, message):
+    code, err = _run(capsys, "plan", "--preset", "opt-6.7b", option, str(value))
+    assert code == EXIT_USER_ERROR and message in err and "a plan takes at most" in err
+
+
+def test_an_export_inside_a_file_says_the_parent_is_a_file(capsys, tmp_path):
+    parent = tmp_path / "notes.txt"
+    parent.write_text("a file, not a folder")
+    for out in (parent / "sub", parent / "sub" / "deeper"):
+        code, err = _run(capsys, "export", "--model", "/no/such/model", "--out", str(out), "--quiet")
+        assert code == EXIT_USER_ERROR and f"{parent} is a file, not a folder" in err
+    assert parent.read_text() == "a file, not a folder"
 
 
 def test_directory_without_config(capsys, tmp_path):

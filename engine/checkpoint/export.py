@@ -125,6 +125,9 @@ def check_target(out: Any, overwrite: bool, sources: list[str] = ()) -> Path:
         refusal = overwrite_refusal(target)
         if refusal is not None:
             raise BadInput(refusal)
+    nearest = next(folder for folder in target.parents if folder.exists())
+    if not nearest.is_dir():
+        raise BadInput(f"{nearest} is a file, not a folder: an export cannot go inside it")
     if not target.parent.is_dir():
         raise BadInput(f"the parent folder {target.parent} does not exist")
     return target

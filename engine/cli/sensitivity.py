@@ -38,23 +38,22 @@ def add_parser(subparsers) -> None:
 
 
 def cmd_sensitivity(args) -> int:
+    params = {
+        "method": args.method,
+        "target": args.target,
+        "group": args.group,
+        "tokens": args.tokens,
+        "holdout_tokens": args.holdout_tokens,
+        "window": args.window,
+        "threshold": args.threshold,
+        "corpus": args.corpus,
+    }
+    SweepSettings.from_params(params)  # a wrong setting is refused before the model loads
     session = _common.session_with_model(args)
     if args.method == "llm-int8":
         _common.run_scan(session, args)
     task = ProgressBarTask("sensitivity", enabled=not args.quiet)
-    result = session.sensitivity(
-        {
-            "method": args.method,
-            "target": args.target,
-            "group": args.group,
-            "tokens": args.tokens,
-            "holdout_tokens": args.holdout_tokens,
-            "window": args.window,
-            "threshold": args.threshold,
-            "corpus": args.corpus,
-        },
-        task,
-    )
+    result = session.sensitivity(params, task)
     task.finish()
     if args.json:
         _common.print_json(result)

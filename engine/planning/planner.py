@@ -49,6 +49,9 @@ PLAN_METHODS = (BASELINE, *METHODS)
 DEFAULT_USABLE_FRACTION = 0.9  # margin for allocator fragmentation and what the estimate misses
 DEFAULT_OVERHEAD_BYTES = 1 * GIB  # CUDA context, cuBLAS workspace, NCCL buffers: assumed, per GPU
 DEFAULT_OUTLIER_FRACTION = 0.005  # "the top 0.5% of feature dimensions" (DESIGN.md)
+# The largest plan: 16M tokens is past any model's context today, 65,536 sequences past any serving batch.
+MAX_CONTEXT = 1 << 24
+MAX_BATCH = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -142,10 +145,14 @@ class Settings:
 
 def check_settings(settings: Settings) -> Settings:
     """Raise BadInput for a setting no plan can be made with."""
-    for name in ("context", "batch"):
+    for name, largest, unit in (("context", MAX_CONTEXT, "tokens"), ("batch", MAX_BATCH, "sequences")):
         value = getattr(settings, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise BadInput(f"{name} must be a whole number of at least 1, got {value!r}")
+        if value > largest:
+            raise BadInput(
+                f"{name} {value:,} is beyond any real model or server: a plan takes at most {largest:,} {unit}"
+            )
     if settings.dtype not in FLOAT_BYTES:
         raise BadInput(f"unknown dtype {settings.dtype!r}; use one of {', '.join(FLOAT_BYTES)}")
     if not 0.0 <= settings.outlier_fraction <= 1.0:
@@ -370,7 +377,7 @@ def largest_context(
     settings: Settings,
     gpu: str,
     count: int,
-    limit: int = 1 << 24,
+    limit: int = MAX_CONTEXT,
 ) -> int:
     """The longest context (at the settings' batch) that still fits on `count` cards; 0 if none does."""
     _check_count(count)

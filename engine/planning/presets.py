@@ -12,6 +12,7 @@ numbers, and the plan says so.
 from __future__ import annotations
 
 import json
+import reprlib
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +55,15 @@ def list_presets() -> list[dict[str, Any]]:
 
 
 def preset_config(name: str) -> dict[str, Any]:
-    """The config dict of a built-in preset; BadInput names the known ones."""
-    path = preset_dir() / f"{name}.json"
-    if not name or "/" in name or not path.is_file():
-        known = ", ".join(row["name"] for row in list_presets())
-        raise BadInput(f"unknown preset {name!r}; the presets are: {known}")
-    return json.loads(path.read_text())
+    """The config dict of a built-in preset; BadInput names the known ones.
+
+    The name is looked up among the presets, never handed to the file system, so that a path or a
+    name too long for it is an unknown preset, and is shown shortened.
+    """
+    known = [row["name"] for row in list_presets()]
+    if name not in known:
+        raise BadInput(f"unknown preset {reprlib.repr(name)}; the presets are: {', '.join(known)}")
+    return json.loads((preset_dir() / f"{name}.json").read_text())
 
 
 def read_config(path: str | Path) -> dict[str, Any]:

@@ -89,8 +89,9 @@ class SweepSettings:
         check_threshold(settings.threshold)
         if settings.group not in GROUPS:
             raise BadInput(f"group must be one of {', '.join(GROUPS)}, got {settings.group!r}")
-        if isinstance(settings.target, bool) or not isinstance(settings.target, (int, float)):
-            raise BadInput(f"target must be a percentage, got {settings.target!r}")
+        target = settings.target
+        if isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target):
+            raise BadInput(f"target must be a finite percentage, got {target!r}")
         if settings.target < 0:
             raise BadInput(
                 f"a target of {settings.target:+g}% is below what keeping everything in floating point reaches "
