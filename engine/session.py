@@ -177,7 +177,6 @@ class Session:
         loaded = self.require_model()
         variants = self._variants(params.get("methods"), "evaluating")
         if self.layerwise:
-            evaluate.refuse_reference_layer_by_layer(params)
             return self.run_pass({"evaluate": params}, task, list(variants.values()))["evaluate"]
         return evaluate.run(params, task, loaded, variants)
 

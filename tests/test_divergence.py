@@ -164,11 +164,3 @@ def test_the_interval_of_the_change_is_from_the_paired_differences():
     assert summary["relative_change"] == pytest.approx(math.exp(diffs.mean()) - 1)
     assert summary["change_low"] == pytest.approx(math.exp(diffs.mean() - half) - 1)
     assert summary["rms_dp"] == pytest.approx(math.sqrt((0.25**2 + 0 + 0.25**2 + 0) / 4))
-
-
-def test_a_reference_asked_of_a_model_run_layer_by_layer_is_refused_not_ignored():
-    with pytest.raises(BadInput, match="--offload none"):
-        evaluate.refuse_reference_layer_by_layer({"reference": "float.npz"})
-    with pytest.raises(BadInput, match="--offload none"):
-        evaluate.refuse_reference_layer_by_layer({"save_reference": "float.npz"})
-    evaluate.refuse_reference_layer_by_layer({"tokens": 512})

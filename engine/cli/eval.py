@@ -63,7 +63,6 @@ def cmd_eval(args, show_scan: bool = False) -> int:
         "save_reference": args.save_reference,
     }
     if session.layerwise:
-        evaluate.refuse_reference_layer_by_layer(eval_params)
         one_pass = _common.run_one_pass(session, args, methods, scan=show_scan, evaluate=eval_params)
         scan_payload, result = one_pass["scan"], one_pass["evaluate"]
     else:

@@ -45,15 +45,6 @@ class EvalSettings:
         return settings
 
 
-def refuse_reference_layer_by_layer(params: dict[str, Any]) -> None:
-    """BadInput when a reference file is asked of a model run layer by layer, whose pass does not read one yet."""
-    if params.get("reference") or params.get("save_reference"):
-        raise BadInput(
-            "a reference file is read or saved by the in-memory evaluation only: load the model in memory "
-            "(--offload none) to use --reference or --save-reference"
-        )
-
-
 def evaluation_windows(settings: EvalSettings, tokenizer, task=None):
     """The (n, window) token ids every model is evaluated on; `task` is asked for cancellation while the text is read."""
     from int8wb.engine.model import corpus
@@ -146,21 +137,16 @@ def perplexity_numbers(total_nll: float, total_tokens: int, seconds: float) -> d
     return {"perplexity": ppl, "mean_nll": mean_nll, "tokens": total_tokens, "seconds": seconds}
 
 
-def head_nll(hidden, batch, norm, head, chunk_tokens: int) -> tuple[float, int]:
-    """(summed NLL, tokens) of one batch from the last layer's hidden states (B, W, hidden).
+def head_scores(hidden, batch, norm, head, chunk_tokens: int, scoring: Scoring) -> None:
+    """Score one batch from the last layer's hidden states (B, W, hidden) into `scoring`.
 
     The final norm and the head run on `chunk_tokens` positions at a time, so the logits of a
     long evaluation over a large vocabulary are never whole in memory.
     """
-    import torch.nn.functional as F
-
     states = hidden[:, :-1].reshape(-1, hidden.shape[-1])  # (B * (W-1), hidden)
     targets = batch[:, 1:].reshape(-1).to(states.device)
-    total = 0.0
     for start in range(0, states.shape[0], chunk_tokens):
-        logits = head(norm(states[start : start + chunk_tokens]))  # (chunk, V)
-        total += float(F.cross_entropy(logits.float(), targets[start : start + chunk_tokens], reduction="sum"))
-    return total, int(targets.numel())
+        scoring.add(head(norm(states[start : start + chunk_tokens])), targets[start : start + chunk_tokens])
 
 
 def model_row(name: str, sizes: dict[str, int], quantized=None) -> dict[str, Any]:
@@ -228,7 +214,6 @@ def run(params: dict[str, Any], task, loaded, quantized: dict[str, Any]) -> dict
     """
     from int8wb.engine.model.limits import check_evaluation, check_sequence_length
     from int8wb.engine.planning.memory import MemoryRecorder
-    from int8wb.engine.quant import reference as reference_file
     from int8wb.engine.quant.quantize import tensor_bytes
 
     settings = EvalSettings.from_params(params)
@@ -256,14 +241,17 @@ def run(params: dict[str, Any], task, loaded, quantized: dict[str, Any]) -> dict
         if compared is not None:
             details[name] = compared.detail()
     result = comparison(rows, windows, settings, source, loaded.device)
-    if ref is not None:
-        result["reference"] = {
-            "model": ref.model,
-            "k": ref.k,
-            "perplexity": ref.perplexity(),
-            "file": settings.reference,
-        }
-        result["token_detail"] = token_view_data(ref, details, loaded.tokenizer)
+    return with_reference(result, ref, details, settings, loaded)
+
+
+def with_reference(result: dict[str, Any], ref, details: dict[str, dict], settings: EvalSettings, loaded):
+    """The result with what its reference says (and its token detail), the reference saved when asked."""
+    from int8wb.engine.quant import reference as reference_file
+
+    if ref is None:
+        return result
+    result["reference"] = {"model": ref.model, "k": ref.k, "perplexity": ref.perplexity(), "file": settings.reference}
+    result["token_detail"] = token_view_data(ref, details, loaded.tokenizer)
     if settings.save_reference:
         saved = reference_file.save(ref, settings.save_reference)
         result["reference"].update(

@@ -24,7 +24,7 @@ import numpy as np
 
 from int8wb.engine.model.layers import decoder_layers, linear_layers
 from int8wb.engine.model.layerwise import LayerWork, Stream, run_layers
-from int8wb.engine.quant import coverage, evaluate, scan, token_axis
+from int8wb.engine.quant import coverage, divergence, evaluate, scan, token_axis
 from int8wb.engine.quant.quantize import (
     QuantizedModel,
     quantize_block,
@@ -134,7 +134,8 @@ class _Evaluation:
         self.windows, self.source = evaluate.evaluation_windows(settings, loaded.tokenizer, task)
         batches = list(self.windows.split(settings.batch_size))
         self.chunk = head_chunk_tokens(loaded.model.config.vocab_size)
-        self.nll: dict[str, list] = {}
+        self.reference = evaluate.starting_reference(settings, loaded, self.windows, self.source)
+        self.scorings: dict[str, evaluate.Scoring] = {}  # filled in stream order: the baseline's first
         self.streams = [
             Stream("baseline", batches, lambda index, prefix, block: block, finish=self._finish("baseline"))
         ]
@@ -143,10 +144,12 @@ class _Evaluation:
 
     def _finish(self, name: str):
         def finish(hidden: list, norm, head) -> None:
-            totals = [
-                evaluate.head_nll(h, batch, norm, head, self.chunk) for h, batch in zip(hidden, self.streams[0].batches)
-            ]
-            self.nll[name] = [sum(t[0] for t in totals), sum(t[1] for t in totals)]
+            ref = self.reference
+            fills = name == "baseline" and ref is not None and not self.settings.reference
+            scoring = evaluate.Scoring(divergence.Comparison(ref) if ref is not None else None, fills)
+            for h, batch in zip(hidden, self.streams[0].batches):
+                evaluate.head_scores(h, batch, norm, head, self.chunk, scoring)
+            self.scorings[name] = scoring
 
         return finish
 
@@ -156,10 +159,12 @@ class _Evaluation:
         for stream in self.streams:
             q = quantized.get(stream.name)
             row = evaluate.model_row(stream.name, tensor_bytes(loaded.model) if q is None else {}, q)
-            row.update(evaluate.perplexity_numbers(*self.nll[stream.name], stream.seconds))
+            row.update(self.scorings[stream.name].numbers(stream.seconds))
             row["memory"] = memory
             rows.append(row)
-        return evaluate.comparison(rows, self.windows, self.settings, self.source, loaded.device)
+        result = evaluate.comparison(rows, self.windows, self.settings, self.source, loaded.device)
+        details = {name: s.comparison.detail() for name, s in self.scorings.items() if s.comparison is not None}
+        return evaluate.with_reference(result, self.reference, details, self.settings, loaded)
 
 
 def _variant_entry(variants: LayerVariants, method: str):
