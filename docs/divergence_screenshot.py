@@ -63,6 +63,7 @@ def main() -> int:
     results.fit_table_width()
     settle()
     results.grab().save(str(DOCS / "divergence_columns.png"))
+    results.hide()  # the token view's grab takes the screen under it, tooltip included
 
     tokens.method.setCurrentText(METHODS[0])
     worst = tokens.data.worst(METHODS[0])[0]
@@ -72,7 +73,7 @@ def main() -> int:
     viewport = tokens.text.viewport()
     QApplication.sendEvent(viewport, QHelpEvent(QEvent.Type.ToolTip, point, viewport.mapToGlobal(point)))
     settle()
-    shot = tokens.screen().grabWindow(0, tokens.x(), tokens.y(), tokens.width() + 40, tokens.height() + 160)
+    shot = tokens.screen().grabWindow(0, tokens.x(), tokens.y(), tokens.width(), tokens.height() + 160)
     shot.save(str(DOCS / "divergence_tokens.png"))
     print(QToolTip.text())
     return 0
