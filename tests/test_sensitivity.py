@@ -37,10 +37,28 @@ def test_unknown_names_are_refused_with_the_closest_real_ones():
     model = tiny_llama()
     with pytest.raises(BadInput, match="closest: model.layers.0.self_attn.q_proj"):
         skip_list.resolve(model, ["model.layers.0.self_attn.qproj"])
-    with pytest.raises(BadInput, match="holds no quantizable Linear"):
-        skip_list.resolve(model, ["lm_head"])
     with pytest.raises(BadInput, match="list of module names"):
         skip_list.resolve(model, [3])
+
+
+def test_names_in_floating_point_already_are_accepted_with_a_note():
+    model = tiny_llama()
+    assert skip_list.resolve(model, ["lm_head", "model.norm", "down_proj"]) == [
+        f"model.layers.{i}.mlp.down_proj" for i in range(2)
+    ]
+    (note,) = skip_list.notes(model, "lm_head, model.norm, down_proj")
+    assert note.startswith("lm_head, model.norm: already in floating point")
+    assert skip_list.notes(model, "down_proj") == []
+    with pytest.raises(BadInput, match="no module named 'model.nrom'"):
+        skip_list.notes(model, "lm_head, model.nrom")
+
+
+def test_every_printed_form_of_a_list_resolves_to_the_same_linears():
+    model = tiny_llama()
+    kept = skip_list.resolve(model, "model.layers.1.mlp")
+    for names in skip_list.tool_forms(kept).values():
+        for printed in (names, ",".join(names), str(names), json.dumps(names), json.dumps(names, indent=1)):
+            assert skip_list.resolve(model, printed) == kept, printed
 
 
 def test_tool_forms_keep_lm_head():
@@ -328,3 +346,38 @@ def test_cli_sensitivity_prints_the_curve_with_its_bound_and_the_lists(tmp_path,
     assert "llm_int8_skip_modules" in printed and "held-out 256 tokens" in printed
     assert main([*common, "--target", "-1", *sizes]) == 2
     assert "below what keeping everything in floating point reaches" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_every_skip_list_the_tool_prints_pastes_back_into_export(tmp_path, capsys):
+    """Each list `sensitivity` prints (text and JSON, every tool's form, the `export it` line) and each that
+    `export` prints is taken by `export --skip-modules` as it is printed."""
+    from int8wb.engine.cli import main
+    from int8wb.engine.cli.sensitivity import format_sensitivity
+
+    source = save_tiny_llama(tmp_path / "tiny", outlier_dim=5)
+    sweep = ["sensitivity", "--model", str(source), "--method", "absmax-tensor", "--group", "input", "--target"]
+    sizes = ["0.3", "--tokens", "128", "--holdout-tokens", "128", "--window", "64", "--quiet", "--json"]
+    assert main([*sweep, *sizes]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert 0 < len(result["skip_modules"]) < len(skip_list.resolve(tiny_llama(), "model.layers"))
+    lines = format_sensitivity(result).splitlines()
+    printed = [line.split(": ", 1)[1] for line in lines if line.startswith(tuple(result["forms"]))]
+    printed += [line.split("--skip-modules ", 1)[1] for line in lines if line.startswith("export it:")]
+    printed += [json.dumps(names, indent=1) for names in [result["skip_modules"], *result["forms"].values()]]
+    assert len(printed) == 2 + 1 + 3
+
+    def export(names: str, out: str) -> str:
+        argv = ["export", "--model", str(source), "--method", "vectorwise", "--out", str(tmp_path / out), "--quiet"]
+        assert main([*argv, "--skip-modules", names]) == 0, names
+        captured = capsys.readouterr()
+        assert ("note: lm_head: already in floating point" in captured.err) == ("lm_head" in names)
+        return captured.out
+
+    exported = [export(names, f"out{i}") for i, names in enumerate(printed)]
+    again = [line.split(": ", 1)[1] for line in exported[0].splitlines() if line.startswith(tuple(result["forms"]))]
+    assert len(again) == 2
+    for i, names in enumerate(again):
+        export(names, f"again{i}")
+    kept = json.loads((tmp_path / "again0" / "config.json").read_text())["quantization_config"]
+    assert kept["llm_int8_skip_modules"] == result["forms"]["llm_int8_skip_modules"]

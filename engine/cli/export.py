@@ -11,6 +11,7 @@ each layer happen in one pass (engine.checkpoint.layer_export).
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from int8wb.engine.cli import _common
@@ -71,6 +72,7 @@ def cmd_export(args) -> int:
         "max_shard_size": args.max_shard_size,
     }
     if session.layerwise:
+        _print_skip_notes(session, args)
         result = _common.run_one_pass(session, args, [args.method], export=export_params)["export"]
         return _report(args, _with_skip_forms(args, session, result))
     reopened = getattr(session.loaded, "quantized", None)
@@ -83,7 +85,7 @@ def cmd_export(args) -> int:
         if args.skip_modules:
             raise BadInput(f"{args.model} is already quantized: --skip-modules starts from the floating-point model")
     else:
-        skip_list.resolve(session.loaded.model, args.skip_modules)  # a typo is refused before the scan
+        _print_skip_notes(session, args)  # a typo is refused before the scan
         if _common.needs_scan([args.method]):
             _common.run_scan(session, args)
         _common.run_quantize(session, args, [args.method])
@@ -91,6 +93,12 @@ def cmd_export(args) -> int:
     result = session.export(export_params, task)
     task.finish()
     return _report(args, _with_skip_forms(args, session, result))
+
+
+def _print_skip_notes(session, args) -> None:
+    """The names of --skip-modules that need no keeping (in floating point already), on stderr; a typo is refused."""
+    for note in skip_list.notes(session.loaded.model, args.skip_modules):
+        print(f"note: {note}", file=sys.stderr)
 
 
 def _with_skip_forms(args, session, result: dict[str, Any]) -> dict[str, Any]:

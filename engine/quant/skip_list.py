@@ -3,8 +3,11 @@
 A user (or the sensitivity sweep) names what to keep in floating point as full Linear names
 (`model.layers.3.mlp.down_proj`), as a module that contains Linears (`model.layers.3` for a whole
 decoder layer, `model.layers.3.mlp`), or as a Linear's own name (`down_proj`, every one of them).
-Every name must resolve to at least one Linear; an unknown one is refused with the closest real
-names, because a skip list that silently matches nothing is the failure users hit elsewhere.
+A name must be one of the model's modules or select at least one Linear; an unknown one is refused
+with the closest real names, because a skip list that silently matches nothing is the failure users
+hit elsewhere. A module that holds no quantizable Linear (`lm_head`, which the bitsandbytes form of
+every list names) is accepted with a note: it is in floating point already, so every list this tool
+prints can be given back to it.
 
 The resolved list is what the export writes in floating point and lists in the formats' skip
 lists; `lm_head` always stays in floating point and is always listed, since a bitsandbytes skip
@@ -23,11 +26,18 @@ LM_HEAD = "lm_head"
 
 
 def parse_names(names: Any) -> list[str]:
-    """A list of names (a comma-separated string is accepted), stripped, in order, without repeats."""
+    """A list of names, stripped, in order, without repeats.
+
+    A string is split at commas, and may be written as the lists this tool prints (a Python or JSON
+    list: `['model.layers.0.mlp.down_proj', 'lm_head']`), so that every printed list pastes back.
+    """
     if names is None:
         return []
     if isinstance(names, str):
-        names = names.split(",")
+        text = names.strip()
+        if text.startswith("[") and text.endswith("]"):
+            text = text[1:-1]
+        names = [n.strip().strip("'\"") for n in text.split(",")]
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
         raise BadInput(f"skip_modules must be a list of module names, got {names!r}")
     return list(dict.fromkeys(n.strip() for n in names if n.strip()))
@@ -35,21 +45,37 @@ def parse_names(names: Any) -> list[str]:
 
 def resolve(model, names: Any) -> list[str]:
     """The full names of the quantizable Linears that `names` select, in the model's order."""
+    return _select(model, names)[0]
+
+
+def notes(model, names: Any) -> list[str]:
+    """What to tell of `names` (checked as `resolve` checks them): those that hold no quantizable Linear."""
+    already = _select(model, names)[1]
+    if not already:
+        return []
+    return [f"{', '.join(already)}: already in floating point (no quantizable Linear), nothing more to keep there"]
+
+
+def _select(model, names: Any) -> tuple[list[str], list[str]]:
+    """(the quantizable Linears `names` select, in the model's order; the names that are modules, or the
+    head, holding none: the tool's own bitsandbytes list names `lm_head`, which is in floating point anyway)."""
     requested = parse_names(names)
     linears = [name for name, _ in linear_layers(model)]
+    modules = [n for n, _ in model.named_modules() if n]
     chosen: set[str] = set()
+    already: list[str] = []
     for name in requested:
         matches = [n for n in linears if n == name or n.startswith(name + ".") or n.endswith("." + name)]
-        if not matches:
-            raise BadInput(_unknown(name, model, linears))
-        chosen.update(matches)
-    return [n for n in linears if n in chosen]
+        if matches:
+            chosen.update(matches)
+        elif name == LM_HEAD or name in modules:
+            already.append(name)
+        else:
+            raise BadInput(_unknown(name, linears, modules))
+    return [n for n in linears if n in chosen], already
 
 
-def _unknown(name: str, model, linears: list[str]) -> str:
-    modules = [n for n, _ in model.named_modules() if n]
-    if name == LM_HEAD or name in modules:
-        return f"{name!r} holds no quantizable Linear: nothing to keep in floating point there"
+def _unknown(name: str, linears: list[str], modules: list[str]) -> str:
     own_names = sorted({n.rsplit(".", 1)[-1] for n in linears})
     close = difflib.get_close_matches(name, own_names + linears + modules, n=3, cutoff=0.6)
     hint = f"; closest: {', '.join(close)}" if close else f"; Linears look like {linears[0]}" if linears else ""
