@@ -113,6 +113,8 @@ def test_quantize_keeps_the_found_super_weight_for_the_linear_that_holds_it(plan
             [{"module": name, "row": MASSIVE_DIM, "col": SPIKE_DIM}] if keep else []
         )
         assert variant.model.get_submodule("model.layers.1.mlp.down_proj").super_weight_index is None
+        listed = [group["modules"] for group in variant.summary()["kept_float"]]
+        assert (f"{name}.weight[{MASSIVE_DIM}, {SPIKE_DIM}]" in listed) == keep  # what the results list in float
     assert errors[True] < errors[False] / 10  # one scale for the tensor no longer stretched by the super weight
 
 

@@ -20,6 +20,8 @@ from int8wb.engine.quant.int8_linear import Int8Linear
 from int8wb.engine.quant.schemes import scheme_of
 from int8wb.engine.vocabulary import DEFAULT_ALPHA, DEFAULT_THRESHOLD, METHODS, check_alpha, check_threshold
 
+SUPER_WEIGHT_KEPT = "a super weight (engine.quant.super_weight), kept in floating point on request (keep_super_weights)"
+
 
 @dataclass
 class QuantizedModel:
@@ -42,8 +44,14 @@ class QuantizedModel:
         """JSON-able facts for the results table, with the share of the decoder in INT8 (engine.quant.coverage)."""
         sizes = self.sizes if self.sizes is not None else tensor_bytes(self.model)
         held = self.coverage if self.coverage is not None else coverage.measure(self.model, unfit=self.unfit)
+        payload = held.to_payload(self.method)
+        payload["kept_float"] = payload["kept_float"] + [
+            {"modules": f"{name}.weight[{row}, {col}]", "count": 1, "weights": 1, "why": SUPER_WEIGHT_KEPT}
+            for name, kept in self.super_weights.items()
+            for row, col in kept
+        ]
         return {
-            **held.to_payload(self.method),
+            **payload,
             "method": self.method,
             "threshold": self.threshold,
             "int8_bytes": sizes["int8"],
