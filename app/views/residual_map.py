@@ -62,7 +62,7 @@ class ResidualMapView(QWidget):
         self.profile_plot.setMenuEnabled(False)
         self.profile_plot.setLabel("bottom", "feature dimension")
         self.profile_plot.setLabel("left", "log10 |x|")
-        self.profile_plot.setTitle("Click a cell for that token's dimension profile")
+        self.profile_plot.setTitle("Click a cell: that token's dimensions")
 
         self.readout = QLabel("Hover over the map to read a cell; click to see that token's dimensions.")
         self.readout.setObjectName("readout")
@@ -76,6 +76,8 @@ class ResidualMapView(QWidget):
         split.addWidget(self.profile_plot)
         split.setStretchFactor(0, 3)
         split.setStretchFactor(1, 1)
+        split.setSizes([3000, 1000])  # the same 3 : 1 from the start, before any resize
+        self.split = split
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         self.empty = EmptyState(split, EMPTY_TEXT)
@@ -165,10 +167,8 @@ class ResidualMapView(QWidget):
                 pg.InfiniteLine(pos=math.log10(profile.median), angle=0, pen=colors.THRESHOLD_PEN)
             )
         top = int(profile.dims[0])
-        self.profile_plot.setTitle(
-            f"{profile.token!r} at position {profile.position}, layer {profile.layer}: largest dim {top} "
-            f"({float(profile.values[0]):,.4g}); line: median |x|"
-        )
+        self.profile_plot.setTitle(f"{profile.token!r} @{profile.position}, layer {profile.layer}: largest dim {top}")
+        self.profile_plot.setToolTip("The token's largest dimensions at that layer; the line: the layer's median |x|")
 
     # --- interaction -----------------------------------------------------------------------------
 
