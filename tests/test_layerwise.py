@@ -232,19 +232,14 @@ def test_a_missing_shard_is_refused_at_load(small_dir, tmp_path):
         _session(broken, "disk")
 
 
-def test_a_truncated_shard_fails_the_job_when_its_layer_is_reached(small_dir, tmp_path):
+def test_a_truncated_shard_is_refused_at_load(small_dir, tmp_path):
+    """Its header says where each tensor's data lies; a shard cut short is refused before any layer is read."""
     broken = _copy(small_dir, tmp_path / "truncated")
     index = json.loads((broken / export.WEIGHTS_INDEX_NAME).read_text())
     shard = broken / index["weight_map"]["model.layers.4.mlp.down_proj.weight"]
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
-    session = _session(broken, "disk")  # not read yet: found when that layer is reached
-    layers_seen = []
-    task = CallbackTask(on_partial=lambda kind, payload: layers_seen.append(payload["layer"]))
-    out = tmp_path / "out"
-    with pytest.raises(ModelLoadError, match=f"{shard.name} cannot be read"):
-        session.run_pass({"scan": SCAN, "methods": ["llm-int8"], "export": {"out": str(out)}}, task)
-    assert 0 in layers_seen and 5 not in layers_seen
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["truncated"]  # nothing half-written
+    with pytest.raises(ModelLoadError, match=f"{shard.name} cannot be read \\(truncated or damaged\\)"):
+        _session(broken, "disk")
 
 
 def test_no_room_for_the_export_is_refused_before_any_layer_is_read(small_dir, tmp_path, monkeypatch):

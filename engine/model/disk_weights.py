@@ -11,18 +11,21 @@ when the part is placed: pages of a mapping count as resident while it is open.
 
 `ResidentWeights` is the same interface for a model whose weights are all in memory already.
 
-Bad input is found here and named: a tensor the model needs that no file holds (names that do not
-match config.json), a file the index lists that is missing, a file that is truncated or damaged
-(found when the part that needs it is read).
+Bad input is found here and named, when the model is opened: a tensor the model needs that no file
+holds (names that do not match config.json), an index that names files outside the directory or
+tensors its files do not hold, a file it lists that is missing, a file that is not a regular file
+(a FIFO would block `open()`), a file whose header is damaged or says its data runs past its end. A
+file damaged after that is named when the part that needs it is read.
 """
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 from typing import Any
 
 from int8wb.engine.errors import ModelLoadError
+from int8wb.engine.model.source_checks import read_json_object, regular_file
 
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 
@@ -54,7 +57,8 @@ class DiskWeights:
     def open(cls, directory: Path, skeleton) -> DiskWeights:
         """The checkpoint of `directory`, checked against the tensors `skeleton` expects."""
         tied = dict(getattr(skeleton, "all_tied_weights_keys", None) or {})
-        weights = cls(directory, _index(directory), tied)
+        stored = stored_tensors(directory)
+        weights = cls(directory, {name: filename for name, (filename, _) in stored.items()}, tied)
         weights.check_names(skeleton)
         return weights
 
@@ -117,30 +121,61 @@ def _get_tensor(model, name: str):
     return getattr(model.get_submodule(owner_name) if owner_name else model, leaf)
 
 
-def _index(directory: Path) -> dict[str, str]:
-    """Tensor name -> file name, from the index of a sharded checkpoint or from the headers of the files."""
-    from safetensors import safe_open
-
+def stored_tensors(directory: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Tensor name -> (file name, shape), from the headers of the checkpoint's files (those its index lists,
+    else every *.safetensors file); the index is checked against the headers, and nothing but headers is read."""
     index = directory / WEIGHTS_INDEX_NAME
     if index.is_file():
-        try:
-            file_of = dict(json.loads(index.read_text(encoding="utf-8"))["weight_map"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ModelLoadError(f"{index} is not a readable safetensors index: {exc}") from exc
-        missing = sorted({name for name in file_of.values() if not (directory / name).is_file()})
-        if missing:
-            raise ModelLoadError(
-                f"{directory / missing[0]} is missing: {index.name} lists {len(missing)} shard(s) that are not there"
-            )
-        return file_of
-    files = sorted(directory.glob("*.safetensors"))
+        file_of = _index_map(index)
+        files = sorted(set(file_of.values()))
+    else:
+        file_of, files = None, sorted(path.name for path in directory.glob("*.safetensors"))
     if not files:
         raise ModelLoadError(f"{directory} has no *.safetensors weights: layer-by-layer mode reads safetensors only")
-    file_of: dict[str, str] = {}
-    for path in files:
-        try:
-            with safe_open(str(path), framework="pt") as handle:  # reads the header only
-                file_of.update({key: path.name for key in handle.keys()})
-        except Exception as exc:
-            raise ModelLoadError(f"{path} cannot be read (truncated or damaged): {exc}") from exc
-    return file_of
+    stored: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for filename in files:
+        stored.update({name: (filename, shape) for name, shape in _header_shapes(directory / filename)})
+    if file_of is not None:
+        wrong = [name for name, filename in file_of.items() if stored.get(name, ("",))[0] != filename]
+        if wrong:
+            raise ModelLoadError(
+                f"{index} says {wrong[0]!r} is in {file_of[wrong[0]]}, which does not hold it "
+                f"({len(wrong)} such entries): the index does not match the files"
+            )
+        stored = {name: stored[name] for name in file_of}
+    return stored
+
+
+def _index_map(index: Path) -> dict[str, str]:
+    """The weight map of a sharded checkpoint's index: tensor names to file names in the same directory."""
+    weight_map = read_json_object(index).get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise ModelLoadError(f"{index} is not a safetensors index: it has no weight_map object")
+    for name, filename in weight_map.items():
+        if not isinstance(filename, str) or not filename or Path(filename).name != filename or filename == "..":
+            raise ModelLoadError(
+                f"{index} lists {name!r} in {filename!r}, which is not the name of a file beside the index"
+            )
+    missing = sorted({name for name in weight_map.values() if not (index.parent / name).exists()})
+    if missing:
+        raise ModelLoadError(
+            f"{index.parent / missing[0]} is missing: {index.name} lists {len(missing)} shard(s) that are not there"
+        )
+    return dict(weight_map)
+
+
+def _header_shapes(path: Path):
+    """(name, shape) of every tensor in the safetensors file `path`, from its header alone."""
+    from safetensors import safe_open
+
+    regular_file(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return [(name, tuple(handle.get_slice(name).get_shape())) for name in handle.keys()]
+    except Exception as exc:  # safetensors reports a cut or damaged header in several ways
+        raise ModelLoadError(f"{path} cannot be read (truncated or damaged): {exc}") from exc
+
+
+def stored_elements(stored: dict[str, tuple[str, tuple[int, ...]]]) -> int:
+    """How many values the checkpoint `stored` (stored_tensors) holds in all."""
+    return sum(math.prod(shape) for _, shape in stored.values())

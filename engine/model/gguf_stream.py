@@ -9,7 +9,8 @@ files (engine.checkpoint.tensor_files), then released. The result is what transf
 conversion saves (tests/test_gguf_stream.py compares the two on the default model).
 
 The name map and the output shapes are known from the file's header and the model built from its
-config before anything is dequantized. Architectures whose processor merges several GGUF tensors
+config before anything is dequantized; the header is checked first (engine.model.gguf_header) and
+the model built on the meta device may need no more values than the file stores. Architectures whose processor merges several GGUF tensors
 into one (mixtures of experts) cannot go one tensor at a time; `StreamingNotPossible` says so and
 the caller converts them whole.
 """
@@ -19,7 +20,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from int8wb.engine.model import gguf_header
 from int8wb.engine.model.dependencies import load_failure
+from int8wb.engine.model.source_checks import check_against_stored
 
 MAX_SHARD_SIZE = "50GB"
 
@@ -33,6 +36,7 @@ def convert(gguf: Path, out_dir: Path, task) -> None:
     import torch
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
+    header = gguf_header.read(gguf)
     try:
         config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -42,6 +46,7 @@ def convert(gguf: Path, out_dir: Path, task) -> None:
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the tensors are written dequantized
     model = _skeleton(config)
+    check_against_stored(model, {}, header.stored_elements(), str(gguf))  # GGUF names differ: _plan maps shapes
     sources = _plan(reader, processor, model)
     _write(sources, processor, out_dir, task)
     config.dtype = torch.float32  # what transformers' save_pretrained of the loaded model records

