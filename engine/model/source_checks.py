@@ -27,7 +27,8 @@ from int8wb.engine.errors import ModelLoadError
 
 LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 # A plan from a config alone has no weights to bound the layer count by: 1,024 layers is eight times the
-# deepest published model (Llama 3.1 405B has 126), and its meta skeleton builds in seconds.
+# deepest published model (Llama 3.1 405B has 126); `int8wb plan --config` of 1,024 Llama-7B-sized layers
+# takes 11.5 s and 441 MB on two shared cores, where 10^6 layers ran past 90 s and 3 GB.
 MAX_LAYERS = 1024
 MAX_CONFIG_BYTES = 16 * 2**20  # config.json of published models: a few KB
 
@@ -113,6 +114,6 @@ def check_against_stored(skeleton, shapes: dict[str, tuple[int, ...]], elements:
             )
     if elements is not None and needed > elements:
         raise ModelLoadError(
-            f"the model the config of {source} describes has {needed:,} weights, but {source} stores only "
-            f"{elements:,} values: tensors are missing or the config's sizes are wrong"
+            f"the model {source} describes has {needed:,} weights, but it stores only {elements:,} values: "
+            "tensors are missing or the sizes its config states are wrong"
         )
