@@ -173,7 +173,7 @@ def _header_shapes(path: Path):
         with safe_open(str(path), framework="pt") as handle:
             return [(name, tuple(handle.get_slice(name).get_shape())) for name in handle.keys()]
     except Exception as exc:  # safetensors reports a cut or damaged header in several ways
-        raise ModelLoadError(f"{path} cannot be read (truncated or damaged): {exc}") from exc
+        raise ModelLoadError(f"could not load the model: {path} cannot be read (truncated or damaged): {exc}") from exc
 
 
 def stored_elements(stored: dict[str, tuple[str, tuple[int, ...]]]) -> int:

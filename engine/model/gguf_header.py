@@ -62,7 +62,7 @@ class _Cursor:
         self.path, self.data, self.pos, self.order = path, data, 0, "<"
 
     def damaged(self, what: str) -> ModelLoadError:
-        return ModelLoadError(f"the GGUF file {self.path} is damaged at byte {self.pos:,}: {what}")
+        return unreadable(self.path, f"it is damaged at byte {self.pos:,}: {what}")
 
     def take(self, count: int, what: str) -> int:
         """The position of `count` bytes about to be read as `what`; the cursor moves past them."""
@@ -119,6 +119,10 @@ class _Cursor:
         self.pos = pos
 
 
+def unreadable(path: Path, why: str) -> ModelLoadError:
+    return ModelLoadError(f"could not read the GGUF file {path}: {why}")
+
+
 def read(path: Path) -> GGUFHeader:
     """The checked header of the GGUF file at `path`; ModelLoadError names the file and what is wrong."""
     regular_file(path)
@@ -126,16 +130,16 @@ def read(path: Path) -> GGUFHeader:
         with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
             return _parse(_Cursor(path, data))
     except ValueError as exc:  # mmap of an empty file
-        raise ModelLoadError(f"the GGUF file {path} is empty") from exc
+        raise unreadable(path, "it is empty") from exc
     except OSError as exc:
-        raise ModelLoadError(f"the GGUF file {path} cannot be read: {exc}") from exc
+        raise unreadable(path, str(exc)) from exc
 
 
 def _parse(cursor: _Cursor) -> GGUFHeader:
     path = cursor.path
     start = cursor.take(4, "the magic number")
     if bytes(cursor.data[start : start + 4]) != MAGIC:
-        raise ModelLoadError(f"{path} is not a GGUF file: it does not begin with the bytes 'GGUF'")
+        raise unreadable(path, "it is not a GGUF file: it does not begin with the bytes 'GGUF'")
     version = cursor.scalar("I", "the version")
     if version & 0xFFFF == 0:  # written on a big-endian machine
         cursor.order, version = ">", struct.unpack(">I", struct.pack("<I", version))[0]
@@ -154,7 +158,7 @@ def _parse(cursor: _Cursor) -> GGUFHeader:
     tensors = _place(path, entries, alignment, len(cursor.data) - data_start)
     architecture = values.get("general.architecture")
     if not isinstance(architecture, str):
-        raise ModelLoadError(f"the GGUF file {path} does not say its architecture (general.architecture)")
+        raise unreadable(path, "it does not say its architecture (general.architecture)")
     header = GGUFHeader(architecture, values, tensors)
     _check_layers(path, header)
     return header
@@ -178,46 +182,48 @@ def _place(path: Path, entries, alignment: int, data_bytes: int) -> tuple[Tensor
 
     tensors, seen = [], set()
     for name, shape, kind, offset, at in entries:
-        where = f"the GGUF file {path} is damaged (tensor {name}, entry at byte {at:,})"
+        where = f"it is damaged (tensor {name}, entry at byte {at:,})"
         if name in seen:
-            raise ModelLoadError(f"{where}: the name appears twice")
+            raise unreadable(path, f"{where}: the name appears twice")
         seen.add(name)
         try:
             block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType(kind)]
         except (ValueError, KeyError) as exc:
-            raise ModelLoadError(f"{where}: type {kind} is not a GGML tensor type") from exc
+            raise unreadable(path, f"{where}: type {kind} is not a GGML tensor type") from exc
         elements = 1
         for n in shape:
             elements *= n
         if elements == 0 or shape[0] % block:
-            raise ModelLoadError(f"{where}: shape {list(shape)} is not whole blocks of {block} values")
+            raise unreadable(path, f"{where}: shape {list(shape)} is not whole blocks of {block} values")
         size = elements // block * block_bytes
         if offset % alignment:
-            raise ModelLoadError(f"{where}: data offset {offset:,} is not a multiple of the alignment {alignment}")
+            raise unreadable(path, f"{where}: data offset {offset:,} is not a multiple of the alignment {alignment}")
         if offset + size > data_bytes:
-            raise ModelLoadError(
+            raise unreadable(
+                path,
                 f"{where}: its {size:,} bytes at data offset {offset:,} run past the end of the file "
-                f"({data_bytes:,} bytes of tensor data)"
+                f"({data_bytes:,} bytes of tensor data)",
             )
         tensors.append(TensorEntry(name, shape, elements, offset, size))
     ordered = sorted(tensors, key=lambda t: t.offset)
     for before, after in zip(ordered, ordered[1:], strict=False):
         if after.offset < before.offset + before.size:
-            raise ModelLoadError(f"the GGUF file {path} is damaged: the data of {after.name} overlaps {before.name}")
+            raise unreadable(path, f"it is damaged: the data of {after.name} overlaps {before.name}")
     return tuple(tensors)
 
 
 def _check_layers(path: Path, header: GGUFHeader) -> None:
     """The layer count the metadata states is the number of layers the file holds tensors for."""
     if not header.tensors:
-        raise ModelLoadError(f"the GGUF file {path} holds no tensors (its header says the tensor count is 0)")
+        raise unreadable(path, "it holds no tensors (its header says the tensor count is 0)")
     key = f"{header.architecture}.block_count"
     stated = header.values.get(key)
     if stated is None:
         return
     stored = {int(m.group(1)) for t in header.tensors if (m := _LAYER_TENSOR.match(t.name))}
     if not isinstance(stated, int) or stated != len(stored) or stored != set(range(len(stored))):
-        raise ModelLoadError(
-            f"the GGUF file {path} is damaged or incomplete: {key} says {stated!r} layers but it holds the tensors "
-            f"of {len(stored):,} ({len(header.tensors):,} tensors in all)"
+        raise unreadable(
+            path,
+            f"it is damaged or incomplete: {key} says {stated!r} layers but it holds the tensors "
+            f"of {len(stored):,} ({len(header.tensors):,} tensors in all)",
         )
