@@ -88,6 +88,10 @@ def test_a_saved_reference_gives_the_same_divergence_as_the_baseline_in_memory(t
         assert _row(against_file, "absmax-tensor")[name] == pytest.approx(_row(saved, "absmax-tensor")[name], rel=1e-5)
     assert abs(_row(against_file, "baseline")["kl_mean"]) < _row(against_file, "absmax-tensor")["kl_mean"] / 100
     assert against_file["reference"]["file"] == str(path)
+    saved_table, against_table = evaluate.format_table(saved), evaluate.format_table(against_file)
+    assert f"predictions (tiny-llama, top {divergence.TOP_K} per token)" in saved_table
+    assert f"reference saved: {path}" in saved_table
+    assert f"predictions (the reference file {path}," in against_table
 
 
 def test_a_reference_from_another_tokenizer_or_other_tokens_is_refused_naming_the_difference(tiny, tmp_path):

@@ -313,7 +313,8 @@ def format_table(result: dict[str, Any]) -> str:
 def divergence_table(result: dict[str, Any]) -> list[str]:
     """Each row against the float model's predictions: KL divergence, same top token, RMS Δp, perplexity change."""
     reference = result["reference"]
-    against = f"the reference file {reference['file']}" if reference.get("file") else f"{reference['model']}"
+    read = reference.get("file") and not reference.get("bytes")  # compared with a file, not saving one
+    against = f"the reference file {reference['file']}" if read else reference["model"]
     header = (
         f"{'method':<18}{'mean KL':>10}{'median':>10}{'99%':>9}{'99.9%':>9}{'max':>9}{'same top':>10}"
         f"{'RMS Δp':>9}{'PPL change (95%)':>27}"
