@@ -172,6 +172,90 @@ def _weight_only_applies(x: torch.Tensor, weight_int8: torch.Tensor, weight_scal
     return layout and applies(x, weight_int8)
 
 
+class PreparedLayer:
+    """One Linear's arguments to cpu_gemv.c, resolved once: a decode step calls ~200 layers per token,
+    and resolving them on every call (dispatch, dtype checks, scale and mask tensors) took three times
+    as long as the call itself on the default model.
+
+    Built from the layer's stored tensors, which must already be in the dtypes cpu_gemv.c reads (so
+    that it holds their storage and never a copy that an in-place update would miss); `serves`
+    tells whether it still stands for the tensors a layer holds now. Static outlier columns only:
+    LLM.int8()'s dynamic columns change per call.
+    """
+
+    def __init__(
+        self,
+        weight_int8: torch.Tensor,
+        weight_scale: torch.Tensor,
+        bias: torch.Tensor | None,
+        activations: str,
+        outlier_cols: torch.Tensor | None = None,
+        outlier_weight: torch.Tensor | None = None,
+    ) -> None:
+        self.tensors = (weight_int8, weight_scale, bias, outlier_cols, outlier_weight)
+        self.out_features, self.cols = weight_int8.shape
+        self.float_activations = activations == "float"
+        self.q8_0 = weight_scale.dim() == 2
+        self.per_tensor = activations == "tensor"
+        self.keep = self.outlier_cols = self.outlier_weight = None
+        if outlier_cols is not None and outlier_cols.numel():
+            self.keep = torch.full((self.cols,), -1, dtype=torch.int32).index_fill_(0, outlier_cols, 0)
+            self.outlier_cols, self.outlier_weight_t = outlier_cols, outlier_weight.t()
+        self.weight_address = weight_int8.data_ptr()
+        self.arguments = (
+            weight_int8.data_ptr(),
+            self.out_features,
+            weight_scale.data_ptr(),
+            weight_scale.numel() == 1,
+            _address(bias),
+        )
+
+    @staticmethod
+    def usable(weight_int8: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None) -> bool:
+        """Whether stored tensors can be read in place: on the CPU, contiguous, int8 / float32 (float16 Q8_0 scales)."""
+        scale_dtype = torch.float16 if weight_scale.dim() == 2 else torch.float32
+        float_bias = bias is None or (bias.dtype == torch.float32 and bias.is_contiguous())
+        return (
+            weight_int8.device.type == "cpu"
+            and weight_int8.dtype == torch.int8
+            and weight_int8.is_contiguous()
+            and weight_scale.dtype == scale_dtype
+            and weight_scale.is_contiguous()
+            and (weight_scale.dim() != 2 or weight_scale.shape[1] * Q8_0_BLOCK == weight_int8.shape[1])
+            and float_bias
+        )
+
+    def serves(self, *tensors: torch.Tensor | None) -> bool:
+        """Whether this was prepared from these very tensors (a `.to()` or a new buffer replaces them)."""
+        return all(a is b for a, b in zip(tensors, self.tensors)) and tensors[0].data_ptr() == self.weight_address
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The layer's output for x (T, K), or None where this path does not apply (then the ops path runs)."""
+        if x.dtype != torch.float32 or x.dim() != 2 or x.shape[0] > MAX_ROWS or x.stride(1) != 1 or x.is_cuda:
+            return None
+        instructions = isa()
+        if instructions is None:
+            return None
+        tokens = x.shape[0]
+        y = torch.empty((tokens, self.out_features), dtype=torch.float32)
+        library = cpu_loader.library()
+        head = (x.data_ptr(), tokens, self.cols, x.stride(0))
+        weight, out_features, scale, scalar_scale, bias = self.arguments
+        tail = (y.data_ptr(), ISA_CODES[instructions], torch.get_num_threads())
+        if self.float_activations:
+            entry = library.q8_0_rows_linear if self.q8_0 else library.rowscale_rows_linear
+            entry(*head, weight, out_features, scale, bias, *tail)
+            return y
+        outlier_out = None
+        if self.keep is not None:
+            outlier_out = x.index_select(1, self.outlier_cols) @ self.outlier_weight_t  # as the reference forms it
+        keep = _address(self.keep)
+        library.w8a8_rows_linear(
+            *head, keep, self.per_tensor, weight, out_features, scale, scalar_scale, _address(outlier_out), bias, *tail
+        )
+        return y
+
+
 def _float32(tensor: torch.Tensor | None) -> torch.Tensor | None:
     return None if tensor is None else tensor.float().contiguous()
 

@@ -59,6 +59,8 @@ _RETURNS = {"gemv_isa_supported": ([ctypes.c_int], ctypes.c_int)}
 
 def library() -> ctypes.CDLL | None:
     """The compiled kernels, or None when they cannot be built here (the reason is logged once)."""
+    if "library" in _state:  # decoding asks ~200 times a token: no lock once it is settled
+        return _state["library"]
     with _lock:
         if "library" not in _state:
             _state["library"], _state["reason"] = _load()

@@ -164,3 +164,22 @@ def test_the_source_builds_for_a_cpu_without_avx512(tmp_path):
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_a_layer_s_prepared_call_follows_in_place_writes_and_replaced_tensors():
+    linear = torch.nn.Linear(64, 16)
+    module = Int8Linear.from_linear(linear, "vectorwise")
+    x = torch.randn(1, 64, generator=torch.Generator().manual_seed(11))
+
+    def expected():
+        return reference.int8_linear(x, module.weight_int8, module.weight_scale, module.bias)
+
+    with torch.no_grad():
+        assert torch.equal(module(x), expected())
+        module.weight_int8[3].neg_()  # in place: the prepared call reads the same storage
+        assert torch.equal(module(x), expected())
+        module.weight_int8 = torch.randint(-127, 128, (16, 64), dtype=torch.int8)  # a new tensor
+        module.weight_scale = module.weight_scale.double()  # a dtype the kernels do not read: the ops path
+        assert torch.equal(module(x), expected())
+        module.weight_scale = module.weight_scale.float()
+        assert torch.equal(module(x), expected())

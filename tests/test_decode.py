@@ -11,10 +11,11 @@ from int8wb.engine.cli import EXIT_USER_ERROR, main
 from int8wb.engine.errors import BadInput
 from int8wb.engine.model import limits
 from int8wb.engine.planning import memory
-from int8wb.engine.quant import decode, quantize
+from int8wb.engine.quant import decode, quantize, scan
 from int8wb.engine.session import Session
 from int8wb.engine.task import Task
 from int8wb.engine.vocabulary import MIB
+from int8wb.kernels import cpu_gemv
 from tests.tiny_models import tiny_loaded
 
 FAST = {"new_tokens": 6, "prompt_tokens": 8, "repeats": 2, "copy_mib": 8}
@@ -172,3 +173,29 @@ def test_cli_refuses_a_copy_no_machine_holds_with_a_sentence(tmp_path, capsys):
     code = main(argv)
     err = capsys.readouterr().err
     assert code == EXIT_USER_ERROR and "bandwidth copy of 1,000,000,000 MiB" in err and "Traceback" not in err
+
+
+def _greedy_with_and_without_the_small_batch_path(loaded, model, new_tokens: int) -> tuple[list[int], list[int]]:
+    ids, _ = decode.prompt_ids(decode.DecodeSettings(prompt_tokens=8), loaded.tokenizer)
+    new = decode.greedy(model, ids, new_tokens, "cpu", Task()).tokens
+    with cpu_gemv.bypassed():
+        old = decode.greedy(model, ids, new_tokens, "cpu", Task()).tokens
+    return new, old
+
+
+def test_each_method_decodes_the_same_tokens_on_the_small_batch_path(tiny):
+    """kernels.cpu_gemv (one token per step) against the GEMM paths it replaces, greedy tokens compared."""
+    loaded, _ = tiny
+    scanned = scan.run({"tokens": 128, "seq_len": 64}, Task(), loaded)
+    for method in ("vectorwise", "llm-int8", "llm-int8-dynamic", "absmax-tensor", "weight-only", "q8_0"):
+        model = quantize.run({"method": method, "threshold": 6.0}, Task(), loaded, scanned).model
+        new, old = _greedy_with_and_without_the_small_batch_path(loaded, model, 12)
+        assert new == old, method
+
+
+@pytest.mark.slow
+def test_default_model_decodes_the_same_tokens_on_the_small_batch_path(default_model, default_scan):
+    for method in ("vectorwise", "llm-int8", "weight-only", "q8_0"):
+        model = quantize.run({"method": method, "threshold": 6.0}, Task(), default_model, default_scan).model
+        new, old = _greedy_with_and_without_the_small_batch_path(default_model, model, 32)
+        assert new == old, method

@@ -41,7 +41,7 @@ import torch.nn as nn
 from int8wb.engine.model.layers import weight_matrix
 from int8wb.engine.quant.schemes import scheme_of
 from int8wb.engine.vocabulary import DEFAULT_THRESHOLD
-from int8wb.kernels import ops
+from int8wb.kernels import cpu_gemv, ops
 
 
 class Int8Linear(nn.Module):
@@ -170,17 +170,40 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         leading = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)  # (T, in)
-        if self.scheme.activations == "float":
-            y = ops.weight_only_linear(x2, self.weight_int8, self.weight_scale, self.bias)
-        elif self.scheme.outliers == "none":
-            per_tensor = self.scheme.activations == "tensor"
-            y = ops.int8_linear(x2, self.weight_int8, self.weight_scale, self.bias, per_tensor=per_tensor)
-        else:
-            y = self._forward_with_outliers(x2)
+        prepared = self._prepared_small_batch()
+        y = None if prepared is None else prepared(x2)  # a few tokens on the CPU: one call, no dispatch
+        if y is None:
+            y = self._forward_ops(x2)
         if self.super_weight_index is not None:
             rest = x2.index_select(1, self.super_weight_index[:, 1]).float() * self.super_weight_rest  # (T, n)
             y = y.index_add(1, self.super_weight_index[:, 0], rest.to(y.dtype))
         return y.reshape(*leading, self.out_features)
+
+    def _forward_ops(self, x2: torch.Tensor) -> torch.Tensor:
+        """The method's product through the ops registry, on any device and for any number of tokens."""
+        if self.scheme.activations == "float":
+            return ops.weight_only_linear(x2, self.weight_int8, self.weight_scale, self.bias)
+        if self.scheme.outliers == "none":
+            per_tensor = self.scheme.activations == "tensor"
+            return ops.int8_linear(x2, self.weight_int8, self.weight_scale, self.bias, per_tensor=per_tensor)
+        return self._forward_with_outliers(x2)
+
+    def _prepared_small_batch(self) -> cpu_gemv.PreparedLayer | None:
+        """This layer's arguments to the small-batch CPU kernels, kept while its tensors stay the same;
+        None where they do not apply (dynamic outlier columns, tensors off the CPU or in other dtypes)."""
+        if self.scheme.outliers == "dynamic":
+            return None
+        buffers = self._buffers
+        tensors = (buffers["weight_int8"], buffers["weight_scale"], buffers["bias"])
+        outliers = (buffers["outlier_cols"], buffers["outlier_weight"]) if self.scheme.outliers == "static" else ()
+        prepared = self.__dict__.get("_small_batch")
+        if prepared is not None and prepared.serves(*tensors, *outliers):
+            return prepared
+        prepared = None
+        if cpu_gemv.PreparedLayer.usable(*tensors):
+            prepared = cpu_gemv.PreparedLayer(*tensors, self.scheme.activations, *outliers)
+        self.__dict__["_small_batch"] = prepared
+        return prepared
 
     def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
         """The floating-point weight (out, in) that the INT8 weight and its scales stand for."""
