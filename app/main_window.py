@@ -31,7 +31,7 @@ from int8wb.app import window_memory
 from int8wb.app.engine_client import QtEngineClient
 from int8wb.app.view_models.results import ResultsModel
 from int8wb.app.view_models.scan_stats import ScanStatistics
-from int8wb.app.view_models.smoothing import SmoothingView
+from int8wb.app.view_models.smoothing import SmoothingViewModel
 from int8wb.app.view_models.story import explanation_html
 from int8wb.app.view_models.threshold import ThresholdModel
 from int8wb.app.view_models.workbench import Step, Workbench
@@ -108,7 +108,7 @@ class MainWindow(QMainWindow):
         self.sidebar.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
 
         self.heatmap = HeatmapView(self.stats, self.threshold)
-        self.smoothing_panel = SmoothingPanel(SmoothingView(self.stats), self.heatmap)
+        self.smoothing_panel = SmoothingPanel(SmoothingViewModel(self.stats), self.heatmap)
         left_layout.insertWidget(3, self.smoothing_panel)  # under the threshold, above Run
         self.smoothing_panel.sig_alpha.connect(lambda alpha: setattr(self.workbench, "alpha", alpha))
         smoothquant = self.run_panel.method_boxes["smoothquant"]  # the alpha slider shows while SmoothQuant is ticked

@@ -12,7 +12,7 @@ from int8wb.app.view_models.plan import (
     SOURCE_MODEL,
     SOURCE_PRESET,
     PlanRequest,
-    PlanView,
+    PlanViewModel,
     format_bytes,
     list_presets,
 )
@@ -89,7 +89,7 @@ def test_params_name_exactly_one_source(tmp_path):
 
 
 def test_rows_give_the_seeds_answer_for_70b(plan_70b):
-    view = PlanView(qt_shaped(plan_70b))
+    view = PlanViewModel(qt_shaped(plan_70b))
     assert view.gpus == ["A100-40GB", "A100-80GB", "H100-80GB", "H200-141GB"]
     assert view.methods[0] == "baseline" and "llm-int8" in view.methods
     cells = {row.method: [row.cell(gpu) for gpu in view.gpus] for row in view.rows}
@@ -101,7 +101,7 @@ def test_rows_give_the_seeds_answer_for_70b(plan_70b):
 
 
 def test_breakdown_terms_add_up_to_the_count(plan_70b):
-    view = PlanView(qt_shaped(plan_70b))
+    view = PlanViewModel(qt_shaped(plan_70b))
     terms = {term.label: term for term in view.breakdown("baseline", "A100-40GB")}
     weights, kv, state = terms["Weights"], terms["KV cache"], terms["State to place"]
     assert sum(child.bytes for child in weights.children) == weights.bytes
@@ -135,7 +135,7 @@ def test_a_card_that_cannot_hold_one_layer_says_why():
         {"preset": "llama-2-70b", "context": 1 << 20, "batch": 8, "methods": ["baseline"], "gpus": ["A100-40GB"]},
         Task(),
     )
-    view = PlanView(qt_shaped(result))
+    view = PlanViewModel(qt_shaped(result))
     assert view.rows[0].cell("A100-40GB") == "does not fit"
     last = view.breakdown("baseline", "A100-40GB")[-1]
     assert last.label == "A100-40GB: does not fit" and "exceed" in last.note
@@ -144,9 +144,11 @@ def test_a_card_that_cannot_hold_one_layer_says_why():
 
 def test_a_result_without_methods_is_refused():
     with pytest.raises(BadInput, match="no methods"):
-        PlanView({"methods": []})
+        PlanViewModel({"methods": []})
     with pytest.raises(BadInput, match="no method 'int4'"):
-        PlanView({"methods": [{"method": "baseline", "total_bytes": 1, "gpus": []}]}).breakdown("int4", "A100-40GB")
+        PlanViewModel({"methods": [{"method": "baseline", "total_bytes": 1, "gpus": []}]}).breakdown(
+            "int4", "A100-40GB"
+        )
 
 
 def test_bytes_are_shown_in_binary_units():
@@ -178,7 +180,7 @@ def test_dialog_shows_the_table_and_the_terms_of_the_selected_cell(dialog, plan_
     tips = [dialog.tree.topLevelItem(i).toolTip(0) for i in range(dialog.tree.topLevelItemCount())]
     assert all(len(tip) > 30 for tip in tips), tips  # each planner term says what it is
     assert dialog.tree.topLevelItem(1).text(1) == "1.25 GiB"
-    vectorwise = PlanView(plan_70b).methods.index("vectorwise")
+    vectorwise = PlanViewModel(plan_70b).methods.index("vectorwise")
     table.setCurrentCell(vectorwise, 3)  # the user clicks INT8 vector-wise on A100-80GB
     assert dialog.selected == ("vectorwise", "A100-80GB")
     assert dialog.breakdown_caption.text() == "Why 1 × A100-80GB for vector-wise W8A8"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from int8wb.app.view_models.scan_stats import ScanStatistics
-from int8wb.app.view_models.smoothing import VIEW_WEIGHTS, SmoothingView
+from int8wb.app.view_models.smoothing import VIEW_WEIGHTS, SmoothingViewModel
 from tests.scan_payloads import layer_payload
 
 ACTIVATIONS = np.array([0.5, 40.0, 1.0, 0.0], dtype=np.float32)  # dimension 1 is the outlier
@@ -24,7 +24,7 @@ def _stats() -> ScanStatistics:
 
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
 def test_activations_as_the_quantizer_sees_them_after_smoothing(alpha):
-    view = SmoothingView(_stats())
+    view = SmoothingViewModel(_stats())
     view.set_alpha(alpha)
     view.set_smoothed(True)
     factors = np.where(ACTIVATIONS > 0, ACTIVATIONS**alpha / WEIGHTS ** (1 - alpha), 1.0)
@@ -39,7 +39,7 @@ def test_activations_as_the_quantizer_sees_them_after_smoothing(alpha):
 
 
 def test_off_the_view_is_the_scan_and_bad_alpha_is_refused():
-    view = SmoothingView(_stats())
+    view = SmoothingViewModel(_stats())
     assert not view.active
     view.set_view(VIEW_WEIGHTS)
     assert view.active
@@ -56,7 +56,7 @@ def test_panel_drives_the_heatmap_and_the_alpha_of_the_next_run(qtbot):
     stats = _stats()
     heatmap = HeatmapView(stats, ThresholdModel(stats, 6.0))
     qtbot.addWidget(heatmap)
-    view = SmoothingView(stats)
+    view = SmoothingViewModel(stats)
     panel = SmoothingPanel(view, heatmap)
     qtbot.addWidget(panel)
     assert heatmap.values() is stats.absmax_grid

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from int8wb.app.view_models.results import ResultsModel, shown_columns
-from int8wb.app.view_models.throughput import ThroughputView, format_gb
+from int8wb.app.view_models.throughput import ThroughputViewModel, format_gb
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def measured():
 
 
 def test_throughput_view_reads_the_70b_plan(plan_70b):
-    view = ThroughputView(plan_70b)
+    view = ThroughputViewModel(plan_70b)
     assert view.gpus == ["A100-40GB", "A100-80GB", "H100-80GB", "H200-141GB"]
     assert view.methods[0] == "baseline"
     assert view.bytes_per_token("baseline").endswith(" GB") and view.bytes_per_token("baseline").startswith("138.")
@@ -62,7 +62,7 @@ def test_a_batch_shows_the_rate_of_the_whole_batch():
     result = plan_memory.run(
         {"preset": "llama-2-70b", "batch": 8, "methods": ["baseline"], "gpus": ["H200-141GB"]}, Task()
     )
-    view = ThroughputView(result)
+    view = ThroughputViewModel(result)
     per_sequence = result["methods"][0]["decode"]["gpus"][0]["tokens_per_s_per_sequence"]
     assert view.cell("baseline", "H200-141GB") == f"{per_sequence:,.1f} (× 8 = {8 * per_sequence:,.0f})"
 

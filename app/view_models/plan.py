@@ -3,7 +3,7 @@
 The dialog asks the engine for a `plan_memory` result (engine/planner.py) for one of three
 sources: the loaded model, a built-in architecture preset, or a user's config.json. This module
 holds the choice (`PlanRequest`), checks it before anything is sent, and turns the engine's result
-into what the dialog draws (`PlanView`): one row per method with the GPUs needed on each card, and
+into what the dialog draws (`PlanViewModel`): one row per method with the GPUs needed on each card, and
 for a chosen method and card the terms that add up to that number, so a user can see why it is 4
 and not 3. Preset names come from the same JSON files the engine reads, so the combo box is filled
 before the engine has started.
@@ -196,7 +196,7 @@ class MethodRow:
 
 
 @dataclass
-class PlanView:
+class PlanViewModel:
     """A `plan_memory` result as the dialog shows it."""
 
     result: dict[str, Any]

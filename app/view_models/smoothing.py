@@ -27,7 +27,7 @@ VIEW_LABELS = {
 }
 
 
-class SmoothingView:
+class SmoothingViewModel:
     """alpha, whether to smooth, and which side to show; `grid()` is the heatmap's grid for them."""
 
     def __init__(self, stats: ScanStatistics) -> None:

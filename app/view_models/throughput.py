@@ -47,7 +47,7 @@ def format_seconds(seconds: float) -> str:
 
 
 @dataclass
-class ThroughputView:
+class ThroughputViewModel:
     """The decode sections of a `plan_memory` result, as the dialog shows them."""
 
     result: dict[str, Any]

@@ -44,7 +44,7 @@ from int8wb.app.view_models.plan import (
     SOURCE_MODEL,
     SOURCE_PRESET,
     PlanRequest,
-    PlanView,
+    PlanViewModel,
     format_bytes,
     list_presets,
 )
@@ -83,7 +83,7 @@ class PlannerDialog(QDialog):
         self.setStyleSheet(DIALOG_STYLE)
         self.engine, self.client = engine, engine.client
         self.request = PlanRequest(threshold=threshold)
-        self.view: PlanView | None = None
+        self.view: PlanViewModel | None = None
         self.job: str | None = None
         self.selected: tuple[str, str] | None = None  # (method, card) of the breakdown
         self._has_model = has_model
@@ -303,7 +303,7 @@ class PlannerDialog(QDialog):
 
     def show_result(self, result: dict) -> None:
         """Fill the table and breakdown from a `plan_memory` result (also usable without an engine)."""
-        view = PlanView(result)
+        view = PlanViewModel(result)
         self.view = view
         self.throughput.show_plan(result)
         self.title.setText(view.title())

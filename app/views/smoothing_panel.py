@@ -10,17 +10,17 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QSlider, QWidget
 
-from int8wb.app.view_models.smoothing import VIEW_LABELS, SmoothingView
+from int8wb.app.view_models.smoothing import VIEW_LABELS, SmoothingViewModel
 
 SLIDER_STEPS = 20  # alpha in steps of 0.05
 
 
 class SmoothingPanel(QGroupBox):
-    """alpha slider, "smoothed" toggle and view choice, driving a `SmoothingView` and the heatmap."""
+    """alpha slider, "smoothed" toggle and view choice, driving a `SmoothingViewModel` and the heatmap."""
 
     sig_alpha = Signal(float)
 
-    def __init__(self, view: SmoothingView, heatmap, parent: QWidget | None = None) -> None:
+    def __init__(self, view: SmoothingViewModel, heatmap, parent: QWidget | None = None) -> None:
         super().__init__("SmoothQuant", parent)
         self.view, self.heatmap = view, heatmap
         self.slider = QSlider(Qt.Orientation.Horizontal)

@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from int8wb.app.view_models.throughput import ThroughputView
+from int8wb.app.view_models.throughput import ThroughputViewModel
 from int8wb.app.views.term_tree import show_terms, term_tree
 
 FIXED_COLUMNS = ("method", "read per token")
@@ -31,7 +31,7 @@ class ThroughputSection(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.view: ThroughputView | None = None
+        self.view: ThroughputViewModel | None = None
         self.selected: tuple[str, str] | None = None
         self.caption = QLabel("Throughput: plan a model to see the decode rate each card's bandwidth allows.")
         self.caption.setObjectName("sectionTitle")
@@ -63,7 +63,7 @@ class ThroughputSection(QWidget):
 
     def show_plan(self, result: dict) -> None:
         """Fill the table from a `plan_memory` result (its methods' `decode` sections)."""
-        view = ThroughputView(result)
+        view = ThroughputViewModel(result)
         self.view = view
         self.caption.setText("Throughput: bandwidth-bound tokens/s per sequence")
         self.headline.setText(view.headline())
