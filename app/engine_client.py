@@ -18,6 +18,9 @@ Signals (all delivered in the GUI thread):
     sig_job_finished(str, str, dict)    job id, request type, result payload
     sig_job_failed(str, str, str, str)  job id ("" when the engine could not start), error kind, message, traceback
     sig_log(str, str)                   level, message
+
+`connect_listener` delivers them to a view model's `on_*` methods (app/view_models/jobs.py): the
+window wires each of its job senders that way, and nothing else listens to jobs.
 """
 
 from __future__ import annotations
@@ -46,6 +49,21 @@ class QtEngineClient(QObject):
         self._sig_message.connect(self._on_message)
         self._sig_state.connect(self._on_state)
         self.client = EngineClient(on_event=self._sig_message.emit, on_state=lambda _, new: self._sig_state.emit(new))
+
+    def connect_listener(self, listener: object) -> None:
+        """Deliver the public signals to `listener`'s `on_state`, `on_progress`, `on_scan_layer`, `on_finished`,
+        `on_failed` and `on_log` (those it has), in the GUI thread."""
+        for signal, name in (
+            (self.sig_state_changed, "on_state"),
+            (self.sig_progress, "on_progress"),
+            (self.sig_scan_layer, "on_scan_layer"),
+            (self.sig_job_finished, "on_finished"),
+            (self.sig_job_failed, "on_failed"),
+            (self.sig_log, "on_log"),
+        ):
+            handler = getattr(listener, name, None)
+            if handler is not None:
+                signal.connect(handler)
 
     @Slot(object)
     def _on_message(self, message: Message) -> None:

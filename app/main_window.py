@@ -1,9 +1,10 @@
 """The workbench window: the step bar on top, controls on the left, heatmap and error map / histogram / profile /
 results right.
 
-It composes the Qt-free view models (the workflow in `Workbench`, the scan
-statistics, the threshold, the results), the views that observe them, and one
-`QtEngineClient` whose signals feed the workflow. User actions go to the
+It composes the Qt-free view models (the workflow in `Workbench`, the memory
+planner's jobs in `MemoryPlanner`, the scan statistics, the threshold, the
+results), the views that observe them, and one `QtEngineClient` whose signals
+feed the two job senders. User actions go to the
 workflow; what it says (state, log, notices, errors, progress) comes back to
 the widgets. Nothing here waits for the engine, so the window stays
 responsive while the engine works.
@@ -29,6 +30,7 @@ from PySide6.QtWidgets import (
 
 from int8wb.app import window_memory
 from int8wb.app.engine_client import QtEngineClient
+from int8wb.app.view_models.memory_planner import MemoryPlanner
 from int8wb.app.view_models.results import ResultsModel
 from int8wb.app.view_models.scan_stats import ScanStatistics
 from int8wb.app.view_models.smoothing import SmoothingViewModel
@@ -70,6 +72,7 @@ class MainWindow(QMainWindow):
         self.threshold = ThresholdModel(self.stats, threshold)
         self.results = ResultsModel()
         self.workbench = Workbench(self.client, self.stats, self.threshold, self.results)
+        self.memory_planner = MemoryPlanner(self.client)  # the planner dialog's jobs
         self.error_dialog: QMessageBox | None = None
         self.planner: PlannerDialog | None = None
         self.sensitivity: SensitivityPanel | None = None
@@ -236,12 +239,8 @@ class MainWindow(QMainWindow):
         self.step_bar.sig_step_clicked.connect(self.show_step)
         for view in (self.heatmap, self.error_map, self.histogram, self.profile, self.results_view):
             view.empty.sig_explain.connect(self.show_explanation)
-        self.engine.sig_state_changed.connect(self.workbench.on_state)
-        self.engine.sig_progress.connect(self.workbench.on_progress)
-        self.engine.sig_scan_layer.connect(self.workbench.on_scan_layer)
-        self.engine.sig_job_finished.connect(self.workbench.on_finished)
-        self.engine.sig_job_failed.connect(self.workbench.on_failed)
-        self.engine.sig_log.connect(self.workbench.on_log)
+        self.engine.connect_listener(self.workbench)
+        self.engine.connect_listener(self.memory_planner)
         self.workbench.subscribe(self._on_workbench)
         self.stats.subscribe(lambda event, _: self.explain.refresh() if event == "finished" else None)
         self.threshold.subscribe(lambda _: self.explain.refresh())
@@ -348,7 +347,7 @@ class MainWindow(QMainWindow):
         """The memory planner: GPUs needed for the loaded model or a larger configuration the user picks."""
         has_model = self.workbench.model_info is not None
         if self.planner is None:
-            self.planner = PlannerDialog(self.engine, self, has_model=has_model)
+            self.planner = PlannerDialog(self.memory_planner, self)
         self.planner.set_has_model(has_model)
         self.planner.set_threshold(self.threshold.threshold)
         self.planner.show()

@@ -79,14 +79,17 @@ def make_workbench(qtbot, tmp_path):
 
 @pytest.fixture
 def planner_dialog(qtbot):
-    """The memory planner dialog, shown offscreen, with an engine client that is not started."""
+    """The memory planner dialog, shown offscreen, its view model wired to an engine client that is not started."""
     from int8wb.app.engine_client import QtEngineClient
     from int8wb.app.main import create_app
+    from int8wb.app.view_models.memory_planner import MemoryPlanner
     from int8wb.app.views.planner_dialog import PlannerDialog
 
     create_app([])
     engine = QtEngineClient()
-    dialog = PlannerDialog(engine, has_model=False)
+    planner = MemoryPlanner(engine.client)
+    engine.connect_listener(planner)
+    dialog = PlannerDialog(planner)
     qtbot.addWidget(dialog)
     dialog.show()
     yield dialog

@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from int8wb.app.view_models.memory_planner import MemoryPlanner
 from int8wb.app.view_models.plan import (
     SOURCE_CONFIG,
     SOURCE_MODEL,
@@ -16,9 +17,10 @@ from int8wb.app.view_models.plan import (
     format_bytes,
     list_presets,
 )
-from int8wb.engine.client import EngineState
+from int8wb.engine.client import EngineState, Job
 from int8wb.engine.errors import BadInput
 from int8wb.engine.vocabulary import METHODS
+from tests.support.offline_engine import OfflineEngine
 
 GIB = 1024**3
 
@@ -193,7 +195,7 @@ def test_dialog_shows_the_table_and_the_terms_of_the_selected_cell(dialog, plan_
 def test_dialog_refuses_what_it_cannot_plan_without_crashing(dialog, tmp_path):
     assert not dialog.radio_model.isEnabled()
     assert dialog.plan() is None  # the engine was never started
-    assert "The engine is stopped" in dialog.status.text() and dialog.job is None
+    assert "The engine is stopped" in dialog.status.text() and dialog.planner.job is None
     dialog.radio_config.setChecked(True)
     dialog.config_edit.setText(str(tmp_path / "nothing.json"))
     assert dialog.plan() is None and "no config.json at" in dialog.status.text()
@@ -207,20 +209,82 @@ def test_dialog_refuses_what_it_cannot_plan_without_crashing(dialog, tmp_path):
     assert (request.source, request.context, request.outlier_fraction) == (SOURCE_PRESET, 8192, 0.01)
 
 
-def test_dialog_shows_engine_errors_for_its_own_job_only(dialog, plan_70b):
-    client = dialog.engine
-    dialog.job = "job-1"
-    client.sig_job_finished.emit("other-job", "plan_memory", qt_shaped(plan_70b))
-    assert dialog.view is None and dialog.job == "job-1"
-    client.sig_job_failed.emit("job-1", "bad_input", "the config of x lacks hidden_size", "Traceback ...")
-    assert dialog.job is None and "lacks hidden_size" in dialog.status.text()
-    assert dialog.status.toolTip() == "Traceback ..." and dialog.plan_button.isEnabled()
-    dialog.job = "job-2"
-    client.sig_state_changed.emit(EngineState.CRASHED)
-    assert dialog.job is None and "crashed" in dialog.status.text()
-    dialog.job = "job-3"
-    client.sig_job_finished.emit("job-3", "plan_memory", {"methods": []})
-    assert "could not be read" in dialog.status.text()
+def test_dialog_draws_what_its_view_model_says(dialog, plan_70b):
+    planner = dialog.planner
+    planner.job = Job("job-1", "plan_memory")  # as if Plan had been pressed
+    planner.on_finished("other-job", "scan", qt_shaped(plan_70b))
+    assert planner.plan_view is None and planner.running
+    planner.on_failed("job-1", "bad_input", "the config of x lacks hidden_size", "Traceback ...")
+    assert "lacks hidden_size" in dialog.status.text() and dialog.status.toolTip() == "Traceback ..."
+    assert dialog.plan_button.isEnabled()
+    planner.job = Job("job-2", "plan_memory")
+    planner.on_finished("job-2", "plan_memory", qt_shaped(plan_70b))
+    assert dialog.table.item(0, 2).text() == "4" and dialog.plan_button.isEnabled()
+    planner.job = Job("job-3", "plan_memory")
+    planner.on_state(EngineState.CRASHED)
+    assert "crashed" in dialog.status.text() and dialog.table.item(0, 2).text() == "4"  # the last plan stays
+
+
+# --- the planner's jobs, without Qt ---------------------------------------------------------------
+
+
+def offline_planner() -> tuple[MemoryPlanner, list]:
+    planner = MemoryPlanner(OfflineEngine())
+    events: list = []
+    planner.subscribe(lambda event, data: events.append((event, data)))
+    return planner, events
+
+
+def test_the_planner_sends_plan_memory_and_reads_only_its_own_answer(plan_70b):
+    planner, events = offline_planner()
+    planner.request.preset = "llama-2-70b"
+    job = planner.plan()
+    assert planner.client.sent == [("plan_memory", planner.request.params())] and planner.running
+    assert events[-1][0] == "planning"
+    planner.on_finished("a-workbench-job", "quantize", {"methods": []})
+    planner.on_failed("a-workbench-job", "bad_input", "no", "")
+    assert planner.running and planner.plan_view is None and [event for event, _ in events] == ["planning"]
+    planner.client.end_job()
+    planner.on_finished(job, "plan_memory", qt_shaped(plan_70b))
+    assert not planner.running and events[-1] == ("planned", planner.plan_view)
+    assert planner.plan_view.rows[0].cell("A100-40GB") == "4"
+
+
+def test_the_planner_refuses_a_bad_choice_or_a_busy_engine_and_sends_nothing():
+    planner, events = offline_planner()
+    planner.request.source = SOURCE_MODEL  # while the window has no model
+    assert planner.plan() is None and events[-1][0] == "error" and "no model is loaded" in events[-1][1][0]
+    planner.request.source = SOURCE_PRESET
+    planner.client.active_job = Job("scan-1", "scan")  # the workbench's scan runs
+    assert planner.plan() is None and "busy with scan" in events[-1][1][0] and "press Plan again" in events[-1][1][0]
+    assert planner.client.sent == [] and not planner.running
+
+
+def test_a_crash_or_a_stop_while_a_plan_runs_ends_it_with_a_sentence():
+    planner, events = offline_planner()
+    job = planner.plan()
+    planner.client.end_job()  # the client's order on a crash: the job's failure, then the state
+    planner.on_failed(job, "crashed", "the engine was killed by signal 9", "last lines of its log")
+    planner.on_state(EngineState.CRASHED)
+    errors = [data for event, data in events if event == "error"]
+    assert errors == [("Plan failed (crashed): the engine was killed by signal 9", "last lines of its log")]
+    assert not planner.running
+    job = planner.plan()  # a stop (close, another engine) sends no failure: the state ends the job
+    planner.client.end_job()
+    planner.on_state(EngineState.STOPPED)
+    assert not planner.running and events[-1][0] == "error"
+    assert events[-1][1][0].startswith("The engine stopped before the plan came back")
+    planner.on_finished(job, "plan_memory", {"methods": []})  # a late answer to a job given up: ignored
+    assert events[-1][1][0].startswith("The engine stopped")
+
+
+def test_an_unreadable_plan_is_said_not_raised():
+    planner, events = offline_planner()
+    job = planner.plan()
+    planner.client.end_job()
+    planner.on_finished(job, "plan_memory", {"methods": []})
+    assert not planner.running and planner.plan_view is None
+    assert events[-1][0] == "error" and events[-1][1][0].startswith("The engine's plan could not be read")
 
 
 # --- through a real engine ------------------------------------------------------------------------
@@ -228,19 +292,19 @@ def test_dialog_shows_engine_errors_for_its_own_job_only(dialog, plan_70b):
 
 @pytest.mark.slow
 def test_dialog_plans_a_preset_and_reports_a_bad_config_through_a_real_engine(dialog, qtbot, tmp_path):
-    client = dialog.client
+    client = dialog.planner.client
     client.start_local()
     qtbot.waitUntil(lambda: client.state is EngineState.READY, timeout=60_000)
     dialog.preset_combo.setCurrentIndex(dialog.preset_combo.findData("llama-2-70b"))
     assert dialog.plan() is not None
-    qtbot.waitUntil(lambda: dialog.job is None, timeout=60_000)
-    assert dialog.view is not None, dialog.status.text()
+    qtbot.waitUntil(lambda: dialog.planner.job is None, timeout=60_000)
+    assert dialog.planner.plan_view is not None, dialog.status.text()
     assert dialog.table.item(0, 2).text() == "4" and dialog.table.item(2, 2).text() == "2"
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 4096}))
     dialog.config_edit.setText(str(tmp_path / "config.json"))
     dialog.radio_config.setChecked(True)
     assert dialog.plan() is not None
-    qtbot.waitUntil(lambda: dialog.job is None, timeout=60_000)
+    qtbot.waitUntil(lambda: dialog.planner.job is None, timeout=60_000)
     assert "lacks" in dialog.status.text() and "num_layers" in dialog.status.text()
     assert dialog.table.item(0, 2).text() == "4"  # the last good plan stays on screen
 

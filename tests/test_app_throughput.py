@@ -110,11 +110,11 @@ def test_planner_dialog_has_a_throughput_section_that_follows_the_selection(plan
     dialog = planner_dialog
     dialog.show_result(plan_70b)
     section = dialog.throughput
-    assert section.table.rowCount() == len(dialog.view.methods) and section.table.columnCount() == 2 + 4
+    assert section.table.rowCount() == len(dialog.planner.plan_view.methods) and section.table.columnCount() == 2 + 4
     assert section.table.horizontalHeaderItem(4).text() == "H100-80GB\ntokens/s"
     assert section.table.item(0, 4).text() == "24.1"
     assert section.terms_caption.text() == "Why 11.2 tokens/s on A100-40GB for FP16 (baseline)"
-    vectorwise = dialog.view.methods.index("vectorwise")
+    vectorwise = dialog.planner.plan_view.methods.index("vectorwise")
     dialog.table.setCurrentCell(vectorwise, 5)  # the memory table: vector-wise on H200
     assert section.selected == ("vectorwise", "H200-141GB")
     labels = [section.tree.topLevelItem(i).text(0) for i in range(section.tree.topLevelItemCount())]

@@ -1,6 +1,6 @@
 """The Run workflow (`app.view_models.workbench.Workbench`) without a window and without Qt.
 
-The fast tests drive it with `OfflineEngine`, which answers like `EngineClient`
+The fast tests drive it with `OfflineEngine` (tests/support/offline_engine.py), which answers like `EngineClient`
 (one job at a time, refusals as `EngineError`) but sends nothing: each test
 plays the engine's events by hand. The slow one runs the whole workflow through
 a real engine on the default model, pumping the client's event queue.
@@ -19,42 +19,9 @@ from int8wb.app.view_models.results import ResultsModel
 from int8wb.app.view_models.scan_stats import ScanStatistics
 from int8wb.app.view_models.threshold import ThresholdModel
 from int8wb.app.view_models.workbench import CRASHED, RESTARTED, Step, Workbench
-from int8wb.engine.client import EngineClient, EngineError, EngineState, Job, dispatch
+from int8wb.engine.client import EngineClient, EngineState, dispatch
 from tests.scan_payloads import layer_payload
-
-
-class OfflineEngine:
-    """The surface of `EngineClient` the workflow uses; jobs are recorded, never sent."""
-
-    def __init__(self) -> None:
-        self.state = EngineState.READY
-        self.active_job: Job | None = None
-        self.version_mismatch: str | None = None
-        self.sent: list[tuple[str, dict]] = []
-        self.cancelled: list[str] = []
-        self.started: list[object] = []
-        self.remote = False
-
-    def submit(self, request: str, params: dict) -> str:
-        if self.active_job is not None:
-            raise EngineError("busy", f"the engine is busy with {self.active_job.request}: cancel it or wait")
-        if self.state is not EngineState.READY:
-            raise EngineError("not_running", f"the engine is {self.state.value}: start or restart it first")
-        self.active_job = Job(f"job-{len(self.sent)}", request)
-        self.sent.append((request, params))
-        return self.active_job.id
-
-    def end_job(self) -> Job:
-        job, self.active_job = self.active_job, None
-        return job
-
-    def cancel(self, target: str) -> None:
-        self.cancelled.append(target)
-
-    def start_in_background(self, start) -> None:
-        self.started.append(start)
-
-    start_local = restart = None  # only passed on to start_in_background
+from tests.support.offline_engine import OfflineEngine
 
 
 def make_workbench(engine=None) -> tuple[Workbench, list]:
@@ -189,6 +156,17 @@ def test_a_crash_forgets_the_model_but_keeps_scan_and_results():
     assert workbench.stats.finished and workbench.step() is Step.LOAD
     workbench.restart_engine()
     assert workbench.model_note == RESTARTED and len(workbench.client.started) == 1
+
+
+def test_an_engine_stopped_under_a_run_ends_it():
+    """A stopped engine (closed, or left for another) sends no failure for its job: the stop itself ends the Run."""
+    workbench, _ = loaded_and_scanned()
+    workbench.run_methods(["vectorwise"], {"tokens": 64})
+    workbench.client.end_job()
+    workbench.client.state = EngineState.STOPPED
+    workbench.on_state(EngineState.STOPPED)
+    assert workbench.job is None and not workbench.running
+    assert workbench.model_info is not None  # a stop is not a crash: the window still shows the model
 
 
 def test_the_first_ready_loads_the_chosen_model_once():

@@ -25,17 +25,17 @@ window should show goes out to listeners (`subscribe`) as (event, data):
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
 from typing import Any
 
 from int8wb.app.view_models.decode import RUN_DECODE_PARAMS
+from int8wb.app.view_models.jobs import REQUEST_LABELS, JobSender, as_sentence
 from int8wb.app.view_models.layer_errors import LayerErrors
 from int8wb.app.view_models.residual_stream import ResidualStream
 from int8wb.app.view_models.results import ResultsModel
 from int8wb.app.view_models.scan_stats import ScanStatistics
 from int8wb.app.view_models.task_accuracy import TaskAccuracy
 from int8wb.app.view_models.threshold import ThresholdModel
-from int8wb.engine.client import EngineClient, EngineError, EngineState, Job
+from int8wb.engine.client import EngineClient, EngineError, EngineState
 from int8wb.engine.vocabulary import (
     BASELINE,
     DEFAULT_ALPHA,
@@ -46,18 +46,6 @@ from int8wb.engine.vocabulary import (
     RESULT_GPUS,
 )
 
-REQUEST_LABELS = {
-    "load_model": "Loading the model",
-    "scan": "Scanning",
-    "quantize": "Quantizing",
-    "evaluate": "Evaluating",
-    "plan_memory": "Planning GPUs",
-    "bench_decode": "Timing decoding",
-    "export": "Exporting",
-    "sensitivity": "Measuring sensitivity",
-    "task_accuracy": "Scoring tasks",
-    "super_weights": "Finding the super weight",
-}
 NO_MODEL = "No model loaded."
 LOADING_DEFAULT = "the embedded default model (its first load converts it, about 30 s)"
 RESTARTED = "No model loaded (the engine was restarted): load it again."
@@ -99,13 +87,7 @@ STEP_OF_REQUEST = {
 }
 
 
-def as_sentence(text: str) -> str:
-    """An engine or client message as a sentence for the status bar: capital first, full stop last."""
-    text = text.strip()
-    return text[:1].upper() + text[1:] + ("" if text.endswith((".", "?", "!")) else ".")
-
-
-class Workbench:
+class Workbench(JobSender):
     """Actions (load, scan, run, export, cancel, engine start) and engine events; see the module docstring."""
 
     def __init__(
@@ -116,14 +98,14 @@ class Workbench:
         results: ResultsModel,
         errors: LayerErrors | None = None,
     ) -> None:
-        self.client, self.stats, self.threshold, self.results = client, stats, threshold, results
+        super().__init__(client)
+        self.stats, self.threshold, self.results = stats, threshold, results
         self.errors = errors or LayerErrors(stats)
         self.residual = ResidualStream()  # the scan's token axis: the residual stream per layer and token
         self.skip_modules: list[str] = []  # Linears the next Run's quantize keeps in floating point
         self.skip_source = ""  # where that list came from, in words
         self.model_info: dict[str, Any] | None = None
         self.model_note = NO_MODEL  # what the model panel says while no model is loaded
-        self.job: Job | None = None  # the job this workbench sent and waits for
         self.pending: list[tuple[str, dict[str, Any]]] = []  # the rest of a Run: evaluate, plan_memory
         self.load_when_ready: dict[str, Any] | None = None  # load_model params for the engine's first READY
         self.threshold_chosen = False  # the threshold was moved since the last scan
@@ -132,15 +114,7 @@ class Workbench:
         self.alpha = DEFAULT_ALPHA  # SmoothQuant's alpha for the next Run (the SmoothQuant panel's slider)
         self.super_weights: dict[str, Any] | None = None  # the last super weight experiment on this model
         self.keep_super_weights = False  # the next Run keeps the super weights it found in floating point
-        self._listeners: list[Callable[[str, Any], None]] = []
         threshold.subscribe(self._on_threshold)
-
-    def subscribe(self, listener: Callable[[str, Any], None]) -> None:
-        self._listeners.append(listener)
-
-    def _emit(self, event: str, data: Any = None) -> None:
-        for listener in list(self._listeners):
-            listener(event, data)
 
     # --- what the window shows ---------------------------------------------------------------------
 
@@ -324,6 +298,8 @@ class Workbench:
         if state is EngineState.READY and self.client.version_mismatch:
             self._log(self.client.version_mismatch, "warning")
             self._emit("notice", (self.client.version_mismatch, 30000))
+        if self.lose(state) is not None:
+            self.pending = []  # a stopped engine ends the Run: nothing will answer its job
         if state is EngineState.CRASHED:
             self._forget_model(CRASHED)
         self._changed()
@@ -332,11 +308,11 @@ class Workbench:
             self._submit("load_model", params)
 
     def on_progress(self, job: str, fraction: float, message: str) -> None:
-        if self._ours(job):
+        if self.ours(job):
             self._emit("progress", (REQUEST_LABELS[self.job.request], fraction, message))
 
     def on_scan_layer(self, job: str, payload: dict[str, Any]) -> None:
-        if self._ours(job) and self.job.request == "scan":
+        if self.ours(job) and self.job.request == "scan":
             self.stats.add_layer(payload)
             self.errors.add_layer(payload)
 
@@ -344,9 +320,10 @@ class Workbench:
         self._log(text, level)
 
     def on_finished(self, job: str, request: str, result: dict[str, Any]) -> None:
-        if not self._ours(job):
-            return  # a job this workbench did not send (the planner dialog's)
-        request, self.job = self.job.request, None
+        finished = self.finish(job)
+        if finished is None:
+            return  # a job this workbench did not send (the memory planner's)
+        request = finished.request
         self._log(f"{request} finished")
         if request == "load_model":
             self._loaded(result)
@@ -377,11 +354,10 @@ class Workbench:
         self._changed()
 
     def on_failed(self, job: str, kind: str, message: str, traceback_text: str) -> None:
-        if job and not self._ours(job):
-            return  # the planner dialog shows its own errors; failures to start the engine have no job
-        request = "engine"
-        if job:
-            request, self.job = self.job.request, None
+        finished = self.finish(job)
+        if job and finished is None:
+            return  # the memory planner shows its own errors; failures to start the engine have no job
+        request = finished.request if finished else "engine"
         self.pending = []  # a failed step ends the Run
         if request == "load_model":
             self.model_note = NO_MODEL
@@ -400,16 +376,12 @@ class Workbench:
 
     # --- helpers -----------------------------------------------------------------------------------
 
-    def _ours(self, job: str) -> bool:
-        return self.job is not None and job == self.job.id
-
     def _submit(self, request: str, params: dict[str, Any]) -> str | None:
         try:
-            job = self.client.submit(request, params)
+            job = self.send(request, params)
         except EngineError as exc:
             self.pending = []
             return self.refuse(as_sentence(str(exc)))
-        self.job = Job(job, request)
         if request == "load_model":
             self.model_note = f"Loading {params.get('model') or LOADING_DEFAULT}…"
         self._emit("progress", (REQUEST_LABELS[request], 0.0, ""))

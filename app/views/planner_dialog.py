@@ -1,8 +1,9 @@
 """The memory planner dialog: how many GPUs a model needs, for the loaded model or a larger one.
 
 The user picks what to plan (the loaded model, a built-in preset or a config.json), the batch x
-context and how full a card may get, and presses Plan; the dialog sends `plan_memory` through the
-window's engine client and shows GPUs needed per method and card. Selecting a cell shows the terms
+context and how full a card may get, and presses Plan; the dialog hands the choice to the window's `MemoryPlanner`
+(app/view_models/memory_planner.py), which sends `plan_memory` like every other job, and draws
+what it reads: GPUs needed per method and card. Selecting a cell shows the terms
 behind that number (weights by tensor kind, KV cache, the card's budget after overhead and
 workspace), so the answer can be checked by hand. A preset plan needs no loaded model: the engine
 builds the architecture on the meta device. Errors stay in the dialog.
@@ -35,7 +36,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from int8wb.app.engine_client import QtEngineClient
+from int8wb.app.view_models.memory_planner import MemoryPlanner
 from int8wb.app.view_models.plan import (
     DEFAULT_PRESET,
     MAX_BATCH,
@@ -48,12 +49,9 @@ from int8wb.app.view_models.plan import (
     format_bytes,
     list_presets,
 )
-from int8wb.app.view_models.workbench import as_sentence
 from int8wb.app.views.inputs import spin_box
 from int8wb.app.views.term_tree import show_terms, term_tree
 from int8wb.app.views.throughput_section import ThroughputSection
-from int8wb.engine.client import EngineError, EngineState
-from int8wb.engine.errors import WorkbenchError
 
 ERROR_COLOR = "#ff6b6b"
 NOT_FIT_COLOR = QColor("#e56b6f")
@@ -71,27 +69,15 @@ QRadioButton:disabled { color: #6b6d78; }
 class PlannerDialog(QDialog):
     """Pick a source and settings, press Plan, read GPUs needed and the terms behind them."""
 
-    def __init__(
-        self,
-        engine: QtEngineClient,
-        parent: QWidget | None = None,
-        has_model: bool = False,
-        threshold: float | None = None,
-    ) -> None:
+    def __init__(self, planner: MemoryPlanner, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Memory planner")
         self.setStyleSheet(DIALOG_STYLE)
-        self.engine, self.client = engine, engine.client
-        self.request = PlanRequest(threshold=threshold)
-        self.view: PlanViewModel | None = None
-        self.job: str | None = None
+        self.planner = planner
         self.selected: tuple[str, str] | None = None  # (method, card) of the breakdown
-        self._has_model = has_model
         self._build()
-        self.set_has_model(has_model)
-        engine.sig_job_finished.connect(self._on_finished)
-        engine.sig_job_failed.connect(self._on_failed)
-        engine.sig_state_changed.connect(self._on_state)
+        self.set_has_model(planner.has_model)
+        planner.subscribe(self._on_planner)
         self.resize(1020, 820)
 
     # --- building ----------------------------------------------------------------------------------
@@ -126,14 +112,14 @@ class PlannerDialog(QDialog):
         self.config_edit.textEdited.connect(lambda _: self.radio_config.setChecked(True))
 
         settings_box = QGroupBox("Settings")
-        self.context_spin = spin_box(1, MAX_CONTEXT, self.request.context, " tokens")
-        self.batch_spin = spin_box(1, MAX_BATCH, self.request.batch)
-        self.usable_spin = _double_spin(1, 100, self.request.usable_fraction * 100, 0, 5, " %")
+        self.context_spin = spin_box(1, MAX_CONTEXT, self.planner.request.context, " tokens")
+        self.batch_spin = spin_box(1, MAX_BATCH, self.planner.request.batch)
+        self.usable_spin = _double_spin(1, 100, self.planner.request.usable_fraction * 100, 0, 5, " %")
         self.usable_spin.setToolTip(
             "How much of each card's memory the plan may use; the rest is margin "
             "for allocator fragmentation and what the estimate misses."
         )
-        self.outlier_spin = _double_spin(0, 100, self.request.outlier_fraction * 100, 2, 0.1, " %")
+        self.outlier_spin = _double_spin(0, 100, self.planner.request.outlier_fraction * 100, 2, 0.1, " %")
         self.outlier_spin.setToolTip(
             "Feature dimensions kept in floating point by LLM.int8(); for the loaded "
             "model after a scan, the scan's real outlier columns are used instead."
@@ -214,7 +200,7 @@ class PlannerDialog(QDialog):
 
     def set_has_model(self, has_model: bool) -> None:
         """Offer the loaded model as a source only while one is loaded."""
-        self._has_model = has_model
+        self.planner.has_model = has_model
         self.radio_model.setEnabled(has_model)
         self.radio_model.setToolTip("" if has_model else "No model is loaded in the window.")
         if not has_model and self.radio_model.isChecked():
@@ -222,11 +208,11 @@ class PlannerDialog(QDialog):
 
     def set_threshold(self, threshold: float | None) -> None:
         """The window's outlier threshold: the loaded model's plan counts the scan's outliers at it."""
-        self.request.threshold = threshold
+        self.planner.request.threshold = threshold
 
     def read_request(self) -> PlanRequest:
         """The widgets' values in the view model."""
-        request = self.request
+        request = self.planner.request
         request.source = (
             SOURCE_MODEL
             if self.radio_model.isChecked()
@@ -250,62 +236,31 @@ class PlannerDialog(QDialog):
             self.config_edit.setText(path)
             self.radio_config.setChecked(True)
 
-    # --- the job -----------------------------------------------------------------------------------
+    # --- the job (sent and tracked by the planner view model) ---------------------------------------
 
     @Slot()
     def plan(self) -> str | None:
-        """Send `plan_memory` for the current choice; returns the job id, or None with the reason shown."""
-        request = self.read_request()
-        try:
-            request.check(self._has_model)
-        except WorkbenchError as exc:
-            return self._error(str(exc))
-        try:
-            self.job = self.client.submit("plan_memory", request.params())
-        except EngineError as exc:
-            return self._error(f"{as_sentence(str(exc))} Then press Plan again.")
-        except OSError as exc:
-            return self._error(f"Could not send the plan: {exc}")
-        self.plan_button.setEnabled(False)
-        self._say("Planning… (a preset or config is built on the meta device; no weights are read)")
-        return self.job
+        """Send `plan_memory` for the widgets' choice; returns the job id, or None with the reason shown."""
+        self.read_request()
+        return self.planner.plan()
 
-    @Slot(str, str, dict)
-    def _on_finished(self, job: str, request: str, result: dict) -> None:
-        if job != self.job:
-            return
-        self.job = None
-        self.plan_button.setEnabled(True)
-        try:
-            self.show_result(result)
-        except (WorkbenchError, KeyError, TypeError, ValueError) as exc:
-            self._error(f"The engine's plan could not be read: {exc}")
-
-    @Slot(str, str, str, str)
-    def _on_failed(self, job: str, kind: str, message: str, traceback_text: str) -> None:
-        if job != self.job:
-            return
-        self.job = None
-        self.plan_button.setEnabled(True)
-        self._error(f"Plan failed ({kind}): {message}", traceback_text)
-
-    @Slot(object)
-    def _on_state(self, state: EngineState) -> None:
-        if self.job is not None and state in (EngineState.CRASHED, EngineState.STOPPED):
-            self.job = None
-            self.plan_button.setEnabled(True)
-            self._error(
-                f"The engine {state.value} before the plan came back; "
-                "restart it from the Engine menu and press Plan again."
-            )
+    def _on_planner(self, event: str, data: object) -> None:
+        self.plan_button.setEnabled(not self.planner.running)
+        if event == "planning":
+            self._say(data)
+        elif event == "planned":
+            self._draw(data)
+        elif event == "error":
+            self._error(*data)
 
     # --- showing -----------------------------------------------------------------------------------
 
     def show_result(self, result: dict) -> None:
         """Fill the table and breakdown from a `plan_memory` result (also usable without an engine)."""
-        view = PlanViewModel(result)
-        self.view = view
-        self.throughput.show_plan(result)
+        self.planner.read(result)
+
+    def _draw(self, view: PlanViewModel) -> None:
+        self.throughput.show_plan(view.result)
         self.title.setText(view.title())
         self.title.setToolTip(view.source_name())
         self.settings_line.setText(view.settings_line())
@@ -348,29 +303,29 @@ class PlannerDialog(QDialog):
 
     def select(self, method: str, gpu: str) -> None:
         """Select a method x card cell and show its terms."""
-        if self.view is None:
+        view = self.planner.plan_view
+        if view is None:
             return
-        row = self.view.methods.index(method)
-        column = len(FIXED_COLUMNS) + self.view.gpus.index(gpu)
-        self.table.setCurrentCell(row, column)
+        self.table.setCurrentCell(view.methods.index(method), len(FIXED_COLUMNS) + view.gpus.index(gpu))
         self._show_breakdown(method, gpu)
 
     @Slot(int, int, int, int)
     def _on_cell(self, row: int, column: int, _previous_row: int, _previous_column: int) -> None:
-        if self.view is None or row < 0 or row >= len(self.view.rows):
+        view = self.planner.plan_view
+        if view is None or row < 0 or row >= len(view.rows):
             return
-        method = self.view.methods[row]
         if column >= len(FIXED_COLUMNS):
-            gpu = self.view.gpus[column - len(FIXED_COLUMNS)]
+            gpu = view.gpus[column - len(FIXED_COLUMNS)]
         else:
-            gpu = self.selected[1] if self.selected else self.view.gpus[0]
-        self._show_breakdown(method, gpu)
+            gpu = self.selected[1] if self.selected else view.gpus[0]
+        self._show_breakdown(view.methods[row], gpu)
 
     def _show_breakdown(self, method: str, gpu: str) -> None:
+        view = self.planner.plan_view
         self.selected = (method, gpu)
-        row = self.view.rows[self.view.methods.index(method)]
+        row = view.rows[view.methods.index(method)]
         self.breakdown_caption.setText(f"Why {row.cell(gpu)} × {gpu} for {row.label}")
-        show_terms(self.tree, self.view.breakdown(method, gpu))
+        show_terms(self.tree, view.breakdown(method, gpu))
         self.throughput.select(method, gpu)
 
     def _set(self, row: int, column: int, text: str, data: str, centered: bool = True) -> QTableWidgetItem:
@@ -390,7 +345,6 @@ class PlannerDialog(QDialog):
         self.status.setStyleSheet(f"color: {ERROR_COLOR};")
         self.status.setToolTip(details)
         self.status.setText(text)
-        return None
 
 
 def _double_spin(low: float, high: float, value: float, decimals: int, step: float, suffix: str) -> QDoubleSpinBox:
