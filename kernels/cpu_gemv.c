@@ -133,6 +133,29 @@ static int32_t dot_i8_scalar(const int8_t *q, const int8_t *w, int64_t cols) {
         return _mm_cvtsi128_si32(sum) + dot_i8_scalar(q + k, w + k, cols - k);                            \
     }
 
+/* Four weight rows at once (rows w, w + cols, ...): four independent streams, q loaded once for them,
+ * and one reduction for the four sums. */
+#define DOT4_I8_256(NAME, TARGET, ACCUMULATE)                                                       \
+    __attribute__((target(TARGET))) static void NAME(const int8_t *q, const int8_t *w, int64_t cols,     \
+                                                     int32_t *out) {                                     \
+        __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),        \
+                          _mm256_setzero_si256()};                                                       \
+        int64_t k = 0;                                                                                   \
+        for (; k + 32 <= cols; k += 32) {                                                                \
+            const __m256i q0 = _mm256_loadu_si256((const __m256i *)(q + k));                             \
+            for (int j = 0; j < 4; ++j) {                                                                \
+                const __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + j * cols + k));              \
+                acc[j] = ACCUMULATE(acc[j], _mm256_abs_epi8(w0), _mm256_sign_epi8(q0, w0));              \
+            }                                                                                            \
+        }                                                                                                \
+        const __m256i pairs = _mm256_hadd_epi32(_mm256_hadd_epi32(acc[0], acc[1]),                       \
+                                                _mm256_hadd_epi32(acc[2], acc[3]));                      \
+        const __m128i sums = _mm_add_epi32(_mm256_castsi256_si128(pairs), _mm256_extracti128_si256(pairs, 1)); \
+        int32_t lanes[4];                                                                                \
+        _mm_storeu_si128((__m128i *)lanes, sums);                                                        \
+        for (int j = 0; j < 4; ++j) out[j] = lanes[j] + dot_i8_scalar(q + k, w + j * cols + k, cols - k); \
+    }
+
 __attribute__((target("avx2"))) static inline __m256i maddubs_accumulate(__m256i acc, __m256i u, __m256i s) {
     return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
 }
@@ -145,7 +168,33 @@ DOT_I8_256(dot_i8_avx_vnni, "avx2,avxvnni", AVX_VNNI_ACCUMULATE)
 #endif
 DOT_I8_256(dot_i8_avx512_vnni, "avx2,avx512f,avx512vl,avx512vnni", AVX512_VNNI_ACCUMULATE)
 
+DOT4_I8_256(dot4_i8_avx2, "avx2", maddubs_accumulate)
+#if GEMV_HAS_AVX_VNNI
+DOT4_I8_256(dot4_i8_avx_vnni, "avx2,avxvnni", AVX_VNNI_ACCUMULATE)
+#endif
+DOT4_I8_256(dot4_i8_avx512_vnni, "avx2,avx512f,avx512vl,avx512vnni", AVX512_VNNI_ACCUMULATE)
+
+static void dot4_i8_scalar(const int8_t *q, const int8_t *w, int64_t cols, int32_t *out) {
+    for (int j = 0; j < 4; ++j) out[j] = dot_i8_scalar(q, w + j * cols, cols);
+}
+
 typedef int32_t (*dot_i8_fn)(const int8_t *, const int8_t *, int64_t);
+typedef void (*dot4_i8_fn)(const int8_t *, const int8_t *, int64_t, int32_t *);
+
+static dot4_i8_fn dot4_i8_for(int isa) {
+    switch (isa) {
+    case GEMV_AVX512_VNNI:
+        return dot4_i8_avx512_vnni;
+#if GEMV_HAS_AVX_VNNI
+    case GEMV_AVX_VNNI:
+        return dot4_i8_avx_vnni;
+#endif
+    case GEMV_AVX2:
+        return dot4_i8_avx2;
+    default:
+        return dot4_i8_scalar;
+    }
+}
 
 static dot_i8_fn dot_i8_for(int isa) {
     switch (isa) {
@@ -178,16 +227,25 @@ void w8a8_rows_linear(const float *x, int64_t rows, int64_t cols, int64_t ldx, c
     }
     for (int64_t r = 0; r < rows; ++r) quantize_token(x + r * ldx, cols, keep, absmax[r], q + r * cols);
     const dot_i8_fn dot = dot_i8_for(isa);
+    const dot4_i8_fn dot4 = dot4_i8_for(isa);
+    const int64_t groups = (out_features + 3) / 4; /* four rows a group; the last may hold fewer */
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t n = 0; n < out_features; ++n) {
-        const int8_t *row = w + n * cols;
-        const float col_scale = col_absmax[col_scalar ? 0 : n];
+    for (int64_t g = 0; g < groups; ++g) {
+        const int64_t first = 4 * g, count = out_features - first < 4 ? out_features - first : 4;
         for (int64_t r = 0; r < rows; ++r) {
-            const int32_t acc = dot(q + r * cols, row, cols);
-            float value = ((float)acc * (absmax[r] * col_scale)) / 16129.0f;
-            if (outlier_out) value = value + outlier_out[r * out_features + n];
-            if (bias) value = value + bias[n];
-            y[r * out_features + n] = value;
+            int32_t acc[4];
+            if (count == 4) {
+                dot4(q + r * cols, w + first * cols, cols, acc);
+            } else {
+                for (int64_t j = 0; j < count; ++j) acc[j] = dot(q + r * cols, w + (first + j) * cols, cols);
+            }
+            for (int64_t j = 0; j < count; ++j) {
+                const int64_t n = first + j;
+                float value = ((float)acc[j] * (absmax[r] * col_absmax[col_scalar ? 0 : n])) / 16129.0f;
+                if (outlier_out) value = value + outlier_out[r * out_features + n];
+                if (bias) value = value + bias[n];
+                y[r * out_features + n] = value;
+            }
         }
     }
     free(q);
@@ -227,19 +285,47 @@ __attribute__((target("avx2,fma"))) static float dot_f32_i8_avx2(const float *x,
            dot_f32_i8_scalar(x + k, w + k, cols - k);
 }
 
+/* Four weight rows at once, x loaded once for them; eight lanes of sums per row. */
+__attribute__((target("avx2,fma"))) static void dot4_f32_i8_avx2(const float *x, const int8_t *w, int64_t cols,
+                                                                 float *out) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    int64_t k = 0;
+    for (; k + 8 <= cols; k += 8) {
+        const __m256 x0 = _mm256_loadu_ps(x + k);
+        for (int j = 0; j < 4; ++j) acc[j] = _mm256_fmadd_ps(x0, widen8(w + j * cols + k), acc[j]);
+    }
+    for (int j = 0; j < 4; ++j) out[j] = sum8(acc[j]) + dot_f32_i8_scalar(x + k, w + j * cols + k, cols - k);
+}
+
+static void dot4_f32_i8_scalar(const float *x, const int8_t *w, int64_t cols, float *out) {
+    for (int j = 0; j < 4; ++j) out[j] = dot_f32_i8_scalar(x, w + j * cols, cols);
+}
+
 /* x (rows, cols) -> y (rows, out_features) = (x @ q.T) * (absmax / 127) [+ bias]; absmax (out_features). */
 void rowscale_rows_linear(const float *x, int64_t rows, int64_t cols, int64_t ldx, const int8_t *w,
                           int64_t out_features, const float *absmax, const float *bias, float *y, int isa,
                           int threads) {
     float (*const dot)(const float *, const int8_t *, int64_t) =
         isa >= GEMV_AVX2 ? dot_f32_i8_avx2 : dot_f32_i8_scalar;
+    void (*const dot4)(const float *, const int8_t *, int64_t, float *) =
+        isa >= GEMV_AVX2 ? dot4_f32_i8_avx2 : dot4_f32_i8_scalar;
+    const int64_t groups = (out_features + 3) / 4;
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t n = 0; n < out_features; ++n) {
-        const float scale = absmax[n] / 127.0f; /* as kernels.reference.dequantize_rowwise rounds it */
+    for (int64_t g = 0; g < groups; ++g) {
+        const int64_t first = 4 * g, count = out_features - first < 4 ? out_features - first : 4;
         for (int64_t r = 0; r < rows; ++r) {
-            float value = dot(x + r * ldx, w + n * cols, cols) * scale;
-            if (bias) value = value + bias[n];
-            y[r * out_features + n] = value;
+            float sums[4];
+            if (count == 4) {
+                dot4(x + r * ldx, w + first * cols, cols, sums);
+            } else {
+                for (int64_t j = 0; j < count; ++j) sums[j] = dot(x + r * ldx, w + (first + j) * cols, cols);
+            }
+            for (int64_t j = 0; j < count; ++j) {
+                const int64_t n = first + j;
+                float value = sums[j] * (absmax[n] / 127.0f); /* the scale as dequantize_rowwise rounds it */
+                if (bias) value = value + bias[n];
+                y[r * out_features + n] = value;
+            }
         }
     }
 }
