@@ -37,18 +37,21 @@ from int8wb.app.view_models.smoothing import SmoothingViewModel
 from int8wb.app.view_models.story import explanation_html
 from int8wb.app.view_models.threshold import ThresholdModel
 from int8wb.app.view_models.workbench import Step, Workbench
-from int8wb.app.views.controls import ModelPanel, RunPanel, ScanPanel, mark_current
 from int8wb.app.views.error_map import ErrorMapView
 from int8wb.app.views.explain_panel import ExplainPanel
 from int8wb.app.views.export_dialog import ExportDialog
 from int8wb.app.views.generated_text import GeneratedTextView
 from int8wb.app.views.heatmap import HeatmapView
 from int8wb.app.views.histogram import HistogramView
+from int8wb.app.views.inputs import mark_current
+from int8wb.app.views.model_panel import ModelPanel
 from int8wb.app.views.planner_dialog import PlannerDialog
 from int8wb.app.views.profile import DimensionProfileView
 from int8wb.app.views.residual_map import ResidualMapView
 from int8wb.app.views.results_view import ResultsView
+from int8wb.app.views.run_panel import RunPanel
 from int8wb.app.views.saving import add_save_menu
+from int8wb.app.views.scan_panel import ScanPanel
 from int8wb.app.views.sensitivity_panel import SensitivityPanel
 from int8wb.app.views.smoothing_panel import SmoothingPanel
 from int8wb.app.views.status import WorkbenchStatusBar

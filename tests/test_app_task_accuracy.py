@@ -12,8 +12,8 @@ from PySide6.QtCore import Qt
 from int8wb.app.view_models.scan_stats import ScanStatistics
 from int8wb.app.view_models.task_accuracy import TaskAccuracy, accuracy_text, recovery_text
 from int8wb.app.view_models.threshold import ThresholdModel
-from int8wb.app.views.controls import RunPanel
 from int8wb.app.views.results_view import ResultsView
+from int8wb.app.views.run_panel import RunPanel
 from tests.test_app_workflow import MODEL, finish
 from tests.test_app_workflow import make_workbench as offline_workbench
 

@@ -95,7 +95,7 @@ def test_actions_refuse_without_engine_and_model(make_workbench):
 
 
 def test_the_load_panel_says_layer_by_layer():
-    from int8wb.app.views.controls import offload_line
+    from int8wb.app.views.model_panel import offload_line
 
     disk = {"mode": "disk", "layers": 32, "peak_bytes": 2.4e9, "reason": "offload auto: layer by layer from disk: x"}
     assert offload_line(disk) == "layer by layer from disk: 32 layers, peak about 2.4 GB"

@@ -18,7 +18,6 @@ from PySide6.QtWidgets import (
     QButtonGroup,
     QComboBox,
     QDialog,
-    QDoubleSpinBox,
     QFileDialog,
     QGridLayout,
     QGroupBox,
@@ -49,7 +48,7 @@ from int8wb.app.view_models.plan import (
     format_bytes,
     list_presets,
 )
-from int8wb.app.views.inputs import spin_box
+from int8wb.app.views.inputs import double_spin_box, spin_box
 from int8wb.app.views.term_tree import show_terms, term_tree
 from int8wb.app.views.throughput_section import ThroughputSection
 
@@ -114,12 +113,12 @@ class PlannerDialog(QDialog):
         settings_box = QGroupBox("Settings")
         self.context_spin = spin_box(1, MAX_CONTEXT, self.planner.request.context, " tokens")
         self.batch_spin = spin_box(1, MAX_BATCH, self.planner.request.batch)
-        self.usable_spin = _double_spin(1, 100, self.planner.request.usable_fraction * 100, 0, 5, " %")
+        self.usable_spin = double_spin_box(1, 100, self.planner.request.usable_fraction * 100, 0, 5, " %")
         self.usable_spin.setToolTip(
             "How much of each card's memory the plan may use; the rest is margin "
             "for allocator fragmentation and what the estimate misses."
         )
-        self.outlier_spin = _double_spin(0, 100, self.planner.request.outlier_fraction * 100, 2, 0.1, " %")
+        self.outlier_spin = double_spin_box(0, 100, self.planner.request.outlier_fraction * 100, 2, 0.1, " %")
         self.outlier_spin.setToolTip(
             "Feature dimensions kept in floating point by LLM.int8(); for the loaded "
             "model after a scan, the scan's real outlier columns are used instead."
@@ -345,16 +344,6 @@ class PlannerDialog(QDialog):
         self.status.setStyleSheet(f"color: {ERROR_COLOR};")
         self.status.setToolTip(details)
         self.status.setText(text)
-
-
-def _double_spin(low: float, high: float, value: float, decimals: int, step: float, suffix: str) -> QDoubleSpinBox:
-    spin = QDoubleSpinBox()
-    spin.setRange(low, high)
-    spin.setDecimals(decimals)
-    spin.setSingleStep(step)
-    spin.setValue(value)
-    spin.setSuffix(suffix)
-    return spin
 
 
 def _column(*widgets: QWidget) -> QWidget:
