@@ -11,64 +11,88 @@ import math
 from typing import Any
 
 from int8wb.engine.errors import BadInput
+from int8wb.engine.registry import (  # noqa: F401 (re-exported: the rest of the project reads them here)
+    BASELINE,
+    CHANNEL_SCALE,
+    EXPORT_FORMATS,
+    FORMAT_LABELS,
+    FORMAT_LOADERS,
+    FORMAT_METHODS,
+    GGUF,
+    METHOD_COLOURS,
+    METHOD_DESCRIPTIONS,
+    METHOD_LABELS,
+    METHOD_SHORT_LABELS,
+    METHODS,
+    NEEDS_SCAN,
+    SCB,
+    TICKED_METHODS,
+    W8A8_METHODS,
+    WEIGHT_ONLY_METHODS,
+    ExportFormat,
+    Method,
+    format_of,
+    format_refusal,
+    method_of,
+    register_format,
+    register_method,
+)
 
 # --- quantization methods -------------------------------------------------------------------------
+# A method is one `Method` declaration below (docs/architecture.md, "Adding a method"): every table the
+# engine's quantizers, planner, checkpoint layouts and CLI and the window's check boxes and colours read
+# about it is derived from it. Its building blocks (weight_scale, activations, outliers, smoothed) are
+# what engine.quant.schemes, the planner and the export formats act on, so a method made of existing
+# blocks needs nothing else.
 
-BASELINE = "baseline"
-METHODS = ("absmax-tensor", "vectorwise", "llm-int8", "llm-int8-dynamic", "weight-only", "smoothquant", "q8_0")
-"""Every quantization method, in the order tables show them (DESIGN.md, "Quantization methods")."""
 
-METHOD_LABELS = {
-    BASELINE: "floating point (baseline)",
-    "absmax-tensor": "absmax per tensor (naive W8A8)",
-    "vectorwise": "vector-wise W8A8",
-    "llm-int8": "LLM.int8() static (outliers from the scan)",
-    "llm-int8-dynamic": "LLM.int8() dynamic (outliers per batch)",
-    "weight-only": "weight-only INT8",
-    "smoothquant": "SmoothQuant W8A8 (smoothed, then vector-wise)",
-    "q8_0": "Q8_0 weight-only (blocks of 32, llama.cpp)",
-}
-"""What a person reads for each method (tables, check boxes, plans)."""
-
-METHOD_SHORT_LABELS = {
-    BASELINE: "floating point",
-    "absmax-tensor": "naive INT8",
-    "vectorwise": "vector-wise INT8",
-    "llm-int8": "LLM.int8()",
-    "llm-int8-dynamic": "LLM.int8() with outliers per batch",
-    "weight-only": "weight-only INT8",
-    "smoothquant": "SmoothQuant",
-    "q8_0": "Q8_0",
-}
-"""Each method as a sentence names it ("naive INT8 raised perplexity by ...")."""
-
-METHOD_DESCRIPTIONS = {
-    BASELINE: "The model as loaded, in floating point: the perplexity every method is compared with.",
-    "absmax-tensor": "One scale for a whole weight matrix and one for each activation tensor. A single outlier "
+ABSMAX_TENSOR = register_method(Method(
+    "absmax-tensor", "absmax per tensor (naive W8A8)", "naive INT8",
+    "One scale for a whole weight matrix and one for each activation tensor. A single outlier "
     "dimension stretches the scale, so every other value gets only a few of INT8's 255 levels.",
-    "vectorwise": "One scale per weight row and one per token: a large value only coarsens its own row or token, "
+    "#e56b6f", weight_scale="tensor", activations="tensor", ticked=True,
+))  # fmt: skip
+VECTORWISE = register_method(Method(
+    "vectorwise", "vector-wise W8A8", "vector-wise INT8",
+    "One scale per weight row and one per token: a large value only coarsens its own row or token, "
     "but outlier dimensions still coarsen every token they appear in.",
-    "llm-int8": "LLM.int8(): the input dimensions over the threshold in the calibration scan stay in floating "
+    "#f4a259", weight_scale="row", activations="row", ticked=True,
+))  # fmt: skip
+LLM_INT8 = register_method(Method(
+    "llm-int8", "LLM.int8() static (outliers from the scan)", "LLM.int8()",
+    "LLM.int8(): the input dimensions over the threshold in the calibration scan stay in floating "
     "point (with their weight columns); everything else is vector-wise INT8.",
-    "llm-int8-dynamic": "LLM.int8() as bitsandbytes runs it: the columns over the threshold are found in each "
+    "#00e5ff", weight_scale="row", activations="row", outliers="static", ticked=True,
+    scan_need="static llm-int8 takes its outlier dimensions from a scan: scan first, or use llm-int8-dynamic",
+))  # fmt: skip
+LLM_INT8_DYNAMIC = register_method(Method(
+    "llm-int8-dynamic", "LLM.int8() dynamic (outliers per batch)", "LLM.int8() with outliers per batch",
+    "LLM.int8() as bitsandbytes runs it: the columns over the threshold are found in each "
     "batch, and their weight columns are dequantized from INT8 on the fly. Needs no scan.",
-    "weight-only": "Weights in INT8 (one scale per row), activations left in floating point: saves memory "
+    "#5b8def", weight_scale="row", activations="row", outliers="dynamic",
+))  # fmt: skip
+WEIGHT_ONLY = register_method(Method(
+    "weight-only", "weight-only INT8", "weight-only INT8",
+    "Weights in INT8 (one scale per row), activations left in floating point: saves memory "
     "without any INT8 arithmetic.",
-    "smoothquant": "SmoothQuant: each input channel is divided by a factor from its calibration abs-max (and the "
+    "#8cb369", weight_scale="row", activations="float", ticked=True,
+))  # fmt: skip
+SMOOTHQUANT = register_method(Method(
+    "smoothquant", "SmoothQuant W8A8 (smoothed, then vector-wise)", "SmoothQuant",
+    "SmoothQuant: each input channel is divided by a factor from its calibration abs-max (and the "
     "weights' columns multiplied by it), which moves the outliers into the weights; then vector-wise INT8.",
-    "q8_0": "llama.cpp's Q8_0: weights in blocks of 32 with one float16 scale each, activations in floating "
+    "#c77dff", weight_scale="row", activations="row", smoothed=True,
+    scan_need="smoothquant takes each input channel's abs-max from a scan: scan first",
+))  # fmt: skip
+Q8_0 = register_method(Method(
+    "q8_0", "Q8_0 weight-only (blocks of 32, llama.cpp)", "Q8_0",
+    "llama.cpp's Q8_0: weights in blocks of 32 with one float16 scale each, activations in floating "
     "point. Small blocks keep an outlier weight from coarsening more than its own block.",
-}
-"""What each method does, in a sentence or two (tooltips, the explanation panel)."""
+    "#ffd166", weight_scale="block", activations="float",
+))  # fmt: skip
 
-W8A8_METHODS = ("absmax-tensor", "vectorwise", "llm-int8", "llm-int8-dynamic", "smoothquant")
-"""The methods whose activations are quantized to INT8 too (an INT8 x INT8 product)."""
-
-WEIGHT_ONLY_METHODS = ("weight-only", "q8_0")
-"""The methods that keep activations in floating point and dequantize the weight before the product."""
-
-NEEDS_SCAN = ("llm-int8", "smoothquant")
-"""The methods that take something from a calibration scan (outlier columns; per-channel abs-max)."""
+DEFAULT_REPAIR_METHOD = VECTORWISE.name
+"""The method the sensitivity sweep repairs unless told otherwise (the CLI and the window)."""
 
 Q8_0_BLOCK = 32
 """Weights per Q8_0 block (llama.cpp's QK8_0): each block has one float16 scale."""
@@ -114,30 +138,48 @@ def check_alpha(alpha: Any) -> float:
 
 
 # --- export formats ---------------------------------------------------------------------------------
+# An export format is one `ExportFormat` declaration (docs/architecture.md, "Adding a format"): which
+# methods it carries follows from the building blocks it holds, and a refusal names the block it cannot
+# hold. engine.checkpoint.formats gives each its writer and stored layout.
 
-EXPORT_FORMATS = ("bitsandbytes", "compressed-tensors", "gguf-q8_0")
-"""Every export format, the default first (DESIGN.md, "Exported files")."""
 
-FORMAT_LABELS = {
-    "bitsandbytes": "safetensors, bitsandbytes 8-bit layout",
-    "compressed-tensors": "safetensors, compressed-tensors (int-quantized)",
-    "gguf-q8_0": "GGUF, Q8_0",
-}
-FORMAT_LOADERS = {
-    "bitsandbytes": "transformers + bitsandbytes; the workbench re-opens it",
-    "compressed-tensors": "vLLM and llm-compressor; transformers decompresses it",
-    "gguf-q8_0": "llama.cpp and ollama; transformers reads it (gguf_file=)",
-}
-"""Which programs load each format."""
+_OUTLIER_COLUMNS = (
+    "compressed-tensors has no place for LLM.int8()'s floating-point outlier columns (vLLM's int8 "
+    "kernels quantize every column)"
+)
+_FORMATS: dict[str, ExportFormat] = {}
 
-FORMAT_METHODS = {
-    "bitsandbytes": ("absmax-tensor", "vectorwise", "llm-int8", "llm-int8-dynamic", "weight-only", "smoothquant"),
-    "compressed-tensors": ("vectorwise", "smoothquant", "weight-only"),
-    "gguf-q8_0": ("q8_0",),
-}
-"""The methods each format carries exactly; the others are refused with the reason."""
+BITSANDBYTES = register_format(ExportFormat(
+    "bitsandbytes", "safetensors, bitsandbytes 8-bit layout",
+    "transformers + bitsandbytes; the workbench re-opens it",
+    holds={"weight_scale": ("tensor", "row")},
+    refusals={("weight_scale", "block"): "bitsandbytes stores one scale per row and Q8_0 one per block of 32 weights"},
+    layout=SCB, reopens=True, takes_conv1d=True,
+))  # fmt: skip
+COMPRESSED_TENSORS = register_format(ExportFormat(
+    "compressed-tensors", "safetensors, compressed-tensors (int-quantized)",
+    "vLLM and llm-compressor; transformers decompresses it",
+    holds={"outliers": ("none",), "activations": ("row", "float"), "weight_scale": ("row",)},
+    refusals={
+        ("outliers", "static"): _OUTLIER_COLUMNS,
+        ("outliers", "dynamic"): _OUTLIER_COLUMNS,
+        ("activations", "tensor"): "a method that quantizes activations with one scale per tensor could only be "
+        "stored as a fixed calibrated scale, and a per-tensor activation scale is what destroys this model",
+        ("weight_scale", "block"): "Q8_0's scales per block of 32 weights are llama.cpp's format",
+    },
+    layout=CHANNEL_SCALE, notes_fused_skips=True,
+    no_float_weight="vLLM computes every weight of an INT8 Linear from its INT8 value and its row's scale",
+))  # fmt: skip
+GGUF_Q8_0 = register_format(ExportFormat(
+    "gguf-q8_0", "GGUF, Q8_0", "llama.cpp and ollama; transformers reads it (gguf_file=)",
+    holds={"weight_scale": ("block",), "activations": ("float",)},
+    refusals={("weight_scale", "row"): "GGUF Q8_0 is written quantized from the floating-point weights in "
+              "blocks of 32", ("weight_scale", "tensor"): "GGUF Q8_0 is written quantized from the "
+              "floating-point weights in blocks of 32"},
+    writer=GGUF, layer_by_layer=False,
+    no_float_weight="llama.cpp computes every weight of a Q8_0 tensor from its INT8 value and its block's scale",
+))  # fmt: skip
 
-# --- devices ---------------------------------------------------------------------------------------
 
 ALL_GPUS = "cuda:all"
 """The device that asks for the model spread over every visible GPU (accelerate's device_map="auto")."""

@@ -17,7 +17,6 @@ from typing import Any
 
 from int8wb.engine.checkpoint import fallback
 from int8wb.engine.checkpoint.layout import (
-    BITSANDBYTES,
     HELD_PREFIX,
     bitsandbytes_threshold,
     is_scale,
@@ -25,13 +24,14 @@ from int8wb.engine.checkpoint.layout import (
     linear_tensors,
     quantization_config,
 )
+from int8wb.engine.vocabulary import EXPORT_FORMATS, format_of
 
 EXPORT_FORMAT = "int8wb-export"
 EXPORT_FORMAT_VERSION = 1
 TOOL = "int8-workbench"
 
 
-def split_tensors(model, fmt: str = BITSANDBYTES) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+def split_tensors(model, fmt: str = EXPORT_FORMATS[0]) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
     """(main tensors, sidecar tensors, per-layer facts) of a model holding Int8Linear modules, in format `fmt`.
 
     What `fmt` cannot hold goes to the main file in floating point (engine.checkpoint.fallback); in the
@@ -52,7 +52,7 @@ def split_tensors(model, fmt: str = BITSANDBYTES) -> tuple[dict[str, Any], dict[
         held = fallback.is_held(name, unheld)
         if not held:
             main.update(stored)
-        elif fmt == BITSANDBYTES:
+        elif format_of(fmt).reopens:  # the sidecar keeps the INT8 the workbench re-opens
             extra.update({f"{HELD_PREFIX}{key}": tensor for key, tensor in stored.items()})
         extra.update(sidecar)
         layers.append(layer_record(name, module, held))
@@ -78,7 +78,7 @@ def unquantized_tensors(model, quantized_prefixes: set[str], unheld=()) -> dict[
     return tensors
 
 
-def skipped_linears(model, fmt: str = BITSANDBYTES) -> list[str]:
+def skipped_linears(model, fmt: str = EXPORT_FORMATS[0]) -> list[str]:
     """Names of the modules the format's loader must leave in floating point (its skip or ignore list).
 
     The Linears (and Conv1Ds) the model kept in floating point, routers of any type, and the
@@ -159,7 +159,7 @@ def write_configs(
     method: str,
     threshold: float,
     skip_modules: list[str],
-    fmt: str = BITSANDBYTES,
+    fmt: str = EXPORT_FORMATS[0],
 ) -> None:
     """config.json with the format's quantization_config; generation config and tokenizer files."""
     import copy

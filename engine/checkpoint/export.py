@@ -25,15 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from int8wb.engine.checkpoint import contents, fallback
-from int8wb.engine.checkpoint.layout import BITSANDBYTES, COMPRESSED_TENSORS, check_format, check_kept_super_weights
+from int8wb.engine.checkpoint.layout import check_format, check_kept_super_weights
 from int8wb.engine.checkpoint.staging import file_mode, overlaps, write_folder
 from int8wb.engine.errors import BadInput
 from int8wb.engine.quant import coverage, skip_list
+from int8wb.engine.vocabulary import EXPORT_FORMATS, GGUF, format_of
 
 SIDECAR_NAME = "int8wb_export.json"
 SIDECAR_TENSORS = "int8wb_extra.safetensors"
 SERVING_RECORD = "int8wb_serving.json"  # what a serving format's export holds; the workbench does not re-open it
-GGUF_Q8_0 = "gguf-q8_0"
 DEFAULT_MAX_SHARD_SIZE = "50GB"  # transformers' own default for save_pretrained
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 WRITTEN_FILES = "written_files"  # the record's list of every file the export wrote: all --overwrite may replace
@@ -50,7 +50,7 @@ class ExportResult:
     files: list[dict[str, Any]] = field(default_factory=list)  # [{"name", "bytes"}], sizes from os.stat
     total_bytes: int = 0
     breakdown: dict[str, int] = field(default_factory=dict)
-    format: str = BITSANDBYTES
+    format: str = EXPORT_FORMATS[0]
     coverage: dict[str, Any] = field(default_factory=dict)  # the INT8 share as the format holds it, and notes
 
     def to_payload(self) -> dict[str, Any]:
@@ -75,7 +75,7 @@ def held_coverage(model, method: str, fmt: str, unfit=()) -> dict[str, Any]:
     unheld = fallback.unheld_modules(model, fmt)
     held = coverage.measure(model, held_float=fallback.layer_types(unheld), unfit=unfit)
     what = f"{method} export ({fmt})"
-    if fmt != BITSANDBYTES:
+    if not format_of(fmt).reopens:
         coverage.require_int8(held, what)
     return {**held.to_payload(what), "notes": fallback.notes(unheld, fmt)}
 
@@ -213,10 +213,10 @@ def run(params: dict[str, Any], task, loaded, quantized, scan=None) -> ExportRes
     overwrite = bool(params.get("overwrite", False))
     target = check_target(params.get("out"), overwrite, model_sources(loaded))
     settings = contents.quantized_settings(quantized, scan)
-    if fmt == GGUF_Q8_0:
-        return _run_gguf(target, task, loaded, quantized, settings, overwrite)
+    if format_of(fmt).writer == GGUF:
+        return _run_gguf(fmt, target, task, loaded, quantized, settings, overwrite)
     held = held_coverage(quantized.model, quantized.method, fmt, quantized.unfit)
-    if fmt == COMPRESSED_TENSORS:
+    if format_of(fmt).notes_fused_skips:
         held["notes"] += skip_list.vllm_notes(loaded.model, quantized.skipped)
     max_shard_size = parse_size(params.get("max_shard_size") or DEFAULT_MAX_SHARD_SIZE)
     main, extra, layers = contents.split_tensors(quantized.model, fmt)
@@ -245,7 +245,7 @@ def run(params: dict[str, Any], task, loaded, quantized, scan=None) -> ExportRes
             contents.skipped_linears(quantized.model, fmt),
             fmt,
         )
-        if fmt != BITSANDBYTES:
+        if not format_of(fmt).reopens:
             record = contents.serving_record(fmt, quantized.method, quantized.threshold, settings)
             write_record(staging, SERVING_RECORD, record)
             return
@@ -264,7 +264,9 @@ def run(params: dict[str, Any], task, loaded, quantized, scan=None) -> ExportRes
     return result(target, quantized.method, quantized.threshold, quantized.model, main, extra, fmt, held)
 
 
-def _run_gguf(target: Path, task, loaded, quantized, settings: dict[str, Any], overwrite: bool) -> ExportResult:
+def _run_gguf(
+    fmt: str, target: Path, task, loaded, quantized, settings: dict[str, Any], overwrite: bool
+) -> ExportResult:
     """One GGUF file with the Linear weights in Q8_0 (engine.checkpoint.gguf_export), staged like the others."""
     from int8wb.engine.checkpoint import gguf_export
 
@@ -273,15 +275,15 @@ def _run_gguf(target: Path, task, loaded, quantized, settings: dict[str, Any], o
 
     def write(staging: Path) -> None:
         gguf_export.write(staging, plan, task.slice(0.0, 0.95))
-        record = contents.serving_record(GGUF_Q8_0, quantized.method, quantized.threshold, settings)
+        record = contents.serving_record(fmt, quantized.method, quantized.threshold, settings)
         write_record(staging, SERVING_RECORD, record)
 
     write_staged(target, needed, write, task, overwrite)
     files = files_on_disk(target)
     total = sum(f["bytes"] for f in files)
-    held = held_coverage(quantized.model, quantized.method, GGUF_Q8_0, quantized.unfit)
+    held = held_coverage(quantized.model, quantized.method, fmt, quantized.unfit)
     return ExportResult(
-        str(target), quantized.method, quantized.threshold, files, total, plan.breakdown(files), GGUF_Q8_0, held
+        str(target), quantized.method, quantized.threshold, files, total, plan.breakdown(files), fmt, held
     )
 
 

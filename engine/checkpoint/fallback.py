@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from int8wb.engine.checkpoint.layout import BITSANDBYTES
+from int8wb.engine.vocabulary import EXPORT_FORMATS, format_of
 
 
-def unheld_modules(model, fmt: str = BITSANDBYTES) -> dict[str, Any]:
+def unheld_modules(model, fmt: str = EXPORT_FORMATS[0]) -> dict[str, Any]:
     """Module name -> module, for each quantized module `fmt` cannot hold (see the module docstring)."""
     from int8wb.engine.model.experts import ExpertLinears
 
@@ -40,7 +40,7 @@ def format_takes(fmt: str, source_type) -> bool:
 
     if source_type is None or source_type is nn.Linear:
         return True
-    return fmt == BITSANDBYTES and _is_conv1d_type(source_type)
+    return format_of(fmt).takes_conv1d and _is_conv1d_type(source_type)
 
 
 def _is_conv1d_type(source_type) -> bool:
@@ -93,7 +93,7 @@ def notes(unheld: dict[str, Any], fmt: str) -> list[str]:
         f"{fmt} cannot hold {types} in INT8: {len(unheld)} such modules are written in floating point "
         "(dequantized from their INT8) and listed in the format's skip list"
     )
-    if fmt == BITSANDBYTES:
+    if format_of(fmt).reopens:
         said += "; their INT8 tensors are in int8wb_extra.safetensors, from which the workbench re-opens them"
     return [said]
 

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from int8wb.engine.checkpoint import contents, export
-from int8wb.engine.checkpoint.layout import BITSANDBYTES, check_format, layer_record, linear_tensors
+from int8wb.engine.checkpoint.layout import check_format, layer_record, linear_tensors
 from int8wb.engine.checkpoint.tensor_files import PlannedFiles
 from int8wb.engine.errors import BadInput
 from int8wb.engine.model.layerwise import LayerWork
+from int8wb.engine.vocabulary import EXPORT_FORMATS, format_of
 
 
 def plan(skeleton, method: str, skipped: list[str], dtype, fmt: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -67,10 +68,11 @@ class LayerExport(LayerWork):
 
     def __init__(self, params: dict[str, Any], loaded, recipe, variants, settings: dict[str, Any]) -> None:
         self.fmt = check_format(params.get("format"), recipe.method)
-        if self.fmt == export.GGUF_Q8_0:
+        if not format_of(self.fmt).layer_by_layer:
+            writable = " or ".join(f for f in EXPORT_FORMATS if format_of(f).layer_by_layer)
             raise BadInput(
-                "the GGUF export is written from a model in memory; layer by layer the workbench writes "
-                "bitsandbytes or compressed-tensors safetensors (load the model with --offload none for GGUF)"
+                f"the {self.fmt} export is written from a model in memory; layer by layer the workbench writes "
+                f"{writable} (load the model with --offload none for {self.fmt})"
             )
         self.overwrite = bool(params.get("overwrite", False))
         self.target = export.check_target(params.get("out"), self.overwrite, export.model_sources(loaded))
@@ -159,7 +161,7 @@ class LayerExport(LayerWork):
             self.recipe.skipped + _outside_linears(self.skeleton) + _routers(self.skeleton),
             self.fmt,
         )
-        if self.fmt != BITSANDBYTES:
+        if not format_of(self.fmt).reopens:
             record = contents.serving_record(self.fmt, self.recipe.method, self.recipe.threshold, self.settings)
             export.write_record(self.staging, export.SERVING_RECORD, record)
             return

@@ -1,7 +1,8 @@
 """The stored tensors of a quantized Linear in each safetensors format, declared once.
 
-Export (in memory and layer by layer) and re-open read this module; a format or a method
-is added here (and in engine.quant.schemes), nowhere else.
+Export (in memory and layer by layer) and re-open read this module. Which methods a format carries,
+and why it refuses the others, is its declaration in engine.vocabulary (an `ExportFormat`); its
+`layout` names which of the stored layouts below it writes (docs/architecture.md, "Adding a format").
 
 bitsandbytes (the default; what transformers + bitsandbytes load, and the workbench re-opens):
 
@@ -40,7 +41,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from int8wb.engine.errors import ModelLoadError
+from int8wb.engine.errors import BadInput, ModelLoadError
+from int8wb.engine.vocabulary import CHANNEL_SCALE, EXPORT_FORMATS, format_of, format_refusal
 
 INT8_MAX = 127.0
 HELD_PREFIX = "int8wb_held."
@@ -54,72 +56,40 @@ _MAIN_FIELDS = {"weight_int8": "weight"}
 _SIDECAR_FIELDS = {"outlier_cols": "outlier_cols", "outlier_weight": "outlier_weight"}
 
 
-BITSANDBYTES, COMPRESSED_TENSORS = "bitsandbytes", "compressed-tensors"
 INT_QUANTIZED, PACK_QUANTIZED = "int-quantized", "pack-quantized"  # compressed-tensors' format names
 
 
-_OUTLIER_COLUMNS = (
-    "compressed-tensors has no place for LLM.int8()'s floating-point outlier columns (vLLM's int8 "
-    "kernels quantize every column)"
-)
-_REFUSALS = {
-    ("compressed-tensors", "llm-int8"): f"{_OUTLIER_COLUMNS}: export llm-int8 with --format bitsandbytes "
-    "(transformers + bitsandbytes), or smoothquant or vectorwise for vLLM",
-    ("compressed-tensors", "llm-int8-dynamic"): f"{_OUTLIER_COLUMNS}: export llm-int8-dynamic with --format "
-    "bitsandbytes (its own decomposition), or smoothquant or vectorwise for vLLM",
-    ("compressed-tensors", "absmax-tensor"): "absmax-tensor quantizes activations with one scale per tensor, "
-    "which compressed-tensors can only store as a fixed calibrated scale, and a per-tensor activation scale "
-    "is what destroys this model: export vectorwise or smoothquant (per-token scales) for vLLM, or "
-    "absmax-tensor with --format bitsandbytes",
-    ("compressed-tensors", "q8_0"): "Q8_0's scales per block of 32 weights are llama.cpp's format: export q8_0 "
-    "with --format gguf-q8_0, or weight-only (one scale per row) for vLLM",
-    ("bitsandbytes", "q8_0"): "bitsandbytes stores one scale per row and Q8_0 one per block of 32 weights: "
-    "export q8_0 with --format gguf-q8_0",
-}
-
-
 def check_format(fmt: Any, method: str) -> str:
-    """The export format, if it carries `method`; else a BadInput that says why and which format to use."""
-    from int8wb.engine.errors import BadInput
-    from int8wb.engine.vocabulary import EXPORT_FORMATS, FORMAT_METHODS
-
-    fmt = fmt or BITSANDBYTES
-    if fmt not in EXPORT_FORMATS:
-        raise BadInput(f"unknown export format {fmt!r}; choose from {', '.join(EXPORT_FORMATS)}")
-    if method not in FORMAT_METHODS[fmt]:
-        reason = _REFUSALS.get((fmt, method)) or (
-            f"{fmt} writes Q8_0 quantized from the floating-point weights, which is the workbench's q8_0 "
-            f"method: export with --method q8_0 (or {method} with --format bitsandbytes)"
-        )
-        raise BadInput(f"{method} cannot be exported as {fmt}: {reason}")
-    return fmt
-
-
-_NO_FLOAT_WEIGHT = {
-    "compressed-tensors": "vLLM computes every weight of an INT8 Linear from its INT8 value and its row's scale",
-    "gguf-q8_0": "llama.cpp computes every weight of a Q8_0 tensor from its INT8 value and its block's scale",
-}
+    """The export format (the default if none), if it carries `method`; else a BadInput that says why and
+    which format to use."""
+    declared = format_of(fmt or EXPORT_FORMATS[0])
+    refusal = format_refusal(declared, method)
+    if refusal:
+        raise BadInput(refusal)
+    return declared.name
 
 
 def check_kept_super_weights(fmt: str, model) -> None:
     """Refuse a serving format for a model that keeps super weights in floating point: it has no place for them."""
-    from int8wb.engine.errors import BadInput
     from int8wb.engine.quant.int8_linear import Int8Linear
 
-    if fmt == BITSANDBYTES:
+    declared = format_of(fmt)
+    if declared.reopens:
         return
     kept = [n for n, m in model.named_modules() if isinstance(m, Int8Linear) and m.super_weight_index is not None]
     if kept:
         raise BadInput(
             f"{fmt} cannot carry the super weight kept in floating point in {', '.join(kept)}: "
-            f"{_NO_FLOAT_WEIGHT.get(fmt, 'it has no place for a single floating-point weight')}. Export with "
-            "--format bitsandbytes (its sidecar keeps it), or quantize without keeping super weights"
+            f"{declared.no_float_weight or 'it has no place for a single floating-point weight'}. Export with "
+            f"--format {' or '.join(f for f in EXPORT_FORMATS if format_of(f).reopens)} (its sidecar keeps it), or "
+            "quantize without keeping super weights"
         )
 
 
-def linear_tensors(name: str, module, fmt: str = BITSANDBYTES) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(main tensors, sidecar tensors) of the Int8Linear `module` stored as `name` in format `fmt`."""
-    if fmt == COMPRESSED_TENSORS:
+def linear_tensors(name: str, module, fmt: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(main tensors, sidecar tensors) of the Int8Linear `module` stored as `name` in format `fmt` (default:
+    the first)."""
+    if format_of(fmt or EXPORT_FORMATS[0]).layout == CHANNEL_SCALE:
         return _compressed_tensors(name, module), {}
     return _bitsandbytes_tensors(name, module)
 
@@ -248,7 +218,7 @@ def bitsandbytes_threshold(method: str, threshold: float) -> float:
 
 def quantization_config(fmt: str, method: str, threshold: float, skip_modules: list[str]):
     """The `quantization_config` of config.json: how transformers (or vLLM) loads the export."""
-    if fmt == COMPRESSED_TENSORS:
+    if format_of(fmt).layout == CHANNEL_SCALE:
         return compressed_tensors_config(method, skip_modules)
     from transformers import BitsAndBytesConfig
 

@@ -9,10 +9,10 @@ why the answer is 4 and not 3:
                one after another (accelerate's sequential `device_map`); `needed_if_divisible`
                is ceil(state / budget), the count if layers could be cut anywhere.
 
-Weight bytes follow the engine's real storage (engine.quant.schemes): `weight_int8` int8 (out, in),
-`weight_scale` float32 per row (or one 0-d float32 per tensor for `absmax-tensor`, one float16 per
-32 weights for `q8_0`), and for static
-`llm-int8` the outlier columns as int64 indices plus an (out, n) floating-point weight slice. Biases,
+Weight bytes follow the engine's real storage (engine.quant.schemes), from each method's building
+blocks (engine.vocabulary's `Method`): `weight_int8` int8 (out, in), `weight_scale` float32 per row
+(one 0-d float32 for a per-tensor scale, one float16 per 32 weights for Q8_0 blocks), and for static
+outliers (`llm-int8`) the outlier columns as int64 indices plus an (out, n) floating-point weight slice. Biases,
 embeddings, norms and `lm_head` stay floating point. The KV cache and activations stay in the float
 dtype for every method. The activation workspace is an estimate of the transient tensors at the
 peak of one forward pass over batch x context tokens (see `workspace_terms`).
@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from int8wb.engine.errors import BadInput
+from int8wb.engine.registry import LiveNames
 from int8wb.engine.vocabulary import (
     BASELINE,
     FLOAT_BYTES,
@@ -40,11 +41,11 @@ from int8wb.engine.vocabulary import (
     GPUS,
     METHODS,
     Q8_0_BLOCK,
-    W8A8_METHODS,
-    WEIGHT_ONLY_METHODS,
+    method_of,
 )
 
-PLAN_METHODS = (BASELINE, *METHODS)
+PLAN_METHODS = LiveNames(lambda: (BASELINE, *METHODS))
+"""The baseline and every method (registered ones included)."""
 
 DEFAULT_USABLE_FRACTION = 0.9  # margin for allocator fragmentation and what the estimate misses
 DEFAULT_OVERHEAD_BYTES = 1 * GIB  # CUDA context, cuBLAS workspace, NCCL buffers: assumed, per GPU
@@ -188,10 +189,11 @@ def linear_terms(shape: LinearShape, method: str, float_bytes: int, outlier_frac
     """Bytes of one Linear's tensors in a format, by tensor (see the module docstring for the layout)."""
     out_f, in_f = shape.out_features, shape.in_features
     terms = {"bias": out_f * float_bytes if shape.bias else 0}
-    if method == "baseline":
+    if method == BASELINE:
         terms["float weight"] = out_f * in_f * float_bytes
         return terms
-    if method == "q8_0":
+    declared = method_of(method)
+    if declared.weight_scale == "block":
         if in_f % Q8_0_BLOCK:  # not whole blocks: the Linear stays in floating point
             terms["float weight"] = out_f * in_f * float_bytes
             return terms
@@ -199,8 +201,8 @@ def linear_terms(shape: LinearShape, method: str, float_bytes: int, outlier_frac
         terms["scales"] = 2 * out_f * (in_f // Q8_0_BLOCK)  # one float16 per block
         return terms
     terms["int8 weight"] = out_f * in_f
-    terms["scales"] = 4 if method == "absmax-tensor" else 4 * out_f
-    if method == "llm-int8":
+    terms["scales"] = 4 if declared.weight_scale == "tensor" else 4 * out_f  # float32: one, or one per row
+    if declared.outliers == "static":
         n = outlier_count(shape, outlier_fraction)
         terms["outlier indices"] = 8 * n
         terms["outlier weight"] = out_f * n * float_bytes
@@ -274,11 +276,12 @@ def workspace_terms(arch: Architecture, inventory: WeightInventory, method: str,
     logits = settings.batch * logit_positions * arch.vocab_size * fb
     terms = {"residual": 2 * tokens * arch.hidden_size * fb, "block": max(attention, mlp, logits)}
     max_in, max_out, max_weight = inventory.widest
-    if inventory.linears and method in W8A8_METHODS:
+    declared = None if method == BASELINE or not inventory.linears else method_of(method)
+    if declared and declared.w8a8:
         terms["int8"] = tokens * max_in + tokens * max_out * 4
-        if method == "llm-int8-dynamic":
+        if declared.outliers == "dynamic":
             terms["outliers"] = max_out * math.ceil(settings.outlier_fraction * max_in - 1e-9) * fb
-    if inventory.linears and method in WEIGHT_ONLY_METHODS:
+    if declared and not declared.w8a8:
         terms["dequant"] = max_weight * fb
     return terms
 

@@ -17,16 +17,20 @@ the methods differ (DESIGN.md, "Quantization methods"):
 
 `Int8Linear` builds its buffers and picks its forward path from these fields and
 the checkpoint layouts (engine.checkpoint.layout) derive the stored tensors from
-them, so a new method is one entry in `SCHEMES` (and its name in engine.vocabulary).
+them. The choices are a method's building blocks, declared with the method in engine.vocabulary
+(a `Method`); a scheme is built from that declaration, so a method made of existing blocks is declared
+there alone (docs/architecture.md, "Adding a method").
 Shapes are written with the symbols "out", "in", "blocks" and "outliers"; the dtype
 "compute" is the floating-point dtype of the model.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
-from int8wb.engine.vocabulary import Q8_0_BLOCK
+from int8wb.engine.registry import LiveTable
+from int8wb.engine.vocabulary import METHODS, Q8_0_BLOCK, Method, method_of
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,7 @@ class Scheme:
     @property
     def needs_scan(self) -> bool:
         """Whether the method takes something from a calibration scan (outlier columns, activation abs-max)."""
-        return self.outliers == "static" or self.smoothed
+        return method_of(self.method).needs_scan
 
     def fits(self, in_features: int) -> bool:
         """Whether a Linear with `in_features` inputs can be stored this way (Q8_0 needs whole blocks)."""
@@ -121,23 +125,15 @@ class Scheme:
         }
 
 
-SCHEMES = {
-    scheme.method: scheme
-    for scheme in (
-        Scheme("absmax-tensor", weight_scale="tensor", activations="tensor"),
-        Scheme("vectorwise", weight_scale="row", activations="row"),
-        Scheme("llm-int8", weight_scale="row", activations="row", outliers="static"),
-        Scheme("llm-int8-dynamic", weight_scale="row", activations="row", outliers="dynamic"),
-        Scheme("weight-only", weight_scale="row", activations="float"),
-        Scheme("smoothquant", weight_scale="row", activations="row", smoothed=True),
-        Scheme("q8_0", weight_scale="block", activations="float"),
-    )
-}
+@functools.cache
+def _scheme(method: Method) -> Scheme:
+    return Scheme(method.name, method.weight_scale, method.activations, method.outliers, method.smoothed)
 
 
 def scheme_of(method: str) -> Scheme:
     """The scheme of `method`; an unknown name is a ValueError (callers validate user input first)."""
-    try:
-        return SCHEMES[method]
-    except KeyError:
-        raise ValueError(f"unknown method {method!r}") from None
+    return _scheme(method_of(method))
+
+
+SCHEMES = LiveTable(lambda: {name: scheme_of(name) for name in METHODS})
+"""Every method's scheme, in the methods' order."""
