@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# The repository root, for tests.tiny_models (which makes the tiny model).
+# The repository root, for tests.support.tiny_models (which makes the tiny model).
 sys.path.insert(0, str(ROOT))
 
 REFUSED, HANDLED = "refused", "handled"  # exit 2 / bad_input only; or exit 0 or 2, cleanly
@@ -172,7 +172,7 @@ def make_models(workdir: Path) -> None:
     process (`--make-models`): a child forked later starts with its parent's peak memory as its own."""
     from int8wb.engine.session import Session
     from int8wb.engine.task import Task
-    from tests.tiny_models import save_tiny_llama
+    from tests.support.tiny_models import save_tiny_llama
 
     model = save_tiny_llama(workdir / "tiny-llama")
     session = Session()

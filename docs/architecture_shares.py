@@ -1,6 +1,6 @@
 """The share of the decoder's matrix weights in INT8, per architecture family: the README's table.
 
-Each family's tiny random model (tests/tiny_models.py: two layers, hidden 64, built from transformers'
+Each family's tiny random model (tests/support/tiny_models.py: two layers, hidden 64, built from transformers'
 own config and saved as a model directory) is loaded as a user's would be, quantized with `vectorwise`
 and exported in the bitsandbytes layout; one line per family:
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from int8wb.engine.session import Session
 from int8wb.engine.task import Task
-from tests.tiny_models import ARCHITECTURES, save_tiny
+from tests.support.tiny_models import ARCHITECTURES, save_tiny
 
 
 def shares(family: str, folder: Path) -> str:

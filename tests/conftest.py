@@ -1,4 +1,4 @@
-"""Shared fixtures. Helpers for tiny models live in tests/tiny_models.py."""
+"""Shared fixtures. Helpers for tiny models live in tests/support/tiny_models.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 # engine_leak_guard: every module fails if an engine child process survives it.
-pytest_plugins = ["tests.fixtures_engine"]
+pytest_plugins = ["tests.support.fixtures_engine"]
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +46,7 @@ def make_workbench(qtbot, tmp_path):
 
     from int8wb.app.main import create_app
     from int8wb.engine.child import spawned_engine_pids
-    from tests.fixtures_engine import process_alive
+    from tests.support.fixtures_engine import process_alive
 
     create_app([])
     threads_before = set(threading.enumerate())

@@ -21,7 +21,7 @@ METHOD = "absmax-tensor"
 def evaluation():
     from int8wb.engine.quant import evaluate, quantize
     from int8wb.engine.task import Task
-    from tests.tiny_models import TinyLoaded, WordTokenizer, tiny_llama
+    from tests.support.tiny_models import TinyLoaded, WordTokenizer, tiny_llama
 
     model = tiny_llama(seed=0)
     loaded = TinyLoaded(model, WordTokenizer(model.config.vocab_size))

@@ -19,7 +19,7 @@ from int8wb.app.view_models.results import saved_columns, shown_columns
 from int8wb.app.view_models.workbench import Step
 from int8wb.app.views.saving import save_plot
 from int8wb.engine.client import EngineState, Job
-from tests.scan_payloads import layer_payload
+from tests.support.scan_payloads import layer_payload
 
 MODEL = {  # as the engine describes the embedded default model, with fewer layers
     "name": "SmolLM2-135M-Instruct (embedded)",

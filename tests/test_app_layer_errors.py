@@ -7,7 +7,7 @@ from PySide6.QtCore import QPointF
 
 from int8wb.app.view_models.layer_errors import LayerErrors
 from int8wb.app.view_models.scan_stats import ScanStatistics
-from tests.scan_payloads import layer_payload
+from tests.support.scan_payloads import layer_payload
 from tests.test_app_workflow import MODEL, finish
 from tests.test_app_workflow import make_workbench as offline_workbench
 

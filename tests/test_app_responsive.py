@@ -12,7 +12,7 @@ import pytest
 from int8wb.app.view_models.scan_stats import ScanStatistics
 from int8wb.app.view_models.threshold import ThresholdModel
 from int8wb.engine.vocabulary import HIST_LOG10_MAX, HIST_LOG10_MIN
-from tests.scan_payloads import layer_payload
+from tests.support.scan_payloads import layer_payload
 
 
 def awkward_stats(seed=0) -> ScanStatistics:

@@ -25,7 +25,7 @@ def sweep_result():
     """The engine's own sensitivity result on the tiny model with a planted outlier (not written by hand)."""
     from int8wb.engine.quant import sensitivity as engine_sensitivity
     from int8wb.engine.task import Task
-    from tests.tiny_models import tiny_loaded
+    from tests.support.tiny_models import tiny_loaded
 
     result = engine_sensitivity.run(SWEEP, Task(), tiny_loaded(dim=5, factor=60.0))
     assert result["skip_modules"], "the sweep must choose something for the panel to apply"

@@ -7,7 +7,7 @@ import pytest
 
 from int8wb.app.view_models.scan_stats import ScanStatistics
 from int8wb.app.view_models.smoothing import VIEW_WEIGHTS, SmoothingViewModel
-from tests.scan_payloads import layer_payload
+from tests.support.scan_payloads import layer_payload
 
 ACTIVATIONS = np.array([0.5, 40.0, 1.0, 0.0], dtype=np.float32)  # dimension 1 is the outlier
 WEIGHTS = np.array([0.2, 0.05, 0.4, 0.1], dtype=np.float32)

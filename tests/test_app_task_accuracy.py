@@ -1,7 +1,7 @@
 """Task accuracy in the window: the Run panel's optional tasks field, the Run's last job, the results' table.
 
 The result shown is the engine's own (engine.quant.tasks on a tiny model and the smoke task of
-tests/smoke_task.py), not one written by hand.
+tests/support/smoke_task.py), not one written by hand.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ METHODS = ["absmax-tensor", "llm-int8-dynamic"]
 def task_result(tmp_path_factory) -> dict:
     from int8wb.engine.session import Session
     from int8wb.engine.task import Task
-    from tests import smoke_task
-    from tests.tiny_models import save_tiny_llama
+    from tests.support import smoke_task
+    from tests.support.tiny_models import save_tiny_llama
 
     session = Session()
     model_dir = save_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", intermediate=128)

@@ -27,7 +27,7 @@ def measured():
     """A real `bench_decode` result of the tiny planted-outlier Llama: baseline and naive INT8."""
     from int8wb.engine.quant import decode, quantize
     from int8wb.engine.task import Task
-    from tests.tiny_models import tiny_loaded
+    from tests.support.tiny_models import tiny_loaded
 
     loaded = tiny_loaded()
     variants = {"absmax-tensor": quantize.run({"method": "absmax-tensor"}, Task(), loaded)}

@@ -12,7 +12,7 @@ import pytest
 from int8wb.app.view_models.results import ResultsModel, row_tooltip, shown_columns
 from int8wb.app.view_models.scan_stats import ScanStatistics
 from int8wb.app.view_models.threshold import INDEX_BYTES, ThresholdModel
-from tests.scan_payloads import layer_payload
+from tests.support.scan_payloads import layer_payload
 
 
 def test_view_models_import_neither_qt_nor_torch():

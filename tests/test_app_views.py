@@ -7,7 +7,7 @@ import pytest
 from PySide6.QtCore import QPointF
 
 from int8wb.app import window_memory
-from tests.scan_payloads import layer_payload
+from tests.support.scan_payloads import layer_payload
 
 
 def feed(window, layers=6, width=32, down_width=64):

@@ -20,8 +20,8 @@ from int8wb.app.view_models.scan_stats import ScanStatistics
 from int8wb.app.view_models.threshold import ThresholdModel
 from int8wb.app.view_models.workbench import CRASHED, RESTARTED, Step, Workbench
 from int8wb.engine.client import EngineClient, EngineState, dispatch
-from tests.scan_payloads import layer_payload
 from tests.support.offline_engine import OfflineEngine
+from tests.support.scan_payloads import layer_payload
 
 
 def make_workbench(engine=None) -> tuple[Workbench, list]:

@@ -20,7 +20,7 @@ import torch
 from int8wb.engine.errors import BadInput
 from int8wb.engine.session import Session
 from int8wb.engine.task import Task
-from tests.tiny_models import ARCHITECTURES, save_tiny
+from tests.support.tiny_models import ARCHITECTURES, save_tiny
 
 SCAN = {"tokens": 128, "seq_len": 32, "threshold": 2.5}
 EVAL = {"tokens": 256, "window": 32}
@@ -188,7 +188,7 @@ def test_compressed_tensors_holds_fused_experts_in_float_and_refuses_nothing_in_
 @pytest.mark.slow
 def test_gpt2_layer_by_layer_equals_in_memory(tmp_path):
     """Conv1D from disk, one decoder layer at a time: the same summaries and the same exported tensors."""
-    from tests.tiny_models import read_tensors
+    from tests.support.tiny_models import read_tensors
 
     source = save_tiny(tmp_path / "gpt2", "gpt2")
     exported = {}

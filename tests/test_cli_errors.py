@@ -15,7 +15,7 @@ from int8wb.engine.cli import EXIT_USER_ERROR, main
 
 @pytest.fixture
 def tiny_model_dir(tmp_path):
-    from tests.tiny_models import save_tiny_llama
+    from tests.support.tiny_models import save_tiny_llama
 
     return save_tiny_llama(tmp_path / "tiny")
 

@@ -41,7 +41,7 @@ class RecordingTokenizer:
     """The tests' byte-level tokenizer, noting the length of every text it is handed."""
 
     def __init__(self):
-        from tests.tiny_models import byte_tokenizer
+        from tests.support.tiny_models import byte_tokenizer
 
         self.tokenizer, self.lengths = byte_tokenizer(), []
 

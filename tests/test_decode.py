@@ -16,7 +16,7 @@ from int8wb.engine.session import Session
 from int8wb.engine.task import Task
 from int8wb.engine.vocabulary import MIB
 from int8wb.kernels import cpu_gemv
-from tests.tiny_models import tiny_loaded
+from tests.support.tiny_models import tiny_loaded
 
 FAST = {"new_tokens": 6, "prompt_tokens": 8, "repeats": 2, "copy_mib": 8}
 
@@ -110,7 +110,7 @@ def test_cli_refuses_bad_numbers_before_loading(capsys):
 def test_cli_times_every_method_smoothquant_at_its_alpha_included(tmp_path, capsys):
     import json
 
-    from tests.tiny_models import save_tiny_llama
+    from tests.support.tiny_models import save_tiny_llama
 
     model = save_tiny_llama(tmp_path / "tiny")
     argv = ["bench-decode", "--model", str(model), "--methods", "vectorwise,smoothquant", "--alpha", "0.7"]
@@ -166,7 +166,7 @@ def test_the_session_refuses_a_sensitivity_sweep_beyond_free_memory(tiny, monkey
 
 
 def test_cli_refuses_a_copy_no_machine_holds_with_a_sentence(tmp_path, capsys):
-    from tests.tiny_models import save_tiny_llama
+    from tests.support.tiny_models import save_tiny_llama
 
     model = save_tiny_llama(tmp_path / "tiny")
     argv = ["bench-decode", "--model", str(model), "--methods", "weight-only", "--copy-mib", str(10**9), "--quiet"]

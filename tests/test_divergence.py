@@ -11,7 +11,7 @@ import torch
 from int8wb.engine.errors import BadInput
 from int8wb.engine.quant import divergence, evaluate, quantize, reference
 from int8wb.engine.task import Task
-from tests.tiny_models import TinyLoaded, WordTokenizer, tiny_llama
+from tests.support.tiny_models import TinyLoaded, WordTokenizer, tiny_llama
 
 EVAL = {"tokens": 512, "window": 64, "batch_size": 4}
 

@@ -15,7 +15,7 @@ EVAL = ["eval", "--methods", "absmax-tensor", "--tokens", "256", "--window", "64
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
-    from tests.tiny_models import save_tiny_llama
+    from tests.support.tiny_models import save_tiny_llama
 
     return save_tiny_llama(tmp_path_factory.mktemp("cli") / "tiny")
 

@@ -7,7 +7,7 @@ import pytest
 
 from int8wb.engine.session import Session
 from int8wb.engine.task import Task
-from tests.tiny_models import save_tiny_llama
+from tests.support.tiny_models import save_tiny_llama
 
 METHOD = "absmax-tensor"
 EVAL = {"tokens": 512, "window": 128, "batch_size": 2}

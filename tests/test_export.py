@@ -23,7 +23,7 @@ from int8wb.engine.errors import BadInput, ModelLoadError
 from int8wb.engine.session import Session
 from int8wb.engine.task import Task
 from int8wb.engine.vocabulary import FORMAT_METHODS, METHODS
-from tests.tiny_models import save_tiny_llama
+from tests.support.tiny_models import save_tiny_llama
 
 TINY_THRESHOLD = 2.5  # the tiny model's normalised activations reach about 4: some dimensions go over
 

@@ -9,7 +9,7 @@ import torch
 
 from int8wb.engine.model import gguf_stream, loading
 from int8wb.engine.task import Task
-from tests.tiny_models import read_tensors
+from tests.support.tiny_models import read_tensors
 
 pytestmark = pytest.mark.slow
 

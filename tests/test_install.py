@@ -18,7 +18,7 @@ import pytest
 
 from int8wb.engine.errors import DependencyError, ModelLoadError
 from int8wb.engine.model import dependencies
-from tests.tiny_models import save_tiny
+from tests.support.tiny_models import save_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +49,7 @@ TINY_MODELS_QUANTIZE = """
 import json, sys
 from int8wb.engine.session import Session
 from int8wb.engine.task import Task
-from tests.tiny_models import save_tiny
+from tests.support.tiny_models import save_tiny
 shares = {}
 for family in ("gpt2", "llama"):
     directory = save_tiny(sys.argv[1] + "/" + family, family)

@@ -12,7 +12,7 @@ from int8wb.engine.errors import BadInput
 from int8wb.engine.quant import layer_errors, scan
 from int8wb.engine.task import CallbackTask, Task
 from int8wb.engine.vocabulary import METHODS
-from tests.tiny_models import tiny_loaded
+from tests.support.tiny_models import tiny_loaded
 
 OUTLIER_DIM = 5
 PARAMS = {"tokens": 256, "seq_len": 64, "batch_size": 2, "threshold": 6.0, "error_tokens": 128}

@@ -16,7 +16,7 @@ from int8wb.engine.model.layers import decoder_layers, expert_index, is_router, 
 from int8wb.engine.quant import coverage, quantize
 from int8wb.engine.quant.int8_linear import Int8Linear
 from int8wb.engine.task import Task
-from tests.tiny_models import TinyLoaded, WordTokenizer, save_tiny, tiny_model
+from tests.support.tiny_models import TinyLoaded, WordTokenizer, save_tiny, tiny_model
 
 
 @pytest.mark.parametrize(

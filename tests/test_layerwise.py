@@ -24,7 +24,7 @@ from int8wb.engine.model.disk_weights import DiskWeights
 from int8wb.engine.session import Session
 from int8wb.engine.task import CallbackTask, Task
 from int8wb.engine.vocabulary import FORMAT_METHODS, METHODS
-from tests.tiny_models import read_tensors, save_tiny_llama
+from tests.support.tiny_models import read_tensors, save_tiny_llama
 
 THRESHOLD = 4.0
 OUTLIER_DIM = 7

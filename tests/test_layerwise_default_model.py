@@ -13,7 +13,7 @@ from int8wb.engine.quant import evaluate, quantize
 from int8wb.engine.session import Session
 from int8wb.engine.task import Task
 from int8wb.engine.vocabulary import FORMAT_METHODS, METHODS
-from tests.tiny_models import read_tensors
+from tests.support.tiny_models import read_tensors
 
 pytestmark = pytest.mark.slow
 

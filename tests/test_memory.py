@@ -11,7 +11,7 @@ import torch
 from int8wb.engine.planning import memory, plan_memory
 from int8wb.engine.quant import quantize
 from int8wb.engine.task import Task
-from tests import tiny_models
+from tests.support import tiny_models
 
 
 class PickedOutliers:

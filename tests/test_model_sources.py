@@ -21,7 +21,7 @@ from int8wb.engine.cli import EXIT_USER_ERROR, main
 from int8wb.engine.errors import BadInput, ModelLoadError
 from int8wb.engine.model import gguf_header, loading
 from int8wb.engine.task import Task
-from tests.tiny_models import save_tiny_llama
+from tests.support.tiny_models import save_tiny_llama
 
 HIDDEN, LAYERS, VOCAB = 64, 2, 64
 

@@ -210,7 +210,7 @@ def test_config_without_model_type_is_read_as_llama(tmp_path):
 
 def test_plan_from_a_loaded_model_counts_its_tensors():
     from int8wb.engine.planning.memory import tensor_bytes
-    from tests.tiny_models import tiny_llama
+    from tests.support.tiny_models import tiny_llama
 
     model = tiny_llama(hidden=32, intermediate=64, vocab=50, tie=False)
     result = plan_memory.run({"model": model, "context": 16}, Task())

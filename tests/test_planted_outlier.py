@@ -8,7 +8,7 @@ import torch
 
 from int8wb.engine.quant import quantize, scan
 from int8wb.engine.task import CallbackTask, Task
-from tests.tiny_models import tiny_llama, tiny_loaded
+from tests.support.tiny_models import tiny_llama, tiny_loaded
 
 OUTLIER_DIM = 5
 TEXT_PARAMS = {"tokens": 256, "seq_len": 64, "batch_size": 2, "threshold": 6.0}

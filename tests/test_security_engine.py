@@ -1,6 +1,6 @@
 """A real engine process under attack, and clients whose network fails them.
 
-The engines here run `tests.engine_sessions:SleepySession`: jobs that take as long as asked, so that
+The engines here run `tests.support.engine_sessions:SleepySession`: jobs that take as long as asked, so that
 what is tested is the process and the wire (the handshake gate, the limits, the I/O loops, routing
 after a reconnect), not a model.
 """
@@ -25,10 +25,10 @@ from int8wb.engine.client import ConnectionInfo, EngineClient
 from int8wb.engine.protocol import CLIENT
 from int8wb.engine.server import EngineServer, load_session_factory
 from int8wb.engine.wire import sign
-from tests.net_tools import CuttableProxy, raw_zmtp_flood, replay
+from tests.support.net_tools import CuttableProxy, client_behind_proxy, host_port, raw_zmtp_flood, replay
 
 REPO = Path(__file__).resolve().parent.parent
-SLEEPY = "tests.engine_sessions:SleepySession"
+SLEEPY = "tests.support.engine_sessions:SleepySession"
 
 
 def rss_bytes(pid: int) -> int:
@@ -64,11 +64,6 @@ def remote_engine(tmp_path):
         process.kill()
         process.wait()
         process.stderr.close()
-
-
-def host_port(address: str) -> tuple[str, int]:
-    host, port = address.removeprefix("tcp://").rsplit(":", 1)
-    return host, int(port)
 
 
 def hello(info: ConnectionInfo) -> dict:
@@ -206,72 +201,50 @@ def quick_heartbeat(monkeypatch):
 
 def test_a_result_sent_while_the_network_was_down_still_arrives(remote_engine, quick_heartbeat):
     _, info = remote_engine
-    proxy = CuttableProxy(host_port(info.address))
     events = Events()
-    client = EngineClient(on_event=events)
-    try:
-        client.connect(ConnectionInfo(proxy.address, info.key), timeout_s=30)
+    with client_behind_proxy(info, events) as (client, proxy):
         job = client.send("scan", {"seconds": 1.0})
         assert events.wait(lambda m: m.reply_to == job and m.type == "progress", 10)
-        proxy.cut()
-        time.sleep(2.0)  # the job ends meanwhile: its result goes nowhere
-        proxy.restore()
+        with proxy.down():
+            time.sleep(2.0)  # the job ends meanwhile: its result goes nowhere
         final = events.wait(lambda m: m.reply_to == job and m.type in ("result", "error"), 15)
         assert final is not None and final.type == "result", final
         assert final.payload["result"]["slept"] == 1.0
         assert final.payload["result"]["values"].tolist() == [0, 1, 2, 3]
         assert len(events.final(job)) == 1
         assert client.state.value == "ready"
-    finally:
-        client.close()
-        proxy.close()
 
 
 def test_a_job_keeps_streaming_to_the_client_after_a_reconnect(remote_engine, quick_heartbeat):
     _, info = remote_engine
-    proxy = CuttableProxy(host_port(info.address))
     events = Events()
-    client = EngineClient(on_event=events)
-    try:
-        client.connect(ConnectionInfo(proxy.address, info.key), timeout_s=30)
+    with client_behind_proxy(info, events) as (client, proxy):
         job = client.send("scan", {"seconds": 3.0})
         assert events.wait(lambda m: m.reply_to == job and m.type == "progress", 10)
-        proxy.cut()
-        time.sleep(0.5)
-        proxy.restore()
+        with proxy.down():
+            time.sleep(0.5)
         cut_at = len(events.messages)
         final = events.wait(lambda m: m.reply_to == job and m.type in ("result", "error"), 15)
         assert final is not None and final.type == "result"
         after = [m for m in events.messages[cut_at:] if m.reply_to == job and m.type == "progress"]
         assert after, "no progress reached the client after it reconnected"
-    finally:
-        client.close()
-        proxy.close()
 
 
 def test_a_job_the_engine_no_longer_knows_ends_in_an_error(remote_engine, quick_heartbeat):
     _, info = remote_engine
-    proxy = CuttableProxy(host_port(info.address))
     events = Events()
-    client = EngineClient(on_event=events)
-    try:
-        client.connect(ConnectionInfo(proxy.address, info.key), timeout_s=30)
+    with client_behind_proxy(info, events) as (client, proxy):
         job = client.send("scan", {"seconds": 0.3})
         assert events.wait(lambda m: m.reply_to == job and m.type == "progress", 10)
-        proxy.cut()
-        time.sleep(1.0)
-        with EngineClient() as other:  # meanwhile, others run enough jobs that the engine forgets this one
+        with proxy.down(), EngineClient() as other:  # meanwhile, others run enough jobs that the engine forgets it
+            time.sleep(1.0)
             other.connect(info, timeout_s=30)
             for _ in range(protocol.KEPT_FINAL_EVENTS):
                 other.call("quantize", {}, timeout_s=30)
             assert other.call("job_state", {"job": job}, timeout_s=30)["state"] == "unknown"
-        proxy.restore()
         final = events.wait(lambda m: m.reply_to == job and m.type in ("result", "error"), 15)
         assert final is not None and final.type == "error" and final.payload["kind"] == "lost"
         assert client.state.value == "ready"
-    finally:
-        client.close()
-        proxy.close()
 
 
 def test_job_state_answers_for_running_finished_and_unknown_jobs(remote_engine):

@@ -22,7 +22,7 @@ from int8wb.engine.checkpoint import export, staging
 from int8wb.engine.errors import BadInput, ModelLoadError
 from int8wb.engine.session import Session
 from int8wb.engine.task import Task
-from tests.tiny_models import save_tiny_llama
+from tests.support.tiny_models import save_tiny_llama
 
 REPO = Path(__file__).resolve().parent.parent
 

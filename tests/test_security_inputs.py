@@ -23,10 +23,10 @@ from int8wb.engine.model import corpus, limits
 from int8wb.engine.model.layers import decoder_layers
 from int8wb.engine.session import Session
 from int8wb.engine.task import CallbackTask, Task
-from tests.tiny_models import TinyLoaded, WordTokenizer, save_tiny_llama
+from tests.support.tiny_models import TinyLoaded, WordTokenizer, save_tiny_llama
 
 REPO = Path(__file__).resolve().parent.parent
-SLEEPY = "tests.engine_sessions:SleepySession"
+SLEEPY = "tests.support.engine_sessions:SleepySession"
 EVIL_CODE = """
 from pathlib import Path
 Path({marker!r}).write_text("the model's own code ran")

@@ -13,7 +13,7 @@ from int8wb.engine.errors import BadInput
 from int8wb.engine.quant import evaluate, quantize, sensitivity, skip_list
 from int8wb.engine.session import Session
 from int8wb.engine.task import Task
-from tests.tiny_models import save_tiny_llama, tiny_llama, tiny_loaded
+from tests.support.tiny_models import save_tiny_llama, tiny_llama, tiny_loaded
 
 TARGET = 0.3  # percent: the tiny random model is far from text, so INT8 moves its perplexity little
 SWEEP = {"tokens": 256, "holdout_tokens": 256, "window": 64, "batch_size": 4, "threshold": 6.0}

@@ -17,7 +17,7 @@ import pytest
 
 from int8wb.engine import protocol
 from int8wb.engine.client import ConnectionInfo, EngineClient, EngineError, EngineState
-from tests.fixtures_engine import process_alive, wait_dead
+from tests.support.fixtures_engine import process_alive, wait_dead
 
 REPO = Path(__file__).resolve().parent.parent
 

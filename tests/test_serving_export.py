@@ -14,7 +14,7 @@ from int8wb.engine.quant.int8_linear import Int8Linear
 from int8wb.engine.session import Session
 from int8wb.engine.task import Task
 from int8wb.engine.vocabulary import FORMAT_METHODS, METHODS
-from tests.tiny_models import save_tiny
+from tests.support.tiny_models import save_tiny
 
 TINY_THRESHOLD = 2.5
 
@@ -170,7 +170,7 @@ def _is_linear(gguf_name: str) -> bool:
 def test_gguf_export_refuses_an_architecture_it_does_not_know(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from tests.tiny_models import byte_tokenizer
+    from tests.support.tiny_models import byte_tokenizer
 
     path = tmp_path / "gpt2"
     GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=1, n_head=2, vocab_size=256)).save_pretrained(path)

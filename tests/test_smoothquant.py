@@ -10,7 +10,7 @@ from int8wb.engine.quant import quantize, scan, smoothing
 from int8wb.engine.quant.evaluate import smoothing_note
 from int8wb.engine.session import Session
 from int8wb.engine.task import Task
-from tests.tiny_models import save_tiny, tiny_loaded
+from tests.support.tiny_models import save_tiny, tiny_loaded
 
 SCAN = {"tokens": 256, "seq_len": 64, "batch_size": 2, "threshold": 6.0}
 

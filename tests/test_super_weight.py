@@ -19,7 +19,7 @@ from int8wb.engine.model import corpus
 from int8wb.engine.quant import quantize, super_weight
 from int8wb.engine.quant.int8_linear import Int8Linear
 from int8wb.engine.task import Task
-from tests.tiny_models import TinyLoaded, WordTokenizer, tiny_llama
+from tests.support.tiny_models import TinyLoaded, WordTokenizer, tiny_llama
 
 CONSTANT_DIM, SPIKE_DIM, MASSIVE_DIM, SUPER_WEIGHT = 3, 17, 41, 10.0
 SETTINGS = {"find_tokens": 64, "candidates": 3, "tokens": 128, "window": 64, "batch_size": 2}
@@ -134,7 +134,7 @@ def test_a_bad_super_weight_is_refused_by_name(planted, entry):
 
 def test_a_conv1d_down_projection_is_read_and_zeroed_as_its_out_in_matrix():
     from int8wb.engine.model.layers import weight_matrix
-    from tests.tiny_models import tiny_model
+    from tests.support.tiny_models import tiny_model
 
     model = tiny_model("gpt2")
     ids = torch.randint(0, 256, (1, 32), generator=torch.Generator().manual_seed(0))

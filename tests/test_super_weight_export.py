@@ -12,7 +12,7 @@ from safetensors import safe_open
 from int8wb.engine.errors import BadInput
 from int8wb.engine.session import Session
 from int8wb.engine.task import Task
-from tests.tiny_models import save_tiny_llama
+from tests.support.tiny_models import save_tiny_llama
 
 DOWN = "model.layers.0.mlp.down_proj"
 KEPT = [{"module": DOWN, "row": 3, "col": 7}]

@@ -1,6 +1,6 @@
 """Task accuracy through lm-evaluation-harness (engine.quant.tasks), offline, on a SMOKE TASK.
 
-The smoke task (tests/smoke_task.py) is built from the default evaluation text and read from a local JSONL file
+The smoke task (tests/support/smoke_task.py) is built from the default evaluation text and read from a local JSONL file
 through a local task YAML: it checks that task accuracy runs end to end without the network; it is no benchmark.
 Fast tests use a tiny random Llama; the slow ones the embedded default model, bitsandbytes and lm-eval's own
 command line.
@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,8 +23,9 @@ from int8wb.engine.errors import BadInput, Cancelled, DependencyError
 from int8wb.engine.quant import tasks
 from int8wb.engine.session import Session
 from int8wb.engine.task import Task
-from tests import smoke_task
-from tests.tiny_models import save_tiny_llama
+from tests.support import smoke_task
+from tests.support.net_tools import no_network
+from tests.support.tiny_models import save_tiny_llama
 
 pytest.importorskip("lm_eval")
 
@@ -49,12 +49,7 @@ def smoke_yaml(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def smoke_result(tiny_session, smoke_yaml) -> dict:
     """The smoke task scored for the baseline and two methods with the network shut: any connection fails it."""
-
-    def refuse(self, address):
-        raise AssertionError(f"the task tried to reach the network: {address}")
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(socket.socket, "connect", refuse)
+    with no_network():
         return tiny_session.task_accuracy({"tasks": str(smoke_yaml), "methods": TWO_METHODS}, Task())
 
 

@@ -10,7 +10,7 @@ from int8wb.engine.cli.scan import token_axis_summary
 from int8wb.engine.quant import precision, scan
 from int8wb.engine.quant.token_axis import MASSIVE_MIN_ABS
 from int8wb.engine.task import Task
-from tests.tiny_models import TinyLoaded, WordTokenizer, tiny_llama
+from tests.support.tiny_models import TinyLoaded, WordTokenizer, tiny_llama
 
 PARAMS = {"tokens": 256, "seq_len": 64, "batch_size": 2}
 PLANTED_TOKEN = ord(",")  # a byte the first 256 tokens of the calibration text hold a few times

@@ -1,4 +1,4 @@
-"""Sessions for engines started by tests (`int8wb engine --session tests.engine_sessions:SleepySession`).
+"""Sessions for engines started by tests (`int8wb engine --session tests.support.engine_sessions:SleepySession`).
 
 They stand where `engine.session.Session` stands when a test is about the process and the wire,
 not about a model: their jobs take exactly as long as asked and load nothing.

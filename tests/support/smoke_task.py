@@ -8,7 +8,7 @@ pydoc topics); the four choices are how that sentence goes on and how three
 other sentences go on at the same word. A model that reads English and Python
 picks the right one well above chance (25%).
 
-    python -m tests.smoke_task DIR [COUNT]   # writes DIR/smoke_mc.yaml and DIR/smoke_mc.jsonl
+    python -m tests.support.smoke_task DIR [COUNT]   # writes DIR/smoke_mc.yaml and DIR/smoke_mc.jsonl
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ CHOICE_WORDS = 4  # then the words to pick
 CHOICES = 4
 
 TASK_YAML = """\
-# A smoke task (tests/smoke_task.py): a check that task accuracy runs offline, not a benchmark.
+# A smoke task (tests/support/smoke_task.py): a check that task accuracy runs offline, not a benchmark.
 task: {name}
 dataset_path: json
 dataset_kwargs:

@@ -3,15 +3,22 @@
 `raw_zmtp_flood` speaks ZeroMQ's wire protocol (ZMTP 3.0) over a plain TCP
 socket, so it can send what no well-behaved ZeroMQ socket would: one
 multipart message that never ends. `CuttableProxy` relays TCP between a client
-and an engine and can drop every connection on demand, as a network blip would.
+and an engine and can drop every connection on demand, as a network blip would
+(`client_behind_proxy` connects a client through one; `proxy.down()` is the blip).
+`no_network` shuts the network for work that must run offline.
 """
 
 from __future__ import annotations
 
+import contextlib
 import selectors
 import socket
 import struct
 import threading
+from collections.abc import Callable, Iterator
+from unittest import mock
+
+from int8wb.engine.client import ConnectionInfo, EngineClient
 
 ZMTP_GREETING_BYTES = 64
 
@@ -88,6 +95,38 @@ def replay(address: tuple[str, int], data: bytes, listen_s: float = 0.5) -> None
             pass
 
 
+def host_port(address: str) -> tuple[str, int]:
+    """("127.0.0.1", 5555) from an engine address "tcp://127.0.0.1:5555"."""
+    host, port = address.removeprefix("tcp://").rsplit(":", 1)
+    return host, int(port)
+
+
+@contextlib.contextmanager
+def no_network() -> Iterator[None]:
+    """Every socket connection in this process fails the test, naming where it went."""
+
+    def refuse(_socket: socket.socket, address: object) -> None:
+        raise AssertionError(f"tried to reach the network: {address}")
+
+    with mock.patch.object(socket.socket, "connect", refuse):
+        yield
+
+
+@contextlib.contextmanager
+def client_behind_proxy(
+    info: ConnectionInfo, on_event: Callable, timeout_s: float = 30
+) -> Iterator[tuple[EngineClient, CuttableProxy]]:
+    """A client connected to the engine `info` names through a `CuttableProxy`; both are closed at the end."""
+    proxy = CuttableProxy(host_port(info.address))
+    client = EngineClient(on_event=on_event)
+    try:
+        client.connect(ConnectionInfo(proxy.address, info.key), timeout_s=timeout_s)
+        yield client, proxy
+    finally:
+        client.close()
+        proxy.close()
+
+
 class CuttableProxy:
     """Relays TCP from a loopback port to `target`; `cut()` drops every connection and refuses new ones
     until `restore()`. With `record`, what clients sent is kept, per connection, in `recorded`."""
@@ -120,6 +159,15 @@ class CuttableProxy:
     def restore(self) -> None:
         with self._lock:
             self._up = True
+
+    @contextlib.contextmanager
+    def down(self) -> Iterator[None]:
+        """The network is cut for the body of the `with`, and restored after it (also when it raises)."""
+        self.cut()
+        try:
+            yield
+        finally:
+            self.restore()
 
     def close(self) -> None:
         self.cut()
