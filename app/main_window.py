@@ -60,7 +60,7 @@ from int8wb.app.views.super_weight_panel import SuperWeightPanel
 from int8wb.app.views.threshold_panel import ThresholdPanel
 from int8wb.app.views.token_view import TokenView
 from int8wb.engine.installation import __version__
-from int8wb.engine.vocabulary import DEFAULT_THRESHOLD
+from int8wb.engine.vocabulary import DEFAULT_THRESHOLD, SMOOTHQUANT
 
 
 class MainWindow(QMainWindow):
@@ -117,7 +117,8 @@ class MainWindow(QMainWindow):
         self.smoothing_panel = SmoothingPanel(SmoothingViewModel(self.stats), self.heatmap)
         left_layout.insertWidget(3, self.smoothing_panel)  # under the threshold, above Run
         self.smoothing_panel.sig_alpha.connect(lambda alpha: setattr(self.workbench, "alpha", alpha))
-        smoothquant = self.run_panel.method_boxes["smoothquant"]  # the alpha slider shows while SmoothQuant is ticked
+        # the alpha slider shows while SmoothQuant is ticked
+        smoothquant = self.run_panel.method_boxes[SMOOTHQUANT.name]
         self.smoothing_panel.setVisible(smoothquant.isChecked())
         smoothquant.toggled.connect(self.smoothing_panel.setVisible)
         self.error_map = ErrorMapView(self.workbench.errors, self.threshold)

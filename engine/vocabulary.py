@@ -36,6 +36,7 @@ from int8wb.engine.registry import (  # noqa: F401 (re-exported: the rest of the
     method_of,
     register_format,
     register_method,
+    unregister_method,
 )
 
 # --- quantization methods -------------------------------------------------------------------------

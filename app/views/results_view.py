@@ -32,6 +32,7 @@ from int8wb.app.view_models.task_accuracy import CAPTION as TASK_CAPTION
 from int8wb.app.view_models.threshold import ThresholdModel
 from int8wb.app.views.empty_state import EmptyState
 from int8wb.app.views.saving import ask_save_path
+from int8wb.engine.vocabulary import METHOD_COLOURS
 
 EMPTY_TEXT = (
     "Tick methods and press Run: the engine quantizes the model with each, measures its perplexity on text "
@@ -39,16 +40,6 @@ EMPTY_TEXT = (
 )
 FOLDER_KEY = "folders/results"
 CHART_MIN_WIDTH = 160  # narrower and its bars' labels collide; the table takes the rest first
-BAR_COLORS = {
-    "baseline": "#9a9cab",
-    "absmax-tensor": "#e56b6f",
-    "vectorwise": "#f4a259",
-    "llm-int8": "#00e5ff",
-    "llm-int8-dynamic": "#5b8def",
-    "weight-only": "#8cb369",
-    "smoothquant": "#c77dff",
-    "q8_0": "#ffd166",
-}
 
 
 class ResultsView(QWidget):
@@ -212,7 +203,7 @@ class ResultsView(QWidget):
         if not methods:
             return
         x = np.arange(len(methods))
-        brushes = [pg.mkBrush(BAR_COLORS.get(m, "#b0b0b0")) for m in methods]
+        brushes = [pg.mkBrush(METHOD_COLOURS.get(m, "#b0b0b0")) for m in methods]
         self.bars = pg.BarGraphItem(x=x, height=values, width=0.6, brushes=brushes)
         self.chart.addItem(self.bars)
         for i, value in enumerate(values):

@@ -27,19 +27,19 @@ from int8wb.engine.vocabulary import (
     METHOD_SHORT_LABELS,
     METHODS,
     SUGGESTED_TASKS,
+    TICKED_METHODS,
+    method_of,
 )
 
-DEFAULT_METHODS = ("absmax-tensor", "vectorwise", "llm-int8", "weight-only")
-# (row, column) of each method's check box: the INT8 baselines left, the answers to the outliers right.
-CHECKBOX_CELLS = {
-    "absmax-tensor": (0, 0),
-    "vectorwise": (1, 0),
-    "weight-only": (2, 0),
-    "q8_0": (3, 0),
-    "llm-int8": (0, 1),
-    "llm-int8-dynamic": (1, 1),
-    "smoothquant": (2, 1),
-}
+
+def checkbox_cells() -> dict[str, tuple[int, int]]:
+    """(row, column) of each method's check box: the INT8 baselines left, the answers to the outliers right,
+    each column in the methods' order (so a newly declared method finds its place)."""
+    cells, rows = {}, [0, 0]
+    for name in METHODS:
+        column = int(method_of(name).answers_outliers)
+        cells[name], rows[column] = (rows[column], column), rows[column] + 1
+    return cells
 
 
 class RunPanel(QGroupBox):
@@ -53,12 +53,13 @@ class RunPanel(QGroupBox):
         self.method_boxes: dict[str, QCheckBox] = {}
         boxes = QGridLayout()
         boxes.setVerticalSpacing(0)
+        cells = checkbox_cells()
         for name in METHODS:
             box = QCheckBox(METHOD_SHORT_LABELS[name])
-            box.setChecked(name in DEFAULT_METHODS)
+            box.setChecked(name in TICKED_METHODS)
             box.setToolTip(f"<b>{METHOD_LABELS[name]}</b> ({name}): {METHOD_DESCRIPTIONS[name]}")
             self.method_boxes[name] = box
-            boxes.addWidget(box, *CHECKBOX_CELLS[name])
+            boxes.addWidget(box, *cells[name])
         self.eval_tokens = spin_box(
             64,
             1 << 20,

@@ -35,7 +35,7 @@ from PySide6.QtWidgets import (
 from int8wb.app.view_models import sensitivity
 from int8wb.app.view_models.workbench import Workbench
 from int8wb.app.views import colors
-from int8wb.engine.vocabulary import METHOD_SHORT_LABELS, METHODS
+from int8wb.engine.vocabulary import DEFAULT_REPAIR_METHOD, METHOD_SHORT_LABELS, METHODS
 
 GROUPS = (
     ("the Linears that read one input (vLLM fuses them)", "input"),
@@ -68,7 +68,7 @@ class SensitivityPanel(QDialog):
         self.method = QComboBox()
         for name in METHODS:
             self.method.addItem(METHOD_SHORT_LABELS[name], name)
-        self.method.setCurrentIndex(METHODS.index("vectorwise"))
+        self.method.setCurrentIndex(self.method.findData(DEFAULT_REPAIR_METHOD))
         self.target = QDoubleSpinBox()
         self.target.setRange(0.0, 1000.0)
         self.target.setDecimals(2)

@@ -13,9 +13,16 @@ from typing import Any
 import numpy as np
 
 from int8wb.engine.cli._progress import ProgressBarTask
-from int8wb.engine.vocabulary import ALL_GPUS, DEFAULT_ALPHA, DEFAULT_THRESHOLD, NEEDS_SCAN, OFFLOAD_MODES
+from int8wb.engine.vocabulary import (
+    ALL_GPUS,
+    DEFAULT_ALPHA,
+    DEFAULT_THRESHOLD,
+    NEEDS_SCAN,
+    OFFLOAD_MODES,
+    TICKED_METHODS,
+)
 
-DEFAULT_METHODS = "absmax-tensor,vectorwise,llm-int8,weight-only"
+DEFAULT_METHODS = ",".join(TICKED_METHODS)
 
 
 def model_options(parser) -> None:

@@ -19,7 +19,7 @@ from int8wb.engine.cli._progress import ProgressBarTask
 from int8wb.engine.errors import BadInput
 from int8wb.engine.quant import skip_list
 from int8wb.engine.quant.evaluate import coverage_lines
-from int8wb.engine.vocabulary import EXPORT_FORMATS, FORMAT_LOADERS, METHODS
+from int8wb.engine.vocabulary import EXPORT_FORMATS, FORMAT_LOADERS, LLM_INT8, METHODS
 
 
 def add_parser(subparsers) -> None:
@@ -31,7 +31,9 @@ def add_parser(subparsers) -> None:
     _common.model_options(command)
     _common.scan_options(command, tokens_flag="--calibration-tokens")
     _common.alpha_option(command)
-    command.add_argument("--method", default="llm-int8", choices=METHODS, help="quantization method (default llm-int8)")
+    command.add_argument(
+        "--method", default=LLM_INT8.name, choices=METHODS, help=f"quantization method (default {LLM_INT8.name})"
+    )
     command.add_argument(
         "--format",
         default=EXPORT_FORMATS[0],

@@ -7,7 +7,7 @@ from typing import Any
 from int8wb.engine.cli import _common
 from int8wb.engine.cli._progress import ProgressBarTask
 from int8wb.engine.quant.sensitivity import GROUPS, SweepSettings
-from int8wb.engine.vocabulary import METHODS
+from int8wb.engine.vocabulary import DEFAULT_REPAIR_METHOD, METHODS
 
 MB = 1e6
 
@@ -19,7 +19,10 @@ def add_parser(subparsers) -> None:
     _common.model_options(command)
     _common.scan_options(command, tokens_flag="--calibration-tokens")
     command.add_argument(
-        "--method", default="vectorwise", choices=METHODS, help="method to repair (default vectorwise)"
+        "--method",
+        default=DEFAULT_REPAIR_METHOD,
+        choices=METHODS,
+        help=f"method to repair (default {DEFAULT_REPAIR_METHOD})",
     )
     command.add_argument("--target", type=float, default=1.0, help="allowed perplexity change in %% (default 1.0)")
     command.add_argument(
@@ -50,7 +53,7 @@ def cmd_sensitivity(args) -> int:
     }
     SweepSettings.from_params(params)  # a wrong setting is refused before the model loads
     session = _common.session_with_model(args)
-    if args.method == "llm-int8":
+    if _common.needs_scan([args.method]):
         _common.run_scan(session, args)
     task = ProgressBarTask("sensitivity", enabled=not args.quiet)
     result = session.sensitivity(params, task)

@@ -24,7 +24,7 @@ from typing import Any
 from int8wb.engine.errors import BadInput
 from int8wb.engine.planning.planner import Architecture, Settings, WeightInventory, layer_weight_bytes, weight_bytes
 from int8wb.engine.planning.planner import workspace_terms as planner_workspace
-from int8wb.engine.vocabulary import GIB, OFFLOAD_MODES
+from int8wb.engine.vocabulary import GIB, OFFLOAD_MODES, VECTORWISE
 
 HEAD_CHUNK_BYTES = 256 * 2**20  # float32 logits of one chunk of tokens, at most
 DEFAULT_DISK_BYTES_PER_S = 2 * 10**9  # an NVMe SSD's sequential read; shown with the estimate
@@ -79,7 +79,7 @@ def in_memory_need(arch: Architecture, inventory: WeightInventory, dtype: str) -
     """What the in-memory path needs to evaluate: the weights, one INT8 copy of the Linears, the workspace."""
     settings = Settings(context=512, batch=4, dtype=dtype, logits="all")
     int8_copy = sum(s.out_features * (s.in_features + 4) for s in inventory.linears)  # INT8 weights, row scales
-    workspace = sum(planner_workspace(arch, inventory, "vectorwise", settings).values())
+    workspace = sum(planner_workspace(arch, inventory, VECTORWISE.name, settings).values())
     return weight_bytes(inventory, "baseline", settings) + int8_copy + workspace
 
 

@@ -18,7 +18,7 @@ from int8wb.engine.model.layers import features, linear_layers
 from int8wb.engine.quant import coverage, skip_list, smoothing
 from int8wb.engine.quant.int8_linear import Int8Linear
 from int8wb.engine.quant.schemes import scheme_of
-from int8wb.engine.vocabulary import DEFAULT_ALPHA, DEFAULT_THRESHOLD, METHODS, check_alpha, check_threshold
+from int8wb.engine.vocabulary import DEFAULT_ALPHA, DEFAULT_THRESHOLD, METHODS, check_alpha, check_threshold, method_of
 
 SUPER_WEIGHT_KEPT = "a super weight (engine.quant.super_weight), kept in floating point on request (keep_super_weights)"
 
@@ -122,7 +122,7 @@ def recipe_from_params(params: dict[str, Any], model, scan=None, scan_in_pass: b
     threshold = check_threshold(params.get("threshold", DEFAULT_THRESHOLD))
     alpha = check_alpha(params.get("alpha", DEFAULT_ALPHA)) if scheme.smoothed else None
     if scheme.needs_scan and scan is None and not scan_in_pass:
-        raise BadInput(_NEEDS_SCAN[method])
+        raise BadInput(method_of(method).scan_need)
     outlier_dims = scan.outlier_dims(threshold) if scheme.outliers == "static" and scan is not None else {}
     absmax = scan.absmax_of() if scheme.smoothed and scan is not None else {}
     chosen = set(skip_list.resolve(model, params.get("skip_modules")))
@@ -206,12 +206,6 @@ def kept_super_weights(value: Any, model) -> dict[str, list[tuple[int, int]]]:
         if (row, col) not in kept.setdefault(name, []):
             kept[name].append((row, col))
     return kept
-
-
-_NEEDS_SCAN = {
-    "llm-int8": "static llm-int8 takes its outlier dimensions from a scan: scan first, or use llm-int8-dynamic",
-    "smoothquant": "smoothquant takes each input channel's abs-max from a scan: scan first",
-}
 
 
 def tensor_bytes(model) -> dict[str, int]:
