@@ -91,9 +91,12 @@ class RunPanel(QGroupBox):
         layout.addLayout(boxes)
         form = QFormLayout()
         form.addRow("evaluation", row(self.eval_tokens, self.window))
-        form.addRow("tasks", row(self.tasks, self.task_file))
         layout.addLayout(form)
         layout.addLayout(row(self.run_button, self.export_button))
+        # Optional, so below the buttons: at 1366 x 768 the Run button stays in view without scrolling.
+        extras = QFormLayout()
+        extras.addRow("tasks", row(self.tasks, self.task_file))
+        layout.addLayout(extras)
         self.skip_note = QLabel("")
         self.skip_note.setWordWrap(True)
         self.skip_note.setObjectName("info")
