@@ -244,5 +244,5 @@ def format_refusal(fmt: ExportFormat, method: str) -> str | None:
     instead = f"export {method} with --format {' or '.join(homes)}" if homes else f"{method} has no export format"
     carried = FORMAT_METHODS[fmt.name]
     if carried and not fmt.reopens:  # a serving format: the methods that its programs load instead
-        instead += f", or {' or '.join(carried)} as {fmt.name} ({fmt.loaders})"
+        instead += f", or --method {' or '.join(carried)} for {fmt.name} ({fmt.loaders})"
     return f"{method} cannot be exported as {fmt.name}: {reason}: {instead}"
