@@ -141,7 +141,7 @@ def check_alpha(alpha: Any) -> float:
 # --- export formats ---------------------------------------------------------------------------------
 # An export format is one `ExportFormat` declaration (docs/architecture.md, "Adding a format"): which
 # methods it carries follows from the building blocks it holds, and a refusal names the block it cannot
-# hold. engine.checkpoint.formats gives each its writer and stored layout.
+# hold. engine.checkpoint.layout stores each `layout`'s tensors; engine.checkpoint.export runs each `writer`.
 
 
 _OUTLIER_COLUMNS = (
@@ -192,7 +192,7 @@ bfloat16 conversion (`cvt.rn.bf16.f32`) does not compile for them."""
 # --- where a model runs ----------------------------------------------------------------------------
 
 OFFLOAD_MODES = ("auto", "none", "disk")
-"""`none`: the whole model in memory; `disk`: one decoder layer at a time, read from disk (DESIGN.md, "Scale");
+"""`none`: the whole model in memory; `disk`: one decoder layer at a time, read from disk (docs/architecture.md, the pipeline room);
 `auto`: whichever the planner's estimate calls for against the compute device's free memory."""
 
 OFFLOAD_LABELS = {"auto": "auto (by free memory)", "none": "in memory", "disk": "layer by layer from disk"}

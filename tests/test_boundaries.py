@@ -1,4 +1,4 @@
-"""The import contracts of DESIGN.md, checked on the source.
+"""The import contracts of docs/architecture.md, checked on the source.
 
 - app/ never imports the heavy engine stack, and of engine/ only the light modules;
 - engine/ and kernels/ never import Qt; kernels/ imports nothing of engine/ or app/;

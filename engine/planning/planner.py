@@ -49,7 +49,7 @@ PLAN_METHODS = LiveNames(lambda: (BASELINE, *METHODS))
 
 DEFAULT_USABLE_FRACTION = 0.9  # margin for allocator fragmentation and what the estimate misses
 DEFAULT_OVERHEAD_BYTES = 1 * GIB  # CUDA context, cuBLAS workspace, NCCL buffers: assumed, per GPU
-DEFAULT_OUTLIER_FRACTION = 0.005  # "the top 0.5% of feature dimensions" (DESIGN.md)
+DEFAULT_OUTLIER_FRACTION = 0.005  # "the top 0.5% of feature dimensions": the threshold as a fraction
 # The largest plan: 16M tokens is past any model's context today, 65,536 sequences past any serving batch.
 MAX_CONTEXT = 1 << 24
 MAX_BATCH = 1 << 16

@@ -3,7 +3,7 @@
 A `Scheme` is a small declarative object in the manner of optimum-quanto's and
 torchao's quantized tensors: it names the tensor fields an `Int8Linear` holds
 (`tensor_data_names`), their dtypes and shapes, and the three choices that make
-the methods differ (DESIGN.md, "Quantization methods"):
+the methods differ (README, "Methods"; docs/architecture.md, "Adding a method"):
 
 - `weight_scale`: one abs-max for the whole weight ("tensor", 0-d), one per
   output row ("row", (out,)), or llama.cpp's Q8_0 blocks ("block": one float16
