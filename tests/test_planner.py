@@ -15,7 +15,7 @@ import pytest
 
 from int8wb.engine.cli import plan as plan_command
 from int8wb.engine.errors import BadInput
-from int8wb.engine.planning import plan_memory, planner, presets
+from int8wb.engine.planning import gpus, plan_memory, planner, presets
 from int8wb.engine.planning.planner import Architecture, Settings
 from int8wb.engine.task import Task
 from int8wb.engine.vocabulary import GIB, GPUS, MIB
@@ -110,13 +110,13 @@ def test_workspace_by_hand():
 
 def test_placement_whole_layers():
     # 40 bytes of units in cards of 20: the middle layers cannot share, so 3 cards, not ceil(40/20) = 2.
-    assert planner.place_on_gpus([5, 10, 10, 10, 5], 20) == [15, 20, 5]
-    assert planner.place_on_gpus([5, 21, 5], 20) is None
-    assert planner.place_on_gpus([1], 0) is None
+    assert gpus.place_on_gpus([5, 10, 10, 10, 5], 20) == [15, 20, 5]
+    assert gpus.place_on_gpus([5, 21, 5], 20) is None
+    assert gpus.place_on_gpus([1], 0) is None
 
 
 def test_gpu_plan_terms_by_hand():
-    card = planner.gpu_plan(TINY, TINY_INVENTORY, "baseline", FP16, "A100-40GB")
+    card = gpus.gpu_plan(TINY, TINY_INVENTORY, "baseline", FP16, "A100-40GB")
     usable = int(40960 * MIB * 0.9)
     assert card["usable_bytes"] == usable
     assert card["budget_per_gpu_bytes"] == usable - GIB - (480 + 1440)
@@ -129,7 +129,7 @@ def test_seed_claim_70b_at_4096_tokens(llama70):
     arch, inventory = llama70
     settings = Settings(context=4096, batch=1)
     assert inventory.parameters == 68_976_648_192
-    fp16 = planner.gpu_plan(arch, inventory, "baseline", settings, "A100-40GB")
+    fp16 = gpus.gpu_plan(arch, inventory, "baseline", settings, "A100-40GB")
     kv = 2 * 80 * 4096 * 8 * 128 * 2
     assert kv == planner.kv_cache_bytes(arch, settings) == 1_342_177_280
     workspace = 2 * 4096 * 8192 * 2 + 3 * 4096 * 28672 * 2  # residual + MLP block (the largest)
@@ -139,7 +139,7 @@ def test_seed_claim_70b_at_4096_tokens(llama70):
     assert 3 * budget < fp16["state_bytes"] <= 4 * budget  # why 4 and not 3
     assert fp16["needed"] == 4
 
-    int8 = planner.gpu_plan(arch, inventory, "vectorwise", settings, "A100-40GB")
+    int8 = gpus.gpu_plan(arch, inventory, "vectorwise", settings, "A100-40GB")
     float_elements = 32000 * 8192 * 2 + 80 * 2 * 8192 + 8192  # embeddings, lm_head, norms
     rows = 80 * (8192 + 1024 + 1024 + 8192 + 2 * 28672 + 8192)  # q k v o gate up down
     weights = (68_976_648_192 - float_elements) + 4 * rows + 2 * float_elements
@@ -153,16 +153,16 @@ def test_seed_claim_70b_at_4096_tokens(llama70):
 def test_seed_claim_where_it_stops(llama70):
     arch, inventory = llama70
     settings = Settings(context=4096, batch=1)
-    limit = planner.largest_context(arch, inventory, "vectorwise", settings, "A100-40GB", 2)
+    limit = gpus.largest_context(arch, inventory, "vectorwise", settings, "A100-40GB", 2)
     assert 4096 < limit < 8192
-    assert planner.fits_on(arch, inventory, "vectorwise", replace(settings, context=limit), "A100-40GB", 2)
-    assert not planner.fits_on(arch, inventory, "vectorwise", replace(settings, context=limit + 1), "A100-40GB", 2)
-    fp16_limit = planner.largest_context(arch, inventory, "baseline", settings, "A100-40GB", 4)
+    assert gpus.fits_on(arch, inventory, "vectorwise", replace(settings, context=limit), "A100-40GB", 2)
+    assert not gpus.fits_on(arch, inventory, "vectorwise", replace(settings, context=limit + 1), "A100-40GB", 2)
+    fp16_limit = gpus.largest_context(arch, inventory, "baseline", settings, "A100-40GB", 4)
     assert fp16_limit > limit
     # four sequences of 4096 tokens: INT8 needs a third card, FP16 a fifth
     batch4 = replace(settings, batch=4)
-    assert planner.gpu_plan(arch, inventory, "vectorwise", batch4, "A100-40GB")["needed"] == 3
-    assert planner.gpu_plan(arch, inventory, "baseline", batch4, "A100-40GB")["needed"] == 5
+    assert gpus.gpu_plan(arch, inventory, "vectorwise", batch4, "A100-40GB")["needed"] == 3
+    assert gpus.gpu_plan(arch, inventory, "baseline", batch4, "A100-40GB")["needed"] == 5
 
 
 def test_llm_int8_table_3_eight_a100_40gb():
@@ -170,12 +170,12 @@ def test_llm_int8_table_3_eight_a100_40gb():
     names = ["opt-6.7b", "opt-13b", "opt-30b", "opt-66b", "opt-175b", "bloom-176b"]
     candidates = [presets.from_config_dict(presets.preset_config(n), n)[:2] for n in names]
     settings = Settings(context=2048, batch=1)
-    assert planner.largest_fitting(candidates, "baseline", settings, "A100-40GB", 8).name == "opt-66b"
+    assert gpus.largest_fitting(candidates, "baseline", settings, "A100-40GB", 8).name == "opt-66b"
     for method in ("vectorwise", "llm-int8"):
-        assert planner.largest_fitting(candidates, method, settings, "A100-40GB", 8).name == "bloom-176b"
+        assert gpus.largest_fitting(candidates, method, settings, "A100-40GB", 8).name == "bloom-176b"
     arch, inventory = candidates[names.index("opt-175b")]
-    assert planner.fits_on(arch, inventory, "llm-int8", settings, "A100-40GB", 8)
-    assert not planner.fits_on(arch, inventory, "baseline", settings, "A100-40GB", 8)
+    assert gpus.fits_on(arch, inventory, "llm-int8", settings, "A100-40GB", 8)
+    assert not gpus.fits_on(arch, inventory, "baseline", settings, "A100-40GB", 8)
 
 
 def test_presets_match_published_parameter_counts():
@@ -259,7 +259,7 @@ def test_config_missing_fields(tmp_path):
 
 def test_zero_gpus():
     with pytest.raises(BadInput, match="number of GPUs"):
-        planner.fits_on(TINY, TINY_INVENTORY, "baseline", FP16, "A100-40GB", 0)
+        gpus.fits_on(TINY, TINY_INVENTORY, "baseline", FP16, "A100-40GB", 0)
     with pytest.raises(BadInput, match="COUNTxGPU|number of GPUs"):
         plan_command.largest_on("0xA100-40GB", "opt-6.7b", {})
 

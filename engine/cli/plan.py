@@ -113,20 +113,20 @@ def _main(args: argparse.Namespace) -> int:
 
 def largest_on(spec: str, among: str | None, params: dict[str, Any]) -> dict[str, Any]:
     """For each method, the preset with the most parameters that fits on COUNT cards of a kind."""
-    from int8wb.engine.planning import plan_memory, planner, presets
+    from int8wb.engine.planning import gpus, plan_memory, planner, presets
 
     count_text, _, gpu = spec.partition("x")
     if not count_text.isdigit() or not gpu:
         raise BadInput(f"--largest-on wants COUNTxGPU such as 8xA100-40GB, got {spec!r}")
     count = int(count_text)
-    planner.check_gpu(gpu)
+    gpus.check_gpu(gpu)
     names = [n.strip() for n in among.split(",") if n.strip()] if among else [r["name"] for r in presets.list_presets()]
     candidates = [presets.from_config_dict(presets.preset_config(name), name)[:2] for name in names]
     settings = plan_memory.settings_from_params(params)
     methods = params.get("methods") or planner.PLAN_METHODS
     largest = {}
     for method in methods:
-        arch = planner.largest_fitting(candidates, planner.check_method(method), settings, gpu, count)
+        arch = gpus.largest_fitting(candidates, planner.check_method(method), settings, gpu, count)
         largest[method] = arch.name if arch else None
     return {
         "gpu": gpu,

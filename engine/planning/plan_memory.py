@@ -14,14 +14,13 @@ from typing import Any
 
 from int8wb.engine.errors import BadInput
 from int8wb.engine.planning import layer_by_layer, presets, throughput
+from int8wb.engine.planning.gpus import check_gpu, plan
 from int8wb.engine.planning.planner import (
     PLAN_METHODS,
     Settings,
     WeightInventory,
-    check_gpu,
     check_method,
     check_settings,
-    plan,
 )
 from int8wb.engine.vocabulary import FLOAT_BYTES, GIB, GPUS
 

@@ -36,7 +36,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from int8wb.engine.planning import planner
+from int8wb.engine.planning import gpus, planner
 from int8wb.engine.planning.planner import Architecture, Settings, WeightInventory
 from int8wb.engine.vocabulary import BASELINE, GPU_BANDWIDTH, GPU_PEAK_OPS, W8A8_METHODS
 
@@ -98,7 +98,7 @@ def linear_peak(method: str, dtype: str, gpu: str) -> float:
 
 def card_rate(read: DecodeRead, ops: dict[str, int], method: str, settings: Settings, gpu: str) -> dict[str, Any]:
     """The bandwidth-bound decode rate of one card, its compute time, and the batch where compute takes over."""
-    planner.check_gpu(gpu)
+    gpus.check_gpu(gpu)
     bandwidth, float_peak = GPU_BANDWIDTH[gpu], GPU_PEAK_OPS[gpu][settings.dtype]
     peak = linear_peak(method, settings.dtype, gpu)
     weight_compute = ops["Linear weights"] / peak + ops["LM head"] / float_peak
