@@ -1,4 +1,4 @@
-"""The memory planner: how many GPUs a model needs in FP16, INT8 and LLM.int8, with every term shown.
+"""The memory planner: the bytes of every term (weights in each format, KV cache, activation workspace), shown.
 
 A plan is arithmetic over a few numbers, so a user can check it by hand and see
 why the answer is 4 and not 3:
