@@ -28,7 +28,7 @@ from int8wb.engine.quant import divergence, evaluate, quantize, scan
 from int8wb.engine.task import Task
 from int8wb.engine.vocabulary import METHODS, NEEDS_SCAN
 
-K_VALUES = (4, 8, 16, 32, 64)
+K_VALUES = (4, 8, 16, 32, 64, 256, 1024, 4096)
 
 
 def quantized_models(loaded, methods: list[str]) -> dict:
@@ -36,14 +36,14 @@ def quantized_models(loaded, methods: list[str]) -> dict:
     return {m: quantize.run({"method": m}, Task(), loaded, found) for m in methods}
 
 
-def k_accuracy(loaded, variants: dict, windows) -> dict:
+def k_accuracy(loaded, variants: dict, windows, k_values=K_VALUES) -> dict:
     """Per method and k: mean KL from the top-k reference, and the exact mean KL, over `windows`."""
-    sums = {m: {"exact": 0.0, **{str(k): 0.0 for k in K_VALUES}} for m in variants}
+    sums = {m: {"exact": 0.0, **{str(k): 0.0 for k in k_values}} for m in variants}
     positions = 0
     with torch.no_grad():
         for window in windows.split(1):
             p = torch.log_softmax(loaded.model(input_ids=window, use_cache=False).logits[0, :-1].float(), dim=-1)
-            tops = {k: p.topk(k, dim=-1) for k in K_VALUES}
+            tops = {k: p.topk(k, dim=-1) for k in k_values}
             for name, variant in variants.items():
                 q = torch.log_softmax(variant.model(input_ids=window, use_cache=False).logits[0, :-1].float(), dim=-1)
                 sums[name]["exact"] += float(divergence.exact_kl(p, q).sum())
@@ -61,7 +61,8 @@ def cost(loaded, variant, windows, repeats: int = 2) -> dict:
         evaluate.perplexity(loaded.model, windows, 4, Task())
         evaluate.perplexity(variant.model, windows, 4, Task())
         plain.append(time.perf_counter() - started)
-        ref = divergence.Reference.empty(windows.numpy(), divergence.TOP_K, {}, "float", "")
+        k = min(divergence.TOP_K, int(loaded.model.config.vocab_size))
+        ref = divergence.Reference.empty(windows.numpy(), k, {}, "float", "")
         started = time.perf_counter()
         baseline = divergence.Comparison(ref)
         evaluate.measure(loaded.model, windows, 4, Task(), evaluate.Scoring(baseline, fills=True))
@@ -82,11 +83,21 @@ def main() -> int:
     parser.add_argument("--k-tokens", type=int, default=8192, help="tokens of the k measurement")
     parser.add_argument("--cost-tokens", type=int, default=2048, help="tokens of the cost measurement")
     parser.add_argument("--out", default=None, help="write the measurements as JSON here")
+    parser.add_argument("--cost-only", action="store_true", help="only the cost, of the first method")
+    parser.add_argument("--k-only", action="store_true", help="only the k measurement (no table, export, cost)")
     args = parser.parse_args()
     methods = quantize.check_methods(args.methods)
     loaded = loading.load({"model": args.model, "device": "cpu"}, Task())
     variants = quantized_models(loaded, methods)
     report = {"model": loaded.name, "tokens": args.tokens, "top_k": divergence.TOP_K}
+    if args.cost_only:
+        cost_windows, _ = evaluate.evaluation_windows(evaluate.EvalSettings(tokens=args.cost_tokens), loaded.tokenizer)
+        print(json.dumps(cost(loaded, variants[methods[0]], cost_windows)), flush=True)
+        return 0
+    if args.k_only:
+        windows, _ = evaluate.evaluation_windows(evaluate.EvalSettings(tokens=args.k_tokens), loaded.tokenizer)
+        print(json.dumps(k_accuracy(loaded, variants, windows), indent=1), flush=True)
+        return 0
     with tempfile.TemporaryDirectory() as folder:
         reference_path = Path(folder) / "float.npz"
         result = evaluate.run({"tokens": args.tokens, "save_reference": str(reference_path)}, Task(), loaded, variants)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-TOP_K = 32  # reference log-probabilities kept per position (docs/divergence.md: KL within 1% of exact)
+TOP_K = 4096  # reference log-probabilities kept per position (docs/divergence.md: KL within 1% of exact)
 SHOWN_TOP = 5  # next-token candidates kept per position for the token view
 REST_FLOOR = 1e-6  # below this, 1 - sum(top-k probabilities) is float32 rounding
 Z_95 = 1.959964  # two-sided 95% quantile of the normal distribution

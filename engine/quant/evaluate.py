@@ -202,7 +202,8 @@ def starting_reference(settings: EvalSettings, loaded, windows, source: str) -> 
         return None
     if settings.save_reference:
         reference.check_writable(settings.save_reference)
-    return divergence.Reference.empty(windows.numpy(), divergence.TOP_K, identity, loaded.name, source)
+    k = min(divergence.TOP_K, int(loaded.model.config.vocab_size))
+    return divergence.Reference.empty(windows.numpy(), k, identity, loaded.name, source)
 
 
 def run(params: dict[str, Any], task, loaded, quantized: dict[str, Any]) -> dict[str, Any]:
