@@ -19,8 +19,9 @@
  *
  * The instructions are chosen at run time (`gemv_isa_supported`), never assumed from the compiler
  * flags, and every variant computes the same integers:
- *   GEMV_AVX512_VNNI  vpdpbusd (AVX512-VNNI, 256-bit EVEX form with AVX512VL)
- *   GEMV_AVX_VNNI     vpdpbusd (AVX-VNNI, VEX form: Alder Lake, Sapphire Rapids, Zen 5)
+ *   GEMV_AVX512_VNNI  vpdpbusd (AVX512-VNNI, 256-bit EVEX form with AVX512VL); the float formats:
+ *                     512-bit vpmovsxbd, vcvtdq2ps, vfmadd (AVX512F)
+ *   GEMV_AVX_VNNI     vpdpbusd (AVX-VNNI, VEX form: Alder Lake, Sapphire Rapids, Zen 5); float formats as AVX2
  *   GEMV_AVX2         vpmaddubsw + vpmaddwd (AVX2); the float formats: vpmovsxbd, vcvtdq2ps, vfmadd (FMA),
  *                     vcvtph2ps (F16C) for Q8_0's scales
  *   GEMV_SCALAR       plain C
@@ -57,9 +58,9 @@ int gemv_isa_supported(int isa) {
     case GEMV_AVX2:
         return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     case GEMV_AVX_VNNI:
-        return GEMV_HAS_AVX_VNNI && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avxvnni");
-    case GEMV_AVX512_VNNI:
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avx512vl") &&
+        return GEMV_HAS_AVX_VNNI && gemv_isa_supported(GEMV_AVX2) && __builtin_cpu_supports("avxvnni");
+    case GEMV_AVX512_VNNI: /* the float formats' 512-bit kernels need AVX512F, which AVX512VL implies */
+        return gemv_isa_supported(GEMV_AVX2) && __builtin_cpu_supports("avx512vl") &&
                __builtin_cpu_supports("avx512vnni");
     default:
         return 0;
@@ -297,6 +298,48 @@ __attribute__((target("avx2,fma"))) static void dot4_f32_i8_avx2(const float *x,
     for (int j = 0; j < 4; ++j) out[j] = sum8(acc[j]) + dot_f32_i8_scalar(x + k, w + j * cols + k, cols - k);
 }
 
+/* As dot4_f32_i8_avx2 sixteen lanes wide: half the widening and FMA instructions per weight byte, which
+ * is what limits the float formats (a VNNI dot product needs a quarter as many per byte). */
+__attribute__((target("avx512f"))) static inline __m512 widen16(const int8_t *w) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)w)));
+}
+
+__attribute__((target("avx512f"))) static float dot_f32_i8_avx512(const float *x, const int8_t *w, int64_t cols) {
+    __m512 acc = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 <= cols; k += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(x + k), widen16(w + k), acc);
+    return _mm512_reduce_add_ps(acc) + dot_f32_i8_scalar(x + k, w + k, cols - k);
+}
+
+__attribute__((target("avx512f"))) static void dot4_f32_i8_avx512(const float *x, const int8_t *w, int64_t cols,
+                                                                  float *out) {
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    int64_t k = 0;
+    for (; k + 16 <= cols; k += 16) {
+        const __m512 x0 = _mm512_loadu_ps(x + k);
+        for (int j = 0; j < 4; ++j) acc[j] = _mm512_fmadd_ps(x0, widen16(w + j * cols + k), acc[j]);
+    }
+    for (int j = 0; j < 4; ++j) out[j] = _mm512_reduce_add_ps(acc[j]) + dot_f32_i8_scalar(x + k, w + j * cols + k, cols - k);
+}
+
+__attribute__((target("avx512f,f16c"))) static float q8_0_dot_avx512(const float *x, const int8_t *w,
+                                                                     const uint16_t *d, int64_t blocks) {
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    for (int64_t b = 0; b < blocks; ++b) {
+        const float *xb = x + 32 * b;
+        const int8_t *wb = w + 32 * b;
+        const __m512 block = _mm512_fmadd_ps(_mm512_loadu_ps(xb + 16), widen16(wb + 16),
+                                             _mm512_mul_ps(_mm512_loadu_ps(xb), widen16(wb)));
+        const __m512 scale = _mm512_set1_ps(_cvtsh_ss(d[b]));
+        if (b & 1) {
+            acc1 = _mm512_fmadd_ps(block, scale, acc1);
+        } else {
+            acc0 = _mm512_fmadd_ps(block, scale, acc0);
+        }
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+
 static void dot4_f32_i8_scalar(const float *x, const int8_t *w, int64_t cols, float *out) {
     for (int j = 0; j < 4; ++j) out[j] = dot_f32_i8_scalar(x, w + j * cols, cols);
 }
@@ -305,10 +348,11 @@ static void dot4_f32_i8_scalar(const float *x, const int8_t *w, int64_t cols, fl
 void rowscale_rows_linear(const float *x, int64_t rows, int64_t cols, int64_t ldx, const int8_t *w,
                           int64_t out_features, const float *absmax, const float *bias, float *y, int isa,
                           int threads) {
+    const int wide = isa == GEMV_AVX512_VNNI; /* a CPU with AVX512-VNNI has AVX512F */
     float (*const dot)(const float *, const int8_t *, int64_t) =
-        isa >= GEMV_AVX2 ? dot_f32_i8_avx2 : dot_f32_i8_scalar;
+        wide ? dot_f32_i8_avx512 : (isa >= GEMV_AVX2 ? dot_f32_i8_avx2 : dot_f32_i8_scalar);
     void (*const dot4)(const float *, const int8_t *, int64_t, float *) =
-        isa >= GEMV_AVX2 ? dot4_f32_i8_avx2 : dot4_f32_i8_scalar;
+        wide ? dot4_f32_i8_avx512 : (isa >= GEMV_AVX2 ? dot4_f32_i8_avx2 : dot4_f32_i8_scalar);
     const int64_t groups = (out_features + 3) / 4;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t g = 0; g < groups; ++g) {
@@ -378,7 +422,7 @@ void q8_0_rows_linear(const float *x, int64_t rows, int64_t cols, int64_t ldx, c
                       const uint16_t *d, const float *bias, float *y, int isa, int threads) {
     const int64_t blocks = cols / 32;
     float (*const dot)(const float *, const int8_t *, const uint16_t *, int64_t) =
-        isa >= GEMV_AVX2 ? q8_0_dot_avx2 : q8_0_dot_scalar;
+        isa == GEMV_AVX512_VNNI ? q8_0_dot_avx512 : (isa >= GEMV_AVX2 ? q8_0_dot_avx2 : q8_0_dot_scalar);
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t n = 0; n < out_features; ++n) {
         for (int64_t r = 0; r < rows; ++r) {

@@ -39,7 +39,7 @@ AVX2 = "avx2"
 SCALAR = "scalar"
 ISA_CODES = {SCALAR: 0, AVX2: 1, AVX_VNNI: 2, AVX512_VNNI: 3}  # the GEMV_* values of cpu_gemv.c
 
-# Up to this many rows one pass over the weights beats the GEMM paths (bench/cpu_int8.py --rows measures it).
+# Up to this many rows one pass over the weights beats the GEMM paths (bench/decode_step.py --rows measures it).
 MAX_ROWS = 8
 Q8_0_BLOCK = 32  # the only block size cpu_gemv.c takes (llama.cpp's)
 
