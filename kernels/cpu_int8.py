@@ -17,7 +17,8 @@ counted as zero, rounded values written straight in the GEMM's input type, and e
 for the exactness check) and one over the accumulator (the dequantize epilogue, in place, with the
 outlier product and the bias); the fused passes are `kernels/cpu_int8.c` (`kernels.cpu_loader`).
 Where that library is unavailable, or x is not float32, the reference composition runs instead, with
-the same results.
+the same results. At most `kernels.cpu_gemv.MAX_ROWS` tokens (decoding) skip all of this for one
+pass over the weight (`kernels.cpu_gemv`), with the same results again.
 """
 
 from __future__ import annotations

@@ -16,7 +16,10 @@ On the CPU, an op with a CPU implementation (`kernels.cpu_int8`) runs that:
 the exact INT8 product on oneDNN's INT8 GEMM where the CPU has VNNI or AMX,
 the whole INT8 linear layer, the outlier columns and the scan's statistics as
 fused passes around a float32 GEMM; it runs the reference itself for inputs it
-does not cover (not float32, or no C compiler here), with the same results.
+does not cover (not float32, or no C compiler here), with the same results. A few
+tokens at a time (decoding) take one pass over the weights instead
+(`kernels.cpu_gemv`): `int8_linear` bit for bit, `weight_only_linear` (weight-only
+INT8 and Q8_0) to float32 rounding, without a float copy of the weight.
 
 An op without a CUDA implementation runs its reference on a CUDA device: the
 reference of `log_histogram` already avoids host synchronisation, so a CUDA

@@ -13,10 +13,11 @@ bandwidth sets its time. One run on the loaded model's device measures:
   the first position at which each method's tokens leave the baseline's.
 
 Where a model's achieved bandwidth falls short of the copy's, the step is not spending its time
-reading weights: arithmetic the CPU does at a few hundred GFLOP/s, Python and dispatch overhead
-per layer (hundreds of small operations per token), and the work the planned bytes leave out
-(INT8 products on the CPU convert each int8 weight to float32 before a float GEMM; weight-only
-dequantizes its weights before every product). docs/throughput.md gives the measured figures.
+reading weights: Python and dispatch overhead per layer (hundreds of small operations per token:
+norms, rotary embeddings, attention over the cache, the same in every method), and the arithmetic
+of the products themselves. On the CPU the INT8 Linears of a decode step each take one pass over
+their stored weights (kernels.cpu_gemv), so what remains is mostly the model's own per-layer work.
+docs/throughput.md gives the measured figures (bench/decode_peers.py, bench/decode_step.py).
 """
 
 from __future__ import annotations
