@@ -37,3 +37,21 @@ def test_one_heavy_row_alone_forces_the_split():
     b = torch.full((24, 2048), -127, dtype=torch.int8)
     assert torch.equal(reference.int8_matmul(a, b), _int_mm(a, b))
     assert int(reference.int8_matmul(a, b)[7, 0]) == -127 * 127 * 2048
+
+
+@pytest.mark.parametrize("fill", [127, -128])
+def test_the_small_batch_path_accumulates_worst_case_values_exactly(fill):
+    """One token of 4,096 values quantizing to +-127 against int8 weights of `fill`: |acc| = 127 * 128 * 4096
+    passes 2**24, and every instruction set's int32 sums give torch._int_mm's accumulator."""
+    from int8wb.kernels import cpu_gemv, cpu_int8
+
+    x = torch.full((2, 4096), 3.0)
+    x[1, ::2] = -3.0
+    weight = torch.full((24, 4096), fill, dtype=torch.int8)
+    weight_scale = torch.full((24,), 127.0)
+    x_int8, x_scale = reference.quantize_rowwise(x)
+    expected = reference.dequantize_epilogue(_int_mm(x_int8, weight), x_scale, weight_scale)
+    assert abs(int(_int_mm(x_int8, weight)[0, 0])) > reference.FLOAT32_EXACT_INTEGERS
+    for isa in cpu_gemv.supported_isas():
+        with cpu_gemv.forced_isa(isa):
+            assert torch.equal(cpu_int8.linear(x, weight, weight_scale), expected), isa
