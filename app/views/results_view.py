@@ -25,7 +25,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from int8wb.app.view_models.results import ResultsModel, row_tooltip, shown_columns
+from int8wb.app.view_models.results import FOLDS_FIRST, ResultsModel, row_tooltip, shown_columns
 from int8wb.app.view_models.scan_stats import ScanStatistics
 from int8wb.app.view_models.story import result_sentence
 from int8wb.app.view_models.task_accuracy import CAPTION as TASK_CAPTION
@@ -57,6 +57,7 @@ class ResultsView(QWidget):
         self.sentence.setObjectName("resultSentence")
         self.sentence.setWordWrap(True)
         self.sentence.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.folded: tuple[str, ...] = ()  # shown columns folded into the rows' tooltips for want of width
         self.table = self._build_table()
         self.note = QLabel("")  # what was measured on what, and the memory plan's notes
         self.note.setObjectName("info")
@@ -126,7 +127,7 @@ class ResultsView(QWidget):
         self.empty.set_empty(not rows)
         self.table.setRowCount(len(rows))
         for r, row in enumerate(rows):
-            tooltip = row_tooltip(row)
+            tooltip = row_tooltip(row, self.folded)
             for c, text in enumerate(row.cells()):
                 item = QTableWidgetItem(text)
                 item.setToolTip(tooltip)
@@ -181,15 +182,38 @@ class ResultsView(QWidget):
         self.task_table.setFixedHeight(self.task_table.horizontalHeader().sizeHint().height() + rows_height + 4)
 
     def fit_table_width(self) -> None:
-        """Give the table the width its columns need, taken from the chart while the chart keeps its minimum."""
+        """Give the table the width its columns need, taken from the chart while the chart keeps its minimum;
+        where even that is too narrow, fold the detail columns (FOLDS_FIRST) into each row's tooltip."""
+        table_width, chart_width = self.splitter.sizes()
+        room = table_width + chart_width - CHART_MIN_WIDTH
+        headers = [column.header for column in shown_columns()]
+        folded: list[str] = []
+        for header in (None, *FOLDS_FIRST):
+            if header is not None:
+                folded.append(header)
+            for index, name in enumerate(headers):
+                self.table.setColumnHidden(index, name in folded)
+            if self._needed_width() <= room:
+                break
+        if tuple(folded) != self.folded:
+            self.folded = tuple(folded)
+            self._set_tooltips()
+        needed = self._needed_width()
+        if table_width < needed:
+            self.splitter.setSizes([min(needed, room), table_width + chart_width - min(needed, room)])
+
+    def _needed_width(self) -> int:
         table = self.table
         scroll_bar = table.verticalScrollBar()
         needed = table.horizontalHeader().length() + 2 * table.frameWidth()
-        needed += scroll_bar.sizeHint().width() if scroll_bar.maximum() > 0 else 0
-        table_width, chart_width = self.splitter.sizes()
-        total = table_width + chart_width
-        if table_width < needed <= total - CHART_MIN_WIDTH:
-            self.splitter.setSizes([needed, total - needed])
+        return needed + (scroll_bar.sizeHint().width() if scroll_bar.maximum() > 0 else 0)
+
+    def _set_tooltips(self) -> None:
+        for r, row in enumerate(self.model.rows.values()):
+            tooltip = row_tooltip(row, self.folded)
+            for c in range(self.table.columnCount()):
+                if self.table.item(r, c) is not None:
+                    self.table.item(r, c).setToolTip(tooltip)
 
     def _draw_chart(self) -> None:
         methods, values, baseline = self.model.chart_data()
