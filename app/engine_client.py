@@ -1,4 +1,4 @@
-"""The GUI's engine client: a QObject that turns an `engine.client.EngineClient`'s callbacks into signals.
+"""The GUI's engine client: a QObject that turns an `engine.link.client.EngineClient`'s callbacks into signals.
 
 It holds no state of its own: the engine's state, its running job and its
 info belong to `client` (an `EngineClient`), which everything else asks.
@@ -29,8 +29,8 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal, Slot
 
-from int8wb.engine.client import EngineClient, EngineState, dispatch
-from int8wb.engine.protocol import Message
+from int8wb.engine.link.client import EngineClient, EngineState, dispatch
+from int8wb.engine.link.protocol import Message
 
 
 class QtEngineClient(QObject):

@@ -47,9 +47,9 @@ from abuse_messages import (  # noqa: E402 - beside this script
     malformed_envelope,
 )
 
-from int8wb.engine import protocol  # noqa: E402
-from int8wb.engine.client import ConnectionInfo, EngineClient  # noqa: E402
-from int8wb.engine.wire import sign  # noqa: E402
+from int8wb.engine.link import protocol  # noqa: E402
+from int8wb.engine.link.client import ConnectionInfo, EngineClient  # noqa: E402
+from int8wb.engine.link.wire import sign  # noqa: E402
 from tests.support.net_tools import CuttableProxy, raw_zmtp_flood, replay  # noqa: E402
 
 MIB = 2**20

@@ -170,7 +170,7 @@ def machine_memory_mib() -> int:
 def make_models(workdir: Path) -> None:
     """The tiny model, its GGUF export and an earlier export the user added NOTES.md to. Run in a child
     process (`--make-models`): a child forked later starts with its parent's peak memory as its own."""
-    from int8wb.engine.session import Session
+    from int8wb.engine.process.session import Session
     from int8wb.engine.task import Task
     from tests.support.tiny_models import save_tiny_llama
 
@@ -291,7 +291,7 @@ class EngineUnderTest:
     """A real local engine with the tiny model loaded (and quantized), asked one request at a time."""
 
     def __init__(self, model: Path) -> None:
-        from int8wb.engine.client import EngineClient
+        from int8wb.engine.link.client import EngineClient
 
         self.client = EngineClient()
         self.client.start_local(timeout_s=120)
@@ -306,7 +306,7 @@ class EngineUnderTest:
         return 0.0
 
     def run(self, case: Case, timeout_s: float) -> Outcome:
-        from int8wb.engine.connection import EngineError
+        from int8wb.engine.link.connection import EngineError
 
         request_type, params = case.request
         started = time.monotonic()

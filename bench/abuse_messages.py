@@ -13,10 +13,10 @@ import time
 import numpy as np
 import zmq
 
-from int8wb.engine import protocol, transport
-from int8wb.engine.client import ConnectionInfo
-from int8wb.engine.protocol import CLIENT, ENGINE
-from int8wb.engine.wire import Codec, sign
+from int8wb.engine.link import protocol, transport
+from int8wb.engine.link.client import ConnectionInfo
+from int8wb.engine.link.protocol import CLIENT, ENGINE
+from int8wb.engine.link.wire import Codec, sign
 
 
 class KeyHolder:

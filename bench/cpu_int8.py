@@ -142,8 +142,9 @@ MODEL_METHODS = ("absmax-tensor", "vectorwise", "llm-int8", "llm-int8-dynamic", 
 
 def model_table(repeats: int, tokens: int) -> dict:
     """Perplexity and evaluation seconds of every variant of the default model on the same tokens."""
-    from int8wb.engine.model import loading
-    from int8wb.engine.quant import evaluate, quantize, scan
+    from int8wb.engine.measure import evaluate
+    from int8wb.engine.pipeline import loading
+    from int8wb.engine.quant import quantize, scan
     from int8wb.engine.task import Task
 
     loaded = loading.load({}, Task())
@@ -229,7 +230,8 @@ def bitsandbytes_model(loaded) -> tuple[object | None, str]:
 
 def scan_ratio(repeats: int, tokens: int) -> dict:
     """Seconds of the calibration scan against a forward of the decoder on the same token batches."""
-    from int8wb.engine.model import corpus, loading
+    from int8wb.engine.model import corpus
+    from int8wb.engine.pipeline import loading
     from int8wb.engine.quant import scan
     from int8wb.engine.task import Task
 

@@ -1,6 +1,6 @@
 """Greedy decoding on the CPU at batch 1: the workbench's INT8 methods against float32, bfloat16 and peers.
 
-One run, every model taking turns (engine.quant.decode.timed_runs: a copy's bandwidth before each
+One run, every model taking turns (engine.measure.decode.timed_runs: a copy's bandwidth before each
 round, then each model's greedy run), medians of --repeats:
 
 - float32 and bfloat16 torch (the default model, and a bfloat16 copy of it);
@@ -55,8 +55,9 @@ def torchao_model(model) -> tuple[object | None, str]:
 def measure(args) -> dict:
     from cpu_int8 import bitsandbytes_model
 
-    from int8wb.engine.model import loading
-    from int8wb.engine.quant import decode, quantize, scan
+    from int8wb.engine.measure import decode
+    from int8wb.engine.pipeline import loading
+    from int8wb.engine.quant import quantize, scan
     from int8wb.engine.task import Task
     from int8wb.kernels import cpu_gemv, ops
 

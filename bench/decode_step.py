@@ -23,11 +23,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from int8wb.engine.model import loading
+from int8wb.engine.measure.decode import cache_keyword, copy_bandwidth
+from int8wb.engine.pipeline import loading
 from int8wb.engine.planning import presets, throughput
 from int8wb.engine.planning.planner import Settings
 from int8wb.engine.quant import quantize
-from int8wb.engine.quant.decode import cache_keyword, copy_bandwidth
 from int8wb.engine.task import Task
 from int8wb.engine.vocabulary import MIB
 from int8wb.kernels import cpu_gemv

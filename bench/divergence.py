@@ -23,8 +23,9 @@ from pathlib import Path
 
 import torch
 
-from int8wb.engine.model import loading
-from int8wb.engine.quant import divergence, evaluate, quantize, scan
+from int8wb.engine.measure import divergence, evaluate
+from int8wb.engine.pipeline import loading
+from int8wb.engine.quant import quantize, scan
 from int8wb.engine.task import Task
 from int8wb.engine.vocabulary import METHODS, NEEDS_SCAN
 

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from int8wb.engine.client import EngineClient
+from int8wb.engine.link.client import EngineClient
 from int8wb.engine.task import CallbackTask
 
 KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -141,7 +141,7 @@ def _nvrtc(arch: int) -> str | None:
 def _default_model() -> str | None:
     """Why the default model cannot be loaded here, or None when it can."""
     from int8wb.engine.errors import ModelLoadError
-    from int8wb.engine.model import loading
+    from int8wb.engine.pipeline import loading
 
     gguf = _module_version("gguf", "gguf")
     _report("gguf", gguf, "reads the default model's GGUF file")

@@ -141,7 +141,7 @@ def job(model: str, offload: str, out: str) -> dict:
     """Scan, static llm-int8 quantize + export, perplexity of baseline and llm-int8: the in-memory session's
     four requests, or one layer-by-layer pass. Returns the figures and this process's peak RSS."""
     from int8wb.engine.planning.memory import peak_rss_bytes
-    from int8wb.engine.session import Session
+    from int8wb.engine.process.session import Session
     from int8wb.engine.task import Task
 
     scan = {"tokens": TOKENS, "seq_len": TOKENS, "batch_size": 1}

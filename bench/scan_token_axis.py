@@ -43,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from int8wb.engine.cli.scan import format_token_axis
-    from int8wb.engine.model import loading
+    from int8wb.engine.pipeline import loading
     from int8wb.engine.quant import scan
     from int8wb.engine.task import Task
 

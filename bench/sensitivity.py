@@ -19,8 +19,9 @@ import random
 import sys
 import time
 
-from int8wb.engine.model import loading
-from int8wb.engine.quant import evaluate, quantize, scan, sensitivity
+from int8wb.engine.measure import evaluate, sensitivity
+from int8wb.engine.pipeline import loading
+from int8wb.engine.quant import quantize, scan
 from int8wb.engine.task import Task
 from int8wb.engine.vocabulary import W8A8_METHODS
 
@@ -130,7 +131,7 @@ def bitsandbytes_check(loaded, args, sweep) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from int8wb.engine.session import Session
+    from int8wb.engine.process.session import Session
 
     session = Session()
     session.load_model({"model": args.model, "device": "cpu"}, Task())

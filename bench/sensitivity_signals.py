@@ -4,7 +4,7 @@ For every decoder layer of the default model (or --model), on two disjoint texts
 - put back: the divergence from the baseline that the quantized model loses when that layer alone
   is put back in floating point (what keeping it removes, everything else quantized);
 - alone: the divergence of the floating-point model with only that layer quantized (the damage it
-  does by itself; `engine.quant.sensitivity` ranks by this).
+  does by itself; `engine.measure.sensitivity` ranks by this).
 A measurement that ranks layers by their effect gives the same order on both texts; one that ranks
 by noise does not. Reported: Spearman's rho between the texts, with and without the layer that
 dominates, each text's figures, and how the layers' divergences alone add up against the whole model's.
@@ -20,8 +20,9 @@ import sys
 
 import numpy as np
 
-from int8wb.engine.model import loading
-from int8wb.engine.quant import evaluate, quantize, sensitivity
+from int8wb.engine.measure import evaluate, sensitivity
+from int8wb.engine.pipeline import loading
+from int8wb.engine.quant import quantize
 from int8wb.engine.quant.layer_errors import rank_correlation
 from int8wb.engine.task import Task
 

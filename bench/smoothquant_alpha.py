@@ -21,8 +21,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from int8wb.engine.quant.evaluate import EvalSettings, evaluation_windows, perplexity
-from int8wb.engine.session import Session
+from int8wb.engine.measure.evaluate import EvalSettings, evaluation_windows, perplexity
+from int8wb.engine.process.session import Session
 from int8wb.engine.task import Task
 
 ALPHAS = [round(0.1 * i, 1) for i in range(11)]

@@ -21,8 +21,9 @@ METHODS = ("absmax-tensor", "llm-int8")
 
 
 def evaluation(tokens: int) -> dict:
-    from int8wb.engine.model import loading
-    from int8wb.engine.quant import evaluate, quantize, scan
+    from int8wb.engine.measure import evaluate
+    from int8wb.engine.pipeline import loading
+    from int8wb.engine.quant import quantize, scan
     from int8wb.engine.task import Task
 
     loaded = loading.load({"device": "cpu"}, Task())

@@ -21,7 +21,7 @@ def main() -> int:
     from int8wb.app.event_loop import process_events_until, settle
     from int8wb.app.main import create_app
     from int8wb.app.views.planner_dialog import PlannerDialog
-    from int8wb.engine.client import EngineState
+    from int8wb.engine.link.client import EngineState
 
     create_app([])
     client = QtEngineClient()

@@ -25,7 +25,7 @@ def main() -> int:
     from int8wb.app.main import create_app
     from int8wb.app.view_models.residual_stream import ResidualStream
     from int8wb.app.views.residual_map import ResidualMapView
-    from int8wb.engine.model import loading
+    from int8wb.engine.pipeline import loading
     from int8wb.engine.quant import scan
     from int8wb.engine.task import Task
 

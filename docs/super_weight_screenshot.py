@@ -22,7 +22,7 @@ class _RecordingEngine:
     """The surface of EngineClient the workflow uses, ready with no job: the result arrives by hand."""
 
     def __init__(self) -> None:
-        from int8wb.engine.client import EngineState
+        from int8wb.engine.link.client import EngineState
 
         self.state = EngineState.READY
         self.active_job = None
@@ -37,7 +37,7 @@ def main() -> int:
     from int8wb.app.view_models.threshold import ThresholdModel
     from int8wb.app.view_models.workbench import Workbench
     from int8wb.app.views.super_weight_panel import SuperWeightPanel
-    from int8wb.engine.client import Job
+    from int8wb.engine.link.client import Job
 
     create_app([])
     stats = ScanStatistics()

@@ -1,6 +1,6 @@
 """The words both processes use: methods, Linear input kinds, float sizes, GPU cards, histogram edges.
 
-Part of the contract between the GUI and the engine, like `engine.protocol`: pure Python, no
+Part of the contract between the GUI and the engine, like `engine.link.protocol`: pure Python, no
 numpy, no torch, so `app/` may import it. Each fact is defined here once; the engine's
 quantizers, planner and CLI and the GUI's views all read it from here.
 """
@@ -286,7 +286,7 @@ RESULT_GPUS = ("A100-40GB", "A100-80GB")
 """The cards the results table counts GPUs for (LLM.int8()'s own comparison)."""
 
 SUGGESTED_TASKS = ("winogrande", "hellaswag", "piqa", "lambada_openai")
-"""lm-evaluation-harness tasks suggested for task accuracy (engine.quant.tasks): the LLM.int8() paper's zero-shot four."""
+"""lm-evaluation-harness tasks suggested for task accuracy (engine.measure.tasks): the LLM.int8() paper's zero-shot four."""
 
 # --- the scan's histogram ------------------------------------------------------------------------------
 

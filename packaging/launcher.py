@@ -3,7 +3,7 @@
 Without arguments it opens the window (what the desktop entry runs). With
 arguments it is `int8wb`: `int8-workbench engine --key-stdin ...` is how the
 window starts its engine child from the same bundle (a frozen app has no
-`python -m int8wb.engine`, so `engine` runs engine/__main__.py; see engine.client),
+`python -m int8wb.engine`, so `engine` runs engine/__main__.py; see engine.link.client),
 and `int8-workbench --version`,
 `int8-workbench install-desktop-entry` and the other subcommands work as they
 do in a Python installation.
@@ -32,7 +32,7 @@ def self_test(report_path: str) -> int:
 
     from int8wb.app import main as app_main
     from int8wb.app.main_window import MainWindow
-    from int8wb.engine.client import EngineState
+    from int8wb.engine.link.client import EngineState
 
     app = app_main.create_app([sys.argv[0]])
 

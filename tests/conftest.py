@@ -15,7 +15,7 @@ pytest_plugins = ["tests.support.fixtures_engine"]
 @pytest.fixture(scope="session")
 def default_model():
     """The embedded default model, loaded once per test session (converted into the cache on first use)."""
-    from int8wb.engine.model import loading
+    from int8wb.engine.pipeline import loading
     from int8wb.engine.task import Task
 
     return loading.load({}, Task())
@@ -45,7 +45,7 @@ def make_workbench(qtbot, tmp_path):
     from PySide6.QtCore import QSettings
 
     from int8wb.app.main import create_app
-    from int8wb.engine.child import spawned_engine_pids
+    from int8wb.engine.link.child import spawned_engine_pids
     from tests.support.fixtures_engine import process_alive
 
     create_app([])
@@ -87,10 +87,10 @@ def planner_dialog(qtbot):
 
     create_app([])
     engine = QtEngineClient()
-    planner = MemoryPlanner(engine.client)
+    planner = MemoryPlanner(engine.link.client)
     engine.connect_listener(planner)
     dialog = PlannerDialog(planner)
     qtbot.addWidget(dialog)
     dialog.show()
     yield dialog
-    engine.client.close()
+    engine.link.client.close()

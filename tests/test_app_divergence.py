@@ -19,7 +19,8 @@ METHOD = "absmax-tensor"
 
 @pytest.fixture(scope="module")
 def evaluation():
-    from int8wb.engine.quant import evaluate, quantize
+    from int8wb.engine.measure import evaluate
+    from int8wb.engine.quant import quantize
     from int8wb.engine.task import Task
     from tests.support.tiny_models import TinyLoaded, WordTokenizer, tiny_llama
 

@@ -18,7 +18,7 @@ from PySide6.QtWidgets import QApplication
 from int8wb.app.view_models.results import saved_columns, shown_columns
 from int8wb.app.view_models.workbench import Step
 from int8wb.app.views.saving import save_plot
-from int8wb.engine.client import EngineState, Job
+from int8wb.engine.link.client import EngineState, Job
 from tests.support.scan_payloads import layer_payload
 
 MODEL = {  # as the engine describes the embedded default model, with fewer layers

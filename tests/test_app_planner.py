@@ -17,8 +17,8 @@ from int8wb.app.view_models.plan import (
     format_bytes,
     list_presets,
 )
-from int8wb.engine.client import EngineState, Job
 from int8wb.engine.errors import BadInput
+from int8wb.engine.link.client import EngineState, Job
 from int8wb.engine.vocabulary import METHODS
 from tests.support.offline_engine import OfflineEngine
 

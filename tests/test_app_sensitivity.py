@@ -23,7 +23,7 @@ SWEEP = {
 @pytest.fixture(scope="module")
 def sweep_result():
     """The engine's own sensitivity result on the tiny model with a planted outlier (not written by hand)."""
-    from int8wb.engine.quant import sensitivity as engine_sensitivity
+    from int8wb.engine.measure import sensitivity as engine_sensitivity
     from int8wb.engine.task import Task
     from tests.support.tiny_models import tiny_loaded
 
@@ -74,7 +74,7 @@ def test_apply_to_export_fills_the_skip_list_the_quantize_request_carries(sweep_
     finish(workbench, MODEL)
     panel = SensitivityPanel(workbench)
     qtbot.addWidget(panel)
-    from int8wb.engine.quant.sensitivity import GROUPS, SweepSettings
+    from int8wb.engine.measure.sensitivity import GROUPS, SweepSettings
 
     offered = [panel.group.itemData(i) for i in range(panel.group.count())]
     assert offered == list(GROUPS) and panel.group.currentData() == SweepSettings.group  # the engine's default

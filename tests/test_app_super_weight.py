@@ -15,7 +15,7 @@ SETTINGS = {"find_tokens": 64, "candidates": 2, "tokens": 128, "window": 64}
 
 def experiment(plant: bool) -> dict:
     """The engine's super weight experiment on the tiny planted model (or the same model without the plant)."""
-    from int8wb.engine.quant import super_weight
+    from int8wb.engine.measure import super_weight
     from int8wb.engine.task import Task
     from tests.test_super_weight import planted_model
 

@@ -1,6 +1,6 @@
 """Task accuracy in the window: the Run panel's optional tasks field, the Run's last job, the results' table.
 
-The result shown is the engine's own (engine.quant.tasks on a tiny model and the smoke task of
+The result shown is the engine's own (engine.measure.tasks on a tiny model and the smoke task of
 tests/support/smoke_task.py), not one written by hand.
 """
 
@@ -24,7 +24,7 @@ METHODS = ["absmax-tensor", "llm-int8-dynamic"]
 
 @pytest.fixture(scope="module")
 def task_result(tmp_path_factory) -> dict:
-    from int8wb.engine.session import Session
+    from int8wb.engine.process.session import Session
     from int8wb.engine.task import Task
     from tests.support import smoke_task
     from tests.support.tiny_models import save_tiny_llama

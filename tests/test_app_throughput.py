@@ -25,7 +25,8 @@ def plan_70b():
 @pytest.fixture(scope="module")
 def measured():
     """A real `bench_decode` result of the tiny planted-outlier Llama: baseline and naive INT8."""
-    from int8wb.engine.quant import decode, quantize
+    from int8wb.engine.measure import decode
+    from int8wb.engine.quant import quantize
     from int8wb.engine.task import Task
     from tests.support.tiny_models import tiny_loaded
 

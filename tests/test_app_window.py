@@ -28,7 +28,7 @@ def test_results_of_jobs_the_window_did_not_send_are_left_alone(make_workbench):
 
 
 def test_a_plan_job_reaches_the_planner_and_not_the_run(make_workbench):
-    from int8wb.engine.client import Job
+    from int8wb.engine.link.client import Job
 
     window = make_workbench(start_engine=False)
     dialog = window.open_planner()

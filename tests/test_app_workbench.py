@@ -16,7 +16,7 @@ import pytest
 
 from int8wb.app.view_models.results import shown_columns
 from int8wb.app.view_models.workbench import Step
-from int8wb.engine.client import EngineState
+from int8wb.engine.link.client import EngineState
 
 pytestmark = pytest.mark.slow
 

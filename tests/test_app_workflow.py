@@ -19,7 +19,7 @@ from int8wb.app.view_models.results import ResultsModel
 from int8wb.app.view_models.scan_stats import ScanStatistics
 from int8wb.app.view_models.threshold import ThresholdModel
 from int8wb.app.view_models.workbench import CRASHED, RESTARTED, Step, Workbench
-from int8wb.engine.client import EngineClient, EngineState, dispatch
+from int8wb.engine.link.client import EngineClient, EngineState, dispatch
 from tests.support.offline_engine import OfflineEngine
 from tests.support.scan_payloads import layer_payload
 

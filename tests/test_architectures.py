@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from int8wb.engine.errors import BadInput
-from int8wb.engine.session import Session
+from int8wb.engine.process.session import Session
 from int8wb.engine.task import Task
 from tests.support.tiny_models import ARCHITECTURES, save_tiny
 

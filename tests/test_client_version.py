@@ -1,5 +1,5 @@
-from int8wb.engine.client import EngineClient
 from int8wb.engine.installation import __version__
+from int8wb.engine.link.client import EngineClient
 
 
 def test_a_different_engine_release_is_named_and_the_same_one_is_not():

@@ -9,10 +9,11 @@ import pytest
 
 from int8wb.engine.cli import EXIT_USER_ERROR, main
 from int8wb.engine.errors import BadInput
+from int8wb.engine.measure import decode
 from int8wb.engine.model import limits
 from int8wb.engine.planning import memory
-from int8wb.engine.quant import decode, quantize, scan
-from int8wb.engine.session import Session
+from int8wb.engine.process.session import Session
+from int8wb.engine.quant import quantize, scan
 from int8wb.engine.task import Task
 from int8wb.engine.vocabulary import MIB
 from int8wb.kernels import cpu_gemv

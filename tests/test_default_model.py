@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from int8wb.engine.quant import evaluate, quantize, scan
+from int8wb.engine.measure import evaluate
+from int8wb.engine.quant import quantize, scan
 from int8wb.engine.task import Task
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from int8wb.engine.errors import BadInput
-from int8wb.engine.model import loaded, loading
+from int8wb.engine.model import loaded
+from int8wb.engine.pipeline import loading
 from int8wb.engine.planning import memory
 from int8wb.engine.vocabulary import ALL_GPUS
 

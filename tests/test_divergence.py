@@ -1,4 +1,4 @@
-"""Divergence from the float model (engine.quant.divergence) and the saved reference (engine.quant.reference)."""
+"""Divergence from the float model (engine.measure.divergence) and the saved reference (engine.measure.reference)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from int8wb.engine.errors import BadInput
-from int8wb.engine.quant import divergence, evaluate, quantize, reference
+from int8wb.engine.measure import divergence, evaluate, reference
+from int8wb.engine.quant import quantize
 from int8wb.engine.task import Task
 from tests.support.tiny_models import TinyLoaded, WordTokenizer, tiny_llama
 

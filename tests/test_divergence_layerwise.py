@@ -1,11 +1,11 @@
-"""Divergence from the float model with the weights on disk (engine.quant.layer_pass) against the model in memory:
+"""Divergence from the float model with the weights on disk (engine.pipeline.layer_pass) against the model in memory:
 the same numbers in the same pass, and a reference saved by one read by the other."""
 
 from __future__ import annotations
 
 import pytest
 
-from int8wb.engine.session import Session
+from int8wb.engine.process.session import Session
 from int8wb.engine.task import Task
 from tests.support.tiny_models import save_tiny_llama
 

@@ -20,7 +20,7 @@ import torch
 
 from int8wb.engine.checkpoint import export, staging
 from int8wb.engine.errors import BadInput, ModelLoadError
-from int8wb.engine.session import Session
+from int8wb.engine.process.session import Session
 from int8wb.engine.task import Task
 from int8wb.engine.vocabulary import FORMAT_METHODS, METHODS
 from tests.support.tiny_models import save_tiny_llama
@@ -295,14 +295,14 @@ def default_session() -> Session:
 
 @pytest.fixture(scope="module")
 def eval_windows(default_session):
-    from int8wb.engine.quant.evaluate import EvalSettings, evaluation_windows
+    from int8wb.engine.measure.evaluate import EvalSettings, evaluation_windows
 
     windows, _ = evaluation_windows(EvalSettings(tokens=EVAL_TOKENS), default_session.loaded.tokenizer)
     return windows
 
 
 def _perplexity(model, windows) -> float:
-    from int8wb.engine.quant.evaluate import perplexity
+    from int8wb.engine.measure.evaluate import perplexity
 
     return perplexity(model, windows, 4, Task())["perplexity"]
 

@@ -1,6 +1,6 @@
 """Thousands of random and mutated frames against a live engine: it drops them all and still answers.
 
-The attacker holds the key for the handshake (engine.transport), so its frames reach the decoder:
+The attacker holds the key for the handshake (engine.link.transport), so its frames reach the decoder:
 the gate in front of it is tested in tests/test_security_engine.py.
 """
 
@@ -11,9 +11,9 @@ import time
 import numpy as np
 import zmq
 
-from int8wb.engine import protocol, transport
-from int8wb.engine.client import EngineClient, EngineState
-from int8wb.engine.wire import Codec
+from int8wb.engine.link import protocol, transport
+from int8wb.engine.link.client import EngineClient, EngineState
+from int8wb.engine.link.wire import Codec
 
 
 def test_engine_survives_random_and_mutated_frames():

@@ -1,4 +1,4 @@
-"""GGUF converted one tensor at a time (engine.model.gguf_stream) is transformers' whole-model conversion."""
+"""GGUF converted one tensor at a time (engine.pipeline.gguf_stream) is transformers' whole-model conversion."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from int8wb.engine.model import gguf_stream, loading
+from int8wb.engine.pipeline import gguf_stream, loading
 from int8wb.engine.task import Task
 from tests.support.tiny_models import read_tensors
 

@@ -47,7 +47,7 @@ def test_ours_and_hugging_faces_kernels_each_resolve_to_their_own_files_from_the
 
 TINY_MODELS_QUANTIZE = """
 import json, sys
-from int8wb.engine.session import Session
+from int8wb.engine.process.session import Session
 from int8wb.engine.task import Task
 from tests.support.tiny_models import save_tiny
 shares = {}

@@ -349,8 +349,9 @@ PERPLEXITY_RTOL = {"float32": 0.005, "float16": 0.01, "bfloat16": 0.02}
 
 def perplexities(params: dict) -> tuple[str, dict[str, float]]:
     """The default model loaded with `params`, scanned, quantized and evaluated: (its dtype, method -> perplexity)."""
-    from int8wb.engine.model import loading
-    from int8wb.engine.quant import evaluate, quantize, scan
+    from int8wb.engine.measure import evaluate
+    from int8wb.engine.pipeline import loading
+    from int8wb.engine.quant import quantize, scan
     from int8wb.engine.task import Task
 
     loaded = loading.load(params, Task())
@@ -366,7 +367,7 @@ def cpu_perplexities() -> dict[str, float]:
     pytest.importorskip("transformers", reason="transformers is not installed: the default model cannot load")
     pytest.importorskip("gguf", reason="gguf is not installed: the default model's file cannot be read")
     from int8wb.engine.errors import ModelLoadError
-    from int8wb.engine.model import loading
+    from int8wb.engine.pipeline import loading
 
     try:
         loading.default_gguf_path()

@@ -157,7 +157,7 @@ def test_planner_counts_conv1d_and_every_expert():
 
 def test_layer_by_layer_refuses_fused_experts(tmp_path):
     """Checkpoints store fused experts per expert under other names: the disk mode says so, in-memory loads."""
-    from int8wb.engine.session import Session
+    from int8wb.engine.process.session import Session
 
     source = save_tiny(tmp_path / "moe", "qwen3_moe")
     with pytest.raises(

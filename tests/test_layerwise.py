@@ -1,4 +1,4 @@
-"""Layer by layer from disk (engine.model.layerwise, engine.quant.layer_pass) against the model held in memory.
+"""Layer by layer from disk (engine.model.layerwise, engine.pipeline.layer_pass) against the model held in memory.
 
 A small synthetic Llama (6 layers, hidden 320, an untied head: 23 MB in float32) with a planted outlier
 dimension is saved in bfloat16 safetensors shards. The same session requests run with the model in
@@ -21,7 +21,7 @@ import torch
 from int8wb.engine.checkpoint import export, staging
 from int8wb.engine.errors import BadInput, Cancelled, ModelLoadError
 from int8wb.engine.model.disk_weights import DiskWeights
-from int8wb.engine.session import Session
+from int8wb.engine.process.session import Session
 from int8wb.engine.task import CallbackTask, Task
 from int8wb.engine.vocabulary import FORMAT_METHODS, METHODS
 from tests.support.tiny_models import read_tensors, save_tiny_llama
@@ -193,7 +193,7 @@ def test_cancel_within_a_layer_leaves_no_temporary_files(small_dir, tmp_path):
 
 
 def test_offload_auto_goes_to_disk_only_when_the_estimate_does_not_fit(small_dir, monkeypatch):
-    from int8wb.engine.model import on_disk
+    from int8wb.engine.pipeline import on_disk
 
     monkeypatch.setattr(on_disk, "free_memory", lambda device: (10**6, "of RAM available"))
     info = _session(small_dir, "auto").loaded.describe()

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from int8wb.engine.checkpoint import export
-from int8wb.engine.quant import evaluate, quantize
-from int8wb.engine.session import Session
+from int8wb.engine.measure import evaluate
+from int8wb.engine.process.session import Session
+from int8wb.engine.quant import quantize
 from int8wb.engine.task import Task
 from int8wb.engine.vocabulary import FORMAT_METHODS, METHODS
 from tests.support.tiny_models import read_tensors

@@ -93,7 +93,7 @@ def test_planned_weight_bytes_equal_the_quantized_tensors(tiny_llama):
 @pytest.mark.slow
 def test_default_model_planned_equals_measured():
     """The embedded SmolLM2-135M in float32, quantized by each method, against the preset's plan."""
-    from int8wb.engine.model import loading
+    from int8wb.engine.pipeline import loading
     from int8wb.engine.quant import scan
 
     loaded = loading.load({}, Task())

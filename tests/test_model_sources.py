@@ -18,7 +18,8 @@ import pytest
 
 from int8wb.engine.cli import EXIT_USER_ERROR, main
 from int8wb.engine.errors import BadInput, ModelLoadError
-from int8wb.engine.model import gguf_header, loading
+from int8wb.engine.model import gguf_header
+from int8wb.engine.pipeline import loading
 from int8wb.engine.task import Task
 from tests.support.tiny_gguf import write_tiny_gguf
 from tests.support.tiny_models import save_tiny_llama

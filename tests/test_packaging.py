@@ -19,11 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from int8wb.engine import child, cli, client, protocol
+from int8wb.engine import cli
 from int8wb.engine.cli import desktop
 from int8wb.engine.errors import BadInput, ModelLoadError
 from int8wb.engine.installation import __version__
-from int8wb.engine.model import loading
+from int8wb.engine.link import child, client, protocol
+from int8wb.engine.pipeline import loading
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGING = ROOT / "packaging"

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import zmq
 
-from int8wb.engine import protocol
-from int8wb.engine.protocol import CLIENT, ENGINE, Message, ProtocolError, VersionMismatch
-from int8wb.engine.wire import Codec, sign
+from int8wb.engine.link import protocol
+from int8wb.engine.link.protocol import CLIENT, ENGINE, Message, ProtocolError, VersionMismatch
+from int8wb.engine.link.wire import Codec, sign
 
 KEY = b"k" * 32
 CLIENT_SESSION, ENGINE_SESSION = b"\x01" * 16, b"\x02" * 16

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 import zmq
 
-from int8wb.engine import connection, protocol, transport
 from int8wb.engine.cli.engine_command import write_connection_file
-from int8wb.engine.client import ConnectionInfo, EngineClient
-from int8wb.engine.protocol import CLIENT
-from int8wb.engine.server import EngineServer, load_session_factory
-from int8wb.engine.wire import sign
+from int8wb.engine.link import connection, protocol, transport
+from int8wb.engine.link.client import ConnectionInfo, EngineClient
+from int8wb.engine.link.protocol import CLIENT
+from int8wb.engine.link.wire import sign
+from int8wb.engine.process.server import EngineServer, load_session_factory
 from tests.support.net_tools import CuttableProxy, client_behind_proxy, host_port, raw_zmtp_flood, replay
 
 REPO = Path(__file__).resolve().parent.parent

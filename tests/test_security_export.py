@@ -20,7 +20,7 @@ import pytest
 
 from int8wb.engine.checkpoint import export, staging
 from int8wb.engine.errors import BadInput, ModelLoadError
-from int8wb.engine.session import Session
+from int8wb.engine.process.session import Session
 from int8wb.engine.task import Task
 from tests.support.tiny_gguf import write_tiny_gguf
 from tests.support.tiny_models import save_tiny_llama
@@ -161,7 +161,7 @@ def test_an_old_export_set_aside_by_a_killed_writer_is_put_back(vectorwise_sessi
 
 
 def test_two_engines_converting_the_same_gguf_at_once_share_one_conversion(tmp_path, monkeypatch):
-    from int8wb.engine.model import loading
+    from int8wb.engine.pipeline import loading
 
     monkeypatch.setenv("INT8WB_CACHE_DIR", str(tmp_path / "cache"))
     gguf = write_tiny_gguf(tmp_path / "model.gguf")  # a real file: its header is checked before the cache
@@ -213,7 +213,7 @@ DISK_FILLS_UP = """
 import sys
 from pathlib import Path
 from int8wb.engine.errors import WorkbenchError
-from int8wb.engine.session import Session
+from int8wb.engine.process.session import Session
 from int8wb.engine.task import CallbackTask, Task
 
 source, out = sys.argv[1], Path(sys.argv[2])

@@ -21,7 +21,7 @@ import torch
 from int8wb.engine.errors import BadInput
 from int8wb.engine.model import corpus, limits
 from int8wb.engine.model.layers import decoder_layers
-from int8wb.engine.session import Session
+from int8wb.engine.process.session import Session
 from int8wb.engine.task import CallbackTask, Task
 from tests.support.tiny_models import TinyLoaded, WordTokenizer, save_tiny_llama
 
@@ -82,7 +82,7 @@ def test_the_engines_starter_can_allow_remote_code(model_with_its_own_code, tmp_
 
 @pytest.mark.parametrize("allowed", [False, True])
 def test_the_local_engine_runs_remote_code_only_when_its_starter_says_so(allowed):
-    from int8wb.engine.client import EngineClient
+    from int8wb.engine.link.client import EngineClient
 
     with EngineClient() as client:
         client.start_local(timeout_s=60, session=SLEEPY, allow_remote_code=allowed)
@@ -149,7 +149,8 @@ def tiny_gpt2(positions: int = 64) -> TinyLoaded:
 
 
 def test_sequences_longer_than_the_context_are_bad_input():
-    from int8wb.engine.quant import evaluate, scan
+    from int8wb.engine.measure import evaluate
+    from int8wb.engine.quant import scan
 
     loaded = tiny_gpt2(positions=64)
     with pytest.raises(BadInput, match="longer than the model's context of 64"):

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from int8wb.engine.errors import BadInput
-from int8wb.engine.quant import evaluate, quantize, sensitivity, skip_list
-from int8wb.engine.session import Session
+from int8wb.engine.measure import evaluate, sensitivity
+from int8wb.engine.process.session import Session
+from int8wb.engine.quant import quantize, skip_list
 from int8wb.engine.task import Task
 from tests.support.tiny_models import save_tiny_llama, tiny_llama, tiny_loaded
 

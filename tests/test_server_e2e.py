@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from int8wb.engine import protocol
-from int8wb.engine.client import ConnectionInfo, EngineClient, EngineError, EngineState
+from int8wb.engine.link import protocol
+from int8wb.engine.link.client import ConnectionInfo, EngineClient, EngineError, EngineState
 from tests.support.fixtures_engine import process_alive, wait_dead
 
 REPO = Path(__file__).resolve().parent.parent
@@ -149,7 +149,7 @@ def test_engine_killed_mid_job_is_reported_as_crashed_and_can_be_restarted():
 def test_engine_exits_when_its_parent_is_killed(tmp_path):
     script = textwrap.dedent("""
         import sys, time
-        from int8wb.engine.client import EngineClient
+        from int8wb.engine.link.client import EngineClient
         client = EngineClient()
         client.start_local(timeout_s=60)
         print(client.pid, flush=True)

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from int8wb.engine.errors import BadInput
+from int8wb.engine.measure.evaluate import smoothing_note
+from int8wb.engine.process.session import Session
 from int8wb.engine.quant import quantize, scan, smoothing
-from int8wb.engine.quant.evaluate import smoothing_note
-from int8wb.engine.session import Session
 from int8wb.engine.task import Task
 from tests.support.tiny_models import save_tiny, tiny_loaded
 

@@ -1,6 +1,6 @@
 """The super weight finder and its experiment on tiny Llamas with a planted super weight, and keeping it.
 
-The planted model is built so that it depends on one weight the way real models do (engine.quant.super_weight):
+The planted model is built so that it depends on one weight the way real models do (engine.measure.super_weight):
 every embedding carries a constant feature, which the first MLP turns into an input spike in one intermediate
 dimension; one weight of the first down projection writes that spike into one residual dimension (a massive
 activation on every token), and the output head reads that dimension as the text's byte frequencies. Without
@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from int8wb.engine.errors import BadInput
+from int8wb.engine.measure import super_weight
 from int8wb.engine.model import corpus
-from int8wb.engine.quant import quantize, super_weight
+from int8wb.engine.quant import quantize
 from int8wb.engine.quant.int8_linear import Int8Linear
 from int8wb.engine.task import Task
 from tests.support.tiny_models import TinyLoaded, WordTokenizer, tiny_llama

@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 
 from int8wb.engine.errors import BadInput
-from int8wb.engine.session import Session
+from int8wb.engine.process.session import Session
 from int8wb.engine.task import Task
 from tests.support.tiny_models import save_tiny_llama
 

@@ -1,4 +1,4 @@
-"""Task accuracy through lm-evaluation-harness (engine.quant.tasks), offline, on a SMOKE TASK.
+"""Task accuracy through lm-evaluation-harness (engine.measure.tasks), offline, on a SMOKE TASK.
 
 The smoke task (tests/support/smoke_task.py) is built from the default evaluation text and read from a local JSONL file
 through a local task YAML: it checks that task accuracy runs end to end without the network; it is no benchmark.
@@ -20,8 +20,8 @@ import torch
 
 from int8wb.engine.cli import EXIT_USER_ERROR, main
 from int8wb.engine.errors import BadInput, Cancelled, DependencyError
-from int8wb.engine.quant import tasks
-from int8wb.engine.session import Session
+from int8wb.engine.measure import tasks
+from int8wb.engine.process.session import Session
 from int8wb.engine.task import Task
 from tests.support import smoke_task
 from tests.support.net_tools import no_network

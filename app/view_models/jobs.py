@@ -4,7 +4,7 @@ The engine runs one job at a time, and `EngineClient.submit` alone decides wheth
 Every view model that sends jobs (the workflow's `Workbench`, the memory planner's `MemoryPlanner`)
 is a `JobSender`: it keeps the job it sent and answers only that job's events, so a plan the
 planner asked for never lands in the Run's results and a scan never in the planner. When the
-engine crashes, the running job gets a "crashed" failure (engine.client); when the engine is
+engine crashes, the running job gets a "crashed" failure (engine.link.client); when the engine is
 stopped or left for another, no failure comes, and `lose` ends the job on that state instead.
 
 Engine events come in through the sender's `on_*` methods in the GUI thread
@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from int8wb.engine.client import EngineClient, EngineState, Job
+from int8wb.engine.link.client import EngineClient, EngineState, Job
 
 REQUEST_LABELS = {
     "load_model": "Loading the model",

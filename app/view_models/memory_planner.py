@@ -19,8 +19,8 @@ from typing import Any
 
 from int8wb.app.view_models.jobs import JobSender, as_sentence
 from int8wb.app.view_models.plan import PlanRequest, PlanViewModel
-from int8wb.engine.client import EngineClient, EngineError, EngineState
 from int8wb.engine.errors import WorkbenchError
+from int8wb.engine.link.client import EngineClient, EngineError, EngineState
 
 PLANNING = "Planning… (a preset or config is built on the meta device; no weights are read)"
 

@@ -42,7 +42,7 @@ class ResultRow:
     warnings: list[str] = field(default_factory=list)  # a decoder mostly left in floating point
     tokens_per_s: float | None = None  # measured greedy decoding, batch 1
     bound_tokens_per_s: float | None = None  # the machine's copy bandwidth / planned bytes per token
-    # Against the floating-point model's predictions on the same tokens (engine.quant.divergence):
+    # Against the floating-point model's predictions on the same tokens (engine.measure.divergence):
     kl_mean: float | None = None
     kl_median: float | None = None
     kl_p99: float | None = None

@@ -1,4 +1,4 @@
-"""A sensitivity sweep's result (engine.quant.sensitivity) as the panel shows it, without Qt.
+"""A sensitivity sweep's result (engine.measure.sensitivity) as the panel shows it, without Qt.
 
 The sweep ranks groups (the Linears that read one input, each Linear, or a decoder layer's Linears) by the divergence from the baseline
 each causes when it alone is quantized, per megabyte it would keep in floating point, walks that ranking

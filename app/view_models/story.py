@@ -194,7 +194,7 @@ def explanation_html(
 ) -> str:
     """The "What am I looking at?" panel: the finding, then this model's numbers as far as they exist.
 
-    `super_weights`: the super weight experiment's result (engine.quant.super_weight), once it ran."""
+    `super_weights`: the super weight experiment's result (engine.measure.super_weight), once it ran."""
     words = "".join(f"<dt><b>{word}</b></dt><dd>{meaning}</dd>" for word, meaning in WORDS)
     return (
         f"<h3>What am I looking at?</h3><p>{INTRO}</p>"

@@ -1,4 +1,4 @@
-"""Task accuracy of the last Run (the engine's `task_accuracy` job, engine.quant.tasks), ready for the results.
+"""Task accuracy of the last Run (the engine's `task_accuracy` job, engine.measure.tasks), ready for the results.
 
 One row per model, one column pair per task: accuracy with its standard error,
 and recovery (the accuracy over the baseline's on the same examples), the

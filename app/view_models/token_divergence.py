@@ -1,6 +1,6 @@
 """Where quantization hurts, token by token: the evaluation text with each method's KL divergence per token.
 
-Built from the `token_detail` of the engine's `evaluate` reply (engine.quant.evaluate.token_view_data).
+Built from the `token_detail` of the engine's `evaluate` reply (engine.measure.evaluate.token_view_data).
 The text is the evaluation windows one after the other. The token at offset j > 0 of a window is the
 one predicted at position (window, j - 1): its shade is the KL divergence of that prediction from the
 float model's, and its hover text lists both models' top next tokens there. The first token of each

@@ -9,7 +9,7 @@ model asks it, and `EngineClient.submit` alone decides whether a job may start.
 
 Engine events come in through the `on_*` methods in the GUI thread (the window
 connects them to the Qt client's signals; tests call them, or
-`engine.client.dispatch`, directly), so nothing here needs a window. What the
+`engine.link.client.dispatch`, directly), so nothing here needs a window. What the
 window should show goes out to listeners (`subscribe`) as (event, data):
 
     "changed"   None                          state, model, job or step changed
@@ -18,8 +18,8 @@ window should show goes out to listeners (`subscribe`) as (event, data):
     "error"     (title, message, details)     a failure to show in a dialog
     "progress"  (label, fraction, message)    the running job's progress
     "results"   None                          an evaluation arrived: show the results
-    "sensitivity" result                      a sensitivity sweep finished (engine.quant.sensitivity's result)
-    "super_weights" result                    the super weight experiment finished (engine.quant.super_weight's)
+    "sensitivity" result                      a sensitivity sweep finished (engine.measure.sensitivity's result)
+    "super_weights" result                    the super weight experiment finished (engine.measure.super_weight's)
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from int8wb.app.view_models.results import ResultsModel
 from int8wb.app.view_models.scan_stats import ScanStatistics
 from int8wb.app.view_models.task_accuracy import TaskAccuracy
 from int8wb.app.view_models.threshold import ThresholdModel
-from int8wb.engine.client import EngineClient, EngineError, EngineState
+from int8wb.engine.link.client import EngineClient, EngineError, EngineState
 from int8wb.engine.vocabulary import (
     BASELINE,
     DEFAULT_ALPHA,
@@ -189,7 +189,7 @@ class Workbench(JobSender):
         return job
 
     def run_sensitivity(self, params: dict[str, Any]) -> str | None:
-        """The sensitivity sweep (engine.quant.sensitivity) at the current threshold; its result comes as
+        """The sensitivity sweep (engine.measure.sensitivity) at the current threshold; its result comes as
         a "sensitivity" event."""
         if self.model_info is None:
             return self.refuse("Load a model before measuring which Linears to keep in floating point.")
@@ -198,7 +198,7 @@ class Workbench(JobSender):
         return self._submit("sensitivity", {**params, "threshold": self.threshold.threshold})
 
     def run_super_weights(self, params: dict[str, Any] | None = None) -> str | None:
-        """The super weight experiment (engine.quant.super_weight); its result comes as a "super_weights" event."""
+        """The super weight experiment (engine.measure.super_weight); its result comes as a "super_weights" event."""
         if self.model_info is None:
             return self.refuse("Load a model before looking for its super weight.")
         return self._submit("super_weights", dict(params or {}))

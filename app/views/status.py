@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PySide6.QtWidgets import QLabel, QProgressBar, QPushButton, QStatusBar, QWidget
 
-from int8wb.engine.client import EngineState
+from int8wb.engine.link.client import EngineState
 
 STATE_TEXT = {
     EngineState.STARTING: ("Engine starting…", "#f4a259"),

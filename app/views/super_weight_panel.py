@@ -1,7 +1,7 @@
 """The super weight panel: run the zeroing experiment with one click, see its candidates and verdict, and keep
 the found super weights in floating point in the next Run.
 
-"Run the experiment" sends the `super_weights` request through the workflow (engine.quant.super_weight):
+"Run the experiment" sends the `super_weights` request through the workflow (engine.measure.super_weight):
 each down projection's largest input spike and the output it writes there give one candidate weight; each
 candidate is zeroed against a control (the largest other weight of its Linear) and perplexity measured.
 """

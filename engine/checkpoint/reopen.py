@@ -193,7 +193,7 @@ def _build(directory: Path, manifest: dict[str, Any], tensors: dict[str, Any]):
     dtype = _stored_float_dtype(tensors)
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    unfuse_experts(model)  # as engine.model.loading holds them: one Linear per expert
+    unfuse_experts(model)  # as engine.pipeline.loading holds them: one Linear per expert
 
     remaining = dict(tensors)
     outlier_dims: dict[str, np.ndarray] = {}

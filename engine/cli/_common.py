@@ -74,7 +74,7 @@ def needs_scan(methods: list[str]) -> bool:
 def session_with_model(args):
     """A session with the model loaded, after checking the cheap arguments (no 20 s load before a typo)."""
     from int8wb.engine.model.corpus import load_split
-    from int8wb.engine.session import Session
+    from int8wb.engine.process.session import Session
     from int8wb.engine.vocabulary import check_alpha, check_threshold
 
     check_threshold(args.threshold)

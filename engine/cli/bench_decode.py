@@ -41,7 +41,7 @@ def add_parser(subparsers) -> None:
 
 
 def cmd_bench_decode(args) -> int:
-    from int8wb.engine.quant.decode import DecodeSettings
+    from int8wb.engine.measure.decode import DecodeSettings
 
     params = {
         "new_tokens": args.new_tokens,

@@ -8,7 +8,7 @@ Two ways to start it:
   Copy the file to the GUI's machine and open it there. Messages are signed,
   not encrypted: across an untrusted network, tunnel the port through SSH.
   IPv6 addresses go in brackets: `tcp://[::1]:5555`.
-- Local child (what `engine.client.EngineClient.start_local` does):
+- Local child (what `engine.link.client.EngineClient.start_local` does):
   `--key-stdin` reads `{"key": "<hex>"}` as the first line of stdin, prints
   `{"address": ..., "pid": ...}` as one line on stdout once listening, and exits
   when stdin reaches end-of-file (the parent is gone) or `--parent-pid` is no
@@ -28,8 +28,8 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from int8wb.engine import protocol
 from int8wb.engine.errors import BadInput, WorkbenchError
+from int8wb.engine.link import protocol
 
 WILDCARD_HOSTS = {"0.0.0.0", "*", "::", "[::]", "[::0]"}
 
@@ -67,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parent-pid", type=int, help="exit when this process is no longer the parent")
     parser.add_argument(
         "--session",
-        default="int8wb.engine.session:Session",
+        default="int8wb.engine.process.session:Session",
         metavar="MODULE:CALLABLE",
         help="what runs the jobs (default: %(default)s)",
     )
@@ -97,7 +97,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from int8wb.engine.server import EngineServer, load_session_factory
+    from int8wb.engine.process.server import EngineServer, load_session_factory
 
     _check_listen(args.listen)
     parent_gone = threading.Event()
@@ -120,7 +120,7 @@ def _serve(args: argparse.Namespace) -> int:
     address = _public_address(server.address)
     if args.connection_file is not None:
         write_connection_file(args.connection_file, address, key)
-        logging.getLogger("engine.server").info("connection file: %s", args.connection_file)
+        logging.getLogger("engine.process.server").info("connection file: %s", args.connection_file)
     if args.key_stdin:
         print(json.dumps({"address": address, "pid": os.getpid()}), flush=True)
         os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not fill an unread pipe

@@ -6,7 +6,7 @@ from int8wb.engine.cli import _common
 from int8wb.engine.cli._progress import ProgressBarTask
 from int8wb.engine.cli.scan import format_scan_report
 from int8wb.engine.errors import BadInput
-from int8wb.engine.quant import tasks
+from int8wb.engine.measure import tasks
 from int8wb.engine.vocabulary import METHODS
 
 
@@ -48,7 +48,7 @@ def add_parser(subparsers) -> None:
 
 
 def cmd_eval(args, show_scan: bool = False) -> int:
-    from int8wb.engine.quant import evaluate
+    from int8wb.engine.measure import evaluate
 
     task_params = _task_params(args)
     session = _common.session_with_model(args)

@@ -6,7 +6,7 @@ the format to use. Static `llm-int8` and `smoothquant` scan first. A
 model re-opened from an export (`--model DIR`) is written again as it is.
 With `--offload disk` (or `auto` when the model does not fit) the model is read
 one decoder layer at a time, and the scan, the quantization and the writing of
-each layer happen in one pass (engine.checkpoint.layer_export).
+each layer happen in one pass (engine.pipeline.layer_export).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 from int8wb.engine.cli import _common
 from int8wb.engine.cli._progress import ProgressBarTask
 from int8wb.engine.errors import BadInput
+from int8wb.engine.measure.evaluate import coverage_lines
 from int8wb.engine.quant import skip_list
-from int8wb.engine.quant.evaluate import coverage_lines
 from int8wb.engine.vocabulary import EXPORT_FORMATS, FORMAT_LOADERS, LLM_INT8, METHODS
 
 

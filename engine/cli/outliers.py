@@ -1,5 +1,5 @@
 """`int8wb outliers --super-weights`: find the super weight, zero it against a control, and (with --compare)
-measure what keeping it in floating point buys each method (engine.quant.super_weight)."""
+measure what keeping it in floating point buys each method (engine.measure.super_weight)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from int8wb.engine.cli import _common
 from int8wb.engine.cli._progress import ProgressBarTask
 from int8wb.engine.errors import BadInput
-from int8wb.engine.quant.super_weight import SuperWeightSettings
+from int8wb.engine.measure.super_weight import SuperWeightSettings
 from int8wb.engine.vocabulary import DEFAULT_THRESHOLD
 
 KEPT_SUFFIX = " + super weight"
@@ -82,7 +82,7 @@ def cmd_outliers(args) -> int:
 
 def compare_kept(session, args, methods: list[str]) -> dict[str, Any]:
     """Each method quantized as it is and with the found super weights kept, evaluated side by side."""
-    from int8wb.engine.quant import evaluate
+    from int8wb.engine.measure import evaluate
 
     variants = {}
     for method in methods:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from int8wb.engine.cli import _common
-from int8wb.engine.quant.evaluate import coverage_lines, smoothing_note
+from int8wb.engine.measure.evaluate import coverage_lines, smoothing_note
 from int8wb.engine.vocabulary import METHODS
 
 

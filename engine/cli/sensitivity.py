@@ -6,7 +6,7 @@ from typing import Any
 
 from int8wb.engine.cli import _common
 from int8wb.engine.cli._progress import ProgressBarTask
-from int8wb.engine.quant.sensitivity import GROUPS, SweepSettings
+from int8wb.engine.measure.sensitivity import GROUPS, SweepSettings
 from int8wb.engine.vocabulary import DEFAULT_REPAIR_METHOD, METHODS
 
 MB = 1e6

@@ -13,7 +13,7 @@ so a damaged file costs at most one pass over its header, and says where it is d
   tensors (`blk.N.*`) the file holds, numbered 0 to N-1.
 
 Whether the tensors have the shapes the model needs is checked against the model built from this
-metadata (engine.model.gguf_stream), once the layer count is known to be what the file holds.
+metadata (engine.pipeline.gguf_stream), once the layer count is known to be what the file holds.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A model as the engine holds it, and the choices every loader makes the same way (device, dtype).
 
-Loading from a directory, a GGUF file or the hub (engine.model.loading) and re-opening a
+Loading from a directory, a GGUF file or the hub (engine.pipeline.loading) and re-opening a
 workbench export (engine.checkpoint.reopen) both produce a `LoadedModel`.
 """
 
@@ -25,7 +25,9 @@ class LoadedModel:
     device: str  # "cpu", "cuda", "cuda:0", ...
     dtype: str  # "float32", "float16", "bfloat16"
     notes: list[str] = field(default_factory=list)
-    offload: dict[str, Any] = field(default_factory=lambda: {"mode": "none", "reason": ""})  # see engine.model.on_disk
+    offload: dict[str, Any] = field(
+        default_factory=lambda: {"mode": "none", "reason": ""}
+    )  # see engine.pipeline.on_disk
 
     def describe(self) -> dict[str, Any]:
         """JSON-able summary for the CLI and the GUI."""

@@ -26,7 +26,7 @@ the forward path come from the method's `Scheme` (engine.quant.schemes):
 `outlier_cols` int64 (n,) and `outlier_weight` (out, n) for static llm-int8,
 `bias` when the original had one. The INT8 x INT8 product accumulates in INT32.
 
-Kept super weights (engine.quant.super_weight), for any method: `super_weight_index` int64 (n, 2) of
+Kept super weights (engine.measure.super_weight), for any method: `super_weight_index` int64 (n, 2) of
 (row, col) and `super_weight` (n,) in the compute dtype. Each is held out of the weight's scales (so
 the rest of its row, block or tensor is quantized finer), its INT8 entry holds it clipped to what the
 scale reaches (what a loader that ignores the kept weights reads), and the forward adds the rest of

@@ -20,7 +20,9 @@ from int8wb.engine.quant.int8_linear import Int8Linear
 from int8wb.engine.quant.schemes import scheme_of
 from int8wb.engine.vocabulary import DEFAULT_ALPHA, DEFAULT_THRESHOLD, METHODS, check_alpha, check_threshold, method_of
 
-SUPER_WEIGHT_KEPT = "a super weight (engine.quant.super_weight), kept in floating point on request (keep_super_weights)"
+SUPER_WEIGHT_KEPT = (
+    "a super weight (engine.measure.super_weight), kept in floating point on request (keep_super_weights)"
+)
 
 
 @dataclass
@@ -94,7 +96,7 @@ def run(params: dict[str, Any], task, loaded, scan=None) -> QuantizedModel:
     the other methods need no scan. `params["skip_modules"]`: Linears to
     leave in floating point (engine.quant.skip_list); q8_0 leaves those whose input is not whole
     blocks of 32 there too. `params["super_weights"]` ([{"module", "row", "col"}]): weights every method
-    keeps in floating point (engine.quant.super_weight, engine.quant.int8_linear).
+    keeps in floating point (engine.measure.super_weight, engine.quant.int8_linear).
     """
     recipe = recipe_from_params(params, loaded.model, scan)
     model = share_tensors_copy(loaded.model)
@@ -185,7 +187,7 @@ def quantize_block(block, prefix: str, recipe: QuantizedModel, task):
 
 
 def kept_super_weights(value: Any, model) -> dict[str, list[tuple[int, int]]]:
-    """The `super_weights` of a quantize request ([{"module", "row", "col"}, ...], as engine.quant.super_weight
+    """The `super_weights` of a quantize request ([{"module", "row", "col"}, ...], as engine.measure.super_weight
     finds them) as {Linear: [(row, col)]}, each checked against the model's quantizable Linears and their shapes."""
     if value is None:
         return {}

@@ -4,7 +4,7 @@ The scan runs the calibration tokens through the model one decoder layer at a
 time (engine.model.layerwise: all tokens through layer i, keep its outputs, then
 layer i+1), so each layer's statistics are complete, and streamed to the GUI, as
 soon as that layer is done. A model held in memory and one read from disk layer
-by layer (engine.quant.layer_pass) run the same loop and the same hooks
+by layer (engine.pipeline.layer_pass) run the same loop and the same hooks
 (engine.quant.input_hooks).
 
 Linears that read the same tensor (q/k/v, gate/up) are measured once: one set of
@@ -249,7 +249,7 @@ def run(params: dict[str, Any], task, loaded) -> ScanResult:
     """Scan `loaded` (an engine.model.loaded.LoadedModel held in memory) on calibration text.
 
     The model runs the layer-by-layer loop (engine.model.layerwise) with its weights where they
-    are; a model whose weights stay on disk is scanned by engine.quant.layer_pass, with this same stream.
+    are; a model whose weights stay on disk is scanned by engine.pipeline.layer_pass, with this same stream.
     """
     from int8wb.engine.model.disk_weights import ResidentWeights
     from int8wb.engine.model.layerwise import run_layers

@@ -1,6 +1,6 @@
 """Sessions for engines started by tests (`int8wb engine --session tests.support.engine_sessions:SleepySession`).
 
-They stand where `engine.session.Session` stands when a test is about the process and the wire,
+They stand where `engine.process.session.Session` stands when a test is about the process and the wire,
 not about a model: their jobs take exactly as long as asked and load nothing.
 """
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from int8wb.engine.child import spawned_engine_pids
+from int8wb.engine.link.child import spawned_engine_pids
 
 
 def process_alive(pid: int) -> bool:

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterator
 from unittest import mock
 
-from int8wb.engine.client import ConnectionInfo, EngineClient
+from int8wb.engine.link.client import ConnectionInfo, EngineClient
 
 ZMTP_GREETING_BYTES = 64
 

@@ -1,13 +1,13 @@
 """An engine client that sends nothing, for the view models' tests without an engine or Qt.
 
-`OfflineEngine` answers like `engine.client.EngineClient` (one job at a time, refusals as
+`OfflineEngine` answers like `engine.link.client.EngineClient` (one job at a time, refusals as
 `EngineError`) and records what was submitted; each test plays the engine's events by hand
 (`end_job`, then the view model's `on_finished` / `on_failed`).
 """
 
 from __future__ import annotations
 
-from int8wb.engine.client import EngineError, EngineState, Job
+from int8wb.engine.link.client import EngineError, EngineState, Job
 
 
 class OfflineEngine:

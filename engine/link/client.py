@@ -22,7 +22,7 @@ thread to poll. `send`, `submit`, `call`, `cancel` and `close` may be called
 from any thread; `call` must not be called from inside `on_event` (it would
 wait for the thread it runs on).
 
-Messages are `engine.protocol.Message`s: `type` (progress, scan_layer,
+Messages are `engine.link.protocol.Message`s: `type` (progress, scan_layer,
 log, result, error), `reply_to` (the request id `send` returned) and
 `payload` (dict; arrays are read-only numpy arrays).
 
@@ -48,14 +48,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from int8wb.engine import protocol
-from int8wb.engine.child import EngineChild
-from int8wb.engine.connection import Connection, ConnectionInfo, EngineError
 from int8wb.engine.errors import WorkbenchError
 from int8wb.engine.installation import __version__
-from int8wb.engine.protocol import Message
+from int8wb.engine.link import protocol
+from int8wb.engine.link.child import EngineChild
+from int8wb.engine.link.connection import Connection, ConnectionInfo, EngineError
+from int8wb.engine.link.protocol import Message
 
-log = logging.getLogger("engine.client")
+log = logging.getLogger("engine.link.client")
 
 
 class EngineState(enum.Enum):

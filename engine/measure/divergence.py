@@ -37,7 +37,7 @@ class Reference:
     top_ids: np.ndarray  # (positions, k) int32, most probable first
     top_logprobs: np.ndarray  # (positions, k) float32
     target_logprobs: np.ndarray  # (positions,) float32: log p(the token that comes next)
-    tokenizer: dict  # engine.quant.reference.tokenizer_identity of the tokenizer that made the tokens
+    tokenizer: dict  # engine.measure.reference.tokenizer_identity of the tokenizer that made the tokens
     model: str  # the model whose predictions these are
     corpus: str
 

@@ -24,7 +24,8 @@ class Session:
         self.scan_result = None  # engine.quant.scan.ScanResult
         self.quantized: dict[str, Any] = {}  # method -> engine.quant.quantize.QuantizedModel
         self.memory: dict[str, dict[str, Any]] = {}  # phase name -> measured memory of that phase
-        self.super_weights: dict[str, Any] | None = None  # the last super weight experiment (engine.quant.super_weight)
+        # the last super weight experiment (engine.measure.super_weight)
+        self.super_weights: dict[str, Any] | None = None
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any], Any], dict[str, Any]]]:
         """Request type -> method; the server's job table."""
@@ -57,8 +58,8 @@ class Session:
     def load_model(self, params: dict[str, Any], task) -> dict[str, Any]:
         """Load a model in place of the current one, which is released first: a model replacing one of
         the same size fits where one does (if the load fails, no model is loaded)."""
-        from int8wb.engine.model import loading
         from int8wb.engine.model.loaded import pick_device
+        from int8wb.engine.pipeline import loading
 
         loading.check_params(params)
         self.release_model()
@@ -88,18 +89,18 @@ class Session:
 
     @property
     def layerwise(self) -> bool:
-        """Whether the loaded model's weights stay on disk (engine.model.on_disk): every job is one pass."""
-        from int8wb.engine.model.on_disk import LayerwiseModel
+        """Whether the loaded model's weights stay on disk (engine.pipeline.on_disk): every job is one pass."""
+        from int8wb.engine.pipeline.on_disk import LayerwiseModel
 
         return isinstance(self.loaded, LayerwiseModel)
 
     def run_pass(self, params: dict[str, Any], task, variants: list | None = None) -> dict[str, Any]:
-        """One layer-by-layer pass over a model on disk (engine.quant.layer_pass): scan, quantize, evaluate
+        """One layer-by-layer pass over a model on disk (engine.pipeline.layer_pass): scan, quantize, evaluate
         and export, each when its params are given; `variants` (recipes already quantized) replace `methods`.
 
         Returns {"scan", "quantize", "evaluate", "export"}: each part's payload, None where not asked.
         """
-        from int8wb.engine.quant import layer_pass
+        from int8wb.engine.pipeline import layer_pass
 
         loaded = self.require_model()
         request = layer_pass.request_from_params(params, loaded.model, self.scan_result)
@@ -156,9 +157,9 @@ class Session:
         return {**params, "super_weights": self.super_weights["super_weights"]}
 
     def find_super_weights(self, params: dict[str, Any], task) -> dict[str, Any]:
-        """The super weight finder and its zeroing experiment (engine.quant.super_weight); what it finds is what
+        """The super weight finder and its zeroing experiment (engine.measure.super_weight); what it finds is what
         a later quantize with `keep_super_weights` keeps in floating point."""
-        from int8wb.engine.quant import super_weight
+        from int8wb.engine.measure import super_weight
 
         loaded = self.require_model()
         if self.layerwise:
@@ -172,7 +173,7 @@ class Session:
 
     def evaluate(self, params: dict[str, Any], task) -> dict[str, Any]:
         """Perplexity of the baseline and of `params["methods"]` (default: every quantized variant)."""
-        from int8wb.engine.quant import evaluate
+        from int8wb.engine.measure import evaluate
 
         loaded = self.require_model()
         variants = self._variants(params.get("methods"), "evaluating")
@@ -182,8 +183,8 @@ class Session:
 
     def task_accuracy(self, params: dict[str, Any], task) -> dict[str, Any]:
         """lm-evaluation-harness accuracy of the baseline and of `params["methods"]` on `params["tasks"]`
-        (engine.quant.tasks), each quantized model run in memory."""
-        from int8wb.engine.quant import tasks
+        (engine.measure.tasks), each quantized model run in memory."""
+        from int8wb.engine.measure import tasks
 
         loaded = self.require_model()
         if self.layerwise:
@@ -204,7 +205,7 @@ class Session:
 
     def bench_decode(self, params: dict[str, Any], task) -> dict[str, Any]:
         """Greedy decoding speed of the baseline and of `params["methods"]` (default: every quantized variant)."""
-        from int8wb.engine.quant import decode
+        from int8wb.engine.measure import decode
 
         loaded = self.require_model()
         return decode.run(params, task, loaded, self._variants(params.get("methods"), "timing their decoding"))
@@ -230,10 +231,10 @@ class Session:
         return export.run(params, task, loaded, variant, self.scan_result).to_payload()
 
     def sensitivity(self, params: dict[str, Any], task) -> dict[str, Any]:
-        """The skip-list sweep of engine.quant.sensitivity on the loaded model (and its scan, for llm-int8);
+        """The skip-list sweep of engine.measure.sensitivity on the loaded model (and its scan, for llm-int8);
         its sizes are checked against free memory (engine.model.limits) before it reads any text."""
+        from int8wb.engine.measure import sensitivity
         from int8wb.engine.model.limits import check_sensitivity
-        from int8wb.engine.quant import sensitivity
 
         loaded = self.require_model()
         if self.layerwise:

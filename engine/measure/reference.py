@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from int8wb.engine.errors import BadInput
-from int8wb.engine.quant.divergence import Reference
+from int8wb.engine.measure.divergence import Reference
 
 FORMAT = "int8wb-reference"
 VERSION = 1

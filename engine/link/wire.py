@@ -1,4 +1,4 @@
-"""Messages to signed frames and back: the encoding `engine.protocol` describes.
+"""Messages to signed frames and back: the encoding `engine.link.protocol` describes.
 
 Sending is two steps, so that the costly part can run on any thread while the
 counter that orders a session's messages is taken by the one thread that
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from int8wb.engine.protocol import (
+from int8wb.engine.link.protocol import (
     ALLOWED_DTYPE_KINDS,
     ARRAY_KEY,
     CLIENT,
@@ -53,7 +53,7 @@ MAX_DIMENSION = 2**62
 
 
 def sign(key: bytes, frames: Iterable[bytes | memoryview]) -> bytes:
-    """HMAC-SHA256 over length-prefixed frames (see engine.protocol)."""
+    """HMAC-SHA256 over length-prefixed frames (see engine.link.protocol)."""
     mac = hmac.new(key, digestmod=hashlib.sha256)
     for frame in frames:
         view = memoryview(frame)

@@ -19,9 +19,9 @@ import threading
 import time
 from pathlib import Path
 
-from int8wb.engine.connection import EngineError
+from int8wb.engine.link.connection import EngineError
 
-log = logging.getLogger("engine.client")
+log = logging.getLogger("engine.link.client")
 
 _SPAWNED_PIDS: list[int] = []
 

@@ -2,14 +2,14 @@
 
 This module is the contract: pure Python + numpy, no torch, no Qt. A client
 written in another language needs only what this docstring says; the
-encoding itself lives in `engine.wire` and the sockets in `engine.transport`.
+encoding itself lives in `engine.link.wire` and the sockets in `engine.link.transport`.
 
 Transport and handshake
 -----------------------
 ZeroMQ. The engine binds a ROUTER socket; each client connects a DEALER
 socket. A local engine listens on `tcp://127.0.0.1:<random port>`; a remote
 one on the address its user gave, and writes a connection file (see
-`engine.client.ConnectionInfo`): JSON `{"address": "tcp://host:port",
+`engine.link.client.ConnectionInfo`): JSON `{"address": "tcp://host:port",
 "key": "<hex>", "protocol": 2}`, file mode 0600.
 
 A peer must pass ZeroMQ's PLAIN handshake before the engine reads a single
@@ -75,7 +75,7 @@ Nothing is ever pickled. JSON floats may be `NaN`, `Infinity` and `-Infinity`
 Requests (client -> engine) and their payloads:
 
     hello        {"protocol": 2, "client": "name"}        -> result: engine info
-    load_model   params of the job (see engine.session)  -> result
+    load_model   params of the job (see engine.process.session)  -> result
     scan         params; streams scan_layer events       -> result
     quantize, evaluate, task_accuracy, bench_decode,
     plan_memory, export, sensitivity, super_weights      -> result

@@ -4,7 +4,7 @@ People who ship quantized models judge them by task accuracy (the LLM.int8()
 paper: WinoGrande, HellaSwag, PIQA, LAMBADA, zero-shot) and by "recovery",
 the quantized model's accuracy over the floating-point model's. Each model
 here runs in process through lm-eval's own Hugging Face model class
-(engine.quant.task_adapter), so no export is needed and the scores are those
+(engine.measure.task_adapter), so no export is needed and the scores are those
 `lm_eval --model hf` gives a checkpoint.
 
 Tasks are named as lm-eval names them (its registry; the data come from the
@@ -140,7 +140,7 @@ def score(model, tokenizer, loaded: LoadedTasks, settings: TaskSettings, task) -
     """{task name: {"metric", "accuracy", "stderr", "examples"}} of one model on the `loaded` tasks."""
     from lm_eval import evaluator
 
-    from int8wb.engine.quant.task_adapter import WorkbenchLM
+    from int8wb.engine.measure.task_adapter import WorkbenchLM
 
     with quiet_lm_eval():
         lm = WorkbenchLM(model, tokenizer, settings.batch_size, task)

@@ -6,8 +6,8 @@ percent on a single 512-token window, because rounding flips compound through
 the layers; compare methods on 8,192 tokens or more.
 
 In the same pass, each model's predictions are compared with the float model's
-(engine.quant.divergence): the baseline's pass fills the reference, or a saved
-reference file (engine.quant.reference) stands in for it.
+(engine.measure.divergence): the baseline's pass fills the reference, or a saved
+reference file (engine.measure.reference) stands in for it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from int8wb.engine.errors import BadInput
-from int8wb.engine.quant import divergence
+from int8wb.engine.measure import divergence
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,7 @@ def comparison(rows: list[dict[str, Any]], windows, settings: EvalSettings, sour
 def starting_reference(settings: EvalSettings, loaded, windows, source: str) -> divergence.Reference | None:
     """The reference the models are compared with: the file given, checked against these tokens, or an
     empty one that the float model's pass fills; None for a re-opened export with no file (no float model)."""
-    from int8wb.engine.quant import reference
+    from int8wb.engine.measure import reference
 
     identity = reference.tokenizer_identity(loaded.tokenizer)
     if settings.reference:
@@ -247,7 +247,7 @@ def run(params: dict[str, Any], task, loaded, quantized: dict[str, Any]) -> dict
 
 def with_reference(result: dict[str, Any], ref, details: dict[str, dict], settings: EvalSettings, loaded):
     """The result with what its reference says (and its token detail), the reference saved when asked."""
-    from int8wb.engine.quant import reference as reference_file
+    from int8wb.engine.measure import reference as reference_file
 
     if ref is None:
         return result

@@ -1,4 +1,4 @@
-"""The engine process: serves `engine.protocol` requests on a ZeroMQ ROUTER socket.
+"""The engine process: serves `engine.link.protocol` requests on a ZeroMQ ROUTER socket.
 
 One job (`protocol.JOB_TYPES`) runs at a time, in a worker thread, while the
 main loop keeps reading the socket: `hello`, `cancel`, `job_state` and
@@ -9,13 +9,13 @@ loop over an inproc socket; the main loop stamps each with the engine's next
 counter and signs it as it sends, so events leave in counter order. The final
 event of the last few jobs is kept for `job_state`.
 
-Only peers that pass the handshake (engine.transport) reach the main loop. Any
+Only peers that pass the handshake (engine.link.transport) reach the main loop. Any
 message that fails `Codec.decode` (unsigned, badly signed, replayed,
 garbage, oversize, unknown type, wrong version) is dropped and logged; only a
 correctly signed message of another protocol version gets an answer, an
 `error` of kind "version", so that the other side can say what is wrong.
 
-A local engine (started by `engine.client`) exits when its parent dies: it
+A local engine (started by `engine.link.client`) exits when its parent dies: it
 watches its stdin pipe for end-of-file and polls `os.getppid()`.
 """
 
@@ -33,17 +33,17 @@ from typing import Any
 
 import zmq
 
-from int8wb.engine import protocol, transport
 from int8wb.engine.errors import WorkbenchError
 from int8wb.engine.installation import __version__
+from int8wb.engine.link import protocol, transport
+from int8wb.engine.link.protocol import Message, ProtocolError, VersionMismatch
+from int8wb.engine.link.wire import Codec, Prepared
 from int8wb.engine.model import dependencies
-from int8wb.engine.protocol import Message, ProtocolError, VersionMismatch
 from int8wb.engine.task import CallbackTask
-from int8wb.engine.wire import Codec, Prepared
 
-log = logging.getLogger("engine.server")
+log = logging.getLogger("engine.process.server")
 
-DEFAULT_SESSION = "int8wb.engine.session:Session"
+DEFAULT_SESSION = "int8wb.engine.process.session:Session"
 POLL_INTERVAL_MS = 100
 SHUTDOWN_JOIN_S = 5.0
 
@@ -88,7 +88,7 @@ class EngineServer:
     """Binds `listen`, then `serve()` answers requests until `shutdown` or the parent's death.
 
     `session_factory` builds the object whose `handle(request_type, params, task)`
-    runs the jobs (by default `engine.session.Session`, imported on the first
+    runs the jobs (by default `engine.process.session.Session`, imported on the first
     job so that starting an engine and `hello` do not wait for torch).
     """
 

@@ -58,9 +58,10 @@ from typing import Any
 import numpy as np
 
 from int8wb.engine.errors import BadInput
+from int8wb.engine.measure import evaluate
 from int8wb.engine.model.layers import decoder_layers, layer_number, linear_layers, shared_input_sets
 from int8wb.engine.model.replay import LayerOutputs
-from int8wb.engine.quant import evaluate, quantize, skip_list
+from int8wb.engine.quant import quantize, skip_list
 from int8wb.engine.vocabulary import DEFAULT_THRESHOLD, check_threshold
 
 GROUPS = ("input", "linear", "layer")

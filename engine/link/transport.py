@@ -5,7 +5,7 @@ and bounds only the size of each frame, so no check on received messages can
 stop a peer that sends frames without end. What stops it is the handshake:
 the engine's ROUTER is a PLAIN server whose authentication handler
 (`HandshakeGate`, ZeroMQ's ZAP) lets in only peers whose password proves the
-session key (`engine.protocol.handshake_password`); every other connection is
+session key (`engine.link.protocol.handshake_password`); every other connection is
 dropped before a single message frame is read. Behind the gate each frame is
 bounded by `MAXMSGSIZE` and the queue of whole messages by high-water marks.
 """
@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 import zmq
 
 from int8wb.engine.errors import WorkbenchError
-from int8wb.engine.protocol import EVENT_QUEUE, MAX_EVENT_BYTES, REQUEST_QUEUE, ZAP_DOMAIN, handshake_password
+from int8wb.engine.link.protocol import EVENT_QUEUE, MAX_EVENT_BYTES, REQUEST_QUEUE, ZAP_DOMAIN, handshake_password
 
-log = logging.getLogger("engine.transport")
+log = logging.getLogger("engine.link.transport")
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq asks, in each context
 REFUSAL_LOG_INTERVAL_S = 60.0

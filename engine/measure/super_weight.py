@@ -14,7 +14,7 @@ Linear does not. The finder follows their recipe with no hints about where to lo
    first few.
 
 The experiment then decides: each candidate is zeroed alone and perplexity measured on the evaluation
-tokens (engine.quant.evaluate), against a control that zeroes as many of the largest other weights of
+tokens (engine.measure.evaluate), against a control that zeroes as many of the largest other weights of
 the same Linear. A candidate is a super weight only when zeroing it raises perplexity materially
 (`MATERIAL_INCREASE`) and by more than its control does; where none does, the result says
 "no super weight found" rather than naming the largest candidate anyway.
@@ -183,9 +183,9 @@ def run(params: dict[str, Any], task, loaded) -> dict[str, Any]:
     "control", "control_weights", "super_weight"], "super_weights": [{"module", "row", "col", "weight"}],
     "verdict"}.
     """
+    from int8wb.engine.measure.evaluate import EvalSettings, evaluation_windows, perplexity
     from int8wb.engine.model import corpus
     from int8wb.engine.model.limits import check_sequence_length
-    from int8wb.engine.quant.evaluate import EvalSettings, evaluation_windows, perplexity
 
     settings = SuperWeightSettings.from_params(params)
     model = loaded.model

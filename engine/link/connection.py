@@ -1,6 +1,6 @@
 """One connection to one engine: the I/O thread that owns its ZeroMQ socket, and what it needs.
 
-`engine.client.EngineClient` holds one `Connection` at a time; the names
+`engine.link.client.EngineClient` holds one `Connection` at a time; the names
 here are re-exported there, which is where clients import them from.
 """
 
@@ -20,12 +20,12 @@ from typing import Any
 
 import zmq
 
-from int8wb.engine import protocol, transport
 from int8wb.engine.errors import BadInput, WorkbenchError
-from int8wb.engine.protocol import Message, ProtocolError, VersionMismatch
-from int8wb.engine.wire import Codec, Prepared
+from int8wb.engine.link import protocol, transport
+from int8wb.engine.link.protocol import Message, ProtocolError, VersionMismatch
+from int8wb.engine.link.wire import Codec, Prepared
 
-log = logging.getLogger("engine.client")
+log = logging.getLogger("engine.link.client")
 
 HEARTBEAT_S = 5.0  # a remote engine silent this long gets a `hello`
 HEARTBEAT_TIMEOUT_S = 15.0  # ... and is declared lost if that goes unanswered this long

@@ -9,7 +9,7 @@ streams and per-layer work:
   with the layer, so only the summaries outlive the pass;
 - evaluate: one stream for the baseline and one per method over the same evaluation windows, the
   final norm and head applied a chunk of tokens at a time;
-- export: the chosen method's tensors written as each layer is quantized (engine.checkpoint.layer_export).
+- export: the chosen method's tensors written as each layer is quantized (engine.pipeline.layer_export).
 
 Every number is the one the in-memory path computes (tests/test_layerwise.py): the same layer calls
 on the same batches, the same quantization, the same tensors.
@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from int8wb.engine.measure import divergence, evaluate
 from int8wb.engine.model.layers import decoder_layers, linear_layers
 from int8wb.engine.model.layerwise import LayerWork, Stream, run_layers
-from int8wb.engine.quant import coverage, divergence, evaluate, scan, token_axis
+from int8wb.engine.quant import coverage, scan, token_axis
 from int8wb.engine.quant.quantize import (
     QuantizedModel,
     quantize_block,
@@ -193,7 +194,7 @@ def _take_from_scan(recipes: list[QuantizedModel]):
 
 
 def run(loaded, request: PassRequest, task) -> PassResult:
-    """Run `request` over `loaded` (an engine.model.on_disk.LayerwiseModel) in one layer-by-layer pass."""
+    """Run `request` over `loaded` (an engine.pipeline.on_disk.LayerwiseModel) in one layer-by-layer pass."""
     from int8wb.engine.planning.memory import MemoryRecorder
 
     model = loaded.model
@@ -241,7 +242,7 @@ def _exporter(loaded, request: PassRequest, variants: LayerVariants, result: Pas
     if request.export is None:
         return None
     from int8wb.engine.checkpoint import contents
-    from int8wb.engine.checkpoint.layer_export import LayerExport
+    from int8wb.engine.pipeline.layer_export import LayerExport
 
     recipe = request.variants[0]
     sidecar = replace(recipe, smoothing=variants.expected_smoothing(recipe))

@@ -1,0 +1,1 @@
+"""The engine process: the server that answers requests and the session that dispatches them to the rooms."""
