@@ -91,9 +91,33 @@ def test_a_saved_reference_gives_the_same_divergence_as_the_baseline_in_memory(t
     assert abs(_row(against_file, "baseline")["kl_mean"]) < _row(against_file, "absmax-tensor")["kl_mean"] / 100
     assert against_file["reference"]["file"] == str(path)
     saved_table, against_table = evaluate.format_table(saved), evaluate.format_table(against_file)
-    assert "predictions (tiny-llama, top 256 per token)" in saved_table  # k: at most the vocabulary
-    assert f"reference saved: {path}" in saved_table
-    assert f"predictions (the reference file {path}," in against_table
+    assert "predictions (tiny-llama, exact KL over the whole vocabulary)" in saved_table
+    assert f"reference saved: {path}, top 256 per token" in saved_table  # k: at most the vocabulary
+    assert f"predictions (the reference file {path}, top 256 per token)" in against_table
+
+
+@pytest.mark.parametrize("save", [False, True])
+def test_the_kl_in_memory_is_the_exact_kl_whatever_the_saved_reference_keeps(tiny, tmp_path, monkeypatch, save):
+    """With the float model in the same pass, each position's KL is the full-vocabulary KL, not the top-k bound
+    (a saved file keeps only the top 8 here)."""
+    loaded, variants = tiny
+    monkeypatch.setattr(divergence, "TOP_K", 8)
+    params = {**EVAL, "save_reference": str(tmp_path / "float.npz")} if save else EVAL
+    result = evaluate.run(params, Task(), loaded, variants)
+    windows = torch.from_numpy(result["token_detail"]["token_ids"]).long()
+    exact = []
+    with torch.no_grad():
+        for batch in windows.split(EVAL["batch_size"]):
+            p, q = (
+                torch.log_softmax(m(input_ids=batch).logits[:, :-1].reshape(-1, 256).float(), dim=-1)
+                for m in (loaded.model, variants["absmax-tensor"].model)
+            )
+            exact.append(divergence.exact_kl(p, q))
+    kl = torch.from_numpy(result["token_detail"]["methods"]["absmax-tensor"]["kl"])
+    assert torch.allclose(kl, torch.cat(exact), rtol=1e-4, atol=1e-7)
+    assert result["reference"]["exact"] and result["reference"]["k"] == (8 if save else None)
+    if save:
+        assert reference.load(tmp_path / "float.npz").k == 8
 
 
 def test_a_reference_from_another_tokenizer_or_other_tokens_is_refused_naming_the_difference(tiny, tmp_path):

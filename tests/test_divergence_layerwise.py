@@ -49,3 +49,15 @@ def test_a_reference_saved_in_memory_is_read_layer_by_layer_and_back(sessions, t
         assert against["reference"]["file"] == str(path)
         for name in COMPARED:
             assert _row(against)[name] == pytest.approx(_row(exact)[name], rel=1e-3, abs=1e-7), name
+
+
+def test_layer_by_layer_kl_is_exact_whatever_the_saved_reference_keeps(sessions, tmp_path, monkeypatch):
+    """The disk path's KL beside a reference saved with its top 8 only is the model in memory's exact KL."""
+    from int8wb.engine.measure import divergence
+
+    exact = sessions[0].evaluate(EVAL, Task())
+    monkeypatch.setattr(divergence, "TOP_K", 8)
+    disk = sessions[1].evaluate({**EVAL, "save_reference": str(tmp_path / "top8.npz")}, Task())
+    assert disk["reference"]["k"] == 8
+    for name in COMPARED:
+        assert _row(disk)[name] == pytest.approx(_row(exact)[name], rel=1e-3, abs=1e-7), name

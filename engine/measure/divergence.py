@@ -2,14 +2,19 @@
 
 The float model's predictions are kept as a `Reference`: per predicted position, its top-k
 log-probabilities with their token ids, the log-probability of the token that comes next in the text,
-and (implicitly) the remaining mass 1 - sum(top-k). The KL divergence KL(float || model) is computed
-from it as sum over the top k of p (log p - log q) plus the remaining mass of each, p_rest
-(log p_rest - log q_rest): a lower bound of the exact value (log-sum inequality) that is within 1% of
-it at `TOP_K` on the default model (docs/divergence.md has the measurement). The reference needs
-k + 1 numbers per position instead of the vocabulary's, so neither the evaluation nor a saved file
-ever holds the float model's logits for a long text.
+and (implicitly) the remaining mass 1 - sum(top-k).
 
-A `Comparison` takes a model's logits chunk by chunk in position order, in the same pass as its
+When the float model runs in the same evaluation as the models compared with it, the KL divergence
+KL(float || model) is exact: both models' whole log-softmaxes of the same positions side by side
+(`exact_kl`), one evaluation batch at a time, so the float model's logits are never all held. The
+reference then needs only the top `SHOWN_TOP` for the token view, or the top `TOP_K` when it is saved.
+
+Against a saved reference file (no float model loaded), the KL comes from the top k plus the remaining
+mass of each, p_rest (log p_rest - log q_rest) (`top_k_kl`): a lower bound of the exact value
+(log-sum inequality) that is within 1% of it at `TOP_K` on the default model (docs/divergence.md has
+the measurement). The file needs k + 1 numbers per position instead of the vocabulary's.
+
+A `Comparison` takes a model's log-softmax chunk by chunk in position order, in the same pass as its
 perplexity, and summarises what llama.cpp's `--kl-divergence` reports: mean KL with its median,
 99th, 99.9th percentile and maximum; how often the model's top token is the float model's; the RMS
 change of the correct token's probability; the perplexity change with a 95% interval from the
@@ -23,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-TOP_K = 4096  # reference log-probabilities kept per position (docs/divergence.md: KL within 1% of exact)
+TOP_K = 4096  # log-probabilities per position in a saved reference (docs/divergence.md: KL within 1% of exact)
 SHOWN_TOP = 5  # next-token candidates kept per position for the token view
 REST_FLOOR = 1e-6  # below this, 1 - sum(top-k probabilities) is float32 rounding
 Z_95 = 1.959964  # two-sided 95% quantile of the normal distribution
@@ -96,11 +101,15 @@ def exact_kl(reference_logprobs, logprobs):
 
 
 class Comparison:
-    """One model's predictions against a `Reference`, fed chunk by chunk in position order."""
+    """One model's predictions against a `Reference`, fed chunk by chunk in position order.
 
-    def __init__(self, reference: Reference) -> None:
+    `exact`: every chunk comes with the float model's whole log-softmax at the same positions, and the KL
+    is `exact_kl`; otherwise it is `top_k_kl` from the reference's top k (a reference file).
+    """
+
+    def __init__(self, reference: Reference, exact: bool = False) -> None:
         n = reference.positions
-        self.reference = reference
+        self.reference, self.exact = reference, exact
         self.kl = np.zeros(n, dtype=np.float32)
         self.same_top = np.zeros(n, dtype=bool)
         self.target_logprobs = np.zeros(n, dtype=np.float32)
@@ -108,16 +117,23 @@ class Comparison:
         self.top_probs = np.zeros((n, SHOWN_TOP), dtype=np.float32)
         self.filled = 0
 
-    def add(self, logprobs, targets) -> None:
-        """The model's log-softmax (chunk, V) at the next positions, and the tokens that come next (chunk,)."""
+    def add(self, logprobs, targets, reference_logprobs=None) -> None:
+        """The model's log-softmax (chunk, V) at the next positions and the tokens that come next (chunk,);
+        for an exact comparison, the float model's log-softmax (chunk, V) at the same positions."""
         import torch
 
         start, end = self.filled, self.filled + logprobs.shape[0]
         if end > self.reference.positions:
             raise ValueError(f"{end} positions compared, the reference has {self.reference.positions}")
+        if self.exact != (reference_logprobs is not None):
+            raise ValueError("an exact comparison takes the float model's log-softmax with every chunk, no other does")
         ref_ids = torch.from_numpy(self.reference.top_ids[start:end]).to(logprobs.device)
-        ref_logprobs = torch.from_numpy(self.reference.top_logprobs[start:end]).to(logprobs.device)
-        self.kl[start:end] = top_k_kl(logprobs, ref_ids, ref_logprobs).cpu().numpy()
+        if self.exact:
+            kl = exact_kl(reference_logprobs, logprobs)
+        else:
+            ref_logprobs = torch.from_numpy(self.reference.top_logprobs[start:end]).to(logprobs.device)
+            kl = top_k_kl(logprobs, ref_ids, ref_logprobs)
+        self.kl[start:end] = kl.cpu().numpy()
         values, ids = logprobs.topk(SHOWN_TOP, dim=-1)
         self.same_top[start:end] = (ids[:, 0] == ref_ids[:, 0]).cpu().numpy()
         self.top_ids[start:end] = ids.to(torch.int32).cpu().numpy()

@@ -54,6 +54,15 @@ def evaluation_windows(settings: EvalSettings, tokenizer, task=None):
     return corpus.windows(ids, settings.window, settings.tokens), split.source
 
 
+def batches_in_order(windows, batch_size: int, task):
+    """The evaluation batches (batch_size windows each), with cancellation asked before and progress told after each."""
+    batches = windows.split(batch_size)
+    for i, batch in enumerate(batches):
+        task.check_cancelled()
+        yield batch
+        task.progress((i + 1) / len(batches))
+
+
 def perplexity(model, windows, batch_size: int, task) -> dict[str, float]:
     """exp(mean NLL) of `model` over `windows` (n, window); each window predicts window-1 tokens."""
     import torch
@@ -62,10 +71,8 @@ def perplexity(model, windows, batch_size: int, task) -> dict[str, float]:
     device = next(model.parameters()).device
     total_nll, total_tokens = 0.0, 0
     started = time.perf_counter()
-    batches = windows.split(batch_size)
     with torch.no_grad():
-        for i, batch in enumerate(batches):
-            task.check_cancelled()
+        for batch in batches_in_order(windows, batch_size, task):
             batch = batch.to(device)
             logits = model(input_ids=batch, use_cache=False).logits[:, :-1]  # (B, W-1, V)
             nll = F.cross_entropy(
@@ -73,37 +80,51 @@ def perplexity(model, windows, batch_size: int, task) -> dict[str, float]:
             )
             total_nll += float(nll)
             total_tokens += batch[:, 1:].numel()
-            task.progress((i + 1) / len(batches))
     return perplexity_numbers(total_nll, total_tokens, time.perf_counter() - started)
 
 
 SCORE_CHUNK = 1024  # positions whose log-softmax is computed at once (4 bytes x vocabulary each)
 
 
+def log_softmax_chunks(logits):
+    """The float32 log-softmax of logits (positions, V), `SCORE_CHUNK` positions at a time (one alive unless kept)."""
+    import torch.nn.functional as F
+
+    for start in range(0, logits.shape[0], SCORE_CHUNK):
+        yield F.log_softmax(logits[start : start + SCORE_CHUNK].float(), dim=-1)
+
+
 class Scoring:
     """One model's pass: its summed NLL and, when given, its comparison with the float model's reference.
 
-    `fills` says that this model is the float model whose pass writes the reference first.
+    `fills` says that this model is the float model whose pass writes the reference (its comparison with
+    itself is exact, and so is that of every model given its log-softmax, see `add`).
     """
 
     def __init__(self, comparison: divergence.Comparison | None = None, fills: bool = False) -> None:
         self.comparison, self.fills = comparison, fills
         self.nll, self.tokens = 0.0, 0
 
-    def add(self, logits, targets) -> None:
-        """Logits (positions, V) and the tokens that come next (positions,), in position order."""
-        import torch.nn.functional as F
+    def add(self, logits, targets, reference: list | None = None, keep: bool = False) -> list | None:
+        """Logits (positions, V) and the tokens that come next (positions,), in position order.
 
+        `reference`: the float model's `log_softmax_chunks` at the same positions, for the exact KL.
+        With `keep`, returns this model's log-softmax chunks (the float model's, for the others to compare).
+        """
         targets = targets.to(logits.device)
-        for start in range(0, logits.shape[0], SCORE_CHUNK):
-            logprobs = F.log_softmax(logits[start : start + SCORE_CHUNK].float(), dim=-1)
-            chunk_targets = targets[start : start + SCORE_CHUNK]
+        kept = []
+        for i, logprobs in enumerate(log_softmax_chunks(logits)):
+            chunk_targets = targets[i * SCORE_CHUNK : (i + 1) * SCORE_CHUNK]
             self.nll -= float(logprobs.gather(1, chunk_targets[:, None]).sum())
             if self.fills:
                 self.comparison.reference.fill(self.tokens, logprobs, chunk_targets)
             if self.comparison is not None:
-                self.comparison.add(logprobs, chunk_targets)
+                against = logprobs if self.fills else None if reference is None else reference[i]
+                self.comparison.add(logprobs, chunk_targets, against)
             self.tokens += int(chunk_targets.numel())
+            if keep:
+                kept.append(logprobs)
+        return kept if keep else None
 
     def numbers(self, seconds: float) -> dict[str, Any]:
         """The row's measured part: perplexity, and the divergence when there is a reference."""
@@ -113,21 +134,35 @@ class Scoring:
         return numbers
 
 
-def measure(model, windows, batch_size: int, task, scoring: Scoring) -> dict[str, Any]:
-    """`perplexity` with the divergence of `scoring` computed from the same logits."""
+def measure(models: list, windows, batch_size: int, task, scorings: list[Scoring]) -> list[float]:
+    """Every model's perplexity (and divergence) into its scoring, batch by batch; the seconds of each model.
+
+    Window-major: on each batch the first model (the float model when it fills the reference) runs first,
+    and its log-softmax is kept for the others' exact KL on the same positions, then dropped; so at most the
+    float model's log-softmax and one other model's logits of one batch are held at once.
+    """
     import torch
 
-    device = next(model.parameters()).device
-    started = time.perf_counter()
-    batches = windows.split(batch_size)
+    device = next(models[0].parameters()).device
+    seconds = [0.0] * len(models)
     with torch.no_grad():
-        for i, batch in enumerate(batches):
-            task.check_cancelled()
+        for batch in batches_in_order(windows, batch_size, task):
             batch = batch.to(device)
-            logits = model(input_ids=batch, use_cache=False).logits[:, :-1]  # (B, W-1, V)
-            scoring.add(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
-            task.progress((i + 1) / len(batches))
-    return scoring.numbers(time.perf_counter() - started)
+            reference: list | None = None
+            for i, (model, scoring) in enumerate(zip(models, scorings)):
+                started = time.perf_counter()
+                logits = model(input_ids=batch, use_cache=False).logits  # (B, W, V)
+                per_window = [
+                    scoring.add(
+                        logits[b, :-1], batch[b, 1:], None if reference is None else reference[b], scoring.fills
+                    )
+                    for b in range(batch.shape[0])
+                ]
+                del logits
+                if scoring.fills:
+                    reference = per_window
+                seconds[i] += time.perf_counter() - started
+    return seconds
 
 
 def perplexity_numbers(total_nll: float, total_tokens: int, seconds: float) -> dict[str, float]:
@@ -137,16 +172,24 @@ def perplexity_numbers(total_nll: float, total_tokens: int, seconds: float) -> d
     return {"perplexity": ppl, "mean_nll": mean_nll, "tokens": total_tokens, "seconds": seconds}
 
 
-def head_scores(hidden, batch, norm, head, chunk_tokens: int, scoring: Scoring) -> None:
+def head_scores(hidden, batch, norm, head, chunk_tokens: int, scoring: Scoring, reference_hidden=None) -> None:
     """Score one batch from the last layer's hidden states (B, W, hidden) into `scoring`.
 
     The final norm and the head run on `chunk_tokens` positions at a time, so the logits of a
-    long evaluation over a large vocabulary are never whole in memory.
+    long evaluation over a large vocabulary are never whole in memory. `reference_hidden`: the float
+    model's on the same batch, whose logits are made beside each chunk for the exact KL.
     """
-    states = hidden[:, :-1].reshape(-1, hidden.shape[-1])  # (B * (W-1), hidden)
+
+    def positions(states):
+        return states[:, :-1].reshape(-1, states.shape[-1])  # (B * (W-1), hidden)
+
+    states = positions(hidden)
     targets = batch[:, 1:].reshape(-1).to(states.device)
     for start in range(0, states.shape[0], chunk_tokens):
-        scoring.add(head(norm(states[start : start + chunk_tokens])), targets[start : start + chunk_tokens])
+        reference = None
+        if reference_hidden is not None:
+            reference = list(log_softmax_chunks(head(norm(positions(reference_hidden)[start : start + chunk_tokens]))))
+        scoring.add(head(norm(states[start : start + chunk_tokens])), targets[start : start + chunk_tokens], reference)
 
 
 def model_row(name: str, sizes: dict[str, int], quantized=None) -> dict[str, Any]:
@@ -188,7 +231,9 @@ def comparison(rows: list[dict[str, Any]], windows, settings: EvalSettings, sour
 
 def starting_reference(settings: EvalSettings, loaded, windows, source: str) -> divergence.Reference | None:
     """The reference the models are compared with: the file given, checked against these tokens, or an
-    empty one that the float model's pass fills; None for a re-opened export with no file (no float model)."""
+    empty one that the float model's pass fills (its top `TOP_K` when it is saved, else the token view's
+    top `SHOWN_TOP`: the KL is then exact, from the float model's whole log-softmax); None for a re-opened
+    export with no file (no float model)."""
     from int8wb.engine.measure import reference
 
     identity = reference.tokenizer_identity(loaded.tokenizer)
@@ -202,7 +247,8 @@ def starting_reference(settings: EvalSettings, loaded, windows, source: str) -> 
         return None
     if settings.save_reference:
         reference.check_writable(settings.save_reference)
-    k = min(divergence.TOP_K, int(loaded.model.config.vocab_size))
+    k = divergence.TOP_K if settings.save_reference else divergence.SHOWN_TOP
+    k = min(k, int(loaded.model.config.vocab_size))
     return divergence.Reference.empty(windows.numpy(), k, identity, loaded.name, source)
 
 
@@ -226,23 +272,27 @@ def run(params: dict[str, Any], task, loaded, quantized: dict[str, Any]) -> dict
     reopened = getattr(loaded, "quantized", None)
     first = (f"{reopened.method} (exported)", loaded.model, reopened) if reopened else ("baseline", loaded.model, None)
     models = [first] + [(name, q.model, q) for name, q in quantized.items()]
-    rows, details = [], {}
-    recorder = MemoryRecorder()
-    for i, (name, model, q) in enumerate(models):
-        step = task.slice(i / len(models), (i + 1) / len(models))
-        step.log(f"evaluating {name} on {windows.numel()} tokens")
-        compared = divergence.Comparison(ref) if ref is not None else None
-        fills = i == 0 and ref is not None and not settings.reference
-        with recorder.phase(f"evaluate {name}", loaded.device) as phase:
-            measured = measure(model, windows, settings.batch_size, step, Scoring(compared, fills))
+    scorings = [new_scoring(ref, settings, fills=i == 0) for i in range(len(models))]
+    task.log(f"evaluating {', '.join(name for name, _, _ in models)} on {windows.numel()} tokens, batch by batch")
+    with MemoryRecorder().phase("evaluate", loaded.device) as phase:
+        seconds = measure([model for _, model, _ in models], windows, settings.batch_size, task, scorings)
+    rows = []
+    for (name, model, q), scoring, spent in zip(models, scorings, seconds):
         row = model_row(name, tensor_bytes(model) if q is None else {}, q)
-        row.update(measured)
+        row.update(scoring.numbers(spent))
         row["memory"] = asdict(phase)
         rows.append(row)
-        if compared is not None:
-            details[name] = compared.detail()
+    details = {name: s.comparison.detail() for (name, _, _), s in zip(models, scorings) if s.comparison is not None}
     result = comparison(rows, windows, settings, source, loaded.device)
     return with_reference(result, ref, details, settings, loaded)
+
+
+def new_scoring(ref: divergence.Reference | None, settings: EvalSettings, fills: bool) -> Scoring:
+    """A model's scoring: against the saved file's top k, or (filled by the float model in the same pass) exact."""
+    if ref is None:
+        return Scoring()
+    in_pass = not settings.reference
+    return Scoring(divergence.Comparison(ref, exact=in_pass), fills=fills and in_pass)
 
 
 def with_reference(result: dict[str, Any], ref, details: dict[str, dict], settings: EvalSettings, loaded):
@@ -251,7 +301,14 @@ def with_reference(result: dict[str, Any], ref, details: dict[str, dict], settin
 
     if ref is None:
         return result
-    result["reference"] = {"model": ref.model, "k": ref.k, "perplexity": ref.perplexity(), "file": settings.reference}
+    in_pass = not settings.reference  # the KL exact, from the float model in the same pass
+    result["reference"] = {
+        "model": ref.model,
+        "exact": in_pass,
+        "k": None if in_pass and not settings.save_reference else ref.k,  # of the file read or saved
+        "perplexity": ref.perplexity(),
+        "file": settings.reference,
+    }
     result["token_detail"] = token_view_data(ref, details, loaded.tokenizer)
     if settings.save_reference:
         saved = reference_file.save(ref, settings.save_reference)
@@ -314,14 +371,16 @@ def format_table(result: dict[str, Any]) -> str:
 def divergence_table(result: dict[str, Any]) -> list[str]:
     """Each row against the float model's predictions: KL divergence, same top token, RMS Δp, perplexity change."""
     reference = result["reference"]
-    read = reference.get("file") and not reference.get("bytes")  # compared with a file, not saving one
-    against = f"the reference file {reference['file']}" if read else reference["model"]
+    if reference.get("exact", False):
+        against = f"{reference['model']}, exact KL over the whole vocabulary"
+    else:
+        against = f"the reference file {reference['file']}, top {reference['k']} per token"
     header = (
         f"{'method':<18}{'mean KL':>10}{'median':>10}{'99%':>9}{'99.9%':>9}{'max':>9}{'same top':>10}"
         f"{'RMS Δp':>9}{'PPL change (95%)':>27}"
     )
     lines = [
-        f"divergence from the floating-point model's predictions ({against}, top {reference['k']} per token)",
+        f"divergence from the floating-point model's predictions ({against})",
         header,
         "-" * len(header),
     ]
@@ -334,7 +393,7 @@ def divergence_table(result: dict[str, Any]) -> list[str]:
         )
     if reference.get("bytes"):
         lines.append(
-            f"reference saved: {reference['file']}, {reference['bytes'] / 1e6:,.1f} MB "
+            f"reference saved: {reference['file']}, top {reference['k']} per token, {reference['bytes'] / 1e6:,.1f} MB "
             f"(the full float32 logits would take {reference['full_logits_bytes'] / 1e6:,.0f} MB)"
         )
     return lines

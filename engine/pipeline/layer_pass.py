@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from int8wb.engine.measure import divergence, evaluate
+from int8wb.engine.measure import evaluate
 from int8wb.engine.model.layers import decoder_layers, linear_layers
 from int8wb.engine.model.layerwise import LayerWork, Stream, run_layers
 from int8wb.engine.quant import coverage, scan, token_axis
@@ -137,6 +137,7 @@ class _Evaluation:
         self.chunk = head_chunk_tokens(loaded.model.config.vocab_size)
         self.reference = evaluate.starting_reference(settings, loaded, self.windows, self.source)
         self.scorings: dict[str, evaluate.Scoring] = {}  # filled in stream order: the baseline's first
+        self.baseline_hidden: list | None = None  # its last hidden states, when it fills the reference
         self.streams = [
             Stream("baseline", batches, lambda index, prefix, block: block, finish=self._finish("baseline"))
         ]
@@ -145,11 +146,13 @@ class _Evaluation:
 
     def _finish(self, name: str):
         def finish(hidden: list, norm, head) -> None:
-            ref = self.reference
-            fills = name == "baseline" and ref is not None and not self.settings.reference
-            scoring = evaluate.Scoring(divergence.Comparison(ref) if ref is not None else None, fills)
-            for h, batch in zip(hidden, self.streams[0].batches):
-                evaluate.head_scores(h, batch, norm, head, self.chunk, scoring)
+            scoring = evaluate.new_scoring(self.reference, self.settings, fills=name == "baseline")
+            # The baseline finishes first; the others' exact KL runs its head again beside theirs.
+            baseline = [None] * len(hidden) if scoring.fills or self.baseline_hidden is None else self.baseline_hidden
+            for h, batch, reference in zip(hidden, self.streams[0].batches, baseline):
+                evaluate.head_scores(h, batch, norm, head, self.chunk, scoring, reference)
+            if scoring.fills:
+                self.baseline_hidden = hidden
             self.scorings[name] = scoring
 
         return finish
