@@ -3,17 +3,19 @@
 import argparse
 import sys
 
-from int8wb.engine.cli import engine_command
+from int8wb.engine.cli import engine_command, run_command
+
+PROG = "python -m int8wb.engine"
 
 
 def run() -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m int8wb.engine",
+        prog=PROG,
         description=engine_command.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     engine_command.add_arguments(parser)
-    return engine_command.main(parser.parse_args())
+    return run_command(engine_command.main, parser.parse_args(), PROG)
 
 
 if __name__ == "__main__":

@@ -166,3 +166,21 @@ def test_gui_without_a_display_says_what_to_do(capsys, monkeypatch):
         pytest.skip("only Linux decides the display from the environment")
     code, err = _run(capsys, "gui")
     assert code == EXIT_USER_ERROR and "xvfb-run -a int8wb gui" in err
+
+
+def test_plan_error_is_the_one_line_every_command_prints(capsys):
+    """`int8wb plan` leaves its errors to `int8wb`'s one handler: the same prefix as every other command."""
+    code, err = _run(capsys, "plan", "--preset", "no-such-architecture")
+    assert code == EXIT_USER_ERROR
+    assert err.startswith("int8wb: error: ") and err.count("\n") == 1
+
+
+def test_python_m_engine_names_itself_in_its_error(capsys, monkeypatch):
+    """`python -m int8wb.engine` turns a user error into one line under its own name, as `int8wb` does."""
+    from int8wb.engine import __main__ as engine_main
+
+    monkeypatch.setattr(sys, "argv", ["python -m int8wb.engine", "--listen", "tcp://127.0.0.1:0"])
+    assert engine_main.run() == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert "python -m int8wb.engine: error: without --key-stdin, give --connection-file" in err
+    assert "Traceback" not in err

@@ -42,14 +42,20 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USER_ERROR
+    return run_command(args.func, args, "int8wb")
+
+
+def run_command(func, args: argparse.Namespace, prog: str) -> int:
+    """`func(args)`'s exit status, with a user error or a missing dependency as one line on stderr (status 2)
+    and Ctrl-C as 130: the one place that turns what a command raises into what the shell sees."""
     try:
-        return int(args.func(args) or 0)
+        return int(func(args) or 0)
     except WorkbenchError as exc:
-        print(f"int8wb: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except ImportError as exc:  # a dependency that no loader wrapped: name it rather than print a traceback
-        print(f"int8wb: error: {dependencies.diagnosis(exc)}", file=sys.stderr)
+        print(f"{prog}: error: {dependencies.diagnosis(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("\nint8wb: interrupted", file=sys.stderr)
+        print(f"\n{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

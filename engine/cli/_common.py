@@ -1,11 +1,13 @@
-"""What the model commands (scan, quantize, eval, demo, export) share: options, loading, the scan and quantize steps.
+"""What the commands share: their registration; for the model commands (scan, quantize, eval, demo, export, ...)
+options, loading, the scan and quantize steps, progress and output.
 
-Every command loads the model (`--model`, default: the embedded SmolLM2-135M)
+Every model command loads the model (`--model`, default: the embedded SmolLM2-135M)
 and runs the same `Session` methods the engine server runs for the GUI.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from typing import Any
@@ -17,12 +19,18 @@ from int8wb.engine.vocabulary import (
     ALL_GPUS,
     DEFAULT_ALPHA,
     DEFAULT_THRESHOLD,
+    METHODS,
     NEEDS_SCAN,
     OFFLOAD_MODES,
     TICKED_METHODS,
 )
 
 DEFAULT_METHODS = ",".join(TICKED_METHODS)
+
+
+def documented_command(subparsers, name: str, help: str, doc: str | None) -> argparse.ArgumentParser:
+    """Register command `name` whose `--help` shows its module's docstring `doc` (examples included) as written."""
+    return subparsers.add_parser(name, help=help, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def model_options(parser) -> None:
@@ -66,6 +74,39 @@ def alpha_option(parser) -> None:
     )
 
 
+def quantizing_options(parser) -> None:
+    """What every command that quantizes takes: the model, its calibration scan and SmoothQuant's alpha."""
+    model_options(parser)
+    scan_options(parser, tokens_flag="--calibration-tokens")
+    alpha_option(parser)
+
+
+def methods_option(parser) -> None:
+    parser.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, from: {', '.join(METHODS)}")
+
+
+def params_from(args, *names: str) -> dict[str, Any]:
+    """The request params a command passes on unchanged: each option of `names` under its own name."""
+    return {name: getattr(args, name) for name in names}
+
+
+def with_progress(args, label: str, job, params: dict[str, Any]) -> Any:
+    """`job(params, task)` (a `Session` method) under a progress bar named `label` (none with --quiet)."""
+    task = ProgressBarTask(label, enabled=not args.quiet)
+    result = job(params, task)
+    task.finish()
+    return result
+
+
+def print_result(args, result: Any, format_text) -> int:
+    """`result` as JSON with --json, else as `format_text(result)` reads; the command's exit status."""
+    if args.json:
+        print_json(result)
+    else:
+        print(format_text(result))
+    return 0
+
+
 def needs_scan(methods: list[str]) -> bool:
     """Whether any of `methods` takes something from a calibration scan."""
     return any(method in NEEDS_SCAN for method in methods)
@@ -83,9 +124,7 @@ def session_with_model(args):
     if hasattr(args, "methods"):
         parse_methods(args.methods)
     session = Session()
-    task = ProgressBarTask("load", enabled=not args.quiet)
-    info = session.load_model({"model": args.model, "device": args.device, "offload": args.offload}, task)
-    task.finish()
+    info = with_progress(args, "load", session.load_model, params_from(args, "model", "device", "offload"))
     if not args.json:
         print(
             f"model: {info['name']} ({info['architecture']}, {info['parameters']:,} parameters, "
@@ -122,28 +161,19 @@ def quantize_params(args, methods: list[str]) -> dict[str, Any]:
 
 
 def run_scan(session, args) -> dict[str, Any]:
-    task = ProgressBarTask("scan", enabled=not args.quiet)
-    result = session.scan(scan_params(args), task)
-    task.finish()
-    return result
+    return with_progress(args, "scan", session.scan, scan_params(args))
 
 
 def run_quantize(session, args, methods: list[str]) -> dict[str, Any]:
-    task = ProgressBarTask("quantize", enabled=not args.quiet)
-    result = session.quantize(quantize_params(args, methods), task)
-    task.finish()
-    return result
+    return with_progress(args, "quantize", session.quantize, quantize_params(args, methods))
 
 
 def run_one_pass(session, args, methods: list[str], **parts: Any) -> dict[str, Any]:
     """Scan (when a method needs it, or `scan=True`), quantize `methods` and the given `parts` (evaluate,
     export params) in one layer-by-layer pass over a model whose weights stay on disk."""
     wants_scan = parts.pop("scan", False) or needs_scan(methods)
-    task = ProgressBarTask("layer by layer", enabled=not args.quiet)
     params = {**quantize_params(args, methods), "scan": scan_params(args) if wants_scan else None}
-    result = session.run_pass({**params, **parts}, task)
-    task.finish()
-    return result
+    return with_progress(args, "layer by layer", session.run_pass, {**params, **parts})
 
 
 def print_warnings(rows: list[dict[str, Any]]) -> None:

@@ -6,27 +6,20 @@ int8wb bench-decode --prompt "The with statement" --json
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 from int8wb.engine.cli import _common
-from int8wb.engine.cli._progress import ProgressBarTask
-from int8wb.engine.vocabulary import METHODS
 
 
 def add_parser(subparsers) -> None:
-    command = subparsers.add_parser(
+    command = _common.documented_command(
+        subparsers,
         "bench-decode",
         help="tokens/s of greedy decoding per method, against the machine's memory bandwidth",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        doc=__doc__,
     )
-    _common.model_options(command)
-    _common.scan_options(command, tokens_flag="--calibration-tokens")
-    _common.alpha_option(command)
-    command.add_argument(
-        "--methods", default=_common.DEFAULT_METHODS, help=f"comma-separated, from: {', '.join(METHODS)}"
-    )
+    _common.quantizing_options(command)
+    _common.methods_option(command)
     command.add_argument("--new-tokens", type=int, default=32, help="tokens generated per run (default 32)")
     command.add_argument(
         "--prompt-tokens", type=int, default=32, help="prompt length: the evaluation text's first tokens (default 32)"
@@ -43,29 +36,17 @@ def add_parser(subparsers) -> None:
 def cmd_bench_decode(args) -> int:
     from int8wb.engine.measure.decode import DecodeSettings
 
-    params = {
-        "new_tokens": args.new_tokens,
-        "prompt_tokens": args.prompt_tokens,
-        "prompt": args.prompt,
-        "repeats": args.repeats,
-        "batch": args.batch,
-        "copy_mib": args.copy_mib,
-        "corpus": args.corpus,
-    }
+    params = _common.params_from(
+        args, "new_tokens", "prompt_tokens", "prompt", "repeats", "batch", "copy_mib", "corpus"
+    )
     DecodeSettings.from_params(params)  # a typo is refused before the model loads
     session = _common.session_with_model(args)
     methods = _common.parse_methods(args.methods)
     if _common.needs_scan(methods):
         _common.run_scan(session, args)
     _common.run_quantize(session, args, methods)
-    task = ProgressBarTask("decode", enabled=not args.quiet)
-    result = session.bench_decode({**params, "methods": methods}, task)
-    task.finish()
-    if args.json:
-        _common.print_json(result)
-    else:
-        print(format_report(result))
-    return 0
+    result = _common.with_progress(args, "decode", session.bench_decode, {**params, "methods": methods})
+    return _common.print_result(args, result, format_report)
 
 
 def format_report(result: dict[str, Any]) -> str:

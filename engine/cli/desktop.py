@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from int8wb.engine import installation
+from int8wb.engine.cli import _common
 from int8wb.engine.errors import BadInput
 
 APP_ID = "org.int8workbench.Int8Workbench"
@@ -31,11 +32,11 @@ EXEC_RESERVED = set(" \t\n\"'\\><~|&;$*?#()`")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
+    parser = _common.documented_command(
+        subparsers,
         "install-desktop-entry",
         help="add the workbench to your desktop's application menu (or remove it with --uninstall)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        doc=__doc__,
     )
     parser.add_argument("--uninstall", action="store_true", help="remove the entry and icons installed before")
     parser.set_defaults(func=run)

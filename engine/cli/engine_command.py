@@ -28,18 +28,16 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from int8wb.engine.errors import BadInput, WorkbenchError
+from int8wb.engine.cli import _common
+from int8wb.engine.errors import BadInput
 from int8wb.engine.link import protocol
 
 WILDCARD_HOSTS = {"0.0.0.0", "*", "::", "[::]", "[::0]"}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "engine",
-        help="run the engine process (for a remote GUI, or as the GUI's local child)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = _common.documented_command(
+        subparsers, "engine", help="run the engine process (for a remote GUI, or as the GUI's local child)", doc=__doc__
     )
     add_arguments(parser)
     parser.set_defaults(func=main)
@@ -89,14 +87,6 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
-    try:
-        return _serve(args)
-    except WorkbenchError as exc:
-        print(f"int8wb engine: {exc}", file=sys.stderr)
-        return 2
-
-
-def _serve(args: argparse.Namespace) -> int:
     from int8wb.engine.process.server import EngineServer, load_session_factory
 
     _check_listen(args.listen)

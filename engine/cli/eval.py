@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from int8wb.engine.cli import _common
-from int8wb.engine.cli._progress import ProgressBarTask
 from int8wb.engine.cli.scan import format_scan_report
 from int8wb.engine.errors import BadInput
 from int8wb.engine.measure import tasks
-from int8wb.engine.vocabulary import METHODS
 
 
 def add_parser(subparsers) -> None:
@@ -16,12 +14,8 @@ def add_parser(subparsers) -> None:
         ("demo", "the whole workflow on the default model: scan report and the comparison table"),
     ):
         command = subparsers.add_parser(name, help=help_text)
-        _common.model_options(command)
-        _common.scan_options(command, tokens_flag="--calibration-tokens")
-        _common.alpha_option(command)
-        command.add_argument(
-            "--methods", default=_common.DEFAULT_METHODS, help=f"comma-separated, from: {', '.join(METHODS)}"
-        )
+        _common.quantizing_options(command)
+        _common.methods_option(command)
         command.add_argument("--tokens", type=int, default=8192, help="evaluation tokens (default 8192)")
         command.add_argument("--window", type=int, default=512, help="tokens per evaluation window (default 512)")
         command.add_argument(
@@ -55,26 +49,17 @@ def cmd_eval(args, show_scan: bool = False) -> int:
     methods = _common.parse_methods(args.methods)
     if task_params is not None and session.layerwise:
         raise BadInput(tasks.WHOLE_MODEL_ONLY)
-    eval_params = {
-        "tokens": args.tokens,
-        "window": args.window,
-        "corpus": args.corpus,
-        "reference": args.reference,
-        "save_reference": args.save_reference,
-    }
+    eval_params = _common.params_from(args, "tokens", "window", "corpus", "reference", "save_reference")
     if session.layerwise:
         one_pass = _common.run_one_pass(session, args, methods, scan=show_scan, evaluate=eval_params)
         scan_payload, result = one_pass["scan"], one_pass["evaluate"]
     else:
         scan_payload = _common.run_scan(session, args) if (_common.needs_scan(methods) or show_scan) else None
         _common.run_quantize(session, args, methods)
-        task = ProgressBarTask("evaluate", enabled=not args.quiet)
-        result = session.evaluate(eval_params, task)
-        task.finish()
+        result = _common.with_progress(args, "evaluate", session.evaluate, eval_params)
     if task_params is not None:
-        task = ProgressBarTask("task accuracy", enabled=not args.quiet)
-        result["task_accuracy"] = session.task_accuracy({**task_params, "methods": methods}, task)
-        task.finish()
+        task_params = {**task_params, "methods": methods}
+        result["task_accuracy"] = _common.with_progress(args, "task accuracy", session.task_accuracy, task_params)
     _common.print_warnings(result["rows"])
     result = {key: value for key, value in result.items() if key != "token_detail"}  # the window's token view
     if args.json:

@@ -15,7 +15,6 @@ import sys
 from typing import Any
 
 from int8wb.engine.cli import _common
-from int8wb.engine.cli._progress import ProgressBarTask
 from int8wb.engine.errors import BadInput
 from int8wb.engine.measure.evaluate import coverage_lines
 from int8wb.engine.quant import skip_list
@@ -28,9 +27,7 @@ def add_parser(subparsers) -> None:
         help="quantize and write a checkpoint: bitsandbytes safetensors (transformers; the workbench re-opens "
         "them), compressed-tensors (vLLM) or GGUF Q8_0 (llama.cpp)",
     )
-    _common.model_options(command)
-    _common.scan_options(command, tokens_flag="--calibration-tokens")
-    _common.alpha_option(command)
+    _common.quantizing_options(command)
     command.add_argument(
         "--method", default=LLM_INT8.name, choices=METHODS, help=f"quantization method (default {LLM_INT8.name})"
     )
@@ -66,13 +63,7 @@ def cmd_export(args) -> int:
     if args.max_shard_size is not None:
         parse_size(args.max_shard_size)
     session = _common.session_with_model(args)
-    export_params = {
-        "method": args.method,
-        "format": args.format,
-        "out": args.out,
-        "overwrite": args.overwrite,
-        "max_shard_size": args.max_shard_size,
-    }
+    export_params = _common.params_from(args, "method", "format", "out", "overwrite", "max_shard_size")
     if session.layerwise:
         _print_skip_notes(session, args)
         result = _common.run_one_pass(session, args, [args.method], export=export_params)["export"]
@@ -91,9 +82,7 @@ def cmd_export(args) -> int:
         if _common.needs_scan([args.method]):
             _common.run_scan(session, args)
         _common.run_quantize(session, args, [args.method])
-    task = ProgressBarTask("export", enabled=not args.quiet)
-    result = session.export(export_params, task)
-    task.finish()
+    result = _common.with_progress(args, "export", session.export, export_params)
     return _report(args, _with_skip_forms(args, session, result))
 
 
@@ -112,11 +101,7 @@ def _with_skip_forms(args, session, result: dict[str, Any]) -> dict[str, Any]:
 
 def _report(args, result: dict[str, Any]) -> int:
     _common.print_warnings([result])
-    if args.json:
-        _common.print_json(result)
-    else:
-        print(format_export(result))
-    return 0
+    return _common.print_result(args, result, format_export)
 
 
 def format_export(result: dict[str, Any]) -> str:

@@ -59,25 +59,13 @@ def cmd_outliers(args) -> int:
     methods = _common.parse_methods(args.compare) if args.compare else []
     if _common.needs_scan(methods):
         raise BadInput("--compare takes methods that need no scan (absmax-tensor, vectorwise, weight-only, q8_0, ...)")
-    params = {
-        "candidates": args.candidates,
-        "find_tokens": args.find_tokens,
-        "tokens": args.tokens,
-        "window": args.window,
-        "corpus": args.corpus,
-    }
+    params = _common.params_from(args, "candidates", "find_tokens", "tokens", "window", "corpus")
     SuperWeightSettings.from_params(params)  # refuse a bad number before the load
     session = _common.session_with_model(args)
-    task = ProgressBarTask("super weights", enabled=not args.quiet)
-    result = session.find_super_weights(params, task)
-    task.finish()
+    result = _common.with_progress(args, "super weights", session.find_super_weights, params)
     if methods:
         result["comparison"] = compare_kept(session, args, methods)
-    if args.json:
-        _common.print_json(result)
-    else:
-        print(format_super_weights(result))
-    return 0
+    return _common.print_result(args, result, format_super_weights)
 
 
 def compare_kept(session, args, methods: list[str]) -> dict[str, Any]:
@@ -87,9 +75,8 @@ def compare_kept(session, args, methods: list[str]) -> dict[str, Any]:
     variants = {}
     for method in methods:
         for keep in (False, True) if session.super_weights["super_weights"] else (False,):
-            task = ProgressBarTask(f"quantize {method}", enabled=not args.quiet)
-            session.quantize({"methods": [method], "threshold": args.threshold, "keep_super_weights": keep}, task)
-            task.finish()
+            params = {"methods": [method], "threshold": args.threshold, "keep_super_weights": keep}
+            _common.with_progress(args, f"quantize {method}", session.quantize, params)
             variants[method + (KEPT_SUFFIX if keep else "")] = session.quantized[method]
     task = ProgressBarTask("evaluate", enabled=not args.quiet)
     eval_params = {"tokens": args.tokens, "window": args.window, "corpus": args.corpus}

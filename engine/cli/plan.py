@@ -10,22 +10,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
-from int8wb.engine.errors import BadInput, WorkbenchError
+from int8wb.engine.cli import _common
+from int8wb.engine.errors import BadInput
 from int8wb.engine.vocabulary import FLOAT_BYTES, GPUS, METHOD_LABELS
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register `plan` and its options; `main` is set as the handler."""
+    """Register `plan` and its options; `main` runs it."""
     from int8wb.engine.planning.planner import DEFAULT_OUTLIER_FRACTION, DEFAULT_USABLE_FRACTION, PLAN_METHODS
 
-    parser = subparsers.add_parser(
-        "plan",
-        help="GPUs needed for a model in FP16 / INT8 / LLM.int8, every term shown",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = _common.documented_command(
+        subparsers, "plan", help="GPUs needed for a model in FP16 / INT8 / LLM.int8, every term shown", doc=__doc__
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", metavar="PATH", help="a config.json, or a model directory holding one")
@@ -64,20 +61,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--method", action="append", choices=PLAN_METHODS, help="only this method (repeatable)")
     parser.add_argument("--gpu", action="append", choices=sorted(GPUS), help="only this card (repeatable)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
-    parser.set_defaults(func=main, handler=main)
+    parser.set_defaults(func=main)
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the subcommand; a WorkbenchError is printed as one line on stderr and exits 2."""
-    try:
-        return _main(args)
-    except WorkbenchError as exc:
-        print(f"int8wb plan: error: {exc}", file=sys.stderr)
-        return 2
-
-
-def _main(args: argparse.Namespace) -> int:
+    """Print the plan (or the presets, or the largest that fits); a `BadInput` goes to `int8wb`'s one-line error."""
     from int8wb.engine.planning import plan_memory, presets
     from int8wb.engine.task import Task
 

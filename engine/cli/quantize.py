@@ -4,17 +4,12 @@ from __future__ import annotations
 
 from int8wb.engine.cli import _common
 from int8wb.engine.measure.evaluate import coverage_lines, smoothing_note
-from int8wb.engine.vocabulary import METHODS
 
 
 def add_parser(subparsers) -> None:
     quantize = subparsers.add_parser("quantize", help="quantize with one or more methods and report sizes")
-    _common.model_options(quantize)
-    _common.scan_options(quantize, tokens_flag="--calibration-tokens")
-    _common.alpha_option(quantize)
-    quantize.add_argument(
-        "--methods", default=_common.DEFAULT_METHODS, help=f"comma-separated, from: {', '.join(METHODS)}"
-    )
+    _common.quantizing_options(quantize)
+    _common.methods_option(quantize)
     quantize.set_defaults(func=cmd_quantize)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from int8wb.engine.cli import _common
-from int8wb.engine.cli._progress import ProgressBarTask
 from int8wb.engine.measure.sensitivity import GROUPS, SweepSettings
 from int8wb.engine.vocabulary import DEFAULT_REPAIR_METHOD, METHODS
 
@@ -41,28 +40,15 @@ def add_parser(subparsers) -> None:
 
 
 def cmd_sensitivity(args) -> int:
-    params = {
-        "method": args.method,
-        "target": args.target,
-        "group": args.group,
-        "tokens": args.tokens,
-        "holdout_tokens": args.holdout_tokens,
-        "window": args.window,
-        "threshold": args.threshold,
-        "corpus": args.corpus,
-    }
+    params = _common.params_from(
+        args, "method", "target", "group", "tokens", "holdout_tokens", "window", "threshold", "corpus"
+    )
     SweepSettings.from_params(params)  # a wrong setting is refused before the model loads
     session = _common.session_with_model(args)
     if _common.needs_scan([args.method]):
         _common.run_scan(session, args)
-    task = ProgressBarTask("sensitivity", enabled=not args.quiet)
-    result = session.sensitivity(params, task)
-    task.finish()
-    if args.json:
-        _common.print_json(result)
-    else:
-        print(format_sensitivity(result))
-    return 0
+    result = _common.with_progress(args, "sensitivity", session.sensitivity, params)
+    return _common.print_result(args, result, format_sensitivity)
 
 
 def format_sensitivity(result: dict[str, Any]) -> str:
