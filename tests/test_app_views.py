@@ -100,3 +100,32 @@ def test_the_load_panel_says_layer_by_layer():
     disk = {"mode": "disk", "layers": 32, "peak_bytes": 2.4e9, "reason": "offload auto: layer by layer from disk: x"}
     assert offload_line(disk) == "layer by layer from disk: 32 layers, peak about 2.4 GB"
     assert offload_line({"mode": "none", "reason": "asked for"}) is None
+
+
+def test_grid_cell_at_maps_a_point_to_its_cell_and_nothing_outside(qtbot):
+    """The one mapping every grid map's hover reads: a unit cell per (row, column), None past the grid's edge."""
+    import pyqtgraph as pg
+
+    from int8wb.app.views.colors import grid_cell_at
+
+    plot = pg.PlotWidget()
+    qtbot.addWidget(plot)
+    plot.resize(200, 200)
+    plot.getViewBox().setRange(xRange=(0, 4), yRange=(0, 3), padding=0)
+    plot.show()
+    qtbot.waitExposed(plot)
+    view = plot.getViewBox()
+    assert grid_cell_at(plot.plotItem, view.mapViewToScene(QPointF(2.5, 1.5)), (3, 4)) == (1, 2)
+    assert grid_cell_at(plot.plotItem, view.mapViewToScene(QPointF(3.5, 2.5)), (3, 2)) is None  # column 3 of 2
+
+
+def test_coalescer_follows_a_scan_row_by_interval_and_anything_else_at_once(qtbot):
+    """A streamed row waits for the interval; the scan's end (any other event) refreshes at once."""
+    from int8wb.app.views.throttle import Coalescer
+
+    calls = []
+    coalescer = Coalescer(lambda: calls.append(1), 10_000)
+    coalescer.follow_scan("row", None)
+    assert calls == []
+    coalescer.follow_scan("done", None)
+    assert calls == [1]

@@ -1,4 +1,5 @@
-"""Colours shared by the views: the heatmap colour map, the outlier highlight, one colour per input kind.
+"""Colours shared by the views: the heatmap colour map, the outlier highlight, one colour per input kind; and
+what the grid maps share besides (their image items, the cell under the pointer, the rows' colour indices).
 
 The error map uses the heatmap's colour map turned round (bright = low SQNR = much error), so that in
 both maps bright means trouble.
@@ -67,6 +68,17 @@ def heatmap_images(plot) -> tuple[pg.ImageItem, pg.ImageItem]:
     plot.addItem(image)
     plot.addItem(overlay)
     return image, overlay
+
+
+def grid_cell_at(plot: pg.PlotItem, scene_pos, shape: tuple[int, int]) -> tuple[int, int] | None:
+    """(row, column) of the grid of `shape` drawn one cell per unit in `plot` under a scene position, or None
+    outside it: what the maps' hover and click read."""
+    if not plot.sceneBoundingRect().contains(scene_pos):
+        return None
+    point = plot.getViewBox().mapSceneToView(scene_pos)
+    row, column = int(math.floor(point.y())), int(math.floor(point.x()))
+    rows, columns = shape
+    return (row, column) if 0 <= row < rows and 0 <= column < columns else None
 
 
 def index_rows(values: np.ndarray, low: float, high: float, log10: bool = False) -> np.ndarray:

@@ -160,12 +160,7 @@ class ErrorMapView(QWidget):
 
     def cell_at(self, scene_pos) -> tuple[int, int] | None:
         """(row, column) under a scene position, or None outside the grid."""
-        if not self.plot.sceneBoundingRect().contains(scene_pos):
-            return None
-        point = self.plot.getViewBox().mapSceneToView(scene_pos)
-        row, column = int(math.floor(point.y())), int(math.floor(point.x()))
-        rows, columns = self.errors.grid.shape
-        return (row, column) if 0 <= row < rows and 0 <= column < columns else None
+        return colors.grid_cell_at(self.plot, scene_pos, self.errors.grid.shape)
 
     def _on_mouse_moved(self, scene_pos) -> None:
         cell = self.cell_at(scene_pos)

@@ -261,12 +261,7 @@ class HeatmapView(QWidget):
 
     def cell_at(self, scene_pos) -> tuple[int, int] | None:
         """(row, dimension) under a scene position, or None outside the grid."""
-        if not self.plot.sceneBoundingRect().contains(scene_pos):
-            return None
-        point = self.plot.getViewBox().mapSceneToView(scene_pos)
-        row, dim = int(math.floor(point.y())), int(math.floor(point.x()))
-        rows, width = self.stats.absmax_grid.shape
-        return (row, dim) if 0 <= row < rows and 0 <= dim < width else None
+        return colors.grid_cell_at(self.plot, scene_pos, self.stats.absmax_grid.shape)
 
     def describe_cell(self, row: int, dim: int) -> str:
         absmax = float(self.values()[row, dim])

@@ -84,15 +84,9 @@ class HistogramView(QWidget):
         content_layout.addWidget(self.plot, 1)
         self.empty = EmptyState(content, EMPTY_TEXT)
         layout.addWidget(self.empty)
-        stats.subscribe(self._on_stats)
+        stats.subscribe(self._refresh.follow_scan)
         threshold.subscribe(self._on_threshold)
         self._on_threshold(threshold.threshold)
-
-    def _on_stats(self, event: str, data: object) -> None:
-        if event == "row":
-            self._refresh.request()
-        else:
-            self._refresh.now()
 
     def refresh(self) -> None:
         """Show both histograms of the statistics held so far (empty curves before any)."""

@@ -174,12 +174,7 @@ class ResidualMapView(QWidget):
 
     def cell_at(self, scene_pos) -> tuple[int, int] | None:
         """(row, position) under a scene position, or None outside the grid."""
-        if self.stream.empty or not self.plot.sceneBoundingRect().contains(scene_pos):
-            return None
-        point = self.plot.getViewBox().mapSceneToView(scene_pos)
-        row, position = int(math.floor(point.y())), int(math.floor(point.x()))
-        rows, positions = self.stream.grid.shape
-        return (row, position) if 0 <= row < rows and 0 <= position < positions else None
+        return None if self.stream.empty else colors.grid_cell_at(self.plot, scene_pos, self.stream.grid.shape)
 
     def _on_mouse_moved(self, scene_pos) -> None:
         cell = self.cell_at(scene_pos)

@@ -106,7 +106,7 @@ class ThresholdPanel(QGroupBox):
         self.fraction_spin.valueChanged.connect(self._apply_fraction)
         self._refresh = Coalescer(self.refresh, REFRESH_MS, self)
         model.subscribe(lambda _: self._refresh.now())
-        model.stats.subscribe(self._on_stats)
+        model.stats.subscribe(self._refresh.follow_scan)
         self.refresh()
 
     def _apply(self, threshold: float) -> None:
@@ -117,12 +117,6 @@ class ThresholdPanel(QGroupBox):
         if self._syncing or not self.model.stats.linears:
             return
         self.model.set_fraction(percent / 100.0)
-
-    def _on_stats(self, event: str, data: object) -> None:
-        if event == "row":
-            self._refresh.request()
-        else:
-            self._refresh.now()
 
     def refresh(self) -> None:
         """Show the model's threshold in every control and recompute the summary."""

@@ -33,3 +33,11 @@ class Coalescer(QObject):
         """Refresh at once (the state the user acts on must be current) and drop a pending request."""
         self._timer.stop()
         self._callback()
+
+    def follow_scan(self, event: str, data: object) -> None:
+        """A scan-statistics listener: a streamed row asks for a refresh within the interval; any other event
+        (a new scan, its end, a file opened) refreshes at once."""
+        if event == "row":
+            self.request()
+        else:
+            self.now()
