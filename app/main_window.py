@@ -12,7 +12,7 @@ responsive while the engine works.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtGui import QAction, QKeySequence
@@ -354,28 +354,19 @@ class MainWindow(QMainWindow):
             self.planner = PlannerDialog(self.memory_planner, self)
         self.planner.set_has_model(has_model)
         self.planner.set_threshold(self.threshold.threshold)
-        self.planner.show()
-        self.planner.raise_()
-        self.planner.activateWindow()
-        return self.planner
+        return _bring_forward(self.planner)
 
     def open_sensitivity(self) -> SensitivityPanel:
         """The sensitivity sweep: rank what keeping each group in floating point buys; the smallest skip list."""
         if self.sensitivity is None:
             self.sensitivity = SensitivityPanel(self.workbench, self)
-        self.sensitivity.show()
-        self.sensitivity.raise_()
-        self.sensitivity.activateWindow()
-        return self.sensitivity
+        return _bring_forward(self.sensitivity)
 
     def open_super_weights(self) -> SuperWeightPanel:
         """The super weight experiment: its button, candidates and verdict, and keeping what it found."""
         if self.super_weight_panel is None:
             self.super_weight_panel = SuperWeightPanel(self.workbench, self)
-        self.super_weight_panel.show()
-        self.super_weight_panel.raise_()
-        self.super_weight_panel.activateWindow()
-        return self.super_weight_panel
+        return _bring_forward(self.super_weight_panel)
 
     def about_text(self) -> str:
         """Versions of this window and of the engine behind it, and whether they differ."""
@@ -442,3 +433,14 @@ class MainWindow(QMainWindow):
             (self.run_panel.export_button, (Step.EXPORT,)),
         ):
             mark_current(button, step in steps)
+
+
+W = TypeVar("W", bound=QWidget)
+
+
+def _bring_forward(window: W) -> W:
+    """Show a tool window opened before, or just built, on top and focused, as a menu item that opens it must."""
+    window.show()
+    window.raise_()
+    window.activateWindow()
+    return window
