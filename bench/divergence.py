@@ -4,18 +4,20 @@
 
 1. table: every method quantized and evaluated once (perplexity and divergence in one pass), the float
    model's predictions saved as a reference file; its size against the full float32 logits.
-2. k: the mean KL divergence from the top-k reference against the exact KL (both models' whole
+2. k: the mean KL divergence from a top-k reference file against the exact KL (both models' whole
    log-softmax side by side, one window at a time) for several k, per method.
 3. export: llm-int8 exported for bitsandbytes, re-opened by the workbench alone and evaluated against the
    saved reference: its mean KL against the in-memory llm-int8's.
-4. cost: a plain perplexity pass against the pass with the divergence (the reference filled by the
-   baseline, then one method compared with it), each timed on the same tokens in this run.
+4. cost: a plain perplexity pass (baseline, then one method) against the pass with the divergence (both
+   batch by batch, the method's exact KL against the baseline's log-softmax), alternated on the same tokens
+   in this run, the median of several repeats.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -54,25 +56,29 @@ def k_accuracy(loaded, variants: dict, windows, k_values=K_VALUES) -> dict:
     return {m: {key: value / positions for key, value in values.items()} for m, values in sums.items()}
 
 
-def cost(loaded, variant, windows, repeats: int = 2) -> dict:
-    """Seconds of the plain perplexity pass and of the pass with the divergence, best of `repeats`, same tokens."""
+def cost(loaded, variant, windows, repeats: int = 5) -> dict:
+    """Seconds of a plain perplexity pass (baseline, then the method) and of the pass with the divergence
+    (both batch by batch, the method's exact KL against the baseline), alternated on the same tokens;
+    medians of `repeats`."""
     plain, with_divergence = [], []
+    models = [loaded.model, variant.model]
     for _ in range(repeats):
         started = time.perf_counter()
-        evaluate.perplexity(loaded.model, windows, 4, Task())
-        evaluate.perplexity(variant.model, windows, 4, Task())
+        for model in models:
+            evaluate.perplexity(model, windows, 4, Task())
         plain.append(time.perf_counter() - started)
-        k = min(divergence.TOP_K, int(loaded.model.config.vocab_size))
-        ref = divergence.Reference.empty(windows.numpy(), k, {}, "float", "")
+        ref = divergence.Reference.empty(windows.numpy(), divergence.SHOWN_TOP, {}, "float", "")
+        scorings = [evaluate.Scoring(divergence.Comparison(ref, exact=True), fills=fills) for fills in (True, False)]
         started = time.perf_counter()
-        baseline = divergence.Comparison(ref)
-        evaluate.measure(loaded.model, windows, 4, Task(), evaluate.Scoring(baseline, fills=True))
-        evaluate.measure(variant.model, windows, 4, Task(), evaluate.Scoring(divergence.Comparison(ref)))
+        evaluate.measure(models, windows, 4, Task(), scorings)
         with_divergence.append(time.perf_counter() - started)
+    ratios = sorted(d / p for d, p in zip(with_divergence, plain))
     return {
-        "plain_s": min(plain),
-        "with_divergence_s": min(with_divergence),
-        "extra": min(with_divergence) / min(plain) - 1,
+        "plain_s": statistics.median(plain),
+        "with_divergence_s": statistics.median(with_divergence),
+        "extra": statistics.median(ratios) - 1,
+        "extra_each": [r - 1 for r in ratios],
+        "repeats": repeats,
     }
 
 
@@ -85,6 +91,7 @@ def main() -> int:
     parser.add_argument("--cost-tokens", type=int, default=2048, help="tokens of the cost measurement")
     parser.add_argument("--out", default=None, help="write the measurements as JSON here")
     parser.add_argument("--cost-only", action="store_true", help="only the cost, of the first method")
+    parser.add_argument("--repeats", type=int, default=5, help="repeats of the cost measurement (median)")
     parser.add_argument("--k-only", action="store_true", help="only the k measurement (no table, export, cost)")
     args = parser.parse_args()
     methods = quantize.check_methods(args.methods)
@@ -93,7 +100,7 @@ def main() -> int:
     report = {"model": loaded.name, "tokens": args.tokens, "top_k": divergence.TOP_K}
     if args.cost_only:
         cost_windows, _ = evaluate.evaluation_windows(evaluate.EvalSettings(tokens=args.cost_tokens), loaded.tokenizer)
-        print(json.dumps(cost(loaded, variants[methods[0]], cost_windows)), flush=True)
+        print(json.dumps(cost(loaded, variants[methods[0]], cost_windows, args.repeats)), flush=True)
         return 0
     if args.k_only:
         windows, _ = evaluate.evaluation_windows(evaluate.EvalSettings(tokens=args.k_tokens), loaded.tokenizer)
@@ -114,7 +121,7 @@ def main() -> int:
     cost_windows, _ = evaluate.evaluation_windows(evaluate.EvalSettings(tokens=args.cost_tokens), loaded.tokenizer)
     cost_method = "llm-int8" if "llm-int8" in variants else methods[0]
     report["cost"] = {"method": cost_method, "tokens": int(cost_windows.numel())}
-    report["cost"].update(cost(loaded, variants[cost_method], cost_windows))
+    report["cost"].update(cost(loaded, variants[cost_method], cost_windows, args.repeats))
     print(json.dumps(report["cost"]), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1, default=float) + "\n", encoding="utf-8")
