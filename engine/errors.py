@@ -35,3 +35,11 @@ class Cancelled(WorkbenchError):
     """The job was cancelled on request; nothing is wrong."""
 
     kind = "cancelled"
+
+
+def check_counts(settings, names: tuple[str, ...]) -> None:
+    """BadInput unless each attribute `names` of `settings` is a whole number of at least 1 (True is no count)."""
+    for name in names:
+        value = getattr(settings, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise BadInput(f"{name} must be a positive integer, got {value!r}")

@@ -87,10 +87,10 @@ def planner_dialog(qtbot):
 
     create_app([])
     engine = QtEngineClient()
-    planner = MemoryPlanner(engine.link.client)
+    planner = MemoryPlanner(engine.client)
     engine.connect_listener(planner)
     dialog = PlannerDialog(planner)
     qtbot.addWidget(dialog)
     dialog.show()
     yield dialog
-    engine.link.client.close()
+    engine.client.close()

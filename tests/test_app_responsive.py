@@ -190,10 +190,10 @@ def test_engine_states_arrive_in_the_gui_thread_and_a_stale_one_is_dropped(qtbot
     worker.start()
     worker.join()
     qtbot.wait(50)
-    assert seen == [] and engine.link.client.state is EngineState.STOPPED
-    engine.link.client.start_in_background(engine.link.client.start_local)
+    assert seen == [] and engine.client.state is EngineState.STOPPED
+    engine.client.start_in_background(engine.client.start_local)
     assert seen == [(EngineState.STARTING, "MainThread")]  # at once: the GUI thread asked for it
     qtbot.waitUntil(lambda: len(seen) == 2, timeout=60_000)  # READY, set on the starter thread
-    assert seen[1] == (EngineState.READY, "MainThread") and engine.link.client.state is EngineState.READY
-    engine.link.client.close()
+    assert seen[1] == (EngineState.READY, "MainThread") and engine.client.state is EngineState.READY
+    engine.client.close()
     assert seen[2:] == [(EngineState.STOPPED, "MainThread")]

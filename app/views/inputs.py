@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from PySide6.QtWidgets import QAbstractSpinBox, QDoubleSpinBox, QHBoxLayout, QPushButton, QSpinBox, QWidget
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QAbstractSpinBox,
+    QDoubleSpinBox,
+    QHBoxLayout,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QWidget,
+)
 
 
 def spin_box(low: int, high: int, value: int, suffix: str = "", step: int = 1, tooltip: str = "") -> QSpinBox:
@@ -50,3 +59,13 @@ def row(*widgets: QWidget) -> QHBoxLayout:
     for widget in widgets:
         layout.addWidget(widget)
     return layout
+
+
+def cell_table(on_cell) -> QTableWidget:
+    """A read-only table whose cells are picked one at a time; `on_cell(row, column, ...)` hears each pick."""
+    table = QTableWidget(0, 0)
+    table.verticalHeader().setVisible(False)
+    table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+    table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+    table.currentCellChanged.connect(on_cell)
+    return table

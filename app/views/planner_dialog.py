@@ -28,7 +28,6 @@ from PySide6.QtWidgets import (
     QPushButton,
     QRadioButton,
     QSplitter,
-    QTableWidget,
     QTableWidgetItem,
     QTabWidget,
     QVBoxLayout,
@@ -48,7 +47,7 @@ from int8wb.app.view_models.plan import (
     format_bytes,
     list_presets,
 )
-from int8wb.app.views.inputs import double_spin_box, spin_box
+from int8wb.app.views.inputs import cell_table, double_spin_box, spin_box
 from int8wb.app.views.term_tree import show_terms, term_tree
 from int8wb.app.views.throughput_section import ThroughputSection
 
@@ -154,12 +153,8 @@ class PlannerDialog(QDialog):
         self.settings_line = QLabel("")
         self.settings_line.setObjectName("info")
         self.settings_line.setWordWrap(True)
-        self.table = QTableWidget(0, 0)
-        self.table.verticalHeader().setVisible(False)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table = cell_table(self._on_cell)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectItems)
-        self.table.currentCellChanged.connect(self._on_cell)
         self.notes = QLabel("")
         self.notes.setWordWrap(True)
         self.notes.setStyleSheet("color: #f4a259;")

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 from PySide6.QtCore import Qt, Slot
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QHeaderView,
     QLabel,
     QSplitter,
-    QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
 from int8wb.app.view_models.throughput import ThroughputViewModel
+from int8wb.app.views.inputs import cell_table
 from int8wb.app.views.term_tree import show_terms, term_tree
 
 FIXED_COLUMNS = ("method", "read per token")
@@ -38,11 +37,7 @@ class ThroughputSection(QWidget):
         self.headline = QLabel("")
         self.headline.setObjectName("info")
         self.headline.setWordWrap(True)
-        self.table = QTableWidget(0, 0)
-        self.table.verticalHeader().setVisible(False)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.currentCellChanged.connect(self._on_cell)
+        self.table = cell_table(self._on_cell)
         self.table.setMinimumHeight(120)
         self.terms_caption = QLabel("")
         self.tree = term_tree(("term", "value", "what it is"))

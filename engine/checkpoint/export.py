@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -54,16 +54,9 @@ class ExportResult:
     coverage: dict[str, Any] = field(default_factory=dict)  # the INT8 share as the format holds it, and notes
 
     def to_payload(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "format": self.format,
-            "method": self.method,
-            "threshold": self.threshold,
-            "files": self.files,
-            "total_bytes": self.total_bytes,
-            "breakdown": self.breakdown,
-            **self.coverage,
-        }
+        """Every field, with the coverage's keys at the top level beside them."""
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "coverage"}
+        return own | self.coverage
 
 
 def held_coverage(model, method: str, fmt: str, unfit=()) -> dict[str, Any]:

@@ -33,18 +33,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--context", type=int, default=4096, help="tokens per sequence (default 4096)")
     parser.add_argument("--batch", type=int, default=1, help="sequences at once (default 1)")
     parser.add_argument("--dtype", choices=sorted(FLOAT_BYTES), default="float16", help="floating-point dtype")
-    parser.add_argument(
-        "--outlier-fraction",
-        type=float,
-        default=DEFAULT_OUTLIER_FRACTION,
-        help=f"LLM.int8: fraction of input columns kept in floating point (default {DEFAULT_OUTLIER_FRACTION})",
-    )
-    parser.add_argument(
-        "--usable-fraction",
-        type=float,
-        default=DEFAULT_USABLE_FRACTION,
-        help=f"fraction of each card the plan may fill (default {DEFAULT_USABLE_FRACTION})",
-    )
+    for flag, default, meaning in (
+        ("--outlier-fraction", DEFAULT_OUTLIER_FRACTION, "LLM.int8: fraction of input columns kept in floating point"),
+        ("--usable-fraction", DEFAULT_USABLE_FRACTION, "fraction of each card the plan may fill"),
+    ):
+        parser.add_argument(flag, type=float, default=default, help=f"{meaning} (default {default})")
     parser.add_argument("--overhead-gib", type=float, default=1.0, help="runtime overhead per GPU in GiB (default 1)")
     parser.add_argument(
         "--attention",

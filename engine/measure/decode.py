@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from int8wb.engine.errors import BadInput
+from int8wb.engine.errors import BadInput, check_counts
 from int8wb.engine.vocabulary import BASELINE, MIB
 
 SHOWN_TOKENS = 16
@@ -47,10 +47,7 @@ class DecodeSettings:
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> DecodeSettings:
         settings = cls(**{k: params[k] for k in cls.__dataclass_fields__ if params.get(k) is not None})
-        for name in ("new_tokens", "prompt_tokens", "repeats", "batch", "copy_mib"):
-            value = getattr(settings, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise BadInput(f"{name} must be a positive integer, got {value!r}")
+        check_counts(settings, ("new_tokens", "prompt_tokens", "repeats", "batch", "copy_mib"))
         if settings.new_tokens < 2:
             raise BadInput(
                 f"new_tokens must be at least 2 (the first comes from the prompt), got {settings.new_tokens}"

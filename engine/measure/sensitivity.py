@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from int8wb.engine.errors import BadInput
+from int8wb.engine.errors import BadInput, check_counts
 from int8wb.engine.measure import evaluate
 from int8wb.engine.model.layers import decoder_layers, layer_number, linear_layers, shared_input_sets
 from int8wb.engine.model.replay import LayerOutputs
@@ -98,10 +98,7 @@ class SweepSettings:
                 f"a target of {settings.target:+g}% is below what keeping everything in floating point reaches "
                 "(+0%: the baseline itself); choose a target of 0 or more"
             )
-        for name in ("tokens", "holdout_tokens", "window", "batch_size"):
-            value = getattr(settings, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise BadInput(f"{name} must be a positive integer, got {value!r}")
+        check_counts(settings, ("tokens", "holdout_tokens", "window", "batch_size"))
         for name in ("tokens", "holdout_tokens"):
             if getattr(settings, name) < settings.window:
                 raise BadInput(f"{name} ({getattr(settings, name)}) must hold at least one window of {settings.window}")

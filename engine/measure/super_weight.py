@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from int8wb.engine.errors import BadInput
+from int8wb.engine.errors import BadInput, check_counts
 from int8wb.engine.model.layers import (
     decoder_layers,
     is_conv1d,
@@ -58,10 +58,7 @@ class SuperWeightSettings:
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> SuperWeightSettings:
         settings = cls(**{k: params[k] for k in cls.__dataclass_fields__ if params.get(k) is not None})
-        for name in ("find_tokens", "candidates", "tokens", "window", "batch_size"):
-            value = getattr(settings, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise BadInput(f"{name} must be a positive integer, got {value!r}")
+        check_counts(settings, ("find_tokens", "candidates", "tokens", "window", "batch_size"))
         return settings
 
 

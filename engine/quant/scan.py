@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from int8wb.engine.errors import BadInput
+from int8wb.engine.errors import BadInput, check_counts
 from int8wb.engine.model.layers import decoder_layers, linear_layers
 from int8wb.engine.quant import precision, smoothing, token_axis
 from int8wb.engine.quant.input_hooks import InputStats, StatsHooks
@@ -78,10 +78,7 @@ class ScanSettings:
     def validate(self) -> None:
         check_threshold(self.threshold)
         check_alpha(self.alpha)
-        for name in ("tokens", "seq_len", "batch_size", "error_tokens"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise BadInput(f"{name} must be a positive integer, got {value!r}")
+        check_counts(self, ("tokens", "seq_len", "batch_size", "error_tokens"))
         if self.seq_len < 2:
             raise BadInput("seq_len must be at least 2")
         if not isinstance(self.token_axis, bool):

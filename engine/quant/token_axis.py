@@ -23,7 +23,7 @@ t // seq_len.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -54,15 +54,7 @@ class ResidualStats:
         return float(self.token_absmax.max()) if self.token_absmax.size else 0.0
 
     def to_payload(self) -> dict[str, Any]:
-        return {
-            "layer": self.layer,
-            "token_absmax": self.token_absmax,
-            "token_argmax": self.token_argmax,
-            "dim_absmax": self.dim_absmax,
-            "median_abs": self.median_abs,
-            "profile_dims": self.profile_dims,
-            "profile_values": self.profile_values,
-        }
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class _Running:
