@@ -172,7 +172,7 @@ def load_default_model(machine: Machine, timeout: float) -> Outcome:
         return Outcome("skipped", machine.model_missing)
     code = (
         "import time; t = time.perf_counter()\n"
-        "from int8wb.engine.model import loading\nfrom int8wb.engine.task import Task\n"
+        "from int8wb.engine.pipeline import loading\nfrom int8wb.engine.task import Task\n"
         "loaded = loading.load({'device': 'cpu'}, Task())\n"
         "print(f'  {loaded.name}: {loaded.describe()[\"parameters\"]:,} parameters in {time.perf_counter() - t:.1f} s')"
     )

@@ -148,7 +148,7 @@ def test_the_cli_refuses_a_missing_task_file_before_loading_the_model(capsys):
 def test_a_hub_task_offline_names_itself_and_the_local_file_way():
     """lm-eval's registry task with HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set: a BadInput, not a hub traceback."""
     code = (
-        "from int8wb.engine.quant import tasks\n"
+        "from int8wb.engine.measure import tasks\n"
         "for name in ('piqa', 'no_such_task_anywhere'):\n"
         "    try:\n"
         "        tasks.load_tasks((name,))\n"
