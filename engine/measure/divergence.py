@@ -141,6 +141,19 @@ class Comparison:
         self.target_logprobs[start:end] = logprobs.gather(1, targets[:, None])[:, 0].cpu().numpy()
         self.filled = end
 
+    def add_itself(self, count: int) -> None:
+        """The next `count` positions of the model that filled the reference: no divergence from itself, its top
+        tokens those the reference just kept. Nothing as wide as the vocabulary is computed again."""
+        start, end = self.filled, self.filled + count
+        if end > self.reference.positions:
+            raise ValueError(f"{end} positions compared, the reference has {self.reference.positions}")
+        self.kl[start:end] = 0.0
+        self.same_top[start:end] = True
+        self.top_ids[start:end] = self.reference.top_ids[start:end, :SHOWN_TOP]
+        self.top_probs[start:end] = np.exp(self.reference.top_logprobs[start:end, :SHOWN_TOP])
+        self.target_logprobs[start:end] = self.reference.target_logprobs[start:end]
+        self.filled = end
+
     def summary(self) -> dict[str, float]:
         """The row's divergence numbers (see the module docstring); `change` is the perplexity's relative change."""
         n = self.filled

@@ -118,9 +118,9 @@ class Scoring:
             self.nll -= float(logprobs.gather(1, chunk_targets[:, None]).sum())
             if self.fills:
                 self.comparison.reference.fill(self.tokens, logprobs, chunk_targets)
-            if self.comparison is not None:
-                against = logprobs if self.fills else None if reference is None else reference[i]
-                self.comparison.add(logprobs, chunk_targets, against)
+                self.comparison.add_itself(int(chunk_targets.numel()))
+            elif self.comparison is not None:
+                self.comparison.add(logprobs, chunk_targets, None if reference is None else reference[i])
             self.tokens += int(chunk_targets.numel())
             if keep:
                 kept.append(logprobs)
