@@ -16,7 +16,6 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QComboBox,
-    QDialog,
     QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
@@ -35,6 +34,7 @@ from PySide6.QtWidgets import (
 from int8wb.app.view_models import sensitivity
 from int8wb.app.view_models.workbench import Workbench
 from int8wb.app.views import colors
+from int8wb.app.views.experiment_window import ExperimentWindow
 from int8wb.engine.vocabulary import DEFAULT_REPAIR_METHOD, METHOD_SHORT_LABELS, METHODS
 
 GROUPS = (
@@ -52,8 +52,10 @@ COLUMN_TOOLTIPS = {
 DEFAULT_WINDOW = 512
 
 
-class SensitivityPanel(QDialog):
+class SensitivityPanel(ExperimentWindow):
     """Settings, Run, and the last sweep's ranking, curve and list; see the module docstring."""
+
+    result_event = "sensitivity"
 
     def __init__(self, workbench: Workbench, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -214,13 +216,6 @@ class SensitivityPanel(QDialog):
         self.chosen.setPlainText("\n".join(result["skip_modules"]))
         self._update_enabled()
 
-    def _on_workbench(self, event: str, data: Any) -> None:
-        if event == "sensitivity":
-            self.show_result(data)
-        elif event == "changed":
-            self._update_enabled()
-
-    def _update_enabled(self) -> None:
-        self.run_button.setEnabled(self.workbench.loaded and not self.workbench.running)
+    def _update_details(self) -> None:
         self.apply_button.setEnabled(bool(self.result and self.result["skip_modules"]))
         self.note.setText(self.workbench.skip_note())

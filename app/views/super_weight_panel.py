@@ -12,7 +12,6 @@ from typing import Any
 
 from PySide6.QtWidgets import (
     QCheckBox,
-    QDialog,
     QHeaderView,
     QLabel,
     QPushButton,
@@ -23,6 +22,7 @@ from PySide6.QtWidgets import (
 )
 
 from int8wb.app.view_models.workbench import Workbench
+from int8wb.app.views.experiment_window import ExperimentWindow
 
 COLUMNS = ("Linear", "[row, col]", "weight", "input spike", "x median", "writes", "ppl zeroed", "ppl control", "")
 COLUMN_TOOLTIPS = {
@@ -41,8 +41,10 @@ INTRO = (
 )
 
 
-class SuperWeightPanel(QDialog):
+class SuperWeightPanel(ExperimentWindow):
     """The experiment's button, its candidates and verdict, and the keep option; see the module docstring."""
+
+    result_event = "super_weights"
 
     def __init__(self, workbench: Workbench, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -72,14 +74,7 @@ class SuperWeightPanel(QDialog):
         workbench.subscribe(self._on_workbench)
         self.show_result(workbench.super_weights)
 
-    def _on_workbench(self, event: str, data: Any) -> None:
-        if event == "super_weights":
-            self.show_result(data)
-        elif event == "changed":
-            self._update_enabled()
-
-    def _update_enabled(self) -> None:
-        self.run_button.setEnabled(self.workbench.loaded and not self.workbench.running)
+    def _update_details(self) -> None:
         found = bool((self.workbench.super_weights or {}).get("super_weights"))
         self.keep.setEnabled(found)
         self.keep.blockSignals(True)
