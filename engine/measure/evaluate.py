@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from int8wb.engine.errors import BadInput
+from int8wb.engine.errors import BadInput, check_counts
 from int8wb.engine.measure import divergence
 
 
@@ -33,10 +33,7 @@ class EvalSettings:
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> EvalSettings:
         settings = cls(**{k: params[k] for k in cls.__dataclass_fields__ if params.get(k) is not None})
-        for name in ("tokens", "window", "batch_size"):
-            value = getattr(settings, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise BadInput(f"{name} must be a positive integer, got {value!r}")
+        check_counts(settings, ("tokens", "window", "batch_size"))
         for name in ("reference", "save_reference"):
             if getattr(settings, name) is not None and not isinstance(getattr(settings, name), str):
                 raise BadInput(f"{name} must be a file path, got {getattr(settings, name)!r}")
