@@ -24,34 +24,16 @@ import argparse
 import copy
 import json
 import os
-import statistics
 import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
+from round_robin import interleaved_medians
 
-# The project root first: this folder's kernels.py (the GPU benchmark) must not shadow the package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from int8wb.kernels import cpu_int8, cpu_loader, ops  # noqa: E402
+from int8wb.kernels import cpu_int8, cpu_loader, ops
 
 SHAPES = [(4096, 576, 1536), (4096, 1536, 576), (512, 4096, 4096), (2048, 4096, 11008)]  # tokens, in, out
 THRESHOLD = 6.0
-
-
-def interleaved_medians(candidates: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds of each candidate, after one warm-up each, timed round-robin."""
-    for run in candidates.values():
-        run()
-    times: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(repeats):
-        for name, run in candidates.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def load_average() -> list[float]:

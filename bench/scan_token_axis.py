@@ -14,24 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import sys
-import time
 
-del sys.path[0]  # bench/, whose kernels.py would hide Hugging Face's kernels from transformers
-
-
-def timed_medians(candidates: dict, repeats: int) -> dict[str, float]:
-    """Median seconds of each candidate, after one warm-up each, timed round-robin."""
-    for run in candidates.values():
-        run()
-    times: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(repeats):
-        for name, run in candidates.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+from round_robin import interleaved_medians
 
 
 def main() -> None:
@@ -49,7 +33,7 @@ def main() -> None:
 
     loaded = loading.load({"device": args.device}, Task())
     params = {"tokens": args.tokens, "seq_len": 512, "batch_size": 8}
-    medians = timed_medians(
+    medians = interleaved_medians(
         {
             "without": lambda: scan.run({**params, "token_axis": False}, Task(), loaded),
             "with": lambda: scan.run(params, Task(), loaded),
