@@ -11,8 +11,12 @@
  *   dequantize_*        kernels.reference.dequantize_epilogue, in place on a float32
  *                       accumulator or from an int32 one
  *   outlier_flags       the columns where any |x| > threshold (kernels.reference.outlier_columns)
- *   feature_stats       per column max |x| and count of |x| > threshold, and the histogram of
- *                       log10 |x| (kernels.reference.feature_stats + log_histogram)
+ *   feature_stats       per column max |x| and count of |x| > threshold, the histogram of
+ *                       log10 |x| (kernels.reference.feature_stats + log_histogram), and on
+ *                       request each row's max |x| (kernels.reference.input_stats)
+ *   token_dim_absmax    each row's max |x| and its column, each column's max |x|
+ *                       (kernels.reference.token_dim_absmax: the scan's residual stream)
+ *   median_magnitude    the lower median of |x| (kernels.reference.median_magnitude)
  *
  * Abs-max works on the bit patterns: for floats without their sign bit, unsigned integer order
  * is magnitude order (NaN above infinity, so NaN wins as it does in torch's amax), and integer
@@ -147,13 +151,13 @@ void outlier_flags(const float *x, int64_t rows, int64_t cols, int64_t ldx, floa
     }
 }
 
-/* One batch's per-column max |x| (bit patterns, as above) and count of |x| > threshold, and its
- * histogram of log10 |x|: bin_of_cell[bits >> 16] is the bin of the smallest magnitude in that cell
+/* One batch's per-column max |x| (bit patterns, as above) and count of |x| > threshold, each row's
+ * max |x| where row_absmax_bits is not NULL (the scan's token axis), and its histogram of log10 |x|: bin_of_cell[bits >> 16] is the bin of the smallest magnitude in that cell
  * of 2**16 bit patterns (a cell spans 0.0034 decades, so at most one bin edge falls inside it), and
  * upper_edge_bits[b] is the smallest magnitude of bin b + 1, which settles the cells an edge splits. */
 void feature_stats(const float *x, int64_t rows, int64_t cols, int64_t ldx, float threshold, uint32_t *absmax_bits,
                    int64_t *count, int64_t *hist, const uint8_t *bin_of_cell, const uint32_t *upper_edge_bits,
-                   int bins, int threads) {
+                   int bins, uint32_t *row_absmax_bits, int threads) {
 #pragma omp parallel num_threads(threads)
     {
         uint32_t *largest = calloc((size_t)cols, sizeof *largest);
@@ -162,11 +166,14 @@ void feature_stats(const float *x, int64_t rows, int64_t cols, int64_t ldx, floa
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < rows; ++r) {
             const float *row = x + r * ldx;
+            uint32_t row_largest = 0;
             for (int64_t k = 0; k < cols; ++k) {
                 const uint32_t bits = magnitude_bits(row[k]);
                 largest[k] = bits > largest[k] ? bits : largest[k];
+                row_largest = bits > row_largest ? bits : row_largest;
                 over[k] += fabsf(row[k]) > threshold;
             }
+            if (row_absmax_bits) row_absmax_bits[r] = row_largest;
             for (int64_t k = 0; k < cols; ++k) {
                 const uint32_t bits = magnitude_bits(row[k]);
                 int bin = bin_of_cell[bits >> 16];
@@ -186,4 +193,57 @@ void feature_stats(const float *x, int64_t rows, int64_t cols, int64_t ldx, floa
         free(over);
         free(local_hist);
     }
+}
+
+/* Each row's max |x| (bit patterns) and the first column that holds it, and each column's max |x|
+ * folded into col_absmax_bits: the residual stream's statistics per token and per dimension. The
+ * column is found in a second look at the row, which is still in L1, so the first stays a max
+ * reduction that vectorises. */
+void token_dim_absmax(const float *x, int64_t rows, int64_t cols, int64_t ldx, uint32_t *row_absmax_bits,
+                      int32_t *row_argmax, uint32_t *col_absmax_bits, int threads) {
+#pragma omp parallel num_threads(threads)
+    {
+        uint32_t *largest = calloc((size_t)cols, sizeof *largest);
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < rows; ++r) {
+            const float *row = x + r * ldx;
+            uint32_t row_largest = 0;
+            for (int64_t k = 0; k < cols; ++k) {
+                const uint32_t bits = magnitude_bits(row[k]);
+                largest[k] = bits > largest[k] ? bits : largest[k];
+                row_largest = bits > row_largest ? bits : row_largest;
+            }
+            int64_t at = 0;
+            while (at < cols - 1 && magnitude_bits(row[at]) != row_largest) ++at;
+            row_absmax_bits[r] = row_largest;
+            row_argmax[r] = (int32_t)at;
+        }
+#pragma omp critical
+        for (int64_t k = 0; k < cols; ++k)
+            col_absmax_bits[k] = largest[k] > col_absmax_bits[k] ? largest[k] : col_absmax_bits[k];
+        free(largest);
+    }
+}
+
+/* The lower median of |x| over n floats, exactly (torch.median's element (n - 1) / 2 of the sorted
+ * values): a radix select on the magnitudes' bit patterns, one counting pass over their high 16 bits
+ * and one over the low 16 bits of those in the bucket that holds the median. Two linear passes where
+ * a sort-based median takes several: the scan asks for one per layer. */
+float median_magnitude(const float *x, int64_t n) {
+    const uint32_t buckets = 1u << 16;
+    int64_t *counts = calloc(buckets, sizeof *counts);
+    if (!counts) return NAN;
+    int64_t rank = (n - 1) / 2;
+    for (int64_t i = 0; i < n; ++i) counts[magnitude_bits(x[i]) >> 16] += 1;
+    uint32_t high = 0;
+    while (rank >= counts[high]) rank -= counts[high++];
+    memset(counts, 0, buckets * sizeof *counts);
+    for (int64_t i = 0; i < n; ++i) {
+        const uint32_t bits = magnitude_bits(x[i]);
+        if (bits >> 16 == high) counts[bits & (buckets - 1)] += 1;
+    }
+    uint32_t low = 0;
+    while (rank >= counts[low]) rank -= counts[low++];
+    free(counts);
+    return float_of_bits(high << 16 | low);
 }

@@ -279,15 +279,16 @@ def input_stats(
     count_acc: torch.Tensor,
     hist_acc: torch.Tensor,
     log10_range: tuple[float, float],
+    token_absmax_out: torch.Tensor | None = None,
 ) -> None:
     """`kernels.reference.input_stats` on the CPU, in one pass where the fused kernels apply.
 
-    Abs-max and counts are exact; the histogram bins on float32 edges 10**(log10_min + i * width)
-    where the reference rounds a float32 log10, so a value within a rounding of an edge can land
-    in the neighbouring bin.
+    Abs-max (per column and per token) and counts are exact; the histogram bins on float32 edges
+    10**(log10_min + i * width) where the reference rounds a float32 log10, so a value within a
+    rounding of an edge can land in the neighbouring bin.
     """
-    if not fused_available(x):
-        return reference.input_stats(x, threshold, absmax_acc, count_acc, hist_acc, log10_range)
+    if not fused_available(x) or not _writable_floats(token_absmax_out, x.shape[0]):
+        return reference.input_stats(x, threshold, absmax_acc, count_acc, hist_acc, log10_range, token_absmax_out)
     x = x.detach().contiguous()
     cols = x.shape[1]
     bin_of_cell, upper_edge_bits = _histogram_tables(hist_acc.numel(), *log10_range)
@@ -306,11 +307,56 @@ def input_stats(
         bin_of_cell.data_ptr(),
         upper_edge_bits.data_ptr(),
         hist_acc.numel(),
+        _address(token_absmax_out),  # |x|'s bit pattern is the float |x|: written in place
         torch.get_num_threads(),
     )
     torch.maximum(absmax_acc, absmax_bits.view(torch.float32), out=absmax_acc)
     count_acc += count
     hist_acc += hist
+
+
+def token_dim_absmax(
+    x: torch.Tensor, token_absmax_out: torch.Tensor, token_argmax_out: torch.Tensor, dim_absmax_acc: torch.Tensor
+) -> None:
+    """`kernels.reference.token_dim_absmax` on the CPU, in one pass where the fused kernels apply: the
+    residual stream is read once rather than for an |x| copy, a max with indices and a column max."""
+    rows, cols = x.shape
+    outputs_in_place = (
+        _writable_floats(token_absmax_out, rows)
+        and token_argmax_out.dtype == torch.int32
+        and token_argmax_out.is_contiguous()
+        and token_argmax_out.device.type == "cpu"
+    )
+    if not fused_available(x) or not outputs_in_place or cols == 0:
+        return reference.token_dim_absmax(x, token_absmax_out, token_argmax_out, dim_absmax_acc)
+    x = x.detach().contiguous()
+    dim_bits = torch.zeros(cols, dtype=torch.int32)
+    cpu_loader.library().token_dim_absmax(
+        x.data_ptr(),
+        rows,
+        cols,
+        x.stride(0),
+        token_absmax_out.data_ptr(),
+        token_argmax_out.data_ptr(),
+        dim_bits.data_ptr(),
+        torch.get_num_threads(),
+    )
+    torch.maximum(dim_absmax_acc, dim_bits.view(torch.float32), out=dim_absmax_acc)
+
+
+def median_magnitude(x: torch.Tensor) -> float:
+    """`kernels.reference.median_magnitude` on the CPU: a two-pass radix select where the fused kernels apply."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.numel() == 0 or cpu_loader.library() is None:
+        return reference.median_magnitude(x)
+    values = x.detach().contiguous()
+    return float(cpu_loader.library().median_magnitude(values.data_ptr(), values.numel()))
+
+
+def _writable_floats(out: torch.Tensor | None, rows: int) -> bool:
+    """Whether the C passes can write `rows` float32 values into `out` in place (None: nothing to write)."""
+    if out is None:
+        return True
+    return out.dtype == torch.float32 and out.device.type == "cpu" and out.is_contiguous() and out.numel() == rows
 
 
 @functools.cache

@@ -48,13 +48,17 @@ _SIGNATURES = {
     "dequantize_f32": [_P, _P, _I64, _I64, _P, _P, _P, _P, ctypes.c_int],
     "dequantize_i32": [_P, _P, _I64, _I64, _P, _P, _P, _P, ctypes.c_int],
     "outlier_flags": [_P, _I64, _I64, _I64, ctypes.c_float, _P, ctypes.c_int],
-    "feature_stats": [_P, _I64, _I64, _I64, ctypes.c_float, _P, _P, _P, _P, _P, ctypes.c_int, ctypes.c_int],
+    "feature_stats": [_P, _I64, _I64, _I64, ctypes.c_float, _P, _P, _P, _P, _P, ctypes.c_int, _P, ctypes.c_int],
+    "token_dim_absmax": [_P, _I64, _I64, _I64, _P, _P, _P, ctypes.c_int],
     "w8a8_rows_linear": [_P, _I64, _I64, _I64, _P, ctypes.c_int, _P, _I64, _P, ctypes.c_int, _P, _P, _P]
     + [ctypes.c_int] * 2,
     "rowscale_rows_linear": [_P, _I64, _I64, _I64, _P, _I64, _P, _P, _P, ctypes.c_int, ctypes.c_int],
     "q8_0_rows_linear": [_P, _I64, _I64, _I64, _P, _I64, _P, _P, _P, ctypes.c_int, ctypes.c_int],
 }
-_RETURNS = {"gemv_isa_supported": ([ctypes.c_int], ctypes.c_int)}
+_RETURNS = {
+    "gemv_isa_supported": ([ctypes.c_int], ctypes.c_int),
+    "median_magnitude": ([_P, _I64], ctypes.c_float),
+}
 
 
 def library() -> ctypes.CDLL | None:

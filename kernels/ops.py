@@ -182,10 +182,13 @@ def _composed_input_stats(
     count_acc: torch.Tensor,
     hist_acc: torch.Tensor,
     log10_range: tuple[float, float],
+    token_absmax_out: torch.Tensor | None = None,
 ) -> None:
     """`reference.input_stats` with each step dispatched on its own."""
     feature_stats(x, threshold, absmax_acc, count_acc)
     log_histogram(x, *log10_range, hist_acc)
+    if token_absmax_out is not None:
+        reference.token_absmax(x, token_absmax_out)
 
 
 int8_linear = _register(
@@ -200,6 +203,9 @@ input_stats = _register(
         cpu=cpu_int8.input_stats,
     )
 )
+# The residual stream's per-token and per-dimension abs-max (the scan's token axis): one C pass on the CPU.
+token_dim_absmax = _register(Op("token_dim_absmax", reference.token_dim_absmax, cpu=cpu_int8.token_dim_absmax))
+median_magnitude = _register(Op("median_magnitude", reference.median_magnitude, cpu=cpu_int8.median_magnitude))
 
 # Q8_0 blocks (llama.cpp's 8-bit format): the reference is torch, which runs on any device.
 quantize_blocks = _register(Op("quantize_blocks", reference.quantize_blocks))

@@ -260,10 +260,37 @@ def input_stats(
     count_acc: torch.Tensor,
     hist_acc: torch.Tensor,
     log10_range: tuple[float, float],
+    token_absmax_out: torch.Tensor | None = None,
 ) -> None:
-    """What the calibration scan keeps of one Linear input: `feature_stats` and `log_histogram` together."""
+    """What the calibration scan keeps of one Linear input: `feature_stats` and `log_histogram` together,
+    and, given `token_absmax_out` (T,) float32, each token's largest |x| written there (the token axis)."""
     feature_stats(x, threshold, absmax_acc, count_acc)
     log_histogram(x, *log10_range, hist_acc)
+    if token_absmax_out is not None:
+        token_absmax(x, token_absmax_out)
+
+
+def median_magnitude(x: torch.Tensor) -> float:
+    """The lower median of |x| over all its values (torch.median's: element (n - 1) // 2 of the sorted |x|)."""
+    return float(x.detach().abs().median())
+
+
+def token_absmax(x: torch.Tensor, out: torch.Tensor) -> None:
+    """Each token's (row's) largest |x|, into `out` (T,)."""
+    out.copy_(x.detach().abs().amax(dim=-1))
+
+
+def token_dim_absmax(
+    x: torch.Tensor, token_absmax_out: torch.Tensor, token_argmax_out: torch.Tensor, dim_absmax_acc: torch.Tensor
+) -> None:
+    """The residual stream's statistics of one batch, x (T, K): each token's largest |x| and the first
+    dimension that holds it, into `token_absmax_out` (T,) float32 and `token_argmax_out` (T,) int32, and
+    each dimension's largest |x| folded into `dim_absmax_acc` (K,) float32."""
+    magnitude = x.detach().abs()
+    values = magnitude.amax(dim=-1, keepdim=True)
+    token_absmax_out.copy_(values.squeeze(-1))
+    token_argmax_out.copy_((magnitude == values).int().argmax(dim=-1))  # the first, as torch leaves ties open
+    torch.maximum(dim_absmax_acc, magnitude.amax(dim=0).float(), out=dim_absmax_acc)
 
 
 def int8_linear(

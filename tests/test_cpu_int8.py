@@ -115,6 +115,45 @@ def test_input_stats_keep_exact_extremes_and_counts_and_the_histogram_to_the_eye
     assert (fused[2] - expected[2]).abs().sum() <= 4
 
 
+def test_input_stats_write_each_tokens_largest_magnitude_as_the_reference():
+    x = torch.randn(37, 96, generator=torch.Generator().manual_seed(6)) * 3
+    x[5, 7], x[9, 2] = -4000.0, float("inf")
+    state = (torch.zeros(96), torch.zeros(96, dtype=torch.int64), torch.zeros(90, dtype=torch.int64))
+    expected, fused = torch.full((37,), -1.0), torch.full((37,), -1.0)
+    reference.input_stats(x, 6.0, *(t.clone() for t in state), (-4.0, 5.0), expected)
+    cpu_int8.input_stats(x, 6.0, *state, (-4.0, 5.0), fused)
+    assert torch.equal(fused, expected)
+    assert fused[5] == 4000.0 and fused[9] == float("inf")
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 13), (512, 576), (33, 2085)])
+def test_token_dim_absmax_matches_the_reference(shape):
+    rows, cols = shape
+    generator = torch.Generator().manual_seed(rows + cols)
+    fused_acc = torch.rand(cols, generator=generator)  # a running maximum from earlier batches
+    expected_acc = fused_acc.clone()
+    for batch in range(2):
+        x = torch.randn(rows, cols, generator=generator)
+        x[0, cols // 2] = -900.0 * (batch + 1)  # a massive activation: negative, in the middle of its row
+        expected = (torch.empty(rows), torch.empty(rows, dtype=torch.int32))
+        fused = (torch.empty(rows), torch.empty(rows, dtype=torch.int32))
+        reference.token_dim_absmax(x, *expected, expected_acc)
+        cpu_int8.token_dim_absmax(x, *fused, fused_acc)
+        assert torch.equal(fused[0], expected[0]) and torch.equal(fused[1], expected[1])
+        assert torch.equal(fused_acc, expected_acc)
+        assert fused[0][0] == 900.0 * (batch + 1) and fused[1][0] == cols // 2
+    assert fused_acc[cols // 2] == 1800.0
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 512 * 576])
+def test_median_magnitude_is_torchs_lower_median_exactly(n):
+    x = torch.randn(n, generator=torch.Generator().manual_seed(n)) * 10
+    x[: n // 3] = x[: n // 3].round()  # ties, and magnitudes that share their high 16 bits
+    x[0] = -x.abs().max() - 1  # the largest magnitude is negative
+    assert cpu_int8.median_magnitude(x) == reference.median_magnitude(x) == float(x.abs().median())
+    assert cpu_int8.median_magnitude(x.reshape(-1, 1)[::1]) == reference.median_magnitude(x)
+
+
 def test_without_the_library_the_ops_run_the_reference():
     x, weight_int8, weight_scale, bias = _layer(64, 576, 96, seed=5)
     fused = ops.int8_linear(x, weight_int8, weight_scale, bias)

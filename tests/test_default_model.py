@@ -31,6 +31,20 @@ def test_scan_finds_dimension_247_in_the_middle_attention_inputs(default_scan):
     assert sum(int(np.argmax(q_inputs[layer].absmax)) == 247 for layer in layers_with_247) >= 10
 
 
+def test_scan_finds_the_massive_activation_on_the_first_token_in_dimension_507_from_layer_12(default_scan):
+    massive = default_scan.massive_activations()
+    first_tokens = [m for m in massive if m["position"] == 0]
+    assert {m["dim"] for m in first_tokens} == {507}
+    assert min(m["layer"] for m in first_tokens) == 12
+    # It holds through layer 28 (the last layers' medians grow past a thousandth of it), and the down
+    # projection of layer 11 reads the spike that writes it: its input's largest dimension is 1229,
+    # on the first token.
+    assert set(range(12, 29)) <= {m["layer"] for m in first_tokens}
+    down_11 = next(s for s in default_scan.layers if s.names == ["model.layers.11.mlp.down_proj"])
+    assert int(np.argmax(down_11.absmax)) == 1229
+    assert int(np.argmax(down_11.token_absmax)) % default_scan.seq_len == 0
+
+
 def test_down_proj_inputs_carry_far_more_outlier_columns_than_attention_inputs(default_scan):
     by_kind = {}
     for stats in default_scan.layers:

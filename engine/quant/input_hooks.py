@@ -137,11 +137,11 @@ class StatsHooks:
             if group.names[0] == name:
                 group.tokens += x.shape[0]
                 absmax, count, hist = group.state
-                ops.input_stats(x, self.threshold, absmax, count, hist, log10_range)
-                if self.token_axis and group.kind not in EXPERT_KINDS:
-                    # the largest |x| per token without an |x| copy: twice abs().amax's speed on the CPU
-                    seen = x.detach()
-                    group.token_max.append(torch.maximum(seen.amax(dim=-1), seen.amin(dim=-1).neg()).float())
+                token_max = None
+                if self.token_axis and group.kind not in EXPERT_KINDS:  # read in the statistics' one pass
+                    token_max = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
+                    group.token_max.append(token_max)
+                ops.input_stats(x, self.threshold, absmax, count, hist, log10_range, token_max)
             if self.probe is not None:
                 self.probe.observe(name, module, x)
 

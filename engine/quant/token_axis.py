@@ -70,15 +70,20 @@ class _Running:
     def observe(self, hidden) -> None:
         import torch
 
-        magnitude = hidden.detach().abs()
-        values, dims = magnitude.max(dim=-1)  # (B, T)
-        self.token_max.append(values.float())
-        self.token_dim.append(dims.int())
-        dim_max = magnitude.amax(dim=(0, 1)).float()
-        self.dim_max = dim_max if self.dim_max is None else torch.maximum(self.dim_max, dim_max)
+        from int8wb.kernels import ops
+
+        hidden = hidden.detach()
+        batch, seq_len, width = hidden.shape
+        values = torch.empty(batch, seq_len, dtype=torch.float32, device=hidden.device)
+        dims = torch.empty(batch, seq_len, dtype=torch.int32, device=hidden.device)
+        if self.dim_max is None:
+            self.dim_max = torch.zeros(width, dtype=torch.float32, device=hidden.device)
+        ops.token_dim_absmax(hidden.reshape(-1, width), values.view(-1), dims.view(-1), self.dim_max)
+        self.token_max.append(values)
+        self.token_dim.append(dims)
         if self.profile is None:  # the first sequence: the layer's median and each token's largest dimensions
-            first = magnitude[0].float()
-            self.median = float(first.median())
+            self.median = ops.median_magnitude(hidden[0])
+            first = hidden[0].abs().float()
             top = first.topk(min(PROFILE_DIMS, first.shape[-1]), dim=-1)
             self.profile = (top.indices.int(), top.values)
 
