@@ -60,7 +60,7 @@ from int8wb.app.views.super_weight_panel import SuperWeightPanel
 from int8wb.app.views.threshold_panel import ThresholdPanel
 from int8wb.app.views.token_view import TokenView
 from int8wb.engine.installation import __version__
-from int8wb.engine.vocabulary import DEFAULT_THRESHOLD, SMOOTHQUANT
+from int8wb.engine.vocabulary import DEFAULT_THRESHOLD
 
 
 class MainWindow(QMainWindow):
@@ -117,10 +117,9 @@ class MainWindow(QMainWindow):
         self.smoothing_panel = SmoothingPanel(SmoothingViewModel(self.stats), self.heatmap)
         left_layout.insertWidget(3, self.smoothing_panel)  # under the threshold, above Run
         self.smoothing_panel.sig_alpha.connect(lambda alpha: setattr(self.workbench, "alpha", alpha))
-        # the alpha slider shows while SmoothQuant is ticked
-        smoothquant = self.run_panel.method_boxes[SMOOTHQUANT.name]
-        self.smoothing_panel.setVisible(smoothquant.isChecked())
-        smoothquant.toggled.connect(self.smoothing_panel.setVisible)
+        # the alpha slider shows while a method that smooths (SmoothQuant) is ticked
+        self.smoothing_panel.setVisible(self.run_panel.smoothing_ticked())
+        self.run_panel.sig_smoothing_ticked.connect(self.smoothing_panel.setVisible)
         self.error_map = ErrorMapView(self.workbench.errors, self.threshold)
         # Both maps may shrink below what their captions ask for, so the window still fits an 800 x 600 screen;
         # narrow windows give their width to the sidebar, whose panels never clip.

@@ -18,6 +18,8 @@ DISTRIBUTION = "int8-workbench"
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 PRESETS = RESOURCES / "presets"
 ICONS = RESOURCES / "icons"
+METHOD_DECLARATIONS = RESOURCES / "methods.toml"
+"""The quantization methods, one table each (read by engine.vocabulary; docs/architecture.md, "Adding a method")."""
 UNKNOWN_VERSION = "0+unknown"
 
 

@@ -1,7 +1,7 @@
-"""The method and export format registries: what a declaration in engine.vocabulary is made of.
+"""The method and export format registries: what a declaration is made of.
 
-Pure Python like engine.vocabulary, which declares every method and format and re-exports what the
-rest of the project reads. The tables derived from the registries (`names`, `column`) are computed
+Pure Python like engine.vocabulary, which registers every method (declared in resources/methods.toml)
+and format and re-exports what the rest of the project reads. The tables derived from the registries (`names`, `column`) are computed
 on every use, so a method registered later (a test's throwaway one) is in every one of them.
 """
 

@@ -1,16 +1,20 @@
 """The words both processes use: methods, Linear input kinds, float sizes, GPU cards, histogram edges.
 
 Part of the contract between the GUI and the engine, like `engine.link.protocol`: pure Python, no
-numpy, no torch, so `app/` may import it. Each fact is defined here once; the engine's
-quantizers, planner and CLI and the GUI's views all read it from here.
+numpy, no torch, so `app/` may import it. Each fact is defined here once (the methods are declared
+in resources/methods.toml and registered here); the engine's quantizers, planner and CLI and the
+GUI's views all read it from here.
 """
 
 from __future__ import annotations
 
 import math
+import tomllib
+from pathlib import Path
 from typing import Any
 
 from int8wb.engine.errors import BadInput
+from int8wb.engine.installation import METHOD_DECLARATIONS
 from int8wb.engine.registry import (  # noqa: F401 (re-exported: the rest of the project reads them here)
     BASELINE,
     CHANNEL_SCALE,
@@ -40,57 +44,25 @@ from int8wb.engine.registry import (  # noqa: F401 (re-exported: the rest of the
 )
 
 # --- quantization methods -------------------------------------------------------------------------
-# A method is one `Method` declaration below (docs/architecture.md, "Adding a method"): every table the
-# engine's quantizers, planner, checkpoint layouts and CLI and the window's check boxes and colours read
-# about it is derived from it. Its building blocks (weight_scale, activations, outliers, smoothed) are
-# what engine.quant.schemes, the planner and the export formats act on, so a method made of existing
-# blocks needs nothing else.
+# A method is one table of resources/methods.toml (docs/architecture.md, "Adding a method"), registered
+# here as a `Method`: every table the engine's quantizers, planner, checkpoint layouts and CLI and the
+# window's check boxes and colours read about it is derived from it. Its building blocks (weight_scale,
+# activations, outliers, smoothed) are what engine.quant.schemes, the planner and the export formats act
+# on, so a method made of existing blocks needs nothing else.
 
 
-ABSMAX_TENSOR = register_method(Method(
-    "absmax-tensor", "absmax per tensor (naive W8A8)", "naive INT8",
-    "One scale for a whole weight matrix and one for each activation tensor. A single outlier "
-    "dimension stretches the scale, so every other value gets only a few of INT8's 255 levels.",
-    "#e56b6f", weight_scale="tensor", activations="tensor", ticked=True,
-))  # fmt: skip
-VECTORWISE = register_method(Method(
-    "vectorwise", "vector-wise W8A8", "vector-wise INT8",
-    "One scale per weight row and one per token: a large value only coarsens its own row or token, "
-    "but outlier dimensions still coarsen every token they appear in.",
-    "#f4a259", weight_scale="row", activations="row", ticked=True,
-))  # fmt: skip
-LLM_INT8 = register_method(Method(
-    "llm-int8", "LLM.int8() static (outliers from the scan)", "LLM.int8()",
-    "LLM.int8(): the input dimensions over the threshold in the calibration scan stay in floating "
-    "point (with their weight columns); everything else is vector-wise INT8.",
-    "#00e5ff", weight_scale="row", activations="row", outliers="static", ticked=True,
-    scan_need="static llm-int8 takes its outlier dimensions from a scan: scan first, or use llm-int8-dynamic",
-))  # fmt: skip
-LLM_INT8_DYNAMIC = register_method(Method(
-    "llm-int8-dynamic", "LLM.int8() dynamic (outliers per batch)", "LLM.int8() with outliers per batch",
-    "LLM.int8() as bitsandbytes runs it: the columns over the threshold are found in each "
-    "batch, and their weight columns are dequantized from INT8 on the fly. Needs no scan.",
-    "#5b8def", weight_scale="row", activations="row", outliers="dynamic",
-))  # fmt: skip
-WEIGHT_ONLY = register_method(Method(
-    "weight-only", "weight-only INT8", "weight-only INT8",
-    "Weights in INT8 (one scale per row), activations left in floating point: saves memory "
-    "without any INT8 arithmetic.",
-    "#8cb369", weight_scale="row", activations="float", ticked=True,
-))  # fmt: skip
-SMOOTHQUANT = register_method(Method(
-    "smoothquant", "SmoothQuant W8A8 (smoothed, then vector-wise)", "SmoothQuant",
-    "SmoothQuant: each input channel is divided by a factor from its calibration abs-max (and the "
-    "weights' columns multiplied by it), which moves the outliers into the weights; then vector-wise INT8.",
-    "#c77dff", weight_scale="row", activations="row", smoothed=True,
-    scan_need="smoothquant takes each input channel's abs-max from a scan: scan first",
-))  # fmt: skip
-Q8_0 = register_method(Method(
-    "q8_0", "Q8_0 weight-only (blocks of 32, llama.cpp)", "Q8_0",
-    "llama.cpp's Q8_0: weights in blocks of 32 with one float16 scale each, activations in floating "
-    "point. Small blocks keep an outlier weight from coarsening more than its own block.",
-    "#ffd166", weight_scale="block", activations="float",
-))  # fmt: skip
+def _register_declared_methods(path: Path) -> None:
+    """Register every method declared in `path`, in its order; a malformed declaration names itself."""
+    with path.open("rb") as declarations:
+        for name, fields in tomllib.load(declarations).items():
+            try:
+                register_method(Method(name=name, **fields))
+            except TypeError as exc:  # a field Method does not have, or one it needs missing
+                raise ValueError(f"{path}: method {name!r}: {exc}") from None
+
+
+_register_declared_methods(METHOD_DECLARATIONS)
+VECTORWISE, LLM_INT8 = method_of("vectorwise"), method_of("llm-int8")
 
 DEFAULT_REPAIR_METHOD = VECTORWISE.name
 """The method the sensitivity sweep repairs unless told otherwise (the CLI and the window)."""

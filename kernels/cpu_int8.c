@@ -151,6 +151,18 @@ void outlier_flags(const float *x, int64_t rows, int64_t cols, int64_t ldx, floa
     }
 }
 
+/* Fold one row's |x| into the running per-column maxima (bit patterns); returns the row's largest. One
+ * vectorised pass: the callers' other work on the row reads it again from L1. */
+static inline uint32_t fold_row_magnitudes(const float *restrict row, int64_t cols, uint32_t *restrict col_largest) {
+    uint32_t row_largest = 0;
+    for (int64_t k = 0; k < cols; ++k) {
+        const uint32_t bits = magnitude_bits(row[k]);
+        col_largest[k] = bits > col_largest[k] ? bits : col_largest[k];
+        row_largest = bits > row_largest ? bits : row_largest;
+    }
+    return row_largest;
+}
+
 /* One batch's per-column max |x| (bit patterns, as above) and count of |x| > threshold, each row's
  * max |x| where row_absmax_bits is not NULL (the scan's token axis), and its histogram of log10 |x|: bin_of_cell[bits >> 16] is the bin of the smallest magnitude in that cell
  * of 2**16 bit patterns (a cell spans 0.0034 decades, so at most one bin edge falls inside it), and
@@ -166,14 +178,9 @@ void feature_stats(const float *x, int64_t rows, int64_t cols, int64_t ldx, floa
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < rows; ++r) {
             const float *row = x + r * ldx;
-            uint32_t row_largest = 0;
-            for (int64_t k = 0; k < cols; ++k) {
-                const uint32_t bits = magnitude_bits(row[k]);
-                largest[k] = bits > largest[k] ? bits : largest[k];
-                row_largest = bits > row_largest ? bits : row_largest;
-                over[k] += fabsf(row[k]) > threshold;
-            }
+            const uint32_t row_largest = fold_row_magnitudes(row, cols, largest);
             if (row_absmax_bits) row_absmax_bits[r] = row_largest;
+            for (int64_t k = 0; k < cols; ++k) over[k] += fabsf(row[k]) > threshold;
             for (int64_t k = 0; k < cols; ++k) {
                 const uint32_t bits = magnitude_bits(row[k]);
                 int bin = bin_of_cell[bits >> 16];
@@ -207,12 +214,7 @@ void token_dim_absmax(const float *x, int64_t rows, int64_t cols, int64_t ldx, u
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < rows; ++r) {
             const float *row = x + r * ldx;
-            uint32_t row_largest = 0;
-            for (int64_t k = 0; k < cols; ++k) {
-                const uint32_t bits = magnitude_bits(row[k]);
-                largest[k] = bits > largest[k] ? bits : largest[k];
-                row_largest = bits > row_largest ? bits : row_largest;
-            }
+            const uint32_t row_largest = fold_row_magnitudes(row, cols, largest);
             int64_t at = 0;
             while (at < cols - 1 && magnitude_bits(row[at]) != row_largest) ++at;
             row_absmax_bits[r] = row_largest;

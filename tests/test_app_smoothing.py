@@ -69,3 +69,17 @@ def test_panel_drives_the_heatmap_and_the_alpha_of_the_next_run(qtbot):
     assert not heatmap._mask[0].any()
     panel.smoothed_box.setChecked(False)
     assert heatmap.values() is stats.absmax_grid
+
+
+def test_the_alpha_slider_shows_while_a_method_that_smooths_is_ticked(make_workbench):
+    from int8wb.engine.vocabulary import METHODS, method_of
+
+    window = make_workbench(start_engine=False)
+    smoothing = [name for name in METHODS if method_of(name).smoothed]
+    assert smoothing, "a method that smooths the model is declared"
+    window.run_panel.set_methods([])
+    assert window.smoothing_panel.isHidden()
+    window.run_panel.method_boxes[smoothing[0]].setChecked(True)
+    assert not window.smoothing_panel.isHidden()
+    window.run_panel.set_methods([name for name in METHODS if not method_of(name).smoothed])
+    assert window.smoothing_panel.isHidden()

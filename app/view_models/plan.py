@@ -204,9 +204,7 @@ class PlanViewModel:
     rows: list[MethodRow] = field(init=False)
 
     def __post_init__(self) -> None:
-        methods = self.result.get("methods")
-        if not isinstance(methods, list) or not methods:
-            raise BadInput("the engine's plan has no methods")
+        methods = plan_entries(self.result)
         self._methods = {entry["method"]: entry for entry in methods}
         self.gpus = [card["gpu"] for card in methods[0].get("gpus", [])]
         dtype = self.result.get("settings", {}).get("dtype")
@@ -389,6 +387,16 @@ class PlanViewModel:
             tuple(children),
             "The fewest cards that hold the state when whole decoder layers are placed in order.",
         )
+
+
+def plan_entries(result: dict[str, Any], section: str = "", what: str = "methods") -> list[dict[str, Any]]:
+    """The per-method entries of a `plan_memory` result (those that hold `section`, if given); a BadInput
+    naming `what` is missing when there are none, so a dialog says so instead of drawing an empty table."""
+    entries = result.get("methods")
+    entries = [entry for entry in entries if not section or entry.get(section)] if isinstance(entries, list) else []
+    if not entries:
+        raise BadInput(f"the engine's plan has no {what}")
+    return entries
 
 
 def ordered_terms(terms: dict[str, Any], order: dict[str, str]) -> list[tuple[str, Any]]:

@@ -9,10 +9,9 @@ as memory bandwidths are quoted, so that bytes ÷ bandwidth can be checked by ha
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
-from int8wb.app.view_models.plan import Term, method_label, ordered_terms
+from int8wb.app.view_models.plan import Term, method_label, ordered_terms, plan_entries
 from int8wb.engine.errors import BadInput
 
 READ_TERM_NOTES = {
@@ -46,22 +45,17 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds * 1e3:,.2f} ms" if seconds >= 1e-4 else f"{seconds * 1e6:,.2f} µs"
 
 
-@dataclass
 class ThroughputViewModel:
     """The decode sections of a `plan_memory` result, as the dialog shows them."""
 
-    result: dict[str, Any]
-    methods: list[str] = field(init=False)
-    gpus: list[str] = field(init=False)
-
-    def __post_init__(self) -> None:
-        entries = [entry for entry in self.result.get("methods", []) if entry.get("decode")]
-        if not entries:
-            raise BadInput("the engine's plan has no decode throughput")
-        self._decode = {entry["method"]: entry["decode"] for entry in entries}
-        self.methods = list(self._decode)
-        self.gpus = [card["gpu"] for card in entries[0]["decode"]["gpus"]]
-        self.dtype = self.result.get("settings", {}).get("dtype")
+    def __init__(self, result: dict[str, Any]) -> None:
+        self.result = result
+        self._decode = {
+            entry["method"]: entry["decode"] for entry in plan_entries(result, "decode", "decode throughput")
+        }
+        self.methods: list[str] = list(self._decode)
+        self.gpus: list[str] = [card["gpu"] for card in next(iter(self._decode.values()))["gpus"]]
+        self.dtype = result.get("settings", {}).get("dtype")
 
     def headline(self) -> str:
         decode = self._decode[self.methods[0]]

@@ -8,16 +8,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from PySide6.QtWidgets import QDialog
+from PySide6.QtWidgets import QDialog, QWidget
+
+from int8wb.app.view_models.workbench import Workbench
 
 
 class ExperimentWindow(QDialog):
     """A dialog following the workbench: `result_event` brings a result to `show_result`; any change re-enables.
 
-    A subclass sets `result_event`, builds `run_button`, subscribes `_on_workbench` to the workbench and gives
+    A subclass sets `title` and `result_event`, and gives `_build` (its widgets, `run_button` among them),
     `show_result` and `_update_details` (what else follows the workbench's state)."""
 
+    title = ""
     result_event = ""
+
+    def __init__(self, workbench: Workbench, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle(self.title)
+        self.workbench = workbench
+        self._build()
+        workbench.subscribe(self._on_workbench)
+        self._update_enabled()
 
     def _on_workbench(self, event: str, data: Any) -> None:
         if event == self.result_event:

@@ -47,6 +47,7 @@ class RunPanel(QGroupBox):
 
     sig_run = Signal(list, dict)
     sig_export = Signal()
+    sig_smoothing_ticked = Signal(bool)  # whether a method that smooths the model (SmoothQuant) is ticked
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__("4  Quantize && evaluate", parent)
@@ -60,6 +61,8 @@ class RunPanel(QGroupBox):
             box.setToolTip(f"<b>{METHOD_LABELS[name]}</b> ({name}): {METHOD_DESCRIPTIONS[name]}")
             self.method_boxes[name] = box
             boxes.addWidget(box, *cells[name])
+            if method_of(name).smoothed:
+                box.toggled.connect(lambda _: self.sig_smoothing_ticked.emit(self.smoothing_ticked()))
         self.eval_tokens = spin_box(
             64,
             1 << 20,
@@ -107,6 +110,10 @@ class RunPanel(QGroupBox):
 
     def methods(self) -> list[str]:
         return [name for name, box in self.method_boxes.items() if box.isChecked()]
+
+    def smoothing_ticked(self) -> bool:
+        """Whether a ticked method smooths the model first: its migration strength (alpha) is then shown."""
+        return any(method_of(name).smoothed for name in self.methods())
 
     def set_methods(self, methods: list[str]) -> None:
         for name, box in self.method_boxes.items():

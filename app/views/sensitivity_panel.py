@@ -32,7 +32,6 @@ from PySide6.QtWidgets import (
 )
 
 from int8wb.app.view_models import sensitivity
-from int8wb.app.view_models.workbench import Workbench
 from int8wb.app.views import colors
 from int8wb.app.views.experiment_window import ExperimentWindow
 from int8wb.engine.vocabulary import DEFAULT_REPAIR_METHOD, METHOD_SHORT_LABELS, METHODS
@@ -55,16 +54,9 @@ DEFAULT_WINDOW = 512
 class SensitivityPanel(ExperimentWindow):
     """Settings, Run, and the last sweep's ranking, curve and list; see the module docstring."""
 
+    title = "Which Linears to keep in floating point"
     result_event = "sensitivity"
-
-    def __init__(self, workbench: Workbench, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setWindowTitle("Which Linears to keep in floating point")
-        self.workbench = workbench
-        self.result: dict[str, Any] | None = None
-        self._build()
-        workbench.subscribe(self._on_workbench)
-        self._update_enabled()
+    result: dict[str, Any] | None = None  # the last sweep's
 
     def _build(self) -> None:
         self.method = QComboBox()

@@ -18,10 +18,8 @@ from PySide6.QtWidgets import (
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
-    QWidget,
 )
 
-from int8wb.app.view_models.workbench import Workbench
 from int8wb.app.views.experiment_window import ExperimentWindow
 
 COLUMNS = ("Linear", "[row, col]", "weight", "input spike", "x median", "writes", "ppl zeroed", "ppl control", "")
@@ -44,12 +42,10 @@ INTRO = (
 class SuperWeightPanel(ExperimentWindow):
     """The experiment's button, its candidates and verdict, and the keep option; see the module docstring."""
 
+    title = "The super weight"
     result_event = "super_weights"
 
-    def __init__(self, workbench: Workbench, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setWindowTitle("The super weight")
-        self.workbench = workbench
+    def _build(self) -> None:
         intro = QLabel(INTRO)
         intro.setWordWrap(True)
         self.run_button = QPushButton("Run the experiment")
@@ -71,8 +67,7 @@ class SuperWeightPanel(ExperimentWindow):
         for widget in (intro, self.run_button, self.table, self.verdict, self.keep):
             layout.addWidget(widget)
         self.resize(900, 360)
-        workbench.subscribe(self._on_workbench)
-        self.show_result(workbench.super_weights)
+        self.show_result(self.workbench.super_weights)
 
     def _update_details(self) -> None:
         found = bool((self.workbench.super_weights or {}).get("super_weights"))

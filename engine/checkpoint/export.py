@@ -195,8 +195,8 @@ def model_sources(loaded) -> list[str]:
 def run(params: dict[str, Any], task, loaded, quantized, scan=None) -> ExportResult:
     """Write `quantized` (an engine.quant.quantize.QuantizedModel of `loaded`) to `params["out"]`.
 
-    params: out (directory), overwrite (False), max_shard_size ("50GB"), format ("bitsandbytes",
-    "compressed-tensors" or "gguf-q8_0": engine.checkpoint.layout says which methods each carries).
+    params: out (directory), overwrite (False), max_shard_size ("50GB"), format (one of
+    engine.vocabulary.EXPORT_FORMATS, the first unless given: its declaration says which methods it carries).
     `scan` (engine.quant.scan.ScanResult) is recorded in the sidecar when the method used it.
     """
     import torch

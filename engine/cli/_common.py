@@ -70,7 +70,7 @@ def alpha_option(parser) -> None:
         "--alpha",
         type=float,
         default=DEFAULT_ALPHA,
-        help=f"smoothquant's migration strength from 0 to 1 (default {DEFAULT_ALPHA})",
+        help=f"SmoothQuant's migration strength from 0 to 1 (default {DEFAULT_ALPHA})",
     )
 
 

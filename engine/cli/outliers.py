@@ -18,7 +18,7 @@ def add_parser(subparsers) -> None:
     command = subparsers.add_parser("outliers", help="the super weight: find it, zero it against a control, keep it")
     _common.model_options(command)
     command.add_argument(
-        "--threshold", type=float, default=DEFAULT_THRESHOLD, help="llm-int8's threshold in --compare (default 6.0)"
+        "--threshold", type=float, default=DEFAULT_THRESHOLD, help="LLM.int8()'s threshold in --compare (default 6.0)"
     )
     command.add_argument(
         "--super-weights",

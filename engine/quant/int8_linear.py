@@ -1,6 +1,6 @@
 """`Int8Linear`: a drop-in replacement for `nn.Linear` with real INT8 weight storage.
 
-One module covers every method (engine.vocabulary declares them); they differ in how the weight is
+One module covers every method (resources/methods.toml declares them); they differ in how the weight is
 scaled and how the activations are handled:
 
 | method           | weights            | activations                 | outlier columns              |
