@@ -1,4 +1,5 @@
-"""A method or an export format is one declaration (engine.vocabulary): everything else derives from it.
+"""A method or an export format is one declaration (a table of resources/methods.toml; an `ExportFormat` in
+engine.vocabulary): everything else derives from it.
 
 The bar: each method and format name is a string literal in at most 2 non-test source files (its
 declaration and at most one place that does something only it does). A throwaway method made of
@@ -55,6 +56,29 @@ def test_the_literal_scan_sees_code_and_skips_docstrings(tmp_path):
     tree = ast.parse('"""q8_0 in a docstring"""\nX = "q8_0"\n')
     constants = [n for n in ast.walk(tree) if isinstance(n, ast.Constant) and id(n) not in _docstrings(tree)]
     assert [c.value for c in constants] == ["q8_0"]
+
+
+def test_the_methods_are_the_tables_of_the_declaration_file_in_its_order():
+    import tomllib
+
+    from int8wb.engine.installation import METHOD_DECLARATIONS
+
+    declared = tomllib.loads(METHOD_DECLARATIONS.read_text(encoding="utf-8"))
+    assert tuple(declared) == vocabulary.METHODS
+    for name, fields in declared.items():
+        method = vocabulary.method_of(name)
+        assert {field: getattr(method, field) for field in fields} == fields
+
+
+def test_a_declaration_with_an_unknown_field_names_the_file_and_the_method(tmp_path):
+    path = tmp_path / "methods.toml"
+    path.write_text(
+        '[rows-by-tensor]\nlabel = "x"\nshort_label = "x"\ndescription = "x"\ncolour = "#123456"\n'
+        'weight_scale = "row"\nactivations = "tensor"\nbits = 4\n'
+    )
+    with pytest.raises(ValueError, match=r"methods\.toml: method 'rows-by-tensor': .*'bits'"):
+        vocabulary._register_declared_methods(path)
+    assert "rows-by-tensor" not in vocabulary.METHODS
 
 
 def test_every_method_is_w8a8_or_weight_only_and_its_scheme_agrees():
