@@ -1,8 +1,9 @@
 """The method and export format registries: what a declaration is made of.
 
 Pure Python like engine.vocabulary, which registers every method (declared in resources/methods.toml)
-and format and re-exports what the rest of the project reads. The tables derived from the registries (`names`, `column`) are computed
-on every use, so a method registered later (a test's throwaway one) is in every one of them.
+and format and re-exports what the rest of the project reads. The tables derived from the registries
+(`names`, `column`) are computed on every use, so a method registered later (a test's throwaway one)
+is in every one of them.
 """
 
 from __future__ import annotations

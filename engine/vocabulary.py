@@ -62,6 +62,8 @@ def _register_declared_methods(path: Path) -> None:
 
 
 _register_declared_methods(METHOD_DECLARATIONS)
+# The two methods other code names: what the sensitivity sweep repairs and the planner sizes the in-memory
+# path with (plain vector-wise INT8), and what `int8wb export` writes unless told otherwise.
 VECTORWISE, LLM_INT8 = method_of("vectorwise"), method_of("llm-int8")
 
 DEFAULT_REPAIR_METHOD = VECTORWISE.name
