@@ -28,6 +28,7 @@
 #include <string.h>
 
 #define MAGNITUDE_BITS 0x7fffffffu
+#define INFINITY_BITS 0x7f800000u /* above it: NaN */
 
 static inline uint32_t magnitude_bits(float value) {
     uint32_t bits;
@@ -202,7 +203,8 @@ void feature_stats(const float *x, int64_t rows, int64_t cols, int64_t ldx, floa
     }
 }
 
-/* Each row's max |x| (bit patterns) and the first column that holds it, and each column's max |x|
+/* Each row's max |x| (bit patterns) and the first column that holds it (the first NaN in a row with
+ * NaN, as the reference), and each column's max |x|
  * folded into col_absmax_bits: the residual stream's statistics per token and per dimension. The
  * column is found in a second look at the row, which is still in L1, so the first stays a max
  * reduction that vectorises. */
@@ -215,8 +217,10 @@ void token_dim_absmax(const float *x, int64_t rows, int64_t cols, int64_t ldx, u
         for (int64_t r = 0; r < rows; ++r) {
             const float *row = x + r * ldx;
             const uint32_t row_largest = fold_row_magnitudes(row, cols, largest);
+            /* the first column at the row's maximum; in a row with NaN, the first NaN (NaNs differ in payload) */
+            const uint32_t target = row_largest > INFINITY_BITS ? INFINITY_BITS + 1 : row_largest;
             int64_t at = 0;
-            while (at < cols - 1 && magnitude_bits(row[at]) != row_largest) ++at;
+            while (at < cols - 1 && magnitude_bits(row[at]) < target) ++at;
             row_absmax_bits[r] = row_largest;
             row_argmax[r] = (int32_t)at;
         }

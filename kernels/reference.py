@@ -284,12 +284,13 @@ def token_dim_absmax(
     x: torch.Tensor, token_absmax_out: torch.Tensor, token_argmax_out: torch.Tensor, dim_absmax_acc: torch.Tensor
 ) -> None:
     """The residual stream's statistics of one batch, x (T, K): each token's largest |x| and the first
-    dimension that holds it, into `token_absmax_out` (T,) float32 and `token_argmax_out` (T,) int32, and
+    dimension that holds it (a token with NaN: NaN, and its first NaN), into `token_absmax_out` (T,) float32 and `token_argmax_out` (T,) int32, and
     each dimension's largest |x| folded into `dim_absmax_acc` (K,) float32."""
     magnitude = x.detach().abs()
-    values = magnitude.amax(dim=-1, keepdim=True)
+    values = magnitude.amax(dim=-1, keepdim=True)  # NaN in a row with NaN
     token_absmax_out.copy_(values.squeeze(-1))
-    token_argmax_out.copy_((magnitude == values).int().argmax(dim=-1))  # the first, as torch leaves ties open
+    at_maximum = (magnitude == values) | (magnitude.isnan() & values.isnan())
+    token_argmax_out.copy_(at_maximum.int().argmax(dim=-1))  # the first, as torch leaves ties open
     torch.maximum(dim_absmax_acc, magnitude.amax(dim=0).float(), out=dim_absmax_acc)
 
 

@@ -145,6 +145,19 @@ def test_token_dim_absmax_matches_the_reference(shape):
     assert fused_acc[cols // 2] == 1800.0
 
 
+def test_token_dim_absmax_points_at_the_first_nan_of_a_row_as_the_reference():
+    x = torch.randn(3, 40, generator=torch.Generator().manual_seed(9))
+    x[1, 5], x[1, 30] = float("inf"), float("nan")
+    x[2, 12], x[2, 20] = -float("nan"), float("nan")
+    expected = (torch.empty(3), torch.empty(3, dtype=torch.int32), torch.zeros(40))
+    fused = (torch.empty(3), torch.empty(3, dtype=torch.int32), torch.zeros(40))
+    reference.token_dim_absmax(x, *expected)
+    cpu_int8.token_dim_absmax(x, *fused)
+    assert fused[1].tolist()[1:] == expected[1].tolist()[1:] == [30, 12]
+    assert fused[0][1:].isnan().all() and expected[0][1:].isnan().all()
+    assert fused[1][0] == expected[1][0] and fused[0][0] == expected[0][0]
+
+
 @pytest.mark.parametrize("n", [1, 2, 7, 512 * 576])
 def test_median_magnitude_is_torchs_lower_median_exactly(n):
     x = torch.randn(n, generator=torch.Generator().manual_seed(n)) * 10
