@@ -295,6 +295,28 @@ def test_the_scan_statistics_never_wait_for_the_device(device):
     assert moved <= x.numel() * 1e-5, (hist.cpu() - expected_hist).nonzero()
 
 
+@QUICK
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_the_token_axis_on_the_device_is_the_cpus(device, dtype):
+    """The scan's token axis on a GPU (torch on the device): each token's largest |x| from input_stats without a
+    sync, the residual stream's per-token and per-dimension maxima and its median, all equal to the CPU's."""
+    x = activations((512, 576), dtype, 23)
+    x[0, 507] = -2.25e4  # a massive activation on the first token
+    state = (torch.zeros(576), torch.zeros(576, dtype=torch.int64), torch.zeros(90, dtype=torch.int64))
+    on_device = tuple(t.to(device) for t in state)
+    token_max = torch.empty(512, device=device)
+    assert synchronisations(ops.input_stats, x.to(device), 6.0, *on_device, (-4.0, 5.0), token_max) == []
+    assert _same_floats(token_max, x.float().abs().amax(dim=-1))
+    expected = (torch.empty(512), torch.empty(512, dtype=torch.int32), torch.zeros(576))
+    got = (torch.empty(512, device=device), torch.empty(512, dtype=torch.int32, device=device))
+    got += (torch.zeros(576, device=device),)
+    reference.token_dim_absmax(x, *expected)
+    ops.token_dim_absmax(x.to(device), *got)
+    assert all(_same_floats(g, e) if e.is_floating_point() else torch.equal(g.cpu(), e) for g, e in zip(got, expected))
+    assert got[1][0].item() == 507
+    assert ops.median_magnitude(x.to(device)) == reference.median_magnitude(x)
+
+
 # The whole layer: INT8 parts are exact, the output is rounded to x's dtype and the outlier product is a
 # floating-point GEMM in x's dtype, whose summation order differs between cuBLAS and the CPU.
 LAYER_RTOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
